@@ -1,0 +1,21 @@
+//! Vocabulary shared by every microllm crate.
+//!
+//! This crate holds the types that the readers (`microllm-io`), the architectures
+//! (`microllm-models`) and later the algorithms all speak: the architecture-neutral
+//! [`ModelConfig`], canonical tensor naming ([`LinearKind`], [`names`]), the lazy
+//! [`TensorSource`] a checkpoint hands out, the shared [`Error`] and the [`Progress`] sink
+//! through which libraries report long work without printing.
+//!
+//! It does no I/O of its own: everything here can be built and tested from plain values.
+
+mod config;
+mod error;
+pub mod names;
+mod progress;
+mod source;
+
+pub use config::{Activation, BlockLayout, Family, MlpKind, ModelConfig, NormKind};
+pub use error::{Error, Result};
+pub use names::LinearKind;
+pub use progress::{NoProgress, Progress};
+pub use source::{MemorySource, TensorInfo, TensorSource};

@@ -1,0 +1,14 @@
+//! Measuring models: token-level perplexity today; KL divergence and top-1 agreement against a
+//! base model, size and speed as the pipeline grows.
+//!
+//! The perplexity protocol is the one the reference figures in `shared/assets` use, so numbers
+//! are comparable with transformers: the text is tokenized once, cut into consecutive
+//! non-overlapping windows of `ctx` tokens (the last partial window is dropped), each window is
+//! run independently, and every position after the first in a window is scored (the first has
+//! no context). Perplexity is `exp(mean NLL)` over all scored tokens. Note that llama.cpp's
+//! `llama-perplexity` scores only the second half of each window, so its figures are lower and
+//! not comparable; its speed is.
+
+mod perplexity;
+
+pub use perplexity::{PerplexityOptions, PerplexityResult, perplexity, window_nll};

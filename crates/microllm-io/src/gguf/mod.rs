@@ -1,0 +1,89 @@
+//! Reading GGUF files (llama.cpp's single-file checkpoints) as ordinary checkpoints.
+//!
+//! Users mostly hold models as GGUF files, so microllm must take one wherever it takes a
+//! Hugging Face directory. [`open`] turns a `.gguf` file into the same [`Checkpoint`] the
+//! Hugging Face reader produces, and downstream code never learns the difference:
+//!
+//! * the configuration is rebuilt from the `{arch}.*` metadata keys ([`config`]);
+//! * tensors keep llama.cpp's storage (Q4_1, Q8_0, ...) on disk and are dequantized to f32 one
+//!   at a time from a memory map, under their Hugging Face names, with llama.cpp's q/k row
+//!   permutation undone ([`names`], [`GgufSource`]);
+//! * the tokenizer is rebuilt from the `tokenizer.ggml.*` tables ([`tokenizer`]) and the chat
+//!   template is taken from `tokenizer.chat_template`.
+//!
+//! Everything that can be checked without reading tensor data is checked at open (magic,
+//! header, names, byte ranges against the file length), so a truncated download fails at once
+//! with the file and the tensor named, not minutes later in the middle of an evaluation.
+//!
+//! The header is parsed by candle's `gguf_file::Content`; supported architectures are
+//! [`config::SUPPORTED_ARCHITECTURES`].
+
+pub mod config;
+mod meta;
+pub mod names;
+mod source;
+pub mod tokenizer;
+
+use std::io::Read;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Content;
+use memmap2::Mmap;
+use microllm_core::{Error, Result};
+
+use self::meta::Meta;
+pub use self::source::{GgufSource, dtype_name};
+use crate::{Checkpoint, CheckpointFormat};
+
+/// The four bytes every GGUF file starts with.
+pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+/// Whether the file starts with the GGUF magic.
+pub fn has_gguf_magic(path: &Path) -> Result<bool> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut magic = [0u8; 4];
+    match f.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == GGUF_MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Opens a GGUF checkpoint: header, configuration, lazy tensors, tokenizer and chat template.
+///
+/// Only the header is read; tensor data stays in the memory map until loaded.
+pub fn open(path: &Path) -> Result<Checkpoint> {
+    if !has_gguf_magic(path)? {
+        return Err(Error::format(
+            path,
+            "not a GGUF file: it does not start with the magic bytes \"GGUF\"",
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the mapping is read-only; a checkpoint modified underneath a running process is
+    // outside what any reader can defend against.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let content = Content::read(&mut std::io::Cursor::new(&map[..])).map_err(|e| {
+        Error::format(
+            path,
+            format!("cannot read the GGUF header (truncated, corrupt, or a tensor type candle does not know): {e}"),
+        )
+    })?;
+    let meta = Meta::new(path, &content.metadata);
+
+    let arch = meta.req_str("general.architecture")?;
+    let family = config::family_of(&meta, arch)?;
+    let model_config = config::read_config(&meta, arch, family, &content.tensor_infos)?;
+    let tensors = GgufSource::new(path, map, &content, &model_config)?;
+    let tokenizer = tokenizer::from_metadata(&meta)?;
+    let chat_template = meta.str("tokenizer.chat_template")?.map(str::to_string);
+
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        format: CheckpointFormat::Gguf,
+        config: model_config,
+        tensors: Box::new(tensors),
+        tokenizer,
+        chat_template,
+    })
+}

@@ -1,0 +1,331 @@
+//! [`GgufSource`]: the tensors of a memory-mapped GGUF file, one at a time, as Hugging Face
+//! f32 tensors.
+//!
+//! The file is mapped, not read: opening costs the header only, and a tensor's blocks are
+//! touched when it is loaded, dequantized with candle (every type candle decodes: F32, F16,
+//! BF16, Q4_0 ... Q8_0, the k-quants) and handed out. Everything a caller could trip over is
+//! settled at open time instead of at load time: every name is translated (an unknown one is an
+//! error naming it), every tensor's byte range is checked against the file length (a truncated
+//! download names the first tensor it cuts), fused q/k/v tensors are announced as their three
+//! parts, and llama-family q/k rows are un-permuted on load (see [`super::names`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use microllm_core::names::{self, LinearKind};
+use microllm_core::{Error, ModelConfig, Result, TensorInfo, TensorSource};
+
+use super::names::{Mapped, gguf_to_hf, is_rope_permuted, unpermute_rows};
+
+/// Where one Hugging Face tensor comes from.
+struct Entry {
+    /// The GGUF tensor holding it (for fused q/k/v: the fused tensor).
+    gguf_name: String,
+    dtype: GgmlDType,
+    /// Shape of the GGUF tensor, outermost first.
+    dims: Vec<usize>,
+    /// Absolute byte range of the GGUF tensor inside the mapping.
+    start: usize,
+    end: usize,
+    /// For parts of a fused tensor: `(first_row, rows)` to keep.
+    rows: Option<(usize, usize)>,
+    /// Heads to un-permute over (llama-family q/k).
+    unpermute_heads: Option<usize>,
+    /// Shape handed out.
+    shape: Vec<usize>,
+    stored_bytes: u64,
+}
+
+/// The tensors of one GGUF file under Hugging Face names.
+pub struct GgufSource {
+    path: PathBuf,
+    map: Mmap,
+    entries: HashMap<String, Entry>,
+    order: Vec<String>,
+}
+
+/// The type name as llama.cpp spells it (`Q4_K`, not candle's `Q4K`).
+pub fn dtype_name(dtype: GgmlDType) -> &'static str {
+    match dtype {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
+}
+
+/// Bytes a tensor of `dims` occupies, or why it cannot be stored as `dtype`.
+fn byte_size(dtype: GgmlDType, dims: &[usize]) -> std::result::Result<u64, String> {
+    let elems = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or("its element count overflows")?;
+    let block = dtype.block_size() as u64;
+    if !elems.is_multiple_of(block)
+        || dims
+            .last()
+            .is_some_and(|&d| !(d as u64).is_multiple_of(block))
+    {
+        return Err(format!(
+            "shape {dims:?} is not made of whole {} blocks of {block}",
+            dtype_name(dtype)
+        ));
+    }
+    (elems / block)
+        .checked_mul(dtype.type_size() as u64)
+        .ok_or_else(|| "its byte size overflows".to_string())
+}
+
+impl GgufSource {
+    /// Indexes the tensors of a mapped GGUF file whose header is `content`.
+    ///
+    /// Fails, naming the file and the tensor, on a name the family has no use for, a shape the
+    /// storage type cannot hold, a fused q/k/v whose rows do not fit `config`, or data that
+    /// extends past the end of the file.
+    pub(crate) fn new(
+        path: &Path,
+        map: Mmap,
+        content: &Content,
+        config: &ModelConfig,
+    ) -> Result<Self> {
+        let file_len = map.len() as u64;
+        let mut gguf: Vec<_> = content.tensor_infos.iter().collect();
+        gguf.sort_by(|a, b| (a.1.offset, a.0).cmp(&(b.1.offset, b.0)));
+
+        let mut entries = HashMap::new();
+        let mut order = Vec::new();
+        for (gname, info) in gguf {
+            let bad = |msg: String| Error::format(path, format!("tensor `{gname}`: {msg}"));
+            let dims = info.shape.dims().to_vec();
+            let size = byte_size(info.ggml_dtype, &dims).map_err(&bad)?;
+            let start = content
+                .tensor_data_offset
+                .checked_add(info.offset)
+                .ok_or_else(|| bad("data offset overflows".into()))?;
+            let end = start
+                .checked_add(size)
+                .filter(|&e| e <= file_len)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "data needs bytes {start}..{} but the file has only {file_len} bytes \
+                     (truncated or corrupt download?)",
+                        start.saturating_add(size)
+                    ))
+                })?;
+            let mapped = gguf_to_hf(config.family, gname).ok_or_else(|| {
+                bad(format!(
+                    "not a tensor a {} model has (no Hugging Face name for it)",
+                    config.family
+                ))
+            })?;
+            let base = Entry {
+                gguf_name: gname.clone(),
+                dtype: info.ggml_dtype,
+                dims: dims.clone(),
+                start: start as usize,
+                end: end as usize,
+                rows: None,
+                unpermute_heads: None,
+                shape: dims.clone(),
+                stored_bytes: size,
+            };
+            let parts: Vec<(String, Entry)> = match mapped {
+                Mapped::One(hf) => {
+                    let heads = rope_heads(config, gname);
+                    vec![(
+                        hf,
+                        Entry {
+                            unpermute_heads: heads,
+                            ..base
+                        },
+                    )]
+                }
+                Mapped::FusedQkv { layer, suffix } => split_qkv(path, config, base, layer, suffix)?,
+            };
+            for (hf, entry) in parts {
+                if let Some(prev) = entries.get(&hf).map(|e: &Entry| e.gguf_name.clone()) {
+                    return Err(Error::format(
+                        path,
+                        format!("tensors `{prev}` and `{gname}` both provide `{hf}`"),
+                    ));
+                }
+                order.push(hf.clone());
+                entries.insert(hf, entry);
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            entries,
+            order,
+        })
+    }
+
+    /// The GGUF tensor a Hugging Face tensor is read from.
+    pub fn gguf_name(&self, name: &str) -> Option<&str> {
+        self.entries.get(name).map(|e| e.gguf_name.as_str())
+    }
+
+    /// The storage type of a tensor.
+    pub fn ggml_dtype(&self, name: &str) -> Option<GgmlDType> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
+    fn entry_info(&self, name: &str, e: &Entry) -> TensorInfo {
+        TensorInfo {
+            name: name.to_string(),
+            dtype: dtype_name(e.dtype).to_string(),
+            shape: e.shape.clone(),
+            stored_bytes: e.stored_bytes,
+        }
+    }
+
+    fn decode(&self, e: &Entry) -> candle_core::Result<Tensor> {
+        let bytes = &self.map[e.start..e.end];
+        // candle reinterprets the bytes as blocks (which hold f16/f32 fields): give it an
+        // 8-aligned slice. GGUF aligns tensor data (32 bytes by default), so the copy is for
+        // unusual files only.
+        let q: QTensor = if bytes.as_ptr().align_offset(8) == 0 {
+            qtensor_from_ggml(e.dtype, bytes, e.dims.clone(), &Device::Cpu)?
+        } else {
+            let mut buf = vec![0u8; bytes.len() + 8];
+            let pad = buf.as_ptr().align_offset(8);
+            buf[pad..pad + bytes.len()].copy_from_slice(bytes);
+            qtensor_from_ggml(
+                e.dtype,
+                &buf[pad..pad + bytes.len()],
+                e.dims.clone(),
+                &Device::Cpu,
+            )?
+        };
+        let mut t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+        if let Some((first, n)) = e.rows {
+            t = t.narrow(0, first, n)?.contiguous()?;
+        }
+        Ok(t)
+    }
+}
+
+/// Heads to un-permute over, if `gname` is a llama-family q or k tensor.
+fn rope_heads(config: &ModelConfig, gname: &str) -> Option<usize> {
+    if !is_rope_permuted(config.family) {
+        return None;
+    }
+    let stem = gname
+        .strip_suffix(".weight")
+        .or_else(|| gname.strip_suffix(".bias"))?;
+    if stem.ends_with(".attn_q") {
+        Some(config.num_heads)
+    } else if stem.ends_with(".attn_k") {
+        Some(config.num_kv_heads)
+    } else {
+        None
+    }
+}
+
+/// The q, k and v parts of a fused `attn_qkv` tensor.
+fn split_qkv(
+    path: &Path,
+    config: &ModelConfig,
+    fused: Entry,
+    layer: usize,
+    suffix: &str,
+) -> Result<Vec<(String, Entry)>> {
+    let (q, kv) = (config.q_dim(), config.kv_dim());
+    let total = q + 2 * kv;
+    if fused.dims.first() != Some(&total) {
+        let mut expected = fused.dims.clone();
+        if let Some(first) = expected.first_mut() {
+            *first = total;
+        }
+        return Err(Error::Shape {
+            name: fused.gguf_name.clone(),
+            origin: path.display().to_string(),
+            expected,
+            actual: fused.dims.clone(),
+        });
+    }
+    let permuted = is_rope_permuted(config.family);
+    let parts = [
+        (LinearKind::Q, 0, q, config.num_heads),
+        (LinearKind::K, q, kv, config.num_kv_heads),
+        (LinearKind::V, q + kv, kv, 0),
+    ];
+    Ok(parts
+        .into_iter()
+        .map(|(kind, first, rows, heads)| {
+            let name = match suffix {
+                "bias" => names::linear_bias(config.family, layer, kind),
+                _ => names::linear_weight(config.family, layer, kind),
+            };
+            let mut shape = fused.dims.clone();
+            shape[0] = rows;
+            let entry = Entry {
+                gguf_name: fused.gguf_name.clone(),
+                dtype: fused.dtype,
+                dims: fused.dims.clone(),
+                start: fused.start,
+                end: fused.end,
+                rows: Some((first, rows)),
+                unpermute_heads: (permuted && heads > 0).then_some(heads),
+                shape,
+                stored_bytes: fused.stored_bytes * rows as u64 / total as u64,
+            };
+            (name, entry)
+        })
+        .collect())
+}
+
+impl TensorSource for GgufSource {
+    fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn infos(&self) -> Vec<TensorInfo> {
+        self.order
+            .iter()
+            .map(|n| self.entry_info(n, &self.entries[n]))
+            .collect()
+    }
+
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.entries.get(name).map(|e| self.entry_info(name, e))
+    }
+
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            origin: self.origin(),
+        })?;
+        let data_err = |msg: String| Error::TensorData {
+            name: name.to_string(),
+            origin: self.origin(),
+            msg: format!(
+                "GGUF tensor `{}` ({}): {msg}",
+                e.gguf_name,
+                dtype_name(e.dtype)
+            ),
+        };
+        let t = self.decode(e).map_err(|err| data_err(err.to_string()))?;
+        match e.unpermute_heads {
+            Some(heads) => unpermute_rows(&t, heads).map_err(|err| data_err(err.to_string())),
+            None => Ok(t),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Hugging Face model directories: `config.json`, safetensors (one file, or shards listed by
+//! `model.safetensors.index.json`), `tokenizer.json` and `tokenizer_config.json`.
+
+mod config;
+mod safetensors;
+
+use std::path::{Path, PathBuf};
+
+use microllm_core::{Error, Result};
+use serde_json::Value;
+
+pub use self::config::{parse_config, read_config};
+pub use self::safetensors::SafetensorsSource;
+use crate::{Checkpoint, CheckpointFormat, Tokenizer};
+
+/// The index file that lists the shards of a sharded checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Opens a Hugging Face model directory.
+pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(Error::Source {
+            spec: dir.display().to_string(),
+            msg: "no config.json in this directory".into(),
+        });
+    }
+    let config = read_config(&config_path)?;
+    let files = weight_files(dir)?;
+    let tensors = SafetensorsSource::open(dir, &files)?;
+    check_index(dir, &tensors)?;
+
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer = if tokenizer_path.is_file() {
+        Some(Tokenizer::from_file(&tokenizer_path)?)
+    } else {
+        None
+    };
+    Ok(Checkpoint {
+        path: dir.to_path_buf(),
+        format: CheckpointFormat::HfDir,
+        config,
+        tensors: Box::new(tensors),
+        tokenizer,
+        chat_template: chat_template(dir)?,
+    })
+}
+
+/// The safetensors files of a directory: the shards named by the index, or `*.safetensors`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join(INDEX_FILE);
+    if index.is_file() {
+        let map = read_weight_map(&index)?;
+        let mut files: Vec<String> = map.into_iter().map(|(_, f)| f).collect();
+        files.sort();
+        files.dedup();
+        return files
+            .into_iter()
+            .map(|f| {
+                let p = dir.join(&f);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(Error::format(
+                        &index,
+                        format!("weight_map names shard `{f}`, which does not exist"),
+                    ))
+                }
+            })
+            .collect();
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Source {
+            spec: dir.display().to_string(),
+            msg: "no *.safetensors files and no model.safetensors.index.json".into(),
+        });
+    }
+    Ok(files)
+}
+
+/// `(tensor, file)` pairs of an index's `weight_map`.
+fn read_weight_map(index: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(index, format!("not valid JSON: {e}")))?;
+    let map = value
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::config(index, "weight_map", "missing or not an object"))?;
+    map.iter()
+        .map(|(name, file)| {
+            file.as_str()
+                .map(|f| (name.clone(), f.to_string()))
+                .ok_or_else(|| {
+                    Error::config(index, format!("weight_map.{name}"), "expected a file name")
+                })
+        })
+        .collect()
+}
+
+/// Every tensor the index promises is in the shard it names.
+fn check_index(dir: &Path, tensors: &SafetensorsSource) -> Result<()> {
+    let index = dir.join(INDEX_FILE);
+    if !index.is_file() {
+        return Ok(());
+    }
+    for (name, file) in read_weight_map(&index)? {
+        let found = tensors.file_of(&name);
+        if found.and_then(Path::file_name) != Some(std::ffi::OsStr::new(&file)) {
+            return Err(Error::format(
+                &index,
+                format!("weight_map says tensor `{name}` is in `{file}`, but it is not there"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The chat template from `chat_template.jinja` or `tokenizer_config.json`, if any.
+fn chat_template(dir: &Path) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| Error::io(&jinja, e));
+    }
+    let cfg = dir.join("tokenizer_config.json");
+    if !cfg.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&cfg, format!("not valid JSON: {e}")))?;
+    Ok(value
+        .get("chat_template")
+        .and_then(Value::as_str)
+        .map(str::to_string))
+}
+
+/// Files of a directory checkpoint other than weights that a converted copy should carry.
+pub fn is_weight_file(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "safetensors")
+        || path.file_name().is_some_and(|n| n == INDEX_FILE)
+}

@@ -1,0 +1,118 @@
+//! Reading and writing checkpoints.
+//!
+//! [`open`] turns what a user typed (a Hugging Face directory, a `.gguf` file or a hub repo id)
+//! into a [`Checkpoint`]: the resolved [`ModelConfig`](microllm_core::ModelConfig), a lazy
+//! [`TensorSource`](microllm_core::TensorSource) and the tokenizer. Nothing is loaded whole:
+//! safetensors shards and GGUF files are memory-mapped and tensors are materialised one at a
+//! time, under their canonical Hugging Face names, as f32.
+//!
+//! Writers (the [`write`](crate::write) module) produce files atomically: everything goes to a temporary path that is
+//! renamed into place only when complete, so a failed run leaves nothing half-written.
+
+pub mod arrays;
+pub mod gguf;
+pub mod hf;
+pub mod hub;
+mod tokenizer;
+pub mod write;
+
+use std::path::{Path, PathBuf};
+
+use microllm_core::{Error, ModelConfig, Result, TensorSource};
+
+pub use tokenizer::Tokenizer;
+
+/// The on-disk format a checkpoint was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// A Hugging Face directory: config.json + safetensors (one file or shards + index).
+    HfDir,
+    /// A single GGUF file.
+    Gguf,
+}
+
+impl std::fmt::Display for CheckpointFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckpointFormat::HfDir => "Hugging Face safetensors directory",
+            CheckpointFormat::Gguf => "GGUF",
+        })
+    }
+}
+
+/// An opened model: configuration, lazy tensors and tokenizer.
+pub struct Checkpoint {
+    /// Where it was read from (a directory or a `.gguf` file).
+    pub path: PathBuf,
+    pub format: CheckpointFormat,
+    pub config: ModelConfig,
+    pub tensors: Box<dyn TensorSource>,
+    /// The tokenizer, when the checkpoint carries one.
+    pub tokenizer: Option<Tokenizer>,
+    /// The chat template (Jinja), when the checkpoint carries one.
+    pub chat_template: Option<String>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checkpoint {
+    /// The tokenizer, or an error saying this checkpoint has none.
+    pub fn require_tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::Tokenizer {
+            origin: self.path.display().to_string(),
+            msg: "this checkpoint carries no tokenizer (no tokenizer.json / no tokenizer metadata)"
+                .into(),
+        })
+    }
+
+    /// Total bytes of tensor data as stored.
+    pub fn stored_bytes(&self) -> u64 {
+        self.tensors.infos().iter().map(|t| t.stored_bytes).sum()
+    }
+}
+
+/// Opens a model from a local directory, a `.gguf` file, or a hub repo id (`owner/name`).
+///
+/// Local paths win: a spec is treated as a hub id only when no such path exists and it looks
+/// like `owner/name`.
+pub fn open(spec: &str) -> Result<Checkpoint> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return hf::open_dir(path);
+    }
+    if path.is_file() {
+        return open_file(path);
+    }
+    if hub::looks_like_repo_id(spec) {
+        let local = hub::resolve(spec)?;
+        return match local {
+            hub::Resolved::Dir(dir) => hf::open_dir(&dir),
+            hub::Resolved::File(file) => open_file(&file),
+        };
+    }
+    Err(Error::Source {
+        spec: spec.to_string(),
+        msg: "no such file or directory, and not a hub repo id of the form owner/name".into(),
+    })
+}
+
+fn open_file(path: &Path) -> Result<Checkpoint> {
+    if gguf::has_gguf_magic(path)? {
+        gguf::open(path)
+    } else if path.file_name().is_some_and(|n| n == "config.json") {
+        hf::open_dir(path.parent().unwrap_or(Path::new(".")))
+    } else {
+        Err(Error::format(
+            path,
+            "not a GGUF file (bad magic) and not a model directory",
+        ))
+    }
+}

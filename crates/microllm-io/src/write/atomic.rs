@@ -1,0 +1,147 @@
+//! Directory outputs that appear all at once or not at all.
+
+use std::path::{Path, PathBuf};
+
+use microllm_core::{Error, Result};
+
+/// A directory being written under a temporary name, renamed to its final name by
+/// [`AtomicDir::commit`]. Dropped without commit, it removes itself.
+#[derive(Debug)]
+pub struct AtomicDir {
+    tmp: PathBuf,
+    dest: PathBuf,
+    overwrite: bool,
+    committed: bool,
+}
+
+impl AtomicDir {
+    /// Starts writing `dest`. Fails early if `dest` exists (unless `overwrite`) or its parent
+    /// cannot be written, so a bad output path is reported before any long work.
+    pub fn create(dest: &Path, overwrite: bool) -> Result<Self> {
+        if dest.exists() && !overwrite {
+            return Err(Error::Invalid(format!(
+                "output {} already exists (pass --force to replace it)",
+                dest.display()
+            )));
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::Invalid(format!("output {} has no name", dest.display())))?;
+        let tmp = parent.join(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(Self {
+            tmp,
+            dest: dest.to_path_buf(),
+            overwrite,
+            committed: false,
+        })
+    }
+
+    /// The temporary directory to write into.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The final destination.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Moves the finished directory into place.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if self.dest.exists() {
+            if !self.overwrite {
+                return Err(Error::Invalid(format!(
+                    "output {} appeared while writing; not replacing it",
+                    self.dest.display()
+                )));
+            }
+            let old = self.tmp.with_extension("old");
+            std::fs::rename(&self.dest, &old).map_err(|e| Error::io(&self.dest, e))?;
+            std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+            let _ = if old.is_dir() {
+                std::fs::remove_dir_all(&old)
+            } else {
+                std::fs::remove_file(&old)
+            };
+        } else {
+            std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        }
+        self.committed = true;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Writes one file atomically: `write` fills a temporary file beside `dest`, which is renamed
+/// to `dest` only if `write` succeeds.
+pub fn write_file_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("output {} has no name", dest.display())))?;
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result =
+        write(&tmp).and_then(|()| std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_dir_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("out");
+        {
+            let dir = AtomicDir::create(&dest, false).unwrap();
+            std::fs::write(dir.path().join("x"), b"1").unwrap();
+        }
+        assert!(!dest.exists());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn commit_replaces_only_with_overwrite() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("out");
+        std::fs::create_dir(&dest).unwrap();
+        assert!(AtomicDir::create(&dest, false).is_err());
+        let dir = AtomicDir::create(&dest, true).unwrap();
+        std::fs::write(dir.path().join("x"), b"1").unwrap();
+        dir.commit().unwrap();
+        assert!(dest.join("x").is_file());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,230 @@
+//! Hugging Face directories that transformers loads: config.json, safetensors (sharded with an
+//! index when larger than the shard limit), tokenizer.json and tokenizer_config.json.
+
+use std::path::{Path, PathBuf};
+
+use microllm_core::{Error, Family, ModelConfig, Progress, Result, TensorInfo, TensorSource};
+use serde_json::{Value, json};
+
+use super::{AtomicDir, OutDtype, write_safetensors};
+use crate::Tokenizer;
+use crate::hf::INDEX_FILE;
+
+/// What goes into a Hugging Face directory.
+pub struct HfOutput<'a> {
+    pub config: &'a ModelConfig,
+    pub tensors: &'a dyn TensorSource,
+    pub tokenizer: Option<&'a Tokenizer>,
+    pub chat_template: Option<&'a str>,
+}
+
+/// How to write it.
+#[derive(Debug, Clone)]
+pub struct HfWriteOptions {
+    pub dtype: OutDtype,
+    /// Largest shard, in bytes of tensor data; more data is split into numbered shards.
+    pub max_shard_bytes: u64,
+    /// Replace an existing destination.
+    pub overwrite: bool,
+}
+
+impl Default for HfWriteOptions {
+    fn default() -> Self {
+        Self {
+            dtype: OutDtype::F32,
+            max_shard_bytes: 2_000_000_000,
+            overwrite: false,
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct WriteSummary {
+    pub dir: PathBuf,
+    pub shards: usize,
+    pub tensors: usize,
+    pub tensor_bytes: u64,
+}
+
+/// Writes `output` as a Hugging Face directory at `dest`, atomically.
+pub fn write_hf_dir(
+    output: &HfOutput<'_>,
+    dest: &Path,
+    opts: &HfWriteOptions,
+    progress: &dyn Progress,
+) -> Result<WriteSummary> {
+    let dir = AtomicDir::create(dest, opts.overwrite)?;
+    let infos = output.tensors.infos();
+    let shards = plan_shards(&infos, opts.dtype, opts.max_shard_bytes);
+    let total: u64 = infos.len() as u64;
+    progress.begin("writing tensors", total, "tensors");
+
+    let mut tensor_bytes = 0;
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let file = if shards.len() == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len())
+        };
+        tensor_bytes += write_safetensors(
+            &dir.path().join(&file),
+            output.tensors,
+            shard,
+            opts.dtype,
+            |_| progress.advance(1),
+        )?;
+        for t in shard {
+            weight_map.insert(t.name.clone(), Value::String(file.clone()));
+        }
+    }
+    progress.finish();
+    if shards.len() > 1 {
+        let index = json!({
+            "metadata": { "total_size": tensor_bytes },
+            "weight_map": weight_map,
+        });
+        write_json(&dir.path().join(INDEX_FILE), &index)?;
+    }
+    write_json(
+        &dir.path().join("config.json"),
+        &hf_config_json(output.config, opts.dtype),
+    )?;
+    if let Some(tok) = output.tokenizer {
+        tok.save(&dir.path().join("tokenizer.json"))?;
+        write_json(
+            &dir.path().join("tokenizer_config.json"),
+            &tokenizer_config(output.config, tok, output.chat_template),
+        )?;
+    }
+    let dir = dir.commit()?;
+    Ok(WriteSummary {
+        dir,
+        shards: shards.len(),
+        tensors: infos.len(),
+        tensor_bytes,
+    })
+}
+
+/// Splits tensors, in order, into shards of at most `max_bytes` (a single larger tensor gets a
+/// shard of its own).
+fn plan_shards(infos: &[TensorInfo], dtype: OutDtype, max_bytes: u64) -> Vec<Vec<TensorInfo>> {
+    let mut shards: Vec<Vec<TensorInfo>> = vec![Vec::new()];
+    let mut used = 0u64;
+    for t in infos {
+        let size = (t.numel() * dtype.size()) as u64;
+        let current = shards.last_mut().expect("never empty");
+        if !current.is_empty() && used + size > max_bytes {
+            shards.push(Vec::new());
+            used = 0;
+        }
+        shards.last_mut().expect("never empty").push(t.clone());
+        used += size;
+    }
+    shards
+}
+
+/// The config.json transformers expects for `cfg`.
+pub fn hf_config_json(cfg: &ModelConfig, dtype: OutDtype) -> Value {
+    let mut v = json!({
+        "architectures": [cfg.family.hf_architecture()],
+        "model_type": cfg.family.model_type(),
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": cfg.activation.hf_name(),
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "torch_dtype": dtype.torch_name(),
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": match cfg.eos_token_ids.as_slice() {
+            [] => Value::Null,
+            [one] => json!(one),
+            many => json!(many),
+        },
+        "use_cache": true,
+    });
+    let obj = v.as_object_mut().expect("object literal");
+    match cfg.family {
+        Family::Phi => {
+            obj.insert("layer_norm_eps".into(), json!(cfg.norm_eps));
+            obj.insert(
+                "partial_rotary_factor".into(),
+                json!(cfg.partial_rotary_factor),
+            );
+        }
+        _ => {
+            obj.insert("rms_norm_eps".into(), json!(cfg.norm_eps));
+        }
+    }
+    match cfg.family {
+        Family::Llama => {
+            obj.insert("attention_bias".into(), json!(cfg.qkv_bias));
+            obj.insert("mlp_bias".into(), json!(cfg.mlp_bias));
+        }
+        Family::Mistral => {
+            obj.insert("sliding_window".into(), json!(cfg.sliding_window));
+        }
+        Family::Qwen2 => {
+            obj.insert("use_sliding_window".into(), json!(false));
+        }
+        Family::Phi => {}
+    }
+    v
+}
+
+fn tokenizer_config(cfg: &ModelConfig, tok: &Tokenizer, chat_template: Option<&str>) -> Value {
+    let name = |id: Option<u32>| id.and_then(|id| tok.inner().id_to_token(id));
+    let mut v = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": cfg.max_position_embeddings,
+        "clean_up_tokenization_spaces": false,
+    });
+    let obj = v.as_object_mut().expect("object literal");
+    if let Some(bos) = name(cfg.bos_token_id) {
+        obj.insert("bos_token".into(), json!(bos));
+    }
+    if let Some(eos) = name(cfg.eos_token_ids.first().copied()) {
+        obj.insert("eos_token".into(), json!(eos));
+    }
+    if let Some(t) = chat_template {
+        obj.insert("chat_template".into(), json!(t));
+    }
+    v
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON of plain values");
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, n: usize) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            dtype: "F32".into(),
+            shape: vec![n],
+            stored_bytes: 4 * n as u64,
+        }
+    }
+
+    #[test]
+    fn shards_respect_the_limit() {
+        let infos = [info("a", 10), info("b", 10), info("c", 30), info("d", 1)];
+        let shards = plan_shards(&infos, OutDtype::F32, 80);
+        let names: Vec<Vec<&str>> = shards
+            .iter()
+            .map(|s| s.iter().map(|t| t.name.as_str()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
+    }
+}

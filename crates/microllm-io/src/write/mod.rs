@@ -1,0 +1,11 @@
+//! Writers. Every output is assembled under a temporary name beside its destination and
+//! renamed into place only when complete ([`AtomicDir`]), so an interrupted or failed run
+//! never leaves a half-written model where a user (or a runtime) would pick it up.
+
+mod atomic;
+mod hf_dir;
+mod safetensors;
+
+pub use atomic::{AtomicDir, write_file_atomic};
+pub use hf_dir::{HfOutput, HfWriteOptions, WriteSummary, hf_config_json, write_hf_dir};
+pub use safetensors::{OutDtype, write_safetensors};

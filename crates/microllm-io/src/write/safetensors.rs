@@ -1,0 +1,144 @@
+//! A streaming safetensors writer.
+//!
+//! The header (names, dtypes, shapes, offsets) is fully known from tensor metadata before any
+//! data is read, so it is written first and tensors follow one at a time: peak memory is one
+//! tensor, not one shard, which is what keeps `convert` of a large model inside a small RAM.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use microllm_core::{Error, Result, TensorInfo, TensorSource};
+
+/// Floating-point dtype of written weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl OutDtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            OutDtype::F32 => 4,
+            OutDtype::F16 | OutDtype::BF16 => 2,
+        }
+    }
+
+    /// The safetensors header name.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            OutDtype::F32 => "F32",
+            OutDtype::F16 => "F16",
+            OutDtype::BF16 => "BF16",
+        }
+    }
+
+    /// The `torch_dtype` written into config.json.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            OutDtype::F32 => "float32",
+            OutDtype::F16 => "float16",
+            OutDtype::BF16 => "bfloat16",
+        }
+    }
+
+    fn candle(self) -> DType {
+        match self {
+            OutDtype::F32 => DType::F32,
+            OutDtype::F16 => DType::F16,
+            OutDtype::BF16 => DType::BF16,
+        }
+    }
+}
+
+/// Writes `tensors` (read from `src`) to one safetensors file at `path`, converting to `dtype`.
+/// Returns the number of bytes of tensor data written. Non-finite values (NaN, or overflow in
+/// the narrower type) are an error naming the tensor.
+pub fn write_safetensors(
+    path: &Path,
+    src: &dyn TensorSource,
+    tensors: &[TensorInfo],
+    dtype: OutDtype,
+    mut on_tensor: impl FnMut(&TensorInfo),
+) -> Result<u64> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0usize;
+    for t in tensors {
+        let len = t.numel() * dtype.size();
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({
+                "dtype": dtype.safetensors_name(),
+                "shape": t.shape,
+                "data_offsets": [offset, offset + len],
+            }),
+        );
+        offset += len;
+    }
+    let mut header_bytes = serde_json::to_vec(&header).expect("JSON of plain values");
+    // Pad the header with spaces so tensor data starts 8-byte aligned.
+    header_bytes.resize(header_bytes.len().next_multiple_of(8), b' ');
+
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let io = |e| Error::io(path, e);
+    out.write_all(&(header_bytes.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&header_bytes).map_err(io)?;
+    for t in tensors {
+        let tensor = src.load(&t.name)?;
+        let bytes = tensor_bytes(&tensor, dtype).map_err(|msg| Error::TensorData {
+            name: t.name.clone(),
+            origin: src.origin(),
+            msg,
+        })?;
+        debug_assert_eq!(bytes.len(), t.numel() * dtype.size());
+        out.write_all(&bytes).map_err(io)?;
+        on_tensor(t);
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(offset as u64)
+}
+
+/// Little-endian bytes of a tensor in `dtype`, refusing non-finite values.
+fn tensor_bytes(tensor: &Tensor, dtype: OutDtype) -> std::result::Result<Vec<u8>, String> {
+    let flat = tensor
+        .flatten_all()
+        .and_then(|t| t.to_dtype(dtype.candle()))
+        .map_err(|e| e.to_string())?;
+    let check = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "contains NaN or infinite values (in {})",
+                dtype.safetensors_name()
+            ))
+        }
+    };
+    let bytes = match dtype {
+        OutDtype::F32 => {
+            let v = flat.to_vec1::<f32>().map_err(|e| e.to_string())?;
+            check(v.iter().all(|x| x.is_finite()))?;
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+        OutDtype::F16 => {
+            let v = flat.to_vec1::<half::f16>().map_err(|e| e.to_string())?;
+            check(v.iter().all(|x| x.is_finite()))?;
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+        OutDtype::BF16 => {
+            let v = flat.to_vec1::<half::bf16>().map_err(|e| e.to_string())?;
+            check(v.iter().all(|x| x.is_finite()))?;
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+    };
+    Ok(bytes)
+}

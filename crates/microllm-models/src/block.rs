@@ -1,0 +1,169 @@
+//! One decoder block, loadable and runnable on its own.
+
+use candle_core::Tensor;
+use microllm_core::{LinearKind, MlpKind, ModelConfig, Result, TensorSource, names};
+
+use crate::attention::{LayerKvCache, attend};
+use crate::layers::{Linear, Mlp, Norm, activate};
+use crate::rope::Rope;
+
+/// Sees the input of every linear layer during a block's forward pass.
+///
+/// q/k/v share one input, as do gate/up: `observe` is called once per layer with the same
+/// tensor, so an observer keyed by layer needs no knowledge of the sharing.
+pub trait LinearTap {
+    /// `input` is `[batch, seq, in_features]` of linear `kind` in block `layer`.
+    fn observe(&mut self, layer: usize, kind: LinearKind, input: &Tensor) -> Result<()>;
+}
+
+/// A [`LinearTap`] that observes nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTap;
+
+impl LinearTap for NoTap {
+    fn observe(&mut self, _: usize, _: LinearKind, _: &Tensor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The weights of one decoder block and its forward pass.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub layer: usize,
+    cfg: ModelConfig,
+    pub attn_norm: Norm,
+    /// Norm before the MLP in sequential blocks; `None` in parallel blocks (Phi).
+    pub mlp_norm: Option<Norm>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// Loads block `layer` from `src`, checking every shape against `cfg`.
+    pub fn load(cfg: &ModelConfig, layer: usize, src: &dyn TensorSource) -> Result<Self> {
+        let f = cfg.family;
+        let h = cfg.hidden_size;
+        let prefix =
+            |kind: LinearKind| format!("{}.{}", names::block_prefix(layer), kind.module(f));
+        let lin = |kind, out, inp, bias| Linear::load(src, &prefix(kind), out, inp, bias);
+        let layout = cfg.layout();
+        let i = cfg.intermediate_size;
+        let mlp = Mlp {
+            kind: layout.mlp,
+            gate: match layout.mlp {
+                MlpKind::Gated => Some(lin(LinearKind::Gate, i, h, cfg.mlp_bias)?),
+                MlpKind::Plain => None,
+            },
+            up: lin(LinearKind::Up, i, h, cfg.mlp_bias)?,
+            down: lin(LinearKind::Down, h, i, cfg.mlp_bias)?,
+            act: cfg.activation,
+        };
+        Ok(Self {
+            layer,
+            cfg: cfg.clone(),
+            attn_norm: Norm::load(src, &names::attn_norm(layer), cfg)?,
+            mlp_norm: if layout.parallel {
+                None
+            } else {
+                Some(Norm::load(src, &names::mlp_norm(layer), cfg)?)
+            },
+            q: lin(LinearKind::Q, cfg.q_dim(), h, cfg.qkv_bias)?,
+            k: lin(LinearKind::K, cfg.kv_dim(), h, cfg.qkv_bias)?,
+            v: lin(LinearKind::V, cfg.kv_dim(), h, cfg.qkv_bias)?,
+            o: lin(LinearKind::O, h, cfg.q_dim(), cfg.o_bias)?,
+            mlp,
+        })
+    }
+
+    /// The linear layer of `kind`, if the block has one (plain MLPs have no gate).
+    pub fn linear(&self, kind: LinearKind) -> Option<&Linear> {
+        match kind {
+            LinearKind::Q => Some(&self.q),
+            LinearKind::K => Some(&self.k),
+            LinearKind::V => Some(&self.v),
+            LinearKind::O => Some(&self.o),
+            LinearKind::Gate => self.mlp.gate.as_ref(),
+            LinearKind::Up => Some(&self.mlp.up),
+            LinearKind::Down => Some(&self.mlp.down),
+        }
+    }
+
+    /// Mutable access to a linear layer, for stages that rewrite weights in place.
+    pub fn linear_mut(&mut self, kind: LinearKind) -> Option<&mut Linear> {
+        match kind {
+            LinearKind::Q => Some(&mut self.q),
+            LinearKind::K => Some(&mut self.k),
+            LinearKind::V => Some(&mut self.v),
+            LinearKind::O => Some(&mut self.o),
+            LinearKind::Gate => self.mlp.gate.as_mut(),
+            LinearKind::Up => Some(&mut self.mlp.up),
+            LinearKind::Down => Some(&mut self.mlp.down),
+        }
+    }
+
+    /// Runs the block on `x` `[batch, seq, hidden]` whose first token is at position
+    /// `offset`. `mask` is the additive attention mask from
+    /// [`attention_mask`](crate::attention_mask) (shared by all blocks of a forward pass).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerKvCache>,
+        tap: &mut dyn LinearTap,
+    ) -> Result<Tensor> {
+        let normed = self.attn_norm.forward(x)?;
+        let attn = self.attention(&normed, rope, offset, mask, cache, tap)?;
+        match &self.mlp_norm {
+            // Phi: both branches read the same normed input.
+            None => {
+                let mlp = self.feed_forward(&normed, tap)?;
+                Ok(((x + attn)? + mlp)?)
+            }
+            Some(norm) => {
+                let x = (x + attn)?;
+                let mlp = self.feed_forward(&norm.forward(&x)?, tap)?;
+                Ok((x + mlp)?)
+            }
+        }
+    }
+
+    fn attention(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerKvCache>,
+        tap: &mut dyn LinearTap,
+    ) -> Result<Tensor> {
+        for kind in [LinearKind::Q, LinearKind::K, LinearKind::V] {
+            tap.observe(self.layer, kind, x)?;
+        }
+        let q = self.q.forward(x)?;
+        let k = self.k.forward(x)?;
+        let v = self.v.forward(x)?;
+        let ctx = attend(&self.cfg, &q, &k, &v, rope, offset, cache, mask)?;
+        tap.observe(self.layer, LinearKind::O, &ctx)?;
+        self.o.forward(&ctx)
+    }
+
+    fn feed_forward(&self, x: &Tensor, tap: &mut dyn LinearTap) -> Result<Tensor> {
+        let mlp = &self.mlp;
+        tap.observe(self.layer, LinearKind::Up, x)?;
+        let hidden = match &mlp.gate {
+            Some(gate) => {
+                tap.observe(self.layer, LinearKind::Gate, x)?;
+                (activate(mlp.act, &gate.forward(x)?)? * mlp.up.forward(x)?)?
+            }
+            None => activate(mlp.act, &mlp.up.forward(x)?)?,
+        };
+        tap.observe(self.layer, LinearKind::Down, &hidden)?;
+        mlp.down.forward(&hidden)
+    }
+}

@@ -1,0 +1,128 @@
+//! The whole model: embeddings, blocks, final norm and head.
+
+use candle_core::Tensor;
+use microllm_core::{ModelConfig, Result, TensorSource, names};
+
+use crate::attention::{KvCache, attention_mask};
+use crate::block::{Block, NoTap};
+use crate::layers::{Linear, Norm};
+use crate::rope::Rope;
+
+/// A decoder-only transformer of any supported family.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    cfg: ModelConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    final_norm: Norm,
+    /// The output head; with tied embeddings its weight is the embedding matrix.
+    head: Linear,
+    rope: Rope,
+}
+
+impl Decoder {
+    /// Loads every weight from `src`, checking shapes against `cfg`.
+    pub fn load(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Self> {
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let embed = src.load_shaped(names::EMBED_TOKENS, &[v, h])?;
+        let blocks = (0..cfg.num_layers)
+            .map(|layer| Block::load(cfg, layer, src))
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = Norm::load(src, names::final_norm(cfg.family), cfg)?;
+        let head = if cfg.tie_word_embeddings {
+            let bias = if cfg.lm_head_bias {
+                Some(src.load_shaped(&format!("{}.bias", names::LM_HEAD), &[v])?)
+            } else {
+                None
+            };
+            Linear {
+                weight: embed.clone(),
+                bias,
+            }
+        } else {
+            Linear::load(src, names::LM_HEAD, v, h, cfg.lm_head_bias)?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            final_norm,
+            head,
+            rope: Rope::new(cfg, cfg.max_position_embeddings.max(1))?,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    pub fn blocks_mut(&mut self) -> &mut [Block] {
+        &mut self.blocks
+    }
+
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
+    /// Token embeddings `[batch, seq, hidden]` of `ids` (u32 `[batch, seq]`).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        Ok(self
+            .embed
+            .index_select(&flat, 0)?
+            .reshape((b, s, self.cfg.hidden_size))?)
+    }
+
+    /// Final norm and output head: logits `[batch, seq, vocab]`.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.head.forward(&self.final_norm.forward(hidden)?)
+    }
+
+    /// Logits `[batch, seq, vocab]` of `ids` (u32 `[batch, seq]`), positions from 0.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut x = self.embed(ids)?;
+        let mask = attention_mask(ids.dim(1)?, 0, self.cfg.sliding_window)?;
+        for block in &self.blocks {
+            x = block.forward(&x, &self.rope, 0, mask.as_ref(), None, &mut NoTap)?;
+        }
+        self.head(&x)
+    }
+
+    /// Logits and hidden states: `[embeddings, block 0 out, ..., last block out after the
+    /// final norm]` (the transformers convention for `output_hidden_states`).
+    pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut x = self.embed(ids)?;
+        let mask = attention_mask(ids.dim(1)?, 0, self.cfg.sliding_window)?;
+        let mut hidden = vec![x.clone()];
+        for block in &self.blocks {
+            x = block.forward(&x, &self.rope, 0, mask.as_ref(), None, &mut NoTap)?;
+            hidden.push(x.clone());
+        }
+        let normed = self.final_norm.forward(&x)?;
+        *hidden.last_mut().expect("embeddings pushed") = normed.clone();
+        Ok((self.head.forward(&normed)?, hidden))
+    }
+
+    /// Logits of the new tokens `ids`, continuing the sequence held in `cache`.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let offset = cache.len();
+        let mut x = self.embed(ids)?;
+        let mask = attention_mask(ids.dim(1)?, offset, self.cfg.sliding_window)?;
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward(
+                &x,
+                &self.rope,
+                offset,
+                mask.as_ref(),
+                Some(layer_cache),
+                &mut NoTap,
+            )?;
+        }
+        self.head(&x)
+    }
+}

@@ -1,0 +1,22 @@
+//! One generic decoder for every supported family.
+//!
+//! The families differ only in data ([`ModelConfig`](microllm_core::ModelConfig)): which norm,
+//! sequential or parallel blocks, gated or plain MLP, biases, rotary fraction, sliding window.
+//! Blocks are public and self-contained: a [`Block`] can be loaded, run and dropped on its own
+//! (the streaming compression passes need exactly that), and its forward calls a
+//! [`LinearTap`] with the input of every linear layer (GPTQ Hessians, Wanda norms).
+//!
+//! candle-transformers keeps its blocks private and has one model per family; this crate
+//! exists so that calibration can see inside blocks and a new family is a config row.
+
+mod attention;
+mod block;
+mod decoder;
+mod layers;
+mod rope;
+
+pub use attention::{KvCache, LayerKvCache, attention_mask};
+pub use block::{Block, LinearTap, NoTap};
+pub use decoder::Decoder;
+pub use layers::{Linear, Mlp, Norm};
+pub use rope::Rope;

@@ -1,0 +1,37 @@
+//! One module per subcommand: its arguments (clap) and its `run`.
+
+pub mod convert;
+pub mod eval;
+pub mod generate;
+pub mod inspect;
+pub mod logits;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use microllm_io::Checkpoint;
+use microllm_models::Decoder;
+
+/// Opens a model source, with the spec in the error context.
+pub fn open_model(spec: &str) -> Result<Checkpoint> {
+    microllm_io::open(spec).with_context(|| format!("opening model `{spec}`"))
+}
+
+/// Builds the decoder of an opened checkpoint.
+pub fn load_decoder(ckpt: &Checkpoint) -> Result<Decoder> {
+    Decoder::load(&ckpt.config, ckpt.tensors.as_ref())
+        .with_context(|| format!("loading weights from {}", ckpt.path.display()))
+}
+
+/// Reads a UTF-8 text file, naming the file and the first bad byte otherwise.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        microllm_core::Error::format(
+            path,
+            format!("not valid UTF-8 text (first invalid byte at offset {at})"),
+        )
+        .into()
+    })
+}

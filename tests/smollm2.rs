@@ -1,0 +1,84 @@
+//! The real model: SmolLM2-135M-Instruct (GGUF Q4_1) on real English text, against the
+//! reference figures of `shared/assets/README.md` (transformers, f32 weights dequantized from
+//! the same GGUF).
+
+mod common;
+
+use common::{microllm, smollm2_gguf, text};
+
+/// Reference: 24 windows x 512 tokens of wiki.eval.txt.
+const REFERENCE_PPL: f64 = 22.5373;
+const REFERENCE_SCORED: u64 = 12_264;
+const REFERENCE_TEXT_TOKENS: u64 = 107_364;
+
+fn eval_json(model: &std::path::Path, out: &std::path::Path) -> serde_json::Value {
+    microllm()
+        .args(["eval", "--ctx", "512", "--max-windows", "24", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(text("wiki.eval.txt"))
+        .arg("--json")
+        .arg(out)
+        .assert()
+        .success();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    v["result"].clone()
+}
+
+#[test]
+fn perplexity_matches_reference_and_survives_conversion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = eval_json(&smollm2_gguf(), &tmp.path().join("gguf.json"));
+    assert_eq!(gguf["text_tokens"], REFERENCE_TEXT_TOKENS);
+    assert_eq!(gguf["scored_tokens"], REFERENCE_SCORED);
+    assert_eq!(gguf["windows"], 24);
+    let ppl = gguf["perplexity"].as_f64().unwrap();
+    let rel = (ppl - REFERENCE_PPL).abs() / REFERENCE_PPL;
+    assert!(rel < 0.005, "perplexity {ppl} vs reference {REFERENCE_PPL}");
+
+    let hf = tmp.path().join("smollm2-f32");
+    microllm()
+        .args(["convert", "--dtype", "f32", "--model"])
+        .arg(smollm2_gguf())
+        .arg("--out")
+        .arg(&hf)
+        .assert()
+        .success();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(hf.join(file).is_file(), "convert wrote no {file}");
+    }
+    let converted = eval_json(&hf, &tmp.path().join("hf.json"));
+    assert_eq!(converted["scored_tokens"], REFERENCE_SCORED);
+    let ppl_hf = converted["perplexity"].as_f64().unwrap();
+    assert!(
+        (ppl_hf - ppl).abs() / ppl < 0.001,
+        "converted {ppl_hf} vs gguf {ppl}"
+    );
+}
+
+#[test]
+fn greedy_continuation_names_the_capital() {
+    let out = microllm()
+        .args([
+            "generate",
+            "--max-tokens",
+            "3",
+            "--prompt",
+            "The capital of France is",
+            "--model",
+        ])
+        .arg(smollm2_gguf())
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        stdout.starts_with("The capital of France is Paris"),
+        "continuation: {stdout:?}"
+    );
+}
