@@ -115,25 +115,36 @@ pub fn split_heads(x: &Tensor, heads: usize, d: usize) -> Result<Tensor> {
     Ok(x.reshape((b, s, heads, d))?.transpose(1, 2)?)
 }
 
-/// Rotates q and k, appends k/v to the cache, and attends.
+/// Where a forward pass is in the sequence: shared by every block of one pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Positions<'a> {
+    /// Rotary tables.
+    pub rope: &'a Rope,
+    /// Position of the first token of this pass (the cache length when decoding).
+    pub offset: usize,
+    /// Additive attention mask from [`attention_mask`]; `None` when nothing is masked.
+    pub mask: Option<&'a Tensor>,
+}
+
+/// Rotates q and k (`[b, s, heads * d]`), appends k/v to the cache, and attends.
 pub(crate) fn attend(
     cfg: &ModelConfig,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    rope: &Rope,
-    offset: usize,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    at: Positions<'_>,
     cache: Option<&mut LayerKvCache>,
-    mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let q = rope.apply(&split_heads(q, cfg.num_heads, cfg.head_dim)?, offset)?;
-    let k = rope.apply(&split_heads(k, cfg.num_kv_heads, cfg.head_dim)?, offset)?;
+    let q = at
+        .rope
+        .apply(&split_heads(q, cfg.num_heads, cfg.head_dim)?, at.offset)?;
+    let k = at
+        .rope
+        .apply(&split_heads(k, cfg.num_kv_heads, cfg.head_dim)?, at.offset)?;
     let v = split_heads(v, cfg.num_kv_heads, cfg.head_dim)?.contiguous()?;
     let (k, v) = match cache {
         Some(c) => c.append(k, v)?,
         None => (k, v),
     };
-    let out = grouped_attention(&q, &k, &v, mask)?;
+    let out = grouped_attention(&q, &k, &v, at.mask)?;
     let (b, _, s, _) = out.dims4()?;
     Ok(out.transpose(1, 2)?.reshape((b, s, cfg.q_dim()))?)
 }

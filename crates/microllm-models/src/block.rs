@@ -3,9 +3,8 @@
 use candle_core::Tensor;
 use microllm_core::{LinearKind, MlpKind, ModelConfig, Result, TensorSource, names};
 
-use crate::attention::{LayerKvCache, attend};
+use crate::attention::{LayerKvCache, Positions, attend};
 use crate::layers::{Linear, Mlp, Norm, activate};
-use crate::rope::Rope;
 
 /// Sees the input of every linear layer during a block's forward pass.
 ///
@@ -104,21 +103,17 @@ impl Block {
         }
     }
 
-    /// Runs the block on `x` `[batch, seq, hidden]` whose first token is at position
-    /// `offset`. `mask` is the additive attention mask from
-    /// [`attention_mask`](crate::attention_mask) (shared by all blocks of a forward pass).
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the block on `x` `[batch, seq, hidden]` at positions `at`, appending to `cache`
+    /// when given, and shows the input of every linear to `tap`.
     pub fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        offset: usize,
-        mask: Option<&Tensor>,
+        at: Positions<'_>,
         cache: Option<&mut LayerKvCache>,
         tap: &mut dyn LinearTap,
     ) -> Result<Tensor> {
         let normed = self.attn_norm.forward(x)?;
-        let attn = self.attention(&normed, rope, offset, mask, cache, tap)?;
+        let attn = self.attention(&normed, at, cache, tap)?;
         match &self.mlp_norm {
             // Phi: both branches read the same normed input.
             None => {
@@ -136,9 +131,7 @@ impl Block {
     fn attention(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        offset: usize,
-        mask: Option<&Tensor>,
+        at: Positions<'_>,
         cache: Option<&mut LayerKvCache>,
         tap: &mut dyn LinearTap,
     ) -> Result<Tensor> {
@@ -148,7 +141,7 @@ impl Block {
         let q = self.q.forward(x)?;
         let k = self.k.forward(x)?;
         let v = self.v.forward(x)?;
-        let ctx = attend(&self.cfg, &q, &k, &v, rope, offset, cache, mask)?;
+        let ctx = attend(&self.cfg, (&q, &k, &v), at, cache)?;
         tap.observe(self.layer, LinearKind::O, &ctx)?;
         self.o.forward(&ctx)
     }

@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use microllm_core::{ModelConfig, Result, TensorSource, names};
 
-use crate::attention::{KvCache, attention_mask};
+use crate::attention::{KvCache, Positions, attention_mask};
 use crate::block::{Block, NoTap};
 use crate::layers::{Linear, Norm};
 use crate::rope::Rope;
@@ -87,8 +87,9 @@ impl Decoder {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut x = self.embed(ids)?;
         let mask = attention_mask(ids.dim(1)?, 0, self.cfg.sliding_window)?;
+        let at = self.positions(0, mask.as_ref());
         for block in &self.blocks {
-            x = block.forward(&x, &self.rope, 0, mask.as_ref(), None, &mut NoTap)?;
+            x = block.forward(&x, at, None, &mut NoTap)?;
         }
         self.head(&x)
     }
@@ -98,9 +99,10 @@ impl Decoder {
     pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let mut x = self.embed(ids)?;
         let mask = attention_mask(ids.dim(1)?, 0, self.cfg.sliding_window)?;
+        let at = self.positions(0, mask.as_ref());
         let mut hidden = vec![x.clone()];
         for block in &self.blocks {
-            x = block.forward(&x, &self.rope, 0, mask.as_ref(), None, &mut NoTap)?;
+            x = block.forward(&x, at, None, &mut NoTap)?;
             hidden.push(x.clone());
         }
         let normed = self.final_norm.forward(&x)?;
@@ -113,16 +115,19 @@ impl Decoder {
         let offset = cache.len();
         let mut x = self.embed(ids)?;
         let mask = attention_mask(ids.dim(1)?, offset, self.cfg.sliding_window)?;
+        let at = self.positions(offset, mask.as_ref());
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(
-                &x,
-                &self.rope,
-                offset,
-                mask.as_ref(),
-                Some(layer_cache),
-                &mut NoTap,
-            )?;
+            x = block.forward(&x, at, Some(layer_cache), &mut NoTap)?;
         }
         self.head(&x)
+    }
+
+    /// Positions for a pass starting at `offset`.
+    pub fn positions<'a>(&'a self, offset: usize, mask: Option<&'a Tensor>) -> Positions<'a> {
+        Positions {
+            rope: &self.rope,
+            offset,
+            mask,
+        }
     }
 }

@@ -111,3 +111,79 @@ pub struct Mlp {
     pub down: Linear,
     pub act: Activation,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::new(v, &Device::Cpu)
+            .unwrap()
+            .reshape((1, v.len()))
+            .unwrap()
+    }
+
+    fn vals(x: Tensor) -> Vec<f32> {
+        x.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn rms_norm_by_hand() {
+        // mean of squares of (3, 4) is 12.5.
+        let norm = Norm {
+            kind: NormKind::Rms,
+            weight: Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(),
+            bias: None,
+            eps: 0.0,
+        };
+        let y = vals(norm.forward(&t(&[3.0, 4.0])).unwrap());
+        let r = 12.5f32.sqrt();
+        assert!(
+            (y[0] - 3.0 / r).abs() < 1e-6 && (y[1] - 8.0 / r).abs() < 1e-6,
+            "{y:?}"
+        );
+    }
+
+    #[test]
+    fn layer_norm_by_hand() {
+        let norm = Norm {
+            kind: NormKind::Layer,
+            weight: Tensor::new(&[1f32, 1.0], &Device::Cpu).unwrap(),
+            bias: Some(Tensor::new(&[0.5f32, 0.5], &Device::Cpu).unwrap()),
+            eps: 0.0,
+        };
+        let y = vals(norm.forward(&t(&[1.0, 3.0])).unwrap());
+        assert!(
+            (y[0] + 0.5).abs() < 1e-6 && (y[1] - 1.5).abs() < 1e-6,
+            "{y:?}"
+        );
+    }
+
+    #[test]
+    fn gelu_new_is_the_tanh_approximation() {
+        let x = 1.5f32;
+        let tanh = 0.5
+            * x
+            * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+        let y = vals(activate(Activation::GeluNew, &t(&[x])).unwrap());
+        assert!((y[0] - tanh).abs() < 1e-5, "{} vs {tanh}", y[0]);
+        let silu = vals(activate(Activation::Silu, &t(&[x])).unwrap());
+        assert!((silu[0] - x / (1.0 + (-x).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn linear_with_bias() {
+        let lin = Linear {
+            weight: Tensor::new(&[[1f32, 2.0], [0.0, -1.0], [3.0, 0.0]], &Device::Cpu).unwrap(),
+            bias: Some(Tensor::new(&[0.5f32, 0.0, -1.0], &Device::Cpu).unwrap()),
+        };
+        let x = Tensor::new(&[1f32, 1.0], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 2))
+            .unwrap();
+        let y = lin.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 3]);
+        assert_eq!(vals(y), vec![3.5, -1.0, 2.0]);
+    }
+}

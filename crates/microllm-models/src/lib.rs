@@ -15,7 +15,7 @@ mod decoder;
 mod layers;
 mod rope;
 
-pub use attention::{KvCache, LayerKvCache, attention_mask};
+pub use attention::{KvCache, LayerKvCache, Positions, attention_mask};
 pub use block::{Block, LinearTap, NoTap};
 pub use decoder::Decoder;
 pub use layers::{Linear, Mlp, Norm};

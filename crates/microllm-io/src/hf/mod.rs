@@ -69,12 +69,29 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             })
             .collect();
     }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    // No index and no model.safetensors: the `model*.safetensors` files, else every
+    // `*.safetensors` (other files, such as adapters or reference outputs, are not weights).
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     files.sort();
+    let model_files: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("model"))
+        })
+        .cloned()
+        .collect();
+    if !model_files.is_empty() {
+        return Ok(model_files);
+    }
     if files.is_empty() {
         return Err(Error::Source {
             spec: dir.display().to_string(),
@@ -141,10 +158,4 @@ fn chat_template(dir: &Path) -> Result<Option<String>> {
         .get("chat_template")
         .and_then(Value::as_str)
         .map(str::to_string))
-}
-
-/// Files of a directory checkpoint other than weights that a converted copy should carry.
-pub fn is_weight_file(path: &Path) -> bool {
-    path.extension().is_some_and(|x| x == "safetensors")
-        || path.file_name().is_some_and(|n| n == INDEX_FILE)
 }

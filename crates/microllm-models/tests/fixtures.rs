@@ -1,0 +1,174 @@
+//! Every architecture against transformers' reference (f32, eager attention): logits, hidden
+//! states after every block, and the cached (incremental) forward against the full one.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use microllm_models::{Decoder, KvCache};
+
+/// Reference logits are f32; accumulated rounding differences stay well below this.
+const LOGITS_TOLERANCE: f32 = 1e-4;
+const HIDDEN_TOLERANCE: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(name);
+    assert!(dir.is_dir(), "missing fixture {}", dir.display());
+    dir
+}
+
+struct Reference {
+    ids: Tensor,
+    logits: Tensor,
+    hidden: Vec<Tensor>,
+}
+
+fn reference(name: &str) -> Reference {
+    let path = fixture(name).join("reference.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let ids = tensors["input_ids"].to_dtype(DType::U32).unwrap();
+    let mut hidden = Vec::new();
+    while let Some(h) = tensors.get(&format!("hidden_states.{}", hidden.len())) {
+        hidden.push(h.clone());
+    }
+    Reference {
+        ids,
+        logits: tensors["logits"].clone(),
+        hidden,
+    }
+}
+
+fn load(name: &str) -> Decoder {
+    let ckpt = microllm_io::open(fixture(name).to_str().unwrap()).unwrap();
+    Decoder::load(&ckpt.config, ckpt.tensors.as_ref()).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+const FAMILIES: [&str; 4] = ["llama-tiny", "mistral-tiny", "qwen2-tiny", "phi-tiny"];
+
+#[test]
+fn logits_and_hidden_states_match_the_reference() {
+    for name in FAMILIES {
+        let model = load(name);
+        let r = reference(name);
+        let (logits, hidden) = model.forward_with_hidden(&r.ids).unwrap();
+        let d = max_diff(&logits, &r.logits);
+        assert!(d <= LOGITS_TOLERANCE, "{name}: logits differ by {d}");
+        assert_eq!(
+            hidden.len(),
+            r.hidden.len(),
+            "{name}: number of hidden states"
+        );
+        for (i, (ours, theirs)) in hidden.iter().zip(&r.hidden).enumerate() {
+            let d = max_diff(ours, theirs);
+            assert!(
+                d <= HIDDEN_TOLERANCE,
+                "{name}: hidden state {i} differs by {d}"
+            );
+        }
+        let plain = model.forward(&r.ids).unwrap();
+        assert_eq!(
+            max_diff(&plain, &logits),
+            0.0,
+            "{name}: forward != forward_with_hidden"
+        );
+    }
+}
+
+#[test]
+fn cached_decoding_equals_the_full_forward() {
+    for name in FAMILIES {
+        let model = load(name);
+        let r = reference(name);
+        let full = model.forward(&r.ids).unwrap();
+        let seq = r.ids.dim(1).unwrap();
+        // A prompt of 5 tokens, then one token at a time: crosses mistral's window of 8.
+        let mut cache = KvCache::new(model.config());
+        let mut parts = vec![
+            model
+                .forward_cached(&r.ids.narrow(1, 0, 5).unwrap(), &mut cache)
+                .unwrap(),
+        ];
+        for t in 5..seq {
+            let step = r.ids.narrow(1, t, 1).unwrap();
+            parts.push(model.forward_cached(&step, &mut cache).unwrap());
+        }
+        assert_eq!(cache.len(), seq);
+        let incremental = Tensor::cat(&parts, 1).unwrap();
+        let d = max_diff(&incremental, &full);
+        assert!(
+            d <= LOGITS_TOLERANCE,
+            "{name}: cached decoding differs by {d}"
+        );
+    }
+}
+
+#[test]
+fn sliding_window_matters_for_mistral() {
+    // Guard against a window that is silently ignored: with the window removed, the logits of
+    // late positions must move away from the reference.
+    let ckpt = microllm_io::open(fixture("mistral-tiny").to_str().unwrap()).unwrap();
+    let mut cfg = ckpt.config.clone();
+    assert_eq!(cfg.sliding_window, Some(8));
+    cfg.sliding_window = None;
+    let unwindowed = Decoder::load(&cfg, ckpt.tensors.as_ref()).unwrap();
+    let r = reference("mistral-tiny");
+    let d = max_diff(&unwindowed.forward(&r.ids).unwrap(), &r.logits);
+    assert!(
+        d > 1e-3,
+        "removing the window changed the logits by only {d}"
+    );
+}
+
+#[test]
+fn linear_taps_see_every_linear_input() {
+    use microllm_core::{LinearKind, Result};
+    use microllm_models::LinearTap;
+
+    #[derive(Default)]
+    struct Recorder(Vec<(usize, LinearKind, Vec<usize>)>);
+    impl LinearTap for Recorder {
+        fn observe(&mut self, layer: usize, kind: LinearKind, input: &Tensor) -> Result<()> {
+            self.0.push((layer, kind, input.dims().to_vec()));
+            Ok(())
+        }
+    }
+
+    for (name, linears) in [("llama-tiny", 7), ("phi-tiny", 6)] {
+        let model = load(name);
+        let r = reference(name);
+        let mut x = model.embed(&r.ids).unwrap();
+        let mask = microllm_models::attention_mask(24, 0, None).unwrap();
+        let at = model.positions(0, mask.as_ref());
+        let mut rec = Recorder::default();
+        for block in model.blocks() {
+            x = block.forward(&x, at, None, &mut rec).unwrap();
+        }
+        let cfg = model.config();
+        assert_eq!(rec.0.len(), cfg.num_layers * linears, "{name}");
+        for (layer, kind, dims) in &rec.0 {
+            let block = &model.blocks()[*layer];
+            let in_features = block.linear(*kind).unwrap().weight.dim(1).unwrap();
+            assert_eq!(dims, &vec![2, 24, in_features], "{name} {layer} {kind:?}");
+        }
+        let d = max_diff(&model.head(&x).unwrap(), &r.logits);
+        assert!(
+            d <= LOGITS_TOLERANCE,
+            "{name}: block-by-block forward differs by {d}"
+        );
+    }
+}
