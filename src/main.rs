@@ -19,7 +19,16 @@ use clap::{Parser, Subcommand};
 /// repo id such as HuggingFaceTB/SmolLM2-135M (fetched into the local Hugging Face cache;
 /// HF_HUB_OFFLINE=1 uses the cache only). Append :FILE.gguf to a repo id to pick one GGUF file.
 #[derive(Debug, Parser)]
-#[command(name = "microllm", version, propagate_version = true)]
+#[command(
+    name = "microllm",
+    version,
+    propagate_version = true,
+    after_help = "Examples:
+  microllm inspect  --model SmolLM2-135M-Instruct.Q4_1.gguf
+  microllm eval     --model SmolLM2-135M-Instruct.Q4_1.gguf --data wiki.eval.txt --ctx 512
+  microllm generate --model HuggingFaceTB/SmolLM2-135M --prompt \"The capital of France is\"
+  microllm convert  --model model.gguf --out model-hf --dtype bf16"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

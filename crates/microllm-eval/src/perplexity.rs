@@ -5,6 +5,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use microllm_core::{Error, Progress, Result};
 use microllm_models::Decoder;
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// How to cut the token stream.
@@ -87,7 +88,8 @@ pub fn perplexity(
 }
 
 /// Sum of negative log-likelihoods of `ids[1..]` given `logits` `[seq, vocab]` of the window
-/// `ids` (row `t` predicts token `t + 1`).
+/// `ids` (row `t` predicts token `t + 1`). Rows are scored in parallel; each row's
+/// log-sum-exp is taken after subtracting its maximum and summed in f64.
 pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<f64> {
     let (seq, vocab) = logits.dims2()?;
     if seq != ids.len() {
@@ -96,25 +98,28 @@ pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<f64> {
             ids.len()
         )));
     }
-    let rows = logits.narrow(0, 0, seq - 1)?.to_vec2::<f32>()?;
-    let mut total = 0f64;
-    for (row, &target) in rows.iter().zip(&ids[1..]) {
-        let target = target as usize;
-        if target >= vocab {
-            return Err(Error::Invalid(format!(
-                "token id {target} is outside the model's vocabulary of {vocab}"
-            )));
-        }
-        total += log_sum_exp(row) - row[target] as f64;
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::Invalid(format!(
+            "token id {bad} is outside the model's vocabulary of {vocab}"
+        )));
     }
+    let flat = logits
+        .narrow(0, 0, seq - 1)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let total = flat
+        .par_chunks_exact(vocab)
+        .zip(&ids[1..])
+        .map(|(row, &target)| log_sum_exp(row) - row[target as usize] as f64)
+        .sum();
     Ok(total)
 }
 
-/// `log(sum(exp(row)))`, stable, accumulated in f64.
+/// `log(sum(exp(row)))`, stable: the maximum is subtracted before exponentiating.
 fn log_sum_exp(row: &[f32]) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-    max + sum.ln()
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
+    max as f64 + sum.ln()
 }
 
 #[cfg(test)]
