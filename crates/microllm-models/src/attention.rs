@@ -1,10 +1,11 @@
 //! Causal self-attention with grouped-query heads, optional sliding window, and a key/value
 //! cache for incremental decoding.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use microllm_core::{ModelConfig, Result};
 
 use crate::rope::Rope;
+use crate::softmax::CausalSoftmax;
 
 /// Keys and values of one layer for the positions seen so far, `[batch, kv_heads, t, d]`.
 #[derive(Debug, Clone, Default)]
@@ -59,53 +60,29 @@ impl KvCache {
     }
 }
 
-/// Additive mask `[seq, offset + seq]`: 0 where query `offset + i` may attend key `j`
-/// (`j <= offset + i`, and within the window `offset + i - j < window`), -inf elsewhere.
-/// `None` when nothing is masked (a single new token without a window limit).
-pub fn attention_mask(seq: usize, offset: usize, window: Option<usize>) -> Result<Option<Tensor>> {
-    let total = offset + seq;
-    let window = window.unwrap_or(usize::MAX);
-    let mut any = false;
-    let mut mask = vec![0f32; seq * total];
-    for i in 0..seq {
-        let q = offset + i;
-        for j in 0..total {
-            if j > q || q - j >= window {
-                mask[i * total + j] = f32::NEG_INFINITY;
-                any = true;
-            }
-        }
-    }
-    if !any {
-        return Ok(None);
-    }
-    Ok(Some(Tensor::from_vec(mask, (seq, total), &Device::Cpu)?))
-}
-
 /// Scaled dot-product attention of `q` `[b, heads, s, d]` over `k`, `v` `[b, kv_heads, t, d]`,
 /// where consecutive groups of `heads / kv_heads` query heads share one key/value head. The
-/// group is folded into the sequence axis so no key/value copies are made.
+/// group is folded into the sequence axis so no key/value copies are made; the causal
+/// (and sliding-window) softmax runs in place ([`CausalSoftmax`]).
 pub fn grouped_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&Tensor>,
+    offset: usize,
+    window: Option<usize>,
 ) -> Result<Tensor> {
     let (b, heads, s, d) = q.dims4()?;
-    let (_, kv_heads, t, _) = k.dims4()?;
+    let (_, kv_heads, _, _) = k.dims4()?;
     let group = heads / kv_heads;
-    let scale = 1.0 / (d as f64).sqrt();
-    let q = (q.contiguous()? * scale)?.reshape((b, kv_heads, group * s, d))?;
-    let scores = q.matmul(&k.t()?.contiguous()?)?;
-    let scores = match mask {
-        Some(m) => scores
-            .reshape((b, heads, s, t))?
-            .broadcast_add(m)?
-            .reshape((b, kv_heads, group * s, t))?,
-        None => scores,
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    let out = probs.matmul(&v.contiguous()?)?;
+    let q = q.contiguous()?.reshape((b, kv_heads, group * s, d))?;
+    let scores = q.matmul(&k.contiguous()?.t()?)?;
+    scores.inplace_op1(&CausalSoftmax {
+        scale: 1.0 / (d as f32).sqrt(),
+        seq: s,
+        offset,
+        window,
+    })?;
+    let out = scores.matmul(&v.contiguous()?)?;
     Ok(out.reshape((b, heads, s, d))?)
 }
 
@@ -122,8 +99,6 @@ pub struct Positions<'a> {
     pub rope: &'a Rope,
     /// Position of the first token of this pass (the cache length when decoding).
     pub offset: usize,
-    /// Additive attention mask from [`attention_mask`]; `None` when nothing is masked.
-    pub mask: Option<&'a Tensor>,
 }
 
 /// Rotates q and k (`[b, s, heads * d]`), appends k/v to the cache, and attends.
@@ -144,42 +119,7 @@ pub(crate) fn attend(
         Some(c) => c.append(k, v)?,
         None => (k, v),
     };
-    let out = grouped_attention(&q, &k, &v, at.mask)?;
+    let out = grouped_attention(&q, &k, &v, at.offset, cfg.sliding_window)?;
     let (b, _, s, _) = out.dims4()?;
     Ok(out.transpose(1, 2)?.reshape((b, s, cfg.q_dim()))?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn allowed(m: &Option<Tensor>) -> Vec<Vec<bool>> {
-        m.as_ref()
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.into_iter().map(|x| x == 0.0).collect())
-            .collect()
-    }
-
-    #[test]
-    fn causal_mask() {
-        let m = attention_mask(3, 0, None).unwrap();
-        assert_eq!(
-            allowed(&m),
-            vec![
-                vec![true, false, false],
-                vec![true, true, false],
-                vec![true, true, true]
-            ]
-        );
-        assert!(attention_mask(1, 5, None).unwrap().is_none());
-    }
-
-    #[test]
-    fn sliding_window_keeps_the_last_w_positions() {
-        let m = attention_mask(1, 4, Some(2)).unwrap();
-        assert_eq!(allowed(&m), vec![vec![false, false, false, true, true]]);
-    }
 }

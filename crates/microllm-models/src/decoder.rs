@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use microllm_core::{ModelConfig, Result, TensorSource, names};
 
-use crate::attention::{KvCache, Positions, attention_mask};
+use crate::attention::{KvCache, Positions};
 use crate::block::{Block, NoTap};
 use crate::layers::{Linear, Norm};
 use crate::rope::Rope;
@@ -86,8 +86,7 @@ impl Decoder {
     /// Logits `[batch, seq, vocab]` of `ids` (u32 `[batch, seq]`), positions from 0.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut x = self.embed(ids)?;
-        let mask = attention_mask(ids.dim(1)?, 0, self.cfg.sliding_window)?;
-        let at = self.positions(0, mask.as_ref());
+        let at = self.positions(0);
         for block in &self.blocks {
             x = block.forward(&x, at, None, &mut NoTap)?;
         }
@@ -98,8 +97,7 @@ impl Decoder {
     /// final norm]` (the transformers convention for `output_hidden_states`).
     pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let mut x = self.embed(ids)?;
-        let mask = attention_mask(ids.dim(1)?, 0, self.cfg.sliding_window)?;
-        let at = self.positions(0, mask.as_ref());
+        let at = self.positions(0);
         let mut hidden = vec![x.clone()];
         for block in &self.blocks {
             x = block.forward(&x, at, None, &mut NoTap)?;
@@ -114,8 +112,7 @@ impl Decoder {
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let offset = cache.len();
         let mut x = self.embed(ids)?;
-        let mask = attention_mask(ids.dim(1)?, offset, self.cfg.sliding_window)?;
-        let at = self.positions(offset, mask.as_ref());
+        let at = self.positions(offset);
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(&x, at, Some(layer_cache), &mut NoTap)?;
         }
@@ -123,11 +120,10 @@ impl Decoder {
     }
 
     /// Positions for a pass starting at `offset`.
-    pub fn positions<'a>(&'a self, offset: usize, mask: Option<&'a Tensor>) -> Positions<'a> {
+    pub fn positions(&self, offset: usize) -> Positions<'_> {
         Positions {
             rope: &self.rope,
             offset,
-            mask,
         }
     }
 }

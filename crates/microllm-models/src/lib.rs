@@ -14,9 +14,11 @@ mod block;
 mod decoder;
 mod layers;
 mod rope;
+mod softmax;
 
-pub use attention::{KvCache, LayerKvCache, Positions, attention_mask};
+pub use attention::{KvCache, LayerKvCache, Positions};
 pub use block::{Block, LinearTap, NoTap};
 pub use decoder::Decoder;
 pub use layers::{Linear, Mlp, Norm};
 pub use rope::Rope;
+pub use softmax::CausalSoftmax;

@@ -152,8 +152,7 @@ fn linear_taps_see_every_linear_input() {
         let model = load(name);
         let r = reference(name);
         let mut x = model.embed(&r.ids).unwrap();
-        let mask = microllm_models::attention_mask(24, 0, None).unwrap();
-        let at = model.positions(0, mask.as_ref());
+        let at = model.positions(0);
         let mut rec = Recorder::default();
         for block in model.blocks() {
             x = block.forward(&x, at, None, &mut rec).unwrap();
