@@ -24,19 +24,7 @@ impl AtomicDir {
                 dest.display()
             )));
         }
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let name = dest
-            .file_name()
-            .ok_or_else(|| Error::Invalid(format!("output {} has no name", dest.display())))?;
-        let tmp = parent.join(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        let tmp = temp_sibling(dest)?;
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
@@ -95,6 +83,18 @@ impl Drop for AtomicDir {
 /// Writes one file atomically: `write` fills a temporary file beside `dest`, which is renamed
 /// to `dest` only if `write` succeeds.
 pub fn write_file_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_sibling(dest)?;
+    let result =
+        write(&tmp).and_then(|()| std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `.NAME.partial-PID` beside `dest` (same directory, so the final rename cannot cross file
+/// systems), creating the parent directory if needed.
+fn temp_sibling(dest: &Path) -> Result<PathBuf> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -103,17 +103,11 @@ pub fn write_file_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     let name = dest
         .file_name()
         .ok_or_else(|| Error::Invalid(format!("output {} has no name", dest.display())))?;
-    let tmp = parent.join(format!(
+    Ok(parent.join(format!(
         ".{}.partial-{}",
         name.to_string_lossy(),
         std::process::id()
-    ));
-    let result =
-        write(&tmp).and_then(|()| std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    )))
 }
 
 #[cfg(test)]
