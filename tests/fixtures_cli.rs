@@ -111,6 +111,32 @@ fn convert_round_trips_and_shards() {
 }
 
 #[test]
+fn gguf_export_round_trips_every_family() {
+    // f32 GGUF: llama.cpp's names and q/k row permutation on the way out, undone on the way
+    // in, must give back the reference logits.
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["llama-tiny", "mistral-tiny", "qwen2-tiny", "phi-tiny"] {
+        let src = fixture(name);
+        let gguf = tmp.path().join(format!("{name}.gguf"));
+        microllm()
+            .args(["convert", "--gguf-type", "f32", "--model"])
+            .arg(&src)
+            .arg("--out")
+            .arg(&gguf)
+            .assert()
+            .success();
+        let reference = src.join("reference.safetensors");
+        let ours = logits_of(&gguf, &reference, &tmp.path().join("g.safetensors"));
+        let (_, expected) = read_f32(&reference, "logits");
+        let diff = max_abs_diff(&ours, &expected);
+        assert!(
+            diff <= F32_TOLERANCE,
+            "{name} via GGUF: max abs diff {diff}"
+        );
+    }
+}
+
+#[test]
 fn inspect_reports_the_architecture() {
     let out = microllm()
         .args(["inspect", "--model"])

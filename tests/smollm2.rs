@@ -62,6 +62,49 @@ fn perplexity_matches_reference_and_survives_conversion() {
     );
 }
 
+/// llama.cpp's own Q4_0 build of the model (llama-quantize from F32: matrices Q4_0, the tied
+/// embedding Q8_0 after its Q6_K falls back), evaluated by the reference implementation.
+const LLAMA_CPP_Q4_0_PPL: f64 = 27.7591;
+
+#[test]
+fn rtn_q4_0_gguf_equals_llama_cpp_q4_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("smollm2-q4_0.gguf");
+    let out = microllm()
+        .args(["convert", "--gguf-type", "q4_0", "--model"])
+        .arg(smollm2_gguf())
+        .arg("--out")
+        .arg(&gguf)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("token_embd.weight -> Q8_0"), "{stdout}");
+    // llama.cpp's own Python reader sees the metadata and the Q4_0 matrices.
+    let check = std::process::Command::new("bash")
+        .arg(common::repo_root().join("scripts/check-gguf.sh"))
+        .arg(&gguf)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        check.status.success(),
+        "gguf reader failed: {report}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(report.contains("tokenizer: gpt2"), "{report}");
+    assert!(report.contains("tensors Q4_0: 210"), "{report}");
+    let result = eval_json(&gguf, &tmp.path().join("q4_0.json"));
+    // The tokenizer went through GGUF metadata and back: same token count.
+    assert_eq!(result["text_tokens"], REFERENCE_TEXT_TOKENS);
+    assert_eq!(result["scored_tokens"], REFERENCE_SCORED);
+    let ppl = result["perplexity"].as_f64().unwrap();
+    let rel = (ppl - LLAMA_CPP_Q4_0_PPL).abs() / LLAMA_CPP_Q4_0_PPL;
+    assert!(
+        rel < 0.001,
+        "Q4_0 perplexity {ppl} vs llama.cpp's {LLAMA_CPP_Q4_0_PPL}"
+    );
+}
+
 #[test]
 fn greedy_continuation_names_the_capital() {
     let out = microllm()

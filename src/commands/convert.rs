@@ -1,35 +1,54 @@
-//! `microllm convert`: any model source -> a Hugging Face directory.
+//! `microllm convert`: any model source -> a Hugging Face directory or a GGUF file.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use candle_core::quantized::GgmlDType;
+use microllm_io::gguf::{GgufExport, write_gguf};
 use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
 
 use crate::progress::Bar;
 
-/// Convert any model source to a Hugging Face directory that transformers loads.
+/// Convert a model to a Hugging Face directory or a GGUF file.
 ///
-/// Writes config.json, safetensors (sharded with model.safetensors.index.json when larger than
-/// --max-shard-mb), tokenizer.json and tokenizer_config.json. Quantized GGUF weights are
-/// dequantized; llama.cpp's rotary permutation of q/k is undone. The directory appears only
-/// when complete.
+/// Hugging Face output (the default, or --format hf): config.json, safetensors (sharded with
+/// model.safetensors.index.json when larger than --max-shard-size), tokenizer.json and
+/// tokenizer_config.json, in --dtype. GGUF output (--format gguf, or an --out ending in .gguf):
+/// full llama.cpp metadata, tokenizer and chat template; matrices in --gguf-type, quantized by
+/// round-to-nearest (llama.cpp's block formats), with llama.cpp's fallbacks where a row does not
+/// fit a type's block. Quantized GGUF inputs are dequantized first; llama.cpp's rotary
+/// permutation of q/k is undone on input and redone on GGUF output. Outputs appear only when
+/// complete.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model directory, .gguf file or hub repo id.
     #[arg(long, short)]
     model: String,
-    /// Output directory (must not exist unless --force).
+    /// Output directory (Hugging Face) or file (GGUF); must not exist unless --force.
     #[arg(long, short)]
     out: PathBuf,
-    /// Weight dtype of the output.
+    /// Output format; by default GGUF when --out ends in .gguf, else Hugging Face.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Weight dtype of Hugging Face output.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+    /// Type of the matrices in GGUF output (norms stay F32; the output head gets Q6_K for
+    /// quantized types, as llama.cpp does).
+    #[arg(long, value_enum, default_value_t = GgufType::F16)]
+    gguf_type: GgufType,
     /// Largest safetensors shard (tensor data), e.g. 2GB, 500MB, 64KB.
     #[arg(long, default_value = "2GB", value_parser = parse_size)]
     max_shard_size: u64,
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Hf,
+    Gguf,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -39,8 +58,67 @@ enum Dtype {
     Bf16,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum GgufType {
+    F32,
+    F16,
+    Q8_0,
+    Q5_1,
+    Q5_0,
+    Q4_1,
+    Q4_0,
+    #[value(name = "q6_k")]
+    Q6K,
+    #[value(name = "q5_k")]
+    Q5K,
+    #[value(name = "q4_k")]
+    Q4K,
+    #[value(name = "q3_k")]
+    Q3K,
+    #[value(name = "q2_k")]
+    Q2K,
+}
+
+impl GgufType {
+    fn ggml(self) -> GgmlDType {
+        match self {
+            GgufType::F32 => GgmlDType::F32,
+            GgufType::F16 => GgmlDType::F16,
+            GgufType::Q8_0 => GgmlDType::Q8_0,
+            GgufType::Q5_1 => GgmlDType::Q5_1,
+            GgufType::Q5_0 => GgmlDType::Q5_0,
+            GgufType::Q4_1 => GgmlDType::Q4_1,
+            GgufType::Q4_0 => GgmlDType::Q4_0,
+            GgufType::Q6K => GgmlDType::Q6K,
+            GgufType::Q5K => GgmlDType::Q5K,
+            GgufType::Q4K => GgmlDType::Q4K,
+            GgufType::Q3K => GgmlDType::Q3K,
+            GgufType::Q2K => GgmlDType::Q2K,
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
+    let format = args.format.unwrap_or(
+        if args
+            .out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            Format::Gguf
+        } else {
+            Format::Hf
+        },
+    );
     let ckpt = super::open_model(&args.model)?;
+    match format {
+        Format::Hf => to_hf(&args, &ckpt),
+        Format::Gguf => to_gguf(&args, &ckpt),
+    }
+}
+
+fn to_hf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
     let opts = HfWriteOptions {
         dtype: match args.dtype {
             Dtype::F32 => OutDtype::F32,
@@ -65,6 +143,64 @@ pub fn run(args: Args) -> Result<()> {
         summary.shards,
         summary.tensor_bytes as f64 / 1e6
     );
+    Ok(())
+}
+
+fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
+    let name = ckpt
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
+    let export = GgufExport {
+        config: &ckpt.config,
+        tensors: ckpt.tensors.as_ref(),
+        tokenizer: ckpt.tokenizer.as_ref(),
+        chat_template: ckpt.chat_template.as_deref(),
+        name: &name,
+    };
+    let summary = write_gguf(
+        &export,
+        &args.out,
+        args.gguf_type.ggml(),
+        args.force,
+        &Bar::new(),
+    )
+    .with_context(|| format!("converting to {}", args.out.display()))?;
+    let params: usize = summary
+        .tensors
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum();
+    let fallbacks: Vec<_> = summary
+        .tensors
+        .iter()
+        .filter(|t| t.fallback.is_some())
+        .collect();
+    println!(
+        "wrote {} ({} tensors, {:.1} MB, {:.2} bits/parameter)",
+        summary.path.display(),
+        summary.tensors.len(),
+        summary.bytes as f64 / 1e6,
+        summary.bytes as f64 * 8.0 / params.max(1) as f64
+    );
+    if !fallbacks.is_empty() {
+        println!("{} tensors fell back to another type:", fallbacks.len());
+        for t in fallbacks.iter().take(8) {
+            println!(
+                "  {} -> {:?}: {}",
+                t.gguf_name,
+                t.dtype,
+                t.fallback.as_deref().unwrap_or_default()
+            );
+        }
+        if fallbacks.len() > 8 {
+            println!("  ... and {} more", fallbacks.len() - 8);
+        }
+    }
+    for note in &summary.notes {
+        println!("note: {note}");
+    }
     Ok(())
 }
 

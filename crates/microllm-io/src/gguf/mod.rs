@@ -19,10 +19,13 @@
 //! [`config::SUPPORTED_ARCHITECTURES`].
 
 pub mod config;
+mod export;
 mod meta;
 pub mod names;
 mod source;
 pub mod tokenizer;
+mod tokenizer_meta;
+pub mod write;
 
 use std::io::Read;
 use std::path::Path;
@@ -31,6 +34,7 @@ use candle_core::quantized::gguf_file::Content;
 use memmap2::Mmap;
 use microllm_core::{Error, Result};
 
+pub use self::export::{GgufExport, GgufSummary, TypeDecision, plan_types, write_gguf};
 use self::meta::Meta;
 pub use self::source::{GgufSource, dtype_name};
 use crate::{Checkpoint, CheckpointFormat};

@@ -94,7 +94,7 @@ pub fn write_file_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -
 
 /// `.NAME.partial-PID` beside `dest` (same directory, so the final rename cannot cross file
 /// systems), creating the parent directory if needed.
-fn temp_sibling(dest: &Path) -> Result<PathBuf> {
+pub(crate) fn temp_sibling(dest: &Path) -> Result<PathBuf> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

@@ -1,0 +1,304 @@
+//! Any checkpoint -> a GGUF file that llama.cpp, ollama and microllm load.
+//!
+//! A GGUF without its metadata is useless to llama.cpp (a known failure of files written by
+//! generic tensor tools), so the exporter writes the whole contract: the architecture keys,
+//! the tokenizer tables (rebuilt from the `tokenizers` JSON: byte-level BPE vocabulary,
+//! merges, token types, pre-tokenizer name), the chat template, and llama.cpp's q/k row
+//! permutation for the llama family. Tensor types follow llama.cpp's choices: norms and biases
+//! stay F32; matrices get the requested type, falling back where a row length is not a
+//! multiple of the type's block (k-quants need 256: SmolLM2's 576-wide rows do not fit); the
+//! output head (the tied embedding) gets Q6_K unless a higher precision was asked for. Every
+//! fallback is returned so reports can say so.
+//!
+//! Quantization here is round-to-nearest through candle's ggml-compatible block quantizers.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use microllm_core::{Error, Family, ModelConfig, NormKind, Progress, Result, TensorSource, names};
+
+use super::names::{hf_to_gguf, is_rope_permuted, permute_rows};
+use super::write::{GgufWriter, PlannedTensor};
+use crate::Tokenizer;
+
+/// What goes into the file.
+pub struct GgufExport<'a> {
+    pub config: &'a ModelConfig,
+    pub tensors: &'a dyn TensorSource,
+    pub tokenizer: Option<&'a Tokenizer>,
+    pub chat_template: Option<&'a str>,
+    /// `general.name`.
+    pub name: &'a str,
+}
+
+/// The type chosen for one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypeDecision {
+    pub hf_name: String,
+    pub gguf_name: String,
+    pub shape: Vec<usize>,
+    pub dtype: GgmlDType,
+    /// Why the type differs from the one requested, if it does.
+    pub fallback: Option<String>,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct GgufSummary {
+    pub path: PathBuf,
+    pub tensors: Vec<TypeDecision>,
+    pub bytes: u64,
+    /// Things a user should know (an unrecognised pre-tokenizer, a file without tokenizer).
+    pub notes: Vec<String>,
+}
+
+/// Chooses each tensor's GGUF name and type for matrices of type `matrices`.
+pub fn plan_types(
+    cfg: &ModelConfig,
+    tensors: &dyn TensorSource,
+    matrices: GgmlDType,
+) -> Result<Vec<TypeDecision>> {
+    let head = if cfg.tie_word_embeddings {
+        names::EMBED_TOKENS.to_string()
+    } else {
+        format!("{}.weight", names::LM_HEAD)
+    };
+    tensors
+        .infos()
+        .into_iter()
+        .map(|info| {
+            let gguf_name = hf_to_gguf(cfg.family, &info.name).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "tensor `{}` has no GGUF name for the {} architecture",
+                    info.name, cfg.family
+                ))
+            })?;
+            let (dtype, fallback) = if info.shape.len() < 2 {
+                (GgmlDType::F32, None)
+            } else {
+                let wanted = if info.name == head {
+                    head_type(matrices)
+                } else {
+                    matrices
+                };
+                fit_row(wanted, *info.shape.last().expect("2-D"))
+            };
+            Ok(TypeDecision {
+                hf_name: info.name,
+                gguf_name,
+                shape: info.shape,
+                dtype,
+                fallback,
+            })
+        })
+        .collect()
+}
+
+/// llama.cpp keeps the output head at Q6_K for quantized files.
+fn head_type(matrices: GgmlDType) -> GgmlDType {
+    match matrices {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_0 => matrices,
+        _ => GgmlDType::Q6K,
+    }
+}
+
+/// The type a row of `cols` values can take, starting from `wanted` and falling back as
+/// llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; Q2_K/Q3_K -> Q4_0 because candle
+/// cannot write llama.cpp's IQ4_NL; anything else -> F16).
+fn fit_row(wanted: GgmlDType, cols: usize) -> (GgmlDType, Option<String>) {
+    let mut dtype = wanted;
+    let mut reasons = Vec::new();
+    while !cols.is_multiple_of(dtype.block_size()) {
+        let next = match dtype {
+            GgmlDType::Q4K => GgmlDType::Q5_0,
+            GgmlDType::Q5K => GgmlDType::Q5_1,
+            GgmlDType::Q6K | GgmlDType::Q8K => GgmlDType::Q8_0,
+            GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
+            _ => GgmlDType::F16,
+        };
+        reasons.push(format!(
+            "rows of {cols} are not a multiple of {:?}'s block of {}: {next:?}",
+            dtype,
+            dtype.block_size()
+        ));
+        dtype = next;
+    }
+    (dtype, (!reasons.is_empty()).then(|| reasons.join("; ")))
+}
+
+/// Writes `export` as a GGUF file at `dest` with matrices of type `matrices`.
+pub fn write_gguf(
+    export: &GgufExport<'_>,
+    dest: &Path,
+    matrices: GgmlDType,
+    overwrite: bool,
+    progress: &dyn Progress,
+) -> Result<GgufSummary> {
+    let cfg = export.config;
+    let decisions = plan_types(cfg, export.tensors, matrices)?;
+    let mut notes = Vec::new();
+    let mut metadata = architecture_metadata(cfg, export.name, matrices);
+    match export.tokenizer {
+        Some(tok) => metadata.extend(super::tokenizer_meta::tokenizer_metadata(
+            tok,
+            cfg,
+            export.chat_template,
+            &mut notes,
+        )?),
+        None => notes.push(
+            "the source has no tokenizer: the GGUF carries none, and llama.cpp will refuse it"
+                .into(),
+        ),
+    }
+    let plan = decisions
+        .iter()
+        .map(|d| PlannedTensor {
+            name: d.gguf_name.clone(),
+            shape: d.shape.clone(),
+            dtype: d.dtype,
+        })
+        .collect();
+    let mut writer = GgufWriter::create(dest, &metadata, plan, overwrite)?;
+    progress.begin("writing GGUF", decisions.len() as u64, "tensors");
+    let mut bytes = 0u64;
+    for d in &decisions {
+        let tensor = gguf_layout(cfg, &d.hf_name, export.tensors.load(&d.hf_name)?)?;
+        let data = encode(&tensor, d.dtype).map_err(|msg| Error::TensorData {
+            name: d.hf_name.clone(),
+            origin: export.tensors.origin(),
+            msg,
+        })?;
+        bytes += data.len() as u64;
+        writer.write_tensor(&d.gguf_name, &data)?;
+        progress.advance(1);
+    }
+    progress.finish();
+    let path = writer.finish()?;
+    Ok(GgufSummary {
+        path,
+        tensors: decisions,
+        bytes,
+        notes,
+    })
+}
+
+/// Applies llama.cpp's rotary row permutation to llama-family q/k tensors.
+fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
+    if !is_rope_permuted(cfg.family) {
+        return Ok(t);
+    }
+    if hf_name.contains(".self_attn.q_proj.") {
+        permute_rows(&t, cfg.num_heads)
+    } else if hf_name.contains(".self_attn.k_proj.") {
+        permute_rows(&t, cfg.num_kv_heads)
+    } else {
+        Ok(t)
+    }
+}
+
+/// The tensor's bytes in `dtype`, refusing non-finite values (block quantizers would turn them
+/// into garbage silently).
+fn encode(t: &Tensor, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> {
+    let values = t
+        .flatten_all()
+        .and_then(|f| f.to_vec1::<f32>())
+        .map_err(|e| e.to_string())?;
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err("contains NaN or infinite values".into());
+    }
+    let q = QTensor::quantize(t, dtype).map_err(|e| e.to_string())?;
+    let data = q.data().map_err(|e| e.to_string())?;
+    Ok(data.into_owned())
+}
+
+/// `general.*` and `{arch}.*` keys.
+fn architecture_metadata(
+    cfg: &ModelConfig,
+    name: &str,
+    matrices: GgmlDType,
+) -> Vec<(String, Value)> {
+    let arch = match cfg.family {
+        Family::Llama | Family::Mistral => "llama",
+        Family::Qwen2 => "qwen2",
+        Family::Phi => "phi2",
+    };
+    let k = |key: &str| format!("{arch}.{key}");
+    let u32v = |v: usize| Value::U32(v as u32);
+    let mut m = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        ),
+        ("general.name".to_string(), Value::String(name.into())),
+        (
+            "general.file_type".to_string(),
+            Value::U32(file_type(matrices)),
+        ),
+        ("general.quantization_version".to_string(), Value::U32(2)),
+        (k("context_length"), u32v(cfg.max_position_embeddings)),
+        (k("embedding_length"), u32v(cfg.hidden_size)),
+        (k("block_count"), u32v(cfg.num_layers)),
+        (k("feed_forward_length"), u32v(cfg.intermediate_size)),
+        (k("attention.head_count"), u32v(cfg.num_heads)),
+        (k("attention.head_count_kv"), u32v(cfg.num_kv_heads)),
+        (k("attention.key_length"), u32v(cfg.head_dim)),
+        (k("attention.value_length"), u32v(cfg.head_dim)),
+        (k("rope.dimension_count"), u32v(cfg.rotary_dim())),
+        (k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
+        (k("vocab_size"), u32v(cfg.vocab_size)),
+    ];
+    let eps = Value::F32(cfg.norm_eps as f32);
+    match cfg.layout().norm {
+        NormKind::Rms => m.push((k("attention.layer_norm_rms_epsilon"), eps)),
+        NormKind::Layer => m.push((k("attention.layer_norm_epsilon"), eps)),
+    }
+    if let Some(w) = cfg.sliding_window {
+        m.push((k("attention.sliding_window"), u32v(w)));
+    }
+    if let Some(bos) = cfg.bos_token_id {
+        m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));
+    }
+    if let Some(&eos) = cfg.eos_token_ids.first() {
+        m.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
+    }
+    m
+}
+
+/// llama.cpp's `general.file_type` (its `llama_ftype`) for files whose matrices are `t`.
+fn file_type(t: GgmlDType) -> u32 {
+    match t {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q8_0 | GgmlDType::Q8_1 | GgmlDType::Q8K => 7,
+        GgmlDType::Q5_0 => 8,
+        GgmlDType::Q5_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 14,
+        GgmlDType::Q5K => 16,
+        GgmlDType::Q6K => 18,
+        GgmlDType::BF16 => 32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallbacks_follow_llama_cpp() {
+        assert_eq!(fit_row(GgmlDType::Q4K, 512).0, GgmlDType::Q4K);
+        let (t, why) = fit_row(GgmlDType::Q4K, 576);
+        assert_eq!(t, GgmlDType::Q5_0);
+        assert!(why.unwrap().contains("576"));
+        assert_eq!(fit_row(GgmlDType::Q6K, 576).0, GgmlDType::Q8_0);
+        assert_eq!(fit_row(GgmlDType::Q3K, 1536 + 32).0, GgmlDType::Q4_0);
+        assert_eq!(fit_row(GgmlDType::Q4_0, 48).0, GgmlDType::F16);
+        assert_eq!(head_type(GgmlDType::Q4_0), GgmlDType::Q6K);
+        assert_eq!(head_type(GgmlDType::Q8_0), GgmlDType::Q8_0);
+    }
+}
