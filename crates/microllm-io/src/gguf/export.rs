@@ -18,6 +18,7 @@ use candle_core::Tensor;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use microllm_core::{Error, Family, ModelConfig, NormKind, Progress, Result, TensorSource, names};
+use rayon::prelude::*;
 
 use super::names::{hf_to_gguf, is_rope_permuted, permute_rows};
 use super::write::{GgufWriter, PlannedTensor};
@@ -199,18 +200,39 @@ fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
 }
 
 /// The tensor's bytes in `dtype`, refusing non-finite values (block quantizers would turn them
-/// into garbage silently).
+/// into garbage silently). Rows are independent blocks, so large tensors are quantized in row
+/// chunks on all cores and the chunks' bytes concatenated.
 fn encode(t: &Tensor, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> {
-    let values = t
-        .flatten_all()
-        .and_then(|f| f.to_vec1::<f32>())
-        .map_err(|e| e.to_string())?;
-    if values.iter().any(|v| !v.is_finite()) {
-        return Err("contains NaN or infinite values".into());
-    }
-    let q = QTensor::quantize(t, dtype).map_err(|e| e.to_string())?;
-    let data = q.data().map_err(|e| e.to_string())?;
-    Ok(data.into_owned())
+    let rows = t.dims().first().copied().unwrap_or(1).max(1);
+    let chunks = if t.rank() >= 2 && rows >= 256 {
+        4 * rayon::current_num_threads()
+    } else {
+        1
+    };
+    let per_chunk = rows.div_ceil(chunks);
+    let parts: Vec<Vec<u8>> = (0..rows.div_ceil(per_chunk))
+        .into_par_iter()
+        .map(|c| {
+            let start = c * per_chunk;
+            let part = if chunks == 1 {
+                t.clone()
+            } else {
+                t.narrow(0, start, per_chunk.min(rows - start))
+                    .map_err(|e| e.to_string())?
+            };
+            let values = part
+                .flatten_all()
+                .and_then(|f| f.to_vec1::<f32>())
+                .map_err(|e| e.to_string())?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err("contains NaN or infinite values".to_string());
+            }
+            let q = QTensor::quantize(&part, dtype).map_err(|e| e.to_string())?;
+            let data = q.data().map_err(|e| e.to_string())?;
+            Ok(data.into_owned())
+        })
+        .collect::<std::result::Result<_, String>>()?;
+    Ok(parts.concat())
 }
 
 /// `general.*` and `{arch}.*` keys.
