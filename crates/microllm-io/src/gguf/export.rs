@@ -227,6 +227,10 @@ fn encode(t: &Tensor, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> 
             if values.iter().any(|v| !v.is_finite()) {
                 return Err("contains NaN or infinite values".to_string());
             }
+            // A fresh tensor: candle's quantizer reads the storage from its start, ignoring a
+            // view's offset, so a narrowed view would quantize the wrong rows.
+            let part =
+                Tensor::from_vec(values, part.shape(), part.device()).map_err(|e| e.to_string())?;
             let q = QTensor::quantize(&part, dtype).map_err(|e| e.to_string())?;
             let data = q.data().map_err(|e| e.to_string())?;
             Ok(data.into_owned())
@@ -310,6 +314,22 @@ fn file_type(t: GgmlDType) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_encoding_equals_whole_tensor_quantization() {
+        let t = Tensor::randn(0f32, 1.0, (600, 64), &candle_core::Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::F16] {
+            let whole = QTensor::quantize(&t, dtype).unwrap();
+            assert_eq!(
+                encode(&t, dtype).unwrap(),
+                whole.data().unwrap().into_owned()
+            );
+        }
+        let mut bad = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        bad[600 * 64 - 1] = f32::NAN;
+        let bad = Tensor::from_vec(bad, (600, 64), &candle_core::Device::Cpu).unwrap();
+        assert!(encode(&bad, GgmlDType::Q8_0).unwrap_err().contains("NaN"));
+    }
 
     #[test]
     fn fallbacks_follow_llama_cpp() {
