@@ -13,6 +13,7 @@ pub mod arrays;
 pub mod gguf;
 pub mod hf;
 pub mod hub;
+mod mmap;
 mod tokenizer;
 pub mod write;
 

@@ -215,6 +215,7 @@ impl GgufSource {
             )?
         };
         let mut t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+        crate::mmap::release(&self.map, e.start, e.end);
         if let Some((first, n)) = e.rows {
             t = t.narrow(0, first, n)?.contiguous()?;
         }

@@ -149,6 +149,7 @@ impl TensorSource for SafetensorsSource {
                 origin: shard.path.display().to_string(),
                 msg: err.to_string(),
             })?;
+        crate::mmap::release(&shard.map, e.start, e.end);
         Ok(tensor)
     }
 }
