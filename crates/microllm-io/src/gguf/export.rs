@@ -20,6 +20,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use microllm_core::{Error, Family, ModelConfig, NormKind, Progress, Result, TensorSource, names};
 use rayon::prelude::*;
 
+use super::blocks;
 use super::names::{hf_to_gguf, is_rope_permuted, permute_rows};
 use super::write::{GgufWriter, PlannedTensor};
 use crate::Tokenizer;
@@ -200,40 +201,42 @@ fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
 }
 
 /// The tensor's bytes in `dtype`, refusing non-finite values (block quantizers would turn them
-/// into garbage silently). Rows are independent blocks, so large tensors are quantized in row
-/// chunks on all cores and the chunks' bytes concatenated.
+/// into garbage silently). Blocks never straddle rows, so the values are cut into chunks of
+/// whole rows and packed on all cores: Q8_0 / Q4_0 / Q4_1 by microllm's own packers
+/// ([`blocks`]), other types by candle's ggml port.
 fn encode(t: &Tensor, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> {
-    let rows = t.dims().first().copied().unwrap_or(1).max(1);
-    let chunks = if t.rank() >= 2 && rows >= 256 {
-        4 * rayon::current_num_threads()
-    } else {
-        1
+    let values = t
+        .flatten_all()
+        .and_then(|f| f.to_vec1::<f32>())
+        .map_err(|e| e.to_string())?;
+    if values.par_iter().any(|v| !v.is_finite()) {
+        return Err("contains NaN or infinite values".to_string());
+    }
+    let cols = t.dims().last().copied().unwrap_or(1).max(1);
+    let rows = values.len() / cols;
+    let rows_per_chunk = rows.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let pack: Option<fn(&[f32], &mut Vec<u8>)> = match dtype {
+        GgmlDType::Q8_0 => Some(blocks::q8_0),
+        GgmlDType::Q4_0 => Some(blocks::q4_0),
+        GgmlDType::Q4_1 => Some(blocks::q4_1),
+        _ => None,
     };
-    let per_chunk = rows.div_ceil(chunks);
-    let parts: Vec<Vec<u8>> = (0..rows.div_ceil(per_chunk))
-        .into_par_iter()
-        .map(|c| {
-            let start = c * per_chunk;
-            let part = if chunks == 1 {
-                t.clone()
-            } else {
-                t.narrow(0, start, per_chunk.min(rows - start))
-                    .map_err(|e| e.to_string())?
-            };
-            let values = part
-                .flatten_all()
-                .and_then(|f| f.to_vec1::<f32>())
-                .map_err(|e| e.to_string())?;
-            if values.iter().any(|v| !v.is_finite()) {
-                return Err("contains NaN or infinite values".to_string());
+    let parts: Vec<Vec<u8>> = values
+        .par_chunks(rows_per_chunk * cols)
+        .map(|chunk| match pack {
+            Some(pack) => {
+                let mut out = Vec::with_capacity(chunk.len() / blocks::QK * blocks::Q8_0_BYTES);
+                pack(chunk, &mut out);
+                Ok(out)
             }
-            // A fresh tensor: candle's quantizer reads the storage from its start, ignoring a
-            // view's offset, so a narrowed view would quantize the wrong rows.
-            let part =
-                Tensor::from_vec(values, part.shape(), part.device()).map_err(|e| e.to_string())?;
-            let q = QTensor::quantize(&part, dtype).map_err(|e| e.to_string())?;
-            let data = q.data().map_err(|e| e.to_string())?;
-            Ok(data.into_owned())
+            None => {
+                // A fresh tensor per chunk: candle's quantizer reads a storage from its start,
+                // ignoring a view's offset, so a narrowed view would quantize the wrong rows.
+                let part = Tensor::from_slice(chunk, (chunk.len() / cols, cols), t.device())
+                    .map_err(|e| e.to_string())?;
+                let q = QTensor::quantize(&part, dtype).map_err(|e| e.to_string())?;
+                Ok(q.data().map_err(|e| e.to_string())?.into_owned())
+            }
         })
         .collect::<std::result::Result<_, String>>()?;
     Ok(parts.concat())
@@ -317,8 +320,14 @@ mod tests {
 
     #[test]
     fn chunked_encoding_equals_whole_tensor_quantization() {
-        let t = Tensor::randn(0f32, 1.0, (600, 64), &candle_core::Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::F16] {
+        let t = Tensor::randn(0f32, 1.0, (600, 256), &candle_core::Device::Cpu).unwrap();
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q6K,
+            GgmlDType::F16,
+        ] {
             let whole = QTensor::quantize(&t, dtype).unwrap();
             assert_eq!(
                 encode(&t, dtype).unwrap(),
@@ -326,8 +335,8 @@ mod tests {
             );
         }
         let mut bad = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        bad[600 * 64 - 1] = f32::NAN;
-        let bad = Tensor::from_vec(bad, (600, 64), &candle_core::Device::Cpu).unwrap();
+        bad[600 * 256 - 1] = f32::NAN;
+        let bad = Tensor::from_vec(bad, (600, 256), &candle_core::Device::Cpu).unwrap();
         assert!(encode(&bad, GgmlDType::Q8_0).unwrap_err().contains("NaN"));
     }
 

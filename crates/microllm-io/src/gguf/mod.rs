@@ -18,6 +18,7 @@
 //! The header is parsed by candle's `gguf_file::Content`; supported architectures are
 //! [`config::SUPPORTED_ARCHITECTURES`].
 
+pub mod blocks;
 pub mod config;
 mod export;
 mod meta;

@@ -1,0 +1,147 @@
+//! ggml's legacy block formats, written directly from f32 rows.
+//!
+//! Q8_0, Q4_0 and Q4_1 are the formats GPTQ results map onto exactly (groups of 32, one
+//! scale, and for Q4_1 a minimum), and the ones llama.cpp's own quantizer writes fastest, so
+//! microllm packs them itself instead of going through candle's generic scalar path. The
+//! rounding reproduces ggml's reference quantizers bit for bit (`quantize_row_q8_0_ref` and
+//! friends): round half away from zero for Q8_0, `(int)(x + 8.5)` / `(int)(x + 0.5)`
+//! truncation for the 4-bit types, scales stored as f16. The oracle test checks the bytes
+//! against candle's ggml port.
+//!
+//! Layouts (bytes per block of 32 weights):
+//! - Q8_0 (34): f16 `d`, 32 x i8 `q`; w = d * q.
+//! - Q4_0 (18): f16 `d`, 16 bytes holding weight j in the low nibble of byte j and weight
+//!   j + 16 in the high nibble; w = d * (q - 8).
+//! - Q4_1 (20): f16 `d`, f16 `m`, nibbles as Q4_0; w = d * q + m.
+
+use half::f16;
+
+/// Weights per block.
+pub const QK: usize = 32;
+/// Bytes of one Q8_0 block.
+pub const Q8_0_BYTES: usize = 2 + QK;
+/// Bytes of one Q4_0 block.
+pub const Q4_0_BYTES: usize = 2 + QK / 2;
+/// Bytes of one Q4_1 block.
+pub const Q4_1_BYTES: usize = 4 + QK / 2;
+
+const _: () = assert!(Q8_0_BYTES == 34 && Q4_0_BYTES == 18 && Q4_1_BYTES == 20);
+
+/// Rounds half away from zero, like C's `roundf`, without a libm call (`x as i32` is a plain
+/// truncating conversion; `x - trunc(x)` is exact for the |x| <= 127.5 seen here).
+#[inline]
+fn round_away(x: f32) -> i32 {
+    let t = x as i32;
+    let frac = x - t as f32;
+    t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)
+}
+
+/// Appends the Q8_0 blocks of `xs` (a multiple of 32 values) to `out`.
+pub fn q8_0(xs: &[f32], out: &mut Vec<u8>) {
+    for block in xs.chunks_exact(QK) {
+        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|&x| round_away(x * id) as i8 as u8));
+    }
+}
+
+/// Appends the Q4_0 blocks of `xs` to `out`.
+pub fn q4_0(xs: &[f32], out: &mut Vec<u8>) {
+    for block in xs.chunks_exact(QK) {
+        // The value of largest magnitude, sign kept: it maps to -8 exactly.
+        let mut amax = 0f32;
+        let mut max = 0f32;
+        for &x in block {
+            if amax < x.abs() {
+                amax = x.abs();
+                max = x;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        let code = |x: f32| ((x * id + 8.5) as u8).min(15);
+        out.extend((0..QK / 2).map(|j| code(block[j]) | (code(block[j + QK / 2]) << 4)));
+    }
+}
+
+/// Appends the Q4_1 blocks of `xs` to `out`.
+pub fn q4_1(xs: &[f32], out: &mut Vec<u8>) {
+    for block in xs.chunks_exact(QK) {
+        let min = block.iter().copied().fold(f32::INFINITY, f32::min);
+        let max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+        let code = |x: f32| (((x - min) * id + 0.5) as u8).min(15);
+        out.extend((0..QK / 2).map(|j| code(block[j]) | (code(block[j + QK / 2]) << 4)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    fn candle_bytes(xs: &[f32], dtype: GgmlDType) -> Vec<u8> {
+        let t = Tensor::from_slice(xs, (xs.len() / QK, QK), &Device::Cpu).unwrap();
+        QTensor::quantize(&t, dtype)
+            .unwrap()
+            .data()
+            .unwrap()
+            .into_owned()
+    }
+
+    /// Random values plus the awkward cases: an all-zero block, exact ties at .5 after
+    /// scaling, and a block whose extreme value is negative.
+    fn samples() -> Vec<f32> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut xs: Vec<f32> = (0..QK * 64)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+            })
+            .collect();
+        xs[..QK].fill(0.0);
+        for (j, x) in xs[QK..2 * QK].iter_mut().enumerate() {
+            *x = j as f32 - 15.5;
+        }
+        xs[2 * QK] = -9.0;
+        xs
+    }
+
+    #[test]
+    fn bytes_equal_ggml_reference() {
+        let xs = samples();
+        for (dtype, pack) in [
+            (GgmlDType::Q8_0, q8_0 as fn(&[f32], &mut Vec<u8>)),
+            (GgmlDType::Q4_0, q4_0),
+            (GgmlDType::Q4_1, q4_1),
+        ] {
+            let mut ours = Vec::new();
+            pack(&xs, &mut ours);
+            assert_eq!(ours, candle_bytes(&xs, dtype), "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn rounding_is_half_away_from_zero() {
+        for (x, r) in [
+            (0.5, 1),
+            (-0.5, -1),
+            (1.49, 1),
+            (-2.5, -3),
+            (126.5, 127),
+            (0.0, 0),
+        ] {
+            assert_eq!(round_away(x), r, "{x}");
+            assert_eq!(round_away(x), (x as f32).round() as i32);
+        }
+    }
+}
