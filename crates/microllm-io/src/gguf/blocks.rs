@@ -16,6 +16,9 @@
 
 use half::f16;
 
+/// A packer: appends the blocks of a slice of whole blocks to a byte buffer.
+pub type Packer = fn(&[f32], &mut Vec<u8>);
+
 /// Weights per block.
 pub const QK: usize = 32;
 /// Bytes of one Q8_0 block.
@@ -120,7 +123,7 @@ mod tests {
     fn bytes_equal_ggml_reference() {
         let xs = samples();
         for (dtype, pack) in [
-            (GgmlDType::Q8_0, q8_0 as fn(&[f32], &mut Vec<u8>)),
+            (GgmlDType::Q8_0, q8_0 as Packer),
             (GgmlDType::Q4_0, q4_0),
             (GgmlDType::Q4_1, q4_1),
         ] {

@@ -215,7 +215,7 @@ fn encode(t: &Tensor, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> 
     let cols = t.dims().last().copied().unwrap_or(1).max(1);
     let rows = values.len() / cols;
     let rows_per_chunk = rows.div_ceil(4 * rayon::current_num_threads()).max(1);
-    let pack: Option<fn(&[f32], &mut Vec<u8>)> = match dtype {
+    let pack: Option<blocks::Packer> = match dtype {
         GgmlDType::Q8_0 => Some(blocks::q8_0),
         GgmlDType::Q4_0 => Some(blocks::q4_0),
         GgmlDType::Q4_1 => Some(blocks::q4_1),
