@@ -144,7 +144,7 @@ mod tests {
             (0.0, 0),
         ] {
             assert_eq!(round_away(x), r, "{x}");
-            assert_eq!(round_away(x), (x as f32).round() as i32);
+            assert_eq!(round_away(x), x.round() as i32);
         }
     }
 }
