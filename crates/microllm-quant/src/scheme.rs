@@ -1,0 +1,233 @@
+//! What a quantized weight looks like: bit width, grouping, symmetry, and the integer grid.
+//!
+//! A [`QuantScheme`] is the part of a recipe that every quantizer (RTN, GPTQ) and every writer
+//! (GGUF, GPTQ, compressed-tensors) must agree on. It is validated against a weight's shape
+//! *before* any work starts, because a group size that does not divide the row length is the
+//! most common way a quantization run fails late (GPTQ checkpoints, GGUF blocks and
+//! compressed-tensors all assume whole groups along the input dimension).
+//!
+//! [`Grid`] is one group's affine integer grid, `w = scale * (code - zero)`, fitted with the
+//! min/max rule of the GPTQ reference implementation's `Quantizer.find_params` (Frantar et al.,
+//! 2022, code release) so that RTN and GPTQ results are comparable with published ones:
+//!
+//! * the fitted range always contains 0 (`min = min(min(w), 0)`, `max = max(max(w), 0)`), so a
+//!   weight of exactly 0 is always representable;
+//! * asymmetric: `scale = (max - min) / maxq`, `zero = round(-min / scale)` (in `0..=maxq`);
+//! * symmetric: `scale = 2 * max|w| / maxq`, `zero = (maxq + 1) / 2` (e.g. 8 at 4 bits). The
+//!   reference keeps `min = 0` for a group with no negative weight, which halves its usable
+//!   range; we always use the symmetric range `[-max|w|, max|w|]` (the one deliberate deviation);
+//! * an all-zero group gets the range `[-1, 1]`, so its scale is never 0 and no NaN appears.
+//!
+//! With these rules every weight inside the fitted range is reproduced within `scale / 2`.
+
+use microllm_core::{Error, Result};
+
+/// Bit width, grouping and symmetry of a quantized weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantScheme {
+    /// Bits per code, `2..=8`. Codes take values in `0..2^bits`.
+    pub bits: u8,
+    /// Number of consecutive input columns that share one scale and zero point; `None` means
+    /// one group per output channel (the whole row).
+    pub group_size: Option<usize>,
+    /// Symmetric grids have the fixed zero point `2^(bits-1)`; asymmetric ones fit it.
+    pub symmetric: bool,
+}
+
+impl QuantScheme {
+    /// Smallest supported bit width.
+    pub const MIN_BITS: u8 = 2;
+    /// Largest supported bit width (codes are stored one per `u8`).
+    pub const MAX_BITS: u8 = 8;
+
+    /// Builds a validated scheme.
+    pub fn new(bits: u8, group_size: Option<usize>, symmetric: bool) -> Result<Self> {
+        let scheme = Self {
+            bits,
+            group_size,
+            symmetric,
+        };
+        scheme.validate()?;
+        Ok(scheme)
+    }
+
+    /// Checks the parts of the scheme that do not depend on a weight: the bit range, and that a
+    /// group size is not zero.
+    pub fn validate(&self) -> Result<()> {
+        if !(Self::MIN_BITS..=Self::MAX_BITS).contains(&self.bits) {
+            return Err(Error::Invalid(format!(
+                "quantization bits must be in {}..={}, got {}",
+                Self::MIN_BITS,
+                Self::MAX_BITS,
+                self.bits
+            )));
+        }
+        if self.group_size == Some(0) {
+            return Err(Error::Invalid("quantization group size must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Largest code, `2^bits - 1`.
+    pub fn maxq(&self) -> u32 {
+        (1u32 << self.bits) - 1
+    }
+
+    /// The zero point of a symmetric grid, `2^(bits-1)` (the GPTQ reference's `(maxq + 1) / 2`).
+    pub fn symmetric_zero(&self) -> u8 {
+        // bits <= 8, so 2^(bits-1) <= 128 fits.
+        (1u32 << (self.bits - 1)) as u8
+    }
+
+    /// Columns per group for a row of `in_features` columns.
+    pub fn group_len(&self, in_features: usize) -> usize {
+        self.group_size.unwrap_or(in_features)
+    }
+
+    /// Validates the scheme against a weight of shape `[out, in]` and returns the number of
+    /// groups per row. `name` is only used in the error message.
+    ///
+    /// A group size must divide the row length: every packed format stores whole groups along
+    /// the input dimension (GPTQ's `scales` has `in / group` rows; GGUF blocks have fixed
+    /// lengths), and a ragged last group would need a scale that none of them can express.
+    pub fn check_shape(&self, name: &str, shape: [usize; 2]) -> Result<usize> {
+        self.validate()?;
+        let [out, inp] = shape;
+        if out == 0 || inp == 0 {
+            return Err(Error::Invalid(format!(
+                "cannot quantize `{name}`: empty weight of shape [{out}, {inp}]"
+            )));
+        }
+        let g = self.group_len(inp);
+        if !inp.is_multiple_of(g) {
+            return Err(Error::Invalid(format!(
+                "cannot quantize `{name}` of shape [{out}, {inp}]: group size {g} does not divide \
+                 the row length {inp}"
+            )));
+        }
+        Ok(inp / g)
+    }
+
+    /// Fits one group's grid to its weights (see the module docs for the rule).
+    pub fn fit(&self, values: impl IntoIterator<Item = f32>) -> Grid {
+        let (mut lo, mut hi) = (0.0f32, 0.0f32);
+        for v in values {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        let maxq = self.maxq() as f32;
+        if self.symmetric {
+            let amax = hi.max(-lo);
+            let amax = if amax > 0.0 { amax } else { 1.0 };
+            Grid {
+                scale: 2.0 * amax / maxq,
+                zero: self.symmetric_zero(),
+                maxq: self.maxq() as u8,
+            }
+        } else {
+            if lo == 0.0 && hi == 0.0 {
+                (lo, hi) = (-1.0, 1.0);
+            }
+            let scale = (hi - lo) / maxq;
+            let zero = (-lo / scale).round().clamp(0.0, maxq);
+            Grid {
+                scale,
+                zero: zero as u8,
+                maxq: self.maxq() as u8,
+            }
+        }
+    }
+}
+
+/// One group's integer grid: `w = scale * (code - zero)`, codes in `0..=maxq`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grid {
+    pub scale: f32,
+    pub zero: u8,
+    pub maxq: u8,
+}
+
+impl Grid {
+    /// Nearest code (round half away from zero, then clamp into `0..=maxq`).
+    #[inline]
+    pub fn quantize(&self, w: f32) -> u8 {
+        let q = (w / self.scale).round() + self.zero as f32;
+        q.clamp(0.0, self.maxq as f32) as u8
+    }
+
+    /// The weight a code stands for.
+    #[inline]
+    pub fn dequantize(&self, code: u8) -> f32 {
+        self.scale * (code as f32 - self.zero as f32)
+    }
+
+    /// `dequantize(quantize(w))`.
+    #[inline]
+    pub fn round_trip(&self, w: f32) -> f32 {
+        self.dequantize(self.quantize(w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_are_validated() {
+        assert!(QuantScheme::new(1, None, true).is_err());
+        assert!(QuantScheme::new(9, None, true).is_err());
+        assert!(QuantScheme::new(4, Some(0), true).is_err());
+        for b in 2..=8 {
+            assert!(QuantScheme::new(b, Some(32), false).is_ok());
+        }
+    }
+
+    #[test]
+    fn group_must_divide_row_and_error_names_shape() {
+        let s = QuantScheme::new(4, Some(128), true).unwrap();
+        let err = s
+            .check_shape("model.layers.0.mlp.down_proj.weight", [576, 1536])
+            .unwrap();
+        assert_eq!(err, 12);
+        let msg = s
+            .check_shape("model.layers.0.mlp.up_proj.weight", [1536, 576])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("up_proj"), "{msg}");
+        assert!(msg.contains("[1536, 576]"), "{msg}");
+        assert!(msg.contains("128"), "{msg}");
+        let per_channel = QuantScheme::new(4, None, true).unwrap();
+        assert_eq!(per_channel.check_shape("w", [3, 576]).unwrap(), 1);
+    }
+
+    #[test]
+    fn hand_checked_grids() {
+        // Asymmetric 2-bit on [-1, 2]: scale = 3/3 = 1, zero = 1.
+        let s = QuantScheme::new(2, None, false).unwrap();
+        let g = s.fit([-1.0, 0.5, 2.0]);
+        assert_eq!((g.scale, g.zero), (1.0, 1));
+        assert_eq!(g.quantize(-1.0), 0);
+        assert_eq!(g.quantize(2.0), 3);
+        assert_eq!(g.round_trip(0.4), 0.0);
+        // Symmetric 4-bit, max|w| = 7.5: scale = 15/15 = 1, zero = 8.
+        let s = QuantScheme::new(4, None, true).unwrap();
+        let g = s.fit([-7.5, 3.0]);
+        assert_eq!((g.scale, g.zero), (1.0, 8));
+        assert_eq!(g.quantize(-7.5), 0);
+        assert_eq!(g.quantize(3.0), 11);
+        // Positive-only groups keep the full symmetric range.
+        let g = s.fit([7.5, 1.0]);
+        assert_eq!((g.scale, g.zero), (1.0, 8));
+        assert_eq!(g.round_trip(7.0), 7.0);
+    }
+
+    #[test]
+    fn all_zero_group_has_finite_scale() {
+        for sym in [false, true] {
+            let s = QuantScheme::new(3, None, sym).unwrap();
+            let g = s.fit([0.0; 4]);
+            assert!(g.scale.is_finite() && g.scale > 0.0);
+            assert_eq!(g.round_trip(0.0), 0.0);
+        }
+    }
+}
