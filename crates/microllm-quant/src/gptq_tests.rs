@@ -270,30 +270,6 @@ fn tensor_entry_point_matches_slices() {
 }
 
 #[test]
-#[ignore = "smoke run at SmolLM2-135M's largest shape; run with --ignored --nocapture"]
-fn smollm_sized_layer() {
-    let (out, n, tokens) = (576, 1536, 4096);
-    let mut rng = Rng::new(17);
-    let w = rng.normal_vec(out * n);
-    let x = rng.normal_vec(tokens * n);
-    let t0 = std::time::Instant::now();
-    let mut acc = HessianAccumulator::new(n);
-    for batch in x.chunks(1024 * n) {
-        acc.add_batch_slice(batch).unwrap();
-    }
-    let t1 = std::time::Instant::now();
-    let s = QuantScheme::new(4, Some(128), true).unwrap();
-    let (q, stats) = gptq_quantize(&w, [out, n], acc.hessian(), s, opts(true, false)).unwrap();
-    q.validate().unwrap();
-    eprintln!(
-        "[{out}, {n}], {tokens} tokens: Hessian {:?}, GPTQ {:?}, loss {:.3e}",
-        t1 - t0,
-        t1.elapsed(),
-        stats.loss
-    );
-}
-
-#[test]
 fn every_bit_width_stays_in_range_and_beats_rtn() {
     let mut rng = Rng::new(18);
     let w = rng.normal_vec(OUT * IN);

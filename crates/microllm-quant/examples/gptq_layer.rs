@@ -1,0 +1,57 @@
+//! Times Hessian accumulation and GPTQ on one layer of SmolLM2-135M's largest shape
+//! (`down_proj`: 576 x 1536) with random weights and inputs, best of N runs.
+//!
+//! `cargo run --release -p microllm-quant --example gptq_layer -- [TOKENS=4096] [RUNS=3]`
+
+use std::time::{Duration, Instant};
+
+use microllm_quant::{GptqOptions, HessianAccumulator, QuantScheme, gptq_quantize};
+
+/// Deterministic pseudo-normal values (sum of uniforms), enough for timing.
+fn values(n: usize, mut state: u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let mut s = 0f32;
+            for _ in 0..4 {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                s += (state >> 40) as f32 / (1u64 << 24) as f32;
+            }
+            s - 2.0
+        })
+        .collect()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let tokens: usize = args.next().map_or(Ok(4096), |s| s.parse())?;
+    let runs: usize = args.next().map_or(Ok(3), |s| s.parse())?;
+    let (out, n) = (576, 1536);
+    let w = values(out * n, 1);
+    let x = values(tokens * n, 2);
+    let scheme = QuantScheme::new(4, Some(128), true)?;
+    let opts = GptqOptions {
+        act_order: true,
+        ..GptqOptions::default()
+    };
+    let (mut hess, mut gptq) = (Duration::MAX, Duration::MAX);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let mut acc = HessianAccumulator::new(n);
+        for batch in x.chunks(1024 * n) {
+            acc.add_batch_slice(batch)?;
+        }
+        let t1 = Instant::now();
+        let (q, _) = gptq_quantize(&w, [out, n], acc.hessian(), scheme, opts)?;
+        q.validate()?;
+        hess = hess.min(t1 - t0);
+        gptq = gptq.min(t1.elapsed());
+    }
+    println!(
+        "[{out}, {n}], {tokens} tokens, 4-bit g128 act-order, best of {runs}: Hessian {:.0} ms, GPTQ {:.0} ms",
+        hess.as_secs_f64() * 1e3,
+        gptq.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
