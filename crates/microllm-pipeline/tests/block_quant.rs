@@ -60,9 +60,14 @@ fn gptq_beats_rtn_on_a_real_block() {
         let mut errors = Vec::new();
         for method in [BlockMethod::Rtn, BlockMethod::Gptq(GptqOptions::default())] {
             let mut block = m.blocks()[1].clone();
-            let (weights, records) =
-                quantize_block(&mut block, &[calib.clone()], m.positions(0), scheme, method)
-                    .unwrap();
+            let (weights, records) = quantize_block(
+                &mut block,
+                std::slice::from_ref(&calib),
+                m.positions(0),
+                scheme,
+                method,
+            )
+            .unwrap();
             assert_eq!(records.len(), linears, "{name}");
             assert_eq!(weights.len(), linears, "{name}");
             assert_eq!(records[0].kind, LinearKind::Q);
