@@ -10,6 +10,7 @@
 //! renamed into place only when complete, so a failed run leaves nothing half-written.
 
 pub mod arrays;
+pub mod calibration;
 pub mod gguf;
 pub mod hf;
 pub mod hub;
