@@ -32,6 +32,9 @@ pub struct QuantScheme {
     pub group_size: Option<usize>,
     /// Symmetric grids have the fixed zero point `2^(bits-1)`; asymmetric ones fit it.
     pub symmetric: bool,
+    /// Round every scale to the nearest f16 before codes are chosen, so formats that store
+    /// scales as f16 (GGUF blocks, GPTQ checkpoints) reproduce the quantizer's output exactly.
+    pub f16_scales: bool,
 }
 
 impl QuantScheme {
@@ -46,6 +49,7 @@ impl QuantScheme {
             bits,
             group_size,
             symmetric,
+            f16_scales: false,
         };
         scheme.validate()?;
         Ok(scheme)
@@ -108,6 +112,27 @@ impl QuantScheme {
         Ok(inp / g)
     }
 
+    /// The same scheme with scales rounded to f16 (see [`QuantScheme::f16_scales`]).
+    pub fn with_f16_scales(self) -> Self {
+        Self {
+            f16_scales: true,
+            ..self
+        }
+    }
+
+    /// `scale`, rounded to f16 when the scheme asks for it (never to zero).
+    fn store_scale(&self, scale: f32) -> f32 {
+        if !self.f16_scales {
+            return scale;
+        }
+        let rounded = half::f16::from_f32(scale).to_f32();
+        if rounded > 0.0 {
+            rounded
+        } else {
+            half::f16::from_bits(1).to_f32()
+        }
+    }
+
     /// Fits one group's grid to its weights (see the module docs for the rule).
     pub fn fit(&self, values: impl IntoIterator<Item = f32>) -> Grid {
         let (mut lo, mut hi) = (0.0f32, 0.0f32);
@@ -120,7 +145,7 @@ impl QuantScheme {
             let amax = hi.max(-lo);
             let amax = if amax > 0.0 { amax } else { 1.0 };
             Grid {
-                scale: 2.0 * amax / maxq,
+                scale: self.store_scale(2.0 * amax / maxq),
                 zero: self.symmetric_zero(),
                 maxq: self.maxq() as u8,
             }
@@ -128,7 +153,7 @@ impl QuantScheme {
             if lo == 0.0 && hi == 0.0 {
                 (lo, hi) = (-1.0, 1.0);
             }
-            let scale = (hi - lo) / maxq;
+            let scale = self.store_scale((hi - lo) / maxq);
             let zero = (-lo / scale).round().clamp(0.0, maxq);
             Grid {
                 scale,

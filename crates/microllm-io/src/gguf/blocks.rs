@@ -84,6 +84,100 @@ pub fn q4_1(xs: &[f32], out: &mut Vec<u8>) {
     }
 }
 
+/// Integer codes with one scale (and zero point) per group of 32 consecutive weights of a row:
+/// the form a quantizer such as GPTQ produces, `w = scale * (code - zero)`.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCodes<'a> {
+    /// Row-major `[rows, cols]`, one code per weight.
+    pub codes: &'a [u8],
+    /// `[rows, cols / 32]`.
+    pub scales: &'a [f32],
+    /// `[rows, cols / 32]`.
+    pub zeros: &'a [u8],
+    pub cols: usize,
+}
+
+impl GroupCodes<'_> {
+    fn check(&self, format: &str, zero: Option<u8>, max_code: u8) -> Result<(), String> {
+        let groups = self.codes.len() / QK;
+        if self.cols % QK != 0 || self.codes.len() % self.cols != 0 {
+            return Err(format!("{format} needs rows of whole 32-weight groups"));
+        }
+        if self.scales.len() != groups || self.zeros.len() != groups {
+            return Err(format!("{format} needs one scale and zero per group of 32"));
+        }
+        if let Some(z) = zero
+            && self.zeros.iter().any(|&x| x != z)
+        {
+            return Err(format!("{format} needs every zero point to be {z}"));
+        }
+        if self.codes.iter().any(|&c| c > max_code) {
+            return Err(format!("{format} codes must be at most {max_code}"));
+        }
+        Ok(())
+    }
+
+    fn group(&self, g: usize) -> (&[u8], f32, u8) {
+        (
+            &self.codes[g * QK..(g + 1) * QK],
+            self.scales[g],
+            self.zeros[g],
+        )
+    }
+}
+
+/// Q4_0 blocks holding exactly `scale * (code - 8)`: symmetric 4-bit codes (zero 8), groups of
+/// 32, scales representable in f16. Errors name the mismatch.
+pub fn q4_0_from_codes(q: &GroupCodes<'_>) -> Result<Vec<u8>, String> {
+    q.check("Q4_0", Some(8), 15)?;
+    let mut out = Vec::with_capacity(q.scales.len() * Q4_0_BYTES);
+    for g in 0..q.scales.len() {
+        let (codes, scale, _) = q.group(g);
+        out.extend_from_slice(&f16_exact(scale)?.to_le_bytes());
+        out.extend((0..QK / 2).map(|j| codes[j] | (codes[j + QK / 2] << 4)));
+    }
+    Ok(out)
+}
+
+/// Q4_1 blocks for asymmetric 4-bit codes: `d = scale`, `m = -scale * zero` (rounded to f16,
+/// the one rounding this mapping adds).
+pub fn q4_1_from_codes(q: &GroupCodes<'_>) -> Result<Vec<u8>, String> {
+    q.check("Q4_1", None, 15)?;
+    let mut out = Vec::with_capacity(q.scales.len() * Q4_1_BYTES);
+    for g in 0..q.scales.len() {
+        let (codes, scale, zero) = q.group(g);
+        out.extend_from_slice(&f16_exact(scale)?.to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(-scale * zero as f32).to_le_bytes());
+        out.extend((0..QK / 2).map(|j| codes[j] | (codes[j + QK / 2] << 4)));
+    }
+    Ok(out)
+}
+
+/// Q8_0 blocks holding exactly `scale * (code - 128)`: symmetric 8-bit codes (zero 128).
+pub fn q8_0_from_codes(q: &GroupCodes<'_>) -> Result<Vec<u8>, String> {
+    q.check("Q8_0", Some(128), 255)?;
+    let mut out = Vec::with_capacity(q.scales.len() * Q8_0_BYTES);
+    for g in 0..q.scales.len() {
+        let (codes, scale, _) = q.group(g);
+        out.extend_from_slice(&f16_exact(scale)?.to_le_bytes());
+        out.extend(codes.iter().map(|&c| (c as i16 - 128) as i8 as u8));
+    }
+    Ok(out)
+}
+
+/// `x` as f16, refusing a value f16 cannot hold exactly (the quantizer must round its scales
+/// to f16 first, or the file would not reproduce its output).
+fn f16_exact(x: f32) -> Result<f16, String> {
+    let h = f16::from_f32(x);
+    if h.to_f32() == x {
+        Ok(h)
+    } else {
+        Err(format!(
+            "scale {x} is not representable in f16: quantize with f16 scales"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
