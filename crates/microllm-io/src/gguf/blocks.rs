@@ -100,7 +100,10 @@ pub struct GroupCodes<'a> {
 impl GroupCodes<'_> {
     fn check(&self, format: &str, zero: Option<u8>, max_code: u8) -> Result<(), String> {
         let groups = self.codes.len() / QK;
-        if self.cols % QK != 0 || self.codes.len() % self.cols != 0 {
+        if self.cols == 0
+            || !self.cols.is_multiple_of(QK)
+            || !self.codes.len().is_multiple_of(self.cols)
+        {
             return Err(format!("{format} needs rows of whole 32-weight groups"));
         }
         if self.scales.len() != groups || self.zeros.len() != groups {
