@@ -1,9 +1,10 @@
 //! One decoder block, loadable and runnable on its own.
 
 use candle_core::Tensor;
-use microllm_core::{LinearKind, MlpKind, ModelConfig, Result, TensorSource, names};
+use microllm_core::{Activation, LinearKind, MlpKind, ModelConfig, Result, TensorSource, names};
 
 use crate::attention::{LayerKvCache, Positions, attend};
+use crate::elementwise::SiluMul;
 use crate::layers::{Linear, Mlp, Norm, activate};
 
 /// Sees the input of every linear layer during a block's forward pass.
@@ -152,7 +153,15 @@ impl Block {
         let hidden = match &mlp.gate {
             Some(gate) => {
                 tap.observe(self.layer, LinearKind::Gate, x)?;
-                (activate(mlp.act, &gate.forward(x)?)? * mlp.up.forward(x)?)?
+                let gated = gate.forward(x)?;
+                let up = mlp.up.forward(x)?;
+                if mlp.act == Activation::Silu {
+                    // SwiGLU in one pass, in place on the fresh gate output.
+                    gated.inplace_op2(&up, &SiluMul)?;
+                    gated
+                } else {
+                    (activate(mlp.act, &gated)? * up)?
+                }
             }
             None => activate(mlp.act, &mlp.up.forward(x)?)?,
         };

@@ -1,7 +1,7 @@
 //! The whole model: embeddings, blocks, final norm and head.
 
-use candle_core::Tensor;
-use microllm_core::{ModelConfig, Result, TensorSource, names};
+use candle_core::{DType, Tensor};
+use microllm_core::{Error, ModelConfig, Result, TensorSource, names};
 
 use crate::attention::{KvCache, Positions};
 use crate::block::{Block, NoTap};
@@ -52,18 +52,22 @@ impl Decoder {
         })
     }
 
+    /// The configuration the decoder was loaded with.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 
+    /// The blocks, in order.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
     }
 
+    /// The blocks, for stages that rewrite weights in place.
     pub fn blocks_mut(&mut self) -> &mut [Block] {
         &mut self.blocks
     }
 
+    /// The rotary tables shared by every block (sized to `max_position_embeddings`).
     pub fn rope(&self) -> &Rope {
         &self.rope
     }
@@ -71,7 +75,19 @@ impl Decoder {
     /// Token embeddings `[batch, seq, hidden]` of `ids` (u32 `[batch, seq]`).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let flat = ids.flatten_all()?;
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+        // candle reads an out-of-range id as an error, but u32::MAX as padding (zeros): name
+        // the bad id either way.
+        if let Some(&bad) = flat
+            .to_vec1::<u32>()?
+            .iter()
+            .find(|&&id| id as usize >= self.cfg.vocab_size)
+        {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.cfg.vocab_size
+            )));
+        }
         Ok(self
             .embed
             .index_select(&flat, 0)?

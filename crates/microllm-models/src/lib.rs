@@ -12,6 +12,7 @@
 mod attention;
 mod block;
 mod decoder;
+mod elementwise;
 mod layers;
 mod rope;
 mod softmax;

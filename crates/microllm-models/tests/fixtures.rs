@@ -67,6 +67,12 @@ fn logits_and_hidden_states_match_the_reference() {
         let r = reference(name);
         let (logits, hidden) = model.forward_with_hidden(&r.ids).unwrap();
         let d = max_diff(&logits, &r.logits);
+        let hidden_d = hidden
+            .iter()
+            .zip(&r.hidden)
+            .map(|(a, b)| max_diff(a, b))
+            .fold(0f32, f32::max);
+        eprintln!("{name}: max |logits - reference| = {d:.2e}, hidden states {hidden_d:.2e}");
         assert!(d <= LOGITS_TOLERANCE, "{name}: logits differ by {d}");
         assert_eq!(
             hidden.len(),
@@ -110,6 +116,7 @@ fn cached_decoding_equals_the_full_forward() {
         assert_eq!(cache.len(), seq);
         let incremental = Tensor::cat(&parts, 1).unwrap();
         let d = max_diff(&incremental, &full);
+        eprintln!("{name}: max |cached - full| = {d:.2e}");
         assert!(
             d <= LOGITS_TOLERANCE,
             "{name}: cached decoding differs by {d}"
@@ -170,4 +177,43 @@ fn linear_taps_see_every_linear_input() {
             "{name}: block-by-block forward differs by {d}"
         );
     }
+}
+
+#[test]
+fn long_prompts_cross_query_chunks() {
+    // 200 tokens: the full forward attends in two query chunks (128 + 72), which must agree
+    // with a cached pass fed in uneven pieces, window included (mistral).
+    for name in ["llama-tiny", "mistral-tiny", "phi-tiny"] {
+        let model = load(name);
+        let vocab = model.config().vocab_size as u32;
+        let ids: Vec<u32> = (0..400u32).map(|i| (i * 7919 + 13) % vocab).collect();
+        let ids = Tensor::from_vec(ids, (2, 200), &Device::Cpu).unwrap();
+        let full = model.forward(&ids).unwrap();
+        let mut cache = KvCache::new(model.config());
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for len in [1, 130, 2, 67] {
+            let piece = ids.narrow(1, start, len).unwrap();
+            parts.push(model.forward_cached(&piece, &mut cache).unwrap());
+            start += len;
+        }
+        let d = max_diff(&Tensor::cat(&parts, 1).unwrap(), &full);
+        eprintln!("{name}: 200 tokens, max |cached - full| = {d:.2e}");
+        assert!(d <= LOGITS_TOLERANCE, "{name}: long prompt differs by {d}");
+    }
+}
+
+#[test]
+fn positions_beyond_the_tables_and_bad_ids_are_errors() {
+    let model = load("llama-tiny");
+    let vocab = model.config().vocab_size as u32;
+    let ids = Tensor::new(&[[1u32, vocab]], &Device::Cpu).unwrap();
+    let err = model.forward(&ids).unwrap_err().to_string();
+    assert!(err.contains(&format!("token id {vocab}")), "{err}");
+    let ids = Tensor::new(&[[1u32, u32::MAX]], &Device::Cpu).unwrap();
+    assert!(model.forward(&ids).is_err(), "u32::MAX is not padding");
+    let max = model.config().max_position_embeddings;
+    let ids = Tensor::zeros((1, max + 1), DType::U32, &Device::Cpu).unwrap();
+    let err = model.forward(&ids).unwrap_err().to_string();
+    assert!(err.contains("beyond"), "{err}");
 }
