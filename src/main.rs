@@ -27,7 +27,8 @@ use clap::{Parser, Subcommand};
   microllm inspect  --model SmolLM2-135M-Instruct.Q4_1.gguf
   microllm eval     --model SmolLM2-135M-Instruct.Q4_1.gguf --data wiki.eval.txt --ctx 512
   microllm generate --model HuggingFaceTB/SmolLM2-135M --prompt \"The capital of France is\"
-  microllm convert  --model model.gguf --out model-hf --dtype bf16"
+  microllm convert  --model model.gguf --out model-hf --dtype bf16
+  microllm quantize --model model-hf --bits 4 --calib c4.calib.txt --out model-q4.gguf"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -46,6 +47,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Convert any model source to a Hugging Face directory that transformers loads.
     Convert(commands::convert::Args),
+    /// Quantize with GPTQ or round-to-nearest, block by block, to GGUF or safetensors.
+    Quantize(commands::quantize::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => commands::logits::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Quantize(args) => commands::quantize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -60,7 +60,7 @@ enum Dtype {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
-enum GgufType {
+pub(crate) enum GgufType {
     F32,
     F16,
     Q8_0,
@@ -81,7 +81,7 @@ enum GgufType {
 }
 
 impl GgufType {
-    fn ggml(self) -> GgmlDType {
+    pub(crate) fn ggml(self) -> GgmlDType {
         match self {
             GgufType::F32 => GgmlDType::F32,
             GgufType::F16 => GgmlDType::F16,
@@ -158,6 +158,7 @@ fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
         tokenizer: ckpt.tokenizer.as_ref(),
         chat_template: ckpt.chat_template.as_deref(),
         name: &name,
+        encoded: None,
     };
     let summary = write_gguf(
         &export,

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod quantize;
 
 use std::path::Path;
 

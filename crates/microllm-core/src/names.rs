@@ -7,7 +7,10 @@
 use crate::Family;
 
 /// The linear layers of a decoder block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum LinearKind {
     Q,
     K,
@@ -68,6 +71,18 @@ pub fn linear_weight(family: Family, layer: usize, kind: LinearKind) -> String {
     format!("model.layers.{layer}.{}.weight", kind.module(family))
 }
 
+/// The block and kind of a linear layer's weight name (the inverse of [`linear_weight`]).
+pub fn parse_linear_weight(family: Family, name: &str) -> Option<(usize, LinearKind)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer = layer.parse().ok()?;
+    let module = module.strip_suffix(".weight")?;
+    LinearKind::ALL
+        .into_iter()
+        .find(|k| k.module(family) == module)
+        .map(|k| (layer, k))
+}
+
 /// Bias of a linear layer.
 pub fn linear_bias(family: Family, layer: usize, kind: LinearKind) -> String {
     format!("model.layers.{layer}.{}.bias", kind.module(family))
@@ -100,6 +115,24 @@ pub const LM_HEAD: &str = "lm_head";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linear_weight_names_parse_back() {
+        for family in [Family::Llama, Family::Phi] {
+            for kind in LinearKind::ALL {
+                let name = linear_weight(family, 12, kind);
+                assert_eq!(parse_linear_weight(family, &name), Some((12, kind)));
+            }
+        }
+        assert_eq!(
+            parse_linear_weight(Family::Llama, "model.layers.1.mlp.fc1.weight"),
+            None
+        );
+        assert_eq!(
+            parse_linear_weight(Family::Llama, "model.norm.weight"),
+            None
+        );
+    }
 
     #[test]
     fn phi_uses_its_own_module_names() {

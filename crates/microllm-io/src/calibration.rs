@@ -30,6 +30,18 @@ pub struct CalibrationSet {
 impl CalibrationSet {
     /// Draws `samples` windows of `seqlen` tokens from `tokens` (the tokenization of `text`).
     pub fn draw(text: &str, tokens: &[u32], samples: usize, seqlen: usize, seed: u64) -> Self {
+        Self::draw_from(text.as_bytes(), tokens, samples, seqlen, seed)
+    }
+
+    /// [`draw`](Self::draw) for tokens read from any file: `data` is the file's bytes, hashed
+    /// for the record (pre-tokenized calibration sets).
+    pub fn draw_from(
+        data: &[u8],
+        tokens: &[u32],
+        samples: usize,
+        seqlen: usize,
+        seed: u64,
+    ) -> Self {
         let available = tokens.len().checked_div(seqlen).unwrap_or(0);
         let mut order: Vec<usize> = (0..available).collect();
         let mut rng = SplitMix64(seed);
@@ -42,7 +54,7 @@ impl CalibrationSet {
             .take(samples)
             .map(|w| tokens[w * seqlen..(w + 1) * seqlen].to_vec())
             .collect();
-        let digest = Sha256::digest(text.as_bytes());
+        let digest = Sha256::digest(data);
         Self {
             windows,
             seqlen,

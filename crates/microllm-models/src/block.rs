@@ -113,7 +113,7 @@ impl Block {
         cache: Option<&mut LayerKvCache>,
         tap: &mut dyn LinearTap,
     ) -> Result<Tensor> {
-        let normed = self.attn_norm.forward(x)?;
+        let normed = self.attn_input(x)?;
         let attn = self.attention(&normed, at, cache, tap)?;
         match &self.mlp_norm {
             // Phi: both branches read the same normed input.
@@ -127,6 +127,48 @@ impl Block {
                 Ok((x + mlp)?)
             }
         }
+    }
+
+    // The stages of `forward`, one linear-input site at a time. A pass that quantizes the
+    // block group by group (GPTQ's true-sequential order) keeps each stage's result instead of
+    // rerunning the whole block before every group; composed, they compute `forward` exactly.
+
+    /// Stage 1: the input of q/k/v (the attention norm of `x`).
+    pub fn attn_input(&self, x: &Tensor) -> Result<Tensor> {
+        self.attn_norm.forward(x)
+    }
+
+    /// Stage 2: the input of o (the attention context before the output projection), from
+    /// the stage-1 result, without a KV cache.
+    pub fn attn_context(&self, normed: &Tensor, at: Positions<'_>) -> Result<Tensor> {
+        let q = self.q.forward(normed)?;
+        let k = self.k.forward(normed)?;
+        let v = self.v.forward(normed)?;
+        attend(&self.cfg, (&q, &k, &v), at, None)
+    }
+
+    /// Stage 3: the residual stream after attention, `x + o(context)`.
+    pub fn attn_residual(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        Ok((x + self.o.forward(context)?)?)
+    }
+
+    /// The input of gate/up: the MLP norm of the residual, or in parallel blocks (Phi) the
+    /// attention norm of the block input `x`.
+    pub fn mlp_input(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match &self.mlp_norm {
+            None => self.attn_input(x),
+            Some(norm) => norm.forward(residual),
+        }
+    }
+
+    /// Stage 4: the input of down, `act(gate(h)) * up(h)` (or `act(up(h))`).
+    pub fn mlp_hidden(&self, mlp_input: &Tensor) -> Result<Tensor> {
+        self.mlp_activation(mlp_input)
+    }
+
+    /// Stage 5: the block output, `residual + down(hidden)`.
+    pub fn mlp_output(&self, residual: &Tensor, hidden: &Tensor) -> Result<Tensor> {
+        Ok((residual + self.mlp.down.forward(hidden)?)?)
     }
 
     fn attention(
@@ -148,24 +190,30 @@ impl Block {
     }
 
     fn feed_forward(&self, x: &Tensor, tap: &mut dyn LinearTap) -> Result<Tensor> {
-        let mlp = &self.mlp;
         tap.observe(self.layer, LinearKind::Up, x)?;
-        let hidden = match &mlp.gate {
+        if self.mlp.gate.is_some() {
+            tap.observe(self.layer, LinearKind::Gate, x)?;
+        }
+        let hidden = self.mlp_activation(x)?;
+        tap.observe(self.layer, LinearKind::Down, &hidden)?;
+        self.mlp.down.forward(&hidden)
+    }
+
+    fn mlp_activation(&self, x: &Tensor) -> Result<Tensor> {
+        let mlp = &self.mlp;
+        match &mlp.gate {
             Some(gate) => {
-                tap.observe(self.layer, LinearKind::Gate, x)?;
                 let gated = gate.forward(x)?;
                 let up = mlp.up.forward(x)?;
                 if mlp.act == Activation::Silu {
                     // SwiGLU in one pass, in place on the fresh gate output.
                     gated.inplace_op2(&up, &SiluMul)?;
-                    gated
+                    Ok(gated)
                 } else {
-                    (activate(mlp.act, &gated)? * up)?
+                    Ok((activate(mlp.act, &gated)? * up)?)
                 }
             }
-            None => activate(mlp.act, &mlp.up.forward(x)?)?,
-        };
-        tap.observe(self.layer, LinearKind::Down, &hidden)?;
-        mlp.down.forward(&hidden)
+            None => activate(mlp.act, &mlp.up.forward(x)?),
+        }
     }
 }

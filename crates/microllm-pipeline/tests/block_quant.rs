@@ -58,22 +58,38 @@ fn gptq_beats_rtn_on_a_real_block() {
         let held_out = block1_inputs(&m, 8, 2);
         let scheme = QuantScheme::new(3, Some(16), false).unwrap();
         let mut errors = Vec::new();
-        for method in [BlockMethod::Rtn, BlockMethod::Gptq(GptqOptions::default())] {
+        for method in [
+            BlockMethod::Rtn,
+            BlockMethod::gptq(GptqOptions::default(), 1),
+        ] {
             let mut block = m.blocks()[1].clone();
-            let (weights, records) = quantize_block(
-                &mut block,
-                std::slice::from_ref(&calib),
-                m.positions(0),
-                scheme,
-                method,
-            )
-            .unwrap();
+            let mut hidden = vec![calib.clone()];
+            let (weights, records) =
+                quantize_block(&mut block, &mut hidden, m.positions(0), scheme, method).unwrap();
             assert_eq!(records.len(), linears, "{name}");
             assert_eq!(weights.len(), linears, "{name}");
             assert_eq!(records[0].kind, LinearKind::Q);
             assert_eq!(records.last().unwrap().kind, LinearKind::Down);
-            if let BlockMethod::Gptq(_) = method {
+            assert!(
+                records
+                    .iter()
+                    .all(|r| r.weight_error > 0.0 && r.weight_error < 0.1)
+            );
+            if let BlockMethod::Gptq { .. } = method {
                 assert!(records.iter().all(|r| r.tokens == 16 * 24), "{records:?}");
+                // The staged pass leaves exactly the quantized block's full forward output.
+                let want = block
+                    .forward(&calib, m.positions(0), None, &mut NoTap)
+                    .unwrap();
+                let diff = (&hidden[0] - &want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 1e-5, "{name}: staged output differs by {diff}");
             }
             errors.push((
                 output_error(&m, &block, &calib),

@@ -33,6 +33,21 @@ pub struct GgufExport<'a> {
     pub chat_template: Option<&'a str>,
     /// `general.name`.
     pub name: &'a str,
+    /// Tensors encoded elsewhere (GPTQ codes packed exactly into blocks); the rest are
+    /// quantized here by round-to-nearest.
+    pub encoded: Option<&'a dyn EncodedTensors>,
+}
+
+/// A provider of finished GGUF tensor data for some tensors of an export.
+pub trait EncodedTensors: Sync {
+    /// The GGUF type `hf_name` will have, if this provider encodes it.
+    fn dtype(&self, hf_name: &str) -> Option<GgmlDType>;
+    /// The tensor's bytes in GGUF layout (llama-family q/k rows already permuted).
+    fn encode(&self, hf_name: &str) -> Result<Vec<u8>>;
+    /// Why a tensor did not get an exact block type, if it did not (for reports).
+    fn fallback(&self, _hf_name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The type chosen for one tensor.
@@ -98,6 +113,20 @@ pub fn plan_types(
         .collect()
 }
 
+/// [`plan_types`], with the types of tensors that `export.encoded` provides.
+pub fn plan_export(export: &GgufExport<'_>, matrices: GgmlDType) -> Result<Vec<TypeDecision>> {
+    let mut decisions = plan_types(export.config, export.tensors, matrices)?;
+    if let Some(encoded) = export.encoded {
+        for d in &mut decisions {
+            if let Some(dtype) = encoded.dtype(&d.hf_name) {
+                d.dtype = dtype;
+                d.fallback = encoded.fallback(&d.hf_name);
+            }
+        }
+    }
+    Ok(decisions)
+}
+
 /// llama.cpp keeps the output head at Q6_K for quantized files.
 fn head_type(matrices: GgmlDType) -> GgmlDType {
     match matrices {
@@ -139,7 +168,7 @@ pub fn write_gguf(
     progress: &dyn Progress,
 ) -> Result<GgufSummary> {
     let cfg = export.config;
-    let decisions = plan_types(cfg, export.tensors, matrices)?;
+    let decisions = plan_export(export, matrices)?;
     let mut notes = Vec::new();
     let mut metadata = architecture_metadata(cfg, export.name, matrices);
     match export.tokenizer {
@@ -166,12 +195,17 @@ pub fn write_gguf(
     progress.begin("writing GGUF", decisions.len() as u64, "tensors");
     let mut bytes = 0u64;
     for d in &decisions {
-        let tensor = gguf_layout(cfg, &d.hf_name, export.tensors.load(&d.hf_name)?)?;
-        let data = encode(&tensor, d.dtype).map_err(|msg| Error::TensorData {
-            name: d.hf_name.clone(),
-            origin: export.tensors.origin(),
-            msg,
-        })?;
+        let data = match export.encoded.filter(|e| e.dtype(&d.hf_name).is_some()) {
+            Some(encoded) => encoded.encode(&d.hf_name)?,
+            None => {
+                let tensor = gguf_layout(cfg, &d.hf_name, export.tensors.load(&d.hf_name)?)?;
+                encode(&tensor, d.dtype).map_err(|msg| Error::TensorData {
+                    name: d.hf_name.clone(),
+                    origin: export.tensors.origin(),
+                    msg,
+                })?
+            }
+        };
         bytes += data.len() as u64;
         writer.write_tensor(&d.gguf_name, &data)?;
         progress.advance(1);

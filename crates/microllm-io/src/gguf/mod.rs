@@ -35,7 +35,9 @@ use candle_core::quantized::gguf_file::Content;
 use memmap2::Mmap;
 use microllm_core::{Error, Result};
 
-pub use self::export::{GgufExport, GgufSummary, TypeDecision, plan_types, write_gguf};
+pub use self::export::{
+    EncodedTensors, GgufExport, GgufSummary, TypeDecision, plan_export, plan_types, write_gguf,
+};
 use self::meta::Meta;
 pub use self::source::{GgufSource, dtype_name};
 use crate::{Checkpoint, CheckpointFormat};

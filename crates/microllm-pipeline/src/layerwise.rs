@@ -1,0 +1,132 @@
+//! The streaming engine: one decoder block in memory at a time (DESIGN.md, "How data flows").
+//!
+//! Calibration windows are embedded once; then for each block: load it from the source,
+//! quantize it true-sequentially on the hidden states entering it ([`quantize_block`]), which
+//! leaves the quantized block's outputs as the next block's inputs (errors propagate, as in
+//! GPTQ's sequential mode), store it in the [`BlockStore`], drop it. Peak memory is one block,
+//! its Hessians and the calibration activations, never the model. Embeddings, final norm and
+//! head are not quantized here: writers take them from the source.
+//!
+//! Every finished block and the hidden states after it are on disk, so a killed run resumes at
+//! the block after the last one stored and computes bit for bit what it would have.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource, names};
+use microllm_models::{Block, Positions, Rope};
+use microllm_quant::QuantScheme;
+
+use crate::block_quant::{BlockMethod, LinearRecord, quantize_block};
+use crate::store::BlockStore;
+
+/// What to quantize and how.
+pub struct LayerwiseJob<'a> {
+    pub config: &'a ModelConfig,
+    pub source: &'a dyn TensorSource,
+    /// Calibration windows of token ids, all of the same length (unused by RTN).
+    pub calibration: &'a [Vec<u32>],
+    pub scheme: QuantScheme,
+    pub method: BlockMethod,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct LayerwiseSummary {
+    /// One record per linear of every block, in block order.
+    pub records: Vec<LinearRecord>,
+    /// Wall time of each block (as recorded when it was computed, also for resumed blocks).
+    pub block_seconds: Vec<f64>,
+    /// Blocks found finished in the work directory.
+    pub resumed_blocks: usize,
+}
+
+/// Quantizes every block of `job` into `store`, resuming after the blocks already there.
+pub fn run_layerwise(
+    job: &LayerwiseJob<'_>,
+    store: &BlockStore,
+    progress: &dyn Progress,
+) -> Result<LayerwiseSummary> {
+    let cfg = job.config;
+    let calibrated = matches!(job.method, BlockMethod::Gptq { .. });
+    if calibrated && job.calibration.is_empty() {
+        return Err(Error::Invalid(
+            "GPTQ needs calibration samples: none were given".into(),
+        ));
+    }
+    let (start, mut hidden) = resume_point(job, store)?;
+    let seqlen = job.calibration.first().map_or(1, Vec::len).max(1);
+    let rope = Rope::new(cfg, seqlen)?;
+    let at = Positions {
+        rope: &rope,
+        offset: 0,
+    };
+    progress.begin("quantizing blocks", cfg.num_layers as u64, "blocks");
+    progress.advance(start as u64);
+    if calibrated && start == 0 {
+        hidden = embed(cfg, job.source, job.calibration)?;
+    }
+    for layer in start..cfg.num_layers {
+        let began = Instant::now();
+        let mut block = Block::load(cfg, layer, job.source)?;
+        let (weights, records) =
+            quantize_block(&mut block, &mut hidden, at, job.scheme, job.method)?;
+        drop(block);
+        let seconds = began.elapsed().as_secs_f64();
+        store.save_block(layer, &weights, &records, seconds)?;
+        if calibrated && layer + 1 < cfg.num_layers {
+            store.save_hidden(layer, &hidden)?;
+        }
+        progress.advance(1);
+    }
+    progress.finish();
+    let mut summary = LayerwiseSummary {
+        records: Vec::new(),
+        block_seconds: Vec::new(),
+        resumed_blocks: start,
+    };
+    for layer in 0..cfg.num_layers {
+        let stored = store.load_block(layer)?;
+        summary.records.extend(stored.records);
+        summary.block_seconds.push(stored.seconds);
+    }
+    Ok(summary)
+}
+
+/// The first block to compute and, for calibrated runs resuming, the hidden states entering it.
+fn resume_point(job: &LayerwiseJob<'_>, store: &BlockStore) -> Result<(usize, Vec<Tensor>)> {
+    let done = (0..job.config.num_layers)
+        .take_while(|&l| store.has_block(l))
+        .count();
+    if !matches!(job.method, BlockMethod::Gptq { .. }) {
+        return Ok((done, Vec::new()));
+    }
+    if done == job.config.num_layers {
+        return Ok((done, Vec::new()));
+    }
+    match store.load_hidden()? {
+        // Blocks after `after` may exist (killed between the two writes): recomputed.
+        Some((after, hidden)) if after < done => Ok((after + 1, hidden)),
+        _ => Ok((0, Vec::new())),
+    }
+}
+
+/// The embeddings `[1, seq, hidden]` of each calibration window.
+fn embed(cfg: &ModelConfig, src: &dyn TensorSource, windows: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+    let table = src.load_shaped(names::EMBED_TOKENS, &[cfg.vocab_size, cfg.hidden_size])?;
+    windows
+        .iter()
+        .map(|w| {
+            if let Some(&bad) = w.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+                return Err(Error::Invalid(format!(
+                    "calibration token id {bad} is outside the vocabulary of {} tokens",
+                    cfg.vocab_size
+                )));
+            }
+            let ids = Tensor::from_slice(w, w.len(), &Device::Cpu)?;
+            Ok(table
+                .index_select(&ids, 0)?
+                .reshape((1, w.len(), cfg.hidden_size))?)
+        })
+        .collect()
+}

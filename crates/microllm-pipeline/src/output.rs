@@ -1,0 +1,271 @@
+//! From stored quantized blocks to output files.
+//!
+//! Two views of a finished run's [`BlockStore`]:
+//!
+//! * [`QuantizedSource`]: the model as a [`TensorSource`], block linears dequantized from
+//!   their codes, everything else from the original source. Any writer that takes a source
+//!   (safetensors / Hugging Face directories, GGUF at F16) writes the quantized model from it.
+//! * [`GgufCodes`]: GGUF bytes for the block linears, packed *exactly* from the codes where a
+//!   ggml block type can hold the grid ([`exact_gguf_type`]): symmetric 2-4 bit -> Q4_0,
+//!   symmetric 5-8 bit -> Q8_0, asymmetric 2-4 bit -> Q4_1 (whose f16 block minimum
+//!   `-scale * zero` is the one rounding added), for groups that are whole multiples of 32
+//!   and contiguous. Narrower codes sit inside the wider grid (a 3-bit code `c` with zero 4 is
+//!   the Q4_0 code `c + 4`), so a 3-bit GPTQ model is a valid Q4_0 file whose weights are
+//!   exactly the 3-bit ones. Anything else is stored as F16 of the dequantized weights, and
+//!   [`EncodedTensors::fallback`] says why.
+
+use std::sync::Mutex;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use microllm_core::{
+    Error, Family, LinearKind, ModelConfig, Result, TensorInfo, TensorSource, names,
+};
+use microllm_io::gguf::EncodedTensors;
+use microllm_io::gguf::blocks::{
+    GroupCodes, QK, q4_0_from_codes, q4_1_from_codes, q8_0_from_codes,
+};
+use microllm_io::gguf::names::{is_rope_permuted, permute_rows};
+use microllm_quant::{QuantScheme, QuantizedWeight};
+
+use crate::store::{BlockStore, StoredBlock};
+
+/// The ggml block type that holds a `[out, in]` weight quantized with `scheme` exactly, or why
+/// none does. `contiguous` is false for act-order without static groups (scattered groups).
+pub fn exact_gguf_type(
+    scheme: &QuantScheme,
+    in_features: usize,
+    contiguous: bool,
+) -> std::result::Result<GgmlDType, String> {
+    let group = scheme.group_len(in_features);
+    if !group.is_multiple_of(QK) {
+        return Err(format!(
+            "groups of {group} are not whole 32-weight ggml blocks (use a group size that is a \
+             multiple of 32)"
+        ));
+    }
+    if !contiguous {
+        return Err("act-order groups are not contiguous (use static groups)".into());
+    }
+    if !scheme.f16_scales {
+        return Err("scales were not rounded to f16".into());
+    }
+    match (scheme.symmetric, scheme.bits) {
+        (true, 2..=4) => Ok(GgmlDType::Q4_0),
+        (true, 5..=8) => Ok(GgmlDType::Q8_0),
+        (false, 2..=4) => Ok(GgmlDType::Q4_1),
+        (false, bits) => Err(format!(
+            "no ggml block type holds asymmetric {bits}-bit codes"
+        )),
+        (true, bits) => Err(format!("unsupported bit width {bits}")),
+    }
+}
+
+/// One block cached at a time: writers visit tensors block by block.
+struct BlockCache<'a> {
+    store: &'a BlockStore,
+    current: Mutex<Option<(usize, StoredBlock)>>,
+}
+
+impl<'a> BlockCache<'a> {
+    fn new(store: &'a BlockStore) -> Self {
+        Self {
+            store,
+            current: Mutex::new(None),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        layer: usize,
+        kind: LinearKind,
+        f: impl FnOnce(&QuantizedWeight) -> Result<T>,
+    ) -> Result<T> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_none_or(|(l, _)| *l != layer) {
+            *current = Some((layer, self.store.load_block(layer)?));
+        }
+        let (_, block) = current.as_ref().expect("loaded above");
+        let q = block.weights.get(&kind).ok_or_else(|| {
+            Error::Invalid(format!(
+                "the work directory has no {kind:?} weight for block {layer}"
+            ))
+        })?;
+        f(q)
+    }
+}
+
+/// The quantized model as a tensor source (see the module docs).
+pub struct QuantizedSource<'a> {
+    family: Family,
+    base: &'a dyn TensorSource,
+    blocks: BlockCache<'a>,
+}
+
+impl<'a> QuantizedSource<'a> {
+    pub fn new(cfg: &ModelConfig, base: &'a dyn TensorSource, store: &'a BlockStore) -> Self {
+        Self {
+            family: cfg.family,
+            base,
+            blocks: BlockCache::new(store),
+        }
+    }
+}
+
+impl TensorSource for QuantizedSource<'_> {
+    fn origin(&self) -> String {
+        format!("{} (quantized)", self.base.origin())
+    }
+
+    fn infos(&self) -> Vec<TensorInfo> {
+        self.base.infos()
+    }
+
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.base.info(name)
+    }
+
+    fn load(&self, name: &str) -> Result<Tensor> {
+        match names::parse_linear_weight(self.family, name) {
+            Some((layer, kind)) => self
+                .blocks
+                .with(layer, kind, |q| q.dequantize(&Device::Cpu)),
+            None => self.base.load(name),
+        }
+    }
+}
+
+/// Exact GGUF blocks for the stored linears (see the module docs).
+pub struct GgufCodes<'a> {
+    cfg: &'a ModelConfig,
+    blocks: BlockCache<'a>,
+}
+
+impl<'a> GgufCodes<'a> {
+    pub fn new(cfg: &'a ModelConfig, store: &'a BlockStore) -> Self {
+        Self {
+            cfg,
+            blocks: BlockCache::new(store),
+        }
+    }
+
+    fn decide(&self, hf_name: &str) -> Option<std::result::Result<GgmlDType, String>> {
+        let (layer, kind) = names::parse_linear_weight(self.cfg.family, hf_name)?;
+        self.blocks
+            .with(layer, kind, |q| {
+                let contiguous = q.g_idx.is_none();
+                Ok(exact_gguf_type(&q.scheme, q.in_features(), contiguous))
+            })
+            .ok()
+    }
+
+    /// Rows permuted as llama.cpp expects for llama-family q/k.
+    fn rope_heads(&self, kind: LinearKind) -> Option<usize> {
+        if !is_rope_permuted(self.cfg.family) {
+            return None;
+        }
+        match kind {
+            LinearKind::Q => Some(self.cfg.num_heads),
+            LinearKind::K => Some(self.cfg.num_kv_heads),
+            _ => None,
+        }
+    }
+}
+
+impl EncodedTensors for GgufCodes<'_> {
+    fn dtype(&self, hf_name: &str) -> Option<GgmlDType> {
+        self.decide(hf_name).map(|d| d.unwrap_or(GgmlDType::F16))
+    }
+
+    fn fallback(&self, hf_name: &str) -> Option<String> {
+        self.decide(hf_name)?
+            .err()
+            .map(|why| format!("F16 (dequantized): {why}"))
+    }
+
+    fn encode(&self, hf_name: &str) -> Result<Vec<u8>> {
+        let (layer, kind) = names::parse_linear_weight(self.cfg.family, hf_name)
+            .ok_or_else(|| Error::Invalid(format!("`{hf_name}` is not a quantized linear")))?;
+        let heads = self.rope_heads(kind);
+        self.blocks.with(layer, kind, |q| {
+            let q = match heads {
+                Some(h) => permute_weight_rows(q, h)?,
+                None => q.clone(),
+            };
+            let in_features = q.in_features();
+            match exact_gguf_type(&q.scheme, in_features, q.g_idx.is_none()) {
+                Ok(dtype) => pack_exact(&q, dtype).map_err(|msg| Error::TensorData {
+                    name: hf_name.to_string(),
+                    origin: "quantized blocks".into(),
+                    msg,
+                }),
+                Err(_) => {
+                    let w = q.dequantize(&Device::Cpu)?.to_dtype(DType::F16)?;
+                    let values = w.flatten_all()?.to_vec1::<half::f16>()?;
+                    Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+                }
+            }
+        })
+    }
+}
+
+/// The weight with its rows reordered by llama.cpp's rotary permutation over `heads` heads.
+/// Groups lie within rows, so codes, scales and zeros move row by row.
+fn permute_weight_rows(q: &QuantizedWeight, heads: usize) -> Result<QuantizedWeight> {
+    let [out, inp] = q.shape;
+    let ng = q.n_groups();
+    let dev = Device::Cpu;
+    let codes = Tensor::from_slice(&q.codes, (out, inp), &dev)?;
+    let scales = Tensor::from_slice(&q.scales, (out, ng), &dev)?;
+    let zeros = Tensor::from_slice(&q.zeros, (out, ng), &dev)?;
+    let flat_u8 = |t: Tensor| -> Result<Vec<u8>> { Ok(t.flatten_all()?.to_vec1::<u8>()?) };
+    Ok(QuantizedWeight {
+        codes: flat_u8(permute_rows(&codes, heads)?)?,
+        scales: permute_rows(&scales, heads)?.flatten_all()?.to_vec1()?,
+        zeros: flat_u8(permute_rows(&zeros, heads)?)?,
+        ..q.clone()
+    })
+}
+
+/// Packs `q` into `dtype` blocks: codes shifted onto the block type's grid, and scales and
+/// zeros repeated for every 32-weight block of a group.
+fn pack_exact(q: &QuantizedWeight, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> {
+    let [out, inp] = q.shape;
+    let group = q.scheme.group_len(inp);
+    let per_group = group / QK;
+    let ng = q.n_groups();
+    // The zero point the block type implies (none for Q4_1, which stores a minimum).
+    let target_zero: Option<i32> = match dtype {
+        GgmlDType::Q4_0 => Some(8),
+        GgmlDType::Q8_0 => Some(128),
+        _ => None,
+    };
+    let mut codes = Vec::with_capacity(q.codes.len());
+    let mut scales = Vec::with_capacity(out * inp / QK);
+    let mut zeros = Vec::with_capacity(out * inp / QK);
+    for r in 0..out {
+        for g in 0..ng {
+            let k = r * ng + g;
+            let zero = q.zeros[k] as i32;
+            let shift = target_zero.map_or(0, |t| t - zero);
+            let row = &q.codes[r * inp + g * group..r * inp + (g + 1) * group];
+            codes.extend(row.iter().map(|&c| (c as i32 + shift) as u8));
+            for _ in 0..per_group {
+                scales.push(q.scales[k]);
+                zeros.push(target_zero.map_or(zero, |t| t) as u8);
+            }
+        }
+    }
+    let codes = GroupCodes {
+        codes: &codes,
+        scales: &scales,
+        zeros: &zeros,
+        cols: inp,
+    };
+    match dtype {
+        GgmlDType::Q4_0 => q4_0_from_codes(&codes),
+        GgmlDType::Q4_1 => q4_1_from_codes(&codes),
+        GgmlDType::Q8_0 => q8_0_from_codes(&codes),
+        other => Err(format!("no exact packing into {other:?}")),
+    }
+}

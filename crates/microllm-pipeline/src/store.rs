@@ -1,0 +1,323 @@
+//! The work directory of a layerwise run: finished blocks and the hidden states between them.
+//!
+//! A run that is killed must resume from the last finished block and produce the same bytes
+//! as an uninterrupted one. So each finished block is written (atomically) in the canonical
+//! quantized form, codes + scales + zeros + `g_idx` + permutation, as
+//! `block-NNNNN.safetensors`, with its records in the safetensors metadata; and after each
+//! block the calibration hidden states leaving it are written as `hidden.safetensors`, tagged
+//! with the block they follow. Resuming reads the hidden states back bit for bit, so the
+//! remaining blocks compute exactly what they would have. Output writers (GGUF, safetensors,
+//! later GPTQ and compressed-tensors) pack from the stored blocks, never from the run's memory.
+//!
+//! `run.json` holds a fingerprint of everything that determines the result (model, scheme,
+//! method, calibration hash); resuming a different run is refused rather than mixing two.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use microllm_core::{Error, LinearKind, Result};
+use microllm_io::write::write_file_atomic;
+use microllm_quant::{QuantScheme, QuantizedWeight};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::block_quant::LinearRecord;
+
+/// A finished block, as stored.
+#[derive(Debug, Clone)]
+pub struct StoredBlock {
+    pub weights: BTreeMap<LinearKind, QuantizedWeight>,
+    pub records: Vec<LinearRecord>,
+    /// Wall time the block took.
+    pub seconds: f64,
+}
+
+/// A run's work directory.
+#[derive(Debug)]
+pub struct BlockStore {
+    dir: PathBuf,
+}
+
+const RUN_FILE: &str = "run.json";
+const HIDDEN_FILE: &str = "hidden.safetensors";
+
+impl BlockStore {
+    /// Opens `dir` for a run identified by `fingerprint`. With `resume`, an existing directory
+    /// must belong to the same run (its finished blocks are kept); without, it is cleared.
+    pub fn open(dir: &Path, fingerprint: &serde_json::Value, resume: bool) -> Result<Self> {
+        let run_file = dir.join(RUN_FILE);
+        if dir.exists() {
+            if resume && run_file.exists() {
+                let text =
+                    std::fs::read_to_string(&run_file).map_err(|e| Error::io(&run_file, e))?;
+                let stored: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| Error::Format {
+                        path: run_file.clone(),
+                        msg: e.to_string(),
+                    })?;
+                if &stored != fingerprint {
+                    return Err(Error::Invalid(format!(
+                        "cannot resume: the work directory {} belongs to a different run \
+                         (model, settings or calibration data changed); rerun without --resume",
+                        dir.display()
+                    )));
+                }
+                return Ok(Self { dir: dir.into() });
+            }
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let text = serde_json::to_string_pretty(fingerprint).expect("JSON values serialize");
+        write_file_atomic(&run_file, |tmp| {
+            std::fs::write(tmp, text).map_err(|e| Error::io(tmp, e))
+        })?;
+        Ok(Self { dir: dir.into() })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn block_path(&self, layer: usize) -> PathBuf {
+        self.dir.join(format!("block-{layer:05}.safetensors"))
+    }
+
+    /// Whether block `layer` is finished.
+    pub fn has_block(&self, layer: usize) -> bool {
+        self.block_path(layer).exists()
+    }
+
+    /// Writes a finished block.
+    pub fn save_block(
+        &self,
+        layer: usize,
+        weights: &BTreeMap<LinearKind, QuantizedWeight>,
+        records: &[LinearRecord],
+        seconds: f64,
+    ) -> Result<()> {
+        let u32_bytes = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut schemes = serde_json::Map::new();
+        for (kind, q) in weights {
+            let k = kind_name(*kind);
+            let [out, inp] = q.shape;
+            let ng = q.n_groups();
+            data.push((
+                format!("{k}.codes"),
+                Dtype::U8,
+                vec![out, inp],
+                q.codes.clone(),
+            ));
+            data.push((
+                format!("{k}.scales"),
+                Dtype::F32,
+                vec![out, ng],
+                f32_bytes(&q.scales),
+            ));
+            data.push((
+                format!("{k}.zeros"),
+                Dtype::U8,
+                vec![out, ng],
+                q.zeros.clone(),
+            ));
+            if let Some(g) = &q.g_idx {
+                data.push((format!("{k}.g_idx"), Dtype::U32, vec![inp], u32_bytes(g)));
+            }
+            if let Some(p) = &q.perm {
+                data.push((format!("{k}.perm"), Dtype::U32, vec![inp], u32_bytes(p)));
+            }
+            schemes.insert(k, scheme_json(&q.scheme));
+        }
+        let views = data
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::Invalid(format!("block {layer}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = HashMap::from([
+            (
+                "schemes".to_string(),
+                serde_json::Value::Object(schemes).to_string(),
+            ),
+            (
+                "records".to_string(),
+                serde_json::to_string(records).expect("records serialize"),
+            ),
+            ("seconds".to_string(), seconds.to_string()),
+        ]);
+        let dest = self.block_path(layer);
+        write_file_atomic(&dest, |tmp| {
+            safetensors::serialize_to_file(views, Some(metadata), tmp)
+                .map_err(|e| Error::Invalid(format!("writing {}: {e}", tmp.display())))
+        })
+    }
+
+    /// Reads a finished block back.
+    pub fn load_block(&self, layer: usize) -> Result<StoredBlock> {
+        let path = self.block_path(layer);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bad = |msg: String| Error::Format {
+            path: path.clone(),
+            msg,
+        };
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let field = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| bad(format!("no `{key}` metadata")))
+        };
+        let schemes: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(field("schemes")?).map_err(|e| bad(e.to_string()))?;
+        let records: Vec<LinearRecord> =
+            serde_json::from_str(field("records")?).map_err(|e| bad(e.to_string()))?;
+        let seconds = field("seconds")?
+            .parse()
+            .map_err(|_| bad("bad `seconds`".into()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let raw = |name: &str| -> Result<Option<(Vec<usize>, &[u8])>> {
+            match st.tensor(name) {
+                Ok(t) => Ok(Some((t.shape().to_vec(), t.data()))),
+                Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
+                Err(e) => Err(bad(e.to_string())),
+            }
+        };
+        let need = |name: &str| raw(name)?.ok_or_else(|| bad(format!("no tensor `{name}`")));
+        let u32s = |b: &[u8]| -> Vec<u32> {
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        };
+        let mut weights = BTreeMap::new();
+        for kind in LinearKind::ALL {
+            let k = kind_name(kind);
+            let Some(scheme) = schemes.get(&k) else {
+                continue;
+            };
+            let scheme =
+                scheme_from_json(scheme).ok_or_else(|| bad(format!("bad scheme of {k}")))?;
+            let (shape, codes) = need(&format!("{k}.codes"))?;
+            let (_, scales) = need(&format!("{k}.scales"))?;
+            let (_, zeros) = need(&format!("{k}.zeros"))?;
+            let q = QuantizedWeight {
+                shape: [shape[0], shape[1]],
+                scheme,
+                codes: codes.to_vec(),
+                scales: u32s(scales).into_iter().map(f32::from_bits).collect(),
+                zeros: zeros.to_vec(),
+                g_idx: raw(&format!("{k}.g_idx"))?.map(|(_, b)| u32s(b)),
+                perm: raw(&format!("{k}.perm"))?.map(|(_, b)| u32s(b)),
+            };
+            q.validate().map_err(|e| bad(format!("{k}: {e}")))?;
+            weights.insert(kind, q);
+        }
+        Ok(StoredBlock {
+            weights,
+            records,
+            seconds,
+        })
+    }
+
+    /// Writes the hidden states leaving block `after_block`.
+    pub fn save_hidden(&self, after_block: usize, hidden: &[Tensor]) -> Result<()> {
+        let data = hidden
+            .iter()
+            .map(|t| {
+                let bytes: Vec<u8> = t
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect();
+                Ok((t.dims().to_vec(), bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let views = data
+            .iter()
+            .enumerate()
+            .map(|(i, (shape, bytes))| {
+                TensorView::new(Dtype::F32, shape.clone(), bytes)
+                    .map(|v| (format!("h{i:06}"), v))
+                    .map_err(|e| Error::Invalid(format!("hidden state {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = HashMap::from([("after_block".to_string(), after_block.to_string())]);
+        let dest = self.dir.join(HIDDEN_FILE);
+        write_file_atomic(&dest, |tmp| {
+            safetensors::serialize_to_file(views, Some(metadata), tmp)
+                .map_err(|e| Error::Invalid(format!("writing {}: {e}", tmp.display())))
+        })
+    }
+
+    /// The last saved hidden states and the block they follow, if any.
+    pub fn load_hidden(&self) -> Result<Option<(usize, Vec<Tensor>)>> {
+        let path = self.dir.join(HIDDEN_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bad = |msg: String| Error::Format {
+            path: path.clone(),
+            msg,
+        };
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let after: usize = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("after_block"))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("no `after_block` metadata".into()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+        names.sort();
+        let tensors = names
+            .iter()
+            .map(|name| {
+                let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+                let values: Vec<f32> = t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect();
+                Ok(Tensor::from_vec(values, t.shape(), &Device::Cpu)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((after, tensors)))
+    }
+
+    /// Deletes the work directory (after the output is written).
+    pub fn remove(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
+    }
+}
+
+fn kind_name(kind: LinearKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .expect("kinds serialize to strings")
+}
+
+fn scheme_json(s: &QuantScheme) -> serde_json::Value {
+    serde_json::json!({
+        "bits": s.bits,
+        "group_size": s.group_size,
+        "symmetric": s.symmetric,
+        "f16_scales": s.f16_scales,
+    })
+}
+
+fn scheme_from_json(v: &serde_json::Value) -> Option<QuantScheme> {
+    Some(QuantScheme {
+        bits: u8::try_from(v.get("bits")?.as_u64()?).ok()?,
+        group_size: match v.get("group_size")? {
+            serde_json::Value::Null => None,
+            g => Some(usize::try_from(g.as_u64()?).ok()?),
+        },
+        symmetric: v.get("symmetric")?.as_bool()?,
+        f16_scales: v.get("f16_scales")?.as_bool()?,
+    })
+}

@@ -1,0 +1,58 @@
+//! Times [`HessianAccumulator::add_batch`] on SmolLM2-sized layers: `m` tokens per batch into
+//! an `in x in` Hessian, reporting ms per batch and GFLOP/s counted as the full product
+//! (`in * in * m * 2` flops, even when only a triangle is computed).
+//!
+//! `cargo run --release -p microllm-quant --example hessian_bench -- [BATCHES=20] [TOKENS=512] [IN...]`
+//! (default widths: 576 and 1536).
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use microllm_quant::HessianAccumulator;
+
+/// Deterministic pseudo-normal values (sum of uniforms), enough for timing.
+fn values(n: usize, mut state: u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let mut s = 0f32;
+            for _ in 0..4 {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                s += (state >> 40) as f32 / (1u64 << 24) as f32;
+            }
+            s - 2.0
+        })
+        .collect()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let batches: usize = args.next().map_or(Ok(20), |s| s.parse())?;
+    let tokens: usize = args.next().map_or(Ok(512), |s| s.parse())?;
+    let mut widths = args.map(|s| s.parse()).collect::<Result<Vec<usize>, _>>()?;
+    if widths.is_empty() {
+        widths = vec![576, 1536];
+    }
+    for inp in widths {
+        let data = Tensor::from_vec(
+            values(tokens * inp, inp as u64),
+            (tokens, inp),
+            &Device::Cpu,
+        )?;
+        let mut acc = HessianAccumulator::new(inp);
+        acc.add_batch(&data)?; // warm-up (thread pool, caches)
+        let start = Instant::now();
+        for _ in 0..batches {
+            acc.add_batch(&data)?;
+        }
+        let secs = start.elapsed().as_secs_f64() / batches as f64;
+        let gflops = (inp * inp * tokens * 2) as f64 / secs / 1e9;
+        println!(
+            "in={inp:5} m={tokens}: {:8.2} ms/batch, {gflops:6.1} GFLOP/s (h[0]={:.4})",
+            secs * 1e3,
+            acc.hessian()[0]
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,502 @@
+//! `microllm quantize`: GPTQ or RTN, streamed block by block, to GGUF or safetensors, with a
+//! report of what was lost.
+
+mod plan;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::quantized::GgmlDType;
+use microllm_io::Checkpoint;
+use microllm_io::calibration::CalibrationSet;
+use microllm_io::gguf::{GgufExport, write_gguf};
+use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
+use microllm_pipeline::output::{GgufCodes, QuantizedSource};
+use microllm_pipeline::{BlockMethod, BlockStore, LayerwiseJob, run_layerwise};
+use microllm_quant::{GptqOptions, QuantScheme};
+
+use self::plan::{GroupSize, TensorPlan, parse_group_size};
+use self::report::{CalibrationRecord, EvalRecord, Report};
+use super::convert::GgufType;
+use crate::progress::Bar;
+
+/// Quantize a model's linear layers with GPTQ (calibrated) or round-to-nearest.
+///
+/// The model is streamed one decoder block at a time: peak memory is one block, its Hessians
+/// and the calibration activations. Output is GGUF by default: GPTQ/RTN codes whose groups are
+/// whole 32-weight blocks are written exactly as Q4_0 (symmetric, 2-4 bits), Q4_1
+/// (asymmetric, 2-4 bits) or Q8_0 (symmetric, 5-8 bits); other settings are stored as F16 of
+/// the quantized weights (the report says so). --format safetensors writes a Hugging Face
+/// directory holding the quantized weights' values in --dtype. --gguf-type instead writes
+/// llama.cpp's own block types by llama.cpp's round-to-nearest (no calibration). A report
+/// (OUT.report.json and OUT.report.md beside the output) records per-layer errors, size,
+/// bits/weight, time, and with --eval the perplexity before and after.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model directory, .gguf file or hub repo id.
+    #[arg(long, short)]
+    model: String,
+    /// Output file (GGUF) or directory (safetensors); must not exist unless --force.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Bits per weight code, 2-8.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=8))]
+    bits: u8,
+    /// Quantization algorithm [default: gptq; rtn with --gguf-type].
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    /// Input columns sharing one scale: a number dividing every linear's input size, or
+    /// `channel` for one group per output row. Default: 32 for GGUF, 128 for safetensors (or
+    /// the largest of 64/32/16 that divides every row).
+    #[arg(long, value_parser = parse_group_size)]
+    group_size: Option<GroupSize>,
+    /// Symmetric grids (zero point 2^(bits-1)); the default.
+    #[arg(long, conflicts_with = "asym")]
+    sym: bool,
+    /// Asymmetric grids (fitted zero point).
+    #[arg(long)]
+    asym: bool,
+    /// GPTQ: process columns by decreasing Hessian diagonal (with GGUF output, groups are
+    /// then fixed up front, "static groups", so they stay contiguous blocks).
+    #[arg(long)]
+    act_order: bool,
+    /// GPTQ: weight of each calibration window's first token (the attention sink) in the
+    /// q/k/v Hessians [default: --seqlen; 1 = plain GPTQ].
+    #[arg(long)]
+    sink_weight: Option<f64>,
+    /// GPTQ: dampening as a fraction of the Hessian's mean diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Gguf)]
+    format: Format,
+    /// Write llama.cpp's block type instead (round-to-nearest as llama.cpp does; no GPTQ).
+    #[arg(long, value_enum)]
+    gguf_type: Option<GgufType>,
+    /// Weight dtype of safetensors output.
+    #[arg(long, value_enum, default_value_t = Dtype::F16)]
+    dtype: Dtype,
+    /// Calibration data: a UTF-8 text file, or a .safetensors file with int64 `input_ids`.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128)]
+    samples: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 512)]
+    seqlen: usize,
+    /// Seed of the calibration window draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use fewer windows than --samples when the data is too short (recorded in the report)
+    /// instead of failing.
+    #[arg(long)]
+    allow_short_calib: bool,
+    /// Continue an interrupted run from its last finished block (same settings required).
+    #[arg(long)]
+    resume: bool,
+    /// Print the plan (tensors, types, fallbacks, estimated size) and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Measure perplexity on this text before and after, with the output file reloaded.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 512)]
+    eval_ctx: usize,
+    /// Evaluation windows (the first N of the text).
+    #[arg(long, default_value_t = 24)]
+    eval_windows: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Method {
+    Gptq,
+    Rtn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Gguf,
+    Safetensors,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    fn out(self) -> OutDtype {
+        match self {
+            Dtype::F32 => OutDtype::F32,
+            Dtype::F16 => OutDtype::F16,
+            Dtype::Bf16 => OutDtype::BF16,
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    if args.out.exists() && !args.force && !args.dry_run {
+        bail!(
+            "{} already exists; pass --force to replace it",
+            args.out.display()
+        );
+    }
+    if args.gguf_type.is_some() && args.format == Format::Safetensors {
+        bail!("--gguf-type applies to GGUF output, not --format safetensors");
+    }
+    if args
+        .sink_weight
+        .is_some_and(|w| !(w.is_finite() && w > 0.0))
+    {
+        bail!("--sink-weight must be a positive number");
+    }
+    let ckpt = super::open_model(&args.model)?;
+    let mut report = Report::new(&args.model, &ckpt, &args.out);
+    if let Some(note) = already_quantized_note(&ckpt) {
+        report.notes.push(note);
+    }
+    if let Some(t) = args.gguf_type {
+        return ggml_rtn(&args, &ckpt, t.ggml(), report, started);
+    }
+    let method_kind = args.method.unwrap_or(Method::Gptq);
+
+    let linears = plan::linear_infos(&ckpt.config, ckpt.tensors.as_ref())?;
+    let gguf = args.format == Format::Gguf;
+    let group = plan::resolve_group_size(args.group_size, gguf, &linears)?;
+    // Every packed format (GGUF blocks, GPTQ checkpoints) stores scales as f16: rounding them
+    // before codes are chosen keeps every output exactly the quantizer's result.
+    let scheme = QuantScheme::new(args.bits, group, !args.asym)?.with_f16_scales();
+    let gptq = GptqOptions {
+        damp_percent: args.damp,
+        act_order: args.act_order,
+        // Contiguous groups are what ggml blocks (and most kernels) need.
+        static_groups: args.act_order && gguf,
+        ..GptqOptions::default()
+    };
+    let method = match method_kind {
+        Method::Gptq => BlockMethod::Gptq {
+            opts: gptq,
+            sink_weight: args.sink_weight.unwrap_or(args.seqlen as f64),
+        },
+        Method::Rtn => BlockMethod::Rtn,
+    };
+    let scattered = args.act_order && !gptq.static_groups && method_kind == Method::Gptq;
+    let (tensor_plan, dominant) = if gguf {
+        plan::gguf_plan(&ckpt.config, ckpt.tensors.as_ref(), &scheme, scattered)?
+    } else {
+        let (name, size) = match args.dtype {
+            Dtype::F32 => ("F32", 4),
+            Dtype::F16 => ("F16", 2),
+            Dtype::Bf16 => ("BF16", 2),
+        };
+        let plan = plan::dense_plan(&ckpt.config, ckpt.tensors.as_ref(), name, size);
+        (plan, GgmlDType::F16)
+    };
+    if gguf {
+        let block_bits = match dominant {
+            GgmlDType::Q8_0 => 8,
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 => 4,
+            _ => 0,
+        };
+        if scheme.bits < block_bits {
+            report.notes.push(format!(
+                "{}-bit codes are stored in {dominant:?} blocks ({block_bits}-bit slots): the \
+                 weights are exactly the {}-bit model's, the file is the size of a \
+                 {block_bits}-bit one (GGUF has no legacy {}-bit block)",
+                scheme.bits, scheme.bits, scheme.bits
+            ));
+        }
+    }
+    report.set_scheme(
+        method_kind,
+        &scheme,
+        (method_kind == Method::Gptq).then_some(gptq),
+    );
+    if let BlockMethod::Gptq { sink_weight, .. } = method {
+        report.scheme["gptq"]["sink_weight"] = serde_json::json!(sink_weight);
+    }
+    if gptq.static_groups {
+        report
+            .notes
+            .push("act-order with GGUF output: groups fixed up front (static groups)".into());
+    }
+    println!(
+        "quantize {} -> {}: {:?}, {} bits, {}, {}",
+        args.model,
+        args.out.display(),
+        method_kind,
+        scheme.bits,
+        group.map_or("per-channel".to_string(), |g| format!("group {g}")),
+        if scheme.symmetric {
+            "symmetric"
+        } else {
+            "asymmetric"
+        }
+    );
+    plan::print_plan(&tensor_plan);
+    if args.dry_run {
+        return Ok(());
+    }
+
+    let calibration = match method_kind {
+        Method::Gptq => Some(calibration(&args, &ckpt)?),
+        Method::Rtn => None,
+    };
+    if let Some(set) = &calibration {
+        report.calibration = Some(CalibrationRecord::new(args.calib.as_deref(), set));
+    }
+    let windows = calibration.as_ref().map_or(&[][..], |c| &c.windows[..]);
+    let work = work_dir(&args.out);
+    let fingerprint = serde_json::json!({
+        "microllm": env!("CARGO_PKG_VERSION"),
+        "model": args.model,
+        "model_bytes": ckpt.stored_bytes(),
+        "scheme": report.scheme,
+        "calibration": report.calibration,
+    });
+    let store = BlockStore::open(&work, &fingerprint, args.resume)?;
+    let job = LayerwiseJob {
+        config: &ckpt.config,
+        source: ckpt.tensors.as_ref(),
+        calibration: windows,
+        scheme,
+        method,
+    };
+    let summary = run_layerwise(&job, &store, &Bar::new()).with_context(|| {
+        format!(
+            "quantizing {} (work directory {})",
+            args.model,
+            work.display()
+        )
+    })?;
+    if summary.resumed_blocks > 0 {
+        println!("resumed after {} finished blocks", summary.resumed_blocks);
+    }
+
+    let written = Instant::now();
+    let quantized = QuantizedSource::new(&ckpt.config, ckpt.tensors.as_ref(), &store);
+    let notes = if gguf {
+        let codes = GgufCodes::new(&ckpt.config, &store);
+        let export = gguf_export(&ckpt, &quantized, Some(&codes));
+        write_gguf(&export, &args.out, dominant, args.force, &Bar::new())?.notes
+    } else {
+        let output = HfOutput {
+            config: &ckpt.config,
+            tensors: &quantized,
+            tokenizer: ckpt.tokenizer.as_ref(),
+            chat_template: ckpt.chat_template.as_deref(),
+        };
+        let opts = HfWriteOptions {
+            dtype: args.dtype.out(),
+            max_shard_bytes: 2_000_000_000,
+            overwrite: args.force,
+        };
+        write_hf_dir(&output, &args.out, &opts, &Bar::new())?;
+        Vec::new()
+    }
+    .into_iter();
+    report.notes.extend(notes);
+    report.set_layers(&summary, &tensor_plan);
+    report.set_output(&args.out, &tensor_plan, written.elapsed().as_secs_f64())?;
+    drop(quantized);
+    finish(&args, &ckpt, report, started)?;
+    store.remove()?;
+    Ok(())
+}
+
+/// `--gguf-type`: llama.cpp's own types by round-to-nearest, as `convert` writes them.
+fn ggml_rtn(
+    args: &Args,
+    ckpt: &Checkpoint,
+    dtype: GgmlDType,
+    mut report: Report,
+    started: Instant,
+) -> Result<()> {
+    if args.method == Some(Method::Gptq) {
+        bail!(
+            "--gguf-type writes llama.cpp's round-to-nearest block types, which GPTQ does not \
+             produce; use --method rtn, or drop --gguf-type to get GPTQ codes in Q4_0/Q4_1/Q8_0 blocks"
+        );
+    }
+    let plan = ggml_plan(ckpt, dtype)?;
+    plan::print_plan(&plan);
+    if args.dry_run {
+        return Ok(());
+    }
+    report.method = "ggml-rtn".into();
+    report.notes.push(format!(
+        "{dtype:?}: llama.cpp's block type, by llama.cpp's round-to-nearest (no calibration; \
+         GPTQ does not apply)"
+    ));
+    let export = gguf_export(ckpt, ckpt.tensors.as_ref(), None);
+    let written = Instant::now();
+    let summary = write_gguf(&export, &args.out, dtype, args.force, &Bar::new())?;
+    report.notes.extend(summary.notes);
+    report.set_output(&args.out, &plan, written.elapsed().as_secs_f64())?;
+    finish(args, ckpt, report, started)
+}
+
+fn ggml_plan(ckpt: &Checkpoint, dtype: GgmlDType) -> Result<Vec<TensorPlan>> {
+    let cfg = &ckpt.config;
+    microllm_io::gguf::plan_types(cfg, ckpt.tensors.as_ref(), dtype)?
+        .into_iter()
+        .map(|d| {
+            let bytes = microllm_io::gguf::write::PlannedTensor {
+                name: d.gguf_name.clone(),
+                shape: d.shape.clone(),
+                dtype: d.dtype,
+            }
+            .byte_len()?;
+            Ok(TensorPlan {
+                quantized: microllm_core::names::parse_linear_weight(cfg.family, &d.hf_name)
+                    .is_some(),
+                name: d.gguf_name,
+                shape: d.shape,
+                dtype: format!("{:?}", d.dtype),
+                fallback: d.fallback,
+                bytes,
+            })
+        })
+        .collect()
+}
+
+fn gguf_export<'a>(
+    ckpt: &'a Checkpoint,
+    tensors: &'a dyn microllm_core::TensorSource,
+    encoded: Option<&'a dyn microllm_io::gguf::EncodedTensors>,
+) -> GgufExport<'a> {
+    GgufExport {
+        config: &ckpt.config,
+        tensors,
+        tokenizer: ckpt.tokenizer.as_ref(),
+        chat_template: ckpt.chat_template.as_deref(),
+        name: ckpt
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model"),
+        encoded,
+    }
+}
+
+/// Optional evaluation, then the report files.
+fn finish(args: &Args, ckpt: &Checkpoint, mut report: Report, started: Instant) -> Result<()> {
+    if let Some(data) = &args.eval {
+        report.eval = Some(evaluate(args, data, ckpt)?);
+    }
+    report.total_seconds = started.elapsed().as_secs_f64();
+    let (json, md) = report.write(&args.out)?;
+    report.print_summary();
+    println!("report       {} and {}", json.display(), md.display());
+    Ok(())
+}
+
+fn evaluate(args: &Args, data: &Path, ckpt: &Checkpoint) -> Result<EvalRecord> {
+    let text = super::read_text(data)?;
+    let tokens = ckpt
+        .require_tokenizer()?
+        .encode(&text, true)
+        .with_context(|| format!("tokenizing {}", data.display()))?;
+    let opts = microllm_eval::PerplexityOptions {
+        ctx: args.eval_ctx,
+        max_windows: Some(args.eval_windows),
+    };
+    let measure = |c: &Checkpoint| -> Result<microllm_eval::PerplexityResult> {
+        let model = super::load_decoder(c)?;
+        Ok(microllm_eval::perplexity(
+            &model,
+            &tokens,
+            opts,
+            &Bar::new(),
+        )?)
+    };
+    let base = measure(ckpt).context("evaluating the original model")?;
+    let output = super::open_model(&args.out.to_string_lossy())?;
+    let quantized = measure(&output).context("evaluating the output")?;
+    Ok(EvalRecord::new(data, base, quantized))
+}
+
+/// Calibration windows from --calib, with a too-short file an error unless allowed.
+fn calibration(args: &Args, ckpt: &Checkpoint) -> Result<CalibrationSet> {
+    let Some(path) = &args.calib else {
+        bail!(
+            "GPTQ needs calibration data: pass --calib FILE (text, e.g. a few hundred KB of \
+             web text), or use --method rtn"
+        );
+    };
+    if args.samples == 0 || args.seqlen == 0 {
+        bail!("--samples and --seqlen must be positive");
+    }
+    let is_ids = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let set = if is_ids {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let ids: Vec<u32> = microllm_io::arrays::read_token_ids(path, "input_ids")?.concat();
+        CalibrationSet::draw_from(&bytes, &ids, args.samples, args.seqlen, args.seed)
+    } else {
+        let text = super::read_text(path)?;
+        let ids = ckpt
+            .require_tokenizer()?
+            .encode(&text, false)
+            .with_context(|| format!("tokenizing {}", path.display()))?;
+        CalibrationSet::draw(&text, &ids, args.samples, args.seqlen, args.seed)
+    };
+    if set.windows.is_empty() || (set.shortfall() > 0 && !args.allow_short_calib) {
+        bail!(
+            "{} holds {} tokens: {} windows of {}, fewer than the {} asked for; use a longer \
+             file, fewer --samples or a shorter --seqlen{}",
+            path.display(),
+            set.text_tokens,
+            set.available,
+            set.seqlen,
+            set.requested,
+            if set.windows.is_empty() {
+                ""
+            } else {
+                ", or --allow-short-calib"
+            }
+        );
+    }
+    Ok(set)
+}
+
+/// `OUT.microllm-work`, beside the output.
+fn work_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".microllm-work");
+    out.with_file_name(name)
+}
+
+/// A note when the source's linears are already block-quantized (re-quantizing with the same
+/// scheme is then trivially lossless, which makes such a figure meaningless).
+fn already_quantized_note(ckpt: &Checkpoint) -> Option<String> {
+    let cfg = &ckpt.config;
+    let types: std::collections::BTreeSet<String> = ckpt
+        .tensors
+        .infos()
+        .into_iter()
+        .filter(|i| microllm_core::names::parse_linear_weight(cfg.family, &i.name).is_some())
+        .map(|i| i.dtype)
+        .filter(|d| d.starts_with('Q'))
+        .collect();
+    (!types.is_empty()).then(|| {
+        format!(
+            "the source's linear weights are already quantized ({}): errors are measured \
+             against their dequantized values, and re-quantizing with the source's own scheme \
+             (Q4_1 = 4-bit asymmetric, groups of 32) is trivially lossless",
+            types.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })
+}

@@ -1,0 +1,205 @@
+//! What a quantization run will do, decided before any work: the scheme (with the group size
+//! chosen or checked against every linear), the type of every output tensor, the fallbacks,
+//! and the estimated size. `--dry-run` prints exactly this.
+
+use anyhow::{Result, bail};
+use candle_core::quantized::GgmlDType;
+use microllm_core::{LinearKind, ModelConfig, TensorInfo, TensorSource, names};
+use microllm_io::gguf::plan_types;
+use microllm_io::gguf::write::PlannedTensor;
+use microllm_pipeline::output::exact_gguf_type;
+use microllm_quant::QuantScheme;
+
+/// One output tensor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorPlan {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Output type (`Q4_0`, `F16`, ...).
+    pub dtype: String,
+    /// Whether the tensor is a quantized linear (the rest are copied or RTN-encoded).
+    pub quantized: bool,
+    /// Why the type is not the one the scheme asks for, if it is not.
+    pub fallback: Option<String>,
+    pub bytes: u64,
+}
+
+/// Every linear weight of the model with its shape, checked to exist.
+pub fn linear_infos(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Vec<TensorInfo>> {
+    let mut out = Vec::new();
+    for layer in 0..cfg.num_layers {
+        for kind in LinearKind::ALL {
+            let name = names::linear_weight(cfg.family, layer, kind);
+            match src.info(&name) {
+                Some(info) if info.shape.len() == 2 => out.push(info),
+                Some(info) => bail!("tensor `{name}` has shape {:?}, not 2-D", info.shape),
+                None if kind == LinearKind::Gate && cfg.family == microllm_core::Family::Phi => {}
+                None => bail!("the model has no tensor `{name}` in {}", src.origin()),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The group size to use: the one asked for (checked against every linear), or, by default,
+/// 32 for GGUF (ggml's block: exact blocks at no extra storage) and 128 otherwise (the GPTQ
+/// convention), falling back to the largest power of two >= 16 that divides every row, and to
+/// one group per row if none does.
+pub fn resolve_group_size(
+    asked: Option<GroupSize>,
+    gguf: bool,
+    linears: &[TensorInfo],
+) -> Result<Option<usize>> {
+    let divides_all = |g: usize| linears.iter().all(|i| i.shape[1].is_multiple_of(g));
+    match asked {
+        Some(GroupSize::Channel) => Ok(None),
+        Some(GroupSize::Columns(g)) => {
+            if g == 0 {
+                bail!("the group size must be positive");
+            }
+            if let Some(bad) = linears.iter().find(|i| !i.shape[1].is_multiple_of(g)) {
+                bail!(
+                    "group size {g} does not divide the rows of `{}` ({} columns); choose a \
+                     divisor of every linear's input size, or `channel`",
+                    bad.name,
+                    bad.shape[1]
+                );
+            }
+            Ok(Some(g))
+        }
+        None => {
+            let first = if gguf { 32 } else { 128 };
+            let choice = [first, 64, 32, 16]
+                .into_iter()
+                .filter(|&g| g <= first)
+                .find(|&g| divides_all(g));
+            Ok(choice)
+        }
+    }
+}
+
+/// `--group-size`: a column count or `channel` (one group per output row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSize {
+    Columns(usize),
+    Channel,
+}
+
+pub fn parse_group_size(text: &str) -> std::result::Result<GroupSize, String> {
+    match text {
+        "channel" | "row" | "-1" => Ok(GroupSize::Channel),
+        n => n
+            .parse()
+            .map(GroupSize::Columns)
+            .map_err(|_| format!("`{text}` is not a group size (a number, or `channel`)")),
+    }
+}
+
+/// The GGUF tensors of a GPTQ/RTN run: linears in their exact block type (or F16 with the
+/// reason), the rest as `plan_types` decides for the dominant linear type.
+pub fn gguf_plan(
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    scheme: &QuantScheme,
+    act_order_scattered: bool,
+) -> Result<(Vec<TensorPlan>, GgmlDType)> {
+    let exact = |inp: usize| exact_gguf_type(scheme, inp, !act_order_scattered);
+    let dominant = exact(cfg.hidden_size).unwrap_or(GgmlDType::F16);
+    let mut plan = Vec::new();
+    for d in plan_types(cfg, src, dominant)? {
+        let is_linear = names::parse_linear_weight(cfg.family, &d.hf_name).is_some();
+        let (dtype, fallback) = if is_linear {
+            match exact(d.shape[1]) {
+                Ok(t) => (t, None),
+                Err(why) => (GgmlDType::F16, Some(format!("F16 (dequantized): {why}"))),
+            }
+        } else {
+            (d.dtype, d.fallback)
+        };
+        let bytes = PlannedTensor {
+            name: d.gguf_name.clone(),
+            shape: d.shape.clone(),
+            dtype,
+        }
+        .byte_len()?;
+        plan.push(TensorPlan {
+            name: d.gguf_name,
+            shape: d.shape,
+            dtype: format!("{dtype:?}"),
+            quantized: is_linear,
+            fallback,
+            bytes,
+        });
+    }
+    Ok((plan, dominant))
+}
+
+/// Safetensors output: every tensor in `bytes_per_value` bytes (quantized linears hold the
+/// dequantized grid values).
+pub fn dense_plan(
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    dtype: &str,
+    bytes_per_value: u64,
+) -> Vec<TensorPlan> {
+    src.infos()
+        .into_iter()
+        .map(|i| TensorPlan {
+            quantized: names::parse_linear_weight(cfg.family, &i.name).is_some(),
+            bytes: i.numel() as u64 * bytes_per_value,
+            name: i.name,
+            shape: i.shape,
+            dtype: dtype.to_string(),
+            fallback: None,
+        })
+        .collect()
+}
+
+/// Prints a plan: one line per distinct (type, role), the fallbacks, and the total size.
+pub fn print_plan(plan: &[TensorPlan]) {
+    let mut groups: std::collections::BTreeMap<(bool, String), (usize, u64, u64)> =
+        Default::default();
+    for t in plan {
+        let e = groups
+            .entry((t.quantized, t.dtype.clone()))
+            .or_insert((0, 0, 0));
+        e.0 += 1;
+        e.1 += t.shape.iter().product::<usize>() as u64;
+        e.2 += t.bytes;
+    }
+    for ((quantized, dtype), (count, params, bytes)) in groups.iter().rev() {
+        let role = if *quantized {
+            "quantized linears"
+        } else {
+            "other tensors"
+        };
+        println!(
+            "  {count:>4} {role:<18} {dtype:<6} {:>8.1} M params {:>8.1} MB ({:.2} bits/weight)",
+            *params as f64 / 1e6,
+            *bytes as f64 / 1e6,
+            *bytes as f64 * 8.0 / (*params).max(1) as f64
+        );
+    }
+    let fallbacks: Vec<_> = plan.iter().filter(|t| t.fallback.is_some()).collect();
+    for t in fallbacks.iter().take(6) {
+        println!(
+            "  fallback: {} -> {}: {}",
+            t.name,
+            t.dtype,
+            t.fallback.as_deref().unwrap_or_default()
+        );
+    }
+    if fallbacks.len() > 6 {
+        println!("  ... and {} more fallbacks", fallbacks.len() - 6);
+    }
+    let bytes: u64 = plan.iter().map(|t| t.bytes).sum();
+    let params: u64 = plan
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .sum();
+    println!(
+        "  estimated size {:.1} MB of tensor data, {:.2} bits/weight overall",
+        bytes as f64 / 1e6,
+        bytes as f64 * 8.0 / params.max(1) as f64
+    );
+}

@@ -1,0 +1,278 @@
+//! `microllm quantize` on the fixture models: every output holds exactly the quantizer's
+//! weights, the report says what happened, and bad requests fail cleanly with nothing written.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::{fixture, microllm};
+
+/// Pre-tokenized calibration data: `rows` x `seq` pseudo-random ids below `vocab`.
+fn calib_ids(dir: &Path, rows: usize, seq: usize, vocab: u64) -> PathBuf {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let bytes: Vec<u8> = (0..rows * seq)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state % vocab) as i64).to_le_bytes()
+        })
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![rows, seq], &bytes)
+            .unwrap();
+    let path = dir.join("calib.safetensors");
+    safetensors::serialize_to_file([("input_ids", view)], None, &path).unwrap();
+    path
+}
+
+/// Every tensor of a model, dequantized to f32 in Hugging Face layout by microllm's readers.
+fn tensors(model: &Path) -> BTreeMap<String, Vec<f32>> {
+    let ckpt = microllm_io::open(model.to_str().unwrap()).unwrap();
+    ckpt.tensors
+        .infos()
+        .into_iter()
+        .map(|i| {
+            let t = ckpt.tensors.load(&i.name).unwrap();
+            (i.name, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+        .collect()
+}
+
+fn quantize(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    microllm()
+        .args(["quantize", "--samples", "8", "--seqlen", "32", "--model"])
+        .arg(model)
+        .arg("--calib")
+        .arg(calib)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .assert()
+        .success();
+    let stem = out.with_extension("");
+    let report = stem.with_file_name(format!(
+        "{}.report.json",
+        stem.file_name().unwrap().to_string_lossy()
+    ));
+    assert!(
+        stem.with_file_name(format!(
+            "{}.report.md",
+            stem.file_name().unwrap().to_string_lossy()
+        ))
+        .exists()
+    );
+    serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
+}
+
+/// The GGUF blocks and the f32 safetensors output of the same run decode to the same weights
+/// (Q4_0 / Q8_0 bit for bit; Q4_1 up to the f16 rounding of its block minimum), so the GGUF
+/// holds exactly what GPTQ produced, through llama.cpp's q/k row permutation and back.
+#[test]
+fn gguf_output_holds_exactly_the_quantized_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_ids(tmp.path(), 16, 32, 384);
+    let cases: [(&str, &[&str], &str, f32); 4] = [
+        (
+            "llama-tiny",
+            &["--bits", "4", "--group-size", "32"],
+            "Q4_0",
+            0.0,
+        ),
+        (
+            "llama-tiny",
+            &["--bits", "8", "--group-size", "channel"],
+            "Q8_0",
+            0.0,
+        ),
+        (
+            "phi-tiny",
+            &["--bits", "3", "--group-size", "32"],
+            "Q4_0",
+            0.0,
+        ),
+        (
+            "qwen2-tiny",
+            &["--bits", "4", "--asym", "--group-size", "32"],
+            "Q4_1",
+            1e-3,
+        ),
+    ];
+    for (name, args, gguf_type, tol) in cases {
+        let model = fixture(name);
+        let gguf = tmp.path().join(format!("{name}-{gguf_type}.gguf"));
+        let dense = tmp.path().join(format!("{name}-{gguf_type}-st"));
+        let report = quantize(&model, &calib, &gguf, args);
+        let mut dense_args = args.to_vec();
+        dense_args.extend(["--format", "safetensors", "--dtype", "f32"]);
+        quantize(&model, &calib, &dense, &dense_args);
+
+        let layers = report["layers"].as_array().unwrap();
+        let linears = if name == "phi-tiny" { 6 } else { 7 };
+        assert_eq!(layers.len(), 3 * linears, "{name}");
+        assert!(
+            layers.iter().all(|l| l["output_type"] == gguf_type),
+            "{name}: {layers:?}"
+        );
+        assert!(
+            layers
+                .iter()
+                .all(|l| l["gptq_loss"].as_f64().unwrap() >= 0.0)
+        );
+        assert_eq!(report["calibration"]["tokens_used"], 8 * 32);
+
+        let (a, b, original) = (tensors(&gguf), tensors(&dense), tensors(&model));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (tensor, values) in &a {
+            let other = &b[tensor];
+            let diff = common::max_abs_diff(values, other);
+            let is_linear = tensor.ends_with(".weight")
+                && (tensor.contains("_proj.")
+                    || tensor.contains(".fc")
+                    || tensor.contains(".dense."));
+            if is_linear {
+                let scale = other.iter().fold(0f32, |m, x| m.max(x.abs()));
+                assert!(
+                    diff <= tol * scale,
+                    "{name} {tensor}: GGUF and safetensors differ by {diff}"
+                );
+                // And the weights did change: they are quantized, not copied.
+                assert!(
+                    common::max_abs_diff(other, &original[tensor]) > 0.0,
+                    "{name} {tensor}"
+                );
+            } else if tensor.ends_with("norm.weight") || tensor.ends_with(".bias") {
+                assert_eq!(diff, 0.0, "{name} {tensor}");
+            }
+        }
+    }
+}
+
+#[test]
+fn rtn_needs_no_calibration_and_dry_run_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rtn.gguf");
+    let plan = microllm()
+        .args([
+            "quantize",
+            "--method",
+            "rtn",
+            "--bits",
+            "4",
+            "--dry-run",
+            "--model",
+        ])
+        .arg(fixture("llama-tiny"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&plan.get_output().stdout).to_string();
+    assert!(
+        stdout.contains("Q4_0") && stdout.contains("estimated size"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+
+    microllm()
+        .args(["quantize", "--method", "rtn", "--bits", "2", "--model"])
+        .arg(fixture("mistral-tiny"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("rtn.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["method"], "rtn");
+    assert!(report["calibration"].is_null());
+    let bpw = report["output"]["quantized_bits_per_weight"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (bpw - 4.5).abs() < 1e-9,
+        "2-bit codes in Q4_0 blocks: {bpw}"
+    );
+    assert!(!tmp.path().join("rtn.gguf.microllm-work").exists());
+}
+
+#[test]
+fn odd_group_sizes_fall_back_to_f16_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_ids(tmp.path(), 16, 32, 384);
+    let out = tmp.path().join("g16.gguf");
+    let report = quantize(
+        &fixture("llama-tiny"),
+        &calib,
+        &out,
+        &["--group-size", "16"],
+    );
+    let fallbacks = report["fallbacks"].as_array().unwrap();
+    assert_eq!(fallbacks.len(), 21, "{fallbacks:?}");
+    assert!(
+        fallbacks[0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("multiple of 32")
+    );
+    assert!(
+        report["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["output_type"] == "F16")
+    );
+}
+
+/// Runs quantize with `args`, expects failure, checks that nothing was written.
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let before: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let out = microllm()
+        .arg("quantize")
+        .args(["--model", fixture("llama-tiny").to_str().unwrap()])
+        .args(args)
+        .assert()
+        .failure();
+    let after: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(before, after, "files appeared for {args:?}");
+    String::from_utf8_lossy(&out.get_output().stderr).to_string()
+}
+
+#[test]
+fn bad_requests_fail_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_ids(tmp.path(), 4, 32, 384);
+    let calib = calib.to_str().unwrap();
+    let out = tmp.path().join("out.gguf");
+    let out = out.to_str().unwrap();
+    let base = ["--calib", calib, "--seqlen", "32", "--out", out];
+    let with = |extra: &[&'static str]| -> Vec<&str> { [&base[..], extra].concat() };
+
+    for bits in ["1", "9"] {
+        let err = refused(tmp.path(), &with(&["--bits", bits]));
+        assert!(err.contains("2..=8") || err.contains("bits"), "{err}");
+    }
+    let err = refused(tmp.path(), &with(&["--group-size", "48"]));
+    assert!(
+        err.contains("group size 48") && err.contains("q_proj"),
+        "{err}"
+    );
+    let err = refused(tmp.path(), &with(&["--format", "onnx"]));
+    assert!(err.contains("onnx"), "{err}");
+    let err = refused(tmp.path(), &with(&["--samples", "5"]));
+    assert!(err.contains("fewer than the 5 asked for"), "{err}");
+    let err = refused(tmp.path(), &["--out", out]);
+    assert!(err.contains("--calib"), "{err}");
+
+    std::fs::write(out, b"keep me").unwrap();
+    let err = refused(tmp.path(), &base);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(out).unwrap(), b"keep me");
+}
