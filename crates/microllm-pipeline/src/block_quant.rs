@@ -11,8 +11,8 @@
 //! results are kept for all calibration samples until the next group has been quantized, so
 //! the cost is one forward pass plus the Hessians, and the samples' hidden states are replaced
 //! by the quantized block's outputs (the inputs of the next block) at the end. The price is
-//! memory for two stages' activations (at most the attention residual and the MLP hidden
-//! state: for 128 x 512 tokens of SmolLM2, 150 MB + 400 MB).
+//! memory for two stages' activations (at most the attention residual, which replaces the
+//! block input, and the MLP hidden state: for 128 x 512 tokens of SmolLM2, 150 + 400 MB).
 
 use std::collections::BTreeMap;
 
@@ -138,27 +138,44 @@ impl Quantizer<'_> {
         }
         self.group(o, h.take())?;
 
-        // gate/up: the MLP input, a norm of the residual (kept) after attention.
-        let mut residuals = Vec::with_capacity(hidden.len());
-        for (x, ctx) in hidden.iter().zip(contexts.drain(..)) {
+        // gate/up: the MLP input, a norm of the residual after attention. A sequential block
+        // no longer needs its input once the residual exists, so the residual replaces it in
+        // `hidden` (one activation set less at the peak); a parallel block (Phi) reads its
+        // input again for the MLP and keeps both.
+        let parallel = self.block.mlp_norm.is_none();
+        let mut residuals = Vec::new();
+        for (x, ctx) in hidden.iter_mut().zip(contexts.drain(..)) {
             let residual = self.block.attn_residual(x, &ctx)?;
             let input = self.block.mlp_input(x, &residual)?;
             accumulate(&mut h, &input, width(&input))?;
-            residuals.push(residual);
+            if parallel {
+                residuals.push(residual);
+            } else {
+                *x = residual;
+            }
         }
         self.group(gate_up, h.take())?;
+        let residual_of = |s: usize, hidden: &[Tensor]| -> Tensor {
+            if parallel {
+                residuals[s].clone()
+            } else {
+                hidden[s].clone()
+            }
+        };
 
         // down: the activated MLP hidden state, kept until down is quantized.
         let mut states = Vec::with_capacity(hidden.len());
-        for (x, residual) in hidden.iter().zip(&residuals) {
-            let state = self.block.mlp_hidden(&self.block.mlp_input(x, residual)?)?;
+        for (s, x) in hidden.iter().enumerate() {
+            let input = self.block.mlp_input(x, &residual_of(s, hidden))?;
+            let state = self.block.mlp_hidden(&input)?;
             accumulate(&mut h, &state, width(&state))?;
             states.push(state);
         }
         self.group(down, h.take())?;
 
-        for ((x, residual), state) in hidden.iter_mut().zip(residuals).zip(states) {
-            *x = self.block.mlp_output(&residual, &state)?;
+        for (s, state) in states.into_iter().enumerate() {
+            let residual = residual_of(s, hidden);
+            hidden[s] = self.block.mlp_output(&residual, &state)?;
         }
         Ok(())
     }
