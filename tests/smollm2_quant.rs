@@ -87,7 +87,10 @@ fn gptq_loses_less_than_rtn_at_4_and_3_bits() {
 fn gptq_in_q4_0_beats_llama_cpp_q4_0() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("gptq-q4_0.gguf");
-    quantize(&out, &["--bits", "4", "--group-size", "32", "--sym", "--act-order"]);
+    quantize(
+        &out,
+        &["--bits", "4", "--group-size", "32", "--sym", "--act-order"],
+    );
     let check = std::process::Command::new("bash")
         .arg(common::repo_root().join("scripts/check-gguf.sh"))
         .arg(&out)
