@@ -19,7 +19,7 @@ if [ ! -f "$dir/tokenizer.json" ]; then
     --out "$tok" --dtype f16 --force >/dev/null
   cp "$tok/tokenizer.json" "$tok/tokenizer_config.json" "$dir/"
 fi
-$bin inspect --model "$dir" | head -5
+$bin inspect --model "$dir" > target/bench/inspect-1.5b.txt && head -7 target/bench/inspect-1.5b.txt
 /usr/bin/time -f '%e %M' -o target/bench/time-1.5b.txt \
   $bin quantize --model "$dir" --bits 4 --calib "$assets/data/c4.calib.txt" \
   --samples "$samples" --seqlen 512 --out target/bench/random-1.5b-q4.gguf --force

@@ -285,3 +285,44 @@ fn every_bit_width_stays_in_range_and_beats_rtn() {
         assert!(ratio < 1.0, "bits {bits}: {ratio}");
     }
 }
+
+#[test]
+fn scratch_faer() {
+    use faer::linalg::matmul::matmul;
+    use faer::{Accum, MatMut, MatRef, Par};
+    let (rows, n, i1, i2) = (32usize, 1536usize, 0usize, 128usize);
+    let b = i2 - i1;
+    let rest = n - i2;
+    let err = vec![0.25f32; rows * b];
+    let u = vec![0.5f32; n * n];
+    let uc = vec![0.5f32; b * rest];
+    let lhs = MatRef::from_row_major_slice(&err[..rows * b], rows, b);
+    let mode = std::env::var("SCR").unwrap();
+    eprintln!("mode {mode}");
+    match mode.as_str() {
+        "a" => { // contiguous dst, strided rhs
+            let mut t = faer::Mat::<f32>::zeros(rows, rest);
+            let rhs = MatRef::from_row_major_slice_with_stride(&u[i1 * n + i2..], b, rest, n);
+            matmul(t.as_mut(), Accum::Add, lhs, rhs, -1.0f32, Par::Seq);
+        }
+        "b" => { // strided dst, contiguous rhs
+            let mut w = vec![1.0f32; rows * n];
+            let dst = MatMut::from_row_major_slice_with_stride_mut(&mut w[i2..], rows, rest, n);
+            let rhs = MatRef::from_row_major_slice(&uc, b, rest);
+            matmul(dst, Accum::Add, lhs, rhs, -1.0f32, Par::Seq);
+        }
+        "c" => { // contiguous row-major dst, contiguous rhs
+            let mut w = vec![1.0f32; rows * rest];
+            let dst = MatMut::from_row_major_slice_mut(&mut w, rows, rest);
+            let rhs = MatRef::from_row_major_slice(&uc, b, rest);
+            matmul(dst, Accum::Add, lhs, rhs, -1.0f32, Par::Seq);
+        }
+        _ => { // all strided, rayon
+            let mut w = vec![1.0f32; rows * n];
+            let dst = MatMut::from_row_major_slice_with_stride_mut(&mut w[i2..], rows, rest, n);
+            let rhs = MatRef::from_row_major_slice_with_stride(&u[i1 * n + i2..], b, rest, n);
+            matmul(dst, Accum::Add, lhs, rhs, -1.0f32, Par::Seq);
+        }
+    }
+    eprintln!("ok");
+}
