@@ -9,8 +9,7 @@
 //!   points, GPTQ-style `g_idx`, act-order permutation) from which every writer packs.
 //! * [`rtn_quantize`] — round-to-nearest, the calibration-free baseline.
 //! * [`HessianAccumulator`] + [`gptq_quantize`] — GPTQ (Frantar et al., 2022) with
-//!   dampening, lazy block updates, act-order and (static) groups; [`GptqFactor`] +
-//!   [`gptq_quantize_factored`] factor a Hessian once for the linears that share it.
+//!   dampening, lazy block updates, act-order and (static) groups.
 //!
 //! ```
 //! use microllm_quant::{GptqOptions, HessianAccumulator, QuantScheme, gptq_quantize, rtn_quantize};
@@ -39,10 +38,7 @@ mod gptq_tests;
 #[cfg(test)]
 mod testutil;
 
-pub use gptq::{
-    GptqFactor, GptqOptions, GptqStats, MAX_DAMP_RETRIES, gptq_quantize, gptq_quantize_factored,
-    gptq_quantize_tensor, gptq_quantize_tensor_factored,
-};
+pub use gptq::{GptqOptions, GptqStats, MAX_DAMP_RETRIES, gptq_quantize, gptq_quantize_tensor};
 pub use hessian::HessianAccumulator;
 pub use rtn::{rtn_quantize, rtn_quantize_tensor};
 pub use scheme::{Grid, QuantScheme};
