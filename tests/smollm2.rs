@@ -4,27 +4,12 @@
 
 mod common;
 
-use common::{microllm, smollm2_gguf, text};
+use common::{eval_json, microllm, smollm2_gguf};
 
 /// Reference: 24 windows x 512 tokens of wiki.eval.txt.
 const REFERENCE_PPL: f64 = 22.5373;
 const REFERENCE_SCORED: u64 = 12_264;
 const REFERENCE_TEXT_TOKENS: u64 = 107_364;
-
-fn eval_json(model: &std::path::Path, out: &std::path::Path) -> serde_json::Value {
-    microllm()
-        .args(["eval", "--ctx", "512", "--max-windows", "24", "--model"])
-        .arg(model)
-        .arg("--data")
-        .arg(text("wiki.eval.txt"))
-        .arg("--json")
-        .arg(out)
-        .assert()
-        .success();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
-    v["result"].clone()
-}
 
 #[test]
 fn perplexity_matches_reference_and_survives_conversion() {

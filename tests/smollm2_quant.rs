@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{microllm, smollm2_gguf, text};
+use common::{eval_json, microllm, smollm2_gguf, text};
 
 /// Unquantized model (transformers, f32 dequantized from the GGUF), from the assets README.
 const BASE_PPL: f64 = 22.5373;
@@ -32,20 +32,9 @@ fn quantize(out: &Path, args: &[&str]) {
 }
 
 fn perplexity(model: &Path) -> f64 {
-    let json = model.with_extension("eval.json");
-    microllm()
-        .args(["eval", "--ctx", "512", "--max-windows", "24", "--model"])
-        .arg(model)
-        .arg("--data")
-        .arg(text("wiki.eval.txt"))
-        .arg("--json")
-        .arg(&json)
-        .assert()
-        .success();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
-    assert_eq!(v["result"]["scored_tokens"], 12_264);
-    v["result"]["perplexity"].as_f64().unwrap()
+    let result = eval_json(model, &model.with_extension("eval.json"));
+    assert_eq!(result["scored_tokens"], 12_264);
+    result["perplexity"].as_f64().unwrap()
 }
 
 #[test]

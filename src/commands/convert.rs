@@ -52,10 +52,20 @@ enum Format {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Dtype {
+pub(crate) enum Dtype {
     F32,
     F16,
     Bf16,
+}
+
+impl Dtype {
+    pub(crate) fn out(self) -> OutDtype {
+        match self {
+            Dtype::F32 => OutDtype::F32,
+            Dtype::F16 => OutDtype::F16,
+            Dtype::Bf16 => OutDtype::BF16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -120,11 +130,7 @@ pub fn run(args: Args) -> Result<()> {
 
 fn to_hf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
     let opts = HfWriteOptions {
-        dtype: match args.dtype {
-            Dtype::F32 => OutDtype::F32,
-            Dtype::F16 => OutDtype::F16,
-            Dtype::Bf16 => OutDtype::BF16,
-        },
+        dtype: args.dtype.out(),
         max_shard_bytes: args.max_shard_size,
         overwrite: args.force,
     };

@@ -101,3 +101,20 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// `microllm eval` on 24 windows x 512 tokens of wiki.eval.txt (the reference protocol of
+/// `shared/assets/README.md`), its JSON written to `out`; returns the `result` object.
+pub fn eval_json(model: &std::path::Path, out: &std::path::Path) -> serde_json::Value {
+    microllm()
+        .args(["eval", "--ctx", "512", "--max-windows", "24", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(text("wiki.eval.txt"))
+        .arg("--json")
+        .arg(out)
+        .assert()
+        .success();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    v["result"].clone()
+}

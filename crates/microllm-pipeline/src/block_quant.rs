@@ -236,7 +236,8 @@ fn accumulate(h: &mut Option<HessianAccumulator>, x: &Tensor, width: usize) -> R
 /// Why: the first token of a sequence is the attention sink of llama-style models: most heads
 /// of most later tokens attend to it, so the errors of its keys and values reach every output,
 /// while the plain GPTQ objective counts it as one token of many. Measured on SmolLM2-135M
-/// (3-bit, groups of 64, 16 x 512 calibration tokens, 8 x 512 of wiki.eval.txt): plain GPTQ
+/// with an in-process probe (docs/benchmarks.md, "The attention sink"; 3-bit, groups of 64,
+/// 16 x 512 calibration tokens, 8 x 512 of wiki.eval.txt): plain GPTQ
 /// reached perplexity 68.6, *worse* than RTN's 63.8; GPTQ on the MLPs alone 48.6; GPTQ with
 /// the sink weighted 64x 48.2, 512x 44.6; with the first token left out of the Hessian 474.
 fn weight_first_token(x: &Tensor, weight: f64) -> Result<Tensor> {

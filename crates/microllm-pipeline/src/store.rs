@@ -12,6 +12,7 @@
 //! `run.json` holds a fingerprint of everything that determines the result (model, scheme,
 //! method, calibration hash); resuming a different run is refused rather than mixing two.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,9 @@ pub struct StoredBlock {
 pub struct BlockStore {
     dir: PathBuf,
 }
+
+/// Name, dtype, shape and bytes of one tensor of a block file.
+type StoredTensor<'a> = (String, Dtype, Vec<usize>, Cow<'a, [u8]>);
 
 const RUN_FILE: &str = "run.json";
 const HIDDEN_FILE: &str = "hidden.safetensors";
@@ -96,9 +100,12 @@ impl BlockStore {
         records: &[LinearRecord],
         seconds: f64,
     ) -> Result<()> {
-        let u32_bytes = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        // Codes and zeros are bytes already and are borrowed; only the wider values are encoded.
+        let u32_bytes =
+            |v: &[u32]| Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        let f32_bytes =
+            |v: &[f32]| Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        let mut data: Vec<StoredTensor<'_>> = Vec::new();
         let mut schemes = serde_json::Map::new();
         for (kind, q) in weights {
             let k = kind_name(*kind);
@@ -108,7 +115,7 @@ impl BlockStore {
                 format!("{k}.codes"),
                 Dtype::U8,
                 vec![out, inp],
-                q.codes.clone(),
+                Cow::Borrowed(&q.codes[..]),
             ));
             data.push((
                 format!("{k}.scales"),
@@ -120,7 +127,7 @@ impl BlockStore {
                 format!("{k}.zeros"),
                 Dtype::U8,
                 vec![out, ng],
-                q.zeros.clone(),
+                Cow::Borrowed(&q.zeros[..]),
             ));
             if let Some(g) = &q.g_idx {
                 data.push((format!("{k}.g_idx"), Dtype::U32, vec![inp], u32_bytes(g)));

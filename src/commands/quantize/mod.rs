@@ -12,14 +12,14 @@ use candle_core::quantized::GgmlDType;
 use microllm_io::Checkpoint;
 use microllm_io::calibration::CalibrationSet;
 use microllm_io::gguf::{GgufExport, write_gguf};
-use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
+use microllm_io::write::{HfOutput, HfWriteOptions, write_hf_dir};
 use microllm_pipeline::output::{GgufCodes, QuantizedSource};
 use microllm_pipeline::{BlockMethod, BlockStore, LayerwiseJob, run_layerwise};
 use microllm_quant::{GptqOptions, QuantScheme};
 
-use self::plan::{GroupSize, TensorPlan, parse_group_size};
+use self::plan::{GroupSize, parse_group_size};
 use self::report::{CalibrationRecord, EvalRecord, Report};
-use super::convert::GgufType;
+use super::convert::{Dtype, GgufType};
 use crate::progress::Bar;
 
 /// Quantize a model's linear layers with GPTQ (calibrated) or round-to-nearest.
@@ -127,23 +127,6 @@ enum Format {
     Safetensors,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Dtype {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Dtype {
-    fn out(self) -> OutDtype {
-        match self {
-            Dtype::F32 => OutDtype::F32,
-            Dtype::F16 => OutDtype::F16,
-            Dtype::Bf16 => OutDtype::BF16,
-        }
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     if args.out.exists() && !args.force && !args.dry_run {
@@ -195,12 +178,7 @@ pub fn run(args: Args) -> Result<()> {
     let (tensor_plan, dominant) = if gguf {
         plan::gguf_plan(&ckpt.config, ckpt.tensors.as_ref(), &scheme, scattered)?
     } else {
-        let (name, size) = match args.dtype {
-            Dtype::F32 => ("F32", 4),
-            Dtype::F16 => ("F16", 2),
-            Dtype::Bf16 => ("BF16", 2),
-        };
-        let plan = plan::dense_plan(&ckpt.config, ckpt.tensors.as_ref(), name, size);
+        let plan = plan::dense_plan(&ckpt.config, ckpt.tensors.as_ref(), args.dtype.out());
         (plan, GgmlDType::F16)
     };
     if gguf {
@@ -286,10 +264,11 @@ pub fn run(args: Args) -> Result<()> {
 
     let written = Instant::now();
     let quantized = QuantizedSource::new(&ckpt.config, ckpt.tensors.as_ref(), &store);
-    let notes = if gguf {
+    if gguf {
         let codes = GgufCodes::new(&ckpt.config, &store);
         let export = gguf_export(&ckpt, &quantized, Some(&codes));
-        write_gguf(&export, &args.out, dominant, args.force, &Bar::new())?.notes
+        let summary = write_gguf(&export, &args.out, dominant, args.force, &Bar::new())?;
+        report.notes.extend(summary.notes);
     } else {
         let output = HfOutput {
             config: &ckpt.config,
@@ -303,11 +282,8 @@ pub fn run(args: Args) -> Result<()> {
             overwrite: args.force,
         };
         write_hf_dir(&output, &args.out, &opts, &Bar::new())?;
-        Vec::new()
     }
-    .into_iter();
-    report.notes.extend(notes);
-    report.set_layers(&summary, &tensor_plan);
+    report.set_layers(ckpt.config.family, &summary, &tensor_plan);
     report.set_output(&args.out, &tensor_plan, written.elapsed().as_secs_f64())?;
     drop(quantized);
     finish(&args, &ckpt, report, started)?;
@@ -329,7 +305,8 @@ fn ggml_rtn(
              produce; use --method rtn, or drop --gguf-type to get GPTQ codes in Q4_0/Q4_1/Q8_0 blocks"
         );
     }
-    let plan = ggml_plan(ckpt, dtype)?;
+    let decisions = microllm_io::gguf::plan_types(&ckpt.config, ckpt.tensors.as_ref(), dtype)?;
+    let plan = plan::from_decisions(&ckpt.config, decisions, |_| None)?;
     plan::print_plan(&plan);
     if args.dry_run {
         return Ok(());
@@ -345,30 +322,6 @@ fn ggml_rtn(
     report.notes.extend(summary.notes);
     report.set_output(&args.out, &plan, written.elapsed().as_secs_f64())?;
     finish(args, ckpt, report, started)
-}
-
-fn ggml_plan(ckpt: &Checkpoint, dtype: GgmlDType) -> Result<Vec<TensorPlan>> {
-    let cfg = &ckpt.config;
-    microllm_io::gguf::plan_types(cfg, ckpt.tensors.as_ref(), dtype)?
-        .into_iter()
-        .map(|d| {
-            let bytes = microllm_io::gguf::write::PlannedTensor {
-                name: d.gguf_name.clone(),
-                shape: d.shape.clone(),
-                dtype: d.dtype,
-            }
-            .byte_len()?;
-            Ok(TensorPlan {
-                quantized: microllm_core::names::parse_linear_weight(cfg.family, &d.hf_name)
-                    .is_some(),
-                name: d.gguf_name,
-                shape: d.shape,
-                dtype: format!("{:?}", d.dtype),
-                fallback: d.fallback,
-                bytes,
-            })
-        })
-        .collect()
 }
 
 fn gguf_export<'a>(
@@ -495,7 +448,7 @@ fn already_quantized_note(ckpt: &Checkpoint) -> Option<String> {
         format!(
             "the source's linear weights are already quantized ({}): errors are measured \
              against their dequantized values, and re-quantizing with the source's own scheme \
-             (Q4_1 = 4-bit asymmetric, groups of 32) is trivially lossless",
+             is trivially lossless (measure other settings)",
             types.into_iter().collect::<Vec<_>>().join(", ")
         )
     })

@@ -4,16 +4,20 @@
 
 use anyhow::{Result, bail};
 use candle_core::quantized::GgmlDType;
-use microllm_core::{LinearKind, ModelConfig, TensorInfo, TensorSource, names};
-use microllm_io::gguf::plan_types;
+use microllm_core::{LinearKind, MlpKind, ModelConfig, TensorInfo, TensorSource, names};
 use microllm_io::gguf::write::PlannedTensor;
+use microllm_io::gguf::{TypeDecision, plan_types};
+use microllm_io::write::OutDtype;
 use microllm_pipeline::output::exact_gguf_type;
 use microllm_quant::QuantScheme;
 
 /// One output tensor.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TensorPlan {
+    /// Name in the output file.
     pub name: String,
+    /// Hugging Face name (the key into the run's records).
+    pub hf_name: String,
     pub shape: Vec<usize>,
     /// Output type (`Q4_0`, `F16`, ...).
     pub dtype: String,
@@ -33,7 +37,7 @@ pub fn linear_infos(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Vec<Ten
             match src.info(&name) {
                 Some(info) if info.shape.len() == 2 => out.push(info),
                 Some(info) => bail!("tensor `{name}` has shape {:?}, not 2-D", info.shape),
-                None if kind == LinearKind::Gate && cfg.family == microllm_core::Family::Phi => {}
+                None if kind == LinearKind::Gate && cfg.layout().mlp == MlpKind::Plain => {}
                 None => bail!("the model has no tensor `{name}` in {}", src.origin()),
             }
         }
@@ -95,6 +99,41 @@ pub fn parse_group_size(text: &str) -> std::result::Result<GroupSize, String> {
     }
 }
 
+/// The plan of GGUF tensors typed by `decisions`; `linear_type` overrides the type of the
+/// quantized linears (with the reason when it is a fallback).
+pub fn from_decisions(
+    cfg: &ModelConfig,
+    decisions: Vec<TypeDecision>,
+    linear_type: impl Fn(&TypeDecision) -> Option<(GgmlDType, Option<String>)>,
+) -> Result<Vec<TensorPlan>> {
+    decisions
+        .into_iter()
+        .map(|d| {
+            let quantized = names::parse_linear_weight(cfg.family, &d.hf_name).is_some();
+            let chosen = if quantized { linear_type(&d) } else { None };
+            let (dtype, fallback) = match chosen {
+                Some(t) => t,
+                None => (d.dtype, d.fallback),
+            };
+            let bytes = PlannedTensor {
+                name: d.gguf_name.clone(),
+                shape: d.shape.clone(),
+                dtype,
+            }
+            .byte_len()?;
+            Ok(TensorPlan {
+                name: d.gguf_name,
+                hf_name: d.hf_name,
+                shape: d.shape,
+                dtype: format!("{dtype:?}"),
+                quantized,
+                fallback,
+                bytes,
+            })
+        })
+        .collect()
+}
+
 /// The GGUF tensors of a GPTQ/RTN run: linears in their exact block type (or F16 with the
 /// reason), the rest as `plan_types` decides for the dominant linear type.
 pub fn gguf_plan(
@@ -105,51 +144,27 @@ pub fn gguf_plan(
 ) -> Result<(Vec<TensorPlan>, GgmlDType)> {
     let exact = |inp: usize| exact_gguf_type(scheme, inp, !act_order_scattered);
     let dominant = exact(cfg.hidden_size).unwrap_or(GgmlDType::F16);
-    let mut plan = Vec::new();
-    for d in plan_types(cfg, src, dominant)? {
-        let is_linear = names::parse_linear_weight(cfg.family, &d.hf_name).is_some();
-        let (dtype, fallback) = if is_linear {
-            match exact(d.shape[1]) {
-                Ok(t) => (t, None),
-                Err(why) => (GgmlDType::F16, Some(format!("F16 (dequantized): {why}"))),
-            }
-        } else {
-            (d.dtype, d.fallback)
-        };
-        let bytes = PlannedTensor {
-            name: d.gguf_name.clone(),
-            shape: d.shape.clone(),
-            dtype,
-        }
-        .byte_len()?;
-        plan.push(TensorPlan {
-            name: d.gguf_name,
-            shape: d.shape,
-            dtype: format!("{dtype:?}"),
-            quantized: is_linear,
-            fallback,
-            bytes,
-        });
-    }
+    let plan = from_decisions(cfg, plan_types(cfg, src, dominant)?, |d| {
+        Some(match exact(d.shape[1]) {
+            Ok(t) => (t, None),
+            Err(why) => (GgmlDType::F16, Some(format!("F16 (dequantized): {why}"))),
+        })
+    })?;
     Ok((plan, dominant))
 }
 
-/// Safetensors output: every tensor in `bytes_per_value` bytes (quantized linears hold the
-/// dequantized grid values).
-pub fn dense_plan(
-    cfg: &ModelConfig,
-    src: &dyn TensorSource,
-    dtype: &str,
-    bytes_per_value: u64,
-) -> Vec<TensorPlan> {
+/// Safetensors output: every tensor in `dtype` (quantized linears hold the dequantized grid
+/// values).
+pub fn dense_plan(cfg: &ModelConfig, src: &dyn TensorSource, dtype: OutDtype) -> Vec<TensorPlan> {
     src.infos()
         .into_iter()
         .map(|i| TensorPlan {
             quantized: names::parse_linear_weight(cfg.family, &i.name).is_some(),
-            bytes: i.numel() as u64 * bytes_per_value,
+            bytes: (i.numel() * dtype.size()) as u64,
+            hf_name: i.name.clone(),
             name: i.name,
             shape: i.shape,
-            dtype: dtype.to_string(),
+            dtype: dtype.safetensors_name().to_string(),
             fallback: None,
         })
         .collect()

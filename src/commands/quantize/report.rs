@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use microllm_core::{Family, names};
 use microllm_eval::PerplexityResult;
 use microllm_io::Checkpoint;
 use microllm_io::calibration::CalibrationSet;
@@ -134,7 +135,7 @@ impl Report {
         });
     }
 
-    pub fn set_layers(&mut self, summary: &LayerwiseSummary, plan: &[TensorPlan]) {
+    pub fn set_layers(&mut self, family: Family, summary: &LayerwiseSummary, plan: &[TensorPlan]) {
         self.block_seconds = summary.block_seconds.clone();
         self.resumed_blocks = summary.resumed_blocks;
         self.layers = summary
@@ -142,12 +143,8 @@ impl Report {
             .iter()
             .map(|r| {
                 let mut v = serde_json::to_value(r).expect("records serialize");
-                let suffix = format!(".{}.", r.layer);
-                let dtype = plan
-                    .iter()
-                    .filter(|t| t.quantized && t.name.contains(&suffix))
-                    .find(|t| kind_matches(&t.name, r.kind))
-                    .map(|t| t.dtype.clone());
+                let hf_name = names::linear_weight(family, r.layer, r.kind);
+                let dtype = plan.iter().find(|t| t.hf_name == hf_name).map(|t| &t.dtype);
                 v["output_type"] = json!(dtype);
                 v
             })
@@ -315,21 +312,6 @@ impl Report {
 
 fn numel(t: &TensorPlan) -> usize {
     t.shape.iter().product()
-}
-
-/// Whether a GGUF or Hugging Face tensor name is the linear `kind`.
-fn kind_matches(name: &str, kind: microllm_core::LinearKind) -> bool {
-    use microllm_core::LinearKind::*;
-    let parts: &[&str] = match kind {
-        Q => &["attn_q.", "q_proj."],
-        K => &["attn_k.", "k_proj."],
-        V => &["attn_v.", "v_proj."],
-        O => &["attn_output.", "o_proj.", "self_attn.dense."],
-        Gate => &["ffn_gate.", "gate_proj."],
-        Up => &["ffn_up.", "up_proj.", "fc1."],
-        Down => &["ffn_down.", "down_proj.", "fc2."],
-    };
-    parts.iter().any(|p| name.contains(p))
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
