@@ -16,13 +16,20 @@
 //!    is multiplied by 10 and retried a few times; the damping used is reported.
 //! 4. `U = chol(H^-1)` (upper, `H^-1 = U^T U`): row `p` of `U` holds, scaled, exactly the
 //!    inverse-Hessian entries the OBS update needs once columns `< p` are fixed (section 4,
-//!    step 3, "Cholesky reformulation"). Computed with `faer` in f64.
+//!    step 3, "Cholesky reformulation"). Computed with `faer` in f64, from one factorisation
+//!    of the order-reversed Hessian and one triangular inverse (see
+//!    `inverse_cholesky_upper`).
 //! 5. Lazy batch updates (section 4, step 2): within a block of `block_size` columns the error
 //!    `e_p = (w_p - q_p) / U_pp` updates only the block's remaining columns; the rest of the row
 //!    gets `-E U[block, rest]` once per block, which keeps the working set in cache.
-//! 6. Groups (the grouping of the paper's section 5 experiments): a group's grid is fitted when its first column is reached,
-//!    on the current (already error-corrected) weights, as in the reference; with static groups
-//!    every grid is fitted up front on the original weights, in original column order.
+//! 6. Groups (the grouping of the paper's section 5 experiments): a group's grid is fitted
+//!    when its first column is reached, on the current (already error-corrected) weights, as
+//!    in the reference; with static groups every grid is fitted up front on the original
+//!    weights, in original column order.
+//! 7. Grids: min/max, or (the default) the clipping search of the reference's `mse` option
+//!    ([`ClipSearch`]), with each column's squared error weighted by what the objective pays
+//!    for it, `1 / U_pp^2`. On SmolLM2 Q4_0 this is worth more than act-order: see
+//!    docs/benchmarks.md.
 //!
 //! Each output row's problem is independent given `U` (the paper's observation that the
 //! column order can be shared across rows), so rows are processed in parallel chunks with rayon.
@@ -31,26 +38,30 @@
 //! the block still lack the block's pending lazy update in both. So ours fits every group on
 //! exact current values whenever the group size divides `block_size` (defaults: 128 and 128).
 //!
-//! Memory: a handful of `[in, in]` f64 matrices (Hessian, its permuted copy, `U`, faer's
-//! factors) and two f64 copies of the weight; fine for the small models microllm targets.
+//! Memory: besides the caller's Hessian, at most two `[in, in]` f64 matrices at once (the
+//! factor and its inverse, then `U`) and two f64 copies of the weight.
 
 use candle_core::Tensor;
-use faer::linalg::solvers::DenseSolveCore;
+use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::{Mat, Side};
 use microllm_core::{Error, Result};
 use rayon::prelude::*;
 
 use crate::rtn::{check_weight, weight_data};
-use crate::scheme::Grid;
+use crate::scheme::{ClipSearch, Grid};
 use crate::{HessianAccumulator, QuantScheme, QuantizedWeight};
 
 /// How many times the damping is multiplied by 10 after a failed Cholesky factorisation.
 pub const MAX_DAMP_RETRIES: u32 = 4;
 
+/// Smallest accepted `L_ii^2 / A_ii` in the Cholesky factorisation `A = L L^T`.
+const PIVOT_MIN: f64 = 1e-10;
+
 /// Rows handled together by one task, so that each row of `U` is reused from cache.
 const ROWS_PER_TASK: usize = 8;
 
-/// GPTQ knobs; the defaults are the reference implementation's.
+/// GPTQ knobs; the defaults are the reference implementation's, except that the clipping
+/// search (the reference's optional `mse` grids) is on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GptqOptions {
     /// Dampening as a fraction of `mean(diag H)`.
@@ -61,6 +72,9 @@ pub struct GptqOptions {
     pub act_order: bool,
     /// Fit all group grids up front on the original weights.
     pub static_groups: bool,
+    /// Choose each group's clipping range by search instead of min/max; the error of each
+    /// column is weighted by how much GPTQ's objective pays for it (`1 / U_pp^2`).
+    pub clip_search: Option<ClipSearch>,
 }
 
 impl Default for GptqOptions {
@@ -70,6 +84,7 @@ impl Default for GptqOptions {
             block_size: 128,
             act_order: false,
             static_groups: false,
+            clip_search: Some(ClipSearch::default()),
         }
     }
 }
@@ -134,47 +149,58 @@ pub fn gptq_quantize(
     }
     let g = scheme.group_len(n);
 
-    // 1. Dead columns.
-    let mut h = hessian.to_vec();
+    // 1. Dead columns: their diagonal reads as 1 below, their weights become 0.
+    let dead: Vec<bool> = (0..n).map(|j| hessian[j * n + j] == 0.0).collect();
+    let diag = |j: usize| if dead[j] { 1.0 } else { hessian[j * n + j] };
     let mut w: Vec<f64> = weight.iter().map(|&x| x as f64).collect();
-    let mut dead_columns = 0;
-    for j in 0..n {
-        if h[j * n + j] == 0.0 {
-            h[j * n + j] = 1.0;
-            dead_columns += 1;
-            for r in 0..out {
-                w[r * n + j] = 0.0;
-            }
+    let dead_columns = dead.iter().filter(|&&d| d).count();
+    for j in (0..n).filter(|&j| dead[j]) {
+        for r in 0..out {
+            w[r * n + j] = 0.0;
         }
     }
 
     // 2. Act-order permutation: perm[p] = original column processed p-th.
     let mut perm: Vec<usize> = (0..n).collect();
     if opts.act_order {
-        perm.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
+        perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
     }
+
+    // 3-4. Dampening and U = chol(H^-1), in processing order.
+    let (u, damp_percent, damp, damp_retries) =
+        inverse_cholesky_damped(hessian, n, &perm, &dead, opts.damp_percent)?;
+    // What GPTQ's objective pays per unit of squared error in each column: 1 / U_pp^2, in
+    // processing order.
+    let cost_p: Vec<f32> = (0..n)
+        .map(|p| (1.0 / (u[p * n + p] * u[p * n + p])) as f32)
+        .collect();
+    let fitter = Fitter {
+        scheme,
+        search: opts.clip_search,
+    };
 
     // Grids fitted up front (per-channel, or static groups), on the original column order.
     let precomputed = scheme.group_size.is_none() || opts.static_groups;
     let mut grids = vec![scheme.fit([0.0]); out * ng];
     let mode = if precomputed {
-        for r in 0..out {
-            for k in 0..ng {
-                let cols = &w[r * n + k * g..r * n + (k + 1) * g];
-                grids[r * ng + k] = scheme.fit(cols.iter().map(|&x| x as f32));
-            }
+        let mut cost = vec![0.0f32; n];
+        for (p, &c) in perm.iter().enumerate() {
+            cost[c] = cost_p[p];
         }
+        grids
+            .par_chunks_mut(ng)
+            .zip(w.par_chunks(n))
+            .for_each(|(grids, row)| {
+                for (k, grid) in grids.iter_mut().enumerate() {
+                    let cols: Vec<f32> =
+                        row[k * g..(k + 1) * g].iter().map(|&x| x as f32).collect();
+                    *grid = fitter.fit(&cols, &cost[k * g..(k + 1) * g]);
+                }
+            });
         GroupMode::Fixed(perm.iter().map(|&c| (c / g) as u32).collect())
     } else {
         GroupMode::Dynamic(g)
     };
-
-    // 3-4. Dampening and U = chol(H^-1), in processing order.
-    let hp: Vec<f64> = (0..n * n)
-        .map(|k| h[perm[k / n] * n + perm[k % n]])
-        .collect();
-    let (u, damp_percent, damp, damp_retries) = inverse_cholesky_damped(&hp, n, opts.damp_percent)?;
-    drop((h, hp));
 
     // 5-6. Row-parallel quantization in processing order.
     let mut wp: Vec<f64> = (0..out * n).map(|k| w[(k / n) * n + perm[k % n]]).collect();
@@ -186,7 +212,17 @@ pub fn gptq_quantize(
         .zip(codes_p.par_chunks_mut(chunk * n))
         .zip(grids.par_chunks_mut(chunk * ng))
         .map(|((w, codes), grids)| {
-            quantize_rows(w, codes, grids, &u, n, ng, opts.block_size, &mode, scheme)
+            quantize_rows(
+                w,
+                codes,
+                grids,
+                &u,
+                &cost_p,
+                ng,
+                opts.block_size,
+                &mode,
+                &fitter,
+            )
         })
         .sum();
 
@@ -224,35 +260,23 @@ pub fn gptq_quantize(
     Ok((q, stats))
 }
 
-/// Adds damping to `h` and returns `U` (row-major, upper) with `(H + lambda I)^-1 = U^T U`,
-/// retrying with ten times the damping when a factorisation fails.
+/// Adds damping to the Hessian and returns `U` (row-major, upper) with
+/// `(P^T (H + lambda I) P)^-1 = U^T U` for the processing order `perm` (dead diagonals read as
+/// 1), retrying with ten times the damping when a factorisation fails.
 fn inverse_cholesky_damped(
     h: &[f64],
     n: usize,
+    perm: &[usize],
+    dead: &[bool],
     damp_percent: f64,
 ) -> Result<(Vec<f64>, f64, f64, u32)> {
-    let mean_diag = (0..n).map(|j| h[j * n + j]).sum::<f64>() / n as f64;
+    let diag = |j: usize| if dead[j] { 1.0 } else { h[j * n + j] };
+    let mean_diag = (0..n).map(diag).sum::<f64>() / n as f64;
     let mut pct = damp_percent;
     for retry in 0..=MAX_DAMP_RETRIES {
         let lambda = pct * mean_diag;
-        let hm = Mat::<f64>::from_fn(n, n, |i, j| {
-            h[i * n + j] + if i == j { lambda } else { 0.0 }
-        });
-        if let Ok(llt) = hm.llt(Side::Lower) {
-            let hinv = llt.inverse();
-            if let Ok(llt2) = hinv.llt(Side::Lower) {
-                let l = llt2.L();
-                let mut u = vec![0.0f64; n * n];
-                for i in 0..n {
-                    for j in i..n {
-                        u[i * n + j] = l[(j, i)];
-                    }
-                }
-                let ok = u.iter().all(|x| x.is_finite()) && (0..n).all(|i| u[i * n + i] > 0.0);
-                if ok {
-                    return Ok((u, pct, lambda, retry));
-                }
-            }
+        if let Some(u) = inverse_cholesky_upper(h, n, perm, dead, lambda) {
+            return Ok((u, pct, lambda, retry));
         }
         pct *= 10.0;
     }
@@ -262,6 +286,69 @@ fn inverse_cholesky_damped(
     )))
 }
 
+/// One attempt of [`inverse_cholesky_damped`]: `None` when the damped matrix is not positive
+/// definite.
+///
+/// With `J` the order reversal and `A = P^T (H + lambda I) P`: if `J A J = L L^T` then
+/// `A^-1 = J L^-T L^-1 J = U^T U` with `U = J L^-1 J`, which is upper triangular. So one
+/// Cholesky factorisation and one triangular inverse give `U`, instead of a factorisation, a
+/// full inverse and a second factorisation; at most two `[n, n]` f64 matrices are alive at
+/// once besides the caller's Hessian, which is what bounds GPTQ's memory on wide layers
+/// (254 MB each for a 5632-wide MLP down projection).
+fn inverse_cholesky_upper(
+    h: &[f64],
+    n: usize,
+    perm: &[usize],
+    dead: &[bool],
+    lambda: f64,
+) -> Option<Vec<f64>> {
+    // Row i of J A J is original column perm[n - 1 - i].
+    let rev = |i: usize| perm[n - 1 - i];
+    let a = Mat::<f64>::from_fn(n, n, |i, j| {
+        let (r, c) = (rev(i), rev(j));
+        if r == c {
+            (if dead[r] { 1.0 } else { h[r * n + r] }) + lambda
+        } else {
+            h[r * n + c]
+        }
+    });
+    let llt = a.llt(Side::Lower).ok()?;
+    // A pivot that only rounding kept positive (a damped matrix singular up to rounding) would
+    // blow `U` up; with `H` positive semi-definite every pivot is at least `lambda`, far above
+    // this threshold.
+    let l = llt.L();
+    if !(0..n).all(|i| l[(i, i)] * l[(i, i)] > PIVOT_MIN * a[(i, i)]) {
+        return None;
+    }
+    drop(a);
+    let mut l_inv = Mat::<f64>::zeros(n, n);
+    invert_lower_triangular(l_inv.as_mut(), llt.L(), faer::get_global_parallelism());
+    drop(llt);
+    let mut u = vec![0.0f64; n * n];
+    for (i, row) in u.chunks_exact_mut(n).enumerate() {
+        for (j, x) in row.iter_mut().enumerate().skip(i) {
+            *x = l_inv[(n - 1 - i, n - 1 - j)];
+        }
+    }
+    let ok = u.iter().all(|x| x.is_finite()) && (0..n).all(|i| u[i * n + i] > 0.0);
+    ok.then_some(u)
+}
+
+/// How a group's grid is chosen: min/max, or a clipping search weighted by column cost.
+struct Fitter {
+    scheme: QuantScheme,
+    search: Option<ClipSearch>,
+}
+
+impl Fitter {
+    fn fit(&self, values: &[f32], cost: &[f32]) -> Grid {
+        match &self.search {
+            None => self.scheme.fit(values.iter().copied()),
+            Some(search) => self.scheme.fit_clipped(values, Some(cost), search),
+        }
+    }
+}
+
 /// Quantizes a chunk of rows (processing order) in place; returns their loss.
 #[allow(clippy::too_many_arguments)]
 fn quantize_rows(
@@ -269,12 +356,13 @@ fn quantize_rows(
     codes: &mut [u8],
     grids: &mut [Grid],
     u: &[f64],
-    n: usize,
+    cost_p: &[f32],
     ng: usize,
     block_size: usize,
     mode: &GroupMode,
-    scheme: QuantScheme,
+    fitter: &Fitter,
 ) -> f64 {
+    let n = cost_p.len();
     let rows = w.len() / n;
     let bs = block_size.min(n);
     let mut err = vec![0.0f64; rows * bs];
@@ -291,7 +379,8 @@ fn quantize_rows(
                     GroupMode::Dynamic(g) => {
                         let k = r * ng + p / g;
                         if p.is_multiple_of(*g) {
-                            grids[k] = scheme.fit(row[p..p + g].iter().map(|&x| x as f32));
+                            let cols: Vec<f32> = row[p..p + g].iter().map(|&x| x as f32).collect();
+                            grids[k] = fitter.fit(&cols, &cost_p[p..p + g]);
                         }
                         grids[k]
                     }

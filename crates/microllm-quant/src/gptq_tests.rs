@@ -69,6 +69,8 @@ fn opts(act_order: bool, static_groups: bool) -> GptqOptions {
         block_size: 32, // several blocks per row, to exercise the lazy updates
         act_order,
         static_groups,
+        // Min/max grids, so that GPTQ on a diagonal Hessian is exactly RTN.
+        clip_search: None,
         ..GptqOptions::default()
     }
 }
@@ -283,5 +285,25 @@ fn every_bit_width_stays_in_range_and_beats_rtn() {
         let ratio = output_error(&w, &q, &h) / rtn;
         eprintln!("bits {bits}: GPTQ/RTN output error {ratio:.3}");
         assert!(ratio < 1.0, "bits {bits}: {ratio}");
+    }
+}
+
+#[test]
+fn clip_search_lowers_the_output_error() {
+    let mut rng = Rng::new(21);
+    let w = rng.normal_vec(OUT * IN);
+    let h = hessian_of(&correlated_inputs(&mut rng, true));
+    for (bits, sym, act) in [(4, true, true), (3, false, false), (4, false, true)] {
+        let s = QuantScheme::new(bits, Some(32), sym).unwrap();
+        let plain = opts(act, act);
+        let searched = GptqOptions {
+            clip_search: Some(crate::ClipSearch::default()),
+            ..plain
+        };
+        let (q0, _) = gptq_quantize(&w, [OUT, IN], &h, s, plain).unwrap();
+        let (q1, _) = gptq_quantize(&w, [OUT, IN], &h, s, searched).unwrap();
+        let (e0, e1) = (output_error(&w, &q0, &h), output_error(&w, &q1, &h));
+        eprintln!("bits {bits} sym {sym} act {act}: min/max {e0:.4}, searched {e1:.4}");
+        assert!(e1 < e0, "bits {bits} sym {sym} act {act}: {e1} >= {e0}");
     }
 }

@@ -41,5 +41,5 @@ mod testutil;
 pub use gptq::{GptqOptions, GptqStats, MAX_DAMP_RETRIES, gptq_quantize, gptq_quantize_tensor};
 pub use hessian::HessianAccumulator;
 pub use rtn::{rtn_quantize, rtn_quantize_tensor};
-pub use scheme::{Grid, QuantScheme};
+pub use scheme::{ClipSearch, Grid, QuantScheme};
 pub use weight::QuantizedWeight;
