@@ -28,7 +28,9 @@ use clap::{Parser, Subcommand};
   microllm eval     --model SmolLM2-135M-Instruct.Q4_1.gguf --data wiki.eval.txt --ctx 512
   microllm generate --model HuggingFaceTB/SmolLM2-135M --prompt \"The capital of France is\"
   microllm convert  --model model.gguf --out model-hf --dtype bf16
-  microllm quantize --model model-hf --bits 4 --calib c4.calib.txt --out model-q4.gguf"
+  microllm quantize --model model-hf --bits 4 --calib c4.calib.txt --out model-q4.gguf
+  microllm prune    --model model-hf --method wanda --pattern 2:4 --calib c4.calib.txt --out pruned
+  microllm prune    --model model-hf --structured --mlp-keep 0.75 --drop-layers 4 --calib c4.calib.txt --out small"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,6 +51,8 @@ enum Command {
     Convert(commands::convert::Args),
     /// Quantize with GPTQ or round-to-nearest, block by block, to GGUF or safetensors.
     Quantize(commands::quantize::Args),
+    /// Prune weights (magnitude, Wanda, SparseGPT, N:M) or whole channels, heads and blocks.
+    Prune(commands::prune::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
+        Command::Prune(args) => commands::prune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,4 +101,15 @@ fn hint(err: &anyhow::Error) -> Option<String> {
         Error::Config { .. } => "fix or complete the named key in the configuration file".into(),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap's own consistency checks (duplicate flags, bad defaults) over every subcommand.
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -4,28 +4,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{fixture, microllm};
-
-/// Pre-tokenized calibration data: `rows` x `seq` pseudo-random ids below `vocab`.
-fn calib_ids(dir: &Path, rows: usize, seq: usize, vocab: u64) -> PathBuf {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let bytes: Vec<u8> = (0..rows * seq)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state % vocab) as i64).to_le_bytes()
-        })
-        .collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![rows, seq], &bytes)
-            .unwrap();
-    let path = dir.join("calib.safetensors");
-    safetensors::serialize_to_file([("input_ids", view)], None, &path).unwrap();
-    path
-}
+use common::{calib_ids, fixture, microllm};
 
 /// Every tensor of a model, dequantized to f32 in Hugging Face layout by microllm's readers.
 fn tensors(model: &Path) -> BTreeMap<String, Vec<f32>> {

@@ -69,9 +69,9 @@ fn gptq_loses_less_than_rtn_at_4_and_3_bits() {
     }
 }
 
-/// GPTQ's codes (act-order, static groups) inside llama.cpp's own Q4_0 blocks beat
-/// llama.cpp's Q4_0 on the same model. The issue asks for half of the gap to the unquantized
-/// model closed; measured: 38% (25.7643 against 27.7591 and 22.5373; docs/benchmarks.md).
+/// GPTQ's codes (act-order, static groups, the default clipping search) inside llama.cpp's own
+/// Q4_0 blocks close at least half of the perplexity gap between llama.cpp's Q4_0 and the
+/// unquantized model, as the issue asks (measured figures in docs/benchmarks.md).
 #[test]
 fn gptq_in_q4_0_beats_llama_cpp_q4_0() {
     let tmp = tempfile::tempdir().unwrap();
@@ -96,7 +96,7 @@ fn gptq_in_q4_0_beats_llama_cpp_q4_0() {
         closed * 100.0
     );
     assert!(
-        closed > 0.3,
+        closed >= 0.5,
         "GPTQ Q4_0 {ppl} closes only {closed:.2} of the gap"
     );
 }

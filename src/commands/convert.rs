@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::quantized::GgmlDType;
-use microllm_io::gguf::{GgufExport, write_gguf};
+use microllm_io::CheckpointFormat;
+use microllm_io::gguf::{EncodedTensors, GgufExport, write_gguf};
 use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
+use microllm_pipeline::output::GgufCodes;
 
 use crate::progress::Bar;
 
@@ -17,8 +19,12 @@ use crate::progress::Bar;
 /// full llama.cpp metadata, tokenizer and chat template; matrices in --gguf-type, quantized by
 /// round-to-nearest (llama.cpp's block formats), with llama.cpp's fallbacks where a row does not
 /// fit a type's block. Quantized GGUF inputs are dequantized first; llama.cpp's rotary
-/// permutation of q/k is undone on input and redone on GGUF output. Outputs appear only when
-/// complete.
+/// permutation of q/k is undone on input and redone on GGUF output. From a GPTQ or
+/// compressed-tensors checkpoint, linears whose codes fit a ggml block exactly (contiguous
+/// groups that are multiples of 32: symmetric 2-4 bits -> Q4_0, asymmetric 2-4 bits -> Q4_1,
+/// symmetric 5-8 bits -> Q8_0) are copied code for code, the others stored as F16 of their
+/// dequantized weights; --gguf-type then applies to the other matrices. Outputs appear only
+/// when complete.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model directory, .gguf file or hub repo id.
@@ -158,13 +164,24 @@ fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "model".into());
+    // A GPTQ / compressed-tensors source: linears whose codes a ggml block type holds are
+    // written exactly from the codes (Q4_0 / Q4_1 / Q8_0), not re-quantized.
+    let packed = match ckpt.format {
+        CheckpointFormat::Gptq | CheckpointFormat::CompressedTensors => {
+            microllm_io::hf::open_quantized(&ckpt.path)?
+        }
+        _ => None,
+    };
+    let codes = packed
+        .as_ref()
+        .map(|src| GgufCodes::from_checkpoint(&ckpt.config, src));
     let export = GgufExport {
         config: &ckpt.config,
         tensors: ckpt.tensors.as_ref(),
         tokenizer: ckpt.tokenizer.as_ref(),
         chat_template: ckpt.chat_template.as_deref(),
         name: &name,
-        encoded: None,
+        encoded: codes.as_ref().map(|c| c as &dyn EncodedTensors),
     };
     let summary = write_gguf(
         &export,

@@ -1,10 +1,12 @@
 //! One module per subcommand: its arguments (clap) and its `run`.
 
+pub mod calibrate;
 pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod prune;
 pub mod quantize;
 
 use std::path::Path;

@@ -118,3 +118,22 @@ pub fn eval_json(model: &std::path::Path, out: &std::path::Path) -> serde_json::
         serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
     v["result"].clone()
 }
+
+/// Pre-tokenized calibration data: `rows` x `seq` pseudo-random ids below `vocab`.
+pub fn calib_ids(dir: &Path, rows: usize, seq: usize, vocab: u64) -> PathBuf {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let bytes: Vec<u8> = (0..rows * seq)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state % vocab) as i64).to_le_bytes()
+        })
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![rows, seq], &bytes)
+            .unwrap();
+    let path = dir.join("calib.safetensors");
+    safetensors::serialize_to_file([("input_ids", view)], None, &path).unwrap();
+    path
+}

@@ -4,7 +4,8 @@
 //! into a [`Checkpoint`]: the resolved [`ModelConfig`](microllm_core::ModelConfig), a lazy
 //! [`TensorSource`](microllm_core::TensorSource) and the tokenizer. Nothing is loaded whole:
 //! safetensors shards and GGUF files are memory-mapped and tensors are materialised one at a
-//! time, under their canonical Hugging Face names, as f32.
+//! time, under their canonical Hugging Face names, as f32. Quantized directories (GPTQ,
+//! compressed-tensors; [`quantized`]) are dequantized on load the same way.
 //!
 //! Writers (the [`write`](crate::write) module) produce files atomically: everything goes to a temporary path that is
 //! renamed into place only when complete, so a failed run leaves nothing half-written.
@@ -15,6 +16,7 @@ pub mod gguf;
 pub mod hf;
 pub mod hub;
 mod mmap;
+pub mod quantized;
 mod tokenizer;
 pub mod write;
 
@@ -31,6 +33,10 @@ pub enum CheckpointFormat {
     HfDir,
     /// A single GGUF file.
     Gguf,
+    /// A Hugging Face directory holding a GPTQ checkpoint (v1 layout).
+    Gptq,
+    /// A Hugging Face directory holding a compressed-tensors (`pack-quantized`) checkpoint.
+    CompressedTensors,
 }
 
 impl std::fmt::Display for CheckpointFormat {
@@ -38,6 +44,10 @@ impl std::fmt::Display for CheckpointFormat {
         f.write_str(match self {
             CheckpointFormat::HfDir => "Hugging Face safetensors directory",
             CheckpointFormat::Gguf => "GGUF",
+            CheckpointFormat::Gptq => "GPTQ checkpoint (Hugging Face directory)",
+            CheckpointFormat::CompressedTensors => {
+                "compressed-tensors checkpoint (Hugging Face directory)"
+            }
         })
     }
 }

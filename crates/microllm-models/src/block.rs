@@ -42,6 +42,11 @@ pub struct Block {
 }
 
 impl Block {
+    /// The configuration the block was loaded with.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
     /// Loads block `layer` from `src`, checking every shape against `cfg`.
     pub fn load(cfg: &ModelConfig, layer: usize, src: &dyn TensorSource) -> Result<Self> {
         let f = cfg.family;

@@ -17,13 +17,12 @@
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
-use microllm_core::{LinearKind, Result};
+use microllm_core::{LinearKind, Result, names};
 use microllm_models::{Block, Positions};
-use microllm_quant::{
-    GptqOptions, HessianAccumulator, QuantScheme, QuantizedWeight, gptq_quantize_tensor,
-    rtn_quantize_tensor,
-};
+use microllm_quant::{GptqOptions, HessianAccumulator, QuantScheme, QuantizedWeight};
 use serde::{Deserialize, Serialize};
+
+use crate::linear_step::{PruneSpec, compress_linear};
 
 /// The linear layers of a block in true-sequential order, grouped by shared input.
 pub const SEQUENTIAL_GROUPS: [&[LinearKind]; 4] = [
@@ -71,10 +70,34 @@ pub struct LinearRecord {
     pub damp_percent: Option<f64>,
     /// Calibration tokens behind the Hessian.
     pub tokens: usize,
+    /// Fraction of the weights pruned to zero (`None` when the pass does not prune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
 }
 
 /// The quantized linears of one block and a record per linear, in true-sequential order.
 pub type BlockResult = (BTreeMap<LinearKind, QuantizedWeight>, Vec<LinearRecord>);
+
+/// What a block pass does to every linear: prune, quantize, or both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockSpec {
+    /// Quantize to this scheme; `None` keeps the (pruned) weights in full precision.
+    pub scheme: Option<QuantScheme>,
+    /// `Gptq`: a calibrated pass (its options drive every OBS solve: GPTQ and SparseGPT);
+    /// `Rtn`: no calibration (magnitude pruning, round-to-nearest).
+    pub method: BlockMethod,
+    pub prune: Option<PruneSpec>,
+}
+
+/// A compressed block: quantized linears as codes, pruned-only linears as dense weights, and
+/// a record per linear in true-sequential order.
+#[derive(Debug, Clone, Default)]
+pub struct BlockOutput {
+    pub quantized: BTreeMap<LinearKind, QuantizedWeight>,
+    /// Row-major `[out, in]` f32 weights of linears pruned but not quantized.
+    pub dense: BTreeMap<LinearKind, Tensor>,
+    pub records: Vec<LinearRecord>,
+}
 
 /// Quantizes every linear of `block` in place (weights replaced by their dequantized values,
 /// so the block computes what the quantized model will).
@@ -89,14 +112,33 @@ pub fn quantize_block(
     scheme: QuantScheme,
     method: BlockMethod,
 ) -> Result<BlockResult> {
-    let mut q = Quantizer {
-        block,
-        scheme,
+    let spec = BlockSpec {
+        scheme: Some(scheme),
         method,
-        weights: BTreeMap::new(),
-        records: Vec::new(),
+        prune: None,
     };
-    match method {
+    let out = compress_block(block, hidden, at, &spec)?;
+    Ok((out.quantized, out.records))
+}
+
+/// Prunes and/or quantizes every linear of `block` in place, like [`quantize_block`].
+pub fn compress_block(
+    block: &mut Block,
+    hidden: &mut [Tensor],
+    at: Positions<'_>,
+    spec: &BlockSpec,
+) -> Result<BlockOutput> {
+    if spec.scheme.is_none() && spec.prune.is_none() {
+        return Err(microllm_core::Error::Invalid(
+            "a block pass must prune or quantize (or both)".into(),
+        ));
+    }
+    let mut q = Compressor {
+        block,
+        spec: *spec,
+        out: BlockOutput::default(),
+    };
+    match spec.method {
         BlockMethod::Rtn => {
             for kinds in SEQUENTIAL_GROUPS {
                 q.group(kinds, None)?;
@@ -104,18 +146,16 @@ pub fn quantize_block(
         }
         BlockMethod::Gptq { sink_weight, .. } => q.staged(hidden, at, sink_weight)?,
     }
-    Ok((q.weights, q.records))
+    Ok(q.out)
 }
 
-struct Quantizer<'a> {
+struct Compressor<'a> {
     block: &'a mut Block,
-    scheme: QuantScheme,
-    method: BlockMethod,
-    weights: BTreeMap<LinearKind, QuantizedWeight>,
-    records: Vec<LinearRecord>,
+    spec: BlockSpec,
+    out: BlockOutput,
 }
 
-impl Quantizer<'_> {
+impl Compressor<'_> {
     /// The true-sequential GPTQ pass, stage by stage (see the module docs).
     fn staged(&mut self, hidden: &mut [Tensor], at: Positions<'_>, sink_weight: f64) -> Result<()> {
         let width = |t: &Tensor| t.dims().last().copied().unwrap_or(0);
@@ -180,45 +220,52 @@ impl Quantizer<'_> {
         Ok(())
     }
 
-    /// Quantizes the present linears of `kinds`, with the Hessian of their shared input for
-    /// GPTQ, and writes the dequantized weights back into the block.
+    /// Compresses the present linears of `kinds`, with the Hessian of their shared input in a
+    /// calibrated pass, and writes the new weights back into the block.
     fn group(&mut self, kinds: &[LinearKind], hessian: Option<HessianAccumulator>) -> Result<()> {
+        let calibrated = match (self.spec.method, &hessian) {
+            (BlockMethod::Gptq { opts, .. }, Some(h)) => Some((opts, h)),
+            (BlockMethod::Gptq { .. }, None) => {
+                return Err(microllm_core::Error::Invalid(
+                    "GPTQ needs calibration samples: none were given".into(),
+                ));
+            }
+            (BlockMethod::Rtn, _) => None,
+        };
         for &kind in kinds {
             let Some(linear) = self.block.linear(kind) else {
                 continue;
             };
-            let (q, gptq_loss, damp_percent, tokens) = match (self.method, &hessian) {
-                (BlockMethod::Gptq { opts, .. }, Some(h)) => {
-                    let (q, stats) = gptq_quantize_tensor(&linear.weight, h, self.scheme, opts)?;
-                    (q, Some(stats.loss), Some(stats.damp_percent), h.n_tokens())
-                }
-                (BlockMethod::Gptq { .. }, None) => {
-                    return Err(microllm_core::Error::Invalid(
-                        "GPTQ needs calibration samples: none were given".into(),
-                    ));
-                }
-                (BlockMethod::Rtn, _) => (
-                    rtn_quantize_tensor(&linear.weight, self.scheme)?,
-                    None,
-                    None,
-                    0,
-                ),
-            };
+            let name = names::linear_weight(self.block.config().family, self.block.layer, kind);
             let device = linear.weight.device().clone();
             let original = linear.weight.flatten_all()?.to_vec1::<f32>()?;
-            let dequantized = q.dequantize_vec();
-            let weight_error = relative_error(&original, &dequantized);
-            let shape = (q.shape[0], q.shape[1]);
-            self.block.linear_mut(kind).expect("present").weight =
-                Tensor::from_vec(dequantized, shape, &device)?;
-            self.weights.insert(kind, q);
-            self.records.push(LinearRecord {
+            let r = compress_linear(
+                &name,
+                &linear.weight,
+                self.spec.scheme,
+                self.spec.prune,
+                calibrated,
+            )?;
+            let weight_error = relative_error(&original, &r.weight);
+            let shape = linear.weight.dims2()?;
+            let weight = Tensor::from_vec(r.weight, shape, &device)?;
+            self.block.linear_mut(kind).expect("present").weight = weight.clone();
+            match r.quantized {
+                Some(q) => {
+                    self.out.quantized.insert(kind, q);
+                }
+                None => {
+                    self.out.dense.insert(kind, weight);
+                }
+            }
+            self.out.records.push(LinearRecord {
                 layer: self.block.layer,
                 kind,
                 weight_error,
-                gptq_loss,
-                damp_percent,
-                tokens,
+                gptq_loss: r.obs_loss,
+                damp_percent: r.damp_percent,
+                tokens: hessian.as_ref().map_or(0, |h| h.n_tokens()),
+                sparsity: r.sparsity,
             });
         }
         Ok(())

@@ -17,7 +17,7 @@ use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource, names};
 use microllm_models::{Block, Positions, Rope};
 use microllm_quant::QuantScheme;
 
-use crate::block_quant::{BlockMethod, LinearRecord, quantize_block};
+use crate::block_quant::{BlockMethod, BlockSpec, LinearRecord, compress_block};
 use crate::store::BlockStore;
 
 /// What to quantize and how.
@@ -41,14 +41,43 @@ pub struct LayerwiseSummary {
     pub resumed_blocks: usize,
 }
 
+/// What to prune and/or quantize, and how: the general form of [`LayerwiseJob`].
+pub struct CompressJob<'a> {
+    pub config: &'a ModelConfig,
+    pub source: &'a dyn TensorSource,
+    /// Calibration windows of token ids, all of the same length (unused without calibration).
+    pub calibration: &'a [Vec<u32>],
+    pub spec: BlockSpec,
+}
+
 /// Quantizes every block of `job` into `store`, resuming after the blocks already there.
 pub fn run_layerwise(
     job: &LayerwiseJob<'_>,
     store: &BlockStore,
     progress: &dyn Progress,
 ) -> Result<LayerwiseSummary> {
+    let job = CompressJob {
+        config: job.config,
+        source: job.source,
+        calibration: job.calibration,
+        spec: BlockSpec {
+            scheme: Some(job.scheme),
+            method: job.method,
+            prune: None,
+        },
+    };
+    run_compress(&job, store, progress)
+}
+
+/// Prunes and/or quantizes every block of `job` into `store`, resuming after the blocks
+/// already there.
+pub fn run_compress(
+    job: &CompressJob<'_>,
+    store: &BlockStore,
+    progress: &dyn Progress,
+) -> Result<LayerwiseSummary> {
     let cfg = job.config;
-    let calibrated = matches!(job.method, BlockMethod::Gptq { .. });
+    let calibrated = matches!(job.spec.method, BlockMethod::Gptq { .. });
     if calibrated && job.calibration.is_empty() {
         return Err(Error::Invalid(
             "GPTQ needs calibration samples: none were given".into(),
@@ -69,11 +98,10 @@ pub fn run_layerwise(
     for layer in start..cfg.num_layers {
         let began = Instant::now();
         let mut block = Block::load(cfg, layer, job.source)?;
-        let (weights, records) =
-            quantize_block(&mut block, &mut hidden, at, job.scheme, job.method)?;
+        let output = compress_block(&mut block, &mut hidden, at, &job.spec)?;
         drop(block);
         let seconds = began.elapsed().as_secs_f64();
-        store.save_block(layer, &weights, &records, seconds)?;
+        store.save_block(layer, &output, seconds)?;
         if calibrated && layer + 1 < cfg.num_layers {
             store.save_hidden(layer, &hidden)?;
         }
@@ -94,11 +122,11 @@ pub fn run_layerwise(
 }
 
 /// The first block to compute and, for calibrated runs resuming, the hidden states entering it.
-fn resume_point(job: &LayerwiseJob<'_>, store: &BlockStore) -> Result<(usize, Vec<Tensor>)> {
+fn resume_point(job: &CompressJob<'_>, store: &BlockStore) -> Result<(usize, Vec<Tensor>)> {
     let done = (0..job.config.num_layers)
         .take_while(|&l| store.has_block(l))
         .count();
-    if !matches!(job.method, BlockMethod::Gptq { .. }) {
+    if !matches!(job.spec.method, BlockMethod::Gptq { .. }) {
         return Ok((done, Vec::new()));
     }
     if done == job.config.num_layers {

@@ -8,12 +8,22 @@
 //! * [`quantize_block`] — the per-block step (true-sequential GPTQ or RTN).
 //! * [`run_layerwise`] — the streaming loop, resumable through a [`BlockStore`].
 //! * [`output`] — the stored blocks as a tensor source or as exact GGUF blocks.
+//! * [`packed`] — the stored blocks as GPTQ / compressed-tensors linears.
+//! * [`structured`] — importance of channels, heads and blocks for structured pruning.
 
 mod block_quant;
 mod layerwise;
+mod linear_step;
 pub mod output;
+pub mod packed;
 mod store;
+pub mod structured;
 
-pub use block_quant::{BlockMethod, BlockResult, LinearRecord, SEQUENTIAL_GROUPS, quantize_block};
-pub use layerwise::{LayerwiseJob, LayerwiseSummary, run_layerwise};
+pub use block_quant::{
+    BlockMethod, BlockOutput, BlockResult, BlockSpec, LinearRecord, SEQUENTIAL_GROUPS,
+    compress_block, quantize_block,
+};
+pub use layerwise::{CompressJob, LayerwiseJob, LayerwiseSummary, run_compress, run_layerwise};
+pub use linear_step::PruneSpec;
 pub use store::{BlockStore, StoredBlock};
+pub use structured::{ImportanceJob, ImportanceMetric, measure_importance};

@@ -26,6 +26,7 @@ use microllm_io::gguf::blocks::{
     GroupCodes, QK, q4_0_from_codes, q4_1_from_codes, q8_0_from_codes,
 };
 use microllm_io::gguf::names::{is_rope_permuted, permute_rows};
+use microllm_io::quantized::QuantizedDirSource;
 use microllm_quant::{QuantScheme, QuantizedWeight};
 
 use crate::store::{BlockStore, StoredBlock};
@@ -62,36 +63,58 @@ pub fn exact_gguf_type(
 }
 
 /// One block cached at a time: writers visit tensors block by block.
-struct BlockCache<'a> {
+pub(crate) struct BlockCache<'a> {
     store: &'a BlockStore,
     current: Mutex<Option<(usize, StoredBlock)>>,
 }
 
 impl<'a> BlockCache<'a> {
-    fn new(store: &'a BlockStore) -> Self {
+    pub(crate) fn new(store: &'a BlockStore) -> Self {
         Self {
             store,
             current: Mutex::new(None),
         }
     }
 
-    fn with<T>(
-        &self,
-        layer: usize,
-        kind: LinearKind,
-        f: impl FnOnce(&QuantizedWeight) -> Result<T>,
-    ) -> Result<T> {
+    /// Runs `f` on stored block `layer` (loading it unless it is the cached one).
+    fn with_block<T>(&self, layer: usize, f: impl FnOnce(&StoredBlock) -> Result<T>) -> Result<T> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if current.as_ref().is_none_or(|(l, _)| *l != layer) {
             *current = Some((layer, self.store.load_block(layer)?));
         }
         let (_, block) = current.as_ref().expect("loaded above");
-        let q = block.weights.get(&kind).ok_or_else(|| {
-            Error::Invalid(format!(
-                "the work directory has no {kind:?} weight for block {layer}"
-            ))
-        })?;
-        f(q)
+        f(block)
+    }
+
+    pub(crate) fn with<T>(
+        &self,
+        layer: usize,
+        kind: LinearKind,
+        f: impl FnOnce(&QuantizedWeight) -> Result<T>,
+    ) -> Result<T> {
+        self.with_block(layer, |block| {
+            let q = block.weights.get(&kind).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the work directory has no quantized {kind:?} weight for block {layer}"
+                ))
+            })?;
+            f(q)
+        })
+    }
+
+    /// The weight a stored linear computes with: dequantized codes, or a pruned dense weight.
+    fn weight(&self, layer: usize, kind: LinearKind) -> Result<Tensor> {
+        self.with_block(layer, |block| match block.dense.get(&kind) {
+            Some(w) => Ok(w.clone()),
+            None => {
+                let q = block.weights.get(&kind).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "the work directory has no {kind:?} weight for block {layer}"
+                    ))
+                })?;
+                q.dequantize(&Device::Cpu)
+            }
+        })
     }
 }
 
@@ -127,32 +150,47 @@ impl TensorSource for QuantizedSource<'_> {
 
     fn load(&self, name: &str) -> Result<Tensor> {
         match names::parse_linear_weight(self.family, name) {
-            Some((layer, kind)) => self
-                .blocks
-                .with(layer, kind, |q| q.dequantize(&Device::Cpu)),
+            Some((layer, kind)) => self.blocks.weight(layer, kind),
             None => self.base.load(name),
         }
     }
 }
 
+/// Where [`GgufCodes`] takes the codes from.
+enum CodeSource<'a> {
+    /// A quantization run's stored blocks.
+    Store(BlockCache<'a>),
+    /// A GPTQ / compressed-tensors checkpoint.
+    Checkpoint(&'a QuantizedDirSource),
+}
+
 /// Exact GGUF blocks for the stored linears (see the module docs).
 pub struct GgufCodes<'a> {
     cfg: &'a ModelConfig,
-    blocks: BlockCache<'a>,
+    blocks: CodeSource<'a>,
 }
 
 impl<'a> GgufCodes<'a> {
     pub fn new(cfg: &'a ModelConfig, store: &'a BlockStore) -> Self {
         Self {
             cfg,
-            blocks: BlockCache::new(store),
+            blocks: CodeSource::Store(BlockCache::new(store)),
+        }
+    }
+
+    /// The packed linears of a GPTQ / compressed-tensors checkpoint (`convert` to GGUF):
+    /// those whose codes a ggml block type holds are written exactly.
+    pub fn from_checkpoint(cfg: &'a ModelConfig, src: &'a QuantizedDirSource) -> Self {
+        Self {
+            cfg,
+            blocks: CodeSource::Checkpoint(src),
         }
     }
 
     fn decide(&self, hf_name: &str) -> Option<std::result::Result<GgmlDType, String>> {
         let (layer, kind) = names::parse_linear_weight(self.cfg.family, hf_name)?;
         self.blocks
-            .with(layer, kind, |q| {
+            .with(self.cfg.family, layer, kind, |q| {
                 let contiguous = q.g_idx.is_none();
                 Ok(exact_gguf_type(&q.scheme, q.in_features(), contiguous))
             })
@@ -172,6 +210,30 @@ impl<'a> GgufCodes<'a> {
     }
 }
 
+impl CodeSource<'_> {
+    fn with<T>(
+        &self,
+        family: Family,
+        layer: usize,
+        kind: LinearKind,
+        f: impl FnOnce(&QuantizedWeight) -> Result<T>,
+    ) -> Result<T> {
+        match self {
+            CodeSource::Store(blocks) => blocks.with(layer, kind, f),
+            CodeSource::Checkpoint(src) => {
+                let name = names::linear_weight(family, layer, kind);
+                let codes = src.codes(&name).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "`{name}` is not a packed linear of {}",
+                        src.origin()
+                    ))
+                })??;
+                f(&crate::packed::quantized_weight(&codes)?)
+            }
+        }
+    }
+}
+
 impl EncodedTensors for GgufCodes<'_> {
     fn dtype(&self, hf_name: &str) -> Option<GgmlDType> {
         self.decide(hf_name).map(|d| d.unwrap_or(GgmlDType::F16))
@@ -187,7 +249,7 @@ impl EncodedTensors for GgufCodes<'_> {
         let (layer, kind) = names::parse_linear_weight(self.cfg.family, hf_name)
             .ok_or_else(|| Error::Invalid(format!("`{hf_name}` is not a quantized linear")))?;
         let heads = self.rope_heads(kind);
-        self.blocks.with(layer, kind, |q| {
+        self.blocks.with(self.cfg.family, layer, kind, |q| {
             let q = match heads {
                 Some(h) => permute_weight_rows(q, h)?,
                 None => q.clone(),

@@ -22,12 +22,15 @@ use microllm_io::write::write_file_atomic;
 use microllm_quant::{QuantScheme, QuantizedWeight};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::block_quant::LinearRecord;
+use crate::block_quant::{BlockOutput, LinearRecord};
 
 /// A finished block, as stored.
 #[derive(Debug, Clone)]
 pub struct StoredBlock {
+    /// Quantized linears.
     pub weights: BTreeMap<LinearKind, QuantizedWeight>,
+    /// Pruned, unquantized linears (f32 `[out, in]`).
+    pub dense: BTreeMap<LinearKind, Tensor>,
     pub records: Vec<LinearRecord>,
     /// Wall time the block took.
     pub seconds: f64,
@@ -93,13 +96,8 @@ impl BlockStore {
     }
 
     /// Writes a finished block.
-    pub fn save_block(
-        &self,
-        layer: usize,
-        weights: &BTreeMap<LinearKind, QuantizedWeight>,
-        records: &[LinearRecord],
-        seconds: f64,
-    ) -> Result<()> {
+    pub fn save_block(&self, layer: usize, block: &BlockOutput, seconds: f64) -> Result<()> {
+        let (weights, records) = (&block.quantized, &block.records);
         // Codes and zeros are bytes already and are borrowed; only the wider values are encoded.
         let u32_bytes =
             |v: &[u32]| Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
@@ -136,6 +134,15 @@ impl BlockStore {
                 data.push((format!("{k}.perm"), Dtype::U32, vec![inp], u32_bytes(p)));
             }
             schemes.insert(k, scheme_json(&q.scheme));
+        }
+        for (kind, w) in &block.dense {
+            let values = w.flatten_all()?.to_vec1::<f32>()?;
+            data.push((
+                format!("{}.dense", kind_name(*kind)),
+                Dtype::F32,
+                w.dims().to_vec(),
+                f32_bytes(&values),
+            ));
         }
         let views = data
             .iter()
@@ -221,8 +228,16 @@ impl BlockStore {
             q.validate().map_err(|e| bad(format!("{k}: {e}")))?;
             weights.insert(kind, q);
         }
+        let mut dense = BTreeMap::new();
+        for kind in LinearKind::ALL {
+            if let Some((shape, b)) = raw(&format!("{}.dense", kind_name(kind)))? {
+                let values: Vec<f32> = u32s(b).into_iter().map(f32::from_bits).collect();
+                dense.insert(kind, Tensor::from_vec(values, shape, &Device::Cpu)?);
+            }
+        }
         Ok(StoredBlock {
             weights,
+            dense,
             records,
             seconds,
         })

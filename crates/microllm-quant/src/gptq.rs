@@ -47,6 +47,7 @@ use faer::{Mat, Side};
 use microllm_core::{Error, Result};
 use rayon::prelude::*;
 
+use crate::obs::{Fitter, GroupMode, PruneRule, Quantize, Rows, Sweep};
 use crate::rtn::{check_weight, weight_data};
 use crate::scheme::{ClipSearch, Grid};
 use crate::{HessianAccumulator, QuantScheme, QuantizedWeight};
@@ -105,12 +106,30 @@ pub struct GptqStats {
     pub dead_columns: usize,
 }
 
-/// Which grid quantizes the column at a given processing position.
-enum GroupMode {
-    /// Grids fitted up front; the group of each processing position.
-    Fixed(Vec<u32>),
-    /// A new grid every `len` positions, fitted when reached.
-    Dynamic(usize),
+/// What an OBS sweep ([`obs_compress`]) does to a layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObsTarget<'a> {
+    /// Round the kept weights to this scheme's grids (GPTQ); `None` keeps them in full
+    /// precision, so they only absorb the errors (SparseGPT alone).
+    pub scheme: Option<QuantScheme>,
+    /// Weights to prune, row-major `[out, in]` (`true` = pruned), decided before the sweep
+    /// (Wanda or magnitude masks, whose error the sweep then compensates).
+    pub mask: Option<&'a [bool]>,
+    /// Weights to prune, decided during the sweep by OBS saliency (SparseGPT).
+    pub rule: Option<PruneRule>,
+}
+
+/// The outcome of [`obs_compress`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObsResult {
+    /// The layer's new weights, row-major `[out, in]`: pruned ones are 0, quantized ones are
+    /// their grid points.
+    pub weight: Vec<f32>,
+    /// The codes, when a scheme was given (pruned weights hold their group's zero point).
+    pub quantized: Option<QuantizedWeight>,
+    /// Row-major `[out, in]`, `true` where the weight was pruned.
+    pub pruned: Vec<bool>,
+    pub stats: GptqStats,
 }
 
 /// GPTQ on a 2-D weight tensor with an accumulated Hessian.
@@ -132,7 +151,28 @@ pub fn gptq_quantize(
     scheme: QuantScheme,
     opts: GptqOptions,
 ) -> Result<(QuantizedWeight, GptqStats)> {
-    let ng = scheme.check_shape("weight", shape)?;
+    let target = ObsTarget {
+        scheme: Some(scheme),
+        mask: None,
+        rule: None,
+    };
+    let result = obs_compress(weight, shape, hessian, target, opts)?;
+    Ok((result.quantized.expect("a scheme was given"), result.stats))
+}
+
+/// The general OBS sweep behind GPTQ and SparseGPT: prune by a mask or a rule, quantize or
+/// not, with the errors compensated through the inverse Hessian (see [`crate::obs`]).
+pub fn obs_compress(
+    weight: &[f32],
+    shape: [usize; 2],
+    hessian: &[f64],
+    target: ObsTarget<'_>,
+    opts: GptqOptions,
+) -> Result<ObsResult> {
+    let ng = match target.scheme {
+        Some(scheme) => scheme.check_shape("weight", shape)?,
+        None => 1,
+    };
     check_weight(weight, shape)?;
     let [out, n] = shape;
     if hessian.len() != n * n || hessian.iter().any(|h| !h.is_finite()) {
@@ -147,7 +187,7 @@ pub fn gptq_quantize(
             "GPTQ options: damp_percent must be > 0 and block_size > 0, got {opts:?}"
         )));
     }
-    let g = scheme.group_len(n);
+    check_target(&target, shape, opts)?;
 
     // 1. Dead columns: their diagonal reads as 1 below, their weights become 0.
     let dead: Vec<bool> = (0..n).map(|j| hessian[j * n + j] == 0.0).collect();
@@ -169,95 +209,178 @@ pub fn gptq_quantize(
     // 3-4. Dampening and U = chol(H^-1), in processing order.
     let (u, damp_percent, damp, damp_retries) =
         inverse_cholesky_damped(hessian, n, &perm, &dead, opts.damp_percent)?;
-    // What GPTQ's objective pays per unit of squared error in each column: 1 / U_pp^2, in
+    // What the objective pays per unit of squared error in each column: 1 / U_pp^2, in
     // processing order.
     let cost_p: Vec<f32> = (0..n)
         .map(|p| (1.0 / (u[p * n + p] * u[p * n + p])) as f32)
         .collect();
-    let fitter = Fitter {
-        scheme,
-        search: opts.clip_search,
-    };
 
-    // Grids fitted up front (per-channel, or static groups), on the original column order.
-    let precomputed = scheme.group_size.is_none() || opts.static_groups;
-    let mut grids = vec![scheme.fit([0.0]); out * ng];
-    let mode = if precomputed {
-        let mut cost = vec![0.0f32; n];
-        for (p, &c) in perm.iter().enumerate() {
-            cost[c] = cost_p[p];
-        }
-        grids
-            .par_chunks_mut(ng)
-            .zip(w.par_chunks(n))
-            .for_each(|(grids, row)| {
-                for (k, grid) in grids.iter_mut().enumerate() {
-                    let cols: Vec<f32> =
-                        row[k * g..(k + 1) * g].iter().map(|&x| x as f32).collect();
-                    *grid = fitter.fit(&cols, &cost[k * g..(k + 1) * g]);
-                }
-            });
-        GroupMode::Fixed(perm.iter().map(|&c| (c / g) as u32).collect())
-    } else {
-        GroupMode::Dynamic(g)
-    };
+    // Grids: fitted up front (per-channel, or static groups) on the original column order, or
+    // when each group is reached.
+    let precomputed = target
+        .scheme
+        .is_some_and(|s| s.group_size.is_none() || opts.static_groups);
+    let mut grids = Vec::new();
+    let quantize = target.scheme.map(|scheme| {
+        let g = scheme.group_len(n);
+        let fitter = Fitter {
+            scheme,
+            search: opts.clip_search,
+        };
+        grids = vec![scheme.fit([0.0]); out * ng];
+        let mode = if precomputed {
+            let mut cost = vec![0.0f32; n];
+            for (p, &c) in perm.iter().enumerate() {
+                cost[c] = cost_p[p];
+            }
+            grids
+                .par_chunks_mut(ng)
+                .zip(w.par_chunks(n))
+                .for_each(|(grids, row)| {
+                    for (k, grid) in grids.iter_mut().enumerate() {
+                        let cols: Vec<f32> =
+                            row[k * g..(k + 1) * g].iter().map(|&x| x as f32).collect();
+                        *grid = fitter.fit(&cols, &cost[k * g..(k + 1) * g]);
+                    }
+                });
+            GroupMode::Fixed(perm.iter().map(|&c| (c / g) as u32).collect())
+        } else {
+            GroupMode::Dynamic(g)
+        };
+        Quantize { fitter, mode, ng }
+    });
 
-    // 5-6. Row-parallel quantization in processing order.
-    let mut wp: Vec<f64> = (0..out * n).map(|k| w[(k / n) * n + perm[k % n]]).collect();
+    // 5-6. Row-parallel sweep in processing order.
+    let permute = |k: usize| (k / n) * n + perm[k % n];
+    let mut wp: Vec<f64> = (0..out * n).map(|k| w[permute(k)]).collect();
     drop(w);
+    let mut pruned_p: Vec<bool> = match target.mask {
+        Some(mask) => (0..out * n).map(|k| mask[permute(k)]).collect(),
+        None => vec![false; out * n],
+    };
     let mut codes_p = vec![0u8; out * n];
-    let chunk = ROWS_PER_TASK;
+    let sweep = Sweep {
+        u: &u,
+        cost: &cost_p,
+        block_size: opts.block_size,
+        quantize,
+        rule: target.rule,
+    };
+    // Without a scheme the codes and grids are unused placeholders (one byte per weight).
+    if grids.is_empty() {
+        grids = vec![Grid::default(); out * ng];
+    }
     let loss: f64 = wp
-        .par_chunks_mut(chunk * n)
-        .zip(codes_p.par_chunks_mut(chunk * n))
-        .zip(grids.par_chunks_mut(chunk * ng))
-        .map(|((w, codes), grids)| {
-            quantize_rows(
+        .par_chunks_mut(ROWS_PER_TASK * n)
+        .zip(pruned_p.par_chunks_mut(ROWS_PER_TASK * n))
+        .zip(codes_p.par_chunks_mut(ROWS_PER_TASK * n))
+        .zip(grids.par_chunks_mut(ROWS_PER_TASK * ng))
+        .map(|(((w, pruned), codes), grids)| {
+            sweep.run(Rows {
                 w,
                 codes,
                 grids,
-                &u,
-                &cost_p,
-                ng,
-                opts.block_size,
-                &mode,
-                &fitter,
-            )
+                pruned,
+            })
         })
         .sum();
 
-    let mut codes = vec![0u8; out * n];
+    // Back to the original column order.
+    let mut weight_out = vec![0.0f32; out * n];
+    let mut pruned = vec![false; out * n];
+    let quantizing = sweep.quantize.is_some();
+    drop(sweep);
+    drop(u);
+    let mut codes = vec![0u8; if quantizing { out * n } else { 0 }];
     for r in 0..out {
         for (p, &c) in perm.iter().enumerate() {
-            codes[r * n + c] = codes_p[r * n + p];
+            weight_out[r * n + c] = wp[r * n + p] as f32;
+            pruned[r * n + c] = pruned_p[r * n + p];
+            if quantizing {
+                codes[r * n + c] = codes_p[r * n + p];
+            }
         }
     }
-    let g_idx = (opts.act_order && !precomputed).then(|| {
-        let mut gi = vec![0u32; n];
-        for (p, &c) in perm.iter().enumerate() {
-            gi[c] = (p / g) as u32;
+    let quantized = target.scheme.map(|scheme| {
+        let g = scheme.group_len(n);
+        let g_idx = (opts.act_order && !precomputed).then(|| {
+            let mut gi = vec![0u32; n];
+            for (p, &c) in perm.iter().enumerate() {
+                gi[c] = (p / g) as u32;
+            }
+            gi
+        });
+        QuantizedWeight {
+            shape,
+            scheme,
+            codes,
+            scales: grids.iter().map(|gr| gr.scale).collect(),
+            zeros: grids.iter().map(|gr| gr.zero).collect(),
+            g_idx,
+            perm: opts
+                .act_order
+                .then(|| perm.iter().map(|&c| c as u32).collect()),
         }
-        gi
     });
-    let q = QuantizedWeight {
-        shape,
-        scheme,
-        codes,
-        scales: grids.iter().map(|gr| gr.scale).collect(),
-        zeros: grids.iter().map(|gr| gr.zero).collect(),
-        g_idx,
-        perm: opts
-            .act_order
-            .then(|| perm.iter().map(|&c| c as u32).collect()),
-    };
-    let stats = GptqStats {
-        loss,
-        damp_percent,
-        damp,
-        damp_retries,
-        dead_columns,
-    };
-    Ok((q, stats))
+    Ok(ObsResult {
+        weight: weight_out,
+        quantized,
+        pruned,
+        stats: GptqStats {
+            loss,
+            damp_percent,
+            damp,
+            damp_retries,
+            dead_columns,
+        },
+    })
+}
+
+/// Checks a target against the weight's shape and the options.
+fn check_target(target: &ObsTarget<'_>, shape: [usize; 2], opts: GptqOptions) -> Result<()> {
+    let [out, n] = shape;
+    if let Some(mask) = target.mask
+        && mask.len() != out * n
+    {
+        return Err(Error::Invalid(format!(
+            "a pruning mask for a weight of shape [{out}, {n}] needs {} entries, got {}",
+            out * n,
+            mask.len()
+        )));
+    }
+    match target.rule {
+        Some(PruneRule::Fraction(f)) if !(0.0..1.0).contains(&f) => Err(Error::Invalid(format!(
+            "sparsity must be in [0, 1), got {f}"
+        ))),
+        Some(PruneRule::NOfM { n: keep, m }) => {
+            if keep == 0 || keep >= m {
+                return Err(Error::Invalid(format!(
+                    "an N:M pattern keeps N of every M weights with 0 < N < M, got {keep}:{m}"
+                )));
+            }
+            if !n.is_multiple_of(m) {
+                return Err(Error::Invalid(format!(
+                    "an {keep}:{m} pattern needs rows whose length is a multiple of {m}; this \
+                     weight has shape [{out}, {n}]"
+                )));
+            }
+            if opts.act_order {
+                return Err(Error::Invalid(
+                    "an N:M pattern needs columns in their original order: act-order cannot \
+                     be combined with it"
+                        .into(),
+                ));
+            }
+            if !opts.block_size.min(n).is_multiple_of(m) {
+                return Err(Error::Invalid(format!(
+                    "an {keep}:{m} pattern needs a block size that is a multiple of {m}, got {}",
+                    opts.block_size
+                )));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Adds damping to the Hessian and returns `U` (row-major, upper) with
@@ -332,84 +455,4 @@ fn inverse_cholesky_upper(
     }
     let ok = u.iter().all(|x| x.is_finite()) && (0..n).all(|i| u[i * n + i] > 0.0);
     ok.then_some(u)
-}
-
-/// How a group's grid is chosen: min/max, or a clipping search weighted by column cost.
-struct Fitter {
-    scheme: QuantScheme,
-    search: Option<ClipSearch>,
-}
-
-impl Fitter {
-    fn fit(&self, values: &[f32], cost: &[f32]) -> Grid {
-        match &self.search {
-            None => self.scheme.fit(values.iter().copied()),
-            Some(search) => self.scheme.fit_clipped(values, Some(cost), search),
-        }
-    }
-}
-
-/// Quantizes a chunk of rows (processing order) in place; returns their loss.
-#[allow(clippy::too_many_arguments)]
-fn quantize_rows(
-    w: &mut [f64],
-    codes: &mut [u8],
-    grids: &mut [Grid],
-    u: &[f64],
-    cost_p: &[f32],
-    ng: usize,
-    block_size: usize,
-    mode: &GroupMode,
-    fitter: &Fitter,
-) -> f64 {
-    let n = cost_p.len();
-    let rows = w.len() / n;
-    let bs = block_size.min(n);
-    let mut err = vec![0.0f64; rows * bs];
-    let mut loss = 0.0;
-    for i1 in (0..n).step_by(bs) {
-        let i2 = (i1 + bs).min(n);
-        for p in i1..i2 {
-            let urow = &u[p * n..(p + 1) * n];
-            let d = urow[p];
-            for r in 0..rows {
-                let row = &mut w[r * n..(r + 1) * n];
-                let grid = match mode {
-                    GroupMode::Fixed(groups) => grids[r * ng + groups[p] as usize],
-                    GroupMode::Dynamic(g) => {
-                        let k = r * ng + p / g;
-                        if p.is_multiple_of(*g) {
-                            let cols: Vec<f32> = row[p..p + g].iter().map(|&x| x as f32).collect();
-                            grids[k] = fitter.fit(&cols, &cost_p[p..p + g]);
-                        }
-                        grids[k]
-                    }
-                };
-                let x = row[p];
-                let c = grid.quantize(x as f32);
-                codes[r * n + p] = c;
-                let e = (x - grid.dequantize(c) as f64) / d;
-                loss += e * e / 2.0;
-                err[r * bs + (p - i1)] = e;
-                for (x, &h) in row[p + 1..i2].iter_mut().zip(&urow[p + 1..i2]) {
-                    *x -= e * h;
-                }
-            }
-        }
-        if i2 < n {
-            for k in 0..i2 - i1 {
-                let urow = &u[(i1 + k) * n + i2..(i1 + k + 1) * n];
-                for r in 0..rows {
-                    let e = err[r * bs + k];
-                    if e != 0.0 {
-                        let row = &mut w[r * n + i2..(r + 1) * n];
-                        for (x, &h) in row.iter_mut().zip(urow) {
-                            *x -= e * h;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    loss
 }

@@ -7,15 +7,15 @@ use crate::{
     gptq_quantize_tensor, rtn_quantize,
 };
 
-const OUT: usize = 48;
-const IN: usize = 128;
+pub(crate) const OUT: usize = 48;
+pub(crate) const IN: usize = 128;
 const TOKENS: usize = 2048;
 /// GPTQ's output error must be below this fraction of RTN's on correlated inputs.
 const GPTQ_VS_RTN_MAX_RATIO: f64 = 0.8;
 
 /// `X = Z A` with Gaussian `Z` and a dense mixing `A` with uneven column scales, so `H = 2 X^T X
 /// / n` is far from diagonal and its diagonal varies (which act-order exploits).
-fn correlated_inputs(rng: &mut Rng, mix: bool) -> Vec<f32> {
+pub(crate) fn correlated_inputs(rng: &mut Rng, mix: bool) -> Vec<f32> {
     let z = rng.normal_vec(TOKENS * IN);
     if !mix {
         return z;
@@ -39,7 +39,7 @@ fn correlated_inputs(rng: &mut Rng, mix: bool) -> Vec<f32> {
     x
 }
 
-fn hessian_of(x: &[f32]) -> Vec<f64> {
+pub(crate) fn hessian_of(x: &[f32]) -> Vec<f64> {
     let mut acc = HessianAccumulator::new(IN);
     // Two batches, as a calibration loop would feed them.
     acc.add_batch_slice(&x[..TOKENS / 2 * IN]).unwrap();

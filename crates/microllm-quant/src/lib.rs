@@ -29,6 +29,7 @@
 
 mod gptq;
 mod hessian;
+pub mod obs;
 mod rtn;
 mod scheme;
 mod weight;
@@ -36,10 +37,16 @@ mod weight;
 #[cfg(test)]
 mod gptq_tests;
 #[cfg(test)]
+mod obs_tests;
+#[cfg(test)]
 mod testutil;
 
-pub use gptq::{GptqOptions, GptqStats, MAX_DAMP_RETRIES, gptq_quantize, gptq_quantize_tensor};
+pub use gptq::{
+    GptqOptions, GptqStats, MAX_DAMP_RETRIES, ObsResult, ObsTarget, gptq_quantize,
+    gptq_quantize_tensor, obs_compress,
+};
 pub use hessian::HessianAccumulator;
+pub use obs::PruneRule;
 pub use rtn::{rtn_quantize, rtn_quantize_tensor};
 pub use scheme::{ClipSearch, Grid, QuantScheme};
 pub use weight::QuantizedWeight;

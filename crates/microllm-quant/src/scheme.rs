@@ -246,7 +246,7 @@ impl QuantScheme {
 }
 
 /// One group's integer grid: `w = scale * (code - zero)`, codes in `0..=maxq`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Grid {
     pub scale: f32,
     pub zero: u8,

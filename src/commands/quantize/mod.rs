@@ -1,24 +1,28 @@
 //! `microllm quantize`: GPTQ or RTN, streamed block by block, to GGUF or safetensors, with a
 //! report of what was lost.
 
-mod plan;
-mod report;
+pub(crate) mod plan;
+pub(crate) mod report;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::GgmlDType;
 use microllm_io::Checkpoint;
-use microllm_io::calibration::CalibrationSet;
 use microllm_io::gguf::{GgufExport, write_gguf};
-use microllm_io::write::{HfOutput, HfWriteOptions, write_hf_dir};
+use microllm_io::quantized::QuantMethod;
+use microllm_io::write::{HfOutput, HfWriteOptions, PackedOutput, write_hf_dir, write_packed_dir};
 use microllm_pipeline::output::{GgufCodes, QuantizedSource};
+use microllm_pipeline::packed::{
+    StoredLinears, compressed_quantization_config, gptq_quantization_config,
+};
 use microllm_pipeline::{BlockMethod, BlockStore, LayerwiseJob, run_layerwise};
-use microllm_quant::{GptqOptions, QuantScheme};
+use microllm_quant::{ClipSearch, GptqOptions, QuantScheme};
 
 use self::plan::{GroupSize, parse_group_size};
 use self::report::{CalibrationRecord, EvalRecord, Report};
+use super::calibrate::{self, CalibrationRequest};
 use super::convert::{Dtype, GgufType};
 use crate::progress::Bar;
 
@@ -29,7 +33,11 @@ use crate::progress::Bar;
 /// whole 32-weight blocks are written exactly as Q4_0 (symmetric, 2-4 bits), Q4_1
 /// (asymmetric, 2-4 bits) or Q8_0 (symmetric, 5-8 bits); other settings are stored as F16 of
 /// the quantized weights (the report says so). --format safetensors writes a Hugging Face
-/// directory holding the quantized weights' values in --dtype. --gguf-type instead writes
+/// directory holding the quantized weights' values in --dtype. --format gptq and --format
+/// compressed-tensors write Hugging Face directories with the codes packed as GPTQ (v1) or
+/// compressed-tensors (pack-quantized) checkpoints, the other tensors in their source dtype
+/// (f16 when the source is GGUF-quantized); with --act-order their groups follow the
+/// processing order (g_idx), as transformers and vLLM expect. --gguf-type instead writes
 /// llama.cpp's own block types by llama.cpp's round-to-nearest (no calibration). A report
 /// (OUT.report.json and OUT.report.md beside the output) records per-layer errors, size,
 /// bits/weight, time, and with --eval the perplexity before and after.
@@ -38,7 +46,8 @@ pub struct Args {
     /// Model directory, .gguf file or hub repo id.
     #[arg(long, short)]
     model: String,
-    /// Output file (GGUF) or directory (safetensors); must not exist unless --force.
+    /// Output file (GGUF) or directory (safetensors, gptq, compressed-tensors); must not
+    /// exist unless --force.
     #[arg(long, short)]
     out: PathBuf,
     /// Bits per weight code, 2-8.
@@ -66,6 +75,10 @@ pub struct Args {
     /// q/k/v Hessians [default: --seqlen; 1 = plain GPTQ].
     #[arg(long)]
     sink_weight: Option<f64>,
+    /// GPTQ: fit every group's grid to its min/max instead of searching the clipping range
+    /// that loses least (the search is the default; see docs/benchmarks.md).
+    #[arg(long)]
+    no_clip_search: bool,
     /// GPTQ: dampening as a fraction of the Hessian's mean diagonal.
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
@@ -75,7 +88,8 @@ pub struct Args {
     /// Write llama.cpp's block type instead (round-to-nearest as llama.cpp does; no GPTQ).
     #[arg(long, value_enum)]
     gguf_type: Option<GgufType>,
-    /// Weight dtype of safetensors output.
+    /// Weight dtype of --format safetensors output (gptq / compressed-tensors keep the
+    /// unquantized tensors in their source dtype).
     #[arg(long, value_enum, default_value_t = Dtype::F16)]
     dtype: Dtype,
     /// Calibration data: a UTF-8 text file, or a .safetensors file with int64 `input_ids`.
@@ -116,15 +130,28 @@ pub struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-enum Method {
+pub(crate) enum Method {
     Gptq,
     Rtn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Format {
+    /// llama.cpp's GGUF file.
     Gguf,
+    /// Hugging Face directory of the dequantized values in --dtype.
     Safetensors,
+    /// GPTQ checkpoint (v1: qweight/qzeros/scales/g_idx), a Hugging Face directory.
+    Gptq,
+    /// compressed-tensors `pack-quantized` checkpoint (llm-compressor's), a directory.
+    CompressedTensors,
+}
+
+impl Format {
+    /// GPTQ and compressed-tensors: packed codes in a Hugging Face directory.
+    fn packed(self) -> bool {
+        matches!(self, Format::Gptq | Format::CompressedTensors)
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -135,8 +162,11 @@ pub fn run(args: Args) -> Result<()> {
             args.out.display()
         );
     }
-    if args.gguf_type.is_some() && args.format == Format::Safetensors {
-        bail!("--gguf-type applies to GGUF output, not --format safetensors");
+    if args.gguf_type.is_some() && args.format != Format::Gguf {
+        bail!(
+            "--gguf-type applies to GGUF output, not --format {:?}",
+            args.format
+        );
     }
     if args
         .sink_weight
@@ -165,6 +195,7 @@ pub fn run(args: Args) -> Result<()> {
         act_order: args.act_order,
         // Contiguous groups are what ggml blocks (and most kernels) need.
         static_groups: args.act_order && gguf,
+        clip_search: (!args.no_clip_search).then(ClipSearch::default),
         ..GptqOptions::default()
     };
     let method = match method_kind {
@@ -177,6 +208,10 @@ pub fn run(args: Args) -> Result<()> {
     let scattered = args.act_order && !gptq.static_groups && method_kind == Method::Gptq;
     let (tensor_plan, dominant) = if gguf {
         plan::gguf_plan(&ckpt.config, ckpt.tensors.as_ref(), &scheme, scattered)?
+    } else if args.format.packed() {
+        let ct = args.format == Format::CompressedTensors;
+        let plan = plan::packed_plan(&ckpt.config, ckpt.tensors.as_ref(), &scheme, ct, scattered);
+        (plan, GgmlDType::F16)
     } else {
         let plan = plan::dense_plan(&ckpt.config, ckpt.tensors.as_ref(), args.dtype.out());
         (plan, GgmlDType::F16)
@@ -228,14 +263,24 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let calibration = match method_kind {
-        Method::Gptq => Some(calibration(&args, &ckpt)?),
+        Method::Gptq => Some(calibrate::draw(
+            CalibrationRequest {
+                path: args.calib.as_deref(),
+                samples: args.samples,
+                seqlen: args.seqlen,
+                seed: args.seed,
+                allow_short: args.allow_short_calib,
+                missing_hint: "GPTQ needs calibration data (or use --method rtn)",
+            },
+            &ckpt,
+        )?),
         Method::Rtn => None,
     };
     if let Some(set) = &calibration {
         report.calibration = Some(CalibrationRecord::new(args.calib.as_deref(), set));
     }
     let windows = calibration.as_ref().map_or(&[][..], |c| &c.windows[..]);
-    let work = work_dir(&args.out);
+    let work = calibrate::work_dir(&args.out);
     let fingerprint = serde_json::json!({
         "microllm": env!("CARGO_PKG_VERSION"),
         "model": args.model,
@@ -269,6 +314,33 @@ pub fn run(args: Args) -> Result<()> {
         let export = gguf_export(&ckpt, &quantized, Some(&codes));
         let summary = write_gguf(&export, &args.out, dominant, args.force, &Bar::new())?;
         report.notes.extend(summary.notes);
+    } else if args.format.packed() {
+        let linears = StoredLinears::new(&ckpt.config, &store);
+        let (method, quantization_config) = if args.format == Format::Gptq {
+            let wrapped = linears.gptq_wrapped_zeros(ckpt.config.num_layers)?;
+            if wrapped > 0 {
+                report.notes.push(format!(
+                    "{wrapped} groups have zero point 0, stored as GPTQ v1's wrapped field \
+                     2^bits-1: microllm and GPTQModel read them exactly, kernels that add 1 \
+                     without masking (legacy exllama) read zero 2^bits"
+                ));
+            }
+            let qc = gptq_quantization_config(&scheme, scattered, gptq.static_groups, args.damp);
+            (QuantMethod::Gptq, qc)
+        } else {
+            let qc = compressed_quantization_config(&scheme, scattered);
+            (QuantMethod::CompressedTensors, qc)
+        };
+        let output = PackedOutput {
+            config: &ckpt.config,
+            tensors: ckpt.tensors.as_ref(),
+            packed: &linears,
+            method,
+            quantization_config,
+            tokenizer: ckpt.tokenizer.as_ref(),
+            chat_template: ckpt.chat_template.as_deref(),
+        };
+        write_packed_dir(&output, &args.out, 2_000_000_000, args.force, &Bar::new())?;
     } else {
         let output = HfOutput {
             config: &ckpt.config,
@@ -346,90 +418,18 @@ fn gguf_export<'a>(
 /// Optional evaluation, then the report files.
 fn finish(args: &Args, ckpt: &Checkpoint, mut report: Report, started: Instant) -> Result<()> {
     if let Some(data) = &args.eval {
-        report.eval = Some(evaluate(args, data, ckpt)?);
+        let opts = microllm_eval::PerplexityOptions {
+            ctx: args.eval_ctx,
+            max_windows: Some(args.eval_windows),
+        };
+        let (base, after) = calibrate::evaluate_before_after(data, opts, ckpt, &args.out)?;
+        report.eval = Some(EvalRecord::new(data, base, after));
     }
     report.total_seconds = started.elapsed().as_secs_f64();
     let (json, md) = report.write(&args.out)?;
     report.print_summary();
     println!("report       {} and {}", json.display(), md.display());
     Ok(())
-}
-
-fn evaluate(args: &Args, data: &Path, ckpt: &Checkpoint) -> Result<EvalRecord> {
-    let text = super::read_text(data)?;
-    let tokens = ckpt
-        .require_tokenizer()?
-        .encode(&text, true)
-        .with_context(|| format!("tokenizing {}", data.display()))?;
-    let opts = microllm_eval::PerplexityOptions {
-        ctx: args.eval_ctx,
-        max_windows: Some(args.eval_windows),
-    };
-    let measure = |c: &Checkpoint| -> Result<microllm_eval::PerplexityResult> {
-        let model = super::load_decoder(c)?;
-        Ok(microllm_eval::perplexity(
-            &model,
-            &tokens,
-            opts,
-            &Bar::new(),
-        )?)
-    };
-    let base = measure(ckpt).context("evaluating the original model")?;
-    let output = super::open_model(&args.out.to_string_lossy())?;
-    let quantized = measure(&output).context("evaluating the output")?;
-    Ok(EvalRecord::new(data, base, quantized))
-}
-
-/// Calibration windows from --calib, with a too-short file an error unless allowed.
-fn calibration(args: &Args, ckpt: &Checkpoint) -> Result<CalibrationSet> {
-    let Some(path) = &args.calib else {
-        bail!(
-            "GPTQ needs calibration data: pass --calib FILE (text, e.g. a few hundred KB of \
-             web text), or use --method rtn"
-        );
-    };
-    if args.samples == 0 || args.seqlen == 0 {
-        bail!("--samples and --seqlen must be positive");
-    }
-    let is_ids = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    let set = if is_ids {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let ids: Vec<u32> = microllm_io::arrays::read_token_ids(path, "input_ids")?.concat();
-        CalibrationSet::draw_from(&bytes, &ids, args.samples, args.seqlen, args.seed)
-    } else {
-        let text = super::read_text(path)?;
-        let ids = ckpt
-            .require_tokenizer()?
-            .encode(&text, false)
-            .with_context(|| format!("tokenizing {}", path.display()))?;
-        CalibrationSet::draw(&text, &ids, args.samples, args.seqlen, args.seed)
-    };
-    if set.windows.is_empty() || (set.shortfall() > 0 && !args.allow_short_calib) {
-        bail!(
-            "{} holds {} tokens: {} windows of {}, fewer than the {} asked for; use a longer \
-             file, fewer --samples or a shorter --seqlen{}",
-            path.display(),
-            set.text_tokens,
-            set.available,
-            set.seqlen,
-            set.requested,
-            if set.windows.is_empty() {
-                ""
-            } else {
-                ", or --allow-short-calib"
-            }
-        );
-    }
-    Ok(set)
-}
-
-/// `OUT.microllm-work`, beside the output.
-fn work_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".microllm-work");
-    out.with_file_name(name)
 }
 
 /// A note when the source's linears are already block-quantized (re-quantizing with the same

@@ -218,3 +218,58 @@ pub fn print_plan(plan: &[TensorPlan]) {
         bytes as f64 * 8.0 / params.max(1) as f64
     );
 }
+
+/// GPTQ / compressed-tensors output: quantized linears packed (their exact on-disk size),
+/// every other tensor in its source dtype (f16 when the source stores it quantized).
+pub fn packed_plan(
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    scheme: &QuantScheme,
+    compressed_tensors: bool,
+    scattered_groups: bool,
+) -> Vec<TensorPlan> {
+    use microllm_io::quantized::bits::{fixed_words, stream_words};
+    let bits = scheme.bits;
+    src.infos()
+        .into_iter()
+        .map(|i| {
+            let quantized = names::parse_linear_weight(cfg.family, &i.name).is_some();
+            let (dtype, bytes) = if quantized {
+                let (out, inp) = (i.shape[0], i.shape[1]);
+                let ng = inp / scheme.group_len(inp);
+                let g_idx = if scattered_groups { 4 * inp } else { 0 };
+                if compressed_tensors {
+                    let zp = if scheme.symmetric {
+                        0
+                    } else {
+                        4 * fixed_words(out, bits) * ng
+                    };
+                    let bytes = 4 * out * fixed_words(inp, bits) + 2 * out * ng + zp + 16 + g_idx;
+                    (format!("Q{bits}-ct"), bytes)
+                } else {
+                    let bytes = 4 * stream_words(inp, bits) * out
+                        + 4 * ng * stream_words(out, bits)
+                        + 2 * ng * out
+                        + 4 * inp;
+                    (format!("Q{bits}-gptq"), bytes)
+                }
+            } else {
+                let d = match i.dtype.as_str() {
+                    "F32" => OutDtype::F32,
+                    "BF16" => OutDtype::BF16,
+                    _ => OutDtype::F16,
+                };
+                (d.safetensors_name().to_string(), i.numel() * d.size())
+            };
+            TensorPlan {
+                quantized,
+                bytes: bytes as u64,
+                hf_name: i.name.clone(),
+                name: i.name,
+                shape: i.shape,
+                dtype,
+                fallback: None,
+            }
+        })
+        .collect()
+}

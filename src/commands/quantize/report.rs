@@ -130,6 +130,9 @@ impl Report {
                 "block_size": g.block_size,
                 "act_order": g.act_order,
                 "static_groups": g.static_groups,
+                "clip_search": g.clip_search.map(|c| json!({
+                    "steps": c.steps, "max_shrink": c.max_shrink, "norm": c.norm,
+                })),
                 "true_sequential": true,
             })),
         });

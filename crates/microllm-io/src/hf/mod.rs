@@ -1,16 +1,19 @@
 //! Hugging Face model directories: `config.json`, safetensors (one file, or shards listed by
-//! `model.safetensors.index.json`), `tokenizer.json` and `tokenizer_config.json`.
+//! `model.safetensors.index.json`), `tokenizer.json` and `tokenizer_config.json`. A
+//! `quantization_config` in config.json (GPTQ, compressed-tensors) makes the packed linears
+//! appear dequantized under their usual names ([`crate::quantized`]).
 
 mod config;
 mod safetensors;
 
 use std::path::{Path, PathBuf};
 
-use microllm_core::{Error, Result};
+use microllm_core::{Error, Result, TensorSource};
 use serde_json::Value;
 
 pub use self::config::{parse_config, read_config};
 pub use self::safetensors::SafetensorsSource;
+use crate::quantized::{QuantMethod, QuantizedDirSource};
 use crate::{Checkpoint, CheckpointFormat, Tokenizer};
 
 /// The index file that lists the shards of a sharded checkpoint.
@@ -25,10 +28,29 @@ pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
             msg: "no config.json in this directory".into(),
         });
     }
-    let config = read_config(&config_path)?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
+    let method = QuantMethod::detect(&value, &config_path)?;
+    let config = parse_config(&value, &config_path)?;
     let files = weight_files(dir)?;
-    let tensors = SafetensorsSource::open(dir, &files)?;
-    check_index(dir, &tensors)?;
+    let (format, tensors): (CheckpointFormat, Box<dyn TensorSource>) = match method {
+        None => {
+            let tensors = SafetensorsSource::open(dir, &files)?;
+            check_index(dir, |name| tensors.file_of(name).map(Path::to_path_buf))?;
+            (CheckpointFormat::HfDir, Box::new(tensors))
+        }
+        Some(method) => {
+            let tensors = QuantizedDirSource::open(dir, &files, method, &value, &config_path)?;
+            let raw = SafetensorsSource::open(dir, &files)?;
+            check_index(dir, |name| raw.file_of(name).map(Path::to_path_buf))?;
+            let format = match method {
+                QuantMethod::Gptq => CheckpointFormat::Gptq,
+                QuantMethod::CompressedTensors => CheckpointFormat::CompressedTensors,
+            };
+            (format, Box::new(tensors))
+        }
+    };
 
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() {
@@ -38,12 +60,26 @@ pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
     };
     Ok(Checkpoint {
         path: dir.to_path_buf(),
-        format: CheckpointFormat::HfDir,
+        format,
         config,
-        tensors: Box::new(tensors),
+        tensors,
         tokenizer,
         chat_template: chat_template(dir)?,
     })
+}
+
+/// The packed-linear view of a GPTQ / compressed-tensors directory (codes, not only
+/// dequantized values), or `None` when its config.json declares no quantization.
+pub fn open_quantized(dir: &Path) -> Result<Option<QuantizedDirSource>> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
+    let Some(method) = QuantMethod::detect(&value, &config_path)? else {
+        return Ok(None);
+    };
+    let files = weight_files(dir)?;
+    QuantizedDirSource::open(dir, &files, method, &value, &config_path).map(Some)
 }
 
 /// The safetensors files of a directory: the shards named by the index, or `*.safetensors`.
@@ -122,14 +158,14 @@ fn read_weight_map(index: &Path) -> Result<Vec<(String, String)>> {
 }
 
 /// Every tensor the index promises is in the shard it names.
-fn check_index(dir: &Path, tensors: &SafetensorsSource) -> Result<()> {
+fn check_index(dir: &Path, file_of: impl Fn(&str) -> Option<PathBuf>) -> Result<()> {
     let index = dir.join(INDEX_FILE);
     if !index.is_file() {
         return Ok(());
     }
     for (name, file) in read_weight_map(&index)? {
-        let found = tensors.file_of(&name);
-        if found.and_then(Path::file_name) != Some(std::ffi::OsStr::new(&file)) {
+        let found = file_of(&name);
+        if found.as_deref().and_then(Path::file_name) != Some(std::ffi::OsStr::new(&file)) {
             return Err(Error::format(
                 &index,
                 format!("weight_map says tensor `{name}` is in `{file}`, but it is not there"),

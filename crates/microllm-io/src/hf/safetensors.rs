@@ -96,6 +96,18 @@ impl SafetensorsSource {
             .map(|e| self.shards[e.shard].path.as_path())
     }
 
+    /// A tensor's stored bytes, dtype and shape, borrowed from the mapping (for packed
+    /// integer tensors, which [`TensorSource::load`] does not decode).
+    pub fn raw(&self, name: &str) -> Option<crate::quantized::RawTensor<'_>> {
+        let e = self.entries.get(name)?;
+        Some(crate::quantized::RawTensor {
+            name: name.to_string(),
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            data: std::borrow::Cow::Borrowed(&self.shards[e.shard].map[e.start..e.end]),
+        })
+    }
+
     fn entry_info(&self, name: &str, e: &Entry) -> TensorInfo {
         TensorInfo {
             name: name.to_string(),

@@ -179,7 +179,11 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: OutDtype) -> Value {
     v
 }
 
-fn tokenizer_config(cfg: &ModelConfig, tok: &Tokenizer, chat_template: Option<&str>) -> Value {
+pub(crate) fn tokenizer_config(
+    cfg: &ModelConfig,
+    tok: &Tokenizer,
+    chat_template: Option<&str>,
+) -> Value {
     let name = |id: Option<u32>| id.and_then(|id| tok.inner().id_to_token(id));
     let mut v = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -199,7 +203,7 @@ fn tokenizer_config(cfg: &ModelConfig, tok: &Tokenizer, chat_template: Option<&s
     v
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<()> {
+pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON of plain values");
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }

@@ -108,7 +108,10 @@ pub fn write_safetensors(
 }
 
 /// Little-endian bytes of a tensor in `dtype`, refusing non-finite values.
-fn tensor_bytes(tensor: &Tensor, dtype: OutDtype) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn tensor_bytes(
+    tensor: &Tensor,
+    dtype: OutDtype,
+) -> std::result::Result<Vec<u8>, String> {
     let flat = tensor
         .flatten_all()
         .and_then(|t| t.to_dtype(dtype.candle()))

@@ -1,0 +1,484 @@
+//! compressed-tensors checkpoints (llm-compressor's format; vLLM and transformers load it),
+//! `pack-quantized` weights.
+//!
+//! Per quantized linear `P` (its `P.weight` is replaced):
+//!
+//! | tensor | dtype | shape | content |
+//! |---|---|---|---|
+//! | `P.weight_packed` | int32 | `[out, ceil(in / (32/bits))]` | `32/bits` codes per word along the input dimension, lowest bits first (3-bit: 10 per word, 2 bits unused) |
+//! | `P.weight_scale` | f16 | `[out, n_groups]` | |
+//! | `P.weight_zero_point` | int32 | `[ceil(out / (32/bits)), n_groups]` | asymmetric only: zero points packed the same way, down the *output* dimension |
+//! | `P.weight_shape` | int64 | `[2]` | `[out, in]` |
+//! | `P.weight_g_idx` | int32 | `[in]` | with `actorder: "group"` only |
+//!
+//! compressed-tensors quantizes to signed integers `q` in `[-2^(bits-1), 2^(bits-1))` with a
+//! signed zero point `zp` (0 when symmetric) and dequantizes `scale * (q - zp)`; packing adds
+//! `2^(bits-1)` to both. microllm's unsigned code `c` and zero `z` are therefore exactly the
+//! packed fields (`c = q + 2^(bits-1)`, `z = zp + 2^(bits-1)`): nothing is shifted, and a
+//! symmetric weight's zero is `2^(bits-1)`. An unpacked int8 `weight_zero_point` `[out,
+//! n_groups]` (older releases) is read as well.
+
+use std::path::Path;
+
+use microllm_core::{Error, Result};
+use safetensors::Dtype;
+use serde_json::{Value, json};
+
+use super::bits::{fixed_get, fixed_words, pack_fixed, unpack_fixed};
+use super::{LinearCodes, RawTensor, f16_bytes, words_bytes};
+
+/// The tensor suffixes of one pack-quantized linear.
+pub const SUFFIXES: [&str; 5] = [
+    "weight_packed",
+    "weight_scale",
+    "weight_zero_point",
+    "weight_shape",
+    "weight_g_idx",
+];
+
+/// The compression format microllm reads and writes for quantized weights.
+pub const PACK_QUANTIZED: &str = "pack-quantized";
+
+/// The weight scheme of a compressed-tensors checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CtConfig {
+    pub bits: u8,
+    pub symmetric: bool,
+    /// `None` for the `channel` strategy.
+    pub group_size: Option<usize>,
+    /// `actorder: "group"`: `weight_g_idx` is stored.
+    pub actorder: bool,
+}
+
+impl CtConfig {
+    /// Reads `quantization_config` (known to say `quant_method: compressed-tensors`). Formats
+    /// and schemes microllm does not read are errors naming the key.
+    pub fn parse(qc: &Value, path: &Path) -> Result<Self> {
+        let err =
+            |k: &str, msg: String| Error::config(path, format!("quantization_config.{k}"), msg);
+        let format = qc
+            .get("format")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("format", "missing or not a string".into()))?;
+        if format != PACK_QUANTIZED {
+            return Err(err(
+                "format",
+                format!(
+                    "compressed-tensors format `{format}` is not one microllm reads (it reads `{PACK_QUANTIZED}`)"
+                ),
+            ));
+        }
+        let groups = qc
+            .get("config_groups")
+            .and_then(Value::as_object)
+            .ok_or_else(|| err("config_groups", "missing or not an object".into()))?;
+        let (gname, group) = match groups.iter().collect::<Vec<_>>()[..] {
+            [one] => one,
+            _ => {
+                return Err(err(
+                    "config_groups",
+                    format!(
+                        "{} groups; microllm reads checkpoints with one scheme for every linear",
+                        groups.len()
+                    ),
+                ));
+            }
+        };
+        let at = |k: &str| format!("config_groups.{gname}.{k}");
+        if let Some(f) = group.get("format").and_then(Value::as_str)
+            && f != PACK_QUANTIZED
+        {
+            return Err(err(
+                &at("format"),
+                format!("format `{f}` is not `{PACK_QUANTIZED}`"),
+            ));
+        }
+        if group.get("input_activations").is_some_and(|v| !v.is_null()) {
+            return Err(err(
+                &at("input_activations"),
+                "activation quantization is not read (weight-only schemes are)".into(),
+            ));
+        }
+        let w = group
+            .get("weights")
+            .and_then(Value::as_object)
+            .ok_or_else(|| err(&at("weights"), "missing or not an object".into()))?;
+        let ty = w.get("type").and_then(Value::as_str).unwrap_or("int");
+        if ty != "int" {
+            return Err(err(
+                &at("weights.type"),
+                format!("`{ty}` (microllm reads `int`)"),
+            ));
+        }
+        let bits = w
+            .get("num_bits")
+            .and_then(Value::as_u64)
+            .filter(|b| (2..=8).contains(b))
+            .ok_or_else(|| err(&at("weights.num_bits"), "missing or not in 2..=8".into()))?;
+        let strategy = w.get("strategy").and_then(Value::as_str).unwrap_or("group");
+        let group_size = match strategy {
+            "channel" => None,
+            "group" => Some(
+                w.get("group_size")
+                    .and_then(Value::as_u64)
+                    .filter(|&g| g > 0)
+                    .ok_or_else(|| {
+                        err(&at("weights.group_size"), "missing or not positive".into())
+                    })? as usize,
+            ),
+            other => {
+                return Err(err(
+                    &at("weights.strategy"),
+                    format!("`{other}` (microllm reads `group` and `channel`)"),
+                ));
+            }
+        };
+        let actorder = match w.get("actorder") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::String(s)) if s == "group" || s == "weight" => s == "group",
+            Some(Value::Bool(true)) => true,
+            Some(other) => {
+                return Err(err(
+                    &at("weights.actorder"),
+                    format!("unknown value {other}"),
+                ));
+            }
+        };
+        Ok(Self {
+            bits: bits as u8,
+            symmetric: w.get("symmetric").and_then(Value::as_bool).unwrap_or(true),
+            group_size,
+            actorder,
+        })
+    }
+
+    /// `quantization_config` as llm-compressor writes it for a weight-only int scheme.
+    pub fn to_json(&self, ignore: &[String]) -> Value {
+        json!({
+            "quant_method": "compressed-tensors",
+            "format": PACK_QUANTIZED,
+            "quantization_status": "compressed",
+            "config_groups": {
+                "group_0": {
+                    "targets": ["Linear"],
+                    "weights": {
+                        "num_bits": self.bits,
+                        "type": "int",
+                        "symmetric": self.symmetric,
+                        "strategy": if self.group_size.is_some() { "group" } else { "channel" },
+                        "group_size": self.group_size,
+                        "actorder": if self.actorder { json!("group") } else { Value::Null },
+                        "dynamic": false,
+                        "observer": "minmax",
+                        "observer_kwargs": {},
+                        "block_structure": null,
+                    },
+                    "input_activations": null,
+                    "output_activations": null,
+                    "format": PACK_QUANTIZED,
+                }
+            },
+            "ignore": ignore,
+            "kv_cache_scheme": null,
+            "global_compression_ratio": null,
+            "sparsity_config": {},
+            "version": "0.10.2",
+        })
+    }
+}
+
+/// The compressed-tensors tensors of one linear, named `{prefix}.weight_packed` etc.
+pub fn encode(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+    let [out, inp] = q.shape;
+    let (bits, ng) = (q.bits, q.n_groups);
+    let cols = fixed_words(inp, bits);
+    let packed: Vec<u32> = q
+        .codes
+        .chunks_exact(inp)
+        .flat_map(|row| pack_fixed(row, bits))
+        .collect();
+    let name = |s: &str| format!("{prefix}.{s}");
+    let mut t = vec![
+        RawTensor::owned(
+            name("weight_packed"),
+            Dtype::I32,
+            vec![out, cols],
+            words_bytes(&packed),
+        ),
+        RawTensor::owned(
+            name("weight_scale"),
+            Dtype::F16,
+            vec![out, ng],
+            f16_bytes(&q.scales),
+        ),
+    ];
+    if !q.symmetric {
+        let zrows = fixed_words(out, bits);
+        let mut zp = vec![0u32; zrows * ng];
+        for g in 0..ng {
+            let column: Vec<u8> = (0..out).map(|o| q.zeros[o * ng + g]).collect();
+            for (w, word) in pack_fixed(&column, bits).into_iter().enumerate() {
+                zp[w * ng + g] = word;
+            }
+        }
+        t.push(RawTensor::owned(
+            name("weight_zero_point"),
+            Dtype::I32,
+            vec![zrows, ng],
+            words_bytes(&zp),
+        ));
+    }
+    let shape: Vec<u8> = [out as i64, inp as i64]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    t.push(RawTensor::owned(
+        name("weight_shape"),
+        Dtype::I64,
+        vec![2],
+        shape,
+    ));
+    if let Some(g) = &q.g_idx {
+        let bytes = g.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect();
+        t.push(RawTensor::owned(
+            name("weight_g_idx"),
+            Dtype::I32,
+            vec![inp],
+            bytes,
+        ));
+    }
+    t
+}
+
+/// The stored tensors of one linear (`zero_point` and `g_idx` optional).
+pub struct CtTensors<'t, 'a> {
+    pub packed: &'t RawTensor<'a>,
+    pub scale: &'t RawTensor<'a>,
+    pub shape: &'t RawTensor<'a>,
+    pub zero_point: Option<&'t RawTensor<'a>>,
+    pub g_idx: Option<&'t RawTensor<'a>>,
+}
+
+/// The `[out, in]` shape of one linear after checking the tensors' dtypes and shapes against
+/// `weight_shape` and the configuration; errors name the tensor.
+pub fn shape_of(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<[usize; 2]> {
+    let bits = cfg.bits;
+    t.shape.expect(&[Dtype::I64, Dtype::I32], 1)?;
+    let dims = t.shape.ints();
+    let [out, inp] = match dims[..] {
+        [o, i] if o > 0 && i > 0 => [o as usize, i as usize],
+        _ => return Err(t.shape.error(format!("holds {dims:?}, not a 2-D shape"))),
+    };
+    t.packed.expect(&[Dtype::I32], 2)?;
+    t.packed.expect_shape(
+        &[out, fixed_words(inp, bits)],
+        &format!("weight_shape [{out}, {inp}] at {bits} bits"),
+    )?;
+    t.scale.expect(&[Dtype::F16, Dtype::BF16, Dtype::F32], 2)?;
+    let ng = t.scale.shape[1];
+    t.scale
+        .expect_shape(&[out, ng], &format!("{out} outputs from weight_shape"))?;
+    Ok([out, inp])
+}
+
+/// Unpacks one linear, checking every shape; errors name the tensor.
+pub fn decode(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<LinearCodes> {
+    let bits = cfg.bits;
+    let [out, inp] = shape_of(cfg, t)?;
+    let ng = t.scale.shape[1];
+    let group_size = cfg.group_size.unwrap_or(inp);
+    let zeros = match (cfg.symmetric, t.zero_point) {
+        (true, _) => vec![1u8 << (bits - 1); out * ng],
+        (false, None) => {
+            return Err(t
+                .packed
+                .error("the scheme is asymmetric but there is no weight_zero_point beside it"));
+        }
+        (false, Some(zp)) if zp.dtype == Dtype::I8 => {
+            zp.expect_shape(&[out, ng], "unpacked int8 zero points")?;
+            let offset = 1i16 << (bits - 1);
+            zp.data
+                .iter()
+                .map(|&b| (b as i8 as i16 + offset) as u8)
+                .collect()
+        }
+        (false, Some(zp)) => {
+            zp.expect(&[Dtype::I32], 2)?;
+            zp.expect_shape(
+                &[fixed_words(out, bits), ng],
+                &format!("{out} outputs x {ng} groups at {bits} bits"),
+            )?;
+            let words = zp.words();
+            let mut zeros = vec![0u8; out * ng];
+            for g in 0..ng {
+                let column: Vec<u32> = words.iter().skip(g).step_by(ng).copied().collect();
+                for (o, z) in unpack_fixed(&column, bits, out).into_iter().enumerate() {
+                    zeros[o * ng + g] = z;
+                }
+            }
+            zeros
+        }
+    };
+    let g_idx = match t.g_idx {
+        Some(g) => {
+            g.expect(&[Dtype::I32, Dtype::I64], 1)?;
+            g.expect_shape(&[inp], "one group per input column")?;
+            let v = g.ints();
+            if let Some(bad) = v.iter().find(|&&x| x < 0 || x as usize >= ng) {
+                return Err(g.error(format!("group {bad} is outside 0..{ng}")));
+            }
+            Some(v.into_iter().map(|x| x as u32).collect::<Vec<_>>())
+        }
+        None if inp.div_ceil(group_size) == ng => None,
+        None => {
+            return Err(t.scale.error(format!(
+                "{ng} groups, but {inp} inputs in groups of {group_size} make {}",
+                inp.div_ceil(group_size)
+            )));
+        }
+    };
+    let words = t.packed.words();
+    let cols = t.packed.shape[1];
+    let mut codes = vec![0u8; out * inp];
+    for (o, row) in codes.chunks_exact_mut(inp).enumerate() {
+        let w = &words[o * cols..(o + 1) * cols];
+        for (j, c) in row.iter_mut().enumerate() {
+            *c = fixed_get(w, bits, j);
+        }
+    }
+    let mut q = LinearCodes {
+        shape: [out, inp],
+        bits,
+        group_size,
+        symmetric: cfg.symmetric,
+        codes,
+        scales: t.scale.floats(),
+        zeros,
+        g_idx,
+        n_groups: ng,
+    };
+    if q.g_idx.is_some() && q.contiguous() && inp.div_ceil(group_size) == ng {
+        q.g_idx = None;
+    }
+    q.validate(&t.packed.name)?;
+    Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantized::bits::Rng;
+    use crate::quantized::testing::{explicit, random_codes};
+
+    fn cfg(q: &LinearCodes) -> CtConfig {
+        CtConfig {
+            bits: q.bits,
+            symmetric: q.symmetric,
+            group_size: Some(q.group_size),
+            actorder: q.g_idx.is_some(),
+        }
+    }
+
+    fn find<'t>(t: &'t [RawTensor<'static>], s: &str) -> Option<&'t RawTensor<'static>> {
+        t.iter().find(|x| x.name.ends_with(&format!(".{s}")))
+    }
+
+    fn round_trip(q: &LinearCodes) -> Result<LinearCodes> {
+        let t = encode("m", q);
+        decode(
+            &cfg(q),
+            &CtTensors {
+                packed: find(&t, "weight_packed").unwrap(),
+                scale: find(&t, "weight_scale").unwrap(),
+                shape: find(&t, "weight_shape").unwrap(),
+                zero_point: find(&t, "weight_zero_point"),
+                g_idx: find(&t, "weight_g_idx"),
+            },
+        )
+    }
+
+    #[test]
+    fn random_weights_round_trip_exactly() {
+        let mut rng = Rng(17);
+        for case in 0..400 {
+            let bits = [2u8, 3, 4, 8][case % 4];
+            let (sym, act) = (case % 8 < 4, case % 3 == 0);
+            let q = random_codes(&mut rng, bits, sym, act);
+            let back = round_trip(&q).unwrap();
+            assert_eq!(explicit(back.clone()), explicit(q.clone()), "case {case}");
+            assert_eq!(back.dequantize(), q.dequantize());
+        }
+    }
+
+    /// Eight 4-bit codes per word along the input, the symmetric zero implied, an asymmetric
+    /// zero point packed down the output dimension.
+    #[test]
+    fn layout_matches_the_reference() {
+        let mut rng = Rng(1);
+        let mut q = random_codes(&mut rng, 4, false, false);
+        q.shape = [10, 16];
+        q.group_size = 8;
+        q.n_groups = 2;
+        q.codes = (0..160).map(|i| (i % 16) as u8).collect();
+        q.scales = vec![1.0; 20];
+        q.zeros = (0..20).map(|i| (i / 2) as u8).collect();
+        let t = encode("m", &q);
+        let packed = find(&t, "weight_packed").unwrap();
+        assert_eq!(packed.shape, vec![10, 2]);
+        assert_eq!(packed.words()[0], 0x7654_3210);
+        let zp = find(&t, "weight_zero_point").unwrap();
+        assert_eq!(zp.shape, vec![2, 2]);
+        // Group 0 of outputs 0..8 has zeros 0..8.
+        assert_eq!(zp.words()[0], 0x7654_3210);
+        assert_eq!(find(&t, "weight_shape").unwrap().ints(), vec![10, 16]);
+        q.symmetric = true;
+        q.zeros = vec![8; 20];
+        assert!(find(&encode("m", &q), "weight_zero_point").is_none());
+    }
+
+    #[test]
+    fn missing_zero_point_and_bad_shapes_name_the_tensor() {
+        let mut rng = Rng(2);
+        let q = random_codes(&mut rng, 4, false, false);
+        let t = encode("model.layers.1.self_attn.k_proj", &q);
+        let mut c = cfg(&q);
+        let base = CtTensors {
+            packed: find(&t, "weight_packed").unwrap(),
+            scale: find(&t, "weight_scale").unwrap(),
+            shape: find(&t, "weight_shape").unwrap(),
+            zero_point: None,
+            g_idx: None,
+        };
+        let err = decode(&c, &base).unwrap_err().to_string();
+        assert!(
+            err.contains("k_proj.weight_packed") && err.contains("zero_point"),
+            "{err}"
+        );
+        c.bits = 2;
+        let err = decode(&c, &base).unwrap_err().to_string();
+        assert!(err.contains("k_proj.weight_packed"), "{err}");
+    }
+
+    #[test]
+    fn unread_formats_and_schemes_name_the_key() {
+        let p = Path::new("config.json");
+        let cfg = CtConfig {
+            bits: 4,
+            symmetric: true,
+            group_size: Some(32),
+            actorder: false,
+        };
+        let mut v = cfg.to_json(&["lm_head".into()]);
+        assert_eq!(CtConfig::parse(&v, p).unwrap(), cfg);
+        v["format"] = json!("sparse-bitmask");
+        let err = CtConfig::parse(&v, p).unwrap_err().to_string();
+        assert!(
+            err.contains("quantization_config.format") && err.contains("sparse-bitmask"),
+            "{err}"
+        );
+        let mut v = cfg.to_json(&[]);
+        v["config_groups"]["group_0"]["weights"]["type"] = json!("float");
+        let err = CtConfig::parse(&v, p).unwrap_err().to_string();
+        assert!(err.contains("config_groups.group_0.weights.type"), "{err}");
+    }
+}

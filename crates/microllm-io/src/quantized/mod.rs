@@ -1,0 +1,360 @@
+//! Quantized safetensors checkpoints: GPTQ (v1 layout) and compressed-tensors
+//! (`pack-quantized`), written and read.
+//!
+//! Both formats hold, per linear layer, the same information as microllm's canonical
+//! quantized weight (`microllm_quant::QuantizedWeight`): one integer code per weight, a scale
+//! and an integer zero point per (row, group), and optionally GPTQ's per-column group index.
+//! This crate does not depend on the quantizer, so [`LinearCodes`] mirrors that form with
+//! plain arrays; the packers ([`gptq`], [`compressed`]) only re-arrange its bits, and the
+//! reader ([`QuantizedDirSource`]) unpacks them and dequantizes with the same f32 expression
+//! the quantizer uses, `scale * (code - zero)`, so a round trip gives identical weights.
+//!
+//! Which format a directory holds is `config.json`'s `quantization_config.quant_method`
+//! ([`QuantMethod::detect`]).
+
+pub mod bits;
+pub mod compressed;
+pub mod gptq;
+mod source;
+
+use std::path::Path;
+
+use microllm_core::{Error, Result};
+use serde_json::Value;
+
+pub use self::source::QuantizedDirSource;
+
+/// One quantized linear, unpacked: `w[r, j] = scales[r, g] * (codes[r, j] - zeros[r, g])`
+/// with `g = g_idx[j]` (or `j / group_size` when `g_idx` is `None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearCodes {
+    /// `[out, in]`.
+    pub shape: [usize; 2],
+    pub bits: u8,
+    /// Columns per group (`in` for one group per row).
+    pub group_size: usize,
+    pub symmetric: bool,
+    /// Row-major `[out, in]`, original column order.
+    pub codes: Vec<u8>,
+    /// Row-major `[out, n_groups]`.
+    pub scales: Vec<f32>,
+    /// Row-major `[out, n_groups]`.
+    pub zeros: Vec<u8>,
+    /// Group of each input column when not `j / group_size` (act-order).
+    pub g_idx: Option<Vec<u32>>,
+    /// Groups per row.
+    pub n_groups: usize,
+}
+
+impl LinearCodes {
+    /// The group of every input column.
+    pub fn g_idx(&self) -> Vec<u32> {
+        match &self.g_idx {
+            Some(g) => g.clone(),
+            None => (0..self.shape[1])
+                .map(|j| (j / self.group_size.max(1)) as u32)
+                .collect(),
+        }
+    }
+
+    /// Checks lengths and ranges; `name` is the tensor named in errors.
+    pub fn validate(&self, name: &str) -> Result<()> {
+        let [out, inp] = self.shape;
+        let ng = self.n_groups;
+        let bad = |msg: String| {
+            Err(Error::TensorData {
+                name: name.to_string(),
+                origin: "quantized weight".into(),
+                msg,
+            })
+        };
+        if !(2..=8).contains(&self.bits) {
+            return bad(format!("{} bits (2-8 supported)", self.bits));
+        }
+        if self.codes.len() != out * inp || self.scales.len() != out * ng {
+            return bad(format!(
+                "codes/scales do not fit [{out}, {inp}] x {ng} groups"
+            ));
+        }
+        if self.zeros.len() != out * ng {
+            return bad("zero points do not fit the groups".into());
+        }
+        let maxq = (1u32 << self.bits) - 1;
+        if self
+            .codes
+            .iter()
+            .chain(&self.zeros)
+            .any(|&c| c as u32 > maxq)
+        {
+            return bad(format!("a code or zero point exceeds {maxq}"));
+        }
+        let g_ok = match &self.g_idx {
+            Some(g) => g.len() == inp && g.iter().all(|&x| (x as usize) < ng),
+            None => self.group_size > 0 && inp.div_ceil(self.group_size) == ng,
+        };
+        if !g_ok {
+            return bad(format!(
+                "group index does not fit {ng} groups of {inp} columns"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Dequantized weights, row-major `[out, in]`, computed exactly as the quantizer does.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let [out, inp] = self.shape;
+        let ng = self.n_groups;
+        let groups = self.g_idx();
+        let mut w = vec![0.0f32; out * inp];
+        for (r, row) in w.chunks_exact_mut(inp.max(1)).enumerate().take(out) {
+            let codes = &self.codes[r * inp..(r + 1) * inp];
+            for ((x, &c), &g) in row.iter_mut().zip(codes).zip(&groups) {
+                let k = r * ng + g as usize;
+                *x = self.scales[k] * (c as f32 - self.zeros[k] as f32);
+            }
+        }
+        w
+    }
+
+    /// Whether groups are contiguous runs of `group_size` columns (no act-order scatter).
+    pub fn contiguous(&self) -> bool {
+        match &self.g_idx {
+            None => true,
+            Some(g) => g
+                .iter()
+                .enumerate()
+                .all(|(j, &x)| x as usize == j / self.group_size.max(1)),
+        }
+    }
+}
+
+/// The quantized formats microllm reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantMethod {
+    /// GPTQ checkpoint, v1 layout (`qweight` / `qzeros` / `scales` / `g_idx`).
+    Gptq,
+    /// compressed-tensors (llm-compressor), `pack-quantized`.
+    CompressedTensors,
+}
+
+impl QuantMethod {
+    /// The method a `config.json` declares: `None` for an unquantized checkpoint, an error for
+    /// a `quant_method` microllm does not read.
+    pub fn detect(config: &Value, path: &Path) -> Result<Option<Self>> {
+        let Some(qc) = config.get("quantization_config") else {
+            return Ok(None);
+        };
+        let key = "quantization_config.quant_method";
+        let method = qc
+            .get("quant_method")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::config(path, key, "missing or not a string"))?;
+        match method {
+            "gptq" => Ok(Some(QuantMethod::Gptq)),
+            "compressed-tensors" => Ok(Some(QuantMethod::CompressedTensors)),
+            other => Err(Error::config(
+                path,
+                key,
+                format!(
+                    "quant_method `{other}` is not one microllm reads (it reads `gptq` and \
+                     `compressed-tensors`)"
+                ),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for QuantMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QuantMethod::Gptq => "gptq",
+            QuantMethod::CompressedTensors => "compressed-tensors",
+        })
+    }
+}
+
+/// Little-endian bytes of 32-bit words (packed int32 tensors).
+pub(crate) fn words_bytes(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// 32-bit words from little-endian bytes.
+pub(crate) fn bytes_words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+/// Little-endian f16 bytes of f32 values.
+pub(crate) fn f16_bytes(values: &[f32]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::LinearCodes;
+    use crate::quantized::bits::Rng;
+
+    /// A random, valid weight: bits, group, symmetry and act-order drawn by `rng`; scales
+    /// representable in f16 (as the quantizer makes them).
+    pub fn random_codes(rng: &mut Rng, bits: u8, symmetric: bool, act_order: bool) -> LinearCodes {
+        let out = rng.below(40) + 1;
+        let group_size = [8usize, 16, 32, 64][rng.below(4)];
+        let ng = rng.below(4) + 1;
+        let inp = group_size * ng;
+        let maxq = (1usize << bits) - 1;
+        let codes = (0..out * inp).map(|_| rng.below(maxq + 1) as u8).collect();
+        let scales = (0..out * ng)
+            .map(|_| half::f16::from_f32((rng.below(1000) + 1) as f32 * 1e-4).to_f32())
+            .collect();
+        let zeros = (0..out * ng)
+            .map(|_| {
+                if symmetric {
+                    1u8 << (bits - 1)
+                } else {
+                    rng.below(maxq + 1) as u8
+                }
+            })
+            .collect();
+        let g_idx = act_order.then(|| {
+            let mut g: Vec<u32> = (0..inp).map(|j| (j / group_size) as u32).collect();
+            for i in (1..inp).rev() {
+                g.swap(i, rng.below(i + 1));
+            }
+            g
+        });
+        LinearCodes {
+            shape: [out, inp],
+            bits,
+            group_size,
+            symmetric,
+            codes,
+            scales,
+            zeros,
+            g_idx,
+            n_groups: ng,
+        }
+    }
+
+    /// `q` with its group index spelled out, so contiguous groups compare equal however
+    /// they are stored.
+    pub fn explicit(mut q: LinearCodes) -> LinearCodes {
+        q.g_idx = Some(q.g_idx());
+        q
+    }
+}
+
+/// One tensor of a quantized checkpoint: safetensors dtype, shape and little-endian bytes
+/// (borrowed from a memory map when read, owned when about to be written).
+#[derive(Debug, Clone)]
+pub struct RawTensor<'a> {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub data: std::borrow::Cow<'a, [u8]>,
+}
+
+impl<'a> RawTensor<'a> {
+    /// An owned tensor.
+    pub fn owned(
+        name: String,
+        dtype: safetensors::Dtype,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    ) -> RawTensor<'static> {
+        RawTensor {
+            name,
+            dtype,
+            shape,
+            data: std::borrow::Cow::Owned(data),
+        }
+    }
+
+    fn error(&self, msg: impl Into<String>) -> Error {
+        Error::TensorData {
+            name: self.name.clone(),
+            origin: "quantized checkpoint".into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Checks dtype and rank, naming the tensor.
+    pub(crate) fn expect(&self, dtypes: &[safetensors::Dtype], rank: usize) -> Result<()> {
+        if !dtypes.contains(&self.dtype) {
+            return Err(self.error(format!(
+                "stored as {:?}, expected {}",
+                self.dtype,
+                dtypes
+                    .iter()
+                    .map(|d| format!("{d:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )));
+        }
+        if self.shape.len() != rank {
+            return Err(self.error(format!(
+                "has shape {:?}, expected {rank} dimensions",
+                self.shape
+            )));
+        }
+        Ok(())
+    }
+
+    /// Errors unless the shape is `expected`, naming the tensor and what was expected.
+    pub(crate) fn expect_shape(&self, expected: &[usize], why: &str) -> Result<()> {
+        if self.shape != expected {
+            return Err(Error::Shape {
+                name: format!("{} ({why})", self.name),
+                origin: "quantized checkpoint".into(),
+                expected: expected.to_vec(),
+                actual: self.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The values as 32-bit words (int32 tensors).
+    pub(crate) fn words(&self) -> Vec<u32> {
+        bytes_words(&self.data)
+    }
+
+    /// The values as f32 (f16, bf16 or f32 tensors).
+    pub(crate) fn floats(&self) -> Vec<f32> {
+        match self.dtype {
+            safetensors::Dtype::F16 => self
+                .data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => self
+                .data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            _ => self
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        }
+    }
+
+    /// The values as integers (int32 or int64 tensors).
+    pub(crate) fn ints(&self) -> Vec<i64> {
+        match self.dtype {
+            safetensors::Dtype::I64 => self
+                .data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            _ => bytes_words(&self.data)
+                .into_iter()
+                .map(|w| w as i32 as i64)
+                .collect(),
+        }
+    }
+}

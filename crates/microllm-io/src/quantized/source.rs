@@ -1,0 +1,232 @@
+//! A quantized Hugging Face directory as an ordinary [`TensorSource`]: every packed linear
+//! `P.qweight/...` (GPTQ) or `P.weight_packed/...` (compressed-tensors) appears as `P.weight`,
+//! f32 `[out, in]`, dequantized on load; every other tensor passes through. So `eval`,
+//! `inspect`, `logits`, `convert` and `quantize` take such a checkpoint like any other.
+//!
+//! Shapes are checked at open from the headers (and the tiny `weight_shape` tensors), so an
+//! inconsistent checkpoint fails at once with the tensor named, before any long work.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use microllm_core::{Error, Result, TensorInfo, TensorSource};
+use serde_json::Value;
+
+use super::compressed::{self, CtConfig, CtTensors};
+use super::gptq::{self, GptqConfig};
+use super::{LinearCodes, QuantMethod};
+use crate::hf::SafetensorsSource;
+
+/// The scheme of the checkpoint, as its config declares it.
+#[derive(Debug, Clone)]
+enum Scheme {
+    Gptq(GptqConfig),
+    Ct(CtConfig),
+}
+
+/// One packed linear.
+struct Linear {
+    prefix: String,
+    shape: [usize; 2],
+    stored_bytes: u64,
+}
+
+/// See the module docs.
+pub struct QuantizedDirSource {
+    origin: String,
+    inner: SafetensorsSource,
+    scheme: Scheme,
+    /// By weight name (`P.weight`).
+    linears: HashMap<String, Linear>,
+    /// Names as presented, in file order.
+    order: Vec<String>,
+}
+
+impl QuantizedDirSource {
+    /// Opens the safetensors `files` of `dir`, whose `config.json` (parsed: `config`, at
+    /// `config_path`) declares `method`.
+    pub fn open(
+        dir: &Path,
+        files: &[PathBuf],
+        method: QuantMethod,
+        config: &Value,
+        config_path: &Path,
+    ) -> Result<Self> {
+        let qc = &config["quantization_config"];
+        let scheme = match method {
+            QuantMethod::Gptq => Scheme::Gptq(GptqConfig::parse(qc, config_path)?),
+            QuantMethod::CompressedTensors => Scheme::Ct(CtConfig::parse(qc, config_path)?),
+        };
+        let inner = SafetensorsSource::open(dir, files)?;
+        let (marker, suffixes): (&str, &[&str]) = match scheme {
+            Scheme::Gptq(_) => ("qweight", &gptq::SUFFIXES),
+            Scheme::Ct(_) => ("weight_packed", &compressed::SUFFIXES),
+        };
+        let infos = inner.infos();
+        let prefixes: HashSet<String> = infos
+            .iter()
+            .filter_map(|i| i.name.strip_suffix(&format!(".{marker}")))
+            .map(str::to_string)
+            .collect();
+        if prefixes.is_empty() {
+            return Err(Error::format(
+                dir,
+                format!(
+                    "config.json declares quant_method `{method}` but no tensor is named \
+                     `*.{marker}`"
+                ),
+            ));
+        }
+        let mut source = Self {
+            origin: dir.display().to_string(),
+            inner,
+            scheme,
+            linears: HashMap::new(),
+            order: Vec::new(),
+        };
+        let component_of = |name: &str| -> Option<String> {
+            let (prefix, suffix) = name.rsplit_once('.')?;
+            (suffixes.contains(&suffix) && prefixes.contains(prefix)).then(|| prefix.to_string())
+        };
+        for info in &infos {
+            let Some(prefix) = component_of(&info.name) else {
+                source.order.push(info.name.clone());
+                continue;
+            };
+            let weight = format!("{prefix}.weight");
+            if source.linears.contains_key(&weight) {
+                continue;
+            }
+            if source.inner.info(&weight).is_some() {
+                return Err(Error::format(
+                    dir,
+                    format!("tensor `{weight}` is stored both dense and packed"),
+                ));
+            }
+            let shape = source.shape_of(&prefix)?;
+            let stored_bytes = suffixes
+                .iter()
+                .filter_map(|s| source.inner.info(&format!("{prefix}.{s}")))
+                .map(|i| i.stored_bytes)
+                .sum();
+            source.order.push(weight.clone());
+            source.linears.insert(
+                weight,
+                Linear {
+                    prefix,
+                    shape,
+                    stored_bytes,
+                },
+            );
+        }
+        Ok(source)
+    }
+
+    fn need(&self, prefix: &str, suffix: &str) -> Result<super::RawTensor<'_>> {
+        let name = format!("{prefix}.{suffix}");
+        self.inner.raw(&name).ok_or_else(|| Error::MissingTensor {
+            name,
+            origin: self.origin.clone(),
+        })
+    }
+
+    fn with_tensors<T>(
+        &self,
+        prefix: &str,
+        gptq_f: impl FnOnce(
+            &GptqConfig,
+            [&super::RawTensor<'_>; 3],
+            Option<&super::RawTensor<'_>>,
+        ) -> Result<T>,
+        ct_f: impl FnOnce(&CtConfig, &CtTensors<'_, '_>) -> Result<T>,
+    ) -> Result<T> {
+        match &self.scheme {
+            Scheme::Gptq(cfg) => {
+                let qweight = self.need(prefix, "qweight")?;
+                let qzeros = self.need(prefix, "qzeros")?;
+                let scales = self.need(prefix, "scales")?;
+                let g_idx = self.inner.raw(&format!("{prefix}.g_idx"));
+                gptq_f(cfg, [&qweight, &qzeros, &scales], g_idx.as_ref())
+            }
+            Scheme::Ct(cfg) => {
+                let packed = self.need(prefix, "weight_packed")?;
+                let scale = self.need(prefix, "weight_scale")?;
+                let shape = self.need(prefix, "weight_shape")?;
+                let zero_point = self.inner.raw(&format!("{prefix}.weight_zero_point"));
+                let g_idx = self.inner.raw(&format!("{prefix}.weight_g_idx"));
+                let t = CtTensors {
+                    packed: &packed,
+                    scale: &scale,
+                    shape: &shape,
+                    zero_point: zero_point.as_ref(),
+                    g_idx: g_idx.as_ref(),
+                };
+                ct_f(cfg, &t)
+            }
+        }
+    }
+
+    fn shape_of(&self, prefix: &str) -> Result<[usize; 2]> {
+        self.with_tensors(
+            prefix,
+            |cfg, [w, z, s], g| gptq::shape_of(cfg, w, z, s, g),
+            compressed::shape_of,
+        )
+    }
+
+    /// The codes of the linear whose weight is `weight_name` (`P.weight`), or `None` if that
+    /// tensor is not packed.
+    pub fn codes(&self, weight_name: &str) -> Option<Result<LinearCodes>> {
+        let linear = self.linears.get(weight_name)?;
+        Some(self.with_tensors(
+            &linear.prefix,
+            |cfg, [w, z, s], g| gptq::decode(cfg, w, z, s, g),
+            compressed::decode,
+        ))
+    }
+
+    /// The format and bits of the packed linears, e.g. `Q4-gptq`.
+    fn label(&self) -> String {
+        match &self.scheme {
+            Scheme::Gptq(c) => format!("Q{}-gptq", c.bits),
+            Scheme::Ct(c) => format!("Q{}-ct", c.bits),
+        }
+    }
+}
+
+impl TensorSource for QuantizedDirSource {
+    fn origin(&self) -> String {
+        self.origin.clone()
+    }
+
+    fn infos(&self) -> Vec<TensorInfo> {
+        self.order.iter().filter_map(|n| self.info(n)).collect()
+    }
+
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        match self.linears.get(name) {
+            Some(l) => Some(TensorInfo {
+                name: name.to_string(),
+                dtype: self.label(),
+                shape: l.shape.to_vec(),
+                stored_bytes: l.stored_bytes,
+            }),
+            None => self.inner.info(name),
+        }
+    }
+
+    fn load(&self, name: &str) -> Result<Tensor> {
+        match self.codes(name) {
+            Some(codes) => {
+                let q = codes?;
+                Ok(Tensor::from_vec(
+                    q.dequantize(),
+                    (q.shape[0], q.shape[1]),
+                    &Device::Cpu,
+                )?)
+            }
+            None => self.inner.load(name),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! What happens to one linear layer inside a block pass: pruning, then quantization, either
+//! optional, solved jointly when both are calibrated.
+//!
+//! | pruning \ quantization | none                        | RTN                 | GPTQ                     |
+//! |------------------------|-----------------------------|---------------------|--------------------------|
+//! | none                   | (nothing to do)             | RTN                 | GPTQ                     |
+//! | magnitude              | zero the mask               | zero, then RTN      | GPTQ with the mask fixed |
+//! | Wanda                  | zero the mask (no update)   | (needs calibration) | GPTQ with the mask fixed |
+//! | SparseGPT              | OBS sweep, kept weights f32 | (needs calibration) | one OBS sweep, joint     |
+//!
+//! "GPTQ with the mask fixed" is SparseGPT's joint mode with a mask chosen beforehand: the
+//! pruned weights go to zero and the kept ones to their grid points in one sweep, every error
+//! compensated by the columns not yet fixed (Frantar & Alistarh, 2023, section 3.5). Pruned
+//! weights are stored as their group's zero point, so they dequantize to exactly 0.
+
+use candle_core::Tensor;
+use microllm_core::{Error, Result};
+use microllm_prune::{
+    PruneMethod, Ranking, SparsityPattern, magnitude_scores, mask_from_scores, wanda_scores,
+};
+use microllm_quant::{
+    GptqOptions, HessianAccumulator, ObsTarget, QuantScheme, QuantizedWeight, obs_compress,
+    rtn_quantize,
+};
+use serde::{Deserialize, Serialize};
+
+/// Pruning of every linear of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PruneSpec {
+    pub method: PruneMethod,
+    pub pattern: SparsityPattern,
+    /// Comparison group of unstructured magnitude and Wanda masks.
+    pub ranking: Ranking,
+}
+
+/// The outcome for one linear.
+pub(crate) struct LinearOutcome {
+    /// The weight the compressed model will compute with, row-major `[out, in]`.
+    pub weight: Vec<f32>,
+    /// The codes, when quantized.
+    pub quantized: Option<QuantizedWeight>,
+    /// Fraction of weights that are zero because they were pruned (`None` without pruning).
+    pub sparsity: Option<f64>,
+    /// The OBS loss of a calibrated sweep.
+    pub obs_loss: Option<f64>,
+    pub damp_percent: Option<f64>,
+}
+
+/// Prunes and/or quantizes `weight` (`[out, in]`, named `name` in errors). `calibrated` holds
+/// the solver options and the Hessian of the layer's inputs when the pass has calibration data.
+pub(crate) fn compress_linear(
+    name: &str,
+    weight: &Tensor,
+    scheme: Option<QuantScheme>,
+    prune: Option<PruneSpec>,
+    calibrated: Option<(GptqOptions, &HessianAccumulator)>,
+) -> Result<LinearOutcome> {
+    let (out, inp) = weight.dims2()?;
+    let shape = [out, inp];
+    let w = weight
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if let Some(p) = prune {
+        p.pattern.check_shape(name, shape)?;
+    }
+    // Masks chosen before any solve (magnitude, Wanda).
+    let mask = match prune.map(|p| (p, p.method)) {
+        Some((p, PruneMethod::Magnitude)) => Some(mask_from_scores(
+            &magnitude_scores(&w),
+            shape,
+            p.pattern,
+            p.ranking,
+        )?),
+        Some((p, PruneMethod::Wanda)) => {
+            let (_, h) = calibrated.ok_or_else(|| needs_calibration(name, "Wanda"))?;
+            let diag: Vec<f64> = (0..inp).map(|j| h.hessian()[j * inp + j]).collect();
+            let scores = wanda_scores(&w, shape, &diag)?;
+            Some(mask_from_scores(&scores, shape, p.pattern, p.ranking)?)
+        }
+        Some((_, PruneMethod::SparseGpt)) | None => None,
+    };
+    let sparse_gpt = prune.filter(|p| p.method == PruneMethod::SparseGpt);
+    let solve = match (scheme, sparse_gpt, calibrated) {
+        // A calibrated quantization, or SparseGPT: one OBS sweep.
+        (Some(_), _, Some(c)) | (None, Some(_), Some(c)) => Some(c),
+        (_, Some(_), None) => return Err(needs_calibration(name, "SparseGPT")),
+        _ => None,
+    };
+    if let Some((opts, h)) = solve {
+        let target = ObsTarget {
+            scheme,
+            mask: mask.as_deref(),
+            rule: sparse_gpt.map(|p| p.pattern.obs_rule()),
+        };
+        let r = obs_compress(&w, shape, h.hessian(), target, opts)
+            .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+        let sparsity = prune.map(|_| fraction(&r.pruned));
+        return Ok(LinearOutcome {
+            weight: r.weight,
+            quantized: r.quantized,
+            sparsity,
+            obs_loss: Some(r.stats.loss),
+            damp_percent: Some(r.stats.damp_percent),
+        });
+    }
+    // No solve: zero the mask, then round to nearest if asked.
+    let mut pruned = w;
+    if let Some(mask) = &mask {
+        for (x, &m) in pruned.iter_mut().zip(mask) {
+            if m {
+                *x = 0.0;
+            }
+        }
+    }
+    let sparsity = mask.as_deref().map(fraction);
+    let quantized = scheme
+        .map(|s| rtn_quantize(&pruned, shape, s))
+        .transpose()?;
+    let weight = match &quantized {
+        Some(q) => q.dequantize_vec(),
+        None => pruned,
+    };
+    Ok(LinearOutcome {
+        weight,
+        quantized,
+        sparsity,
+        obs_loss: None,
+        damp_percent: None,
+    })
+}
+
+fn needs_calibration(name: &str, method: &str) -> Error {
+    Error::Invalid(format!(
+        "{method} needs calibration activations to prune `{name}`: give calibration data"
+    ))
+}
+
+fn fraction(mask: &[bool]) -> f64 {
+    mask.iter().filter(|&&m| m).count() as f64 / mask.len().max(1) as f64
+}

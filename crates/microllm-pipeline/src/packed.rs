@@ -1,0 +1,141 @@
+//! The stored blocks of a quantization run as packed linears for the GPTQ and
+//! compressed-tensors writers (`microllm_io::write::write_packed_dir`).
+//!
+//! The canonical `QuantizedWeight` and microllm-io's `LinearCodes` are the same information
+//! (io does not depend on the quantizer, so it has its own copy of the form); this module
+//! converts one into the other without touching a code, and builds each format's
+//! `quantization_config` from the run's scheme.
+
+use microllm_core::{Family, ModelConfig, Result, names};
+use microllm_io::quantized::LinearCodes;
+use microllm_io::quantized::compressed::CtConfig;
+use microllm_io::quantized::gptq::GptqConfig;
+use microllm_io::write::{LinearLayout, PackedLinears};
+use microllm_quant::{QuantScheme, QuantizedWeight};
+use serde_json::Value;
+
+use crate::output::BlockCache;
+use crate::store::BlockStore;
+
+/// `q` in microllm-io's form (codes, scales, zeros and group index unchanged).
+pub fn linear_codes(q: &QuantizedWeight) -> LinearCodes {
+    LinearCodes {
+        shape: q.shape,
+        bits: q.scheme.bits,
+        group_size: q.scheme.group_len(q.in_features()),
+        symmetric: q.scheme.symmetric,
+        codes: q.codes.clone(),
+        scales: q.scales.clone(),
+        zeros: q.zeros.clone(),
+        g_idx: q.g_idx.clone(),
+        n_groups: q.n_groups(),
+    }
+}
+
+/// A checkpoint's codes as the canonical weight (scales are f16 in both formats, so the
+/// scheme is marked as having f16 scales). Errors when the grouping is not one the
+/// quantizer's scheme describes (groups that do not divide the row).
+pub fn quantized_weight(c: &LinearCodes) -> Result<QuantizedWeight> {
+    let inp = c.shape[1];
+    let group = (c.group_size < inp).then_some(c.group_size);
+    let q = QuantizedWeight {
+        shape: c.shape,
+        scheme: QuantScheme::new(c.bits, group, c.symmetric)?.with_f16_scales(),
+        codes: c.codes.clone(),
+        scales: c.scales.clone(),
+        zeros: c.zeros.clone(),
+        g_idx: c.g_idx.clone(),
+        perm: None,
+    };
+    q.validate()?;
+    Ok(q)
+}
+
+/// A run's stored linears, by Hugging Face weight name.
+pub struct StoredLinears<'a> {
+    family: Family,
+    store: &'a BlockStore,
+    blocks: BlockCache<'a>,
+}
+
+impl<'a> StoredLinears<'a> {
+    pub fn new(cfg: &ModelConfig, store: &'a BlockStore) -> Self {
+        Self {
+            family: cfg.family,
+            store,
+            blocks: BlockCache::new(store),
+        }
+    }
+
+    /// Groups whose zero point is 0 (written as GPTQ v1's wrapped field; see
+    /// `microllm_io::quantized::gptq`), over every stored linear.
+    pub fn gptq_wrapped_zeros(&self, num_layers: usize) -> Result<usize> {
+        let mut n = 0;
+        for layer in 0..num_layers {
+            let block = self.store.load_block(layer)?;
+            n += block
+                .weights
+                .values()
+                .map(|q| q.zeros.iter().filter(|&&z| z == 0).count())
+                .sum::<usize>();
+        }
+        Ok(n)
+    }
+}
+
+impl PackedLinears for StoredLinears<'_> {
+    fn layout(&self, weight_name: &str) -> Option<LinearLayout> {
+        let (layer, kind) = names::parse_linear_weight(self.family, weight_name)?;
+        self.blocks
+            .with(layer, kind, |q| {
+                Ok(LinearLayout {
+                    shape: q.shape,
+                    bits: q.scheme.bits,
+                    group_size: q.scheme.group_len(q.in_features()),
+                    n_groups: q.n_groups(),
+                    symmetric: q.scheme.symmetric,
+                    g_idx: q.g_idx.is_some(),
+                })
+            })
+            .ok()
+    }
+
+    fn codes(&self, weight_name: &str) -> Result<LinearCodes> {
+        let (layer, kind) =
+            names::parse_linear_weight(self.family, weight_name).ok_or_else(|| {
+                microllm_core::Error::Invalid(format!("`{weight_name}` is not a quantized linear"))
+            })?;
+        self.blocks.with(layer, kind, |q| Ok(linear_codes(q)))
+    }
+}
+
+/// config.json's `quantization_config` for a GPTQ checkpoint of a run with `scheme`.
+/// `act_order` with scattered groups is GPTQ's `desc_act`.
+pub fn gptq_quantization_config(
+    scheme: &QuantScheme,
+    desc_act: bool,
+    static_groups: bool,
+    damp_percent: f64,
+) -> Value {
+    GptqConfig {
+        bits: scheme.bits,
+        group_size: scheme.group_size,
+        sym: scheme.symmetric,
+        desc_act,
+        v1: true,
+    }
+    .to_json(damp_percent, static_groups)
+}
+
+/// config.json's `quantization_config` for a compressed-tensors checkpoint of a run with
+/// `scheme` (`g_idx` stored when act-order groups are scattered). The output head and
+/// embeddings are not quantized: `lm_head` is listed in `ignore`, as llm-compressor does.
+pub fn compressed_quantization_config(scheme: &QuantScheme, scattered_groups: bool) -> Value {
+    CtConfig {
+        bits: scheme.bits,
+        symmetric: scheme.symmetric,
+        group_size: scheme.group_size,
+        actorder: scattered_groups,
+    }
+    .to_json(&["lm_head".to_string()])
+}

@@ -1,0 +1,17 @@
+//! Pruning algorithms: which weights, channels, heads or blocks to remove, and how the rest
+//! compensates.
+//!
+//! Unstructured and N:M pruning zero individual weights inside a linear layer's matrix; the
+//! layer keeps its shape, so the savings come from a sparse format or from quantizing the
+//! zeros away. Structured pruning removes whole MLP channels, attention heads or decoder
+//! blocks, producing a smaller dense model that every runtime loads as is.
+//!
+//! Like `microllm-quant`, this crate works on plain tensors and calibration statistics; the
+//! layerwise engine in `microllm-pipeline` feeds it.
+
+pub mod structured;
+mod unstructured;
+
+pub use unstructured::{
+    PruneMethod, Ranking, SparsityPattern, magnitude_scores, mask_from_scores, wanda_scores,
+};

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Unstructured and 2:4 pruning of SmolLM2-135M, the issue's setting: calibrated on 128 x 512
+# tokens of c4.calib.txt, evaluated on 24 x 512 tokens of wiki.eval.txt. For each method
+# prints wall time, peak RSS and perplexity; then one joint SparseGPT 2:4 + 4-bit GPTQ run to
+# GGUF. Usage: scripts/bench/prune.sh [SAMPLES=128]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+samples=${1:-128}
+assets=$(bash scripts/fetch-assets.sh)
+cargo build --release --quiet
+out=target/bench/prune
+mkdir -p "$out"
+bin=target/release/microllm
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+run() {
+  local name=$1; shift
+  /usr/bin/time -f '%e %M' -o "$out/time.txt" \
+    $bin prune --model "$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
+    --calib "$assets/data/c4.calib.txt" --samples "$samples" --seqlen 512 \
+    --eval "$assets/data/wiki.eval.txt" --out "$out/$name" --force "$@" > "$out/$name.log"
+  read -r secs kb < "$out/time.txt"
+  local stem=${name%.gguf}
+  python3 - "$out/$stem.report.json" "$name" "$secs" "$((kb / 1024))" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+e = r["eval"]
+print(f"{sys.argv[2]:<28} {float(sys.argv[3]):7.1f} s  {sys.argv[4]:>5} MB  "
+      f"perplexity {e['original']['perplexity']:.4f} -> {e['quantized']['perplexity']:.4f}  "
+      f"sparsity {r['output']['linear_sparsity']:.3f}")
+PY
+  rm -rf "${out:?}/$name"
+}
+for method in magnitude wanda sparsegpt; do
+  run "$method-50" --method "$method" --sparsity 0.5
+  run "$method-2of4" --method "$method" --pattern 2:4
+done
+run "sparsegpt-2of4-q4.gguf" --method sparsegpt --pattern 2:4 --bits 4

@@ -1,0 +1,186 @@
+//! `microllm prune` (unstructured and N:M) on the fixture models: the output has exactly the
+//! sparsity asked for, in the pattern asked for, loads back, and bad requests fail cleanly.
+
+mod common;
+
+use std::path::Path;
+
+use common::{calib_ids, fixture, microllm};
+use microllm_core::{LinearKind, names};
+
+/// Every linear weight of the model at `path`, as f32 rows of length `in`.
+fn linears(path: &Path) -> Vec<(String, [usize; 2], Vec<f32>)> {
+    let ckpt = microllm_io::open(path.to_str().unwrap()).unwrap();
+    let cfg = &ckpt.config;
+    let mut out = Vec::new();
+    for layer in 0..cfg.num_layers {
+        for kind in LinearKind::ALL {
+            let name = names::linear_weight(cfg.family, layer, kind);
+            let Ok(t) = ckpt.tensors.load(&name) else {
+                continue;
+            };
+            let (o, i) = t.dims2().unwrap();
+            out.push((
+                name,
+                [o, i],
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+fn prune(model: &Path, out: &Path, args: &[&str]) -> serde_json::Value {
+    microllm()
+        .args(["prune", "--samples", "8", "--seqlen", "32", "--model"])
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .assert()
+        .success();
+    // The report sits beside the output, named after it without a `.gguf` extension.
+    let stem = match out.extension() {
+        Some(e) if e == "gguf" => out.with_extension(""),
+        _ => out.to_path_buf(),
+    };
+    let report = stem.with_file_name(format!(
+        "{}.report.json",
+        stem.file_name().unwrap().to_string_lossy()
+    ));
+    serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
+}
+
+#[test]
+fn unstructured_masks_have_exactly_the_asked_sparsity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_ids(tmp.path(), 8, 32, 384);
+    let calib = calib.to_str().unwrap();
+    for (model, method, ranking) in [
+        ("llama-tiny", "magnitude", "layer"),
+        ("qwen2-tiny", "wanda", "row"),
+        ("mistral-tiny", "sparsegpt", "row"),
+    ] {
+        let out = tmp.path().join(format!("{model}-{method}"));
+        let report = prune(
+            &fixture(model),
+            &out,
+            &["--method", method, "--sparsity", "0.5", "--calib", calib],
+        );
+        assert_eq!(report["method"], method);
+        for (name, [o, i], w) in linears(&out) {
+            let zeros = w.iter().filter(|&&x| x == 0.0).count();
+            assert_eq!(zeros, o * i / 2, "{model} {method}: {name}");
+            if ranking == "row" {
+                for row in w.chunks(i) {
+                    assert_eq!(row.iter().filter(|&&x| x == 0.0).count(), i / 2, "{name}");
+                }
+            }
+        }
+        let sparsity = report["output"]["linear_sparsity"].as_f64().unwrap();
+        assert!((sparsity - 0.5).abs() < 1e-9, "{sparsity}");
+        assert!(
+            report["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["sparsity"] == 0.5)
+        );
+    }
+}
+
+#[test]
+fn n_of_m_rows_are_exactly_n_of_m_for_every_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_ids(tmp.path(), 8, 32, 384);
+    for (method, pattern) in [("magnitude", "2:4"), ("wanda", "2:4"), ("sparsegpt", "4:8")] {
+        let out = tmp.path().join(method);
+        prune(
+            &fixture("llama-tiny"),
+            &out,
+            &[
+                "--method",
+                method,
+                "--pattern",
+                pattern,
+                "--calib",
+                calib.to_str().unwrap(),
+            ],
+        );
+        let (n, m) = if pattern == "2:4" { (2, 4) } else { (4, 8) };
+        for (name, _, w) in linears(&out) {
+            for group in w.chunks(m) {
+                let nonzero = group.iter().filter(|&&x| x != 0.0).count();
+                assert!(nonzero <= n, "{method} {name}: {group:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn pruning_and_gptq_in_one_pass_write_exact_zeros_into_gguf_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_ids(tmp.path(), 8, 32, 384);
+    let out = tmp.path().join("pruned-q4.gguf");
+    let report = prune(
+        &fixture("llama-tiny"),
+        &out,
+        &[
+            "--method",
+            "sparsegpt",
+            "--pattern",
+            "2:4",
+            "--bits",
+            "4",
+            "--calib",
+            calib.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(report["scheme"]["quantize"]["bits"], 4);
+    let gguf = microllm_io::open(out.to_str().unwrap()).unwrap();
+    assert_eq!(gguf.format, microllm_io::CheckpointFormat::Gguf);
+    for (name, _, w) in linears(&out) {
+        for group in w.chunks(4) {
+            assert!(group.iter().filter(|&&x| x != 0.0).count() <= 2, "{name}");
+        }
+    }
+}
+
+#[test]
+fn bad_requests_fail_with_nothing_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-tiny");
+    let out = tmp.path().join("out");
+    let cases: [(&[&str], &str); 5] = [
+        (&["--method", "magnitude", "--sparsity", "1.0"], "[0, 1)"),
+        (&["--method", "magnitude", "--pattern", "4:4"], "0 < N < M"),
+        (
+            &["--method", "magnitude", "--pattern", "2:3"],
+            "multiple of 3",
+        ),
+        (&["--method", "magnitude", "--sparsity=-0.5"], "[0, 1)"),
+        (&["--method", "wanda"], "--calib"),
+    ];
+    for (args, expected) in cases {
+        let assert = microllm()
+            .args(["prune", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .assert()
+            .failure();
+        let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?} left output behind");
+    }
+    std::fs::create_dir(&out).unwrap();
+    let assert = microllm()
+        .args(["prune", "--method", "magnitude", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .failure();
+    assert!(String::from_utf8_lossy(&assert.get_output().stderr).contains("--force"));
+}
