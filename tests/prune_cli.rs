@@ -184,3 +184,111 @@ fn bad_requests_fail_with_nothing_written() {
         .failure();
     assert!(String::from_utf8_lossy(&assert.get_output().stderr).contains("--force"));
 }
+
+/// `--format compressed-tensors` stores the pruned linears sparse (values + bitmask): the
+/// directory reads back to exactly the dense pruned weights and is smaller.
+#[test]
+fn sparse_compressed_tensors_output_reads_back_exactly_and_is_smaller() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-tiny");
+    for (pattern, format) in [
+        ("--sparsity=0.5", "sparse-bitmask"),
+        ("--pattern=2:4", "sparse-24-bitmask"),
+    ] {
+        let dense = tmp.path().join(format!("dense-{format}"));
+        let sparse = tmp.path().join(format!("sparse-{format}"));
+        prune(
+            &model,
+            &dense,
+            &["--method", "magnitude", pattern, "--dtype", "f32"],
+        );
+        prune(
+            &model,
+            &sparse,
+            &[
+                "--method",
+                "magnitude",
+                pattern,
+                "--format",
+                "compressed-tensors",
+            ],
+        );
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(sparse.join("config.json")).unwrap())
+                .unwrap();
+        let sc = &config["quantization_config"]["sparsity_config"];
+        assert_eq!(sc["format"], format);
+        assert_eq!(
+            config["quantization_config"]["quant_method"],
+            "compressed-tensors"
+        );
+        let ckpt = microllm_io::open(sparse.to_str().unwrap()).unwrap();
+        assert_eq!(ckpt.format, microllm_io::CheckpointFormat::Sparse);
+        assert_eq!(linears(&sparse), linears(&dense), "{format}");
+        let size = |p: &Path| {
+            std::fs::metadata(p.join("model.safetensors"))
+                .unwrap()
+                .len()
+        };
+        assert!(
+            size(&sparse) < size(&dense),
+            "{format}: {} >= {}",
+            size(&sparse),
+            size(&dense)
+        );
+    }
+}
+
+/// `--ranking global`: one magnitude threshold over the whole model; the layers' sparsities
+/// differ and average (weighted by size) to the target.
+#[test]
+fn global_magnitude_ranking_hits_the_model_wide_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("global");
+    let report = prune(
+        &fixture("llama-tiny"),
+        &out,
+        &[
+            "--method",
+            "magnitude",
+            "--ranking",
+            "global",
+            "--sparsity",
+            "0.4",
+            "--dtype",
+            "f32",
+        ],
+    );
+    let layers = linears(&out);
+    let total: usize = layers.iter().map(|(_, [o, i], _)| o * i).sum();
+    let zeros: usize = layers
+        .iter()
+        .map(|(_, _, w)| w.iter().filter(|&&x| x == 0.0).count())
+        .sum();
+    assert_eq!(zeros, (0.4 * total as f64).round() as usize);
+    let per_layer: Vec<f64> = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["sparsity"].as_f64().unwrap())
+        .collect();
+    assert!(
+        per_layer.iter().any(|&s| (s - 0.4).abs() > 0.01),
+        "{per_layer:?}"
+    );
+    let err = microllm()
+        .args([
+            "prune",
+            "--method",
+            "wanda",
+            "--ranking",
+            "global",
+            "--model",
+        ])
+        .arg(fixture("llama-tiny"))
+        .arg("--out")
+        .arg(tmp.path().join("x"))
+        .assert()
+        .failure();
+    assert!(String::from_utf8_lossy(&err.get_output().stderr).contains("magnitude"));
+}

@@ -4,7 +4,7 @@
 //! the amount the report states.
 //!
 //! Kept fast: 8 x 512 calibration tokens and 4 evaluation windows (the figures in
-//! docs/pruning-structured.md use 24).
+//! docs/pruning.md use 24).
 
 mod common;
 

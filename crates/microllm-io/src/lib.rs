@@ -37,6 +37,9 @@ pub enum CheckpointFormat {
     Gptq,
     /// A Hugging Face directory holding a compressed-tensors (`pack-quantized`) checkpoint.
     CompressedTensors,
+    /// A Hugging Face directory holding a sparse compressed-tensors checkpoint
+    /// (`sparse-bitmask` / `sparse-24-bitmask`).
+    Sparse,
 }
 
 impl std::fmt::Display for CheckpointFormat {
@@ -47,6 +50,9 @@ impl std::fmt::Display for CheckpointFormat {
             CheckpointFormat::Gptq => "GPTQ checkpoint (Hugging Face directory)",
             CheckpointFormat::CompressedTensors => {
                 "compressed-tensors checkpoint (Hugging Face directory)"
+            }
+            CheckpointFormat::Sparse => {
+                "sparse compressed-tensors checkpoint (Hugging Face directory)"
             }
         })
     }

@@ -14,6 +14,7 @@
 //! memory for two stages' activations (at most the attention residual, which replaces the
 //! block input, and the MLP hidden state: for 128 x 512 tokens of SmolLM2, 150 + 400 MB).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
@@ -223,8 +224,8 @@ impl Compressor<'_> {
     /// Compresses the present linears of `kinds`, with the Hessian of their shared input in a
     /// calibrated pass, and writes the new weights back into the block.
     fn group(&mut self, kinds: &[LinearKind], hessian: Option<HessianAccumulator>) -> Result<()> {
-        let calibrated = match (self.spec.method, &hessian) {
-            (BlockMethod::Gptq { opts, .. }, Some(h)) => Some((opts, h)),
+        let opts = match (self.spec.method, &hessian) {
+            (BlockMethod::Gptq { opts, .. }, Some(_)) => Some(opts),
             (BlockMethod::Gptq { .. }, None) => {
                 return Err(microllm_core::Error::Invalid(
                     "GPTQ needs calibration samples: none were given".into(),
@@ -232,10 +233,22 @@ impl Compressor<'_> {
             }
             (BlockMethod::Rtn, _) => None,
         };
-        for &kind in kinds {
-            let Some(linear) = self.block.linear(kind) else {
-                continue;
+        let tokens = hessian.as_ref().map_or(0, |h| h.n_tokens());
+        let present: Vec<LinearKind> = kinds
+            .iter()
+            .copied()
+            .filter(|&k| self.block.linear(k).is_some())
+            .collect();
+        let mut hessian = hessian;
+        for (i, &kind) in present.iter().enumerate() {
+            let linear = self.block.linear(kind).expect("present");
+            // The last linear of the group takes the Hessian, so its solver can free it.
+            let h: Option<Cow<'_, [f64]>> = if i + 1 == present.len() {
+                hessian.take().map(|h| Cow::Owned(h.into_hessian()))
+            } else {
+                hessian.as_ref().map(|h| Cow::Borrowed(h.hessian()))
             };
+            let calibrated = opts.zip(h);
             let name = names::linear_weight(self.block.config().family, self.block.layer, kind);
             let device = linear.weight.device().clone();
             let original = linear.weight.flatten_all()?.to_vec1::<f32>()?;
@@ -264,7 +277,7 @@ impl Compressor<'_> {
                 weight_error,
                 gptq_loss: r.obs_loss,
                 damp_percent: r.damp_percent,
-                tokens: hessian.as_ref().map_or(0, |h| h.n_tokens()),
+                tokens,
                 sparsity: r.sparsity,
             });
         }

@@ -13,14 +13,15 @@
 //! compensated by the columns not yet fixed (Frantar & Alistarh, 2023, section 3.5). Pruned
 //! weights are stored as their group's zero point, so they dequantize to exactly 0.
 
+use std::borrow::Cow;
+
 use candle_core::Tensor;
 use microllm_core::{Error, Result};
 use microllm_prune::{
     PruneMethod, Ranking, SparsityPattern, magnitude_scores, mask_from_scores, wanda_scores,
 };
 use microllm_quant::{
-    GptqOptions, HessianAccumulator, ObsTarget, QuantScheme, QuantizedWeight, obs_compress,
-    rtn_quantize,
+    GptqOptions, ObsTarget, QuantScheme, QuantizedWeight, obs_compress, rtn_quantize,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,13 +48,15 @@ pub(crate) struct LinearOutcome {
 }
 
 /// Prunes and/or quantizes `weight` (`[out, in]`, named `name` in errors). `calibrated` holds
-/// the solver options and the Hessian of the layer's inputs when the pass has calibration data.
+/// the solver options and the Hessian of the layer's inputs (row-major `[in, in]`) when the
+/// pass has calibration data: borrowed while other linears still need it, owned by the last
+/// one so the solver can free it early.
 pub(crate) fn compress_linear(
     name: &str,
     weight: &Tensor,
     scheme: Option<QuantScheme>,
     prune: Option<PruneSpec>,
-    calibrated: Option<(GptqOptions, &HessianAccumulator)>,
+    calibrated: Option<(GptqOptions, Cow<'_, [f64]>)>,
 ) -> Result<LinearOutcome> {
     let (out, inp) = weight.dims2()?;
     let shape = [out, inp];
@@ -73,8 +76,10 @@ pub(crate) fn compress_linear(
             p.ranking,
         )?),
         Some((p, PruneMethod::Wanda)) => {
-            let (_, h) = calibrated.ok_or_else(|| needs_calibration(name, "Wanda"))?;
-            let diag: Vec<f64> = (0..inp).map(|j| h.hessian()[j * inp + j]).collect();
+            let (_, h) = calibrated
+                .as_ref()
+                .ok_or_else(|| needs_calibration(name, "Wanda"))?;
+            let diag: Vec<f64> = (0..inp).map(|j| h[j * inp + j]).collect();
             let scores = wanda_scores(&w, shape, &diag)?;
             Some(mask_from_scores(&scores, shape, p.pattern, p.ranking)?)
         }
@@ -93,7 +98,7 @@ pub(crate) fn compress_linear(
             mask: mask.as_deref(),
             rule: sparse_gpt.map(|p| p.pattern.obs_rule()),
         };
-        let r = obs_compress(&w, shape, h.hessian(), target, opts)
+        let r = obs_compress(&w, shape, h, target, opts)
             .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
         let sparsity = prune.map(|_| fraction(&r.pruned));
         return Ok(LinearOutcome {

@@ -13,5 +13,6 @@ pub mod structured;
 mod unstructured;
 
 pub use unstructured::{
-    PruneMethod, Ranking, SparsityPattern, magnitude_scores, mask_from_scores, wanda_scores,
+    GlobalThreshold, PruneMethod, Ranking, SparsityPattern, magnitude_scores, mask_from_scores,
+    wanda_scores,
 };

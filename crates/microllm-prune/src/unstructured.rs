@@ -116,13 +116,17 @@ impl SparsityPattern {
 }
 
 /// Which weights an unstructured score is compared against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ranking {
     /// Within each output row (Wanda's default).
     PerRow,
     /// Across the whole layer (magnitude's default).
     PerLayer,
+    /// Across every linear of the model: scores at or below this threshold go (found by
+    /// [`GlobalThreshold`] over the whole model first), so layers end with different
+    /// sparsities that average to the target.
+    Global { threshold: f32 },
 }
 
 /// Magnitude scores, `|W_ij|`.
@@ -193,8 +197,92 @@ pub fn mask_from_scores(
                 (sparsity * (out * inp) as f64).round() as usize,
             );
         }
+        (SparsityPattern::Unstructured { .. }, Ranking::Global { threshold }) => {
+            for (m, &s) in mask.iter_mut().zip(scores) {
+                *m = s <= threshold;
+            }
+        }
     }
     Ok(mask)
+}
+
+/// The exact `k`-th smallest of many non-negative scores seen in two passes, in bounded
+/// memory: a first pass counts scores per bucket of their f32 bit pattern's top 16 bits (the
+/// patterns of non-negative floats sort like the floats), a second keeps only the scores of
+/// the bucket holding the `k`-th, which is then selected exactly. So a global magnitude
+/// threshold over a model larger than memory costs two reads of its linears and 512 KB.
+#[derive(Debug, Clone)]
+pub struct GlobalThreshold {
+    counts: Vec<u64>,
+    total: u64,
+    /// Set after the first pass: the bucket of the `k`-th score, its rank within that
+    /// bucket, and the scores of that bucket seen so far in the second pass.
+    target: Option<(usize, u64, Vec<f32>)>,
+}
+
+impl Default for GlobalThreshold {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; 1 << 16],
+            total: 0,
+            target: None,
+        }
+    }
+}
+
+impl GlobalThreshold {
+    fn bucket(score: f32) -> usize {
+        (score.abs().to_bits() >> 16) as usize
+    }
+
+    /// First pass: counts `scores`.
+    pub fn count(&mut self, scores: &[f32]) {
+        for &s in scores {
+            self.counts[Self::bucket(s)] += 1;
+        }
+        self.total += scores.len() as u64;
+    }
+
+    /// Ends the first pass: the threshold will be the score with `fraction * total` scores
+    /// at or below it. Returns false when there is nothing to prune.
+    pub fn aim(&mut self, fraction: f64) -> bool {
+        let k = (fraction * self.total as f64).round() as u64;
+        if k == 0 {
+            return false;
+        }
+        let mut below = 0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            if below + c >= k {
+                self.target = Some((b, k - below, Vec::new()));
+                return true;
+            }
+            below += c;
+        }
+        false
+    }
+
+    /// Second pass: keeps the scores of the target bucket.
+    pub fn collect(&mut self, scores: &[f32]) {
+        if let Some((b, _, kept)) = &mut self.target {
+            kept.extend(
+                scores
+                    .iter()
+                    .map(|s| s.abs())
+                    .filter(|&s| Self::bucket(s) == *b),
+            );
+        }
+    }
+
+    /// The threshold: the `k`-th smallest score (`None` when nothing is to be pruned).
+    pub fn threshold(mut self) -> Option<f32> {
+        let (_, rank, mut kept) = self.target.take()?;
+        let i = (rank as usize).checked_sub(1)?;
+        if i >= kept.len() {
+            return None;
+        }
+        let (_, t, _) = kept.select_nth_unstable_by(i, f32::total_cmp);
+        Some(*t)
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +333,46 @@ mod tests {
         // Ties: the earlier weight goes first.
         let tied = mask_from_scores(&[1.0; 4], [1, 4], half, Ranking::PerRow).unwrap();
         assert_eq!(tied, [true, true, false, false]);
+    }
+
+    #[test]
+    fn global_threshold_is_the_exact_kth_score_over_all_layers() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % 1_000_000) as f32 / 1e5 - 5.0
+        };
+        let layers: Vec<Vec<f32>> = (0..5)
+            .map(|l| (0..1000 + 37 * l).map(|_| next()).collect())
+            .collect();
+        let mut g = GlobalThreshold::default();
+        layers.iter().for_each(|l| g.count(l));
+        assert!(g.aim(0.3));
+        layers.iter().for_each(|l| g.collect(l));
+        let t = g.threshold().unwrap();
+        let mut all: Vec<f32> = layers.concat().iter().map(|x| x.abs()).collect();
+        all.sort_by(f32::total_cmp);
+        let k = (0.3 * all.len() as f64).round() as usize;
+        assert_eq!(t, all[k - 1]);
+        let pattern = SparsityPattern::Unstructured { sparsity: 0.3 };
+        let pruned: usize = layers
+            .iter()
+            .map(|l| {
+                let m = mask_from_scores(
+                    &magnitude_scores(l),
+                    [1, l.len()],
+                    pattern,
+                    Ranking::Global { threshold: t },
+                );
+                m.unwrap().iter().filter(|&&x| x).count()
+            })
+            .sum();
+        assert_eq!(pruned, k);
+        let mut none = GlobalThreshold::default();
+        none.count(&[1.0, 2.0]);
+        assert!(!none.aim(0.0));
     }
 
     #[test]

@@ -41,6 +41,8 @@
 //! Memory: besides the caller's Hessian, at most two `[in, in]` f64 matrices at once (the
 //! factor and its inverse, then `U`) and two f64 copies of the weight.
 
+use std::borrow::Cow;
+
 use candle_core::Tensor;
 use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::{Mat, Side};
@@ -162,13 +164,17 @@ pub fn gptq_quantize(
 
 /// The general OBS sweep behind GPTQ and SparseGPT: prune by a mask or a rule, quantize or
 /// not, with the errors compensated through the inverse Hessian (see [`crate::obs`]).
-pub fn obs_compress(
+///
+/// `hessian` may be borrowed (it is shared with other linears of the same input) or owned, in
+/// which case it is freed once the factorisation has its own copy.
+pub fn obs_compress<'h>(
     weight: &[f32],
     shape: [usize; 2],
-    hessian: &[f64],
+    hessian: impl Into<Cow<'h, [f64]>>,
     target: ObsTarget<'_>,
     opts: GptqOptions,
 ) -> Result<ObsResult> {
+    let hessian: Cow<'h, [f64]> = hessian.into();
     let ng = match target.scheme {
         Some(scheme) => scheme.check_shape("weight", shape)?,
         None => 1,
@@ -191,7 +197,8 @@ pub fn obs_compress(
 
     // 1. Dead columns: their diagonal reads as 1 below, their weights become 0.
     let dead: Vec<bool> = (0..n).map(|j| hessian[j * n + j] == 0.0).collect();
-    let diag = |j: usize| if dead[j] { 1.0 } else { hessian[j * n + j] };
+    let diag_of = |j: usize| if dead[j] { 1.0 } else { hessian[j * n + j] };
+    let diag: Vec<f64> = (0..n).map(diag_of).collect();
     let mut w: Vec<f64> = weight.iter().map(|&x| x as f64).collect();
     let dead_columns = dead.iter().filter(|&&d| d).count();
     for j in (0..n).filter(|&j| dead[j]) {
@@ -203,12 +210,12 @@ pub fn obs_compress(
     // 2. Act-order permutation: perm[p] = original column processed p-th.
     let mut perm: Vec<usize> = (0..n).collect();
     if opts.act_order {
-        perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
+        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
     }
 
     // 3-4. Dampening and U = chol(H^-1), in processing order.
     let (u, damp_percent, damp, damp_retries) =
-        inverse_cholesky_damped(hessian, n, &perm, &dead, opts.damp_percent)?;
+        inverse_cholesky_damped(hessian, n, &perm, &diag, opts.damp_percent)?;
     // What the objective pays per unit of squared error in each column: 1 / U_pp^2, in
     // processing order.
     let cost_p: Vec<f32> = (0..n)
@@ -384,22 +391,54 @@ fn check_target(target: &ObsTarget<'_>, shape: [usize; 2], opts: GptqOptions) ->
 }
 
 /// Adds damping to the Hessian and returns `U` (row-major, upper) with
-/// `(P^T (H + lambda I) P)^-1 = U^T U` for the processing order `perm` (dead diagonals read as
-/// 1), retrying with ten times the damping when a factorisation fails.
+/// `(P^T (H + lambda I) P)^-1 = U^T U` for the processing order `perm` (`diag`: the diagonal
+/// with dead columns read as 1), retrying with ten times the damping when a factorisation
+/// fails.
+///
+/// With `J` the order reversal and `A = P^T (H + lambda I) P`: if `J A J = L L^T` then
+/// `A^-1 = J L^-T L^-1 J = U^T U` with `U = J L^-1 J`, which is upper triangular. So one
+/// Cholesky factorisation and one triangular inverse give `U`, instead of a factorisation, a
+/// full inverse and a second factorisation. At most two `[n, n]` f64 matrices are alive at
+/// once (the damped matrix and its factor, the factor and its inverse, the inverse and `U`),
+/// plus the Hessian while it is borrowed: that is what bounds GPTQ's memory on wide layers
+/// (254 MB each for a 5632-wide MLP down projection).
 fn inverse_cholesky_damped(
-    h: &[f64],
+    h: Cow<'_, [f64]>,
     n: usize,
     perm: &[usize],
-    dead: &[bool],
+    diag: &[f64],
     damp_percent: f64,
 ) -> Result<(Vec<f64>, f64, f64, u32)> {
-    let diag = |j: usize| if dead[j] { 1.0 } else { h[j * n + j] };
-    let mean_diag = (0..n).map(diag).sum::<f64>() / n as f64;
-    let mut pct = damp_percent;
+    let mean_diag = diag.iter().sum::<f64>() / n as f64;
+    // Row i of J A J is original column perm[n - 1 - i].
+    let rev = |i: usize| perm[n - 1 - i];
+    let mut a = Mat::<f64>::from_fn(n, n, |i, j| {
+        let (r, c) = (rev(i), rev(j));
+        if r == c { diag[r] } else { h[r * n + c] }
+    });
+    drop(h);
+    let (mut pct, mut added) = (damp_percent, 0.0);
     for retry in 0..=MAX_DAMP_RETRIES {
         let lambda = pct * mean_diag;
-        if let Some(u) = inverse_cholesky_upper(h, n, perm, dead, lambda) {
-            return Ok((u, pct, lambda, retry));
+        for i in 0..n {
+            a[(i, i)] += lambda - added;
+        }
+        added = lambda;
+        if let Ok(llt) = a.llt(Side::Lower) {
+            // A pivot that only rounding kept positive (a damped matrix singular up to
+            // rounding) would blow `U` up; with `H` positive semi-definite every pivot is at
+            // least `lambda`, far above this threshold.
+            let l = llt.L();
+            if (0..n).all(|i| l[(i, i)] * l[(i, i)] > PIVOT_MIN * a[(i, i)]) {
+                drop(a);
+                let u = upper_from_factor(llt, n).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "GPTQ: the inverse Cholesky factor of the [{n}, {n}] Hessian is not \
+                         finite (damping {pct})"
+                    ))
+                })?;
+                return Ok((u, pct, lambda, retry));
+            }
         }
         pct *= 10.0;
     }
@@ -409,41 +448,8 @@ fn inverse_cholesky_damped(
     )))
 }
 
-/// One attempt of [`inverse_cholesky_damped`]: `None` when the damped matrix is not positive
-/// definite.
-///
-/// With `J` the order reversal and `A = P^T (H + lambda I) P`: if `J A J = L L^T` then
-/// `A^-1 = J L^-T L^-1 J = U^T U` with `U = J L^-1 J`, which is upper triangular. So one
-/// Cholesky factorisation and one triangular inverse give `U`, instead of a factorisation, a
-/// full inverse and a second factorisation; at most two `[n, n]` f64 matrices are alive at
-/// once besides the caller's Hessian, which is what bounds GPTQ's memory on wide layers
-/// (254 MB each for a 5632-wide MLP down projection).
-fn inverse_cholesky_upper(
-    h: &[f64],
-    n: usize,
-    perm: &[usize],
-    dead: &[bool],
-    lambda: f64,
-) -> Option<Vec<f64>> {
-    // Row i of J A J is original column perm[n - 1 - i].
-    let rev = |i: usize| perm[n - 1 - i];
-    let a = Mat::<f64>::from_fn(n, n, |i, j| {
-        let (r, c) = (rev(i), rev(j));
-        if r == c {
-            (if dead[r] { 1.0 } else { h[r * n + r] }) + lambda
-        } else {
-            h[r * n + c]
-        }
-    });
-    let llt = a.llt(Side::Lower).ok()?;
-    // A pivot that only rounding kept positive (a damped matrix singular up to rounding) would
-    // blow `U` up; with `H` positive semi-definite every pivot is at least `lambda`, far above
-    // this threshold.
-    let l = llt.L();
-    if !(0..n).all(|i| l[(i, i)] * l[(i, i)] > PIVOT_MIN * a[(i, i)]) {
-        return None;
-    }
-    drop(a);
+/// `U = J L^-1 J` (row-major) from the factor `J A J = L L^T`; `None` if it is not finite.
+fn upper_from_factor(llt: faer::linalg::solvers::Llt<f64>, n: usize) -> Option<Vec<f64>> {
     let mut l_inv = Mat::<f64>::zeros(n, n);
     invert_lower_triangular(l_inv.as_mut(), llt.L(), faer::get_global_parallelism());
     drop(llt);

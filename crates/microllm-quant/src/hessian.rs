@@ -75,6 +75,12 @@ impl HessianAccumulator {
         &self.h
     }
 
+    /// The Hessian, row-major `[in, in]`, giving up the accumulator (so a solver can free it
+    /// as soon as it has its own copy: on a 5632-wide layer that is 254 MB).
+    pub fn into_hessian(self) -> Vec<f64> {
+        self.h
+    }
+
     /// Adds a batch of layer inputs: any tensor whose last dimension is `in_features`
     /// (`[tokens, in]`, `[batch, seq, in]`, any float dtype).
     pub fn add_batch(&mut self, x: &Tensor) -> Result<()> {

@@ -76,6 +76,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     if args.structured.structured {
+        if args.format == Some(FormatArg::CompressedTensors) {
+            anyhow::bail!(
+                "--format compressed-tensors stores pruned weights sparse; structured pruning \
+                 writes a smaller dense model: use --format safetensors or gguf"
+            );
+        }
         return structured::run(&args);
     }
     unstructured::run(&args)
@@ -87,6 +93,10 @@ pub enum FormatArg {
     Safetensors,
     /// One GGUF file with llama.cpp metadata.
     Gguf,
+    /// A Hugging Face directory with the pruned linears in compressed-tensors'
+    /// `sparse-bitmask` (or, for 2:4, `sparse-24-bitmask`) layout: smaller on disk, read by
+    /// vLLM (unstructured and N:M pruning without --bits).
+    CompressedTensors,
 }
 
 /// Where and how the output is written.
@@ -105,6 +115,8 @@ pub fn output_kind(args: &Args, cfg: &ModelConfig) -> Output {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     match args.format {
         Some(FormatArg::Gguf) => Output::Gguf(args.gguf_type.ggml()),
+        // The sparse writer keeps every value in the source's float dtype.
+        Some(FormatArg::CompressedTensors) => Output::Safetensors(OutDtype::F16),
         None if gguf_ext => Output::Gguf(args.gguf_type.ggml()),
         _ => Output::Safetensors(match args.dtype {
             Some(d) => d.out(),

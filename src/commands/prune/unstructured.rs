@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::GgmlDType;
+use microllm_core::{Progress, names};
 use microllm_io::gguf::{GgufExport, plan_types, write_gguf};
-use microllm_io::write::{HfOutput, HfWriteOptions, write_hf_dir};
+use microllm_io::quantized::sparse::SparseFormat;
+use microllm_io::write::{HfOutput, HfWriteOptions, SparseOutput, write_hf_dir, write_sparse_dir};
 use microllm_pipeline::output::{GgufCodes, QuantizedSource};
 use microllm_pipeline::{BlockMethod, BlockSpec, BlockStore, CompressJob, PruneSpec, run_compress};
-use microllm_prune::{PruneMethod, Ranking, SparsityPattern};
+use microllm_prune::{GlobalThreshold, PruneMethod, Ranking, SparsityPattern};
 use microllm_quant::{GptqOptions, QuantScheme};
 use serde_json::json;
 
@@ -41,19 +43,40 @@ pub fn run(args: &Args) -> Result<()> {
     };
     pattern.validate().context("--sparsity")?;
     let method = u.method.unwrap_or(MethodArg::Wanda).method();
-    let ranking = match (u.ranking, method) {
-        (Some(RankingArg::Row), _) => Ranking::PerRow,
-        (Some(RankingArg::Layer), _) => Ranking::PerLayer,
-        (None, PruneMethod::Magnitude) => Ranking::PerLayer,
-        (None, _) => Ranking::PerRow,
-    };
     let ckpt = crate::commands::open_model(&args.model)?;
     let linears = plan::linear_infos(&ckpt.config, ckpt.tensors.as_ref())?;
     for info in &linears {
         pattern.check_shape(&info.name, [info.shape[0], info.shape[1]])?;
     }
+    let ranking = match (u.ranking, method) {
+        (Some(RankingArg::Row), _) => Ranking::PerRow,
+        (Some(RankingArg::Layer), _) => Ranking::PerLayer,
+        (Some(RankingArg::Global), PruneMethod::Magnitude) if !args.dry_run => {
+            let SparsityPattern::Unstructured { sparsity } = pattern else {
+                bail!(
+                    "--ranking global ranks unstructured sparsity; an N:M pattern ranks within each group of M"
+                );
+            };
+            global_threshold(&ckpt, &linears, sparsity)?
+        }
+        (Some(RankingArg::Global), PruneMethod::Magnitude) => Ranking::PerLayer,
+        (Some(RankingArg::Global), _) => {
+            bail!(
+                "--ranking global is for magnitude pruning (Wanda and SparseGPT scores need each layer's calibration inputs)"
+            )
+        }
+        (None, PruneMethod::Magnitude) => Ranking::PerLayer,
+        (None, _) => Ranking::PerRow,
+    };
     let output = super::output_kind(args, &ckpt.config);
     let gguf = matches!(output, super::Output::Gguf(_));
+    let sparse_out = args.format == Some(super::FormatArg::CompressedTensors);
+    if sparse_out && u.bits.is_some() {
+        bail!(
+            "--format compressed-tensors with --bits is not written yet (sparse and quantized \
+             together); use --format gguf for pruned + quantized output"
+        );
+    }
     let scheme = match u.bits {
         Some(bits) => {
             let group = plan::resolve_group_size(u.group_size, gguf, &linears)?;
@@ -167,7 +190,26 @@ pub fn run(args: &Args) -> Result<()> {
 
     let written = Instant::now();
     let pruned = QuantizedSource::new(&ckpt.config, ckpt.tensors.as_ref(), &store);
-    if gguf {
+    if sparse_out {
+        let family = ckpt.config.family;
+        let is_sparse = |name: &str| names::parse_linear_weight(family, name).is_some();
+        let output = SparseOutput {
+            config: &ckpt.config,
+            tensors: &pruned,
+            is_sparse: &is_sparse,
+            format: match pattern {
+                SparsityPattern::NOfM { n: 2, m: 4 } => SparseFormat::TwoFour,
+                _ => SparseFormat::Bitmask,
+            },
+            structure: match pattern {
+                SparsityPattern::NOfM { n, m } => format!("{n}:{m}"),
+                SparsityPattern::Unstructured { .. } => "unstructured".into(),
+            },
+            tokenizer: ckpt.tokenizer.as_ref(),
+            chat_template: ckpt.chat_template.as_deref(),
+        };
+        write_sparse_dir(&output, &args.out, 2_000_000_000, args.force, &Bar::new())?;
+    } else if gguf {
         let codes = GgufCodes::new(&ckpt.config, &store);
         let export = GgufExport {
             config: &ckpt.config,
@@ -213,14 +255,17 @@ pub fn run(args: &Args) -> Result<()> {
     report.output["pruned_parameters"] = json!(zeroed.round() as u64);
     report.output["linear_sparsity"] = json!(zeroed / linear_params.max(1) as f64);
     report.notes.push(format!(
-        "{:.1}% of the linear weights are zero ({} of {}); they are stored densely{}",
+        "{:.1}% of the linear weights are zero ({} of {}); they are stored {}",
         100.0 * zeroed / linear_params.max(1) as f64,
         zeroed.round() as u64,
         linear_params,
         if scheme.is_some() {
-            " as the grids' zero points"
+            "densely as the grids' zero points"
+        } else if sparse_out {
+            "sparse: nonzero values plus a bitmask (compressed-tensors)"
         } else {
-            ": the file is no smaller until it is quantized or read by a sparse runtime"
+            "densely: the file is no smaller until it is quantized or written with --format \
+             compressed-tensors"
         }
     ));
     drop(pruned);
@@ -242,6 +287,44 @@ pub fn run(args: &Args) -> Result<()> {
     );
     store.remove()?;
     Ok(())
+}
+
+/// `--ranking global`: the magnitude below which `sparsity` of all linear weights lie, found
+/// exactly in two streaming passes over the model's linears.
+fn global_threshold(
+    ckpt: &microllm_io::Checkpoint,
+    linears: &[microllm_core::TensorInfo],
+    sparsity: f64,
+) -> Result<Ranking> {
+    let mut g = GlobalThreshold::default();
+    let bar = Bar::new();
+    for pass in 0..2 {
+        bar.begin(
+            "global magnitude threshold",
+            linears.len() as u64,
+            "tensors",
+        );
+        for info in linears {
+            let w = ckpt
+                .tensors
+                .load(&info.name)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            if pass == 0 {
+                g.count(&w);
+            } else {
+                g.collect(&w);
+            }
+            bar.advance(1);
+        }
+        bar.finish();
+        if pass == 0 && !g.aim(sparsity) {
+            return Ok(Ranking::PerLayer);
+        }
+    }
+    let threshold = g.threshold().unwrap_or(0.0);
+    println!("  global magnitude threshold {threshold:.6e}");
+    Ok(Ranking::Global { threshold })
 }
 
 fn describe(pattern: SparsityPattern) -> String {
@@ -270,8 +353,9 @@ pub struct UnstructuredArgs {
     /// consecutive ones (2:4, 4:8).
     #[arg(long)]
     pub pattern: Option<String>,
-    /// Which weights an unstructured score competes with [default: row for wanda and
-    /// sparsegpt, layer for magnitude].
+    /// Which weights an unstructured score competes with: each output row, each layer, or
+    /// (magnitude only) the whole model [default: row for wanda and sparsegpt, layer for
+    /// magnitude].
     #[arg(long, value_enum)]
     pub ranking: Option<RankingArg>,
     /// Also quantize with GPTQ to this many bits, in the same sweep (pruned weights become
@@ -319,4 +403,6 @@ impl MethodArg {
 pub enum RankingArg {
     Row,
     Layer,
+    /// One magnitude threshold over every linear of the model (magnitude only).
+    Global,
 }

@@ -184,7 +184,7 @@ pub fn print_plan(plan: &[TensorPlan]) {
     }
     for ((quantized, dtype), (count, params, bytes)) in groups.iter().rev() {
         let role = if *quantized {
-            "quantized linears"
+            "block linears"
         } else {
             "other tensors"
         };

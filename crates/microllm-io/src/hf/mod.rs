@@ -13,7 +13,7 @@ use serde_json::Value;
 
 pub use self::config::{parse_config, read_config};
 pub use self::safetensors::SafetensorsSource;
-use crate::quantized::{QuantMethod, QuantizedDirSource};
+use crate::quantized::{QuantMethod, QuantizedDirSource, SparseDirSource, detect_sparse};
 use crate::{Checkpoint, CheckpointFormat, Tokenizer};
 
 /// The index file that lists the shards of a sharded checkpoint.
@@ -31,10 +31,18 @@ pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
-    let method = QuantMethod::detect(&value, &config_path)?;
+    let sparse = detect_sparse(&value);
+    let method = match sparse {
+        Some(_) => None,
+        None => QuantMethod::detect(&value, &config_path)?,
+    };
     let config = parse_config(&value, &config_path)?;
     let files = weight_files(dir)?;
     let (format, tensors): (CheckpointFormat, Box<dyn TensorSource>) = match method {
+        None if sparse.is_some() => {
+            let tensors = SparseDirSource::open(dir, &files)?;
+            (CheckpointFormat::Sparse, Box::new(tensors))
+        }
         None => {
             let tensors = SafetensorsSource::open(dir, &files)?;
             check_index(dir, |name| tensors.file_of(name).map(Path::to_path_buf))?;

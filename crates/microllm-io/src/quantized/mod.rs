@@ -16,6 +16,8 @@ pub mod bits;
 pub mod compressed;
 pub mod gptq;
 mod source;
+pub mod sparse;
+mod sparse_source;
 
 use std::path::Path;
 
@@ -23,6 +25,7 @@ use microllm_core::{Error, Result};
 use serde_json::Value;
 
 pub use self::source::QuantizedDirSource;
+pub use self::sparse_source::{SparseDirSource, detect_sparse};
 
 /// One quantized linear, unpacked: `w[r, j] = scales[r, g] * (codes[r, j] - zeros[r, g])`
 /// with `g = g_idx[j]` (or `j / group_size` when `g_idx` is `None`).

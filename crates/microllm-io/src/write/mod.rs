@@ -6,9 +6,11 @@ mod atomic;
 mod hf_dir;
 mod packed;
 mod safetensors;
+mod sparse;
 
 pub(crate) use atomic::temp_sibling;
 pub use atomic::{AtomicDir, write_file_atomic};
 pub use hf_dir::{HfOutput, HfWriteOptions, WriteSummary, hf_config_json, write_hf_dir};
 pub use packed::{LinearLayout, PackedLinears, PackedOutput, write_packed_dir};
 pub use safetensors::{OutDtype, write_safetensors};
+pub use sparse::{SparseOutput, write_sparse_dir};

@@ -59,18 +59,18 @@ pub struct PackedOutput<'a> {
 
 /// One planned tensor: a dense one from the source, or one piece of a packed linear.
 #[derive(Debug, Clone)]
-struct Planned {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: u64,
+pub(crate) struct Planned {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: u64,
     /// `(weight name)` of the packed linear this piece belongs to.
-    linear: Option<String>,
+    pub linear: Option<String>,
 }
 
 /// The dense storage of an unquantized tensor: its source dtype when that is a float type
 /// safetensors holds, else (GGUF-quantized sources) f16.
-fn dense_dtype(info: &TensorInfo) -> OutDtype {
+pub(crate) fn dense_dtype(info: &TensorInfo) -> OutDtype {
     match info.dtype.to_ascii_uppercase().as_str() {
         "F32" => OutDtype::F32,
         "BF16" => OutDtype::BF16,
@@ -78,7 +78,7 @@ fn dense_dtype(info: &TensorInfo) -> OutDtype {
     }
 }
 
-fn st_dtype(d: OutDtype) -> Dtype {
+pub(crate) fn st_dtype(d: OutDtype) -> Dtype {
     match d {
         OutDtype::F32 => Dtype::F32,
         OutDtype::F16 => Dtype::F16,
@@ -141,12 +141,60 @@ pub fn write_packed_dir(
     overwrite: bool,
     progress: &dyn Progress,
 ) -> Result<WriteSummary> {
+    let torch_dtype = out
+        .tensors
+        .infos()
+        .iter()
+        .find(|i| out.packed.layout(&i.name).is_none())
+        .map_or(OutDtype::F16, dense_dtype);
+    let mut config = hf_config_json(out.config, torch_dtype);
+    config["quantization_config"] = out.quantization_config.clone();
+    let pack = |weight: &str| -> Result<Vec<RawTensor<'static>>> {
+        let q = out.packed.codes(weight)?;
+        let prefix = weight.strip_suffix(".weight").unwrap_or(weight);
+        Ok(encode(out.method, prefix, &q))
+    };
+    let dir = PlannedDir {
+        config: out.config,
+        tensors: out.tensors,
+        planned: plan(out),
+        pack: &pack,
+        config_json: config,
+        quantize_config: (out.method == QuantMethod::Gptq).then(|| out.quantization_config.clone()),
+        tokenizer: out.tokenizer,
+        chat_template: out.chat_template,
+    };
+    write_planned_dir(&dir, dest, max_shard_bytes, overwrite, progress)
+}
+
+/// A Hugging Face directory whose tensors are planned up front: dense ones read from
+/// `tensors`, the pieces of each packed linear produced by `pack(weight name)`.
+pub(crate) struct PlannedDir<'a> {
+    pub config: &'a ModelConfig,
+    pub tensors: &'a dyn TensorSource,
+    pub planned: Vec<Planned>,
+    pub pack: &'a (dyn Fn(&str) -> Result<Vec<RawTensor<'static>>> + Sync),
+    pub config_json: Value,
+    /// Also written as `quantize_config.json` (GPTQ).
+    pub quantize_config: Option<Value>,
+    pub tokenizer: Option<&'a Tokenizer>,
+    pub chat_template: Option<&'a str>,
+}
+
+/// Writes a planned directory at `dest`, atomically, in shards of at most `max_shard_bytes`
+/// (a linear's pieces stay together so each is packed once).
+pub(crate) fn write_planned_dir(
+    out: &PlannedDir<'_>,
+    dest: &Path,
+    max_shard_bytes: u64,
+    overwrite: bool,
+    progress: &dyn Progress,
+) -> Result<WriteSummary> {
     let dir = AtomicDir::create(dest, overwrite)?;
-    let planned = plan(out);
+    let planned = &out.planned;
     let mut shards: Vec<Vec<Planned>> = vec![Vec::new()];
     let mut used = 0u64;
     for t in planned.iter() {
-        // Keep a linear's pieces together so each is encoded once.
         let starts_unit = t.linear.is_none()
             || shards
                 .last()
@@ -182,20 +230,9 @@ pub fn write_packed_dir(
         });
         write_json(&dir.path().join(INDEX_FILE), &index)?;
     }
-    let torch_dtype = out
-        .tensors
-        .infos()
-        .iter()
-        .find(|i| out.packed.layout(&i.name).is_none())
-        .map_or(OutDtype::F16, dense_dtype);
-    let mut config = hf_config_json(out.config, torch_dtype);
-    config["quantization_config"] = out.quantization_config.clone();
-    write_json(&dir.path().join("config.json"), &config)?;
-    if out.method == QuantMethod::Gptq {
-        write_json(
-            &dir.path().join("quantize_config.json"),
-            &out.quantization_config,
-        )?;
+    write_json(&dir.path().join("config.json"), &out.config_json)?;
+    if let Some(qc) = &out.quantize_config {
+        write_json(&dir.path().join("quantize_config.json"), qc)?;
     }
     if let Some(tok) = out.tokenizer {
         tok.save(&dir.path().join("tokenizer.json"))?;
@@ -216,7 +253,7 @@ pub fn write_packed_dir(
 /// One safetensors file: header from the plan, then each tensor's bytes in order.
 fn write_shard(
     path: &Path,
-    out: &PackedOutput<'_>,
+    out: &PlannedDir<'_>,
     tensors: &[Planned],
     progress: &dyn Progress,
 ) -> Result<u64> {
@@ -257,9 +294,7 @@ fn write_shard(
             }
             Some(weight) => {
                 if !pending.contains_key(&t.name) {
-                    let q = out.packed.codes(weight)?;
-                    let prefix = weight.strip_suffix(".weight").unwrap_or(weight);
-                    pending = encode(out.method, prefix, &q)
+                    pending = (out.pack)(weight)?
                         .into_iter()
                         .map(|r| (r.name, r.data.into_owned()))
                         .collect();
