@@ -6,7 +6,8 @@
 //! ```
 //!
 //! The setting comes from the environment: `BITS` (4), `GROUP` (32), `SYM` (1), `ACT_ORDER`
-//! (1, static groups), `CLIP` (0; 1 = clipping search), `SINK` (seqlen), `METHOD` (gptq|rtn).
+//! (1, static groups), `CLIP` (1 = the default clipping search, 0 = min/max grids), `NORM`
+//! (2, the search's error exponent), `SINK` (seqlen), `METHOD` (gptq|rtn).
 //! Calibration windows are 512 tokens drawn with seed 0; evaluation uses 512-token windows.
 
 use std::env;
@@ -33,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let group: usize = var("GROUP", "32").parse().unwrap();
     let sym = var("SYM", "1") == "1";
     let act_order = var("ACT_ORDER", "1") == "1";
-    let clip = var("CLIP", "0") == "1";
+    let clip = var("CLIP", "1") == "1";
     let sink: f64 = var("SINK", &seqlen.to_string()).parse().unwrap();
 
     let ckpt = microllm_io::open(model)?;
@@ -46,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         act_order,
         static_groups: act_order,
         clip_search: clip.then(|| ClipSearch {
-            norm: var("NORM", "2.4").parse().unwrap(),
+            norm: var("NORM", "2").parse().unwrap(),
             max_shrink: var("SHRINK", "0.2").parse().unwrap(),
             ..ClipSearch::default()
         }),
