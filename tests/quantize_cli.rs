@@ -257,3 +257,48 @@ fn bad_requests_fail_cleanly() {
     assert!(err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(out).unwrap(), b"keep me");
 }
+
+/// `--gguf-type q3_k_m`: llama.cpp's mix rules per block (more bits for v, o and down), then
+/// its row-length fallbacks (the fixture's 64-wide rows fit no k-quant); with `--calib` the
+/// importance matrix is measured and the report says which matrices it could weight.
+#[test]
+fn llama_cpp_mixes_follow_its_rules_then_its_fallbacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_ids(tmp.path(), 16, 32, 384);
+    let out = tmp.path().join("q3km.gguf");
+    let report = quantize(
+        &fixture("llama-tiny"),
+        &calib,
+        &out,
+        &["--gguf-type", "q3_k_m"],
+    );
+    let ckpt = microllm_io::open(out.to_str().unwrap()).unwrap();
+    let dtype = |name: &str| {
+        ckpt.tensors
+            .infos()
+            .into_iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .dtype
+    };
+    let linear =
+        |layer: usize, module: &str| dtype(&format!("model.layers.{layer}.{module}.weight"));
+    for layer in 0..3 {
+        // Q3_K asked, 64-wide rows: llama.cpp's fallback Q4_0.
+        assert_eq!(linear(layer, "self_attn.q_proj"), "Q4_0");
+        assert_eq!(linear(layer, "mlp.up_proj"), "Q4_0");
+        // o and down: Q4_K asked (Q5_0 after the fallback).
+        assert_eq!(linear(layer, "self_attn.o_proj"), "Q5_0");
+        assert_eq!(linear(layer, "mlp.down_proj"), "Q5_0");
+    }
+    // v: Q5_K for the first two blocks (Q5_1 after the fallback), Q4_K after.
+    assert_eq!(linear(0, "self_attn.v_proj"), "Q5_1");
+    assert_eq!(linear(1, "self_attn.v_proj"), "Q5_1");
+    assert_eq!(linear(2, "self_attn.v_proj"), "Q5_0");
+    assert_eq!(report["calibration"]["tokens_used"], 8 * 32);
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("importance matrix applied to 0 matrices"),
+        "{notes}"
+    );
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::quantized::GgmlDType;
 use microllm_io::CheckpointFormat;
-use microllm_io::gguf::{EncodedTensors, GgufExport, write_gguf};
+use microllm_io::gguf::{EncodedTensors, GgufExport, GgufTypes, KQuantMix, write_gguf};
 use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
 use microllm_pipeline::output::GgufCodes;
 
@@ -94,10 +94,48 @@ pub(crate) enum GgufType {
     Q3K,
     #[value(name = "q2_k")]
     Q2K,
+    /// llama.cpp's Q5_K_M mix: Q5_K, with Q6_K for v and down in the blocks llama.cpp picks.
+    #[value(name = "q5_k_m")]
+    Q5KM,
+    /// llama.cpp's Q5_K_S mix: Q5_K throughout.
+    #[value(name = "q5_k_s")]
+    Q5KS,
+    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for v and down in the blocks llama.cpp picks.
+    #[value(name = "q4_k_m")]
+    Q4KM,
+    /// llama.cpp's Q4_K_S mix: Q4_K, Q5_K for the first blocks' v and down.
+    #[value(name = "q4_k_s")]
+    Q4KS,
+    /// llama.cpp's Q3_K_L mix: Q3_K, Q5_K for v, o and down.
+    #[value(name = "q3_k_l")]
+    Q3KL,
+    /// llama.cpp's Q3_K_M mix: Q3_K, Q4_K / Q5_K for v, o and down.
+    #[value(name = "q3_k_m")]
+    Q3KM,
+    /// llama.cpp's Q3_K_S mix: Q3_K throughout.
+    #[value(name = "q3_k_s")]
+    Q3KS,
 }
 
 impl GgufType {
-    pub(crate) fn ggml(self) -> GgmlDType {
+    /// The block types this choice means: one type for every matrix (the plain names, as
+    /// llama-quantize's `--pure`), or one of llama.cpp's mixes (the `_s` / `_m` / `_l` names).
+    pub(crate) fn types(self) -> GgufTypes {
+        use KQuantMix as M;
+        let mix = match self {
+            GgufType::Q5KM => M::Q5KM,
+            GgufType::Q5KS => M::Q5KS,
+            GgufType::Q4KM => M::Q4KM,
+            GgufType::Q4KS => M::Q4KS,
+            GgufType::Q3KL => M::Q3KL,
+            GgufType::Q3KM => M::Q3KM,
+            GgufType::Q3KS => M::Q3KS,
+            pure => return GgufTypes::Pure(pure.pure()),
+        };
+        GgufTypes::Mix(mix)
+    }
+
+    fn pure(self) -> GgmlDType {
         match self {
             GgufType::F32 => GgmlDType::F32,
             GgufType::F16 => GgmlDType::F16,
@@ -111,6 +149,7 @@ impl GgufType {
             GgufType::Q4K => GgmlDType::Q4K,
             GgufType::Q3K => GgmlDType::Q3K,
             GgufType::Q2K => GgmlDType::Q2K,
+            mix => mix.types().base(),
         }
     }
 }
@@ -182,11 +221,12 @@ fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
         chat_template: ckpt.chat_template.as_deref(),
         name: &name,
         encoded: codes.as_ref().map(|c| c as &dyn EncodedTensors),
+        importance: None,
     };
     let summary = write_gguf(
         &export,
         &args.out,
-        args.gguf_type.ggml(),
+        args.gguf_type.types(),
         args.force,
         &Bar::new(),
     )

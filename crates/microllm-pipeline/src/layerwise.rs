@@ -12,8 +12,8 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource, names};
+use candle_core::Tensor;
+use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
 use microllm_models::{Block, Positions, Rope};
 use microllm_quant::QuantScheme;
 
@@ -93,7 +93,7 @@ pub fn run_compress(
     progress.begin("quantizing blocks", cfg.num_layers as u64, "blocks");
     progress.advance(start as u64);
     if calibrated && start == 0 {
-        hidden = embed(cfg, job.source, job.calibration)?;
+        hidden = crate::calibration::embed_windows(cfg, job.source, job.calibration)?;
     }
     for layer in start..cfg.num_layers {
         let began = Instant::now();
@@ -137,24 +137,4 @@ fn resume_point(job: &CompressJob<'_>, store: &BlockStore) -> Result<(usize, Vec
         Some((after, hidden)) if after < done => Ok((after + 1, hidden)),
         _ => Ok((0, Vec::new())),
     }
-}
-
-/// The embeddings `[1, seq, hidden]` of each calibration window.
-fn embed(cfg: &ModelConfig, src: &dyn TensorSource, windows: &[Vec<u32>]) -> Result<Vec<Tensor>> {
-    let table = src.load_shaped(names::EMBED_TOKENS, &[cfg.vocab_size, cfg.hidden_size])?;
-    windows
-        .iter()
-        .map(|w| {
-            if let Some(&bad) = w.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-                return Err(Error::Invalid(format!(
-                    "calibration token id {bad} is outside the vocabulary of {} tokens",
-                    cfg.vocab_size
-                )));
-            }
-            let ids = Tensor::from_slice(w, w.len(), &Device::Cpu)?;
-            Ok(table
-                .index_select(&ids, 0)?
-                .reshape((1, w.len(), cfg.hidden_size))?)
-        })
-        .collect()
 }

@@ -10,8 +10,11 @@
 //! * [`output`] — the stored blocks as a tensor source or as exact GGUF blocks.
 //! * [`packed`] — the stored blocks as GPTQ / compressed-tensors linears.
 //! * [`structured`] — importance of channels, heads and blocks for structured pruning.
+//! * [`measure_imatrix`] — llama.cpp's importance matrix, for weighted k-quants.
 
 mod block_quant;
+mod calibration;
+mod imatrix;
 mod layerwise;
 mod linear_step;
 pub mod output;
@@ -23,6 +26,7 @@ pub use block_quant::{
     BlockMethod, BlockOutput, BlockResult, BlockSpec, LinearRecord, SEQUENTIAL_GROUPS,
     compress_block, quantize_block,
 };
+pub use imatrix::measure_imatrix;
 pub use layerwise::{CompressJob, LayerwiseJob, LayerwiseSummary, run_compress, run_layerwise};
 pub use linear_step::PruneSpec;
 pub use store::{BlockStore, StoredBlock};

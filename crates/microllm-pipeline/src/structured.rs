@@ -21,8 +21,8 @@
 //! The `magnitude` metric needs no calibration: `||W_up[j, :]|| * ||W_down[:, j]||` (times the
 //! gate row's norm in gated MLPs) per channel and `||W_q[h]||_F * ||W_o[:, h]||_F` per head.
 
-use candle_core::{D, DType, Device, Tensor};
-use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource, names};
+use candle_core::{D, DType, Tensor};
+use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
 use microllm_models::{Block, Positions, Rope};
 use microllm_prune::structured::Scores;
 use serde::Serialize;
@@ -83,7 +83,7 @@ pub fn measure_importance(job: &ImportanceJob<'_>, progress: &dyn Progress) -> R
         offset: 0,
     };
     let mut hidden = if needs_data {
-        embed(cfg, job.source, job.calibration)?
+        crate::calibration::embed_windows(cfg, job.source, job.calibration)?
     } else {
         Vec::new()
     };
@@ -237,24 +237,4 @@ fn magnitude_scores(cfg: &ModelConfig, block: &Block) -> Result<(Vec<f64>, Vec<f
     let q = group_norms(&sq(row_norms(&block.q.weight)?), cfg.head_dim);
     let o = group_norms(&sq(column_norms(&block.o.weight)?), cfg.head_dim);
     Ok((channels, mul(&q, &o)))
-}
-
-/// The embeddings `[1, seq, hidden]` of each calibration window.
-fn embed(cfg: &ModelConfig, src: &dyn TensorSource, windows: &[Vec<u32>]) -> Result<Vec<Tensor>> {
-    let table = src.load_shaped(names::EMBED_TOKENS, &[cfg.vocab_size, cfg.hidden_size])?;
-    windows
-        .iter()
-        .map(|w| {
-            if let Some(&bad) = w.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-                return Err(Error::Invalid(format!(
-                    "calibration token id {bad} is outside the vocabulary of {} tokens",
-                    cfg.vocab_size
-                )));
-            }
-            let ids = Tensor::from_slice(w, w.len(), &Device::Cpu)?;
-            Ok(table
-                .index_select(&ids, 0)?
-                .reshape((1, w.len(), cfg.hidden_size))?)
-        })
-        .collect()
 }

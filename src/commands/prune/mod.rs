@@ -12,8 +12,8 @@ mod unstructured;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::quantized::GgmlDType;
 use microllm_core::ModelConfig;
+use microllm_io::gguf::GgufTypes;
 use microllm_io::write::OutDtype;
 
 use crate::commands::convert::{Dtype, GgufType};
@@ -103,7 +103,7 @@ pub enum FormatArg {
 #[derive(Debug, Clone, Copy)]
 pub enum Output {
     Safetensors(OutDtype),
-    Gguf(GgmlDType),
+    Gguf(GgufTypes),
 }
 
 /// The output the flags ask for: `--format`, else by the extension of `--out`; safetensors in
@@ -114,10 +114,10 @@ pub fn output_kind(args: &Args, cfg: &ModelConfig) -> Output {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     match args.format {
-        Some(FormatArg::Gguf) => Output::Gguf(args.gguf_type.ggml()),
+        Some(FormatArg::Gguf) => Output::Gguf(args.gguf_type.types()),
         // The sparse writer keeps every value in the source's float dtype.
         Some(FormatArg::CompressedTensors) => Output::Safetensors(OutDtype::F16),
-        None if gguf_ext => Output::Gguf(args.gguf_type.ggml()),
+        None if gguf_ext => Output::Gguf(args.gguf_type.types()),
         _ => Output::Safetensors(match args.dtype {
             Some(d) => d.out(),
             None => match cfg.torch_dtype.as_deref() {

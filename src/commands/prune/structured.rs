@@ -163,7 +163,7 @@ pub fn run(args: &super::Args) -> Result<()> {
 fn output_name(output: Output) -> String {
     match output {
         Output::Safetensors(d) => format!("safetensors ({})", d.torch_name()),
-        Output::Gguf(t) => format!("gguf ({t:?} matrices)"),
+        Output::Gguf(t) => format!("gguf ({} matrices)", t.describe()),
     }
 }
 
@@ -269,6 +269,7 @@ fn write(
                 chat_template: ckpt.chat_template.as_deref(),
                 name,
                 encoded: None,
+                importance: None,
             };
             let summary = write_gguf(&export, &args.out, dtype, args.force, &Bar::new())
                 .with_context(|| format!("writing {}", args.out.display()))?;

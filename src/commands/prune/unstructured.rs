@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::GgmlDType;
 use microllm_core::{Progress, names};
-use microllm_io::gguf::{GgufExport, plan_types, write_gguf};
+use microllm_io::gguf::{GgufExport, GgufTypes, plan_types, write_gguf};
 use microllm_io::quantized::sparse::SparseFormat;
 use microllm_io::write::{HfOutput, HfWriteOptions, SparseOutput, write_hf_dir, write_sparse_dir};
 use microllm_pipeline::output::{GgufCodes, QuantizedSource};
@@ -119,7 +119,10 @@ pub fn run(args: &Args) -> Result<()> {
         "damp_percent": calibrated.then_some(u.damp),
     });
     let (tensor_plan, dominant) = match (gguf, &scheme) {
-        (true, Some(s)) => plan::gguf_plan(&ckpt.config, ckpt.tensors.as_ref(), s, false)?,
+        (true, Some(s)) => {
+            let (plan, dominant) = plan::gguf_plan(&ckpt.config, ckpt.tensors.as_ref(), s, false)?;
+            (plan, dominant.into())
+        }
         (_, None) | (false, Some(_)) => match output {
             super::Output::Gguf(t) => {
                 let decisions = plan_types(&ckpt.config, ckpt.tensors.as_ref(), t)?;
@@ -127,7 +130,7 @@ pub fn run(args: &Args) -> Result<()> {
             }
             super::Output::Safetensors(d) => (
                 plan::dense_plan(&ckpt.config, ckpt.tensors.as_ref(), d),
-                GgmlDType::F16,
+                GgufTypes::Pure(GgmlDType::F16),
             ),
         },
     };
@@ -222,6 +225,7 @@ pub fn run(args: &Args) -> Result<()> {
                 .and_then(|s| s.to_str())
                 .unwrap_or("model"),
             encoded: scheme.map(|_| &codes as &dyn microllm_io::gguf::EncodedTensors),
+            importance: None,
         };
         let summary = write_gguf(&export, &args.out, dominant, args.force, &Bar::new())?;
         report.notes.extend(summary.notes);

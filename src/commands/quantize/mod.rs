@@ -10,14 +10,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::GgmlDType;
 use microllm_io::Checkpoint;
-use microllm_io::gguf::{GgufExport, write_gguf};
+use microllm_io::gguf::{GgufExport, GgufTypes, write_gguf};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::write::{HfOutput, HfWriteOptions, PackedOutput, write_hf_dir, write_packed_dir};
 use microllm_pipeline::output::{GgufCodes, QuantizedSource};
 use microllm_pipeline::packed::{
     StoredLinears, compressed_quantization_config, gptq_quantization_config,
 };
-use microllm_pipeline::{BlockMethod, BlockStore, LayerwiseJob, run_layerwise};
+use microllm_pipeline::{BlockMethod, BlockStore, LayerwiseJob, measure_imatrix, run_layerwise};
 use microllm_quant::{ClipSearch, GptqOptions, QuantScheme};
 
 use self::plan::{GroupSize, parse_group_size};
@@ -180,7 +180,7 @@ pub fn run(args: Args) -> Result<()> {
         report.notes.push(note);
     }
     if let Some(t) = args.gguf_type {
-        return ggml_rtn(&args, &ckpt, t.ggml(), report, started);
+        return ggml_rtn(&args, &ckpt, t.types(), report, started);
     }
     let method_kind = args.method.unwrap_or(Method::Gptq);
 
@@ -363,11 +363,13 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// `--gguf-type`: llama.cpp's own types by round-to-nearest, as `convert` writes them.
+/// `--gguf-type`: llama.cpp's own types (or mixes) by round-to-nearest, as `convert` writes
+/// them; with `--calib`, k-quant blocks are fitted with an importance matrix measured on the
+/// calibration windows, as llama.cpp's `--imatrix` does.
 fn ggml_rtn(
     args: &Args,
     ckpt: &Checkpoint,
-    dtype: GgmlDType,
+    types: GgufTypes,
     mut report: Report,
     started: Instant,
 ) -> Result<()> {
@@ -377,21 +379,81 @@ fn ggml_rtn(
              produce; use --method rtn, or drop --gguf-type to get GPTQ codes in Q4_0/Q4_1/Q8_0 blocks"
         );
     }
-    let decisions = microllm_io::gguf::plan_types(&ckpt.config, ckpt.tensors.as_ref(), dtype)?;
+    let decisions = microllm_io::gguf::plan_types(&ckpt.config, ckpt.tensors.as_ref(), types)?;
     let plan = plan::from_decisions(&ckpt.config, decisions, |_| None)?;
+    println!(
+        "quantize {} -> {}: llama.cpp's {} by round-to-nearest{}",
+        args.model,
+        args.out.display(),
+        types.describe(),
+        if args.calib.is_some() {
+            ", k-quant blocks weighted by an importance matrix from --calib"
+        } else {
+            ""
+        }
+    );
     plan::print_plan(&plan);
     if args.dry_run {
         return Ok(());
     }
     report.method = "ggml-rtn".into();
+    report.scheme = serde_json::json!({ "gguf_types": types.describe() });
+    let importance = match &args.calib {
+        Some(_) => {
+            let set = calibrate::draw(
+                CalibrationRequest {
+                    path: args.calib.as_deref(),
+                    samples: args.samples,
+                    seqlen: args.seqlen,
+                    seed: args.seed,
+                    allow_short: args.allow_short_calib,
+                    missing_hint: "the importance matrix needs calibration data",
+                },
+                ckpt,
+            )?;
+            report.calibration = Some(CalibrationRecord::new(args.calib.as_deref(), &set));
+            let matrix = measure_imatrix(
+                &ckpt.config,
+                ckpt.tensors.as_ref(),
+                &set.windows,
+                &Bar::new(),
+            )
+            .context("measuring the importance matrix")?;
+            Some(matrix)
+        }
+        None => None,
+    };
     report.notes.push(format!(
-        "{dtype:?}: llama.cpp's block type, by llama.cpp's round-to-nearest (no calibration; \
-         GPTQ does not apply)"
+        "{}: llama.cpp's block types, by llama.cpp's round-to-nearest{} (GPTQ does not apply)",
+        types.describe(),
+        if importance.is_some() {
+            " with an importance matrix (llama.cpp's imatrix) for k-quant blocks"
+        } else {
+            ", no calibration"
+        }
     ));
-    let export = gguf_export(ckpt, ckpt.tensors.as_ref(), None);
+    let mut export = gguf_export(ckpt, ckpt.tensors.as_ref(), None);
+    export.importance = importance.as_ref();
     let written = Instant::now();
-    let summary = write_gguf(&export, &args.out, dtype, args.force, &Bar::new())?;
+    let summary = write_gguf(&export, &args.out, types, args.force, &Bar::new())?;
     report.notes.extend(summary.notes);
+    if importance.is_some() {
+        let matrices = summary.tensors.iter().filter(|t| t.shape.len() == 2);
+        let (weighted, plain): (Vec<_>, Vec<_>) = matrices.partition(|t| t.importance_weighted);
+        let types_of = |ts: &[&microllm_io::gguf::TypeDecision]| {
+            let set: std::collections::BTreeSet<_> =
+                ts.iter().map(|t| format!("{:?}", t.dtype)).collect();
+            set.into_iter().collect::<Vec<_>>().join(", ")
+        };
+        report.notes.push(format!(
+            "importance matrix applied to {} matrices ({}); not to {} others ({}: candle has \
+             importance-weighted quantizers for k-quants only)",
+            weighted.len(),
+            types_of(&weighted),
+            plain.len(),
+            types_of(&plain),
+        ));
+    }
     report.set_output(&args.out, &plan, written.elapsed().as_secs_f64())?;
     finish(args, ckpt, report, started)
 }
@@ -412,6 +474,7 @@ fn gguf_export<'a>(
             .and_then(|s| s.to_str())
             .unwrap_or("model"),
         encoded,
+        importance: None,
     }
 }
 

@@ -17,10 +17,12 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
-use microllm_core::{Error, Family, ModelConfig, NormKind, Progress, Result, TensorSource, names};
+use microllm_core::{Error, Family, ModelConfig, NormKind, Progress, Result, TensorSource};
 use rayon::prelude::*;
 
 use super::blocks;
+use super::imatrix::ImportanceMatrix;
+use super::mix::GgufTypes;
 use super::names::{hf_to_gguf, is_rope_permuted, permute_rows};
 use super::write::{GgufWriter, PlannedTensor};
 use crate::Tokenizer;
@@ -36,6 +38,9 @@ pub struct GgufExport<'a> {
     /// Tensors encoded elsewhere (GPTQ codes packed exactly into blocks); the rest are
     /// quantized here by round-to-nearest.
     pub encoded: Option<&'a dyn EncodedTensors>,
+    /// Per-column importance of the matrices quantized here (llama.cpp's imatrix): k-quant
+    /// blocks then minimise the importance-weighted error instead of the plain one.
+    pub importance: Option<&'a ImportanceMatrix>,
 }
 
 /// A provider of finished GGUF tensor data for some tensors of an export.
@@ -59,6 +64,8 @@ pub struct TypeDecision {
     pub dtype: GgmlDType,
     /// Why the type differs from the one requested, if it does.
     pub fallback: Option<String>,
+    /// Whether the blocks were fitted with importance weights (set by [`write_gguf`]).
+    pub importance_weighted: bool,
 }
 
 /// What was written.
@@ -71,17 +78,14 @@ pub struct GgufSummary {
     pub notes: Vec<String>,
 }
 
-/// Chooses each tensor's GGUF name and type for matrices of type `matrices`.
+/// Chooses each tensor's GGUF name and type: `types` asks (one type for every matrix, or one
+/// of llama.cpp's mixes), then rows that do not fit the asked type's block fall back.
 pub fn plan_types(
     cfg: &ModelConfig,
     tensors: &dyn TensorSource,
-    matrices: GgmlDType,
+    types: impl Into<GgufTypes>,
 ) -> Result<Vec<TypeDecision>> {
-    let head = if cfg.tie_word_embeddings {
-        names::EMBED_TOKENS.to_string()
-    } else {
-        format!("{}.weight", names::LM_HEAD)
-    };
+    let types = types.into();
     tensors
         .infos()
         .into_iter()
@@ -95,11 +99,7 @@ pub fn plan_types(
             let (dtype, fallback) = if info.shape.len() < 2 {
                 (GgmlDType::F32, None)
             } else {
-                let wanted = if info.name == head {
-                    head_type(matrices)
-                } else {
-                    matrices
-                };
+                let wanted = types.wanted(cfg, &info.name);
                 fit_row(wanted, *info.shape.last().expect("2-D"))
             };
             Ok(TypeDecision {
@@ -108,14 +108,15 @@ pub fn plan_types(
                 shape: info.shape,
                 dtype,
                 fallback,
+                importance_weighted: false,
             })
         })
         .collect()
 }
 
 /// [`plan_types`], with the types of tensors that `export.encoded` provides.
-pub fn plan_export(export: &GgufExport<'_>, matrices: GgmlDType) -> Result<Vec<TypeDecision>> {
-    let mut decisions = plan_types(export.config, export.tensors, matrices)?;
+pub fn plan_export(export: &GgufExport<'_>, types: GgufTypes) -> Result<Vec<TypeDecision>> {
+    let mut decisions = plan_types(export.config, export.tensors, types)?;
     if let Some(encoded) = export.encoded {
         for d in &mut decisions {
             if let Some(dtype) = encoded.dtype(&d.hf_name) {
@@ -125,14 +126,6 @@ pub fn plan_export(export: &GgufExport<'_>, matrices: GgmlDType) -> Result<Vec<T
         }
     }
     Ok(decisions)
-}
-
-/// llama.cpp keeps the output head at Q6_K for quantized files.
-fn head_type(matrices: GgmlDType) -> GgmlDType {
-    match matrices {
-        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_0 => matrices,
-        _ => GgmlDType::Q6K,
-    }
 }
 
 /// The type a row of `cols` values can take, starting from `wanted` and falling back as
@@ -159,18 +152,19 @@ fn fit_row(wanted: GgmlDType, cols: usize) -> (GgmlDType, Option<String>) {
     (dtype, (!reasons.is_empty()).then(|| reasons.join("; ")))
 }
 
-/// Writes `export` as a GGUF file at `dest` with matrices of type `matrices`.
+/// Writes `export` as a GGUF file at `dest` with the matrix types `types` asks for.
 pub fn write_gguf(
     export: &GgufExport<'_>,
     dest: &Path,
-    matrices: GgmlDType,
+    types: impl Into<GgufTypes>,
     overwrite: bool,
     progress: &dyn Progress,
 ) -> Result<GgufSummary> {
     let cfg = export.config;
-    let decisions = plan_export(export, matrices)?;
+    let types = types.into();
+    let mut decisions = plan_export(export, types)?;
     let mut notes = Vec::new();
-    let mut metadata = architecture_metadata(cfg, export.name, matrices);
+    let mut metadata = architecture_metadata(cfg, export.name, types.file_type());
     match export.tokenizer {
         Some(tok) => metadata.extend(super::tokenizer_meta::tokenizer_metadata(
             tok,
@@ -194,12 +188,17 @@ pub fn write_gguf(
     let mut writer = GgufWriter::create(dest, &metadata, plan, overwrite)?;
     progress.begin("writing GGUF", decisions.len() as u64, "tensors");
     let mut bytes = 0u64;
-    for d in &decisions {
+    for d in &mut decisions {
         let data = match export.encoded.filter(|e| e.dtype(&d.hf_name).is_some()) {
             Some(encoded) => encoded.encode(&d.hf_name)?,
             None => {
                 let tensor = gguf_layout(cfg, &d.hf_name, export.tensors.load(&d.hf_name)?)?;
-                encode(&tensor, d.dtype).map_err(|msg| Error::TensorData {
+                let weights = export
+                    .importance
+                    .and_then(|m| m.columns(&d.hf_name))
+                    .filter(|_| takes_importance(d.dtype));
+                d.importance_weighted = weights.is_some();
+                encode(&tensor, d.dtype, weights).map_err(|msg| Error::TensorData {
                     name: d.hf_name.clone(),
                     origin: export.tensors.origin(),
                     msg,
@@ -234,11 +233,25 @@ fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
     }
 }
 
+/// Whether candle's quantizer for `dtype` takes importance weights (its k-quants do; its
+/// legacy Q4_0 ... Q8_0 quantizers have no weighted form).
+fn takes_importance(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K
+    )
+}
+
 /// The tensor's bytes in `dtype`, refusing non-finite values (block quantizers would turn them
 /// into garbage silently). Blocks never straddle rows, so the values are cut into chunks of
 /// whole rows and packed on all cores: Q8_0 / Q4_0 / Q4_1 by microllm's own packers
-/// ([`blocks`]), other types by candle's ggml port.
-fn encode(t: &Tensor, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> {
+/// ([`blocks`]), other types by candle's ggml port, with per-column `importance` weights
+/// when given (k-quants only, see [`takes_importance`]).
+fn encode(
+    t: &Tensor,
+    dtype: GgmlDType,
+    importance: Option<&[f32]>,
+) -> std::result::Result<Vec<u8>, String> {
     let values = t
         .flatten_all()
         .and_then(|f| f.to_vec1::<f32>())
@@ -255,6 +268,12 @@ fn encode(t: &Tensor, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> 
         GgmlDType::Q4_1 => Some(blocks::q4_1),
         _ => None,
     };
+    if importance.is_some_and(|w| w.len() != cols) {
+        return Err(format!(
+            "the importance vector has {} values for rows of {cols}",
+            importance.map_or(0, <[f32]>::len)
+        ));
+    }
     let parts: Vec<Vec<u8>> = values
         .par_chunks(rows_per_chunk * cols)
         .map(|chunk| match pack {
@@ -268,7 +287,11 @@ fn encode(t: &Tensor, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> 
                 // ignoring a view's offset, so a narrowed view would quantize the wrong rows.
                 let part = Tensor::from_slice(chunk, (chunk.len() / cols, cols), t.device())
                     .map_err(|e| e.to_string())?;
-                let q = QTensor::quantize(&part, dtype).map_err(|e| e.to_string())?;
+                let q = match importance {
+                    Some(w) => QTensor::quantize_imatrix(&part, w, dtype),
+                    None => QTensor::quantize(&part, dtype),
+                }
+                .map_err(|e| e.to_string())?;
                 Ok(q.data().map_err(|e| e.to_string())?.into_owned())
             }
         })
@@ -277,11 +300,7 @@ fn encode(t: &Tensor, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> 
 }
 
 /// `general.*` and `{arch}.*` keys.
-fn architecture_metadata(
-    cfg: &ModelConfig,
-    name: &str,
-    matrices: GgmlDType,
-) -> Vec<(String, Value)> {
+fn architecture_metadata(cfg: &ModelConfig, name: &str, file_type: u32) -> Vec<(String, Value)> {
     let arch = match cfg.family {
         Family::Llama | Family::Mistral => "llama",
         Family::Qwen2 => "qwen2",
@@ -295,10 +314,7 @@ fn architecture_metadata(
             Value::String(arch.into()),
         ),
         ("general.name".to_string(), Value::String(name.into())),
-        (
-            "general.file_type".to_string(),
-            Value::U32(file_type(matrices)),
-        ),
+        ("general.file_type".to_string(), Value::U32(file_type)),
         ("general.quantization_version".to_string(), Value::U32(2)),
         (k("context_length"), u32v(cfg.max_position_embeddings)),
         (k("embedding_length"), u32v(cfg.hidden_size)),
@@ -329,25 +345,6 @@ fn architecture_metadata(
     m
 }
 
-/// llama.cpp's `general.file_type` (its `llama_ftype`) for files whose matrices are `t`.
-fn file_type(t: GgmlDType) -> u32 {
-    match t {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q8_0 | GgmlDType::Q8_1 | GgmlDType::Q8K => 7,
-        GgmlDType::Q5_0 => 8,
-        GgmlDType::Q5_1 => 9,
-        GgmlDType::Q2K => 10,
-        GgmlDType::Q3K => 11,
-        GgmlDType::Q4K => 14,
-        GgmlDType::Q5K => 16,
-        GgmlDType::Q6K => 18,
-        GgmlDType::BF16 => 32,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,14 +361,18 @@ mod tests {
         ] {
             let whole = QTensor::quantize(&t, dtype).unwrap();
             assert_eq!(
-                encode(&t, dtype).unwrap(),
+                encode(&t, dtype, None).unwrap(),
                 whole.data().unwrap().into_owned()
             );
         }
         let mut bad = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         bad[600 * 256 - 1] = f32::NAN;
         let bad = Tensor::from_vec(bad, (600, 256), &candle_core::Device::Cpu).unwrap();
-        assert!(encode(&bad, GgmlDType::Q8_0).unwrap_err().contains("NaN"));
+        assert!(
+            encode(&bad, GgmlDType::Q8_0, None)
+                .unwrap_err()
+                .contains("NaN")
+        );
     }
 
     #[test]
@@ -383,7 +384,5 @@ mod tests {
         assert_eq!(fit_row(GgmlDType::Q6K, 576).0, GgmlDType::Q8_0);
         assert_eq!(fit_row(GgmlDType::Q3K, 1536 + 32).0, GgmlDType::Q4_0);
         assert_eq!(fit_row(GgmlDType::Q4_0, 48).0, GgmlDType::F16);
-        assert_eq!(head_type(GgmlDType::Q4_0), GgmlDType::Q6K);
-        assert_eq!(head_type(GgmlDType::Q8_0), GgmlDType::Q8_0);
     }
 }

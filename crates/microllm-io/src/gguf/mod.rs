@@ -21,7 +21,9 @@
 pub mod blocks;
 pub mod config;
 mod export;
+mod imatrix;
 mod meta;
+mod mix;
 pub mod names;
 mod source;
 pub mod tokenizer;
@@ -38,7 +40,9 @@ use microllm_core::{Error, Result};
 pub use self::export::{
     EncodedTensors, GgufExport, GgufSummary, TypeDecision, plan_export, plan_types, write_gguf,
 };
+pub use self::imatrix::ImportanceMatrix;
 use self::meta::Meta;
+pub use self::mix::{GgufTypes, KQuantMix};
 pub use self::source::{GgufSource, dtype_name};
 use crate::{Checkpoint, CheckpointFormat};
 

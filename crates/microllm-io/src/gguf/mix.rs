@@ -1,0 +1,261 @@
+//! Which GGUF block type each tensor gets: one type for every matrix, or one of llama.cpp's
+//! named k-quant mixes.
+//!
+//! A mix such as `Q4_K_M` is what llama.cpp users ask `llama-quantize` for: a base type for
+//! most matrices and more bits where round-to-nearest hurts most: the value projection, the
+//! down projection of the first and last eighth of the blocks and every third block between
+//! them, and the output head. The rules here are llama.cpp's `llama_tensor_get_type` for
+//! dense (non-expert) models, so a file made by either tool has the same types; they are
+//! applied before the row-length fallback (k-quants need rows that are multiples of 256),
+//! exactly as llama.cpp orders them.
+
+use candle_core::quantized::GgmlDType;
+use microllm_core::{LinearKind, ModelConfig, names};
+
+/// The block types of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufTypes {
+    /// One type for every matrix (llama.cpp's `--pure`), the output head excepted (see
+    /// [`GgufTypes::wanted`]).
+    Pure(GgmlDType),
+    /// One of llama.cpp's named mixes.
+    Mix(KQuantMix),
+}
+
+impl From<GgmlDType> for GgufTypes {
+    fn from(t: GgmlDType) -> Self {
+        GgufTypes::Pure(t)
+    }
+}
+
+/// llama.cpp's k-quant mixes (its `LLAMA_FTYPE_MOSTLY_*_K_*` file types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KQuantMix {
+    Q2K,
+    Q3KS,
+    Q3KM,
+    Q3KL,
+    Q4KS,
+    Q4KM,
+    Q5KS,
+    Q5KM,
+}
+
+impl KQuantMix {
+    /// The type of every matrix no rule singles out.
+    pub fn base(self) -> GgmlDType {
+        match self {
+            KQuantMix::Q2K => GgmlDType::Q2K,
+            KQuantMix::Q3KS | KQuantMix::Q3KM | KQuantMix::Q3KL => GgmlDType::Q3K,
+            KQuantMix::Q4KS | KQuantMix::Q4KM => GgmlDType::Q4K,
+            KQuantMix::Q5KS | KQuantMix::Q5KM => GgmlDType::Q5K,
+        }
+    }
+
+    /// llama.cpp's name of the mix.
+    pub fn name(self) -> &'static str {
+        match self {
+            KQuantMix::Q2K => "Q2_K",
+            KQuantMix::Q3KS => "Q3_K_S",
+            KQuantMix::Q3KM => "Q3_K_M",
+            KQuantMix::Q3KL => "Q3_K_L",
+            KQuantMix::Q4KS => "Q4_K_S",
+            KQuantMix::Q4KM => "Q4_K_M",
+            KQuantMix::Q5KS => "Q5_K_S",
+            KQuantMix::Q5KM => "Q5_K_M",
+        }
+    }
+
+    /// llama.cpp's `general.file_type` number of the mix.
+    pub fn file_type(self) -> u32 {
+        match self {
+            KQuantMix::Q2K => 10,
+            KQuantMix::Q3KS => 11,
+            KQuantMix::Q3KM => 12,
+            KQuantMix::Q3KL => 13,
+            KQuantMix::Q4KS => 14,
+            KQuantMix::Q4KM => 15,
+            KQuantMix::Q5KS => 16,
+            KQuantMix::Q5KM => 17,
+        }
+    }
+
+    /// The type of linear `kind` of block `layer`, before any row-length fallback.
+    fn linear(self, kind: LinearKind, layer: usize, cfg: &ModelConfig) -> GgmlDType {
+        use GgmlDType::{Q3K, Q4K, Q5K, Q6K};
+        use KQuantMix as M;
+        let n = cfg.num_layers;
+        let gqa = cfg.num_heads / cfg.num_kv_heads.max(1);
+        let more_bits = use_more_bits(layer, n);
+        let picked = match (kind, self) {
+            (LinearKind::V, M::Q2K) => Some(if gqa >= 4 { Q4K } else { Q3K }),
+            (LinearKind::V, M::Q3KM) => Some(if layer < 2 { Q5K } else { Q4K }),
+            (LinearKind::V, M::Q3KL) => Some(Q5K),
+            (LinearKind::V, M::Q4KM | M::Q5KM) if more_bits => Some(Q6K),
+            (LinearKind::V, M::Q4KS) if layer < 4 => Some(Q5K),
+            (LinearKind::Down, M::Q2K) => Some(Q3K),
+            (LinearKind::Down, M::Q3KM) => Some(if layer < n / 16 { Q5K } else { Q4K }),
+            (LinearKind::Down, M::Q3KL) => Some(Q5K),
+            (LinearKind::Down, M::Q4KM | M::Q5KM) if more_bits => Some(Q6K),
+            (LinearKind::Down, M::Q4KS) if layer < n / 8 => Some(Q5K),
+            (LinearKind::O, M::Q2K) => Some(Q3K),
+            (LinearKind::O, M::Q3KM) => Some(Q4K),
+            (LinearKind::O, M::Q3KL) => Some(Q5K),
+            _ => None,
+        };
+        picked.unwrap_or(self.base())
+    }
+}
+
+/// llama.cpp's choice of blocks that get more bits: the first and last eighth, and every
+/// third block in between.
+fn use_more_bits(layer: usize, n_layers: usize) -> bool {
+    let eighth = n_layers / 8;
+    layer < eighth || layer >= 7 * n_layers / 8 || (layer - eighth) % 3 == 2
+}
+
+impl GgufTypes {
+    /// The type a mix or pure setting asks for `hf_name` (a matrix), before the row-length
+    /// fallback. The output head (or, with tied embeddings, the embedding that serves as it)
+    /// gets Q6_K in quantized files, as in llama.cpp (whose rows that do not fit it fall back
+    /// to Q8_0, here as for every other tensor).
+    pub fn wanted(&self, cfg: &ModelConfig, hf_name: &str) -> GgmlDType {
+        let base = self.base();
+        if is_output_head(cfg, hf_name) {
+            return match base {
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_0 => base,
+                _ => GgmlDType::Q6K,
+            };
+        }
+        match self {
+            GgufTypes::Pure(t) => *t,
+            GgufTypes::Mix(mix) => match names::parse_linear_weight(cfg.family, hf_name) {
+                Some((layer, kind)) => mix.linear(kind, layer, cfg),
+                None => mix.base(),
+            },
+        }
+    }
+
+    /// The type most matrices get.
+    pub fn base(&self) -> GgmlDType {
+        match self {
+            GgufTypes::Pure(t) => *t,
+            GgufTypes::Mix(mix) => mix.base(),
+        }
+    }
+
+    /// The `general.file_type` to record.
+    pub fn file_type(&self) -> u32 {
+        match self {
+            GgufTypes::Pure(t) => pure_file_type(*t),
+            GgufTypes::Mix(mix) => mix.file_type(),
+        }
+    }
+
+    /// The setting in words, for plans and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            GgufTypes::Pure(t) => format!("{t:?}"),
+            GgufTypes::Mix(mix) => format!("{} (llama.cpp's mix)", mix.name()),
+        }
+    }
+}
+
+/// Whether `hf_name` is the tensor llama.cpp treats as the output head.
+fn is_output_head(cfg: &ModelConfig, hf_name: &str) -> bool {
+    if cfg.tie_word_embeddings {
+        hf_name == names::EMBED_TOKENS
+    } else {
+        hf_name == format!("{}.weight", names::LM_HEAD)
+    }
+}
+
+/// llama.cpp's `general.file_type` (its `llama_ftype`) for files whose matrices are `t`.
+fn pure_file_type(t: GgmlDType) -> u32 {
+    match t {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q8_0 | GgmlDType::Q8_1 | GgmlDType::Q8K => 7,
+        GgmlDType::Q5_0 => 8,
+        GgmlDType::Q5_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 14,
+        GgmlDType::Q5K => 16,
+        GgmlDType::Q6K => 18,
+        GgmlDType::BF16 => 32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm2_like() -> ModelConfig {
+        let json = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama",
+            "hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,
+            "num_attention_heads":9,"num_key_value_heads":3,"vocab_size":49152,
+            "rms_norm_eps":1e-5,"rope_theta":100000.0,"max_position_embeddings":8192,
+            "tie_word_embeddings":true}"#;
+        let value = serde_json::from_str(json).unwrap();
+        crate::hf::parse_config(&value, std::path::Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn more_bits_follow_llama_cpps_pattern() {
+        // 32 blocks (LLaMA-7B): 0-3, 28-31 and every third from 6.
+        let picked: Vec<usize> = (0..32).filter(|&i| use_more_bits(i, 32)).collect();
+        assert_eq!(
+            picked,
+            vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+        );
+    }
+
+    #[test]
+    fn q4_k_m_gives_v_and_down_more_bits_where_llama_cpp_does() {
+        let cfg = smollm2_like();
+        let mix = GgufTypes::Mix(KQuantMix::Q4KM);
+        let v = |l| names::linear_weight(cfg.family, l, LinearKind::V);
+        let down = |l| names::linear_weight(cfg.family, l, LinearKind::Down);
+        let q = |l| names::linear_weight(cfg.family, l, LinearKind::Q);
+        assert_eq!(mix.wanted(&cfg, &v(0)), GgmlDType::Q6K);
+        assert_eq!(mix.wanted(&cfg, &v(4)), GgmlDType::Q4K);
+        assert_eq!(mix.wanted(&cfg, &v(5)), GgmlDType::Q6K);
+        assert_eq!(mix.wanted(&cfg, &down(29)), GgmlDType::Q6K);
+        assert_eq!(mix.wanted(&cfg, &q(0)), GgmlDType::Q4K);
+        // The tied embedding is the output head (its 576-wide rows then fall back to Q8_0).
+        assert_eq!(mix.wanted(&cfg, names::EMBED_TOKENS), GgmlDType::Q6K);
+        assert_eq!(mix.file_type(), 15);
+    }
+
+    #[test]
+    fn q3_k_m_and_q2_k_rules() {
+        let cfg = smollm2_like();
+        let name = |l, k| names::linear_weight(cfg.family, l, k);
+        let q3 = GgufTypes::Mix(KQuantMix::Q3KM);
+        assert_eq!(q3.wanted(&cfg, &name(1, LinearKind::V)), GgmlDType::Q5K);
+        assert_eq!(q3.wanted(&cfg, &name(2, LinearKind::V)), GgmlDType::Q4K);
+        assert_eq!(q3.wanted(&cfg, &name(0, LinearKind::Down)), GgmlDType::Q5K);
+        assert_eq!(q3.wanted(&cfg, &name(2, LinearKind::Down)), GgmlDType::Q4K);
+        assert_eq!(q3.wanted(&cfg, &name(7, LinearKind::O)), GgmlDType::Q4K);
+        assert_eq!(q3.wanted(&cfg, &name(7, LinearKind::Up)), GgmlDType::Q3K);
+        // SmolLM2 has 3 query heads per KV head: Q2_K's value projection gets Q3_K.
+        let q2 = GgufTypes::Mix(KQuantMix::Q2K);
+        assert_eq!(q2.wanted(&cfg, &name(3, LinearKind::V)), GgmlDType::Q3K);
+        assert_eq!(q2.wanted(&cfg, &name(3, LinearKind::Gate)), GgmlDType::Q2K);
+    }
+
+    #[test]
+    fn pure_types_keep_llama_cpps_head_rule() {
+        let cfg = smollm2_like();
+        let pure = GgufTypes::from(GgmlDType::Q4_0);
+        assert_eq!(pure.wanted(&cfg, names::EMBED_TOKENS), GgmlDType::Q6K);
+        let q8 = GgufTypes::from(GgmlDType::Q8_0);
+        assert_eq!(q8.wanted(&cfg, names::EMBED_TOKENS), GgmlDType::Q8_0);
+        let f16 = GgufTypes::from(GgmlDType::F16);
+        assert_eq!(f16.wanted(&cfg, names::EMBED_TOKENS), GgmlDType::F16);
+        assert_eq!(pure.file_type(), 2);
+    }
+}
