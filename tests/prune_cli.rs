@@ -292,3 +292,69 @@ fn global_magnitude_ranking_hits_the_model_wide_target() {
         .failure();
     assert!(String::from_utf8_lossy(&err.get_output().stderr).contains("magnitude"));
 }
+
+/// `--schedule owl`: each block is pruned to the sparsity OWL chose for it (recorded in the
+/// report with the outlier ratios it came from), the blocks differ, and the mean is the target.
+#[test]
+fn owl_schedule_prunes_each_block_to_its_own_sparsity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_ids(tmp.path(), 8, 32, 384);
+    let out = tmp.path().join("owl");
+    let report = prune(
+        &fixture("llama-tiny"),
+        &out,
+        &[
+            "--method",
+            "wanda",
+            "--sparsity",
+            "0.5",
+            "--schedule",
+            "owl",
+            "--owl-threshold",
+            "2",
+            "--calib",
+            calib.to_str().unwrap(),
+        ],
+    );
+    let schedule = &report["scheme"]["schedule"];
+    assert_eq!(schedule["kind"], "owl");
+    let sparsities: Vec<f64> = schedule["block_sparsities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(sparsities.len(), 3);
+    let mean = sparsities.iter().sum::<f64>() / 3.0;
+    assert!((mean - 0.5).abs() < 1e-9, "{sparsities:?}");
+    let spread = sparsities.iter().cloned().fold(0f64, f64::max)
+        - sparsities.iter().cloned().fold(1f64, f64::min);
+    assert!(
+        (spread - 0.16).abs() < 1e-9,
+        "2 lambda apart: {sparsities:?}"
+    );
+    for (name, [_, i], w) in linears(&out) {
+        let layer: usize = name.split('.').nth(2).unwrap().parse().unwrap();
+        // Wanda compares within rows: every row loses floor(sparsity * in) weights.
+        let per_row = (sparsities[layer] * i as f64).floor() as usize;
+        for row in w.chunks(i) {
+            let zeros = row.iter().filter(|&&x| x == 0.0).count();
+            assert!(
+                zeros.abs_diff(per_row) <= 1,
+                "{name}: {zeros} zeros, expected {per_row}"
+            );
+        }
+    }
+    // N:M patterns fix every block's sparsity: OWL is refused.
+    microllm()
+        .args(["prune", "--pattern", "2:4", "--schedule", "owl", "--model"])
+        .arg(fixture("llama-tiny"))
+        .arg("--calib")
+        .arg(&calib)
+        .arg("--out")
+        .arg(tmp.path().join("owl24"))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("N:M"));
+    assert!(!tmp.path().join("owl24").exists());
+}

@@ -2,7 +2,8 @@
 # Unstructured and 2:4 pruning of SmolLM2-135M, the issue's setting: calibrated on 128 x 512
 # tokens of c4.calib.txt, evaluated on 24 x 512 tokens of wiki.eval.txt. For each method
 # prints wall time, peak RSS and perplexity; then one joint SparseGPT 2:4 + 4-bit GPTQ run to
-# GGUF. Usage: scripts/bench/prune.sh [SAMPLES=128]
+# GGUF, and OWL's schedule against the uniform one at 50% and 70%.
+# Usage: scripts/bench/prune.sh [SAMPLES=128]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 samples=${1:-128}
@@ -35,3 +36,9 @@ for method in magnitude wanda sparsegpt; do
   run "$method-2of4" --method "$method" --pattern 2:4
 done
 run "sparsegpt-2of4-q4.gguf" --method sparsegpt --pattern 2:4 --bits 4
+# OWL's outlier-weighted block sparsities against the uniform runs above, and at 70%.
+for method in wanda sparsegpt; do
+  run "$method-50-owl" --method "$method" --sparsity 0.5 --schedule owl
+  run "$method-70" --method "$method" --sparsity 0.7
+  run "$method-70-owl" --method "$method" --sparsity 0.7 --schedule owl
+done

@@ -15,6 +15,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
 use microllm_models::{Block, Positions, Rope};
+use microllm_prune::SparsityPattern;
 use microllm_quant::QuantScheme;
 
 use crate::block_quant::{BlockMethod, BlockSpec, LinearRecord, compress_block};
@@ -48,6 +49,28 @@ pub struct CompressJob<'a> {
     /// Calibration windows of token ids, all of the same length (unused without calibration).
     pub calibration: &'a [Vec<u32>],
     pub spec: BlockSpec,
+    /// Unstructured sparsity of each block, overriding `spec`'s (a per-block schedule such as
+    /// OWL's); `None` prunes every block as `spec` says.
+    pub block_sparsity: Option<Vec<f64>>,
+}
+
+impl CompressJob<'_> {
+    /// The spec of block `layer`: `spec`, with the block's scheduled sparsity.
+    fn spec_for(&self, layer: usize) -> Result<BlockSpec> {
+        let mut spec = self.spec;
+        if let (Some(sparsities), Some(prune)) = (&self.block_sparsity, spec.prune.as_mut()) {
+            let sparsity = *sparsities.get(layer).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the sparsity schedule has {} blocks, the model {}",
+                    sparsities.len(),
+                    self.config.num_layers
+                ))
+            })?;
+            prune.pattern = SparsityPattern::Unstructured { sparsity };
+            prune.pattern.validate()?;
+        }
+        Ok(spec)
+    }
 }
 
 /// Quantizes every block of `job` into `store`, resuming after the blocks already there.
@@ -65,6 +88,7 @@ pub fn run_layerwise(
             method: job.method,
             prune: None,
         },
+        block_sparsity: None,
     };
     run_compress(&job, store, progress)
 }
@@ -98,7 +122,7 @@ pub fn run_compress(
     for layer in start..cfg.num_layers {
         let began = Instant::now();
         let mut block = Block::load(cfg, layer, job.source)?;
-        let output = compress_block(&mut block, &mut hidden, at, &job.spec)?;
+        let output = compress_block(&mut block, &mut hidden, at, &job.spec_for(layer)?)?;
         drop(block);
         let seconds = began.elapsed().as_secs_f64();
         store.save_block(layer, &output, seconds)?;

@@ -19,6 +19,7 @@ mod layerwise;
 mod linear_step;
 pub mod output;
 pub mod packed;
+mod schedule;
 mod store;
 pub mod structured;
 
@@ -29,5 +30,6 @@ pub use block_quant::{
 pub use imatrix::measure_imatrix;
 pub use layerwise::{CompressJob, LayerwiseJob, LayerwiseSummary, run_compress, run_layerwise};
 pub use linear_step::PruneSpec;
+pub use schedule::{OwlSchedule, owl_schedule};
 pub use store::{BlockStore, StoredBlock};
 pub use structured::{ImportanceJob, ImportanceMetric, measure_importance};

@@ -9,9 +9,11 @@
 //! Like `microllm-quant`, this crate works on plain tensors and calibration statistics; the
 //! layerwise engine in `microllm-pipeline` feeds it.
 
+mod schedule;
 pub mod structured;
 mod unstructured;
 
+pub use schedule::{Schedule, outlier_ratio, owl_sparsities};
 pub use unstructured::{
     GlobalThreshold, PruneMethod, Ranking, SparsityPattern, magnitude_scores, mask_from_scores,
     wanda_scores,

@@ -15,8 +15,11 @@ use microllm_io::gguf::{GgufExport, GgufTypes, plan_types, write_gguf};
 use microllm_io::quantized::sparse::SparseFormat;
 use microllm_io::write::{HfOutput, HfWriteOptions, SparseOutput, write_hf_dir, write_sparse_dir};
 use microllm_pipeline::output::{GgufCodes, QuantizedSource};
-use microllm_pipeline::{BlockMethod, BlockSpec, BlockStore, CompressJob, PruneSpec, run_compress};
-use microllm_prune::{GlobalThreshold, PruneMethod, Ranking, SparsityPattern};
+use microllm_pipeline::{
+    BlockMethod, BlockSpec, BlockStore, CompressJob, PruneSpec, measure_imatrix, owl_schedule,
+    run_compress,
+};
+use microllm_prune::{GlobalThreshold, PruneMethod, Ranking, Schedule, SparsityPattern};
 use microllm_quant::{GptqOptions, QuantScheme};
 use serde_json::json;
 
@@ -84,6 +87,21 @@ pub fn run(args: &Args) -> Result<()> {
         }
         None => None,
     };
+    let schedule = match u.schedule {
+        ScheduleArg::Uniform => Schedule::Uniform,
+        ScheduleArg::Owl => Schedule::Owl {
+            threshold: u.owl_threshold,
+            lambda: u.owl_lambda,
+        },
+    };
+    schedule.validate()?;
+    let owl = matches!(schedule, Schedule::Owl { .. });
+    if owl && !matches!(pattern, SparsityPattern::Unstructured { .. }) {
+        bail!("--schedule owl spreads unstructured sparsity; an N:M pattern fixes every block's");
+    }
+    if owl && matches!(ranking, Ranking::Global { .. }) {
+        bail!("--schedule owl and --ranking global each choose the blocks' sparsities: pick one");
+    }
     let calibrated = method.needs_calibration() || scheme.is_some();
     let sink_weight = u.sink_weight.unwrap_or(match (method, scheme) {
         // Wanda's scores are the plain input norms.
@@ -154,7 +172,7 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
 
-    let calibration = if calibrated {
+    let calibration = if calibrated || owl {
         let set = calibrate::draw(
             CalibrationRequest {
                 path: args.calib.as_deref(),
@@ -162,8 +180,8 @@ pub fn run(args: &Args) -> Result<()> {
                 seqlen: args.seqlen,
                 seed: args.seed,
                 allow_short: args.allow_short_calib,
-                missing_hint: "Wanda, SparseGPT and --bits need calibration data (magnitude \
-                               pruning alone does not)",
+                missing_hint: "Wanda, SparseGPT, --bits and --schedule owl need calibration \
+                               data (magnitude pruning alone does not)",
             },
             &ckpt,
         )?;
@@ -173,6 +191,32 @@ pub fn run(args: &Args) -> Result<()> {
         None
     };
     let windows = calibration.as_ref().map_or(&[][..], |c| &c.windows[..]);
+    let block_sparsity = match schedule {
+        Schedule::Owl { threshold, lambda } => {
+            let bar = Bar::new();
+            let importance = measure_imatrix(&ckpt.config, ckpt.tensors.as_ref(), windows, &bar)
+                .context("measuring input statistics for OWL")?;
+            let owl = owl_schedule(
+                &ckpt.config,
+                ckpt.tensors.as_ref(),
+                &importance,
+                pattern.sparsity(),
+                (threshold, lambda),
+                &bar,
+            )?;
+            let (lo, hi) = owl
+                .sparsities
+                .iter()
+                .fold((1f64, 0f64), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+            println!("  OWL block sparsities {lo:.3} - {hi:.3}");
+            report.scheme["schedule"] = json!({
+                "kind": "owl", "threshold": threshold, "lambda": lambda,
+                "outlier_ratios": owl.outlier_ratios, "block_sparsities": owl.sparsities,
+            });
+            Some(owl.sparsities)
+        }
+        Schedule::Uniform => None,
+    };
     let fingerprint = json!({
         "microllm": env!("CARGO_PKG_VERSION"),
         "model": args.model,
@@ -187,6 +231,7 @@ pub fn run(args: &Args) -> Result<()> {
         source: ckpt.tensors.as_ref(),
         calibration: windows,
         spec,
+        block_sparsity,
     };
     let summary = run_compress(&job, &store, &Bar::new())
         .with_context(|| format!("pruning {} (work directory {})", args.model, work.display()))?;
@@ -384,6 +429,24 @@ pub struct UnstructuredArgs {
     /// Continue an interrupted run from its last finished block (same settings required).
     #[arg(long)]
     pub resume: bool,
+    /// How unstructured sparsity is spread over the blocks: the same everywhere, or OWL's
+    /// outlier-weighted schedule (blocks with more outlier weights pruned less, measured on
+    /// the dense model; needs --calib).
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Uniform)]
+    pub schedule: ScheduleArg,
+    /// OWL: a weight is an outlier when its Wanda score exceeds this many times its block's
+    /// mean score (the paper's M).
+    #[arg(long, default_value_t = 5.0)]
+    pub owl_threshold: f64,
+    /// OWL: block sparsities spread over target +- this (the paper's lambda).
+    #[arg(long, default_value_t = 0.08)]
+    pub owl_lambda: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    Uniform,
+    Owl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
