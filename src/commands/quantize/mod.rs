@@ -38,7 +38,8 @@ use crate::progress::Bar;
 /// compressed-tensors (pack-quantized) checkpoints, the other tensors in their source dtype
 /// (f16 when the source is GGUF-quantized); with --act-order their groups follow the
 /// processing order (g_idx), as transformers and vLLM expect. --gguf-type instead writes
-/// llama.cpp's own block types by llama.cpp's round-to-nearest (no calibration). A report
+/// llama.cpp's own block types or mixes (Q4_K_M ...) by llama.cpp's round-to-nearest, with an
+/// importance matrix from --calib when given. A report
 /// (OUT.report.json and OUT.report.md beside the output) records per-layer errors, size,
 /// bits/weight, time, and with --eval the perplexity before and after.
 #[derive(Debug, clap::Args)]
@@ -85,7 +86,9 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Gguf)]
     format: Format,
-    /// Write llama.cpp's block type instead (round-to-nearest as llama.cpp does; no GPTQ).
+    /// Write llama.cpp's block type or mix instead (`q4_k_m` ...; round-to-nearest as
+    /// llama.cpp does, no GPTQ); with --calib, k-quant blocks are fitted with an importance
+    /// matrix measured on the calibration windows (llama.cpp's imatrix).
     #[arg(long, value_enum)]
     gguf_type: Option<GgufType>,
     /// Weight dtype of --format safetensors output (gptq / compressed-tensors keep the
