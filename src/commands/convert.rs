@@ -8,6 +8,7 @@ use microllm_io::CheckpointFormat;
 use microllm_io::gguf::{EncodedTensors, GgufExport, write_gguf};
 use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
 use microllm_pipeline::output::GgufCodes;
+use microllm_pipeline::recipe::{DtypeName, GgufTypeName};
 
 use crate::progress::Bar;
 
@@ -96,7 +97,36 @@ pub(crate) enum GgufType {
     Q2K,
 }
 
+impl Dtype {
+    /// The recipe's name of this dtype.
+    pub(crate) fn recipe(self) -> DtypeName {
+        match self {
+            Dtype::F32 => DtypeName::F32,
+            Dtype::F16 => DtypeName::F16,
+            Dtype::Bf16 => DtypeName::Bf16,
+        }
+    }
+}
+
 impl GgufType {
+    /// The recipe's name of this type.
+    pub(crate) fn recipe(self) -> GgufTypeName {
+        match self {
+            GgufType::F32 => GgufTypeName::F32,
+            GgufType::F16 => GgufTypeName::F16,
+            GgufType::Q8_0 => GgufTypeName::Q8_0,
+            GgufType::Q5_1 => GgufTypeName::Q5_1,
+            GgufType::Q5_0 => GgufTypeName::Q5_0,
+            GgufType::Q4_1 => GgufTypeName::Q4_1,
+            GgufType::Q4_0 => GgufTypeName::Q4_0,
+            GgufType::Q6K => GgufTypeName::Q6K,
+            GgufType::Q5K => GgufTypeName::Q5K,
+            GgufType::Q4K => GgufTypeName::Q4K,
+            GgufType::Q3K => GgufTypeName::Q3K,
+            GgufType::Q2K => GgufTypeName::Q2K,
+        }
+    }
+
     pub(crate) fn ggml(self) -> GgmlDType {
         match self {
             GgufType::F32 => GgmlDType::F32,
