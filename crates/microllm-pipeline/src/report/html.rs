@@ -16,7 +16,7 @@ use super::{CompressionReport, escape};
 pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}\
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}\
 table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}\
-th{background:#f4f4f4;cursor:pointer}code{font-size:12px}.pass{color:#fff;background:#2a7;padding:1px 6px;border-radius:3px}\
+th{background:#f4f4f4;cursor:pointer}code{font-size:12px;overflow-wrap:anywhere}.pass{color:#fff;background:#2a7;padding:1px 6px;border-radius:3px}\
 .fail{color:#fff;background:#c33;padding:1px 6px;border-radius:3px}svg.chart{width:100%;max-width:760px;height:auto;display:block;margin:1em 0}\
 .muted{color:#777}";
 
