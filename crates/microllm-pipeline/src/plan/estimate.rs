@@ -1,10 +1,11 @@
 //! Size and time a plan is expected to take, for `--dry-run`.
 //!
 //! Size is exact where the writers' decisions are known (every tensor's type and bytes, see
-//! [`super::tensors`]). Time is a rough count of floating-point work divided by a reference
-//! throughput measured on the 2-core development machine (docs/benchmarks.md: 4-bit GPTQ of
-//! SmolLM2 on 128 x 512 tokens, about 20 TFLOP in about 290 s, so 70 GFLOP/s on 2 cores),
-//! scaled by the cores present. It says which order of magnitude to expect, no more.
+//! [`super::tensors`]). Time is a rough count of floating-point work (forward passes, Hessians,
+//! OBS sweeps, the eval's two models) divided by a throughput fitted to the 2-core development
+//! machine (docs/benchmarks.md: 4-bit GPTQ of SmolLM2 on 128 x 512 tokens, about 20 TFLOP in
+//! about 290 s; the quickstart recipe), scaled by the cores present. It leaves out the
+//! clipping search and the writers, and says which order of magnitude to expect, no more.
 
 use microllm_core::{ModelConfig, TensorInfo};
 use serde::Serialize;
@@ -13,7 +14,7 @@ use super::steps::{EvalStep, LayerwiseStep, OutputPlan};
 use crate::recipe::Recipe;
 
 /// Floating-point operations per second per core on the reference machine.
-const REFERENCE_FLOPS_PER_CORE: f64 = 35e9;
+const REFERENCE_FLOPS_PER_CORE: f64 = 25e9;
 
 /// What a plan is expected to cost.
 #[derive(Debug, Clone, Serialize)]

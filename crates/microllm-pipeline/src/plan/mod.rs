@@ -16,6 +16,8 @@
 //! output, reloaded from disk.
 
 mod estimate;
+mod layerwise;
+mod output;
 mod steps;
 pub mod tensors;
 

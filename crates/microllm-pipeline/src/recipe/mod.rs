@@ -149,6 +149,6 @@ impl RecipeDoc {
 
     /// The recipe as YAML (what `--print-recipe` prints).
     pub fn to_yaml(&self) -> String {
-        yaml::to_yaml(&self.value)
+        yaml::to_yaml_ordered(&self.value, &overrides::TOP_LEVEL)
     }
 }

@@ -16,7 +16,8 @@ use super::error::{RecipeError, RecipeResult};
 use super::yaml::{child, item, parse_scalar};
 use super::{RecipeDoc, schema};
 
-const TOP_LEVEL: [&str; 10] = [
+/// The recipe's top-level keys, in the order a recipe is written.
+pub(super) const TOP_LEVEL: [&str; 10] = [
     "version",
     "name",
     "model",

@@ -192,6 +192,22 @@ pub fn to_yaml(value: &Value) -> String {
     out
 }
 
+/// [`to_yaml`] with the top-level keys of a mapping in `order` (the rest after them, sorted):
+/// a recipe reads model, data, passes, output, gates, in that order.
+pub fn to_yaml_ordered(value: &Value, order: &[&str]) -> String {
+    let Some(map) = value.as_object() else {
+        return to_yaml(value);
+    };
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_by_key(|k| order.iter().position(|o| o == k).unwrap_or(order.len()));
+    let mut out = String::new();
+    for k in keys {
+        let one: Map<String, Value> = [(k.clone(), map[k].clone())].into_iter().collect();
+        emit_map(&one, 0, &mut out);
+    }
+    out
+}
+
 fn emit_map(map: &Map<String, Value>, indent: usize, out: &mut String) {
     for (k, v) in map {
         out.push_str(&" ".repeat(indent));

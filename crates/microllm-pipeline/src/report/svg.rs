@@ -30,10 +30,13 @@ struct Axis {
     log: bool,
     from: f64,
     to: f64,
+    /// Integer data (block indices): ticks on whole numbers.
+    integer: bool,
 }
 
 impl Axis {
-    fn new(values: impl Iterator<Item = f64>, log: bool, from: f64, to: f64) -> Self {
+    fn new(values: impl Iterator<Item = f64> + Clone, log: bool, from: f64, to: f64) -> Self {
+        let integer = !log && values.clone().all(|v| v.fract() == 0.0);
         let (mut lo, mut hi) = values
             .filter(|v| v.is_finite() && (!log || *v > 0.0))
             .map(|v| if log { v.log10() } else { v })
@@ -58,6 +61,7 @@ impl Axis {
             log,
             from,
             to,
+            integer,
         }
     }
 
@@ -71,13 +75,16 @@ impl Axis {
 
     /// Five tick values with their labels.
     fn ticks(&self) -> Vec<(f64, String)> {
-        (0..5)
+        let mut ticks: Vec<(f64, String)> = (0..5)
             .map(|i| {
                 let t = self.lo + (self.hi - self.lo) * i as f64 / 4.0;
                 let v = if self.log { 10f64.powf(t) } else { t };
+                let v = if self.integer { v.round() } else { v };
                 (v, format_number(v))
             })
-            .collect()
+            .collect();
+        ticks.dedup_by(|a, b| a.1 == b.1);
+        ticks
     }
 }
 
