@@ -420,7 +420,7 @@ fn killed_recipe_resumes_to_identical_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("random-llama");
     random_llama(&model);
-    let calib = calib_ids(tmp.path(), 64, 256, 384);
+    let calib = calib_ids(tmp.path(), 32, 256, 384);
     let passes = "  - structured_prune: {mlp_keep: 0.75}\n  - prune: {method: sparsegpt, sparsity: 0.5}\n  - quantize: {bits: 4, group_size: 64}\n  - eval: {windows: 2}\n";
     let text = |out: &Path| {
         recipe(
@@ -429,7 +429,7 @@ fn killed_recipe_resumes_to_identical_bytes() {
             passes,
             &format!("  path: {}\n", out.display()),
         )
-        .replace("samples: 8\n  seqlen: 32", "samples: 64\n  seqlen: 256")
+        .replace("samples: 8\n  seqlen: 32", "samples: 32\n  seqlen: 256")
     };
     let whole = tmp.path().join("whole.gguf");
     let r1 = write(tmp.path(), "whole.yaml", &text(&whole));
