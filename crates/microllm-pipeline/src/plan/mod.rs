@@ -122,7 +122,13 @@ impl Plan {
                 } else {
                     ""
                 };
-                format!("{:?}, {what}, {:?} ranking{joint}", s.method, s.ranking).to_lowercase()
+                let ranking = match s.ranking {
+                    microllm_prune::Ranking::PerRow => "per-row",
+                    microllm_prune::Ranking::PerLayer => "per-layer",
+                    microllm_prune::Ranking::Global { .. } => "global",
+                };
+                let method = format!("{:?}", s.method).to_lowercase();
+                format!("{method}, {what}, {ranking} ranking{joint}")
             }),
             Pass::Quantize(q) => match l.and_then(|l| l.spec.scheme) {
                 Some(s) => format!(
