@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# The README's main command: build microllm and measure SmolLM2-135M-Instruct's perplexity on
-# Wikipedia text (24 windows of 512 tokens, the reference protocol), writing
-# target/quickstart/eval.json. The model and text come from ../shared/assets when present,
-# otherwise from the package registries (scripts/fetch-assets.sh).
+# The README's main command: build microllm and run configs/quickstart.yaml, which compresses
+# SmolLM2-135M-Instruct to a 4-bit GPTQ GGUF and compares it with the original on Wikipedia
+# text (perplexity, KL divergence, top-1 agreement), writing the model and its report as JSON,
+# Markdown and HTML under target/quickstart/. The model and text come from ../shared/assets
+# when present, otherwise from the package registries (scripts/fetch-assets.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 assets=$(bash scripts/fetch-assets.sh)
 cargo build --release
 model="$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-mkdir -p target/quickstart
-target/release/microllm inspect --model "$model" | head -12
+target/release/microllm inspect --model "$model" | sed -n 1,12p
 echo
-target/release/microllm eval --model "$model" --data "$assets/data/wiki.eval.txt" \
-  --ctx 512 --max-windows 24 --json target/quickstart/eval.json
+target/release/microllm run configs/quickstart.yaml \
+  --set model="$model" \
+  --set calibration.data="$assets/data/c4.calib.txt" \
+  --set evaluation.data="$assets/data/wiki.eval.txt" \
+  --set output.path=target/quickstart/smollm2-gptq-q4.gguf
 echo
 echo "reference (transformers, f32): perplexity 22.5373 over 12,264 tokens"
-target/release/microllm generate --model "$model" --prompt "The capital of France is" --max-tokens 12
+echo "open target/quickstart/smollm2-gptq-q4.report.html for the charts"
+target/release/microllm generate --model target/quickstart/smollm2-gptq-q4.gguf \
+  --prompt "The capital of France is" --max-tokens 12

@@ -7,6 +7,7 @@
 
 mod commands;
 mod progress;
+mod render;
 
 use std::process::ExitCode;
 
@@ -30,7 +31,10 @@ use clap::{Parser, Subcommand};
   microllm convert  --model model.gguf --out model-hf --dtype bf16
   microllm quantize --model model-hf --bits 4 --calib c4.calib.txt --out model-q4.gguf
   microllm prune    --model model-hf --method wanda --pattern 2:4 --calib c4.calib.txt --out pruned
-  microllm prune    --model model-hf --structured --mlp-keep 0.75 --drop-layers 4 --calib c4.calib.txt --out small"
+  microllm prune    --model model-hf --structured --mlp-keep 0.75 --drop-layers 4 --calib c4.calib.txt --out small
+  microllm run      configs/gptq-w4-gguf.yaml --gate ppl_increase_pct<=5 --junit gates.xml
+
+Exit status: 0 success, 1 error, 2 bad usage, 3 a gate failed (microllm run)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,21 +57,38 @@ enum Command {
     Quantize(commands::quantize::Args),
     /// Prune weights (magnitude, Wanda, SparseGPT, N:M) or whole channels, heads and blocks.
     Prune(commands::prune::Args),
+    /// Run a YAML recipe: passes, output, reports (JSON, Markdown, HTML), gates.
+    Run(commands::run::Args),
+    /// Validate a recipe, or print the recipe JSON Schema.
+    Recipe(commands::recipe::Args),
 }
+
+/// The exit status of a run whose gates failed (distinct from errors, 1, and usage, 2).
+const GATES_FAILED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    use commands::pipeline::Verdict;
+    let done = |r: anyhow::Result<()>| r.map(|()| Verdict::Planned);
     let result = match cli.command {
-        Command::Inspect(args) => commands::inspect::run(args),
-        Command::Eval(args) => commands::eval::run(args),
-        Command::Logits(args) => commands::logits::run(args),
-        Command::Generate(args) => commands::generate::run(args),
-        Command::Convert(args) => commands::convert::run(args),
+        Command::Inspect(args) => done(commands::inspect::run(args)),
+        Command::Eval(args) => done(commands::eval::run(args)),
+        Command::Logits(args) => done(commands::logits::run(args)),
+        Command::Generate(args) => done(commands::generate::run(args)),
+        Command::Convert(args) => done(commands::convert::run(args)),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Prune(args) => commands::prune::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Recipe(args) => done(commands::recipe::run(args)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Verdict::Ran {
+            gates_passed: false,
+        }) => {
+            eprintln!("error: a gate failed (see the report); exit status {GATES_FAILED}");
+            ExitCode::from(GATES_FAILED)
+        }
+        Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {
@@ -99,8 +120,18 @@ fn hint(err: &anyhow::Error) -> Option<String> {
             "the weights do not match config.json: check that both come from the same model".into()
         }
         Error::Config { .. } => "fix or complete the named key in the configuration file".into(),
-        _ => return None,
+        _ => return recipe_hint(err),
     })
+}
+
+/// A hint for recipe errors.
+fn recipe_hint(err: &anyhow::Error) -> Option<String> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<microllm_pipeline::recipe::RecipeError>())
+        .map(|_| {
+            "docs/recipes.md lists every key; `microllm recipe schema` prints the JSON Schema"
+                .into()
+        })
 }
 
 #[cfg(test)]

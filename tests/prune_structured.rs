@@ -120,7 +120,7 @@ fn oracle_logits(dir: &Path, report: &serde_json::Value, ids: &Tensor) -> Tensor
     let mut model = Decoder::load(&cfg, ckpt.tensors.as_ref()).unwrap();
     let dev = Device::Cpu;
     let mut kept_blocks = Vec::new();
-    for layer in report["layers"].as_array().unwrap() {
+    for layer in report["structure"]["layers"].as_array().unwrap() {
         let source = layer["source_layer"].as_u64().unwrap() as usize;
         kept_blocks.push(source);
         let channels = mask(&indices(&layer["kept_channels"]), cfg.intermediate_size, 1);
@@ -197,7 +197,13 @@ fn pruning_equals_zeroing_and_skipping_in_the_original() {
             "{name}: config"
         );
         assert_eq!(cfg.head_dim, orig.head_dim, "{name}: head_dim kept");
-        assert_eq!(report["dropped_layers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            report["structure"]["dropped_layers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let shape = |l: usize, k: LinearKind| {
             pruned
@@ -265,8 +271,12 @@ fn gguf_output_holds_the_same_pruned_model() {
     let mut gguf_args = args.to_vec();
     gguf_args.extend(["--gguf-type", "f32"]);
     let b = prune(&dir, &gguf, &gguf_args);
-    assert_eq!(a["layers"], b["layers"], "same calibration, same plan");
-    assert!(b["format"].as_str().unwrap().starts_with("gguf"));
+    assert_eq!(
+        a["structure"]["layers"], b["structure"]["layers"],
+        "same calibration, same plan"
+    );
+    assert!(!b["structure"]["layers"].as_array().unwrap().is_empty());
+    assert!(b["output"]["format"].as_str().unwrap().starts_with("gguf"));
     let tokens = dir.join("reference.safetensors");
     let x = logits_cli(&st, &tokens, &tmp.path().join("a.st"));
     let y = logits_cli(&gguf, &tokens, &tmp.path().join("b.st"));

@@ -89,10 +89,16 @@ fn smollm2_to_three_quarters_of_its_parameters() {
     );
     let params: usize = ckpt.tensors.infos().iter().map(|i| i.numel()).sum();
     assert_eq!(params as u64, after);
-    assert_eq!(report["block_influence"].as_array().unwrap().len(), 30);
-    assert_eq!(report["layers"].as_array().unwrap().len(), 27);
+    assert_eq!(
+        report["structure"]["block_influence"]
+            .as_array()
+            .unwrap()
+            .len(),
+        30
+    );
+    assert_eq!(report["structure"]["layers"].as_array().unwrap().len(), 27);
     assert!(
-        report["importance"]["description"]
+        report["structure"]["importance"]["description"]
             .as_str()
             .unwrap()
             .contains("activation")
@@ -123,8 +129,8 @@ fn smollm2_to_three_quarters_of_its_parameters() {
     let eval = &report["eval"];
     let (p0, p1) = (
         eval["original"]["perplexity"].as_f64().unwrap(),
-        eval["pruned"]["perplexity"].as_f64().unwrap(),
+        eval["compressed"]["perplexity"].as_f64().unwrap(),
     );
     assert!(p1.is_finite() && p1 > p0, "perplexity {p0} -> {p1}");
-    assert_eq!(eval["pruned"]["windows"], 4);
+    assert_eq!(eval["compressed"]["windows"], 4);
 }

@@ -31,7 +31,7 @@ fn prune(out: &Path, args: &[&str]) -> f64 {
     ));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
-    report["eval"]["quantized"]["perplexity"].as_f64().unwrap()
+    report["eval"]["compressed"]["perplexity"].as_f64().unwrap()
 }
 
 /// No group of 4 consecutive weights of any linear holds more than 2 nonzeros.

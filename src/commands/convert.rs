@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::quantized::GgmlDType;
 use microllm_io::CheckpointFormat;
-use microllm_io::gguf::{EncodedTensors, GgufExport, GgufTypes, KQuantMix, write_gguf};
+use microllm_io::gguf::{EncodedTensors, GgufExport, write_gguf};
 use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
 use microllm_pipeline::output::GgufCodes;
+use microllm_pipeline::recipe::{DtypeName, GgufTypeName};
 
 use crate::progress::Bar;
 
@@ -117,39 +117,40 @@ pub(crate) enum GgufType {
     Q3KS,
 }
 
-impl GgufType {
-    /// The block types this choice means: one type for every matrix (the plain names, as
-    /// llama-quantize's `--pure`), or one of llama.cpp's mixes (the `_s` / `_m` / `_l` names).
-    pub(crate) fn types(self) -> GgufTypes {
-        use KQuantMix as M;
-        let mix = match self {
-            GgufType::Q5KM => M::Q5KM,
-            GgufType::Q5KS => M::Q5KS,
-            GgufType::Q4KM => M::Q4KM,
-            GgufType::Q4KS => M::Q4KS,
-            GgufType::Q3KL => M::Q3KL,
-            GgufType::Q3KM => M::Q3KM,
-            GgufType::Q3KS => M::Q3KS,
-            pure => return GgufTypes::Pure(pure.pure()),
-        };
-        GgufTypes::Mix(mix)
-    }
-
-    fn pure(self) -> GgmlDType {
+impl Dtype {
+    /// The recipe's name of this dtype.
+    pub(crate) fn recipe(self) -> DtypeName {
         match self {
-            GgufType::F32 => GgmlDType::F32,
-            GgufType::F16 => GgmlDType::F16,
-            GgufType::Q8_0 => GgmlDType::Q8_0,
-            GgufType::Q5_1 => GgmlDType::Q5_1,
-            GgufType::Q5_0 => GgmlDType::Q5_0,
-            GgufType::Q4_1 => GgmlDType::Q4_1,
-            GgufType::Q4_0 => GgmlDType::Q4_0,
-            GgufType::Q6K => GgmlDType::Q6K,
-            GgufType::Q5K => GgmlDType::Q5K,
-            GgufType::Q4K => GgmlDType::Q4K,
-            GgufType::Q3K => GgmlDType::Q3K,
-            GgufType::Q2K => GgmlDType::Q2K,
-            mix => mix.types().base(),
+            Dtype::F32 => DtypeName::F32,
+            Dtype::F16 => DtypeName::F16,
+            Dtype::Bf16 => DtypeName::Bf16,
+        }
+    }
+}
+
+impl GgufType {
+    /// The recipe's name of this type.
+    pub(crate) fn recipe(self) -> GgufTypeName {
+        match self {
+            GgufType::F32 => GgufTypeName::F32,
+            GgufType::F16 => GgufTypeName::F16,
+            GgufType::Q8_0 => GgufTypeName::Q8_0,
+            GgufType::Q5_1 => GgufTypeName::Q5_1,
+            GgufType::Q5_0 => GgufTypeName::Q5_0,
+            GgufType::Q4_1 => GgufTypeName::Q4_1,
+            GgufType::Q4_0 => GgufTypeName::Q4_0,
+            GgufType::Q6K => GgufTypeName::Q6K,
+            GgufType::Q5K => GgufTypeName::Q5K,
+            GgufType::Q4K => GgufTypeName::Q4K,
+            GgufType::Q3K => GgufTypeName::Q3K,
+            GgufType::Q2K => GgufTypeName::Q2K,
+            GgufType::Q5KM => GgufTypeName::Q5KM,
+            GgufType::Q5KS => GgufTypeName::Q5KS,
+            GgufType::Q4KM => GgufTypeName::Q4KM,
+            GgufType::Q4KS => GgufTypeName::Q4KS,
+            GgufType::Q3KL => GgufTypeName::Q3KL,
+            GgufType::Q3KM => GgufTypeName::Q3KM,
+            GgufType::Q3KS => GgufTypeName::Q3KS,
         }
     }
 }
@@ -226,7 +227,7 @@ fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
     let summary = write_gguf(
         &export,
         &args.out,
-        args.gguf_type.types(),
+        microllm_pipeline::plan::gguf_types(args.gguf_type.recipe()),
         args.force,
         &Bar::new(),
     )

@@ -1,13 +1,15 @@
 //! One module per subcommand: its arguments (clap) and its `run`.
 
-pub mod calibrate;
 pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod pipeline;
 pub mod prune;
 pub mod quantize;
+pub mod recipe;
+pub mod run;
 
 use std::path::Path;
 

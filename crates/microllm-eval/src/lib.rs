@@ -1,5 +1,5 @@
-//! Measuring models: token-level perplexity today; KL divergence and top-1 agreement against a
-//! base model, size and speed as the pipeline grows.
+//! Measuring models: token-level perplexity, and a compressed model against its original on
+//! the same tokens (KL divergence, top-1 agreement, speed of both).
 //!
 //! The perplexity protocol is the one the reference figures in `shared/assets` use, so numbers
 //! are comparable with transformers: the text is tokenized once, cut into consecutive
@@ -9,6 +9,9 @@
 //! `llama-perplexity` scores only the second half of each window, so its figures are lower and
 //! not comparable; its speed is.
 
+mod compare;
 mod perplexity;
+
+pub use compare::{Comparison, compare};
 
 pub use perplexity::{PerplexityOptions, PerplexityResult, perplexity, window_nll};

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use microllm_core::{Error, Progress, Result};
 use microllm_models::Decoder;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How to cut the token stream.
 #[derive(Debug, Clone, Copy)]
@@ -18,7 +18,7 @@ pub struct PerplexityOptions {
 }
 
 /// The outcome of a perplexity run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PerplexityResult {
     pub perplexity: f64,
     /// Mean negative log-likelihood per scored token, in nats.

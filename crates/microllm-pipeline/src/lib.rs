@@ -1,4 +1,11 @@
-//! Compression passes that tie models and algorithms together.
+//! Compression pipelines: recipes, plans, runs, reports, and the engine underneath.
+//!
+//! A run goes YAML -> [`recipe::RecipeDoc`] (the document, with the line of every key) ->
+//! [`recipe::Recipe`] (typed, unknown keys refused) -> [`plan::Plan`] (validated against the
+//! model: shapes, data, formats, fallbacks; `--dry-run` stops here) -> [`run::run`] ->
+//! [`report::CompressionReport`] (JSON, Markdown, HTML, gates, JUnit). The single-purpose
+//! commands (`microllm quantize`, `microllm prune`) build a one-pass recipe and take the same
+//! road.
 //!
 //! The layerwise engine (DESIGN.md, "How data flows") streams a model one decoder block at a
 //! time: the calibration hidden states enter block i, observers on its linear layers collect
@@ -11,6 +18,8 @@
 //! * [`packed`] — the stored blocks as GPTQ / compressed-tensors linears.
 //! * [`structured`] — importance of channels, heads and blocks for structured pruning.
 //! * [`measure_imatrix`] — llama.cpp's importance matrix, for weighted k-quants.
+//! * [`owl_schedule`] — OWL's per-block sparsities.
+//! * [`recipe`], [`plan`], [`run`], [`report`] — the road above.
 
 mod block_quant;
 mod calibration;
@@ -19,6 +28,10 @@ mod layerwise;
 mod linear_step;
 pub mod output;
 pub mod packed;
+pub mod plan;
+pub mod recipe;
+pub mod report;
+pub mod run;
 mod schedule;
 mod store;
 pub mod structured;

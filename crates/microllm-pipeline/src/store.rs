@@ -310,6 +310,26 @@ impl BlockStore {
         Ok(Some((after, tensors)))
     }
 
+    /// Stores a record of a finished step other than a block (a pass's result), atomically.
+    pub fn save_json(&self, name: &str, value: &serde_json::Value) -> Result<()> {
+        let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
+        write_file_atomic(&self.dir.join(name), |tmp| {
+            std::fs::write(tmp, &text).map_err(|e| Error::io(tmp, e))
+        })
+    }
+
+    /// A record stored by [`save_json`](Self::save_json), if there is one.
+    pub fn load_json(&self, name: &str) -> Result<Option<serde_json::Value>> {
+        let path = self.dir.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::format(&path, e.to_string()))
+    }
+
     /// Deletes the work directory (after the output is written).
     pub fn remove(self) -> Result<()> {
         std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))

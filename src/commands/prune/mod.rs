@@ -3,8 +3,10 @@
 //!
 //! Unstructured and N:M pruning run through the same layerwise engine as `quantize` (one
 //! decoder block in memory, calibration activations propagated through the pruned blocks) and
-//! can quantize in the same pass. Structured pruning (`--structured`) measures importance on
-//! calibration data, then writes a genuinely smaller model with a rewritten config.
+//! can quantize in the same sweep (`--bits`). Structured pruning (`--structured`) measures
+//! importance on calibration data, then writes a genuinely smaller model with a rewritten
+//! config. Either way the flags mean a one-pass recipe (`--print-recipe` shows it), run by the
+//! same plan and runner as `microllm run`.
 
 mod structured;
 mod unstructured;
@@ -12,10 +14,12 @@ mod unstructured;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use microllm_core::ModelConfig;
-use microllm_io::gguf::GgufTypes;
-use microllm_io::write::OutDtype;
+use microllm_pipeline::recipe::{
+    CalibrationData, EvalStage, EvaluationData, Output, OutputFormat, Pass, Recipe, RecipeDoc,
+    ReportOptions,
+};
 
+use super::pipeline::{Invocation, Verdict, execute};
 use crate::commands::convert::{Dtype, GgufType};
 
 /// Prune a model: magnitude, Wanda or SparseGPT (unstructured or N:M), or structured.
@@ -68,23 +72,13 @@ pub struct Args {
     /// --bits the linears hold GPTQ's codes instead).
     #[arg(long, value_enum, default_value_t = GgufType::F16)]
     pub gguf_type: GgufType,
+    /// Print the recipe these flags mean (YAML, for `microllm run`) and stop.
+    #[arg(long)]
+    pub print_recipe: bool,
     #[command(flatten)]
     pub structured: structured::StructuredArgs,
     #[command(flatten)]
     pub unstructured: unstructured::UnstructuredArgs,
-}
-
-pub fn run(args: Args) -> Result<()> {
-    if args.structured.structured {
-        if args.format == Some(FormatArg::CompressedTensors) {
-            anyhow::bail!(
-                "--format compressed-tensors stores pruned weights sparse; structured pruning \
-                 writes a smaller dense model: use --format safetensors or gguf"
-            );
-        }
-        return structured::run(&args);
-    }
-    unstructured::run(&args)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -99,32 +93,71 @@ pub enum FormatArg {
     CompressedTensors,
 }
 
-/// Where and how the output is written.
-#[derive(Debug, Clone, Copy)]
-pub enum Output {
-    Safetensors(OutDtype),
-    Gguf(GgufTypes),
+/// The one-pass recipe the flags mean.
+pub fn recipe(args: &Args) -> Result<Recipe> {
+    let (mut passes, quantized) = if args.structured.structured {
+        (vec![structured::stage(&args.structured)], false)
+    } else {
+        unstructured::stages(&args.unstructured)?
+    };
+    let format = args.format.map(|f| match f {
+        FormatArg::Safetensors => OutputFormat::Safetensors,
+        FormatArg::Gguf => OutputFormat::Gguf,
+        FormatArg::CompressedTensors => OutputFormat::CompressedTensors,
+    });
+    let gguf = format == Some(OutputFormat::Gguf)
+        || (format.is_none()
+            && args
+                .out
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf")));
+    let evaluation = args.eval.as_ref().map(|data| {
+        passes.push(Pass::Eval(EvalStage::default()));
+        EvaluationData {
+            data: data.clone(),
+            ctx: args.eval_ctx,
+            windows: args.eval_windows,
+        }
+    });
+    Ok(Recipe {
+        version: microllm_pipeline::recipe::RECIPE_VERSION,
+        name: Some("prune".into()),
+        model: args.model.clone(),
+        calibration: args.calib.as_ref().map(|data| CalibrationData {
+            data: data.clone(),
+            samples: args.samples,
+            seqlen: args.seqlen,
+            seed: args.seed,
+            allow_short: args.allow_short_calib,
+        }),
+        evaluation,
+        passes,
+        output: Output {
+            path: args.out.clone(),
+            format,
+            dtype: args
+                .dtype
+                .filter(|_| !gguf && format.is_none_or(|f| f == OutputFormat::Safetensors))
+                .map(Dtype::recipe),
+            // With --bits the linears hold GPTQ's codes and the rest follows llama.cpp.
+            gguf_type: (gguf && !quantized).then(|| args.gguf_type.recipe()),
+            overwrite: args.force,
+        },
+        report: ReportOptions::default(),
+        gates: Vec::new(),
+        matrix: Default::default(),
+    })
 }
 
-/// The output the flags ask for: `--format`, else by the extension of `--out`; safetensors in
-/// `--dtype`, else the source's own float dtype (f16 for quantized sources).
-pub fn output_kind(args: &Args, cfg: &ModelConfig) -> Output {
-    let gguf_ext = args
-        .out
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    match args.format {
-        Some(FormatArg::Gguf) => Output::Gguf(args.gguf_type.types()),
-        // The sparse writer keeps every value in the source's float dtype.
-        Some(FormatArg::CompressedTensors) => Output::Safetensors(OutDtype::F16),
-        None if gguf_ext => Output::Gguf(args.gguf_type.types()),
-        _ => Output::Safetensors(match args.dtype {
-            Some(d) => d.out(),
-            None => match cfg.torch_dtype.as_deref() {
-                Some("float32") => OutDtype::F32,
-                Some("bfloat16") => OutDtype::BF16,
-                _ => OutDtype::F16,
-            },
-        }),
-    }
+pub fn run(args: Args) -> Result<Verdict> {
+    let doc = RecipeDoc::from_recipe(&recipe(&args)?);
+    let inv = Invocation {
+        dry_run: args.dry_run,
+        resume: args.unstructured.resume,
+        print_recipe: args.print_recipe,
+        by_flag: true,
+        default_name: "prune".into(),
+        ..Invocation::default()
+    };
+    execute(doc, &inv)
 }

@@ -171,7 +171,7 @@ pub struct LayerPlan {
 }
 
 /// Importance measured on the original model, one entry per original block.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Scores {
     /// Per block, one score per MLP channel (higher = more important).
     pub channels: Vec<Vec<f64>>,

@@ -1,18 +1,21 @@
-//! What a quantization run will do, decided before any work: the scheme (with the group size
-//! chosen or checked against every linear), the type of every output tensor, the fallbacks,
-//! and the estimated size. `--dry-run` prints exactly this.
+//! The output tensors of a run, decided before any work: the group size chosen or checked
+//! against every linear, the type of every output tensor, the fallbacks, and the estimated
+//! size. `--dry-run` shows exactly this.
 
-use anyhow::{Result, bail};
 use candle_core::quantized::GgmlDType;
-use microllm_core::{LinearKind, MlpKind, ModelConfig, TensorInfo, TensorSource, names};
+use microllm_core::{
+    Error, LinearKind, MlpKind, ModelConfig, Result, TensorInfo, TensorSource, names,
+};
 use microllm_io::gguf::write::PlannedTensor;
 use microllm_io::gguf::{TypeDecision, plan_types};
 use microllm_io::write::OutDtype;
-use microllm_pipeline::output::exact_gguf_type;
 use microllm_quant::QuantScheme;
 
+use crate::output::exact_gguf_type;
+use crate::recipe::GroupSize;
+
 /// One output tensor.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TensorPlan {
     /// Name in the output file.
     pub name: String,
@@ -36,9 +39,19 @@ pub fn linear_infos(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Vec<Ten
             let name = names::linear_weight(cfg.family, layer, kind);
             match src.info(&name) {
                 Some(info) if info.shape.len() == 2 => out.push(info),
-                Some(info) => bail!("tensor `{name}` has shape {:?}, not 2-D", info.shape),
+                Some(info) => {
+                    return Err(Error::Invalid(format!(
+                        "tensor `{name}` has shape {:?}, not 2-D",
+                        info.shape
+                    )));
+                }
                 None if kind == LinearKind::Gate && cfg.layout().mlp == MlpKind::Plain => {}
-                None => bail!("the model has no tensor `{name}` in {}", src.origin()),
+                None => {
+                    return Err(Error::MissingTensor {
+                        name,
+                        origin: src.origin(),
+                    });
+                }
             }
         }
     }
@@ -48,26 +61,26 @@ pub fn linear_infos(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Vec<Ten
 /// The group size to use: the one asked for (checked against every linear), or, by default,
 /// 32 for GGUF (ggml's block: exact blocks at no extra storage) and 128 otherwise (the GPTQ
 /// convention), falling back to the largest power of two >= 16 that divides every row, and to
-/// one group per row if none does.
+/// one group per row if none does. The error is the message alone (the caller knows which
+/// key or flag it belongs to).
 pub fn resolve_group_size(
     asked: Option<GroupSize>,
     gguf: bool,
     linears: &[TensorInfo],
-) -> Result<Option<usize>> {
+) -> std::result::Result<Option<usize>, String> {
     let divides_all = |g: usize| linears.iter().all(|i| i.shape[1].is_multiple_of(g));
     match asked {
         Some(GroupSize::Channel) => Ok(None),
         Some(GroupSize::Columns(g)) => {
             if g == 0 {
-                bail!("the group size must be positive");
+                return Err("the group size must be positive".into());
             }
             if let Some(bad) = linears.iter().find(|i| !i.shape[1].is_multiple_of(g)) {
-                bail!(
+                return Err(format!(
                     "group size {g} does not divide the rows of `{}` ({} columns); choose a \
                      divisor of every linear's input size, or `channel`",
-                    bad.name,
-                    bad.shape[1]
-                );
+                    bad.name, bad.shape[1]
+                ));
             }
             Ok(Some(g))
         }
@@ -79,23 +92,6 @@ pub fn resolve_group_size(
                 .find(|&g| divides_all(g));
             Ok(choice)
         }
-    }
-}
-
-/// `--group-size`: a column count or `channel` (one group per output row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupSize {
-    Columns(usize),
-    Channel,
-}
-
-pub fn parse_group_size(text: &str) -> std::result::Result<GroupSize, String> {
-    match text {
-        "channel" | "row" | "-1" => Ok(GroupSize::Channel),
-        n => n
-            .parse()
-            .map(GroupSize::Columns)
-            .map_err(|_| format!("`{text}` is not a group size (a number, or `channel`)")),
     }
 }
 
@@ -170,8 +166,9 @@ pub fn dense_plan(cfg: &ModelConfig, src: &dyn TensorSource, dtype: OutDtype) ->
         .collect()
 }
 
-/// Prints a plan: one line per distinct (type, role), the fallbacks, and the total size.
-pub fn print_plan(plan: &[TensorPlan]) {
+/// A plan in a few lines: one per distinct (type, role), the fallbacks, and the total size.
+pub fn summarize(plan: &[TensorPlan]) -> Vec<String> {
+    let mut lines = Vec::new();
     let mut groups: std::collections::BTreeMap<(bool, String), (usize, u64, u64)> =
         Default::default();
     for t in plan {
@@ -188,35 +185,36 @@ pub fn print_plan(plan: &[TensorPlan]) {
         } else {
             "other tensors"
         };
-        println!(
-            "  {count:>4} {role:<18} {dtype:<6} {:>8.1} M params {:>8.1} MB ({:.2} bits/weight)",
+        lines.push(format!(
+            "{count:>4} {role:<18} {dtype:<6} {:>8.1} M params {:>8.1} MB ({:.2} bits/weight)",
             *params as f64 / 1e6,
             *bytes as f64 / 1e6,
             *bytes as f64 * 8.0 / (*params).max(1) as f64
-        );
+        ));
     }
     let fallbacks: Vec<_> = plan.iter().filter(|t| t.fallback.is_some()).collect();
     for t in fallbacks.iter().take(6) {
-        println!(
-            "  fallback: {} -> {}: {}",
+        lines.push(format!(
+            "fallback: {} -> {}: {}",
             t.name,
             t.dtype,
             t.fallback.as_deref().unwrap_or_default()
-        );
+        ));
     }
     if fallbacks.len() > 6 {
-        println!("  ... and {} more fallbacks", fallbacks.len() - 6);
+        lines.push(format!("... and {} more fallbacks", fallbacks.len() - 6));
     }
     let bytes: u64 = plan.iter().map(|t| t.bytes).sum();
     let params: u64 = plan
         .iter()
         .map(|t| t.shape.iter().product::<usize>() as u64)
         .sum();
-    println!(
-        "  estimated size {:.1} MB of tensor data, {:.2} bits/weight overall",
+    lines.push(format!(
+        "estimated size {:.1} MB of tensor data, {:.2} bits/weight overall",
         bytes as f64 / 1e6,
         bytes as f64 * 8.0 / params.max(1) as f64
-    );
+    ));
+    lines
 }
 
 /// GPTQ / compressed-tensors output: quantized linears packed (their exact on-disk size),

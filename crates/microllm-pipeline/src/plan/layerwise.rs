@@ -1,0 +1,399 @@
+//! The layerwise sweep of a plan: the prune and quantize passes' options checked against
+//! their methods and the model's shapes, and fused into one engine `BlockSpec`.
+
+use microllm_core::TensorInfo;
+use microllm_prune::{PruneMethod, Ranking, Schedule, SparsityPattern};
+use microllm_quant::{ClipSearch, GptqOptions, QuantScheme};
+use serde_json::{Value, json};
+
+use super::pass_path;
+use super::steps::{LayerwiseStep, err};
+use super::tensors;
+use crate::block_quant::{BlockMethod, BlockSpec};
+use crate::linear_step::PruneSpec;
+use crate::recipe::{
+    PruneMethodName, PruneStage, QuantMethodName, QuantizeStage, RankingName, Recipe, RecipeResult,
+    ScheduleName,
+};
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layerwise_step(
+    recipe: &Recipe,
+    prune: Option<(usize, &PruneStage)>,
+    quant: Option<(usize, &QuantizeStage)>,
+    linears: &[TensorInfo],
+    gguf: bool,
+    seqlen: usize,
+    notes: &mut Vec<String>,
+) -> RecipeResult<Option<LayerwiseStep>> {
+    if prune.is_none() && quant.is_none() {
+        return Ok(None);
+    }
+    let scheme = match quant {
+        Some((i, q)) => Some(quant_scheme(recipe, i, q, linears, gguf)?),
+        None => None,
+    };
+    let prune_spec = match prune {
+        Some((i, p)) => Some(prune_spec(
+            recipe,
+            i,
+            p,
+            linears,
+            quant.map(|(_, q)| q.method),
+        )?),
+        None => None,
+    };
+    let mut passes: Vec<usize> = prune.iter().map(|(i, _)| *i).collect();
+    passes.extend(quant.iter().map(|(i, _)| *i));
+    let (spec, gptq, scheme_record, calibrated) = match (prune, quant) {
+        (None, Some((i, q))) => {
+            let scheme = scheme.expect("quantize pass");
+            if q.method == QuantMethodName::Rtn {
+                let record = scheme_json(&scheme, None);
+                (
+                    BlockSpec {
+                        scheme: Some(scheme),
+                        method: BlockMethod::Rtn,
+                        prune: None,
+                    },
+                    None,
+                    record,
+                    false,
+                )
+            } else {
+                let opts = gptq_options(q, gguf);
+                if opts.static_groups {
+                    notes.push(
+                        "act-order with GGUF output: groups fixed up front (static groups)".into(),
+                    );
+                }
+                let sink = sink_weight(&pass_path(i, &recipe.passes[i]), q.sink_weight, seqlen)?;
+                let mut record = scheme_json(&scheme, Some(opts));
+                record["gptq"]["sink_weight"] = json!(sink);
+                (
+                    BlockSpec {
+                        scheme: Some(scheme),
+                        method: BlockMethod::Gptq {
+                            opts,
+                            sink_weight: sink,
+                        },
+                        prune: None,
+                    },
+                    Some(opts),
+                    record,
+                    true,
+                )
+            }
+        }
+        (Some((i, p)), q) => {
+            let prune_spec = prune_spec.expect("prune pass").0;
+            let method = prune_spec.method;
+            let base = pass_path(i, &recipe.passes[i]);
+            let damp = q.and_then(|(_, q)| q.damp).or(p.damp).unwrap_or(0.01);
+            let calibrated = method.needs_calibration()
+                || q.is_some_and(|(_, q)| q.method == QuantMethodName::Gptq);
+            let default_sink = match (method, scheme) {
+                (PruneMethod::Wanda, None) => 1.0,
+                _ => seqlen as f64,
+            };
+            let sink = match q.and_then(|(_, q)| q.sink_weight).or(p.sink_weight) {
+                Some(w) => sink_weight(&base, Some(w), seqlen)?,
+                None => default_sink,
+            };
+            let opts = GptqOptions {
+                damp_percent: damp,
+                clip_search: q
+                    .and_then(|(_, q)| q.clip_search)
+                    .unwrap_or(true)
+                    .then(ClipSearch::default),
+                ..GptqOptions::default()
+            };
+            let record = json!({
+                "prune": prune_spec,
+                "quantize": scheme.map(|s| json!({
+                    "bits": s.bits, "group_size": s.group_size, "symmetric": s.symmetric,
+                    "method": if calibrated { "gptq" } else { "rtn" },
+                })),
+                "sink_weight": calibrated.then_some(sink),
+                "damp_percent": calibrated.then_some(damp),
+            });
+            (
+                BlockSpec {
+                    scheme,
+                    method: if calibrated {
+                        BlockMethod::Gptq {
+                            opts,
+                            sink_weight: sink,
+                        }
+                    } else {
+                        BlockMethod::Rtn
+                    },
+                    prune: Some(prune_spec),
+                },
+                calibrated.then_some(opts),
+                record,
+                calibrated,
+            )
+        }
+        (None, None) => unreachable!("returned above"),
+    };
+    let scattered_groups = gptq.is_some_and(|g| g.act_order && !g.static_groups);
+    let global_sparsity = prune_spec.and_then(|(_, g, _)| g);
+    let schedule = prune_spec.map_or(Schedule::Uniform, |(_, _, s)| s);
+    let mut scheme_record = scheme_record;
+    if let Schedule::Owl { threshold, lambda } = schedule {
+        scheme_record["schedule"] =
+            json!({"kind": "owl", "threshold": threshold, "lambda": lambda});
+    }
+    Ok(Some(LayerwiseStep {
+        passes,
+        spec,
+        calibrated,
+        global_sparsity,
+        scheme_record,
+        gptq,
+        scattered_groups,
+        schedule,
+    }))
+}
+
+fn sink_weight(base: &str, asked: Option<f64>, seqlen: usize) -> RecipeResult<f64> {
+    match asked {
+        Some(w) if !(w.is_finite() && w > 0.0) => Err(err(
+            format!("{base}.sink_weight"),
+            format!("{w} is not a positive number (--sink-weight)"),
+        )),
+        Some(w) => Ok(w),
+        None => Ok(seqlen as f64),
+    }
+}
+
+fn gptq_options(q: &QuantizeStage, gguf: bool) -> GptqOptions {
+    let act_order = q.act_order.unwrap_or(false);
+    GptqOptions {
+        damp_percent: q.damp.unwrap_or(0.01),
+        act_order,
+        // Contiguous groups are what ggml blocks (and most kernels) need.
+        static_groups: act_order && gguf,
+        clip_search: q.clip_search.unwrap_or(true).then(ClipSearch::default),
+        ..GptqOptions::default()
+    }
+}
+
+/// The report's record of a quantization scheme (as `microllm quantize` always wrote it).
+fn scheme_json(s: &QuantScheme, gptq: Option<GptqOptions>) -> Value {
+    json!({
+        "bits": s.bits,
+        "group_size": s.group_size,
+        "symmetric": s.symmetric,
+        "f16_scales": s.f16_scales,
+        "gptq": gptq.map(|g| json!({
+            "damp_percent": g.damp_percent,
+            "block_size": g.block_size,
+            "act_order": g.act_order,
+            "static_groups": g.static_groups,
+            "clip_search": g.clip_search.map(|c| json!({
+                "steps": c.steps, "max_shrink": c.max_shrink, "norm": c.norm,
+            })),
+            "true_sequential": true,
+        })),
+    })
+}
+
+/// Options that belong to other methods are errors, not silently ignored.
+pub(super) fn check_applicable(base: &str, q: &QuantizeStage) -> RecipeResult<()> {
+    let given = |name: &str, set: bool| set.then(|| name.to_string());
+    let gptq_only = [
+        given("act_order", q.act_order.is_some()),
+        given("damp", q.damp.is_some()),
+        given("sink_weight", q.sink_weight.is_some()),
+        given("clip_search", q.clip_search.is_some()),
+    ];
+    let ggml_only = [
+        given("gguf_type", q.gguf_type.is_some()),
+        given("importance_matrix", q.importance_matrix.is_some()),
+    ];
+    let grid = [
+        given("bits", q.bits.is_some()),
+        given("group_size", q.group_size.is_some()),
+        given("symmetric", q.symmetric.is_some()),
+    ];
+    let (bad, applies) = match q.method {
+        QuantMethodName::Gptq => (ggml_only.to_vec(), "method ggml"),
+        QuantMethodName::Rtn => {
+            let mut v = gptq_only.to_vec();
+            v.extend(ggml_only);
+            (v, "other methods")
+        }
+        QuantMethodName::Ggml => {
+            let mut v = gptq_only.to_vec();
+            v.extend(grid);
+            (v, "gptq and rtn")
+        }
+    };
+    if let Some(key) = bad.into_iter().flatten().next() {
+        let method = serde_json::to_value(q.method).expect("names serialize");
+        return Err(err(
+            format!("{base}.{key}"),
+            format!(
+                "`{key}` applies to {applies}, not to method {}",
+                method.as_str().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn quant_scheme(
+    recipe: &Recipe,
+    i: usize,
+    q: &QuantizeStage,
+    linears: &[TensorInfo],
+    gguf: bool,
+) -> RecipeResult<QuantScheme> {
+    let base = pass_path(i, &recipe.passes[i]);
+    check_applicable(&base, q)?;
+    let bits = q.bits.unwrap_or(4);
+    if !(2..=8).contains(&bits) {
+        return Err(err(
+            format!("{base}.bits"),
+            format!("{bits} bits: codes of 2..=8 bits are supported"),
+        ));
+    }
+    let group = tensors::resolve_group_size(q.group_size, gguf, linears)
+        .map_err(|m| err(format!("{base}.group_size"), m))?;
+    QuantScheme::new(bits, group, q.symmetric.unwrap_or(true))
+        .map(QuantScheme::with_f16_scales)
+        .map_err(|e| err(&base, e.to_string()))
+}
+
+/// The prune spec, for global magnitude ranking the sparsity to find a threshold for, and the
+/// blocks' sparsity schedule.
+fn prune_spec(
+    recipe: &Recipe,
+    i: usize,
+    p: &PruneStage,
+    linears: &[TensorInfo],
+    quant_method: Option<QuantMethodName>,
+) -> RecipeResult<(PruneSpec, Option<f64>, Schedule)> {
+    let base = pass_path(i, &recipe.passes[i]);
+    let pattern = match (&p.pattern, p.sparsity) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                format!("{base}.pattern"),
+                "give either `sparsity` or `pattern`, not both",
+            ));
+        }
+        (Some(text), None) => SparsityPattern::parse(text)
+            .map_err(|e| err(format!("{base}.pattern"), e.to_string()))?,
+        (None, s) => SparsityPattern::Unstructured {
+            sparsity: s.unwrap_or(0.5),
+        },
+    };
+    let key = if p.pattern.is_some() {
+        "pattern"
+    } else {
+        "sparsity"
+    };
+    pattern
+        .validate()
+        .map_err(|e| err(format!("{base}.{key}"), e.to_string()))?;
+    for info in linears {
+        pattern
+            .check_shape(&info.name, [info.shape[0], info.shape[1]])
+            .map_err(|e| err(format!("{base}.{key}"), e.to_string()))?;
+    }
+    let method = match p.method {
+        PruneMethodName::Magnitude => PruneMethod::Magnitude,
+        PruneMethodName::Wanda => PruneMethod::Wanda,
+        PruneMethodName::Sparsegpt => PruneMethod::SparseGpt,
+    };
+    if quant_method == Some(QuantMethodName::Rtn) && method != PruneMethod::Magnitude {
+        return Err(err(
+            format!("{base}.method"),
+            "Wanda and SparseGPT prune with calibration data, and the joint sweep then \
+             quantizes with GPTQ: use quantize method gptq (or prune method magnitude for RTN)",
+        ));
+    }
+    let ranking_path = format!("{base}.ranking");
+    let mut global = None;
+    let ranking = match (p.ranking, method) {
+        (Some(RankingName::Row), _) => Ranking::PerRow,
+        (Some(RankingName::Layer), _) => Ranking::PerLayer,
+        (Some(RankingName::Global), PruneMethod::Magnitude) => {
+            let SparsityPattern::Unstructured { sparsity } = pattern else {
+                return Err(err(
+                    ranking_path,
+                    "--ranking global ranks unstructured sparsity; an N:M pattern ranks within each group of M",
+                ));
+            };
+            global = Some(sparsity);
+            // Replaced by the threshold at run time.
+            Ranking::PerLayer
+        }
+        (Some(RankingName::Global), _) => {
+            return Err(err(
+                ranking_path,
+                "--ranking global is for magnitude pruning (Wanda and SparseGPT scores need each layer's calibration inputs)",
+            ));
+        }
+        (None, PruneMethod::Magnitude) => Ranking::PerLayer,
+        (None, _) => Ranking::PerRow,
+    };
+    let schedule = schedule(&base, p, pattern, global.is_some())?;
+    Ok((
+        PruneSpec {
+            method,
+            pattern,
+            ranking,
+        },
+        global,
+        schedule,
+    ))
+}
+
+/// The blocks' sparsity schedule, with OWL's options only where OWL is asked for.
+fn schedule(
+    base: &str,
+    p: &PruneStage,
+    pattern: SparsityPattern,
+    global: bool,
+) -> RecipeResult<Schedule> {
+    let owl = p.schedule == Some(ScheduleName::Owl);
+    for (key, set) in [
+        ("owl_threshold", p.owl_threshold.is_some()),
+        ("owl_lambda", p.owl_lambda.is_some()),
+    ] {
+        if set && !owl {
+            return Err(err(
+                format!("{base}.{key}"),
+                format!("`{key}` applies to schedule owl"),
+            ));
+        }
+    }
+    if !owl {
+        return Ok(Schedule::Uniform);
+    }
+    let path = format!("{base}.schedule");
+    if !matches!(pattern, SparsityPattern::Unstructured { .. }) {
+        return Err(err(
+            path,
+            "schedule owl spreads unstructured sparsity; an N:M pattern fixes every block's",
+        ));
+    }
+    if global {
+        return Err(err(
+            path,
+            "schedule owl and ranking global each choose the blocks' sparsities: pick one",
+        ));
+    }
+    let Schedule::Owl { threshold, lambda } = Schedule::OWL_DEFAULT else {
+        unreachable!("OWL_DEFAULT is OWL")
+    };
+    let schedule = Schedule::Owl {
+        threshold: p.owl_threshold.unwrap_or(threshold),
+        lambda: p.owl_lambda.unwrap_or(lambda),
+    };
+    schedule.validate().map_err(|e| err(path, e.to_string()))?;
+    Ok(schedule)
+}

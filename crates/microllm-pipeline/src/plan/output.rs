@@ -1,0 +1,228 @@
+//! The output of a plan: the format checked against the passes, the writer, and the type of
+//! every tensor with its fallbacks.
+
+use candle_core::quantized::GgmlDType;
+use microllm_core::{ModelConfig, TensorSource};
+use microllm_io::gguf::GgufTypes;
+use microllm_io::quantized::QuantMethod;
+use microllm_io::quantized::sparse::SparseFormat;
+use microllm_io::write::OutDtype;
+use microllm_prune::SparsityPattern;
+
+use super::layerwise::check_applicable;
+use super::steps::{LayerwiseStep, OutputPlan, Writer, err, gguf_types, out_dtype};
+use super::{PlanOptions, pass_path, tensors};
+use crate::recipe::{OutputFormat, PruneStage, QuantizeStage, Recipe, RecipeResult};
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn output_plan(
+    recipe: &Recipe,
+    format: OutputFormat,
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    structured: bool,
+    prune: Option<&PruneStage>,
+    layerwise: Option<&LayerwiseStep>,
+    ggml: Option<(usize, &QuantizeStage)>,
+    opts: PlanOptions,
+    notes: &mut Vec<String>,
+) -> RecipeResult<OutputPlan> {
+    let out = &recipe.output;
+    let scheme = layerwise.and_then(|l| l.spec.scheme);
+    let fmt_err = |msg: &str| err("output.format", msg.to_string());
+    if out.dtype.is_some() && format != OutputFormat::Safetensors {
+        return Err(err(
+            "output.dtype",
+            "`dtype` applies to safetensors output (packed formats keep other tensors in the \
+             source's dtype; GGUF takes gguf_type)",
+        ));
+    }
+    if out.gguf_type.is_some()
+        && (format != OutputFormat::Gguf || scheme.is_some() || ggml.is_some())
+    {
+        return Err(err(
+            "output.gguf_type",
+            if format != OutputFormat::Gguf {
+                "`gguf_type` applies to GGUF output"
+            } else {
+                "`gguf_type` types the matrices no quantize pass writes; with a quantize pass the \
+                 other tensors follow llama.cpp's choices (method ggml takes its own gguf_type)"
+            },
+        ));
+    }
+    if let Some((i, q)) = ggml {
+        if format != OutputFormat::Gguf {
+            return Err(err(
+                "output.format",
+                "quantize method ggml writes llama.cpp's block types: GGUF output only (--gguf-type applies to GGUF output)",
+            ));
+        }
+        if q.gguf_type.is_none() {
+            return Err(err(
+                pass_path(i, &recipe.passes[i]),
+                "method ggml needs `gguf_type` (q4_k, q8_0, ...)",
+            ));
+        }
+        check_applicable(&pass_path(i, &recipe.passes[i]), q)?;
+    }
+    let linears_quantized = scheme.is_some();
+    let (writer, tensors, dominant) = match format {
+        OutputFormat::Gguf => {
+            let ty = ggml
+                .and_then(|(_, q)| q.gguf_type)
+                .or(out.gguf_type)
+                .map_or(GgufTypes::Pure(GgmlDType::F16), gguf_types);
+            let (plan, dominant) = match scheme {
+                Some(s) => {
+                    let (plan, dominant) = tensors::gguf_plan(
+                        cfg,
+                        src,
+                        &s,
+                        layerwise.is_some_and(|l| l.scattered_groups),
+                    )
+                    .map_err(|e| err("output", e.to_string()))?;
+                    (plan, GgufTypes::Pure(dominant))
+                }
+                None => {
+                    let decisions = microllm_io::gguf::plan_types(cfg, src, ty)
+                        .map_err(|e| err("output", e.to_string()))?;
+                    (
+                        tensors::from_decisions(cfg, decisions, |_| None)
+                            .map_err(|e| err("output", e.to_string()))?,
+                        ty,
+                    )
+                }
+            };
+            let importance = ggml.is_some_and(|(_, q)| q.importance_matrix == Some(true));
+            if ggml.is_some() {
+                notes.push(format!(
+                    "{}: llama.cpp's block types, by llama.cpp's round-to-nearest{} (GPTQ does \
+                     not apply)",
+                    dominant.describe(),
+                    if importance {
+                        " with an importance matrix (llama.cpp's imatrix) for k-quant blocks"
+                    } else {
+                        ", no calibration"
+                    }
+                ));
+            }
+            if let (Some(s), GgufTypes::Pure(dominant)) = (scheme, dominant) {
+                let block_bits = match dominant {
+                    GgmlDType::Q8_0 => 8,
+                    GgmlDType::Q4_0 | GgmlDType::Q4_1 => 4,
+                    _ => 0,
+                };
+                if s.bits < block_bits {
+                    notes.push(format!(
+                        "{}-bit codes are stored in {dominant:?} blocks ({block_bits}-bit slots): \
+                         the weights are exactly the {}-bit model's, the file is the size of a \
+                         {block_bits}-bit one (GGUF has no legacy {}-bit block)",
+                        s.bits, s.bits, s.bits
+                    ));
+                }
+            }
+            (
+                Writer::Gguf {
+                    codes: linears_quantized,
+                    importance,
+                },
+                plan,
+                dominant,
+            )
+        }
+        OutputFormat::Safetensors => {
+            let dtype = match out.dtype {
+                Some(d) => out_dtype(d),
+                None => match cfg.torch_dtype.as_deref() {
+                    Some("float32") => OutDtype::F32,
+                    Some("bfloat16") => OutDtype::BF16,
+                    _ => OutDtype::F16,
+                },
+            };
+            (
+                Writer::Safetensors(dtype),
+                tensors::dense_plan(cfg, src, dtype),
+                GgufTypes::Pure(GgmlDType::F16),
+            )
+        }
+        OutputFormat::Gptq | OutputFormat::CompressedTensors => {
+            let ct = format == OutputFormat::CompressedTensors;
+            match (scheme, prune) {
+                (Some(s), None) => (
+                    Writer::Packed(if ct {
+                        QuantMethod::CompressedTensors
+                    } else {
+                        QuantMethod::Gptq
+                    }),
+                    tensors::packed_plan(
+                        cfg,
+                        src,
+                        &s,
+                        ct,
+                        layerwise.is_some_and(|l| l.scattered_groups),
+                    ),
+                    GgufTypes::Pure(GgmlDType::F16),
+                ),
+                (Some(_), Some(_)) if ct => {
+                    return Err(fmt_err(
+                        "compressed-tensors with pruning and quantization together is not \
+                         written yet (sparse and quantized); use gguf for pruned + quantized output",
+                    ));
+                }
+                (None, Some(p)) if ct => {
+                    let pattern = p
+                        .pattern
+                        .as_deref()
+                        .and_then(|t| SparsityPattern::parse(t).ok());
+                    let (fmt, structure) = match pattern {
+                        Some(SparsityPattern::NOfM { n: 2, m: 4 }) => {
+                            (SparseFormat::TwoFour, "2:4".to_string())
+                        }
+                        Some(SparsityPattern::NOfM { n, m }) => {
+                            (SparseFormat::Bitmask, format!("{n}:{m}"))
+                        }
+                        _ => (SparseFormat::Bitmask, "unstructured".to_string()),
+                    };
+                    (
+                        Writer::Sparse(fmt, structure),
+                        tensors::dense_plan(cfg, src, OutDtype::F16),
+                        GgufTypes::Pure(GgmlDType::F16),
+                    )
+                }
+                _ if ct && structured => {
+                    return Err(fmt_err(
+                        "compressed-tensors stores pruned weights sparse; structured pruning \
+                         writes a smaller dense model: use safetensors or gguf",
+                    ));
+                }
+                _ => {
+                    return Err(fmt_err(if ct {
+                        "compressed-tensors output needs a quantize pass (gptq or rtn) or a prune pass"
+                    } else {
+                        "gptq output needs a quantize pass (gptq or rtn) to pack"
+                    }));
+                }
+            }
+        }
+    };
+    let work = crate::run::work_dir(&out.path);
+    let resumable = opts.resume && work.join("output.json").exists();
+    if out.path.exists() && !out.overwrite && !opts.dry_run && !resumable {
+        return Err(err(
+            "output.path",
+            format!(
+                "{} already exists; pass --force to replace it (or set output.overwrite: true)",
+                out.path.display()
+            ),
+        ));
+    }
+    Ok(OutputPlan {
+        path: out.path.clone(),
+        format,
+        writer,
+        tensors,
+        dominant,
+        overwrite: out.overwrite,
+        config: cfg.clone(),
+    })
+}

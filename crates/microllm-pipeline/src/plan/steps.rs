@@ -1,0 +1,606 @@
+//! The steps of a plan and the checks that build them (see the module above for the order).
+
+use std::path::PathBuf;
+
+use candle_core::quantized::GgmlDType;
+use microllm_core::{ModelConfig, TensorSource};
+use microllm_io::Checkpoint;
+use microllm_io::gguf::{GgufTypes, KQuantMix};
+use microllm_io::quantized::QuantMethod;
+use microllm_io::quantized::sparse::SparseFormat;
+use microllm_io::write::OutDtype;
+use microllm_prune::Schedule;
+use microllm_prune::structured::{
+    HeadMode, PrunedSource, StructuredPlan, StructuredSpec, Targets, targets,
+};
+use microllm_quant::GptqOptions;
+use serde_json::Value;
+
+use super::layerwise::layerwise_step;
+use super::output::output_plan;
+use super::tensors::{self, TensorPlan};
+use super::{Estimate, Plan, PlanOptions, pass_path};
+use crate::block_quant::BlockSpec;
+use crate::recipe::{
+    DtypeName, Gate, GgufTypeName, HeadModeName, ImportanceName, OutputFormat, Pass,
+    PruneMethodName, PruneStage, QuantMethodName, QuantizeStage, Recipe, RecipeDoc, RecipeError,
+    RecipeResult, StructuredStage,
+};
+use crate::structured::ImportanceMetric;
+
+/// Structured pruning, first of all passes.
+#[derive(Debug, Clone)]
+pub struct StructuredStep {
+    pub pass: usize,
+    pub spec: StructuredSpec,
+    pub targets: Targets,
+    pub metric: ImportanceMetric,
+    pub needs_calibration: bool,
+    /// Block influence is measured (blocks are dropped).
+    pub block_influence: bool,
+}
+
+/// One layerwise sweep: a prune stage, a quantize stage, or both.
+#[derive(Debug, Clone)]
+pub struct LayerwiseStep {
+    /// The recipe passes it runs.
+    pub passes: Vec<usize>,
+    pub spec: BlockSpec,
+    pub calibrated: bool,
+    /// Unstructured global magnitude ranking: the threshold is found at run time over the
+    /// model's linears for this sparsity.
+    pub global_sparsity: Option<f64>,
+    /// The settings as recorded in the report's `scheme`.
+    pub scheme_record: Value,
+    pub gptq: Option<GptqOptions>,
+    /// Act-order groups in processing order (GPTQ / compressed-tensors `g_idx`).
+    pub scattered_groups: bool,
+    /// How unstructured sparsity is spread over the blocks.
+    pub schedule: Schedule,
+}
+
+impl LayerwiseStep {
+    /// Whether the sweep needs calibration windows: for its statistics, or (OWL) to measure
+    /// the blocks' outlier ratios first.
+    pub fn needs_calibration(&self) -> bool {
+        self.calibrated || matches!(self.schedule, Schedule::Owl { .. })
+    }
+}
+
+/// An eval pass.
+#[derive(Debug, Clone)]
+pub struct EvalStep {
+    pub pass: usize,
+    pub windows: usize,
+    /// Measures the written output (after every compression pass) rather than an
+    /// intermediate model in memory.
+    pub of_output: bool,
+}
+
+/// How the output is written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Writer {
+    /// GGUF; `codes`: quantized linears copied from the sweep's codes exactly; `importance`:
+    /// the other matrices' k-quant blocks fitted with an importance matrix measured on the
+    /// calibration windows.
+    Gguf { codes: bool, importance: bool },
+    /// A Hugging Face directory of dense weights.
+    Safetensors(OutDtype),
+    /// GPTQ or compressed-tensors `pack-quantized`.
+    Packed(QuantMethod),
+    /// compressed-tensors sparse bitmask.
+    Sparse(SparseFormat, String),
+}
+
+/// The output: where, how, and every tensor's type.
+#[derive(Debug, Clone)]
+pub struct OutputPlan {
+    pub path: PathBuf,
+    pub format: OutputFormat,
+    pub writer: Writer,
+    pub tensors: Vec<TensorPlan>,
+    /// GGUF: the types of matrices not written from codes.
+    pub dominant: GgufTypes,
+    pub overwrite: bool,
+    /// The model's configuration after the passes (structured pruning changes it).
+    pub config: ModelConfig,
+}
+
+pub(super) fn err(path: impl Into<String>, msg: impl Into<String>) -> RecipeError {
+    RecipeError::at(path, msg)
+}
+
+/// An error at `path` (absent from the file) located at `near`.
+pub(super) fn err_near(path: &str, near: &str, msg: impl Into<String>) -> RecipeError {
+    let mut e = err(path, msg);
+    e.near = Some(near.to_string());
+    e
+}
+
+pub(super) fn build(
+    _doc: &RecipeDoc,
+    recipe: Recipe,
+    model: Checkpoint,
+    opts: PlanOptions,
+) -> RecipeResult<Plan> {
+    if recipe.passes.is_empty() {
+        return Err(err("passes", "a recipe needs at least one pass"));
+    }
+    let order = check_order(&recipe.passes)?;
+    let cfg = model.config.clone();
+    let format = output_format(&recipe);
+    let gguf = format == OutputFormat::Gguf;
+    let mut notes = Vec::new();
+
+    // Structured pruning first: its shapes are what the later passes see.
+    let structured = match order.structured {
+        Some(i) => Some(structured_step(&recipe, i, &cfg)?),
+        None => None,
+    };
+    let shapes = structured
+        .as_ref()
+        .map(|s| StructuredPlan::shapes_only(&cfg, &s.targets));
+    let shaped = match &shapes {
+        Some(p) => Some(PrunedSource::new(model.tensors.as_ref(), p).map_err(|e| {
+            err(
+                pass_path(order.structured.unwrap_or(0), &recipe.passes[0]),
+                e.to_string(),
+            )
+        })?),
+        None => None,
+    };
+    let (src, cfg_now): (&dyn TensorSource, ModelConfig) = match (&shaped, &shapes) {
+        (Some(s), Some(p)) => (s, p.config.clone()),
+        _ => (model.tensors.as_ref(), cfg.clone()),
+    };
+    let linears = tensors::linear_infos(&cfg_now, src).map_err(|e| err("model", e.to_string()))?;
+
+    let prune = order
+        .prune
+        .map(|i| (i, stage::<PruneStage>(&recipe.passes[i])));
+    let quant = order
+        .quantize
+        .map(|i| (i, stage::<QuantizeStage>(&recipe.passes[i])));
+    let ggml = quant
+        .as_ref()
+        .filter(|(_, q)| q.method == QuantMethodName::Ggml);
+    let seqlen = recipe.calibration.as_ref().map_or(512, |c| c.seqlen);
+    let layerwise = layerwise_step(
+        &recipe,
+        prune.as_ref().map(|(i, p)| (*i, *p)),
+        quant
+            .as_ref()
+            .filter(|(_, q)| q.method != QuantMethodName::Ggml)
+            .map(|(i, q)| (*i, *q)),
+        &linears,
+        gguf,
+        seqlen,
+        &mut notes,
+    )?;
+
+    // Calibration and evaluation data where needed.
+    let importance = ggml.is_some_and(|(_, q)| q.importance_matrix == Some(true));
+    let needs_calib = structured.as_ref().is_some_and(|s| s.needs_calibration)
+        || layerwise
+            .as_ref()
+            .is_some_and(LayerwiseStep::needs_calibration)
+        || importance;
+    if needs_calib && recipe.calibration.is_none() {
+        let (i, why) = calibration_reason(
+            &recipe,
+            structured.as_ref(),
+            layerwise.as_ref(),
+            ggml.map(|(i, _)| *i),
+        );
+        if opts.data_optional {
+            notes.push(format!(
+                "running needs calibration data ({why}): --calib FILE"
+            ));
+        } else {
+            return Err(err_near(
+                "calibration.data",
+                &pass_path(i, &recipe.passes[i]),
+                format!(
+                    "the {} pass needs calibration data ({why}): add `calibration: {{data: FILE}}` \
+                 (text, or .safetensors with int64 input_ids; --calib FILE)",
+                    recipe.passes[i].key()
+                ),
+            ));
+        }
+    }
+    let evals = eval_steps(&recipe, &order)?;
+    if let (Some(e), None, false) = (evals.first(), &recipe.evaluation, opts.data_optional) {
+        return Err(err_near(
+            "evaluation.data",
+            &pass_path(e.pass, &recipe.passes[e.pass]),
+            "an eval pass needs evaluation data: add `evaluation: {data: FILE}` (--eval FILE)",
+        ));
+    }
+
+    let output = output_plan(
+        &recipe,
+        format,
+        &cfg_now,
+        src,
+        structured.is_some(),
+        prune.as_ref().map(|(_, p)| *p),
+        layerwise.as_ref(),
+        ggml.map(|(i, q)| (*i, *q)),
+        opts,
+        &mut notes,
+    )?;
+
+    let gates = gates(&recipe, &evals)?;
+    let estimate = Estimate::of(&recipe, &cfg, &linears, &output, layerwise.as_ref(), &evals);
+    let method = method_name(
+        structured.is_some(),
+        prune.as_ref().map(|(_, p)| *p),
+        quant.as_ref().map(|(_, q)| *q),
+    );
+    let report_stem = recipe
+        .report
+        .path
+        .clone()
+        .unwrap_or_else(|| report_stem(&output.path));
+    let report_formats = recipe.report.formats.clone();
+    let recipe_value = serde_json::to_value(&recipe).expect("recipes serialize");
+    drop(shaped);
+    Ok(Plan {
+        recipe,
+        recipe_value,
+        model,
+        structured,
+        layerwise,
+        evals,
+        output,
+        gates,
+        notes,
+        estimate,
+        report_stem,
+        report_formats,
+        method,
+    })
+}
+
+/// `OUT` for a directory, `NAME` for `NAME.gguf`: reports are `STEM.report.json` and so on.
+pub fn report_stem(out: &std::path::Path) -> PathBuf {
+    match out.extension() {
+        Some(e) if e.eq_ignore_ascii_case("gguf") => out.with_extension(""),
+        _ => out.to_path_buf(),
+    }
+}
+
+fn stage<T: Clone>(pass: &Pass) -> &T
+where
+    Pass: AsStage<T>,
+{
+    pass.as_stage()
+}
+
+trait AsStage<T> {
+    fn as_stage(&self) -> &T;
+}
+
+impl AsStage<PruneStage> for Pass {
+    fn as_stage(&self) -> &PruneStage {
+        match self {
+            Pass::Prune(p) => p,
+            _ => unreachable!("checked by check_order"),
+        }
+    }
+}
+
+impl AsStage<QuantizeStage> for Pass {
+    fn as_stage(&self) -> &QuantizeStage {
+        match self {
+            Pass::Quantize(q) => q,
+            _ => unreachable!("checked by check_order"),
+        }
+    }
+}
+
+/// Where each kind of pass is.
+struct Order {
+    structured: Option<usize>,
+    prune: Option<usize>,
+    quantize: Option<usize>,
+    /// The last compression pass.
+    last_compression: Option<usize>,
+}
+
+fn check_order(passes: &[Pass]) -> RecipeResult<Order> {
+    let mut o = Order {
+        structured: None,
+        prune: None,
+        quantize: None,
+        last_compression: None,
+    };
+    for (i, p) in passes.iter().enumerate() {
+        let path = pass_path(i, p);
+        let again = |first: usize| {
+            err(
+                &path,
+                format!(
+                    "a second {} pass (the first is passes[{first}]); one of each kind per recipe",
+                    p.key()
+                ),
+            )
+        };
+        match p {
+            Pass::StructuredPrune(_) => {
+                if let Some(first) = o.structured {
+                    return Err(again(first));
+                }
+                if let Some(j) = o.prune.or(o.quantize) {
+                    return Err(err(
+                        &path,
+                        format!(
+                            "structured pruning must come before passes[{j}]: it slices the \
+                             original weights, which a prune or quantize pass has already changed"
+                        ),
+                    ));
+                }
+                o.structured = Some(i);
+            }
+            Pass::Prune(_) => {
+                if let Some(first) = o.prune {
+                    return Err(again(first));
+                }
+                if let Some(j) = o.quantize {
+                    return Err(err(
+                        &path,
+                        format!(
+                            "pruning after quantization (passes[{j}]) would move weights off \
+                             their grids; put prune before quantize (both then run in one sweep)"
+                        ),
+                    ));
+                }
+                o.prune = Some(i);
+            }
+            Pass::Quantize(_) => {
+                if let Some(first) = o.quantize {
+                    return Err(again(first));
+                }
+                if let Some(j) = o.prune
+                    && let Some(e) = (j + 1..i).find(|&k| matches!(passes[k], Pass::Eval(_)))
+                {
+                    return Err(err(
+                        pass_path(e, &passes[e]),
+                        format!(
+                            "an eval between passes[{j}] (prune) and passes[{i}] (quantize) \
+                             would split their joint sweep; move it after the quantize pass"
+                        ),
+                    ));
+                }
+                o.quantize = Some(i);
+            }
+            Pass::Eval(_) => {}
+        }
+        if !matches!(p, Pass::Eval(_)) {
+            o.last_compression = Some(i);
+        }
+    }
+    Ok(o)
+}
+
+fn output_format(recipe: &Recipe) -> OutputFormat {
+    recipe.output.format.unwrap_or_else(|| {
+        let gguf_ext = recipe
+            .output
+            .path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if gguf_ext {
+            OutputFormat::Gguf
+        } else {
+            OutputFormat::Safetensors
+        }
+    })
+}
+
+fn structured_step(recipe: &Recipe, i: usize, cfg: &ModelConfig) -> RecipeResult<StructuredStep> {
+    let Pass::StructuredPrune(s) = &recipe.passes[i] else {
+        unreachable!("checked by check_order")
+    };
+    let base = pass_path(i, &recipe.passes[i]);
+    let spec = structured_spec(s);
+    let t = targets(&spec, cfg).map_err(|e| {
+        // The library names the flag; point at the matching key.
+        let msg = e.to_string();
+        let key = [
+            "mlp_keep",
+            "heads_keep",
+            "drop_layers",
+            "mlp_multiple",
+            "head_mode",
+        ]
+        .into_iter()
+        .find(|k| msg.starts_with(&format!("--{}", k.replace('_', "-"))))
+        .unwrap_or("heads_keep");
+        err(format!("{base}.{key}"), msg)
+    })?;
+    let metric = match s.importance {
+        ImportanceName::Activation => ImportanceMetric::Activation,
+        ImportanceName::Magnitude => ImportanceMetric::Magnitude,
+    };
+    let drops = t.layers < cfg.num_layers;
+    let channels_or_heads = t.channels < cfg.intermediate_size || t.heads < cfg.num_heads;
+    Ok(StructuredStep {
+        pass: i,
+        spec,
+        targets: t,
+        metric,
+        needs_calibration: drops || (channels_or_heads && metric == ImportanceMetric::Activation),
+        block_influence: drops,
+    })
+}
+
+pub(crate) fn structured_spec(s: &StructuredStage) -> StructuredSpec {
+    StructuredSpec {
+        mlp_keep: s.mlp_keep,
+        mlp_multiple: s.mlp_multiple,
+        heads_keep: s.heads_keep,
+        head_mode: match s.head_mode {
+            HeadModeName::PerGroup => HeadMode::PerGroup,
+            HeadModeName::KvGroups => HeadMode::KvGroups,
+        },
+        drop_layers: s.drop_layers,
+    }
+}
+
+fn calibration_reason(
+    recipe: &Recipe,
+    structured: Option<&StructuredStep>,
+    layerwise: Option<&LayerwiseStep>,
+    ggml: Option<usize>,
+) -> (usize, &'static str) {
+    if let Some(s) = structured.filter(|s| s.needs_calibration) {
+        return (
+            s.pass,
+            if s.block_influence {
+                "drop_layers measures block influence"
+            } else {
+                "importance: activation; or use importance: magnitude"
+            },
+        );
+    }
+    let Some(l) = layerwise.filter(|l| l.needs_calibration()) else {
+        let i = ggml.expect("some step needs calibration");
+        return (i, "importance_matrix is measured on calibration windows");
+    };
+    let i = l.passes[0];
+    let why = match &recipe.passes[i] {
+        Pass::Prune(_) if !l.calibrated => {
+            "schedule owl measures the blocks' outlier ratios on calibration windows"
+        }
+        Pass::Prune(p) if p.method != PruneMethodName::Magnitude => {
+            "Wanda and SparseGPT score weights by their inputs; magnitude pruning alone does not"
+        }
+        Pass::Prune(_) => "pruning with quantization runs GPTQ with the mask fixed",
+        _ => "GPTQ needs calibration data; or use method rtn",
+    };
+    (i, why)
+}
+
+fn eval_steps(recipe: &Recipe, order: &Order) -> RecipeResult<Vec<EvalStep>> {
+    let default_windows = recipe.evaluation.as_ref().map_or(24, |e| e.windows);
+    let mut out = Vec::new();
+    for (i, p) in recipe.passes.iter().enumerate() {
+        if let Pass::Eval(e) = p {
+            let windows = e.windows.unwrap_or(default_windows);
+            if windows == 0 {
+                return Err(err(
+                    format!("{}.windows", pass_path(i, p)),
+                    "at least 1 window",
+                ));
+            }
+            // After the last compression pass: the written output.
+            let of_output = order.last_compression.is_none_or(|last| i > last);
+            out.push(EvalStep {
+                pass: i,
+                windows,
+                of_output,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn gates(recipe: &Recipe, evals: &[EvalStep]) -> RecipeResult<Vec<Gate>> {
+    let final_eval = evals.iter().any(|e| e.of_output);
+    recipe
+        .gates
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let path = format!("gates[{i}]");
+            let g = Gate::parse(text).map_err(|m| err(&path, m))?;
+            if g.needs_eval() && !final_eval {
+                return Err(err(
+                    &path,
+                    format!(
+                        "`{}` is measured by an eval pass of the output: add `- eval: {{}}` \
+                         after the last compression pass (and `evaluation: {{data: FILE}}`)",
+                        g.metric
+                    ),
+                ));
+            }
+            Ok(g)
+        })
+        .collect()
+}
+
+fn method_name(
+    structured: bool,
+    prune: Option<&PruneStage>,
+    quant: Option<&QuantizeStage>,
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if structured {
+        parts.push("structured".into());
+    }
+    if let Some(p) = prune {
+        parts.push(name_of(p.method));
+    }
+    match quant {
+        Some(q) if q.method == QuantMethodName::Ggml => parts.push("ggml-rtn".into()),
+        // With pruning the report's `scheme.quantize` says how it was quantized.
+        Some(q) if prune.is_none() => parts.push(name_of(q.method)),
+        _ => {}
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join("+")
+    }
+}
+
+fn name_of<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// The block types a recipe's GGUF type name means: one type for every matrix, or one of
+/// llama.cpp's mixes.
+pub fn gguf_types(t: GgufTypeName) -> GgufTypes {
+    use KQuantMix as M;
+    let mix = match t {
+        GgufTypeName::Q5KM => M::Q5KM,
+        GgufTypeName::Q5KS => M::Q5KS,
+        GgufTypeName::Q4KM => M::Q4KM,
+        GgufTypeName::Q4KS => M::Q4KS,
+        GgufTypeName::Q3KL => M::Q3KL,
+        GgufTypeName::Q3KM => M::Q3KM,
+        GgufTypeName::Q3KS => M::Q3KS,
+        pure => return GgufTypes::Pure(pure_type(pure)),
+    };
+    GgufTypes::Mix(mix)
+}
+
+fn pure_type(t: GgufTypeName) -> GgmlDType {
+    match t {
+        GgufTypeName::F32 => GgmlDType::F32,
+        GgufTypeName::F16 => GgmlDType::F16,
+        GgufTypeName::Q8_0 => GgmlDType::Q8_0,
+        GgufTypeName::Q5_1 => GgmlDType::Q5_1,
+        GgufTypeName::Q5_0 => GgmlDType::Q5_0,
+        GgufTypeName::Q4_1 => GgmlDType::Q4_1,
+        GgufTypeName::Q4_0 => GgmlDType::Q4_0,
+        GgufTypeName::Q6K => GgmlDType::Q6K,
+        GgufTypeName::Q5K => GgmlDType::Q5K,
+        GgufTypeName::Q4K => GgmlDType::Q4K,
+        GgufTypeName::Q3K => GgmlDType::Q3K,
+        GgufTypeName::Q2K => GgmlDType::Q2K,
+        mix => gguf_types(mix).base(),
+    }
+}
+
+pub(crate) fn out_dtype(d: DtypeName) -> OutDtype {
+    match d {
+        DtypeName::F32 => OutDtype::F32,
+        DtypeName::F16 => OutDtype::F16,
+        DtypeName::Bf16 => OutDtype::BF16,
+    }
+}

@@ -1,0 +1,210 @@
+//! The records a report is made of. Field names are the report's JSON schema (documented in
+//! docs/recipes.md); the quantize and prune reports of earlier versions used the same names
+//! for the same things (`method`, `scheme`, `calibration`, `layers`, `output`, `fallbacks`),
+//! and they keep them.
+
+use std::path::PathBuf;
+
+use microllm_eval::{Comparison, PerplexityResult};
+use microllm_io::calibration::CalibrationSet;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::LinearRecord;
+use crate::plan::TensorPlan;
+
+/// The source model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// As given in the recipe (path or hub id).
+    pub spec: String,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, or of the directory's files.
+    pub sha256: String,
+    pub family: String,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub parameters: usize,
+    /// Tensor data as stored.
+    pub stored_bytes: u64,
+}
+
+/// The calibration windows used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CalibrationRecord {
+    pub file: Option<PathBuf>,
+    pub sha256: String,
+    pub samples_requested: usize,
+    pub samples_used: usize,
+    pub seqlen: usize,
+    pub tokens_used: usize,
+    pub tokens_in_file: usize,
+    pub seed: u64,
+    pub shortfall: usize,
+}
+
+impl CalibrationRecord {
+    pub fn new(file: Option<PathBuf>, set: &CalibrationSet) -> Self {
+        Self {
+            file,
+            sha256: set.text_sha256.clone(),
+            samples_requested: set.requested,
+            samples_used: set.windows.len(),
+            seqlen: set.seqlen,
+            tokens_used: set.tokens_used(),
+            tokens_in_file: set.text_tokens,
+            seed: set.seed,
+            shortfall: set.shortfall(),
+        }
+    }
+}
+
+/// The evaluation data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalDataRecord {
+    pub file: PathBuf,
+    pub sha256: String,
+    pub tokens_in_file: usize,
+    pub ctx: usize,
+}
+
+/// One comparison of a model with the original (an eval pass).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub data: PathBuf,
+    /// Whether the written output was measured (else an intermediate model in memory).
+    pub of_output: bool,
+    pub original: PerplexityResult,
+    pub compressed: PerplexityResult,
+    /// `compressed - original` perplexity.
+    pub increase: f64,
+    /// The increase in percent of the original.
+    pub increase_pct: f64,
+    /// Mean KL(original || compressed) per scored token, nats.
+    pub kl_divergence: f64,
+    pub top1_agreement: f64,
+}
+
+impl EvalRecord {
+    pub fn new(data: PathBuf, of_output: bool, c: Comparison) -> Self {
+        let increase = c.compressed.perplexity - c.original.perplexity;
+        Self {
+            data,
+            of_output,
+            increase,
+            increase_pct: 100.0 * increase / c.original.perplexity,
+            kl_divergence: c.kl_divergence,
+            top1_agreement: c.top1_agreement,
+            original: c.original,
+            compressed: c.compressed,
+        }
+    }
+}
+
+/// One pass as it ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PassRecord {
+    pub index: usize,
+    /// The pass's key: prune, quantize, structured_prune, eval.
+    pub pass: String,
+    /// What it did, in words.
+    pub summary: String,
+    /// Wall time (for passes sharing one sweep, the sweep's).
+    pub seconds: f64,
+    /// Taken from the work directory of a killed run (`--resume`).
+    pub resumed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalRecord>,
+    /// Named series for charts (distillation curves and the like); empty for these passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curves: Vec<Curve>,
+}
+
+/// A named series of points, drawn as a line chart in the HTML report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Curve {
+    pub name: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub points: Vec<[f64; 2]>,
+}
+
+/// One linear layer of the layerwise sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerRecord {
+    #[serde(flatten)]
+    pub record: LinearRecord,
+    /// Output tensor type (`Q4_0`, `F16`, ...).
+    pub output_type: Option<String>,
+}
+
+/// Structured pruning: what was asked and what each remaining block kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StructureRecord {
+    pub request: Value,
+    pub importance: Value,
+    pub config_before: Value,
+    pub config_after: Value,
+    pub dropped_layers: Vec<usize>,
+    /// Per original block: ShortGPT block influence (when measured).
+    pub block_influence: Option<Vec<f64>>,
+    /// Per remaining block: source block, counts and kept indices.
+    pub layers: Vec<Value>,
+}
+
+/// Parameters and bytes before and after.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SizeRecord {
+    pub parameters_before: u64,
+    pub parameters_after: u64,
+    /// Tensor data of the uncompressed model written the same way (format, dtype, types).
+    pub tensor_bytes_before: u64,
+    /// Tensor data of the output.
+    pub tensor_bytes_after: u64,
+    /// The output as written (all files).
+    pub file_bytes: u64,
+}
+
+/// The written output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub path: PathBuf,
+    pub format: String,
+    /// Bytes on disk.
+    pub bytes: u64,
+    pub parameters: u64,
+    pub bits_per_weight: f64,
+    pub quantized_parameters: u64,
+    pub quantized_bits_per_weight: f64,
+    pub tensors: Vec<TensorPlan>,
+    pub write_seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear_parameters: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_parameters: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear_sparsity: Option<f64>,
+}
+
+/// A tensor not written in the type the scheme asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FallbackRecord {
+    pub tensor: String,
+    #[serde(rename = "type")]
+    pub dtype: String,
+    pub why: String,
+}
+
+/// A gate as evaluated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateResult {
+    /// `ppl_increase_pct <= 5`.
+    pub gate: String,
+    pub metric: String,
+    pub op: String,
+    pub threshold: f64,
+    /// The measured value (`None`: not measured, which fails).
+    pub value: Option<f64>,
+    pub passed: bool,
+}

@@ -1,0 +1,370 @@
+//! The report of a finished run, from the plan and what the steps returned.
+
+use std::time::Instant;
+
+use microllm_core::{Family, ModelConfig, Result, TensorSource, names};
+use microllm_io::gguf::plan_types;
+use serde_json::{Value, json};
+
+use super::{Outcome, RunOptions, bytes_on_disk, peak_rss_bytes, sha256_of};
+use crate::plan::{Plan, TensorPlan, Writer};
+use crate::recipe::Pass;
+use crate::report::{
+    CompressionReport, EvalDataRecord, FallbackRecord, LayerRecord, ModelRecord, OutputRecord,
+    PassRecord, REPORT_SCHEMA_VERSION, SizeRecord, StructureRecord,
+};
+
+pub(super) fn build(
+    plan: &Plan,
+    opts: &RunOptions,
+    o: &Outcome,
+    started: Instant,
+) -> Result<CompressionReport> {
+    let ckpt = &plan.model;
+    let cfg = &ckpt.config;
+    let out = &plan.output;
+    let file_bytes = bytes_on_disk(&out.path)?;
+    let params: u64 = out.tensors.iter().map(numel).sum();
+    let (q_params, q_bytes) = out
+        .tensors
+        .iter()
+        .filter(|t| t.quantized)
+        .fold((0u64, 0u64), |(p, b), t| (p + numel(t), b + t.bytes));
+    let mut output = OutputRecord {
+        path: out.path.clone(),
+        format: out.format_name(),
+        bytes: file_bytes,
+        parameters: params,
+        bits_per_weight: file_bytes as f64 * 8.0 / params.max(1) as f64,
+        quantized_parameters: q_params,
+        quantized_bits_per_weight: q_bytes as f64 * 8.0 / q_params.max(1) as f64,
+        tensors: out.tensors.clone(),
+        write_seconds: o.write_seconds,
+        linear_parameters: None,
+        pruned_parameters: None,
+        linear_sparsity: None,
+    };
+    let mut notes = plan.notes.clone();
+    notes.extend(o.writer_notes.iter().cloned());
+    if let Some(t) = o.global_threshold {
+        notes.push(format!("global magnitude threshold {t:.6e}"));
+    }
+    if let Some(note) = already_quantized_note(ckpt) {
+        notes.insert(0, note);
+    }
+    let (layers, block_seconds, resumed_blocks) = match &o.layerwise {
+        Some((summary, _)) => {
+            let family = out.config.family;
+            let layers = summary
+                .records
+                .iter()
+                .map(|r| {
+                    let hf = names::linear_weight(family, r.layer, r.kind);
+                    LayerRecord {
+                        record: r.clone(),
+                        output_type: out
+                            .tensors
+                            .iter()
+                            .find(|t| t.hf_name == hf)
+                            .map(|t| t.dtype.clone()),
+                    }
+                })
+                .collect();
+            (
+                layers,
+                summary.block_seconds.clone(),
+                summary.resumed_blocks,
+            )
+        }
+        None => (Vec::new(), Vec::new(), 0),
+    };
+    if plan
+        .layerwise
+        .as_ref()
+        .is_some_and(|l| l.spec.prune.is_some())
+    {
+        sparsity_fields(
+            &mut output,
+            &layers,
+            &out.config,
+            out.tensors.as_slice(),
+            &mut notes,
+            plan,
+        );
+    }
+    let structure = o.structured.as_ref().map(|(p, scores, _, _)| {
+        let s = plan.structured.as_ref().expect("a structured step ran");
+        if cfg.family == Family::Phi && s.spec.heads_keep < 1.0 {
+            notes.push(
+                "Phi with fewer heads: config.json states head_dim explicitly; loaders that \
+                 derive it as hidden_size / num_attention_heads will not load this model"
+                    .into(),
+            );
+        }
+        StructureRecord {
+            request: json!(s.spec),
+            importance: json!({ "metric": s.metric, "description": s.metric.describe() }),
+            config_before: config_summary(cfg),
+            config_after: config_summary(&p.config),
+            dropped_layers: p.dropped.clone(),
+            block_influence: scores.block_influence.clone(),
+            layers: p
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    json!({
+                        "layer": i,
+                        "source_layer": l.source,
+                        "mlp_channels": l.channels.len(),
+                        "heads": l.heads.len(),
+                        "kv_heads": l.kv_heads.len(),
+                        "kept_channels": l.channels,
+                        "kept_heads": l.heads,
+                        "kept_kv_heads": l.kv_heads,
+                    })
+                })
+                .collect(),
+        }
+    });
+    let size = SizeRecord {
+        parameters_before: ckpt.tensors.infos().iter().map(|i| i.numel() as u64).sum(),
+        parameters_after: params,
+        tensor_bytes_before: bytes_before(plan)?,
+        tensor_bytes_after: out.tensors.iter().map(|t| t.bytes).sum(),
+        file_bytes,
+    };
+    let fallbacks = out
+        .tensors
+        .iter()
+        .filter_map(|t| {
+            t.fallback.as_ref().map(|why| FallbackRecord {
+                tensor: t.name.clone(),
+                dtype: t.dtype.clone(),
+                why: why.clone(),
+            })
+        })
+        .collect();
+    let passes = pass_records(plan, o);
+    let eval = o
+        .evals
+        .iter()
+        .filter(|(_, r, _)| r.of_output)
+        .map(|(_, r, _)| r.clone())
+        .next_back();
+    let mut report = CompressionReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        microllm_version: env!("CARGO_PKG_VERSION").into(),
+        name: opts.name.clone(),
+        command: opts.command.clone(),
+        variant: opts.variant.clone(),
+        recipe: plan.recipe_value.clone(),
+        recipe_sha256: opts.recipe_sha256.clone(),
+        model: ModelRecord {
+            spec: plan.recipe.model.clone(),
+            path: ckpt.path.clone(),
+            sha256: sha256_of(&ckpt.path)?,
+            family: cfg.family.to_string(),
+            layers: cfg.num_layers,
+            hidden_size: cfg.hidden_size,
+            parameters: ckpt.tensors.infos().iter().map(|i| i.numel()).sum(),
+            stored_bytes: ckpt.stored_bytes(),
+        },
+        calibration: o.calibration.clone(),
+        evaluation: o.eval_tokens.as_ref().map(|e| EvalDataRecord {
+            file: e.file.clone(),
+            sha256: e.sha256.clone(),
+            tokens_in_file: e.tokens.len(),
+            ctx: e.ctx,
+        }),
+        method: plan.method.clone(),
+        scheme: plan.layerwise.as_ref().map_or(Value::Null, |l| {
+            let mut scheme = l.scheme_record.clone();
+            if let Some(owl) = &o.owl {
+                scheme["schedule"]["outlier_ratios"] = json!(owl.outlier_ratios);
+                scheme["schedule"]["block_sparsities"] = json!(owl.sparsities);
+            }
+            scheme
+        }),
+        passes,
+        layers,
+        block_seconds,
+        resumed_blocks,
+        structure,
+        size,
+        output,
+        fallbacks,
+        notes,
+        eval,
+        metrics: Default::default(),
+        gates: Vec::new(),
+        gates_passed: true,
+        peak_rss_bytes: peak_rss_bytes(),
+        total_seconds: started.elapsed().as_secs_f64(),
+    };
+    report.compute_metrics();
+    report.evaluate_gates(&plan.gates);
+    Ok(report)
+}
+
+fn numel(t: &TensorPlan) -> u64 {
+    t.shape.iter().product::<usize>() as u64
+}
+
+/// Zeroed linear weights, from the per-linear sparsities.
+fn sparsity_fields(
+    output: &mut OutputRecord,
+    layers: &[LayerRecord],
+    cfg: &ModelConfig,
+    tensors: &[TensorPlan],
+    notes: &mut Vec<String>,
+    plan: &Plan,
+) {
+    let numel_of = |layer: usize, kind| {
+        let hf = names::linear_weight(cfg.family, layer, kind);
+        tensors.iter().find(|t| t.hf_name == hf).map_or(0, numel)
+    };
+    let linear_params: u64 = layers
+        .iter()
+        .map(|l| numel_of(l.record.layer, l.record.kind))
+        .sum();
+    let zeroed: f64 = layers
+        .iter()
+        .map(|l| l.record.sparsity.unwrap_or(0.0) * numel_of(l.record.layer, l.record.kind) as f64)
+        .sum();
+    output.linear_parameters = Some(linear_params);
+    output.pruned_parameters = Some(zeroed.round() as u64);
+    output.linear_sparsity = Some(zeroed / linear_params.max(1) as f64);
+    let quantized = plan
+        .layerwise
+        .as_ref()
+        .is_some_and(|l| l.spec.scheme.is_some());
+    notes.push(format!(
+        "{:.1}% of the linear weights are zero ({} of {}); they are stored {}",
+        100.0 * zeroed / linear_params.max(1) as f64,
+        zeroed.round() as u64,
+        linear_params,
+        if quantized {
+            "densely as the grids' zero points"
+        } else if matches!(plan.output.writer, Writer::Sparse(..)) {
+            "sparse: nonzero values plus a bitmask (compressed-tensors)"
+        } else {
+            "densely: the file is no smaller until it is quantized or written with --format \
+             compressed-tensors"
+        }
+    ));
+}
+
+/// Tensor data of the uncompressed model written the same way (format, dtype, GGUF types).
+fn bytes_before(plan: &Plan) -> Result<u64> {
+    let ckpt = &plan.model;
+    let src: &dyn TensorSource = ckpt.tensors.as_ref();
+    Ok(match &plan.output.writer {
+        Writer::Safetensors(d) => src
+            .infos()
+            .iter()
+            .map(|i| (i.numel() * d.size()) as u64)
+            .sum(),
+        Writer::Gguf { codes: false, .. } => plan_types(&ckpt.config, src, plan.output.dominant)?
+            .iter()
+            .map(|d| {
+                let n: usize = d.shape.iter().product();
+                (n / d.dtype.block_size() * d.dtype.type_size()) as u64
+            })
+            .sum(),
+        _ => ckpt.stored_bytes(),
+    })
+}
+
+fn config_summary(cfg: &ModelConfig) -> Value {
+    json!({
+        "model_type": cfg.family.model_type(),
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+    })
+}
+
+fn pass_records(plan: &Plan, o: &Outcome) -> Vec<PassRecord> {
+    plan.recipe
+        .passes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut rec = PassRecord {
+                index: i,
+                pass: p.key().into(),
+                summary: String::new(),
+                seconds: 0.0,
+                resumed: false,
+                eval: None,
+                curves: Vec::new(),
+            };
+            match p {
+                Pass::StructuredPrune(_) => {
+                    if let Some((sp, _, resumed, secs)) = &o.structured {
+                        rec.summary = format!(
+                            "{} blocks, {} MLP channels, {} query / {} KV heads per block; dropped {:?}",
+                            sp.config.num_layers,
+                            sp.config.intermediate_size,
+                            sp.config.num_heads,
+                            sp.config.num_kv_heads,
+                            sp.dropped
+                        );
+                        rec.seconds = *secs;
+                        rec.resumed = *resumed;
+                    }
+                }
+                Pass::Prune(_) | Pass::Quantize(_) => {
+                    rec.summary = plan.describe_pass(i);
+                    if let Some((summary, secs)) = &o.layerwise {
+                        rec.seconds = *secs;
+                        rec.resumed = summary.resumed_blocks > 0;
+                    }
+                }
+                Pass::Eval(_) => {
+                    if let Some((_, e, resumed)) = o.evals.iter().find(|(j, ..)| *j == i) {
+                        rec.summary = format!(
+                            "{}: perplexity {:.4} -> {:.4} ({:+.2}%), KL {:.5}, top-1 {:.1}%",
+                            if e.of_output { "the written output" } else { "in memory" },
+                            e.original.perplexity,
+                            e.compressed.perplexity,
+                            e.increase_pct,
+                            e.kl_divergence,
+                            100.0 * e.top1_agreement
+                        );
+                        rec.seconds = e.original.seconds + e.compressed.seconds;
+                        rec.resumed = *resumed;
+                        rec.eval = Some(e.clone());
+                    }
+                }
+            }
+            rec
+        })
+        .collect()
+}
+
+/// A note when the source's linears are already block-quantized (re-quantizing with the same
+/// scheme is then trivially lossless, which makes such a figure meaningless).
+fn already_quantized_note(ckpt: &microllm_io::Checkpoint) -> Option<String> {
+    let cfg = &ckpt.config;
+    let types: std::collections::BTreeSet<String> = ckpt
+        .tensors
+        .infos()
+        .into_iter()
+        .filter(|i| names::parse_linear_weight(cfg.family, &i.name).is_some())
+        .map(|i| i.dtype)
+        .filter(|d| d.starts_with('Q'))
+        .collect();
+    (!types.is_empty()).then(|| {
+        format!(
+            "the source's linear weights are already quantized ({}): errors are measured \
+             against their dequantized values, and re-quantizing with the source's own scheme \
+             is trivially lossless (measure other settings)",
+            types.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })
+}

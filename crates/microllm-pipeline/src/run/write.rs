@@ -1,0 +1,165 @@
+//! Writing the output: the model as it stands after the passes, in the planned format.
+//!
+//! Writers read the layerwise sweep's stored blocks, never the run's memory (the BlockStore is
+//! the canonical result): GGUF copies the codes into ggml blocks exactly, GPTQ and
+//! compressed-tensors pack them, safetensors gets their dequantized values; a structured
+//! prune is a slicing view of the source. Every writer is atomic.
+
+use microllm_core::{ModelConfig, Progress, Result, TensorSource, names};
+use microllm_io::Checkpoint;
+use microllm_io::gguf::{EncodedTensors, GgufExport, ImportanceMatrix, TypeDecision, write_gguf};
+use microllm_io::quantized::QuantMethod;
+use microllm_io::write::{
+    HfOutput, HfWriteOptions, PackedOutput, SparseOutput, write_hf_dir, write_packed_dir,
+    write_sparse_dir,
+};
+
+use crate::output::{GgufCodes, QuantizedSource};
+use crate::packed::{StoredLinears, compressed_quantization_config, gptq_quantization_config};
+use crate::plan::{Plan, Writer};
+use crate::store::BlockStore;
+
+const MAX_SHARD_BYTES: u64 = 2_000_000_000;
+
+/// The model after the passes: its configuration and tensors.
+pub struct Current<'a> {
+    pub config: &'a ModelConfig,
+    pub source: &'a dyn TensorSource,
+    /// The layerwise sweep's blocks, when there was one.
+    pub store: Option<&'a BlockStore>,
+    /// Per-column importance for the GGUF writer's k-quant blocks, when measured.
+    pub importance: Option<&'a ImportanceMatrix>,
+}
+
+/// Writes the output; returns the writer's notes.
+pub fn write_output(
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    now: &Current<'_>,
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
+    let out = &plan.output;
+    let mut notes = Vec::new();
+    let quantized = now
+        .store
+        .map(|s| QuantizedSource::new(now.config, now.source, s));
+    let tensors: &dyn TensorSource = match &quantized {
+        Some(q) => q,
+        None => now.source,
+    };
+    match &out.writer {
+        Writer::Gguf { codes, .. } => {
+            let gguf_codes = now
+                .store
+                .filter(|_| *codes)
+                .map(|s| GgufCodes::new(now.config, s));
+            let export = GgufExport {
+                config: now.config,
+                tensors,
+                tokenizer: ckpt.tokenizer.as_ref(),
+                chat_template: ckpt.chat_template.as_deref(),
+                name: ckpt
+                    .path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("model"),
+                encoded: gguf_codes.as_ref().map(|c| c as &dyn EncodedTensors),
+                importance: now.importance,
+            };
+            let summary = write_gguf(&export, &out.path, out.dominant, out.overwrite, progress)?;
+            notes.extend(summary.notes);
+            if now.importance.is_some() {
+                notes.push(importance_note(&summary.tensors));
+            }
+        }
+        Writer::Safetensors(dtype) => {
+            let output = HfOutput {
+                config: now.config,
+                tensors,
+                tokenizer: ckpt.tokenizer.as_ref(),
+                chat_template: ckpt.chat_template.as_deref(),
+            };
+            let opts = HfWriteOptions {
+                dtype: *dtype,
+                max_shard_bytes: MAX_SHARD_BYTES,
+                overwrite: out.overwrite,
+            };
+            write_hf_dir(&output, &out.path, &opts, progress)?;
+        }
+        Writer::Packed(method) => {
+            let store = now.store.expect("packed output follows a quantize pass");
+            let l = plan
+                .layerwise
+                .as_ref()
+                .expect("packed output follows a quantize pass");
+            let scheme = l
+                .spec
+                .scheme
+                .expect("packed output follows a quantize pass");
+            let linears = StoredLinears::new(now.config, store);
+            let quantization_config = if *method == QuantMethod::Gptq {
+                let wrapped = linears.gptq_wrapped_zeros(now.config.num_layers)?;
+                if wrapped > 0 {
+                    notes.push(format!(
+                        "{wrapped} groups have zero point 0, stored as GPTQ v1's wrapped field \
+                         2^bits-1: microllm and GPTQModel read them exactly, kernels that add 1 \
+                         without masking (legacy exllama) read zero 2^bits"
+                    ));
+                }
+                let g = l.gptq.unwrap_or_default();
+                gptq_quantization_config(
+                    &scheme,
+                    l.scattered_groups,
+                    g.static_groups,
+                    g.damp_percent,
+                )
+            } else {
+                compressed_quantization_config(&scheme, l.scattered_groups)
+            };
+            let output = PackedOutput {
+                config: now.config,
+                tensors: now.source,
+                packed: &linears,
+                method: *method,
+                quantization_config,
+                tokenizer: ckpt.tokenizer.as_ref(),
+                chat_template: ckpt.chat_template.as_deref(),
+            };
+            write_packed_dir(&output, &out.path, MAX_SHARD_BYTES, out.overwrite, progress)?;
+        }
+        Writer::Sparse(format, structure) => {
+            let family = now.config.family;
+            let is_sparse = |name: &str| names::parse_linear_weight(family, name).is_some();
+            let output = SparseOutput {
+                config: now.config,
+                tensors,
+                is_sparse: &is_sparse,
+                format: *format,
+                structure: structure.clone(),
+                tokenizer: ckpt.tokenizer.as_ref(),
+                chat_template: ckpt.chat_template.as_deref(),
+            };
+            write_sparse_dir(&output, &out.path, MAX_SHARD_BYTES, out.overwrite, progress)?;
+        }
+    }
+    Ok(notes)
+}
+
+/// Which matrices the importance matrix could weight (candle weights k-quant blocks only).
+fn importance_note(tensors: &[TypeDecision]) -> String {
+    let matrices = tensors.iter().filter(|t| t.shape.len() == 2);
+    let (weighted, plain): (Vec<_>, Vec<_>) = matrices.partition(|t| t.importance_weighted);
+    let types_of = |ts: &[&TypeDecision]| {
+        let set: std::collections::BTreeSet<_> =
+            ts.iter().map(|t| format!("{:?}", t.dtype)).collect();
+        set.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "importance matrix applied to {} matrices ({}); not to {} others ({}: candle has \
+         importance-weighted quantizers for k-quants only)",
+        weighted.len(),
+        types_of(&weighted),
+        plain.len(),
+        types_of(&plain),
+    )
+}
