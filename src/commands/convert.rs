@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use clap::builder::TypedValueParser;
 use microllm_io::CheckpointFormat;
 use microllm_io::gguf::{EncodedTensors, GgufExport, write_gguf};
 use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
@@ -41,8 +42,8 @@ pub struct Args {
     dtype: Dtype,
     /// Type of the matrices in GGUF output (norms stay F32; the output head gets Q6_K for
     /// quantized types, as llama.cpp does).
-    #[arg(long, value_enum, default_value_t = GgufType::F16)]
-    gguf_type: GgufType,
+    #[arg(long, default_value = "f16", value_parser = gguf_type_parser())]
+    gguf_type: GgufTypeName,
     /// Largest safetensors shard (tensor data), e.g. 2GB, 500MB, 64KB.
     #[arg(long, default_value = "2GB", value_parser = parse_size)]
     max_shard_size: u64,
@@ -74,47 +75,10 @@ impl Dtype {
     }
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-#[value(rename_all = "snake_case")]
-pub(crate) enum GgufType {
-    F32,
-    F16,
-    Q8_0,
-    Q5_1,
-    Q5_0,
-    Q4_1,
-    Q4_0,
-    #[value(name = "q6_k")]
-    Q6K,
-    #[value(name = "q5_k")]
-    Q5K,
-    #[value(name = "q4_k")]
-    Q4K,
-    #[value(name = "q3_k")]
-    Q3K,
-    #[value(name = "q2_k")]
-    Q2K,
-    /// llama.cpp's Q5_K_M mix: Q5_K, with Q6_K for v and down in the blocks llama.cpp picks.
-    #[value(name = "q5_k_m")]
-    Q5KM,
-    /// llama.cpp's Q5_K_S mix: Q5_K throughout.
-    #[value(name = "q5_k_s")]
-    Q5KS,
-    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for v and down in the blocks llama.cpp picks.
-    #[value(name = "q4_k_m")]
-    Q4KM,
-    /// llama.cpp's Q4_K_S mix: Q4_K, Q5_K for the first blocks' v and down.
-    #[value(name = "q4_k_s")]
-    Q4KS,
-    /// llama.cpp's Q3_K_L mix: Q3_K, Q5_K for v, o and down.
-    #[value(name = "q3_k_l")]
-    Q3KL,
-    /// llama.cpp's Q3_K_M mix: Q3_K, Q4_K / Q5_K for v, o and down.
-    #[value(name = "q3_k_m")]
-    Q3KM,
-    /// llama.cpp's Q3_K_S mix: Q3_K throughout.
-    #[value(name = "q3_k_s")]
-    Q3KS,
+/// `--gguf-type`: the names recipes take (`q4_k`, `q4_k_m`, ...), listed in `--help`.
+pub(crate) fn gguf_type_parser() -> impl TypedValueParser<Value = GgufTypeName> {
+    clap::builder::PossibleValuesParser::new(GgufTypeName::NAMES)
+        .map(|name| name.parse().expect("every listed name parses"))
 }
 
 impl Dtype {
@@ -124,33 +88,6 @@ impl Dtype {
             Dtype::F32 => DtypeName::F32,
             Dtype::F16 => DtypeName::F16,
             Dtype::Bf16 => DtypeName::Bf16,
-        }
-    }
-}
-
-impl GgufType {
-    /// The recipe's name of this type.
-    pub(crate) fn recipe(self) -> GgufTypeName {
-        match self {
-            GgufType::F32 => GgufTypeName::F32,
-            GgufType::F16 => GgufTypeName::F16,
-            GgufType::Q8_0 => GgufTypeName::Q8_0,
-            GgufType::Q5_1 => GgufTypeName::Q5_1,
-            GgufType::Q5_0 => GgufTypeName::Q5_0,
-            GgufType::Q4_1 => GgufTypeName::Q4_1,
-            GgufType::Q4_0 => GgufTypeName::Q4_0,
-            GgufType::Q6K => GgufTypeName::Q6K,
-            GgufType::Q5K => GgufTypeName::Q5K,
-            GgufType::Q4K => GgufTypeName::Q4K,
-            GgufType::Q3K => GgufTypeName::Q3K,
-            GgufType::Q2K => GgufTypeName::Q2K,
-            GgufType::Q5KM => GgufTypeName::Q5KM,
-            GgufType::Q5KS => GgufTypeName::Q5KS,
-            GgufType::Q4KM => GgufTypeName::Q4KM,
-            GgufType::Q4KS => GgufTypeName::Q4KS,
-            GgufType::Q3KL => GgufTypeName::Q3KL,
-            GgufType::Q3KM => GgufTypeName::Q3KM,
-            GgufType::Q3KS => GgufTypeName::Q3KS,
         }
     }
 }
@@ -227,7 +164,7 @@ fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
     let summary = write_gguf(
         &export,
         &args.out,
-        microllm_pipeline::plan::gguf_types(args.gguf_type.recipe()),
+        microllm_pipeline::plan::gguf_types(args.gguf_type),
         args.force,
         &Bar::new(),
     )

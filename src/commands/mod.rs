@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments (clap) and its `run`.
 
 pub mod convert;
+pub mod data_args;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

@@ -15,12 +15,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use microllm_pipeline::recipe::{
-    CalibrationData, EvalStage, EvaluationData, Output, OutputFormat, Pass, Recipe, RecipeDoc,
-    ReportOptions,
+    GgufTypeName, Output, OutputFormat, Recipe, RecipeDoc, ReportOptions,
 };
 
+use super::data_args::DataArgs;
 use super::pipeline::{Invocation, Verdict, execute};
-use crate::commands::convert::{Dtype, GgufType};
+use crate::commands::convert::{Dtype, gguf_type_parser};
 
 /// Prune a model: magnitude, Wanda or SparseGPT (unstructured or N:M), or structured.
 #[derive(clap::Args, Debug)]
@@ -31,37 +31,14 @@ pub struct Args {
     /// Output directory (safetensors) or file (.gguf); must not exist unless --force.
     #[arg(long, short)]
     pub out: PathBuf,
-    /// Calibration data: a UTF-8 text file, or a .safetensors file with int64 `input_ids`.
-    #[arg(long)]
-    pub calib: Option<PathBuf>,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 128)]
-    pub samples: usize,
-    /// Tokens per calibration window.
-    #[arg(long, default_value_t = 512)]
-    pub seqlen: usize,
-    /// Seed of the calibration window draw.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Use fewer windows than --samples when the data is too short (recorded in the report)
-    /// instead of failing.
-    #[arg(long)]
-    pub allow_short_calib: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Print the plan (resulting shapes, parameters, estimated size) and stop.
     #[arg(long)]
     pub dry_run: bool,
     /// Replace --out if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Measure perplexity on this text before and after, with the output reloaded.
-    #[arg(long)]
-    pub eval: Option<PathBuf>,
-    /// Tokens per evaluation window.
-    #[arg(long, default_value_t = 512)]
-    pub eval_ctx: usize,
-    /// Evaluation windows (the first N of the text).
-    #[arg(long, default_value_t = 24)]
-    pub eval_windows: usize,
     /// Output format [default: gguf when --out ends in .gguf, else safetensors].
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
@@ -70,8 +47,8 @@ pub struct Args {
     pub dtype: Option<Dtype>,
     /// Matrix type of GGUF output (llama.cpp's round-to-nearest for quantized types; with
     /// --bits the linears hold GPTQ's codes instead).
-    #[arg(long, value_enum, default_value_t = GgufType::F16)]
-    pub gguf_type: GgufType,
+    #[arg(long, default_value = "f16", value_parser = gguf_type_parser())]
+    pub gguf_type: GgufTypeName,
     /// Print the recipe these flags mean (YAML, for `microllm run`) and stop.
     #[arg(long)]
     pub print_recipe: bool,
@@ -111,25 +88,12 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
                 .out
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("gguf")));
-    let evaluation = args.eval.as_ref().map(|data| {
-        passes.push(Pass::Eval(EvalStage::default()));
-        EvaluationData {
-            data: data.clone(),
-            ctx: args.eval_ctx,
-            windows: args.eval_windows,
-        }
-    });
+    let evaluation = args.data.evaluation(&mut passes);
     Ok(Recipe {
         version: microllm_pipeline::recipe::RECIPE_VERSION,
         name: Some("prune".into()),
         model: args.model.clone(),
-        calibration: args.calib.as_ref().map(|data| CalibrationData {
-            data: data.clone(),
-            samples: args.samples,
-            seqlen: args.seqlen,
-            seed: args.seed,
-            allow_short: args.allow_short_calib,
-        }),
+        calibration: args.data.calibration(),
         evaluation,
         passes,
         output: Output {
@@ -140,7 +104,7 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
                 .filter(|_| !gguf && format.is_none_or(|f| f == OutputFormat::Safetensors))
                 .map(Dtype::recipe),
             // With --bits the linears hold GPTQ's codes and the rest follows llama.cpp.
-            gguf_type: (gguf && !quantized).then(|| args.gguf_type.recipe()),
+            gguf_type: (gguf && !quantized).then_some(args.gguf_type),
             overwrite: args.force,
         },
         report: ReportOptions::default(),

@@ -8,11 +8,12 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use microllm_pipeline::recipe::{
-    CalibrationData, EvalStage, EvaluationData, GroupSize, Output, OutputFormat, Pass,
-    QuantMethodName, QuantizeStage, Recipe, RecipeDoc, ReportOptions,
+    GgufTypeName, GroupSize, Output, OutputFormat, Pass, QuantMethodName, QuantizeStage, Recipe,
+    RecipeDoc, ReportOptions,
 };
 
-use super::convert::{Dtype, GgufType};
+use super::convert::{Dtype, gguf_type_parser};
+use super::data_args::DataArgs;
 use super::pipeline::{Invocation, Verdict, execute};
 
 /// Quantize a model's linear layers with GPTQ (calibrated) or round-to-nearest.
@@ -79,28 +80,14 @@ pub struct Args {
     /// Write llama.cpp's block type or mix instead (`q4_k_m` ...; round-to-nearest as
     /// llama.cpp does, no GPTQ); with --calib, k-quant blocks are fitted with an importance
     /// matrix measured on the calibration windows (llama.cpp's imatrix).
-    #[arg(long, value_enum)]
-    gguf_type: Option<GgufType>,
+    #[arg(long, value_parser = gguf_type_parser())]
+    gguf_type: Option<GgufTypeName>,
     /// Weight dtype of --format safetensors output (gptq / compressed-tensors keep the
     /// unquantized tensors in their source dtype).
     #[arg(long, value_enum, default_value_t = Dtype::F16)]
     dtype: Dtype,
-    /// Calibration data: a UTF-8 text file, or a .safetensors file with int64 `input_ids`.
-    #[arg(long)]
-    calib: Option<PathBuf>,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 128)]
-    samples: usize,
-    /// Tokens per calibration window.
-    #[arg(long, default_value_t = 512)]
-    seqlen: usize,
-    /// Seed of the calibration window draw.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Use fewer windows than --samples when the data is too short (recorded in the report)
-    /// instead of failing.
-    #[arg(long)]
-    allow_short_calib: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Continue an interrupted run from its last finished block (same settings required).
     #[arg(long)]
     resume: bool,
@@ -110,15 +97,6 @@ pub struct Args {
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
-    /// Measure perplexity on this text before and after, with the output file reloaded.
-    #[arg(long)]
-    eval: Option<PathBuf>,
-    /// Tokens per evaluation window.
-    #[arg(long, default_value_t = 512)]
-    eval_ctx: usize,
-    /// Evaluation windows (the first N of the text).
-    #[arg(long, default_value_t = 24)]
-    eval_windows: usize,
     /// Print the recipe these flags mean (YAML, for `microllm run`) and stop.
     #[arg(long)]
     print_recipe: bool,
@@ -181,31 +159,18 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
         damp: gptq.then_some(args.damp),
         sink_weight: args.sink_weight.filter(|_| gptq),
         clip_search: gptq.then_some(!args.no_clip_search),
-        gguf_type: args.gguf_type.map(GgufType::recipe),
+        gguf_type: args.gguf_type,
         // llama.cpp's types take an importance matrix when calibration data is given.
-        importance_matrix: (method == QuantMethodName::Ggml && args.calib.is_some())
+        importance_matrix: (method == QuantMethodName::Ggml && args.data.calib.is_some())
             .then_some(true),
     };
     let mut passes = vec![Pass::Quantize(stage)];
-    let evaluation = args.eval.as_ref().map(|data| {
-        passes.push(Pass::Eval(EvalStage::default()));
-        EvaluationData {
-            data: data.clone(),
-            ctx: args.eval_ctx,
-            windows: args.eval_windows,
-        }
-    });
+    let evaluation = args.data.evaluation(&mut passes);
     Ok(Recipe {
         version: microllm_pipeline::recipe::RECIPE_VERSION,
         name: Some("quantize".into()),
         model: args.model.clone(),
-        calibration: args.calib.as_ref().map(|data| CalibrationData {
-            data: data.clone(),
-            samples: args.samples,
-            seqlen: args.seqlen,
-            seed: args.seed,
-            allow_short: args.allow_short_calib,
-        }),
+        calibration: args.data.calibration(),
         evaluation,
         passes,
         output: Output {

@@ -344,6 +344,23 @@ pub enum GgufTypeName {
     Q3KS,
 }
 
+impl GgufTypeName {
+    /// Every type's name, as recipes and `--gguf-type` spell it.
+    pub const NAMES: [&'static str; 19] = [
+        "f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k", "q4_k", "q3_k",
+        "q2_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s",
+    ];
+}
+
+impl std::str::FromStr for GgufTypeName {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(name.to_string()))
+            .map_err(|_| format!("`{name}` is not a GGUF type ({})", Self::NAMES.join(", ")))
+    }
+}
+
 /// Quantization of the linear layers.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -549,4 +566,41 @@ impl ReportOptions {
 /// The JSON Schema of [`Recipe`], as committed in `configs/recipe.schema.json`.
 pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Recipe)).expect("schemas serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `GgufTypeName::NAMES` lists every type exactly as serde spells it, so `--gguf-type`
+    /// offers what recipes take, no more and no fewer.
+    #[test]
+    fn gguf_type_names_are_every_variant_as_spelled_in_recipes() {
+        let schema = serde_json::to_value(schemars::schema_for!(GgufTypeName)).unwrap();
+        // Documented variants are `const` entries of `oneOf`, the rest one `enum` entry.
+        let mut spelled: Vec<String> = Vec::new();
+        for entry in schema["oneOf"].as_array().unwrap() {
+            match (&entry["const"], entry["enum"].as_array()) {
+                (serde_json::Value::String(name), _) => spelled.push(name.clone()),
+                (_, Some(names)) => {
+                    spelled.extend(names.iter().map(|n| n.to_string().replace('"', "")))
+                }
+                _ => panic!("unexpected schema entry {entry}"),
+            }
+        }
+        spelled.sort();
+        let mut listed: Vec<String> = GgufTypeName::NAMES.iter().map(|n| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(spelled, listed);
+        for name in GgufTypeName::NAMES {
+            let t: GgufTypeName = name.parse().unwrap();
+            assert_eq!(serde_json::to_value(t).unwrap(), name);
+        }
+        assert!(
+            "q4_km"
+                .parse::<GgufTypeName>()
+                .unwrap_err()
+                .contains("q4_k_m")
+        );
+    }
 }
