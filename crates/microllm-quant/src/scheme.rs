@@ -282,8 +282,7 @@ impl Grid {
 #[inline]
 fn round_half_away(x: f32) -> f32 {
     let a = x.abs();
-    // `!(a < LIMIT)` also catches NaN.
-    if !(a < 8_388_608.0) {
+    if a.is_nan() || a >= 8_388_608.0 {
         return x;
     }
     let t = (a as i32) as f32;
