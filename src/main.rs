@@ -53,6 +53,8 @@ enum Command {
     Quantize(commands::quantize::Args),
     /// Prune weights (magnitude, Wanda, SparseGPT, N:M) or whole channels, heads and blocks.
     Prune(commands::prune::Args),
+    /// Distill a teacher into a student (live or from stored teacher logits), or store logits.
+    Distill(commands::distill::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Prune(args) => commands::prune::run(args),
+        Command::Distill(args) => commands::distill::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod calibrate;
 pub mod convert;
+pub mod distill;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

@@ -21,7 +21,7 @@ use crate::real::Real;
 use crate::student::Student;
 
 /// Rows of logits materialised at a time.
-pub const CHUNK_ROWS: usize = 256;
+pub const CHUNK_ROWS: usize = 128;
 
 /// The teacher's side of every row.
 #[derive(Debug, Clone, Copy)]

@@ -41,7 +41,7 @@ pub enum TeacherRow<'a, T> {
 }
 
 /// Weights of the logit losses and the temperature.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogitMix {
     pub kl: f64,
     pub reverse_kl: f64,
