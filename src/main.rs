@@ -54,7 +54,7 @@ enum Command {
     /// Prune weights (magnitude, Wanda, SparseGPT, N:M) or whole channels, heads and blocks.
     Prune(commands::prune::Args),
     /// Distill a teacher into a student (live or from stored teacher logits), or store logits.
-    Distill(commands::distill::Args),
+    Distill(Box<commands::distill::Args>),
 }
 
 fn main() -> ExitCode {
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Prune(args) => commands::prune::run(args),
-        Command::Distill(args) => commands::distill::run(args),
+        Command::Distill(args) => commands::distill::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,6 +87,13 @@ fn main() -> ExitCode {
 /// A suggestion for the user, when the error's kind makes one obvious.
 fn hint(err: &anyhow::Error) -> Option<String> {
     use microllm_core::Error;
+    if let Some(microllm_distill::DistillError::NonFinite { .. }) = err.downcast_ref() {
+        return Some(
+            "lower --lr, raise --warmup-steps or tighten --clip; --resume continues from the \
+             checkpoint"
+                .into(),
+        );
+    }
     let core = err.chain().find_map(|e| e.downcast_ref::<Error>())?;
     Some(match core {
         Error::UnsupportedArchitecture { supported, .. } => {

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{FAMILIES, max_abs_diff, open, reference_ids};
-use microllm_distill::loss::{LogitMix, LogitTargets, Teacher, head_loss};
+use microllm_distill::loss::{HiddenKind, HiddenLoss, LogitMix, LogitTargets, Teacher, head_loss};
 use microllm_distill::student::{Freeze, Student};
 use microllm_models::Decoder;
 
@@ -156,6 +156,92 @@ fn check_gradients(name: &str, mixes: &[LogitMix]) {
                         analytic[at]
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Hidden-state losses (with and without a learned projection) through the whole f64 student
+/// against central differences, for every weight kind and the projection.
+#[test]
+fn hidden_state_loss_gradients_match_finite_differences() {
+    let ckpt = open("llama-tiny");
+    let ids = reference_ids("llama-tiny");
+    let (b, s) = ids.dims2().unwrap();
+    let h = ckpt.config.hidden_size;
+    let student = Student::load(
+        &ckpt.config,
+        ckpt.tensors.as_ref(),
+        DType::F64,
+        Freeze::default(),
+        s,
+    )
+    .unwrap();
+    let target_width = h + 8;
+    for (kind, project, width) in [
+        (HiddenKind::Mse, false, h),
+        (HiddenKind::Cosine, false, h),
+        (HiddenKind::Mse, true, target_width),
+        (HiddenKind::Cosine, true, target_width),
+    ] {
+        let hidden = HiddenLoss::new(
+            kind,
+            vec![(0, 1), (2, 2)],
+            (h, width),
+            project,
+            3,
+            DType::F64,
+        )
+        .unwrap();
+        let teacher: Vec<Tensor> = (0..2)
+            .map(|i| {
+                Tensor::from_vec(
+                    values(20 + i, b * s * width, 2.0),
+                    (b * s, width),
+                    &Device::Cpu,
+                )
+                .unwrap()
+            })
+            .collect();
+        let loss_of = || {
+            let out = student.forward(&ids, &hidden.student_blocks()).unwrap();
+            hidden.loss(&out.blocks, &teacher).unwrap()
+        };
+        let grads = loss_of().backward().unwrap();
+        let mut vars: Vec<(String, &candle_core::Var)> = student
+            .trainable()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        vars.extend(hidden.named_projections());
+        for (pname, var) in vars {
+            let base: Vec<f64> = var.flatten_all().unwrap().to_vec1().unwrap();
+            let Some(g) = grads.get(var.as_tensor()) else {
+                // Only the final norm lies beyond the last mapped block.
+                assert!(
+                    pname.starts_with("model.norm"),
+                    "{kind:?}: no gradient for {pname}"
+                );
+                continue;
+            };
+            let analytic: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+            for at in [0, base.len() / 3, base.len() - 1] {
+                let probe = |d: f64| {
+                    let mut v = base.clone();
+                    v[at] += d;
+                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    let value = loss_of().to_scalar::<f64>().unwrap();
+                    var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    value
+                };
+                let numeric = (probe(STEP) - probe(-STEP)) / (2.0 * STEP);
+                let err = (analytic[at] - numeric).abs() / numeric.abs().max(1.0);
+                assert!(
+                    err < GRAD_TOLERANCE,
+                    "{kind:?} {pname}[{at}]: {} vs {numeric} ({err:e})",
+                    analytic[at]
+                );
             }
         }
     }

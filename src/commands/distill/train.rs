@@ -603,6 +603,7 @@ fn hidden_loss(
         (student.config.hidden_size, teacher.config.hidden_size),
         args.hidden_projection,
         args.seed,
+        candle_core::DType::F32,
     )?))
 }
 
@@ -655,6 +656,9 @@ fn print_plan(
 }
 
 fn print_summary(r: &DistillReport) {
+    if let Some(step) = r.resumed_at_step {
+        println!("resumed at step {step}");
+    }
     if let (Some(before), Some(after)) = (&r.eval_before, r.evals.last()) {
         println!(
             "perplexity   {:.4} -> {:.4} (student before -> after)",

@@ -7,7 +7,7 @@
 //! the teacher's; the loss is the mean over pairs. Everything is built from candle's
 //! differentiable ops (the tensors are `[tokens, hidden]`, small next to the logits).
 
-use candle_core::{D, Device, Tensor, Var};
+use candle_core::{D, DType, Device, Tensor, Var};
 use microllm_core::{Error, Result};
 
 use super::spec::HiddenKind;
@@ -25,13 +25,14 @@ pub struct HiddenLoss {
 
 impl HiddenLoss {
     /// The loss for `pairs`; widths that differ need `project` (a learned projection each,
-    /// initialised from `seed`), otherwise it is an error naming both widths.
+    /// initialised from `seed`, in `dtype`), otherwise it is an error naming both widths.
     pub fn new(
         kind: HiddenKind,
         pairs: Vec<(usize, usize)>,
         widths: (usize, usize),
         project: bool,
         seed: u64,
+        dtype: DType,
     ) -> Result<Self> {
         let (student, teacher) = widths;
         if student != teacher && !project {
@@ -41,7 +42,7 @@ impl HiddenLoss {
                  --hidden-projection)"
             )));
         }
-        let mut rng = SplitMix64::new(seed ^ 0x5eed_0f_1a7e_u64);
+        let mut rng = SplitMix64::new(seed ^ 0x005e_ed0f_1a7e_u64);
         let projections = pairs
             .iter()
             .map(|_| {
@@ -58,7 +59,7 @@ impl HiddenLoss {
                     })
                     .collect();
                 let t = Tensor::from_vec(values, (teacher, student), &Device::Cpu)?;
-                Ok(Some(Var::from_tensor(&t)?))
+                Ok(Some(Var::from_tensor(&t.to_dtype(dtype)?)?))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -182,9 +183,18 @@ mod tests {
 
     #[test]
     fn widths_that_differ_need_a_projection() {
-        let err = HiddenLoss::new(HiddenKind::Mse, vec![(0, 0)], (96, 64), false, 0).unwrap_err();
+        let err = HiddenLoss::new(
+            HiddenKind::Mse,
+            vec![(0, 0)],
+            (96, 64),
+            false,
+            0,
+            DType::F32,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--hidden-projection"), "{err}");
-        let loss = HiddenLoss::new(HiddenKind::Mse, vec![(0, 0)], (96, 64), true, 0).unwrap();
+        let loss =
+            HiddenLoss::new(HiddenKind::Mse, vec![(0, 0)], (96, 64), true, 0, DType::F32).unwrap();
         assert_eq!(loss.projections[0].as_ref().unwrap().dims(), &[64, 96]);
     }
 }

@@ -165,17 +165,18 @@ impl Manifest {
         let Some((first_dir, first)) = parts.first() else {
             return Err(Error::Invalid("no store parts to merge".into()));
         };
-        let mut merged = Manifest {
+        let template = Manifest {
             shards: Vec::new(),
             ..first.clone()
         };
+        let mut merged = template.clone();
         for (dir, m) in parts {
             let same = Manifest {
                 shards: Vec::new(),
                 microllm_version: first.microllm_version.clone(),
                 ..m.clone()
             };
-            if same != merged {
+            if same != template {
                 let field = differing_field(first, m);
                 return Err(Error::config(
                     dir.join(MANIFEST_FILE),

@@ -300,7 +300,7 @@ impl TeacherStore {
         if let Some(v) = out
             .log_rest
             .iter()
-            .find(|v| !(**v <= LOG_PROB_SLACK) || v.is_nan())
+            .find(|v| v.is_nan() || **v > LOG_PROB_SLACK)
         {
             return bad(tensors::LOG_REST, format!("log rest mass {v} is not <= 0"));
         }

@@ -87,7 +87,7 @@ impl TrainSettings {
                 self.mix.temperature
             ));
         }
-        if !(self.clip_norm > 0.0) {
+        if self.clip_norm.is_nan() || self.clip_norm <= 0.0 {
             return bad(format!("--clip {} must be positive", self.clip_norm));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
@@ -450,14 +450,14 @@ pub fn train(job: &TrainJob<'_>, progress: &dyn Progress) -> DistillResult<Train
         state.curve.push(record);
         progress.advance(1);
         let last = state.step == s.steps;
-        if last || (s.eval_every > 0 && state.step % s.eval_every == 0) {
+        if last || (s.eval_every > 0 && state.step.is_multiple_of(s.eval_every)) {
             progress.status("evaluating");
             if let Some(p) = evaluate(job, &state)? {
                 eval_seconds += p.seconds;
                 state.evals.push(p);
             }
         }
-        if !last && s.checkpoint_every > 0 && state.step % s.checkpoint_every == 0 {
+        if !last && s.checkpoint_every > 0 && state.step.is_multiple_of(s.checkpoint_every) {
             checkpoint::save(job.work_dir, &named, &opt, &state)?;
         }
     }
