@@ -1,8 +1,8 @@
 //! Times one training step (forward, fused head + loss, backward) of a student, by phase.
 //!
-//! `cargo run --release -p microllm-distill --example step_phases -- MODEL TEXT BATCH SEQ RUNS`
+//! `cargo run --release -p microllm-distill --example step_phases -- MODEL TEXT BATCH SEQ RUNS [FROZEN]`
 //! prints, per run, the milliseconds of each phase and the step's tokens/s (cross-entropy on
-//! the text's next tokens, embeddings frozen). This is the measurement the trainer's speed
+//! the text's next tokens, embeddings and the first FROZEN blocks frozen). This is the measurement the trainer's speed
 //! work was driven by; the end-to-end figure comes from `scripts/bench/distill.sh`.
 
 use std::time::Instant;
@@ -32,15 +32,20 @@ fn cpu_seconds() -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, model, text, batch, seq, runs] = &args[..] else {
-        return Err("usage: step_phases MODEL TEXT BATCH SEQ RUNS".into());
+    let (model, text, batch, seq, runs, frozen) = match &args[1..] {
+        [m, t, b, s, r] => (m, t, b, s, r, "0"),
+        [m, t, b, s, r, f] => (m, t, b, s, r, f.as_str()),
+        _ => return Err("usage: step_phases MODEL TEXT BATCH SEQ RUNS [FROZEN_BLOCKS]".into()),
     };
     let (batch, seq, runs): (usize, usize, usize) = (batch.parse()?, seq.parse()?, runs.parse()?);
     let _ = NoProgress;
     let ckpt = microllm_io::open(model)?;
     let text = std::fs::read_to_string(text)?;
     let ids = ckpt.require_tokenizer()?.encode(&text, false)?;
-    let freeze = Freeze { embeddings: true };
+    let freeze = Freeze {
+        embeddings: true,
+        blocks: frozen.parse()?,
+    };
     let student = Student::load(&ckpt.config, ckpt.tensors.as_ref(), DType::F32, freeze, seq)?;
     println!("trainable values: {}", student.trainable_count());
     let mix = LogitMix {

@@ -40,6 +40,8 @@ pub struct StepRecord {
 pub struct EvalPoint {
     pub step: u64,
     pub tokens: u64,
+    /// Seconds of training (steps only) before this evaluation.
+    pub train_seconds: f64,
     pub perplexity: f64,
     pub mean_nll: f64,
     pub seconds: f64,
@@ -207,19 +209,19 @@ impl DistillReport {
             );
             let _ = writeln!(
                 s,
-                "| model | step | tokens | perplexity |\n|---|---|---|---|"
+                "| model | step | tokens | training s | perplexity |\n|---|---|---|---|---|"
             );
             if let Some(p) = &self.eval_teacher {
-                let _ = writeln!(s, "| teacher | | | {:.4} |", p.perplexity);
+                let _ = writeln!(s, "| teacher | | | | {:.4} |", p.perplexity);
             }
             if let Some(p) = &self.eval_before {
-                let _ = writeln!(s, "| student before | 0 | 0 | {:.4} |", p.perplexity);
+                let _ = writeln!(s, "| student before | 0 | 0 | 0 | {:.4} |", p.perplexity);
             }
             for p in &self.evals {
                 let _ = writeln!(
                     s,
-                    "| student | {} | {} | {:.4} |",
-                    p.step, p.tokens, p.perplexity
+                    "| student | {} | {} | {:.0} | {:.4} |",
+                    p.step, p.tokens, p.train_seconds, p.perplexity
                 );
             }
         }

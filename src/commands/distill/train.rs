@@ -96,6 +96,10 @@ pub struct TrainArgs {
     /// much faster with large vocabularies).
     #[arg(long)]
     freeze_embeddings: bool,
+    /// Keep the first N student blocks fixed; with --freeze-embeddings the backward pass stops
+    /// at block N (a derived student's first blocks are often the teacher's, untouched).
+    #[arg(long, default_value_t = 0)]
+    freeze_blocks: usize,
     /// Hidden-state pairs STUDENT:TEACHER, e.g. 0:1,5:11 [default: a derived student's source
     /// blocks, else evenly spread].
     #[arg(long)]
@@ -245,6 +249,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
         seed: args.seed,
         freeze_embeddings: args.freeze_embeddings,
+        freeze_blocks: args.freeze_blocks,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
     };
@@ -287,6 +292,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let freeze = Freeze {
         embeddings: args.freeze_embeddings,
+        blocks: args.freeze_blocks,
     };
     let model = Student::load(
         &student.config,

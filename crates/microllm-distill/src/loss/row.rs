@@ -130,14 +130,27 @@ fn bucket(mix: &LogitMix, lp: f64, lq: f64, terms: &mut RowTerms) -> f64 {
     f
 }
 
+/// `Σ xs` in f64, over eight independent lanes so the additions vectorise (a single running
+/// sum is a chain of dependent adds, 49152 long for SmolLM2's vocabulary).
+pub(crate) fn sum_f64<T: Real>(xs: &[T]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|v| v.to_f64()).sum();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v.to_f64();
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// `exp((x − max) · scale)` into `out`; returns `(max, Σ out)`.
 fn exp_shifted<T: Real>(x: &[T], scale: f64, out: &mut Vec<T>) -> (f64, f64) {
     let max = x.iter().copied().fold(T::NEG_INFINITY, T::maximum);
     let scale_t = T::from_f64(scale);
     out.clear();
     out.extend(x.iter().map(|&v| ((v - max) * scale_t).exp_fast()));
-    let total = out.iter().map(|v| v.to_f64()).sum();
-    (max.to_f64(), total)
+    (max.to_f64(), sum_f64(out))
 }
 
 /// Computes the loss terms of one row of student logits `s` and overwrites `s` with the
@@ -209,7 +222,7 @@ pub fn row_loss<T: Real>(
             for &i in ids {
                 scratch.e[i as usize] = T::ZERO;
             }
-            let rest: f64 = scratch.e.iter().map(|v| v.to_f64()).sum();
+            let rest = sum_f64(&scratch.e);
             for (&i, &v) in ids.iter().zip(&saved) {
                 scratch.e[i as usize] = v;
             }

@@ -39,6 +39,9 @@ pub struct Param {
 pub struct Freeze {
     /// The token embedding and the output head (one matrix when tied).
     pub embeddings: bool,
+    /// The first `blocks` decoder blocks: with the embeddings frozen too, no gradient flows
+    /// below block `blocks`, so the backward pass skips those blocks entirely.
+    pub blocks: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +94,12 @@ impl Student {
         freeze: Freeze,
         max_seq: usize,
     ) -> Result<Self> {
+        if freeze.blocks >= cfg.num_layers {
+            return Err(Error::Invalid(format!(
+                "freezing {} blocks leaves none of the student's {} to train",
+                freeze.blocks, cfg.num_layers
+            )));
+        }
         if max_seq > cfg.max_position_embeddings {
             return Err(Error::Invalid(format!(
                 "training windows of {max_seq} tokens exceed the model's \
@@ -116,14 +125,15 @@ impl Student {
         let f = cfg.family;
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for layer in 0..cfg.num_layers {
+            let trained = layer >= freeze.blocks;
             let b = Block::load(cfg, layer, src)?;
             let prefix = names::block_prefix(layer);
             let mut lin = |kind: microllm_core::LinearKind, l: &microllm_models::Linear| {
                 let name = format!("{prefix}.{}", kind.module(f));
                 Ok::<_, Error>(LinearAt {
-                    weight: add(format!("{name}.weight"), &l.weight, true)?,
+                    weight: add(format!("{name}.weight"), &l.weight, trained)?,
                     bias: match &l.bias {
-                        Some(bias) => Some(add(format!("{name}.bias"), bias, true)?),
+                        Some(bias) => Some(add(format!("{name}.bias"), bias, trained)?),
                         None => None,
                     },
                 })
@@ -143,9 +153,9 @@ impl Student {
             let mut norm = |name: String, n: &microllm_models::Norm| {
                 Ok::<_, Error>(NormAt {
                     kind: n.kind,
-                    weight: add(format!("{name}.weight"), &n.weight, true)?,
+                    weight: add(format!("{name}.weight"), &n.weight, trained)?,
                     bias: match &n.bias {
-                        Some(bias) => Some(add(format!("{name}.bias"), bias, true)?),
+                        Some(bias) => Some(add(format!("{name}.bias"), bias, trained)?),
                         None => None,
                     },
                     eps: n.eps as f64,

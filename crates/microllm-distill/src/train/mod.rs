@@ -54,6 +54,8 @@ pub struct TrainSettings {
     pub adamw: AdamWConfig,
     pub seed: u64,
     pub freeze_embeddings: bool,
+    /// Leading student blocks kept fixed.
+    pub freeze_blocks: usize,
     /// Evaluate every N steps (0: only before and after).
     pub eval_every: u64,
     /// Checkpoint every N steps (0: never).
@@ -305,6 +307,7 @@ fn evaluate(job: &TrainJob<'_>, state: &TrainState) -> DistillResult<Option<Eval
     Ok(Some(EvalPoint {
         step: state.step,
         tokens: state.tokens,
+        train_seconds: state.train_seconds,
         perplexity: r.perplexity,
         mean_nll: r.mean_nll,
         seconds: started.elapsed().as_secs_f64(),
