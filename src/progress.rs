@@ -43,7 +43,13 @@ impl Progress for Bar {
 
     fn status(&self, text: &str) {
         if let Some(bar) = &*self.bar.lock().expect("progress lock") {
-            bar.set_prefix(text.to_string());
+            if bar.is_hidden() {
+                // No terminal (a log file): one line per status, so long runs can be followed.
+                let total = bar.length().map_or(String::new(), |n| format!("/{n}"));
+                eprintln!("{} {}{total}: {text}", bar.message(), bar.position());
+            } else {
+                bar.set_prefix(text.to_string());
+            }
         }
     }
 

@@ -102,9 +102,8 @@ pub struct DistillReport {
     pub data: DataInfo,
     pub settings: TrainSettings,
     pub eval: Option<EvalInfo>,
-    /// Perplexity of the initial student, and of the teacher when it ran.
+    /// Perplexity of the initial student.
     pub eval_before: Option<EvalPoint>,
-    pub eval_teacher: Option<EvalPoint>,
     /// Periodic evaluations, the last after the final step.
     pub evals: Vec<EvalPoint>,
     pub curve: Vec<StepRecord>,
@@ -211,9 +210,6 @@ impl DistillReport {
                 s,
                 "| model | step | tokens | training s | perplexity |\n|---|---|---|---|---|"
             );
-            if let Some(p) = &self.eval_teacher {
-                let _ = writeln!(s, "| teacher | | | | {:.4} |", p.perplexity);
-            }
             if let Some(p) = &self.eval_before {
                 let _ = writeln!(s, "| student before | 0 | 0 | 0 | {:.4} |", p.perplexity);
             }

@@ -6,6 +6,8 @@
 //! rate and tokens/s as the status).
 
 mod logits;
+mod setup;
+mod summary;
 mod train;
 
 use std::path::PathBuf;

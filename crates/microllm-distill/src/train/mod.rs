@@ -11,25 +11,27 @@
 pub mod checkpoint;
 pub mod data;
 mod optim;
+mod step;
 
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::Var;
 use microllm_core::{Error, NoProgress, Progress};
 use microllm_eval::PerplexityOptions;
-use microllm_models::{Decoder, NoTap};
+use microllm_models::Decoder;
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::TrainState;
 pub use optim::{AdamW, AdamWConfig, GradAccumulator, Schedule};
 
 use crate::error::{DistillError, DistillResult};
-use crate::loss::{HiddenLoss, LogitMix, LogitTargets, RowTerms, Teacher, head_loss};
+use crate::loss::{HiddenLoss, LogitMix, RowTerms};
 use crate::report::{EvalPoint, StepRecord};
 use crate::store::TeacherStore;
 use crate::student::Student;
 use data::DataOrder;
+use step::micro_step;
 
 /// Everything that shapes the trained weights (and so goes into the run's fingerprint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,148 +154,6 @@ pub struct TrainOutcome {
     pub resumed_at: Option<u64>,
     pub eval_before: Option<EvalPoint>,
     pub eval_seconds: f64,
-}
-
-/// One micro-batch's inputs.
-struct Batch {
-    ids: Vec<u32>,
-    labels: Vec<Option<u32>>,
-    /// Stored top-k of every position, when the targets are a store.
-    stored: Option<(Vec<u32>, Vec<f32>, Vec<f32>)>,
-}
-
-fn batch_of(job: &TrainJob<'_>, windows: &[usize]) -> DistillResult<Batch> {
-    let l = job.settings.seqlen;
-    let mut ids = Vec::with_capacity(windows.len() * l);
-    let mut stored =
-        matches!(job.targets, Targets::Store(_)).then(|| (Vec::new(), Vec::new(), Vec::new()));
-    for &w in windows {
-        match &job.targets {
-            Targets::Store(store) => {
-                let win = store.window(w)?;
-                ids.extend_from_slice(&win.input_ids);
-                let s = stored.as_mut().expect("store targets");
-                s.0.extend(win.ids);
-                s.1.extend(win.logp);
-                s.2.extend(win.log_rest);
-            }
-            Targets::Live { tokens, .. } | Targets::Labels { tokens } => {
-                ids.extend_from_slice(&tokens[w * l..(w + 1) * l]);
-            }
-        }
-    }
-    let labels = (0..ids.len())
-        .map(|i| (i % l + 1 < l).then(|| ids[i + 1]))
-        .collect();
-    Ok(Batch {
-        ids,
-        labels,
-        stored,
-    })
-}
-
-/// The teacher's logits `[rows, vocab]` and the hidden states of `blocks`, `[rows, hidden]`.
-fn live_teacher(
-    teacher: &Decoder,
-    ids: &Tensor,
-    blocks: &[usize],
-) -> microllm_core::Result<(Tensor, Vec<Tensor>)> {
-    let (b, s) = ids.dims2()?;
-    let mut x = teacher.embed(ids)?;
-    let at = teacher.positions(0);
-    let mut kept = vec![None; blocks.len()];
-    for (i, block) in teacher.blocks().iter().enumerate() {
-        x = block.forward(&x, at, None, &mut NoTap)?;
-        for (slot, _) in blocks.iter().enumerate().filter(|(_, k)| **k == i) {
-            kept[slot] = Some(x.reshape((b * s, x.dim(2)?))?);
-        }
-    }
-    let logits = teacher.head(&x)?;
-    let vocab = logits.dim(2)?;
-    let kept = kept
-        .into_iter()
-        .map(|t| t.ok_or_else(|| Error::Invalid("a layer-map teacher block does not exist".into())))
-        .collect::<microllm_core::Result<Vec<_>>>()?;
-    Ok((logits.reshape((b * s, vocab))?, kept))
-}
-
-/// Loss value, its terms and hidden part, after one micro-batch's backward pass.
-struct MicroResult {
-    loss: f64,
-    terms: RowTerms,
-    hidden: f64,
-}
-
-fn micro_step(
-    job: &TrainJob<'_>,
-    vars: &[(String, Var)],
-    acc: &mut GradAccumulator,
-    windows: &[usize],
-) -> DistillResult<MicroResult> {
-    let s = job.settings;
-    let batch = batch_of(job, windows)?;
-    let ids = Tensor::from_slice(&batch.ids, (windows.len(), s.seqlen), &Device::Cpu)?;
-    let student_blocks = job
-        .hidden
-        .map(HiddenLoss::student_blocks)
-        .unwrap_or_default();
-    let out = job.student.forward(&ids, &student_blocks)?;
-    let (dense, teacher_hidden) = match &job.targets {
-        Targets::Live { teacher, .. } => {
-            let blocks = job
-                .hidden
-                .map(HiddenLoss::teacher_blocks)
-                .unwrap_or_default();
-            let (logits, hidden) = live_teacher(teacher, &ids, &blocks)?;
-            (Some(logits), hidden)
-        }
-        _ => (None, Vec::new()),
-    };
-    let teacher = match (&dense, &batch.stored) {
-        (Some(d), _) => Teacher::Dense(d),
-        (_, Some((i, p, r))) => Teacher::TopK {
-            k: i.len() / batch.ids.len(),
-            ids: i,
-            logp: p,
-            log_rest: r,
-        },
-        _ => Teacher::None,
-    };
-    let targets = LogitTargets {
-        labels: &batch.labels,
-        teacher,
-    };
-    let mut loss_value = 0.0;
-    let mut total: Option<Tensor> = None;
-    let mut terms = RowTerms::default();
-    if s.mix.uses_teacher() || s.mix.ce != 0.0 {
-        let head = head_loss(job.student, &out.hidden, &targets, &s.mix)?;
-        loss_value += head.value;
-        terms = head.terms;
-        total = Some(head.loss);
-    }
-    let mut hidden_value = 0.0;
-    if let (Some(h), true) = (job.hidden, s.hidden_weight != 0.0) {
-        let term = h.loss(&out.blocks, &teacher_hidden)?;
-        hidden_value = term.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        loss_value += s.hidden_weight * hidden_value;
-        let weighted = (term * s.hidden_weight)?;
-        total = Some(match total {
-            Some(t) => (t + weighted)?,
-            None => weighted,
-        });
-    }
-    let total = total.ok_or_else(|| Error::Invalid("the loss weights nothing".into()))?;
-    if loss_value.is_finite() {
-        let grads = total.backward()?;
-        let refs: Vec<&Var> = vars.iter().map(|(_, v)| v).collect();
-        acc.add(&refs, &grads, 1.0 / s.accumulation as f32)?;
-    }
-    Ok(MicroResult {
-        loss: loss_value,
-        terms,
-        hidden: hidden_value,
-    })
 }
 
 fn evaluate(job: &TrainJob<'_>, state: &TrainState) -> DistillResult<Option<EvalPoint>> {
@@ -446,12 +306,12 @@ pub fn train(job: &TrainJob<'_>, progress: &dyn Progress) -> DistillResult<Train
             grad_norm,
             tokens_per_second: s.tokens_per_step() as f64 / seconds,
         };
+        progress.advance(1);
         progress.status(&format!(
             "loss {:.4}  lr {:.2e}  {:.0} tokens/s",
             record.loss, record.lr, record.tokens_per_second
         ));
         state.curve.push(record);
-        progress.advance(1);
         let last = state.step == s.steps;
         if last || (s.eval_every > 0 && state.step.is_multiple_of(s.eval_every)) {
             progress.status("evaluating");
