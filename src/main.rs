@@ -61,6 +61,8 @@ enum Command {
     Run(commands::run::Args),
     /// Validate a recipe, or print the recipe JSON Schema.
     Recipe(commands::recipe::Args),
+    /// Distill a teacher into a student (live or from stored teacher logits), or store logits.
+    Distill(Box<commands::distill::Args>),
 }
 
 /// The exit status of a run whose gates failed (distinct from errors, 1, and usage, 2).
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => commands::prune::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Recipe(args) => done(commands::recipe::run(args)),
+        Command::Distill(args) => done(commands::distill::run(*args)),
     };
     match result {
         Ok(Verdict::Ran {
@@ -105,6 +108,13 @@ fn main() -> ExitCode {
 /// A suggestion for the user, when the error's kind makes one obvious.
 fn hint(err: &anyhow::Error) -> Option<String> {
     use microllm_core::Error;
+    if let Some(microllm_distill::DistillError::NonFinite { .. }) = err.downcast_ref() {
+        return Some(
+            "lower --lr, raise --warmup-steps or tighten --clip; --resume continues from the \
+             checkpoint"
+                .into(),
+        );
+    }
     let core = err.chain().find_map(|e| e.downcast_ref::<Error>())?;
     Some(match core {
         Error::UnsupportedArchitecture { supported, .. } => {

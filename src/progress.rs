@@ -23,7 +23,7 @@ impl Progress for Bar {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         let template = format!(
             "{{msg:>12}} [{{bar:32}}] {{human_pos}}/{{human_len}} {unit} \
-             ({{per_sec}}, eta {{eta}})"
+             ({{per_sec}}, eta {{eta}}) {{prefix}}"
         );
         bar.set_style(
             ProgressStyle::with_template(&template)
@@ -38,6 +38,18 @@ impl Progress for Bar {
     fn advance(&self, n: u64) {
         if let Some(bar) = &*self.bar.lock().expect("progress lock") {
             bar.inc(n);
+        }
+    }
+
+    fn status(&self, text: &str) {
+        if let Some(bar) = &*self.bar.lock().expect("progress lock") {
+            if bar.is_hidden() {
+                // No terminal (a log file): one line per status, so long runs can be followed.
+                let total = bar.length().map_or(String::new(), |n| format!("/{n}"));
+                eprintln!("{} {}{total}: {text}", bar.message(), bar.position());
+            } else {
+                bar.set_prefix(text.to_string());
+            }
         }
     }
 

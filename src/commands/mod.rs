@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod data_args;
+pub mod distill;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

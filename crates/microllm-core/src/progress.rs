@@ -9,6 +9,8 @@ pub trait Progress: Send + Sync {
     fn begin(&self, _task: &str, _total: u64, _unit: &str) {}
     /// `n` more units are done.
     fn advance(&self, _n: u64) {}
+    /// A short status of the running task (a training loss, a learning rate...).
+    fn status(&self, _text: &str) {}
     /// The task is over.
     fn finish(&self) {}
 }

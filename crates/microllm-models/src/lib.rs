@@ -12,7 +12,7 @@
 mod attention;
 mod block;
 mod decoder;
-mod elementwise;
+pub mod elementwise;
 mod layers;
 mod rope;
 mod softmax;

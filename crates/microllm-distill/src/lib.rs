@@ -1,0 +1,30 @@
+//! Knowledge distillation on a CPU: a student learns to match a teacher.
+//!
+//! - [`student`]: the student, a decoder whose weights are autograd variables, computing the
+//!   inference decoder's function from differentiable [`ops`] (linear, attention with RoPE,
+//!   RMSNorm, SwiGLU, each with its backward);
+//! - [`loss`]: forward/reverse KL and JSD with temperature, cross-entropy, fused with the
+//!   output head; hidden-state MSE/cosine with a learned projection;
+//! - [`store`]: the offline teacher-logit store (top-k + rest mass, sharded, with a manifest);
+//! - [`train`]: AdamW with warmup + cosine, clipping, accumulation, evaluation, checkpoints
+//!   that resume bit for bit;
+//! - [`init`]: students derived from the teacher through structured pruning; [`models`]:
+//!   short names for well-known models;
+//! - [`report`]: the run's record.
+//!
+//! The library never prints: long work reports through [`microllm_core::Progress`].
+
+mod error;
+pub mod fingerprint;
+pub mod init;
+pub mod loss;
+pub mod models;
+pub mod ops;
+mod real;
+pub mod report;
+pub mod store;
+pub mod student;
+pub mod train;
+
+pub use error::{DistillError, DistillResult};
+pub use real::Real;

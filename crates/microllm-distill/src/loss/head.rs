@@ -1,0 +1,266 @@
+//! The output head and the logit losses, fused.
+//!
+//! For a batch of 8 windows of 256 tokens, SmolLM2's logits are 2048 x 49152 floats (400 MB),
+//! and autograd would keep them, their softmax and their gradient alive together. Here the
+//! head runs over chunks of [`CHUNK_ROWS`] rows: logits of the chunk, then the row kernel
+//! ([`super::row_loss`]) turns them into the loss's gradient in place, then that gradient
+//! goes back through the head (`dh = dlogits · W`, and `dW`, `db` when the head is trained).
+//! Only `dh` (`[rows, hidden]`) survives; it is handed to autograd with
+//! [`super::grad_node::attach`]. With frozen embeddings no `[vocab, hidden]` gradient is ever
+//! formed.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
+use microllm_core::{Error, Result};
+use rayon::prelude::*;
+
+use super::grad_node::attach;
+use super::row::{LogitMix, RowScale, RowTerms, Scratch, TeacherRow, row_loss};
+use crate::real::Real;
+use crate::student::Student;
+
+/// Rows of logits materialised at a time.
+pub const CHUNK_ROWS: usize = 128;
+
+/// The teacher's side of every row.
+#[derive(Debug, Clone, Copy)]
+pub enum Teacher<'a> {
+    None,
+    /// A live teacher's logits `[rows, vocab]`.
+    Dense(&'a Tensor),
+    /// Stored top-k: `ids`/`logp` `[rows, k]`, `log_rest` `[rows]`.
+    TopK {
+        k: usize,
+        ids: &'a [u32],
+        logp: &'a [f32],
+        log_rest: &'a [f32],
+    },
+}
+
+/// What the logit losses compare against, one entry per row of hidden states.
+#[derive(Debug, Clone, Copy)]
+pub struct LogitTargets<'a> {
+    /// The next token of each row (`None` at a window's last position).
+    pub labels: &'a [Option<u32>],
+    pub teacher: Teacher<'a>,
+}
+
+/// The fused head's result.
+#[derive(Debug)]
+pub struct HeadLoss {
+    /// The weighted loss as a scalar autograd node.
+    pub loss: Tensor,
+    /// Its value.
+    pub value: f64,
+    /// Mean of each term over the rows it covers (divergences before `τ²` and weights).
+    pub terms: RowTerms,
+}
+
+/// Runs the row kernel over a chunk of logits, in place.
+struct ChunkKernel<'a> {
+    first_row: usize,
+    targets: LogitTargets<'a>,
+    mix: LogitMix,
+    scale: RowScale,
+    /// Dense teacher rows of this chunk (contiguous).
+    dense: Option<Tensor>,
+    terms: Mutex<Vec<RowTerms>>,
+}
+
+impl ChunkKernel<'_> {
+    fn run<T: Real>(&self, data: &mut [T], dense: Option<&[T]>, vocab: usize) {
+        let t = &self.targets;
+        let terms: Vec<RowTerms> = data
+            .par_chunks_mut(vocab)
+            .enumerate()
+            .map_init(Scratch::default, |scratch, (i, row)| {
+                let r = self.first_row + i;
+                let teacher = match (t.teacher, dense) {
+                    (Teacher::Dense(_), Some(d)) => {
+                        TeacherRow::Dense(&d[i * vocab..(i + 1) * vocab])
+                    }
+                    (
+                        Teacher::TopK {
+                            k,
+                            ids,
+                            logp,
+                            log_rest,
+                        },
+                        _,
+                    ) => TeacherRow::TopK {
+                        ids: &ids[r * k..(r + 1) * k],
+                        logp: &logp[r * k..(r + 1) * k],
+                        log_rest: log_rest[r],
+                    },
+                    _ => TeacherRow::None,
+                };
+                row_loss(row, scratch, teacher, t.labels[r], &self.mix, self.scale)
+            })
+            .collect();
+        *self.terms.lock().expect("terms lock") = terms;
+    }
+}
+
+impl InplaceOp1 for ChunkKernel<'_> {
+    fn name(&self) -> &'static str {
+        "logit-loss"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("logit-loss expects contiguous logits")
+        };
+        let vocab = *l.dims().last().unwrap_or(&1);
+        match s {
+            CpuStorage::F32(v) => match &self.dense {
+                Some(d) => crate::real::with_data::<f32, _>(d, "logit-loss", |d| {
+                    self.run(&mut v[start..end], Some(d), vocab);
+                    Ok(())
+                })?,
+                None => self.run::<f32>(&mut v[start..end], None, vocab),
+            },
+            CpuStorage::F64(v) => match &self.dense {
+                Some(d) => crate::real::with_data::<f64, _>(d, "logit-loss", |d| {
+                    self.run(&mut v[start..end], Some(d), vocab);
+                    Ok(())
+                })?,
+                None => self.run::<f64>(&mut v[start..end], None, vocab),
+            },
+            other => candle_core::bail!(
+                "logit-loss: unsupported dtype {:?}",
+                crate::real::dtype_of(other)
+            ),
+        }
+        Ok(())
+    }
+}
+
+fn check_targets(rows: usize, vocab: usize, t: &LogitTargets<'_>) -> Result<()> {
+    let bad = |msg: String| Err(Error::Invalid(msg));
+    if t.labels.len() != rows {
+        return bad(format!("{} labels for {rows} rows", t.labels.len()));
+    }
+    if let Some(y) = t.labels.iter().flatten().find(|&&y| y as usize >= vocab) {
+        return bad(format!("label {y} is outside the vocabulary of {vocab}"));
+    }
+    match t.teacher {
+        Teacher::None => {}
+        Teacher::Dense(d) => {
+            if d.dims() != [rows, vocab] {
+                return bad(format!(
+                    "teacher logits {:?} for {rows} rows of {vocab}",
+                    d.dims()
+                ));
+            }
+        }
+        Teacher::TopK {
+            k,
+            ids,
+            logp,
+            log_rest,
+        } => {
+            if ids.len() != rows * k || logp.len() != rows * k || log_rest.len() != rows {
+                return bad(format!(
+                    "top-{k} teacher rows do not cover {rows} positions"
+                ));
+            }
+            if let Some(id) = ids.iter().find(|&&i| i as usize >= vocab) {
+                return bad(format!(
+                    "teacher token id {id} is outside the vocabulary of {vocab}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The weighted logit loss of `hidden` (the student's final-norm output `[rows, hidden]`)
+/// through the student's head, as an autograd scalar.
+pub fn head_loss(
+    student: &Student,
+    hidden: &Tensor,
+    targets: &LogitTargets<'_>,
+    mix: &LogitMix,
+) -> Result<HeadLoss> {
+    let (rows, _) = hidden.dims2()?;
+    let (w, b) = student.head();
+    let vocab = w.tensor.dim(0)?;
+    check_targets(rows, vocab, targets)?;
+    let with_teacher = mix.uses_teacher() && !matches!(targets.teacher, Teacher::None);
+    let div_rows = if with_teacher { rows } else { 0 };
+    let ce_rows = if mix.ce != 0.0 {
+        targets.labels.iter().filter(|l| l.is_some()).count()
+    } else {
+        0
+    };
+    let scale = RowScale {
+        divergence: 1.0 / div_rows.max(1) as f64,
+        ce: 1.0 / ce_rows.max(1) as f64,
+    };
+    let h = hidden.detach();
+    let mut d_hidden = Vec::new();
+    let mut d_weight: Option<Tensor> = None;
+    let mut d_bias: Option<Tensor> = None;
+    let mut sums = RowTerms::default();
+    for first_row in (0..rows).step_by(CHUNK_ROWS) {
+        let n = CHUNK_ROWS.min(rows - first_row);
+        let h_chunk = h.narrow(0, first_row, n)?;
+        let mut logits = h_chunk.matmul(&w.tensor.t()?)?;
+        if let Some(b) = b {
+            logits = logits.broadcast_add(&b.tensor)?;
+        }
+        let dense = match targets.teacher {
+            Teacher::Dense(d) if with_teacher => Some(
+                d.narrow(0, first_row, n)?
+                    .to_dtype(h.dtype())?
+                    .contiguous()?,
+            ),
+            _ => None,
+        };
+        let kernel = ChunkKernel {
+            first_row,
+            targets: *targets,
+            mix: *mix,
+            scale,
+            dense,
+            terms: Mutex::new(Vec::new()),
+        };
+        logits.inplace_op1(&kernel)?;
+        for t in kernel.terms.into_inner().expect("terms lock").iter() {
+            sums.add(t);
+        }
+        let d_logits = logits;
+        d_hidden.push(d_logits.matmul(&w.tensor)?);
+        if w.var.is_some() {
+            let part = d_logits.t()?.matmul(&h_chunk)?;
+            d_weight = Some(match d_weight {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+        }
+        if b.is_some_and(|b| b.var.is_some()) {
+            let part = d_logits.sum(0)?;
+            d_bias = Some(match d_bias {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+        }
+    }
+    let terms = RowTerms {
+        kl: sums.kl * scale.divergence,
+        reverse_kl: sums.reverse_kl * scale.divergence,
+        jsd: sums.jsd * scale.divergence,
+        ce: sums.ce * scale.ce,
+    };
+    let value = terms.weighted(mix);
+    let d_hidden = Tensor::cat(&d_hidden, 0)?;
+    let mut loss = attach(hidden, value, d_hidden)?;
+    if let Some(dw) = d_weight {
+        loss = (loss + attach(&w.tensor, 0.0, dw)?)?;
+    }
+    if let (Some(db), Some(b)) = (d_bias, b) {
+        loss = (loss + attach(&b.tensor, 0.0, db)?)?;
+    }
+    Ok(HeadLoss { loss, value, terms })
+}

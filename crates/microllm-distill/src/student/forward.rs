@@ -1,0 +1,146 @@
+//! The student's differentiable forward pass.
+//!
+//! Activations flow as rows `[batch * seq, hidden]` from node to node ([`crate::ops`]: linear,
+//! attention, norms, SwiGLU), with no reshapes in the graph. Attention computes full causal
+//! score matrices (training windows are short, so the masked triangle the inference decoder
+//! skips costs little, and one product per KV head keeps the backward simple). The output
+//! stops at the final norm:
+//! the head and the loss run fused in [`crate::loss`], which never hands the
+//! `[tokens, vocab]` logits to autograd.
+
+use candle_core::{D, Tensor};
+use microllm_core::{Activation, NormKind, Result};
+
+use super::{BlockAt, LinearAt, NormAt, Student};
+use crate::ops::{RmsNorm, SwiGlu, linear};
+
+/// What a forward pass returns.
+#[derive(Debug)]
+pub struct StudentOutput {
+    /// The last block's output after the final norm, `[batch * seq, hidden]`: the head's input.
+    pub hidden: Tensor,
+    /// Outputs of the blocks asked for (in the order asked), `[batch * seq, hidden]`.
+    pub blocks: Vec<Tensor>,
+}
+
+impl Student {
+    fn p(&self, i: usize) -> &Tensor {
+        &self.params[i].tensor
+    }
+
+    fn linear(&self, x: &Tensor, l: LinearAt) -> Result<Tensor> {
+        Ok(linear(x, self.p(l.weight), l.bias.map(|b| self.p(b)))?)
+    }
+
+    fn norm(&self, x: &Tensor, n: NormAt) -> Result<Tensor> {
+        Ok(match (n.kind, n.bias) {
+            (NormKind::Rms, _) => RmsNorm { eps: n.eps }.apply(x, self.p(n.weight))?,
+            (NormKind::Layer, bias) => {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let centered = x.broadcast_sub(&mean)?;
+                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+                let y = centered
+                    .broadcast_div(&(var + n.eps)?.sqrt()?)?
+                    .broadcast_mul(self.p(n.weight))?;
+                match bias {
+                    Some(b) => y.broadcast_add(self.p(b))?,
+                    None => y,
+                }
+            }
+        })
+    }
+
+    fn attention(&self, x: &Tensor, b: &BlockAt, batch: usize, seq: usize) -> Result<Tensor> {
+        let q = self.linear(x, b.q)?;
+        let k = self.linear(x, b.k)?;
+        let v = self.linear(x, b.v)?;
+        let ctx = self.attention.apply(&q, &k, &v, batch, seq)?;
+        self.linear(&ctx, b.o)
+    }
+
+    fn mlp(&self, x: &Tensor, b: &BlockAt) -> Result<Tensor> {
+        let act = self.cfg.activation;
+        let hidden = match b.gate {
+            Some(g) if act == Activation::Silu => {
+                SwiGlu::apply(&self.linear(x, g)?, &self.linear(x, b.up)?)?
+            }
+            Some(g) => (activate(act, &self.linear(x, g)?)? * self.linear(x, b.up)?)?,
+            None => activate(act, &self.linear(x, b.up)?)?,
+        };
+        self.linear(&hidden, b.down)
+    }
+
+    fn block(&self, x: &Tensor, b: &BlockAt, batch: usize, seq: usize) -> Result<Tensor> {
+        let normed = self.norm(x, b.attn_norm)?;
+        let attn = self.attention(&normed, b, batch, seq)?;
+        Ok(match b.mlp_norm {
+            None => ((x + attn)? + self.mlp(&normed, b)?)?,
+            Some(n) => {
+                let x = (x + attn)?;
+                let mlp = self.mlp(&self.norm(&x, n)?, b)?;
+                (x + mlp)?
+            }
+        })
+    }
+
+    /// Runs `ids` (u32 `[batch, seq]`), keeping the outputs of `keep_blocks`.
+    pub fn forward(&self, ids: &Tensor, keep_blocks: &[usize]) -> Result<StudentOutput> {
+        let (batch, seq) = ids.dims2()?;
+        if seq > self.attention.max_seq() {
+            return Err(microllm_core::Error::Invalid(format!(
+                "{seq} tokens exceed the {} positions the student was prepared for",
+                self.attention.max_seq()
+            )));
+        }
+        let flat = ids.flatten_all()?;
+        if let Some(&bad) = flat
+            .to_vec1::<u32>()?
+            .iter()
+            .find(|&&id| id as usize >= self.cfg.vocab_size)
+        {
+            return Err(microllm_core::Error::Invalid(format!(
+                "token id {bad} is outside the student's vocabulary of {} tokens",
+                self.cfg.vocab_size
+            )));
+        }
+        let mut x = self.p(self.embed).index_select(&flat, 0)?;
+        let mut kept = vec![None; keep_blocks.len()];
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = self.block(&x, b, batch, seq)?;
+            for (slot, _) in keep_blocks.iter().enumerate().filter(|(_, k)| **k == i) {
+                kept[slot] = Some(x.clone());
+            }
+        }
+        let blocks = kept
+            .into_iter()
+            .zip(keep_blocks)
+            .map(|(t, i)| {
+                t.ok_or_else(|| {
+                    microllm_core::Error::Invalid(format!(
+                        "block {i} does not exist: the student has {} blocks",
+                        self.blocks.len()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(StudentOutput {
+            hidden: self.norm(&x, self.final_norm)?,
+            blocks,
+        })
+    }
+
+    /// Logits `[rows, vocab]` of head inputs `hidden` (outside the training loss: tests,
+    /// inspection).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.linear(hidden, self.head)
+    }
+}
+
+fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => x.silu()?,
+        Activation::GeluNew => x.gelu()?,
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::Relu => x.relu()?,
+    })
+}

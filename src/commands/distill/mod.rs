@@ -1,0 +1,105 @@
+//! `microllm distill`: train a student to match a teacher, and `microllm distill logits`: store
+//! a teacher's top-k logits once for any number of runs.
+//!
+//! The binary only parses and renders: the student, losses, store and trainer are
+//! `microllm-distill`; progress comes through the `Progress` sink (the bar shows loss, learning
+//! rate and tokens/s as the status).
+
+mod logits;
+mod setup;
+mod summary;
+mod train;
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+/// Distill a teacher into a smaller student, from a live teacher or stored teacher logits.
+///
+/// The student is a checkpoint (--student) or cut out of the teacher by structured pruning
+/// (--student-from-teacher "drop-layers=6,mlp-keep=0.75"). Losses mix forward KL (kl), reverse
+/// KL, JSD, cross-entropy on the next token (ce) and hidden-state MSE/cosine. With --logits the
+/// teacher's top-k from `microllm distill logits` replaces the live teacher.
+///
+/// Short model names: mistral-7b, llama-2-7b, llama-2-13b, tinyllama, tinyllama-chat, phi-2,
+/// qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m, smollm2-360m, smollm2-1.7b, smollm2-135m-instruct
+/// (see docs/distillation.md for their hub ids).
+#[derive(Debug, clap::Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:
+  microllm distill logits --teacher smollm2.gguf --data c4.txt --seqlen 256 --top-k 64 --out store
+  microllm distill --teacher smollm2.gguf --student-from-teacher drop-layers=6 --logits store \\
+      --data c4.txt --seqlen 256 --loss kl:1 --steps 200 --eval wiki.txt --out student
+  microllm distill --student small-model --data c4.txt --loss ce:1 --steps 200 --out tuned"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: train::TrainArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compute a teacher's top-k log-probabilities (and the rest mass) for every position of
+    /// a text, once, in safetensors shards with a manifest; or merge shards made separately.
+    Logits(logits::LogitsArgs),
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Some(Command::Logits(a)) => logits::run(a),
+        None => train::run(args.train),
+    }
+}
+
+/// Training or store data, as tokens.
+struct Data {
+    tokens: Vec<u32>,
+    /// SHA-256 of the file's bytes.
+    sha256: String,
+}
+
+/// Reads `path`: UTF-8 text, tokenized without special tokens by `tokenizer`, or a
+/// `.safetensors` file with int64 `input_ids` (already tokenized; rows are concatenated).
+fn read_data(
+    path: &std::path::Path,
+    tokenizer: Option<&microllm_io::Tokenizer>,
+) -> anyhow::Result<Data> {
+    use anyhow::Context;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sha256 = microllm_distill::fingerprint::sha256_bytes(&bytes);
+    let is_ids = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let tokens = if is_ids {
+        microllm_io::arrays::read_token_ids(path, "input_ids")?.concat()
+    } else {
+        let Some(tok) = tokenizer else {
+            anyhow::bail!(
+                "{} is text, but the model carries no tokenizer: pass token ids as a \
+                 .safetensors file with int64 `input_ids`",
+                path.display()
+            );
+        };
+        let text = crate::commands::read_text(path)?;
+        tok.encode(&text, false)
+            .with_context(|| format!("tokenizing {}", path.display()))?
+    };
+    Ok(Data { tokens, sha256 })
+}
+
+/// The tokenizer fingerprint of a model (`none` without one: pre-tokenized data).
+fn tokenizer_id(tokenizer: Option<&microllm_io::Tokenizer>) -> String {
+    tokenizer.map_or_else(
+        || "none".into(),
+        microllm_distill::fingerprint::tokenizer_sha256,
+    )
+}
+
+/// `OUT.microllm-work` beside the output, as the other commands name their work directories.
+fn work_dir(out: &std::path::Path) -> PathBuf {
+    microllm_pipeline::run::work_dir(out)
+}

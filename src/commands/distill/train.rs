@@ -1,0 +1,391 @@
+//! `microllm distill`: the training command.
+//!
+//! Everything that can be wrong with the input is checked before any long work: the loss
+//! names, the vocabularies and tokenizers of teacher and student, the store's tokenizer,
+//! window length, temperature, data and teacher against the run, hidden-state widths. Then
+//! the student is built (loaded, or cut out of the teacher), trained with checkpoints in
+//! `OUT.microllm-work`, written as a Hugging Face directory and described in
+//! `OUT.report.json` / `OUT.report.md`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use microllm_distill::fingerprint::sha256_bytes;
+use microllm_distill::loss::{LogitMix, LossSpec};
+use microllm_distill::models::resolve_model_spec;
+use microllm_distill::report::{DataInfo, DistillReport, EvalInfo, StudentRecord};
+use microllm_distill::student::{Freeze, Student};
+use microllm_distill::train::{AdamWConfig, Evaluation, Targets, TrainJob, TrainSettings, train};
+use microllm_eval::PerplexityOptions;
+use microllm_io::write::{HfOutput, HfWriteOptions, write_hf_dir};
+
+use super::setup::{
+    check_vocabularies, eval_tokens, hidden_loss, model_record, open_store, student_source,
+};
+use super::summary::{print_plan, print_summary};
+use crate::commands::convert::Dtype;
+use crate::progress::Bar;
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// The teacher: a directory, a .gguf file, a hub id or a short name (mistral-7b, phi-2,
+    /// tinyllama, llama-2-7b, smollm2-135m, ...). Needed for a live teacher, for
+    /// --student-from-teacher, and to check a store's teacher.
+    #[arg(long)]
+    pub(super) teacher: Option<String>,
+    /// The student checkpoint (same kinds of source as --teacher).
+    #[arg(long, conflicts_with = "student_from_teacher")]
+    pub(super) student: Option<String>,
+    /// Cut the student out of the teacher by structured pruning, e.g. "drop-layers=6" or
+    /// "drop-layers=4,mlp-keep=0.75" (keys: drop-layers, mlp-keep, heads-keep, mlp-multiple,
+    /// head-mode); importance is measured on --calib-samples windows of --data.
+    #[arg(long)]
+    pub(super) student_from_teacher: Option<String>,
+    /// Training text (UTF-8; or a .safetensors file with int64 `input_ids`), cut into windows
+    /// of --seqlen tokens.
+    #[arg(long, required = true)]
+    pub(super) data: Option<PathBuf>,
+    /// A teacher-logit store from `microllm distill logits` (made from --data) to train
+    /// against instead of a live teacher.
+    #[arg(long)]
+    pub(super) logits: Option<PathBuf>,
+    /// Loss terms and weights: kl (forward KL), reverse-kl, jsd, ce (next-token
+    /// cross-entropy), hidden-mse, hidden-cos; e.g. kl:1.0,ce:0.1.
+    #[arg(long, default_value = "kl:1")]
+    pub(super) loss: String,
+    /// Temperature of the divergences (scaled by T²); a store fixes it.
+    #[arg(long, default_value_t = 1.0)]
+    pub(super) temperature: f64,
+    /// Optimizer steps.
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    pub(super) steps: Option<u64>,
+    /// Training tokens (rounded up to whole steps).
+    #[arg(long)]
+    pub(super) tokens: Option<u64>,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-4)]
+    pub(super) lr: f64,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 10)]
+    pub(super) warmup_steps: u64,
+    /// The cosine schedule ends at this fraction of --lr.
+    #[arg(long, default_value_t = 0.1)]
+    pub(super) min_lr_ratio: f64,
+    /// Windows per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub(super) batch: usize,
+    /// Tokens per training window.
+    #[arg(long, default_value_t = 256)]
+    pub(super) seqlen: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    pub(super) accumulation: usize,
+    /// Clip the global gradient norm to this.
+    #[arg(long, default_value_t = 1.0)]
+    pub(super) clip: f64,
+    /// AdamW weight decay (matrices only).
+    #[arg(long, default_value_t = 0.0)]
+    pub(super) weight_decay: f64,
+    /// Seed of the data order and of learned projections.
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+    /// Keep the token embedding and the output head fixed (no [vocab, hidden] gradient:
+    /// much faster with large vocabularies).
+    #[arg(long)]
+    pub(super) freeze_embeddings: bool,
+    /// Keep the first N student blocks fixed; with --freeze-embeddings the backward pass stops
+    /// at block N (a derived student's first blocks are often the teacher's, untouched).
+    #[arg(long, default_value_t = 0)]
+    pub(super) freeze_blocks: usize,
+    /// Hidden-state pairs STUDENT:TEACHER, e.g. 0:1,5:11 [default: a derived student's source
+    /// blocks, else evenly spread].
+    #[arg(long)]
+    pub(super) layer_map: Option<String>,
+    /// Learn a projection from the student's hidden width to the teacher's (required when
+    /// they differ).
+    #[arg(long)]
+    pub(super) hidden_projection: bool,
+    /// Held-out text for perplexity before, during (--eval-every) and after training.
+    #[arg(long)]
+    pub(super) eval: Option<PathBuf>,
+    #[arg(long, default_value_t = 512)]
+    pub(super) eval_ctx: usize,
+    #[arg(long, default_value_t = 24)]
+    pub(super) eval_windows: usize,
+    /// Evaluate every N steps (0: before and after only).
+    #[arg(long, default_value_t = 0)]
+    pub(super) eval_every: u64,
+    /// Checkpoint every N steps (optimizer state and data position included; 0: never).
+    #[arg(long, default_value_t = 50)]
+    pub(super) checkpoint_every: u64,
+    /// Calibration windows for --student-from-teacher importance.
+    #[arg(long, default_value_t = 8)]
+    pub(super) calib_samples: usize,
+    #[arg(long, default_value_t = 512)]
+    pub(super) calib_seqlen: usize,
+    /// Continue from the checkpoint in OUT.microllm-work.
+    #[arg(long)]
+    pub(super) resume: bool,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub(super) force: bool,
+    /// Weight dtype of the output directory.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub(super) dtype: Dtype,
+    /// Output directory (Hugging Face layout).
+    #[arg(long, short, required = true)]
+    pub(super) out: Option<PathBuf>,
+}
+
+/// Sets candle's element-wise thread pool to one thread unless the user chose otherwise.
+///
+/// candle runs element-wise ops on its own pool beside rayon's, and its main thread spins
+/// while the pool's workers finish; a training step issues thousands of small element-wise
+/// ops, and on two cores (shared with other work) the spinning cost 15-20% of the step's CPU
+/// time in `crates/microllm-distill/examples/step_phases.rs`. The matrix products still use
+/// every core.
+fn single_threaded_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called first thing in the command, before any thread of this process
+        // exists (no progress bar, no thread pool has started yet).
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    single_threaded_elementwise();
+    let started = Instant::now();
+    let out = args.out.clone().expect("clap requires --out");
+    let data = args.data.clone().expect("clap requires --data");
+    if out.exists() && !args.force {
+        bail!(
+            "{} already exists; pass --force to replace it",
+            out.display()
+        );
+    }
+    let loss = LossSpec::parse(&args.loss)?;
+    let teacher = match &args.teacher {
+        Some(t) => Some(crate::commands::open_model(&resolve_model_spec(t))?),
+        None => None,
+    };
+    let student = student_source(&args, teacher.as_ref(), &data)?;
+    let tokenizer = student.tokenizer.clone();
+    let student_tok = super::tokenizer_id(tokenizer.as_ref());
+    let text = super::read_data(&data, tokenizer.as_ref())?;
+    let data_sha = text.sha256.clone();
+    if let Some(t) = &teacher {
+        check_vocabularies(t, &student.config, &student_tok)?;
+    }
+
+    let store = match &args.logits {
+        Some(dir) => Some(open_store(
+            dir,
+            &args,
+            &student.config,
+            &student_tok,
+            &data_sha,
+            teacher.as_ref(),
+        )?),
+        None => None,
+    };
+    if loss.uses_teacher_logits() && store.is_none() && teacher.is_none() {
+        bail!(
+            "--loss {} compares with a teacher: pass --teacher (live) or --logits (a store)",
+            args.loss
+        );
+    }
+    let teacher_decoder = match (&teacher, &store) {
+        (Some(t), None) if loss.uses_teacher_logits() || loss.hidden.is_some() => {
+            Some(crate::commands::load_decoder(t)?)
+        }
+        _ => None,
+    };
+    let hidden = hidden_loss(&args, &loss, &student, teacher.as_ref(), store.is_some())?;
+
+    let settings = TrainSettings {
+        mix: LogitMix {
+            kl: loss.kl,
+            reverse_kl: loss.reverse_kl,
+            jsd: loss.jsd,
+            ce: loss.ce,
+            temperature: args.temperature,
+        },
+        hidden_weight: loss.hidden.map_or(0.0, |(_, w)| w),
+        lr: args.lr,
+        warmup_steps: args.warmup_steps,
+        min_lr_ratio: args.min_lr_ratio,
+        steps: 0,
+        batch: args.batch,
+        seqlen: args.seqlen,
+        accumulation: args.accumulation,
+        clip_norm: args.clip,
+        adamw: AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..AdamWConfig::default()
+        },
+        seed: args.seed,
+        freeze_embeddings: args.freeze_embeddings,
+        freeze_blocks: args.freeze_blocks,
+        eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
+    };
+    let per_step = settings.tokens_per_step();
+    let settings = TrainSettings {
+        steps: match (args.steps, args.tokens) {
+            (Some(s), _) => s,
+            (None, Some(t)) => t.div_ceil(per_step.max(1)),
+            (None, None) => bail!("give --steps or --tokens"),
+        },
+        ..settings
+    };
+    settings.check()?;
+
+    let tokens = text.tokens;
+    let targets = match (&store, &teacher_decoder) {
+        (Some(s), _) => Targets::Store(s),
+        (None, Some(t)) => Targets::Live {
+            teacher: t,
+            tokens: &tokens,
+        },
+        (None, None) => Targets::Labels { tokens: &tokens },
+    };
+    let windows = match &targets {
+        Targets::Store(s) => s.windows(),
+        Targets::Live { tokens, .. } | Targets::Labels { tokens } => tokens.len() / settings.seqlen,
+    };
+    if windows < settings.batch {
+        bail!(
+            "{} holds {windows} windows of {} tokens, fewer than one batch of {}",
+            data.display(),
+            settings.seqlen,
+            settings.batch
+        );
+    }
+    let eval_tokens = match &args.eval {
+        Some(p) => Some(eval_tokens(p, tokenizer.as_ref())?),
+        None => None,
+    };
+
+    let freeze = Freeze {
+        embeddings: args.freeze_embeddings,
+        blocks: args.freeze_blocks,
+    };
+    let model = Student::load(
+        &student.config,
+        student.tensors.as_ref(),
+        candle_core::DType::F32,
+        freeze,
+        settings.seqlen,
+    )
+    .context("loading the student")?;
+    let fingerprint = sha256_bytes(
+        serde_json::json!({
+            "settings": settings,
+            "student": student.sha256,
+            "student_init": student.record.init,
+            "data": data_sha,
+            "targets": match &store { Some(s) => s.manifest().shards.iter().map(|x| x.sha256.clone()).collect::<Vec<_>>().join(","), None => "live".into() },
+            "hidden": args.layer_map,
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let work = super::work_dir(&out);
+    if !args.resume && work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    print_plan(&args, &student, &settings, windows, store.as_ref());
+    let job = TrainJob {
+        settings: &settings,
+        student: &model,
+        targets,
+        hidden: hidden.as_ref(),
+        eval: eval_tokens.as_ref().map(|t| Evaluation {
+            tokens: t,
+            options: PerplexityOptions {
+                ctx: args.eval_ctx,
+                max_windows: Some(args.eval_windows),
+            },
+        }),
+        work_dir: &work,
+        resume: args.resume,
+        fingerprint,
+    };
+    let outcome = train(&job, &Bar::new())?;
+
+    let source = model.to_source("distilled student")?;
+    let write_opts = HfWriteOptions {
+        dtype: args.dtype.out(),
+        overwrite: args.force,
+        ..HfWriteOptions::default()
+    };
+    let chat_template = teacher.as_ref().and_then(|t| t.chat_template.clone());
+    let hf = HfOutput {
+        config: &student.config,
+        tensors: &source,
+        tokenizer: tokenizer.as_ref(),
+        chat_template: chat_template.as_deref(),
+    };
+    write_hf_dir(&hf, &out, &write_opts, &Bar::new())
+        .with_context(|| format!("writing {}", out.display()))?;
+
+    let state = &outcome.state;
+    let report = DistillReport {
+        schema_version: microllm_distill::report::REPORT_SCHEMA,
+        microllm_version: env!("CARGO_PKG_VERSION").into(),
+        kind: "distill".into(),
+        teacher: teacher.as_ref().map(|t| {
+            model_record(
+                args.teacher.as_deref().unwrap_or_default(),
+                &t.config,
+                t.tensors.as_ref(),
+            )
+        }),
+        student: StudentRecord {
+            trainable_parameters: model.trainable_count(),
+            ..student.record.clone()
+        },
+        data: DataInfo {
+            path: data.display().to_string(),
+            sha256: data_sha,
+            windows,
+            seqlen: settings.seqlen,
+            targets: match (&store, &teacher_decoder) {
+                (Some(s), _) => format!(
+                    "teacher-logit store {} (top-{})",
+                    s.dir().display(),
+                    s.manifest().top_k
+                ),
+                (None, Some(_)) => "live teacher (full distribution)".into(),
+                (None, None) => "next-token labels only".into(),
+            },
+            store_bytes_per_token: store.as_ref().map(|s| s.manifest().bytes_per_token()),
+        },
+        settings: settings.clone(),
+        eval: args.eval.as_ref().map(|p| EvalInfo {
+            path: p.display().to_string(),
+            ctx: args.eval_ctx,
+            windows: args.eval_windows,
+        }),
+        eval_before: outcome.eval_before.clone(),
+        evals: state.evals.clone(),
+        curve: state.curve.clone(),
+        steps: state.step,
+        tokens: state.tokens,
+        train_seconds: state.train_seconds,
+        eval_seconds: state.evals.iter().map(|e| e.seconds).sum::<f64>()
+            + outcome.eval_before.as_ref().map_or(0.0, |e| e.seconds),
+        total_seconds: started.elapsed().as_secs_f64(),
+        tokens_per_second: state.tokens as f64 / state.train_seconds.max(1e-9),
+        resumed_at_step: outcome.resumed_at,
+        output: out.display().to_string(),
+    };
+    let (json, md) = report.write(&out)?;
+    std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    print_summary(&report);
+    println!("report       {} and {}", json.display(), md.display());
+    Ok(())
+}
