@@ -8,32 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{calib_ids, fixture, microllm};
+use common::{calib_ids, fixture, json, microllm, recipe, write};
 
 /// Token ids for calibration and evaluation: 16 x 32 pseudo-random ids below the fixtures'
 /// vocabulary of 384.
 fn ids(tmp: &Path) -> PathBuf {
     calib_ids(tmp, 16, 32, 384)
-}
-
-/// A recipe on `model` with data `ids`, the given passes (YAML lines) and output.
-fn recipe(model: &Path, ids: &Path, passes: &str, output: &str) -> String {
-    format!(
-        "version: 1\nmodel: {}\ncalibration:\n  data: {}\n  samples: 8\n  seqlen: 32\nevaluation:\n  data: {}\n  ctx: 32\n  windows: 4\npasses:\n{passes}output:\n{output}",
-        model.display(),
-        ids.display(),
-        ids.display()
-    )
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Linear weights of a model, as f32.
@@ -354,6 +334,47 @@ fn bad_recipes_name_the_yaml_path_and_line_and_write_nothing() {
         "owl_lambda",
         "applies to schedule owl",
     );
+    // Distill passes: their place, how long they train, their losses, their keys.
+    let t = bad("  - quantize: {bits: 4, method: rtn}\n  - distill: {steps: 2}\n");
+    refused(
+        tmp.path(),
+        &t,
+        "passes[1].distill",
+        "- distill",
+        "distillation after passes[0] (quantize)",
+    );
+    let t = bad("  - distill: {lr: 0.001}\n");
+    refused(
+        tmp.path(),
+        &t,
+        "passes[0].distill.steps",
+        "- distill",
+        "give `steps: N` or `tokens: N`",
+    );
+    let t = bad("  - distill:\n      steps: 2\n      logits: store\n      loss: {jsd: 1}\n");
+    refused(
+        tmp.path(),
+        &t,
+        "passes[0].distill.loss",
+        "loss",
+        "a store holds its top-k",
+    );
+    let t = bad("  - distill:\n      steps: 2\n      loss: {kld: 1}\n");
+    refused(
+        tmp.path(),
+        &t,
+        "passes[0].distill.loss.kld",
+        "kld",
+        "unknown field `kld`",
+    );
+    let t = bad("  - distill: {steps: 2}\n  - structured_prune: {drop_layers: 1}\n");
+    refused(
+        tmp.path(),
+        &t,
+        "passes[1].structured_prune",
+        "- structured_prune",
+        "a distill pass has already changed",
+    );
     let t = bad("  - quantize:\n    bits: 4\n  - eval: {}\n x\n");
     refused(tmp.path(), &t, "recipe", " x", "not valid YAML");
 
@@ -621,7 +642,12 @@ fn a_command_and_its_printed_recipe_write_the_same_bytes() {
 fn the_configs_run_on_a_fixture() {
     let tmp = tempfile::tempdir().unwrap();
     let ids = ids(tmp.path());
-    for name in ["gptq-w4-gguf", "wanda-2of4", "ci-gate"] {
+    for name in [
+        "gptq-w4-gguf",
+        "wanda-2of4",
+        "ci-gate",
+        "prune-distill-quantize",
+    ] {
         let config = common::repo_root().join(format!("configs/{name}.yaml"));
         let out = tmp.path().join(name);
         let out = if name == "wanda-2of4" {
@@ -643,6 +669,17 @@ fn the_configs_run_on_a_fixture() {
         ] {
             args.extend(set(kv));
         }
+        if name == "prune-distill-quantize" {
+            // The fixture has 3 blocks; train briefly on its short windows.
+            for kv in [
+                "passes.0.drop_layers=1",
+                "passes.2.steps=2",
+                "passes.2.batch=2",
+                "passes.2.seqlen=16",
+            ] {
+                args.extend(set(kv.into()));
+            }
+        }
         let (code, err) = status(&args.iter().map(std::ffi::OsStr::new).collect::<Vec<_>>());
         let stem = if name == "wanda-2of4" {
             out.clone()
@@ -658,6 +695,11 @@ fn the_configs_run_on_a_fixture() {
         }
         if name == "wanda-2of4" {
             assert_eq!(report["output"]["linear_sparsity"], 0.5);
+        }
+        if name == "prune-distill-quantize" {
+            assert_eq!(report["method"], "structured+distill+gptq");
+            assert_eq!(report["distill"]["steps"], 2);
+            assert_eq!(report["passes"].as_array().unwrap().len(), 6);
         }
     }
     let quickstart = common::repo_root().join("configs/quickstart.yaml");

@@ -3,7 +3,8 @@
 # tokens of c4.calib.txt, evaluated on 24 x 512 tokens of wiki.eval.txt. For each method
 # prints wall time, peak RSS and perplexity; then one joint SparseGPT 2:4 + 4-bit GPTQ run to
 # GGUF, and OWL's schedule against the uniform one at 50% and 70%.
-# Usage: scripts/bench/prune.sh [SAMPLES=128]
+# Usage: scripts/bench/prune.sh [SAMPLES=128]; ONLY=REGEX runs only the runs whose names match
+# (e.g. ONLY='owl|-70' for the schedule comparison).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 samples=${1:-128}
@@ -15,6 +16,7 @@ bin=target/release/microllm
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 run() {
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi
   /usr/bin/time -f '%e %M' -o "$out/time.txt" \
     $bin prune --model "$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
     --calib "$assets/data/c4.calib.txt" --samples "$samples" --seqlen 512 \

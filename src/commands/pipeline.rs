@@ -133,6 +133,9 @@ pub fn execute(mut doc: RecipeDoc, inv: &Invocation) -> Result<Verdict> {
         }
         render::header(plan);
         let run_opts = RunOptions {
+            distiller: Some(std::sync::Arc::new(
+                microllm_distill::recipe_pass::RecipeDistiller,
+            )),
             resume: inv.resume,
             command: std::env::args().collect(),
             name: name.clone(),

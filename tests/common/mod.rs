@@ -137,3 +137,23 @@ pub fn calib_ids(dir: &Path, rows: usize, seq: usize, vocab: u64) -> PathBuf {
     safetensors::serialize_to_file([("input_ids", view)], None, &path).unwrap();
     path
 }
+
+/// A recipe on `model` with data `ids`, the given passes (YAML lines) and output.
+pub fn recipe(model: &Path, ids: &Path, passes: &str, output: &str) -> String {
+    format!(
+        "version: 1\nmodel: {}\ncalibration:\n  data: {}\n  samples: 8\n  seqlen: 32\nevaluation:\n  data: {}\n  ctx: 32\n  windows: 4\npasses:\n{passes}output:\n{output}",
+        model.display(),
+        ids.display(),
+        ids.display()
+    )
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}

@@ -10,7 +10,8 @@
 //!   that resume bit for bit;
 //! - [`init`]: students derived from the teacher through structured pruning; [`models`]:
 //!   short names for well-known models;
-//! - [`report`]: the run's record.
+//! - [`report`]: the run's record; [`recipe_pass`]: the trainer behind recipes' `distill`
+//!   passes; [`training_data`]: data files as tokens.
 //!
 //! The library never prints: long work reports through [`microllm_core::Progress`].
 
@@ -21,10 +22,12 @@ pub mod loss;
 pub mod models;
 pub mod ops;
 mod real;
+pub mod recipe_pass;
 pub mod report;
 pub mod store;
 pub mod student;
 pub mod train;
+pub mod training_data;
 
 pub use error::{DistillError, DistillResult};
 pub use real::Real;

@@ -87,7 +87,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     }
     let spec = resolve_model_spec(teacher);
     let ckpt = crate::commands::open_model(&spec)?;
-    let text = super::read_data(data, ckpt.tokenizer.as_ref())?;
+    let text = microllm_distill::training_data::TrainingData::read(data, ckpt.tokenizer.as_ref())?;
     let decoder = crate::commands::load_decoder(&ckpt)?;
     let job = LogitsJob {
         teacher: &decoder,

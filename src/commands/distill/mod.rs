@@ -55,42 +55,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// Training or store data, as tokens.
-struct Data {
-    tokens: Vec<u32>,
-    /// SHA-256 of the file's bytes.
-    sha256: String,
-}
-
-/// Reads `path`: UTF-8 text, tokenized without special tokens by `tokenizer`, or a
-/// `.safetensors` file with int64 `input_ids` (already tokenized; rows are concatenated).
-fn read_data(
-    path: &std::path::Path,
-    tokenizer: Option<&microllm_io::Tokenizer>,
-) -> anyhow::Result<Data> {
-    use anyhow::Context;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let sha256 = microllm_distill::fingerprint::sha256_bytes(&bytes);
-    let is_ids = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    let tokens = if is_ids {
-        microllm_io::arrays::read_token_ids(path, "input_ids")?.concat()
-    } else {
-        let Some(tok) = tokenizer else {
-            anyhow::bail!(
-                "{} is text, but the model carries no tokenizer: pass token ids as a \
-                 .safetensors file with int64 `input_ids`",
-                path.display()
-            );
-        };
-        let text = crate::commands::read_text(path)?;
-        tok.encode(&text, false)
-            .with_context(|| format!("tokenizing {}", path.display()))?
-    };
-    Ok(Data { tokens, sha256 })
-}
-
 /// The tokenizer fingerprint of a model (`none` without one: pre-tokenized data).
 fn tokenizer_id(tokenizer: Option<&microllm_io::Tokenizer>) -> String {
     tokenizer.map_or_else(

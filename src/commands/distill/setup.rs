@@ -180,29 +180,14 @@ pub(super) fn open_store(
         args.seqlen,
         args.temperature,
     )?;
-    let manifest = dir.join(microllm_distill::store::MANIFEST_FILE);
-    let m = store.manifest();
-    if m.data.sha256 != data_sha {
-        bail!(
-            "{}: key `data.sha256`: the store was made from {} ({}), not from {} ({data_sha})",
-            manifest.display(),
-            m.data.path,
-            m.data.sha256,
-            args.data.as_deref().unwrap_or(Path::new("")).display()
-        );
-    }
-    if let Some(t) = teacher {
-        let sha = model_sha256(&t.path)?;
-        if sha != m.teacher.sha256 {
-            bail!(
-                "{}: key `teacher.sha256`: the store was made by {} ({}), not by {} ({sha})",
-                manifest.display(),
-                m.teacher.spec,
-                m.teacher.sha256,
-                t.path.display()
-            );
-        }
-    }
+    let teacher_sha = teacher.map(|t| model_sha256(&t.path)).transpose()?;
+    store.check_origin(
+        args.data.as_deref().unwrap_or(Path::new("")),
+        data_sha,
+        teacher
+            .zip(teacher_sha.as_deref())
+            .map(|(t, sha)| (t.path.as_path(), sha)),
+    )?;
     Ok(store)
 }
 

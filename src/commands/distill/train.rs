@@ -172,7 +172,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let student = student_source(&args, teacher.as_ref(), &data)?;
     let tokenizer = student.tokenizer.clone();
     let student_tok = super::tokenizer_id(tokenizer.as_ref());
-    let text = super::read_data(&data, tokenizer.as_ref())?;
+    let text = microllm_distill::training_data::TrainingData::read(&data, tokenizer.as_ref())?;
     let data_sha = text.sha256.clone();
     if let Some(t) = &teacher {
         check_vocabularies(t, &student.config, &student_tok)?;

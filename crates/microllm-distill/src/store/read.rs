@@ -227,6 +227,45 @@ impl TeacherStore {
         Ok(())
     }
 
+    /// Refuses a store made from other data (`data_sha256`: of the training file's bytes) or
+    /// by another teacher (`teacher_sha256`, when the run knows its teacher).
+    pub fn check_origin(
+        &self,
+        data: &Path,
+        data_sha256: &str,
+        teacher: Option<(&Path, &str)>,
+    ) -> Result<()> {
+        let path = self.dir.join(MANIFEST_FILE);
+        let m = &self.manifest;
+        if m.data.sha256 != data_sha256 {
+            return Err(Error::config(
+                &path,
+                "data.sha256",
+                format!(
+                    "the store was made from {} ({}), not from {} ({data_sha256})",
+                    m.data.path,
+                    m.data.sha256,
+                    data.display()
+                ),
+            ));
+        }
+        if let Some((teacher, sha)) = teacher
+            && sha != m.teacher.sha256
+        {
+            return Err(Error::config(
+                &path,
+                "teacher.sha256",
+                format!(
+                    "the store was made by {} ({}), not by {} ({sha})",
+                    m.teacher.spec,
+                    m.teacher.sha256,
+                    teacher.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The teacher's side of window `w`, checked.
     pub fn window(&self, w: usize) -> Result<StoredWindow> {
         let shard = self

@@ -4,17 +4,24 @@
 //! [`super::tensors`]). Time is a rough count of floating-point work (forward passes, Hessians,
 //! OBS sweeps, the eval's two models) divided by a throughput fitted to the 2-core development
 //! machine (docs/benchmarks.md: 4-bit GPTQ of SmolLM2 on 128 x 512 tokens, about 20 TFLOP in
-//! about 290 s; the quickstart recipe), scaled by the cores present. It leaves out the
-//! clipping search and the writers, and says which order of magnitude to expect, no more.
+//! about 290 s; the quickstart recipe), scaled by the cores present; distillation's steps by
+//! their own measured throughput. It leaves out the clipping search and the writers, and says
+//! which order of magnitude to expect, no more.
 
 use microllm_core::{ModelConfig, TensorInfo};
 use serde::Serialize;
 
+use super::distill::DistillStep;
 use super::steps::{EvalStep, LayerwiseStep, OutputPlan};
 use crate::recipe::Recipe;
 
 /// Floating-point operations per second per core on the reference machine.
 const REFERENCE_FLOPS_PER_CORE: f64 = 25e9;
+
+/// The same for distillation's training steps, whose large matrix products run nearer the
+/// kernels' peak (docs/benchmarks.md, "Distillation": about 0.67 GFLOP per token at 215-240
+/// tokens/s on 2 cores).
+const TRAINING_FLOPS_PER_CORE: f64 = 75e9;
 
 /// What a plan is expected to cost.
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +41,7 @@ impl Estimate {
         linears: &[TensorInfo],
         output: &OutputPlan,
         layerwise: Option<&LayerwiseStep>,
+        distill: Option<&DistillStep>,
         evals: &[EvalStep],
     ) -> Self {
         let output_bytes: u64 = output.tensors.iter().map(|t| t.bytes).sum();
@@ -70,6 +78,18 @@ impl Estimate {
                 flops += 20.0 * linear_params;
             }
         }
+        let training_seconds = distill.map_or(0.0, |d| {
+            // The student's forward and backward (3 x 2 flops per parameter and token), and a
+            // live teacher's forward.
+            let tokens = (d.steps * d.tokens_per_step()) as f64;
+            let student = output.config.parameter_count() as f64;
+            let teacher = if d.stage.logits.is_none() && d.stage.loss.uses_teacher() {
+                original.parameter_count() as f64
+            } else {
+                0.0
+            };
+            tokens * (6.0 * student + 2.0 * teacher) / (TRAINING_FLOPS_PER_CORE * cores)
+        });
         for e in evals {
             let tokens = (e.windows * recipe.evaluation.as_ref().map_or(512, |d| d.ctx)) as f64;
             // Both models, every parameter twice per token (the head included).
@@ -80,7 +100,7 @@ impl Estimate {
             output_bytes,
             output_parameters,
             bits_per_weight: output_bytes as f64 * 8.0 / output_parameters.max(1) as f64,
-            seconds: flops / rate,
+            seconds: flops / rate + training_seconds,
         }
     }
 }

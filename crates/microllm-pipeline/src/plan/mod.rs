@@ -9,12 +9,14 @@
 //! estimated size and time. `--dry-run` prints the plan; `recipe validate` stops here.
 //!
 //! How passes chain: a `structured_prune` comes first and is a view of the source (nothing
-//! is written in between); consecutive `prune` and `quantize` passes run as one layerwise
+//! is written in between); a `distill` pass trains that view against the original and hands
+//! the trained weights (kept in the work directory) to the passes after it; consecutive `prune` and `quantize` passes run as one layerwise
 //! sweep, so pruned weights become the grids' zero points and stay zero (quantizing a pruned
 //! checkpoint afterwards would move them off zero); `eval` passes measure the model as it
 //! stands: between the structured view and the sweep in memory, after the sweep the written
 //! output, reloaded from disk.
 
+mod distill;
 mod estimate;
 mod layerwise;
 mod output;
@@ -26,6 +28,7 @@ use std::path::PathBuf;
 use microllm_io::Checkpoint;
 use microllm_io::gguf::GgufTypes;
 
+pub use distill::DistillStep;
 pub use estimate::Estimate;
 pub use steps::{
     EvalStep, LayerwiseStep, OutputPlan, StructuredStep, Writer, gguf_types, report_stem,
@@ -42,6 +45,7 @@ pub struct Plan {
     pub recipe_value: serde_json::Value,
     pub model: Checkpoint,
     pub structured: Option<StructuredStep>,
+    pub distill: Option<DistillStep>,
     pub layerwise: Option<LayerwiseStep>,
     pub evals: Vec<EvalStep>,
     pub output: OutputPlan,
@@ -164,6 +168,21 @@ impl Plan {
                     }
                 ),
             },
+            Pass::Distill(_) => self.distill.as_ref().map_or(String::new(), |d| {
+                let s = &d.stage;
+                let teacher = match &s.logits {
+                    Some(dir) => format!("stored teacher logits {}", dir.display()),
+                    None => "the original as a live teacher".into(),
+                };
+                format!(
+                    "{} against {teacher}, {} steps x {} tokens of {}, lr {}",
+                    s.loss.describe(),
+                    d.steps,
+                    d.tokens_per_step(),
+                    d.data.file_name().unwrap_or_default().to_string_lossy(),
+                    s.lr
+                )
+            }),
             Pass::Eval(_) => {
                 let e = self.evals.iter().find(|e| e.pass == i);
                 e.map_or(String::new(), |e| {

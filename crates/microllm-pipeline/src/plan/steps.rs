@@ -16,6 +16,7 @@ use microllm_prune::structured::{
 use microllm_quant::GptqOptions;
 use serde_json::Value;
 
+use super::distill::distill_step;
 use super::layerwise::layerwise_step;
 use super::output::output_plan;
 use super::tensors::{self, TensorPlan};
@@ -137,6 +138,17 @@ pub(super) fn build(
         Some(i) => Some(structured_step(&recipe, i, &cfg)?),
         None => None,
     };
+    let distill = match order.distill {
+        Some(i) => Some(distill_step(&recipe, i)?),
+        None => None,
+    };
+    if distill.is_some() && structured.is_none() {
+        notes.push(
+            "the distill pass's student starts as the teacher itself (no structured_prune \
+             before it): distillation then only fine-tunes it"
+                .into(),
+        );
+    }
     let shapes = structured
         .as_ref()
         .map(|s| StructuredPlan::shapes_only(&cfg, &s.targets));
@@ -230,10 +242,19 @@ pub(super) fn build(
         &mut notes,
     )?;
 
-    let gates = gates(&recipe, &evals)?;
-    let estimate = Estimate::of(&recipe, &cfg, &linears, &output, layerwise.as_ref(), &evals);
+    let gates = gates(&recipe, &evals, distill.is_some())?;
+    let estimate = Estimate::of(
+        &recipe,
+        &cfg,
+        &linears,
+        &output,
+        layerwise.as_ref(),
+        distill.as_ref(),
+        &evals,
+    );
     let method = method_name(
         structured.is_some(),
+        distill.is_some(),
         prune.as_ref().map(|(_, p)| *p),
         quant.as_ref().map(|(_, q)| *q),
     );
@@ -250,6 +271,7 @@ pub(super) fn build(
         recipe_value,
         model,
         structured,
+        distill,
         layerwise,
         evals,
         output,
@@ -302,6 +324,7 @@ impl AsStage<QuantizeStage> for Pass {
 /// Where each kind of pass is.
 struct Order {
     structured: Option<usize>,
+    distill: Option<usize>,
     prune: Option<usize>,
     quantize: Option<usize>,
     /// The last compression pass.
@@ -311,6 +334,7 @@ struct Order {
 fn check_order(passes: &[Pass]) -> RecipeResult<Order> {
     let mut o = Order {
         structured: None,
+        distill: None,
         prune: None,
         quantize: None,
         last_compression: None,
@@ -331,16 +355,34 @@ fn check_order(passes: &[Pass]) -> RecipeResult<Order> {
                 if let Some(first) = o.structured {
                     return Err(again(first));
                 }
-                if let Some(j) = o.prune.or(o.quantize) {
+                if let Some(j) = o.prune.or(o.quantize).or(o.distill) {
                     return Err(err(
                         &path,
                         format!(
                             "structured pruning must come before passes[{j}]: it slices the \
-                             original weights, which a prune or quantize pass has already changed"
+                             original weights, which a {} pass has already changed",
+                            passes[j].key()
                         ),
                     ));
                 }
                 o.structured = Some(i);
+            }
+            Pass::Distill(_) => {
+                if let Some(first) = o.distill {
+                    return Err(again(first));
+                }
+                if let Some(j) = o.prune.or(o.quantize) {
+                    return Err(err(
+                        &path,
+                        format!(
+                            "distillation after passes[{j}] ({}) would move pruned weights off \
+                             zero and quantized ones off their grids; distill first (after \
+                             structured_prune), then prune or quantize",
+                            passes[j].key()
+                        ),
+                    ));
+                }
+                o.distill = Some(i);
             }
             Pass::Prune(_) => {
                 if let Some(first) = o.prune {
@@ -506,7 +548,7 @@ fn eval_steps(recipe: &Recipe, order: &Order) -> RecipeResult<Vec<EvalStep>> {
     Ok(out)
 }
 
-fn gates(recipe: &Recipe, evals: &[EvalStep]) -> RecipeResult<Vec<Gate>> {
+fn gates(recipe: &Recipe, evals: &[EvalStep], distill: bool) -> RecipeResult<Vec<Gate>> {
     let final_eval = evals.iter().any(|e| e.of_output);
     recipe
         .gates
@@ -525,6 +567,23 @@ fn gates(recipe: &Recipe, evals: &[EvalStep]) -> RecipeResult<Vec<Gate>> {
                     ),
                 ));
             }
+            let distill_metric = crate::recipe::gate::DISTILL_METRICS.contains(&g.metric.as_str());
+            if distill_metric && !distill {
+                return Err(err(
+                    &path,
+                    format!(
+                        "`{}` is measured by a distill pass; the recipe has none",
+                        g.metric
+                    ),
+                ));
+            }
+            if g.metric == "distill_ppl" && recipe.evaluation.is_none() {
+                return Err(err(
+                    &path,
+                    "`distill_ppl` is the student's held-out perplexity: add `evaluation: \
+                     {data: FILE}`",
+                ));
+            }
             Ok(g)
         })
         .collect()
@@ -532,12 +591,16 @@ fn gates(recipe: &Recipe, evals: &[EvalStep]) -> RecipeResult<Vec<Gate>> {
 
 fn method_name(
     structured: bool,
+    distill: bool,
     prune: Option<&PruneStage>,
     quant: Option<&QuantizeStage>,
 ) -> String {
     let mut parts: Vec<String> = Vec::new();
     if structured {
         parts.push("structured".into());
+    }
+    if distill {
+        parts.push("distill".into());
     }
     if let Some(p) = prune {
         parts.push(name_of(p.method));

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The metrics a gate may name, and what each needs measured.
-pub const METRICS: [(&str, &str); 13] = [
+pub const METRICS: [(&str, &str); 15] = [
     ("ppl", "perplexity of the output (needs an eval pass)"),
     (
         "ppl_base",
@@ -42,7 +42,18 @@ pub const METRICS: [(&str, &str); 13] = [
         "peak_rss_mb",
         "peak resident memory of the process (VmHWM), MB",
     ),
+    (
+        "distill_ppl",
+        "held-out perplexity of the student after the distill pass (needs evaluation data)",
+    ),
+    (
+        "distill_tokens_per_s",
+        "training tokens per second of the distill pass",
+    ),
 ];
+
+/// Metrics that only a distill pass measures.
+pub const DISTILL_METRICS: [&str; 2] = ["distill_ppl", "distill_tokens_per_s"];
 
 /// Metrics that only an eval pass of the final output measures.
 pub const EVAL_METRICS: [&str; 7] = [

@@ -6,9 +6,11 @@
 //! YAML path and line (see [`error`]).
 //!
 //! Relative paths written in a recipe file (`model`, `calibration.data`, `evaluation.data`,
-//! `output.path`, `report.path`) are relative to that file, so a recipe means the same from
-//! any working directory; values given on the command line are relative to where it runs.
+//! `output.path`, `report.path`, a distill pass's `data` and `logits`) are relative to that
+//! file, so a recipe means the same from any working directory; values given on the command
+//! line are relative to where it runs.
 
+mod distill;
 pub mod error;
 pub mod gate;
 mod overrides;
@@ -40,6 +42,9 @@ const PATH_KEYS: [(&str, &str); 4] = [
     ("output", "path"),
     ("report", "path"),
 ];
+
+/// Keys of a `distill` pass whose values are paths.
+const DISTILL_PATH_KEYS: [&str; 2] = ["data", "logits"];
 
 impl RecipeDoc {
     /// Reads a recipe file.
@@ -104,6 +109,16 @@ impl RecipeDoc {
         for (section, key) in PATH_KEYS {
             if let Some(v) = self.value.get_mut(section).and_then(|s| s.get_mut(key)) {
                 join(v, false);
+            }
+        }
+        let passes = self.value.get_mut("passes").and_then(Value::as_array_mut);
+        for pass in passes.into_iter().flatten() {
+            if let Some(d) = pass.get_mut("distill").and_then(Value::as_object_mut) {
+                for key in DISTILL_PATH_KEYS {
+                    if let Some(v) = d.get_mut(key) {
+                        join(v, false);
+                    }
+                }
             }
         }
     }

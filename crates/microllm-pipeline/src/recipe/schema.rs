@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use super::distill::{DistillLoss, DistillStage};
+
 /// The recipe format version this build reads.
 pub const RECIPE_VERSION: u32 = 1;
 
@@ -126,6 +128,9 @@ pub enum Pass {
     /// Removal of whole MLP channels, attention heads and decoder blocks (a smaller dense
     /// model with a rewritten config).
     StructuredPrune(StructuredStage),
+    /// Trains the model as it stands to match the original (its teacher), live or from a
+    /// stored teacher-logit store: heals a structurally pruned model before it is quantized.
+    Distill(DistillStage),
     /// Compares the model as it stands with the original on the evaluation data:
     /// perplexity of both, KL divergence, top-1 agreement, speed.
     Eval(EvalStage),
@@ -138,6 +143,7 @@ impl Pass {
             Pass::Prune(_) => "prune",
             Pass::Quantize(_) => "quantize",
             Pass::StructuredPrune(_) => "structured_prune",
+            Pass::Distill(_) => "distill",
             Pass::Eval(_) => "eval",
         }
     }

@@ -152,6 +152,32 @@ pub fn markdown(r: &CompressionReport) -> String {
             p.seconds
         );
     }
+    if let Some(d) = &r.distill {
+        let _ = writeln!(
+            md,
+            "\n## Distillation\n\nTargets: {}; loss `{}`; {} steps, {} tokens in {:.0} s ({:.1} tokens/s); {} of {} parameters trained.",
+            d.targets,
+            d.loss,
+            d.steps,
+            d.tokens,
+            d.train_seconds,
+            d.tokens_per_second,
+            d.trainable_parameters,
+            d.student_parameters
+        );
+        if let Some(step) = d.resumed_at_step {
+            let _ = writeln!(md, "Resumed at step {step}.");
+        }
+        if !d.evals.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n| step | training tokens | student perplexity |\n|---|---|---|"
+            );
+            for e in &d.evals {
+                let _ = writeln!(md, "| {} | {} | {:.4} |", e.step, e.tokens, e.perplexity);
+            }
+        }
+    }
     if !r.notes.is_empty() {
         let _ = writeln!(md, "\n## Notes\n");
         for n in &r.notes {

@@ -63,6 +63,9 @@ pub struct CompressionReport {
     /// Blocks taken from a killed run's work directory.
     pub resumed_blocks: usize,
     pub structure: Option<StructureRecord>,
+    /// The distill pass's training, if the recipe has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillRecord>,
     pub size: SizeRecord,
     pub output: OutputRecord,
     pub fallbacks: Vec<FallbackRecord>,
@@ -93,6 +96,12 @@ impl CompressionReport {
         m.insert("wall_s".into(), self.total_seconds);
         if let Some(b) = self.peak_rss_bytes {
             m.insert("peak_rss_mb".into(), b as f64 / 1e6);
+        }
+        if let Some(d) = &self.distill {
+            m.insert("distill_tokens_per_s".into(), d.tokens_per_second);
+            if let Some(last) = d.evals.last() {
+                m.insert("distill_ppl".into(), last.perplexity);
+            }
         }
         if let Some(e) = &self.eval {
             m.insert("ppl".into(), e.compressed.perplexity);

@@ -106,7 +106,7 @@ impl EvalRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PassRecord {
     pub index: usize,
-    /// The pass's key: prune, quantize, structured_prune, eval.
+    /// The pass's key: prune, quantize, structured_prune, distill, eval.
     pub pass: String,
     /// What it did, in words.
     pub summary: String,
@@ -116,9 +116,49 @@ pub struct PassRecord {
     pub resumed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalRecord>,
-    /// Named series for charts (distillation curves and the like); empty for these passes.
+    /// Named series for charts: a distill pass's perplexity and loss curves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub curves: Vec<Curve>,
+}
+
+/// What a distill pass trained and measured (its curves are drawn from this).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistillRecord {
+    /// What the student matched: a live teacher, a store, or the labels only.
+    pub targets: String,
+    /// The loss as the `distill` command spells it (`kl:1,ce:0.1`).
+    pub loss: String,
+    pub steps: u64,
+    /// Training tokens seen.
+    pub tokens: u64,
+    pub student_parameters: u64,
+    pub trainable_parameters: u64,
+    /// Seconds of optimizer steps (evaluations and checkpoints excluded).
+    pub train_seconds: f64,
+    pub tokens_per_second: f64,
+    /// The step a killed run resumed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at_step: Option<u64>,
+    /// Held-out perplexity of the student before training (step 0) and during it.
+    pub evals: Vec<DistillEval>,
+    /// The weighted training loss after each step.
+    pub losses: Vec<DistillLoss>,
+}
+
+/// The student's held-out perplexity at a step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistillEval {
+    pub step: u64,
+    pub tokens: u64,
+    pub perplexity: f64,
+}
+
+/// The training loss at a step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistillLoss {
+    pub step: u64,
+    pub tokens: u64,
+    pub loss: f64,
 }
 
 /// A named series of points, drawn as a line chart in the HTML report.

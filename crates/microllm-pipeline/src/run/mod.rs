@@ -13,6 +13,7 @@
 //! reaches the output is deterministic (see docs/architecture.md).
 
 mod data;
+mod distill;
 mod report;
 mod write;
 
@@ -30,19 +31,23 @@ pub use data::{
     EvalTokens, bytes_on_disk, draw_calibration, hex, load_eval_tokens, peak_rss_bytes, sha256_of,
     work_dir,
 };
+pub use distill::{DistillJob, Distiller};
 pub use write::{Current, write_output};
 
 use crate::imatrix::measure_imatrix;
 use crate::layerwise::{CompressJob, LayerwiseSummary, run_compress};
 use crate::plan::{Plan, Writer};
-use crate::report::{CalibrationRecord, CompressionReport, EvalRecord};
+use crate::report::{CalibrationRecord, CompressionReport, DistillRecord, EvalRecord};
 use crate::schedule::{OwlSchedule, owl_schedule};
 use crate::store::BlockStore;
 use crate::structured::{ImportanceJob, measure_importance};
+use distill::run_distill;
 
 /// What the caller adds to a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
+    /// Who trains a distill pass's student (required when the recipe has one).
+    pub distiller: Option<std::sync::Arc<dyn Distiller>>,
     pub resume: bool,
     /// The command line, for the report.
     pub command: Vec<String>,
@@ -59,6 +64,8 @@ pub(crate) struct Outcome {
     pub calibration: Option<CalibrationRecord>,
     pub eval_tokens: Option<EvalTokens>,
     pub structured: Option<(StructuredPlan, Scores, bool, f64)>,
+    /// The distill pass's record, whether it was resumed, its seconds.
+    pub distilled: Option<(DistillRecord, bool, f64)>,
     pub layerwise: Option<(LayerwiseSummary, f64)>,
     /// Per eval pass: its record and whether it was resumed.
     pub evals: Vec<(usize, EvalRecord, bool)>,
@@ -79,8 +86,9 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
         (Some(c), true) => Some(draw_calibration(c, ckpt)?),
         _ => None,
     };
-    let eval_tokens = match (&recipe.evaluation, plan.evals.is_empty()) {
-        (Some(e), false) => Some(load_eval_tokens(e, ckpt)?),
+    let wants_eval = !plan.evals.is_empty() || plan.distill.is_some();
+    let eval_tokens = match (&recipe.evaluation, wants_eval) {
+        (Some(e), true) => Some(load_eval_tokens(e, ckpt)?),
         _ => None,
     };
     let calib_record = calibration.as_ref().map(|set| {
@@ -106,6 +114,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
         calibration: calib_record,
         eval_tokens,
         structured: None,
+        distilled: None,
         layerwise: None,
         evals: Vec::new(),
         writer_notes: Vec::new(),
@@ -150,15 +159,64 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
         _ => (&ckpt.config, ckpt.tensors.as_ref()),
     };
 
-    // Evals of the model in memory (before the layerwise sweep).
+    // Evals of the model in memory before the distill pass (or the layerwise sweep).
+    let distill_pass = plan.distill.as_ref().map_or(usize::MAX, |d| d.pass);
     let mut base: Option<Decoder> = None;
-    for e in plan.evals.iter().filter(|e| !e.of_output) {
-        let candidate = Decoder::load(config, source)?;
-        let rec = eval_step(
-            plan, &store, &mut base, &candidate, e.pass, e.windows, &outcome, false, progress,
-        )?;
-        outcome.evals.push(rec);
-    }
+    let eval_tokens = outcome.eval_tokens.clone();
+    let mut evals_in_memory = |evals: &mut Vec<(usize, EvalRecord, bool)>,
+                               range: std::ops::Range<usize>,
+                               config: &ModelConfig,
+                               source: &dyn TensorSource|
+     -> Result<()> {
+        let mut candidate: Option<Decoder> = None;
+        for e in plan
+            .evals
+            .iter()
+            .filter(|e| !e.of_output && range.contains(&e.pass))
+        {
+            if candidate.is_none() {
+                candidate = Some(Decoder::load(config, source)?);
+            }
+            let model = candidate.as_ref().expect("loaded above");
+            let rec = eval_step(
+                plan,
+                &store,
+                &mut base,
+                model,
+                (e.pass, e.windows),
+                eval_tokens.as_ref(),
+                false,
+                progress,
+            )?;
+            evals.push(rec);
+        }
+        Ok(())
+    };
+    evals_in_memory(&mut outcome.evals, 0..distill_pass, config, source)?;
+
+    // Distillation: the model so far is the student, the original its teacher.
+    let distilled = match &plan.distill {
+        Some(step) => {
+            let d = run_distill(
+                opts.distiller.as_deref(),
+                step,
+                ckpt,
+                (config, source),
+                outcome.eval_tokens.as_ref(),
+                &store,
+                opts.resume,
+                progress,
+            )?;
+            outcome.distilled = Some((d.record, d.resumed, d.seconds));
+            Some(d.model)
+        }
+        None => None,
+    };
+    let (config, source): (&ModelConfig, &dyn TensorSource) = match &distilled {
+        Some(d) => (&d.config, d.tensors.as_ref()),
+        None => (config, source),
+    };
+    evals_in_memory(&mut outcome.evals, distill_pass..usize::MAX, config, source)?;
 
     // The layerwise sweep.
     if let Some(l) = &plan.layerwise {
@@ -232,7 +290,14 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
         let candidate = Decoder::load(&written.config, written.tensors.as_ref())?;
         for e in plan.evals.iter().filter(|e| e.of_output) {
             let rec = eval_step(
-                plan, &store, &mut base, &candidate, e.pass, e.windows, &outcome, true, progress,
+                plan,
+                &store,
+                &mut base,
+                &candidate,
+                (e.pass, e.windows),
+                outcome.eval_tokens.as_ref(),
+                true,
+                progress,
             )?;
             outcome.evals.push(rec);
         }
@@ -249,9 +314,8 @@ fn eval_step(
     store: &BlockStore,
     base: &mut Option<Decoder>,
     candidate: &Decoder,
-    pass: usize,
-    windows: usize,
-    outcome: &Outcome,
+    (pass, windows): (usize, usize),
+    tokens: Option<&EvalTokens>,
     of_output: bool,
     progress: &dyn Progress,
 ) -> Result<(usize, EvalRecord, bool)> {
@@ -261,10 +325,7 @@ fn eval_step(
             .map_err(|e| Error::format(store.dir().join(&name), e.to_string()))?;
         return Ok((pass, rec, true));
     }
-    let tokens = outcome
-        .eval_tokens
-        .as_ref()
-        .expect("validated: eval passes have evaluation data");
+    let tokens = tokens.expect("validated: eval passes have evaluation data");
     if base.is_none() {
         *base = Some(Decoder::load(
             &plan.model.config,

@@ -10,8 +10,8 @@ use super::{Outcome, RunOptions, bytes_on_disk, peak_rss_bytes, sha256_of};
 use crate::plan::{Plan, TensorPlan, Writer};
 use crate::recipe::Pass;
 use crate::report::{
-    CompressionReport, EvalDataRecord, FallbackRecord, LayerRecord, ModelRecord, OutputRecord,
-    PassRecord, REPORT_SCHEMA_VERSION, SizeRecord, StructureRecord,
+    CompressionReport, Curve, DistillRecord, EvalDataRecord, FallbackRecord, LayerRecord,
+    ModelRecord, OutputRecord, PassRecord, REPORT_SCHEMA_VERSION, SizeRecord, StructureRecord,
 };
 
 pub(super) fn build(
@@ -191,6 +191,7 @@ pub(super) fn build(
         block_seconds,
         resumed_blocks,
         structure,
+        distill: o.distilled.as_ref().map(|(d, ..)| d.clone()),
         size,
         output,
         fallbacks,
@@ -318,6 +319,15 @@ fn pass_records(plan: &Plan, o: &Outcome) -> Vec<PassRecord> {
                         rec.resumed = *resumed;
                     }
                 }
+                Pass::Distill(_) => {
+                    rec.summary = plan.describe_pass(i);
+                    if let Some((d, resumed, secs)) = &o.distilled {
+                        rec.summary.push_str(&distill_summary(d));
+                        rec.seconds = *secs;
+                        rec.resumed = *resumed;
+                        rec.curves = distill_curves(d);
+                    }
+                }
                 Pass::Prune(_) | Pass::Quantize(_) => {
                     rec.summary = plan.describe_pass(i);
                     if let Some((summary, secs)) = &o.layerwise {
@@ -345,6 +355,50 @@ fn pass_records(plan: &Plan, o: &Outcome) -> Vec<PassRecord> {
             rec
         })
         .collect()
+}
+
+/// What training did, after the pass's description.
+fn distill_summary(d: &DistillRecord) -> String {
+    let mut s = format!(
+        "; {} tokens in {:.0} s ({:.1} tokens/s)",
+        d.tokens, d.train_seconds, d.tokens_per_second
+    );
+    if let (Some(first), Some(last)) = (d.evals.first(), d.evals.last())
+        && d.evals.len() > 1
+    {
+        s.push_str(&format!(
+            "; student perplexity {:.4} -> {:.4}",
+            first.perplexity, last.perplexity
+        ));
+    }
+    s
+}
+
+/// The HTML report's charts of a distill pass: held-out perplexity against training tokens,
+/// and the training loss against steps.
+fn distill_curves(d: &DistillRecord) -> Vec<Curve> {
+    let mut curves = Vec::new();
+    if !d.evals.is_empty() {
+        curves.push(Curve {
+            name: "Distillation: held-out perplexity of the student".into(),
+            x_label: "training tokens".into(),
+            y_label: "perplexity".into(),
+            points: d
+                .evals
+                .iter()
+                .map(|e| [e.tokens as f64, e.perplexity])
+                .collect(),
+        });
+    }
+    if !d.losses.is_empty() {
+        curves.push(Curve {
+            name: format!("Distillation: training loss ({})", d.loss),
+            x_label: "step".into(),
+            y_label: "loss".into(),
+            points: d.losses.iter().map(|l| [l.step as f64, l.loss]).collect(),
+        });
+    }
+    curves
 }
 
 /// A note when the source's linears are already block-quantized (re-quantizing with the same

@@ -1,0 +1,128 @@
+//! The distill pass in a run: who trains, what they are given, where the result goes.
+//!
+//! Training code lives in `microllm-distill`, which builds on this crate (it cuts students
+//! out of teachers with the structured-pruning code here), so the runner cannot call it
+//! directly. The caller hands the runner a [`Distiller`] instead (the binary hands it
+//! `microllm-distill`'s); a plan with a distill pass and no distiller is an error before any
+//! work.
+//!
+//! The trained student is written as a Hugging Face directory into the work directory and
+//! reopened from there, so the passes after it read it as they read any model, and a killed
+//! run resumes without training again: the trainer's own checkpoints cover a kill during
+//! training, the stored record and directory a kill after it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
+use microllm_eval::PerplexityOptions;
+use microllm_io::Checkpoint;
+use serde_json::json;
+
+use super::data::EvalTokens;
+use crate::plan::DistillStep;
+use crate::report::DistillRecord;
+use crate::store::BlockStore;
+
+/// Trains a student for a recipe's distill pass.
+pub trait Distiller: std::fmt::Debug {
+    /// Trains `job.student` against `job.teacher`, writes the trained student as a Hugging
+    /// Face directory at `job.out`, and says what happened.
+    fn distill(&self, job: &DistillJob<'_>, progress: &dyn Progress) -> Result<DistillRecord>;
+}
+
+/// What a distill pass trains, on what, and where its files go.
+pub struct DistillJob<'a> {
+    pub step: &'a DistillStep,
+    /// The recipe's model.
+    pub teacher: &'a Checkpoint,
+    /// The model as it stands before the pass (a structured view, or the original).
+    pub student_config: &'a ModelConfig,
+    pub student: &'a dyn TensorSource,
+    /// Held-out tokens for the perplexity curve (the recipe's evaluation data), if any.
+    pub eval: Option<(&'a [u32], PerplexityOptions)>,
+    /// Where the trainer keeps its checkpoints.
+    pub checkpoints: &'a Path,
+    /// Where the trained student is written (a Hugging Face directory).
+    pub out: &'a Path,
+    /// Continue from the trainer's last checkpoint.
+    pub resume: bool,
+}
+
+const RECORD: &str = "distill.json";
+const MODEL_DIR: &str = "distilled-model";
+const CHECKPOINT_DIR: &str = "distill-checkpoints";
+
+/// The trained student, reopened from the work directory, with its record; `resumed`: taken
+/// from a killed run's work directory without training.
+pub(super) struct Distilled {
+    pub model: Checkpoint,
+    pub record: DistillRecord,
+    pub resumed: bool,
+    pub seconds: f64,
+}
+
+/// Runs (or resumes) the distill pass.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_distill(
+    distiller: Option<&dyn Distiller>,
+    step: &DistillStep,
+    teacher: &Checkpoint,
+    student: (&ModelConfig, &dyn TensorSource),
+    eval: Option<&EvalTokens>,
+    store: &BlockStore,
+    resume: bool,
+    progress: &dyn Progress,
+) -> Result<Distilled> {
+    let started = Instant::now();
+    let out = store.dir().join(MODEL_DIR);
+    let reopen = || microllm_io::open(&out.to_string_lossy());
+    if let Some(v) = store.load_json(RECORD)?
+        && out.exists()
+    {
+        let record: DistillRecord = serde_json::from_value(v)
+            .map_err(|e| Error::format(store.dir().join(RECORD), e.to_string()))?;
+        return Ok(Distilled {
+            model: reopen()?,
+            record,
+            resumed: true,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let Some(distiller) = distiller else {
+        return Err(Error::Invalid(
+            "the recipe has a distill pass, but this runner was given no distiller (the \
+             microllm binary gives it microllm-distill's)"
+                .into(),
+        ));
+    };
+    let checkpoints = store.dir().join(CHECKPOINT_DIR);
+    std::fs::create_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
+    let job = DistillJob {
+        step,
+        teacher,
+        student_config: student.0,
+        student: student.1,
+        eval: eval.map(|e| {
+            (
+                &e.tokens[..],
+                PerplexityOptions {
+                    ctx: e.ctx,
+                    max_windows: Some(e.windows),
+                },
+            )
+        }),
+        checkpoints: &checkpoints,
+        out: &out,
+        resume,
+    };
+    let record = distiller.distill(&job, progress)?;
+    store.save_json(RECORD, &json!(record))?;
+    std::fs::remove_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
+    Ok(Distilled {
+        model: reopen()?,
+        record,
+        resumed: false,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
