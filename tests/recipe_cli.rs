@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{calib_ids, fixture, json, microllm, recipe, write};
+use common::{calib_ids, fixture, json, microllm, random_llama, recipe, write};
 
 /// Token ids for calibration and evaluation: 16 x 32 pseudo-random ids below the fixtures'
 /// vocabulary of 384.
@@ -392,69 +392,6 @@ fn bad_recipes_name_the_yaml_path_and_line_and_write_nothing() {
         "{err}"
     );
     assert!(!tmp.path().join("never.gguf").exists());
-}
-
-/// A llama-family model with random weights, large enough that a run takes a few seconds
-/// (hidden 384, MLP 1024, 6 blocks; the fixtures finish too fast to be killed mid-pass).
-fn random_llama(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (h, inter, layers, vocab, kv) = (384usize, 1024usize, 6usize, 384usize, 3usize);
-    let mut cfg = json(&fixture("llama-tiny").join("config.json"));
-    cfg["hidden_size"] = h.into();
-    cfg["intermediate_size"] = inter.into();
-    cfg["num_hidden_layers"] = layers.into();
-    cfg["num_attention_heads"] = 6.into();
-    cfg["num_key_value_heads"] = kv.into();
-    cfg["head_dim"] = 64.into();
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = |n: usize, scale: f32| -> Vec<u8> {
-        (0..n)
-            .flat_map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                (u * scale).to_le_bytes()
-            })
-            .collect()
-    };
-    let ones = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| 1f32.to_le_bytes()).collect() };
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![
-        (
-            "model.embed_tokens.weight".into(),
-            vec![vocab, h],
-            random(vocab * h, 0.1),
-        ),
-        ("model.norm.weight".into(), vec![h], ones(h)),
-    ];
-    for l in 0..layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        for (name, shape) in [
-            ("self_attn.q_proj.weight", [h, h]),
-            ("self_attn.k_proj.weight", [kv * 64, h]),
-            ("self_attn.v_proj.weight", [kv * 64, h]),
-            ("self_attn.o_proj.weight", [h, h]),
-            ("mlp.gate_proj.weight", [inter, h]),
-            ("mlp.up_proj.weight", [inter, h]),
-            ("mlp.down_proj.weight", [h, inter]),
-        ] {
-            tensors.push((p(name), shape.to_vec(), random(shape[0] * shape[1], 0.1)));
-        }
-        tensors.push((p("input_layernorm.weight"), vec![h], ones(h)));
-        tensors.push((p("post_attention_layernorm.weight"), vec![h], ones(h)));
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
 }
 
 /// SIGKILL in the middle of the layerwise pass of structured -> prune -> quantize -> eval,

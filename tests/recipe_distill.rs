@@ -138,3 +138,68 @@ fn distill_pass_trains_from_a_store_then_quantizes() {
     assert!(err.contains("seqlen"), "{err}");
     assert!(err.contains("manifest.json"), "{err}");
 }
+
+/// SIGKILL while the distill pass trains, then `--resume`: training continues from the
+/// trainer's last checkpoint, and the output is byte for byte that of a run never
+/// interrupted.
+#[test]
+fn killed_distill_pass_resumes_to_identical_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("random-llama");
+    common::random_llama(&model);
+    let ids = calib_ids(tmp.path(), 32, 64, 384);
+    let passes = "  - structured_prune: {drop_layers: 1}\n  - distill:\n      steps: 60\n      batch: 2\n      seqlen: 64\n      lr: 0.001\n      checkpoint_every: 4\n  - quantize: {bits: 4, method: rtn}\n";
+    let text = |out: &Path| {
+        recipe(
+            &model,
+            &ids,
+            passes,
+            &format!("  path: {}\n", out.display()),
+        )
+    };
+    let whole = tmp.path().join("whole.gguf");
+    let r1 = write(tmp.path(), "whole.yaml", &text(&whole));
+    microllm().arg("run").arg(&r1).assert().success();
+
+    let resumed = tmp.path().join("resumed.gguf");
+    let r2 = write(tmp.path(), "resumed.yaml", &text(&resumed));
+    let checkpoint = tmp
+        .path()
+        .join("resumed.gguf.microllm-work/distill-checkpoints/checkpoint/state.json");
+    let mut child = std::process::Command::new(microllm().get_program())
+        .arg("run")
+        .arg(&r2)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !checkpoint.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint was written"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!resumed.exists(), "killed before the output was written");
+
+    microllm()
+        .arg("run")
+        .arg(&r2)
+        .arg("--resume")
+        .assert()
+        .success();
+    assert!(
+        std::fs::read(&whole).unwrap() == std::fs::read(&resumed).unwrap(),
+        "resumed output differs from the uninterrupted one"
+    );
+    let report = json(&tmp.path().join("resumed.report.json"));
+    let at = report["distill"]["resumed_at_step"].as_u64().unwrap();
+    assert!(at > 0 && at < 60, "resumed at step {at}");
+}

@@ -28,5 +28,5 @@ print(f"blocks: {sum(blocks):.1f} s over {len(blocks)} blocks "
       f"(min {min(blocks):.2f}, max {max(blocks):.2f}); write {r['output']['write_seconds']:.1f} s")
 if r.get("eval"):
     e = r["eval"]
-    print(f"perplexity {e['original']['perplexity']:.4f} -> {e['quantized']['perplexity']:.4f}")
+    print(f"perplexity {e['original']['perplexity']:.4f} -> {e['compressed']['perplexity']:.4f}")
 PY

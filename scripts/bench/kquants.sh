@@ -28,7 +28,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 o, e = r["output"], r["eval"]
 print(f"{sys.argv[2]:<22} {o['bytes'] / 1e6:6.1f} MB  {o['bits_per_weight']:.2f} bits/weight  "
-      f"perplexity {e['quantized']['perplexity']:.4f} (+{e['increase']:.4f})  "
+      f"perplexity {e['compressed']['perplexity']:.4f} (+{e['increase']:.4f})  "
       f"{float(sys.argv[3]):6.1f} s  {sys.argv[4]:>4} MB")
 PY
   done

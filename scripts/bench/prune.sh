@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Unstructured and 2:4 pruning of SmolLM2-135M, the issue's setting: calibrated on 128 x 512
 # tokens of c4.calib.txt, evaluated on 24 x 512 tokens of wiki.eval.txt. For each method
-# prints wall time, peak RSS and perplexity; then one joint SparseGPT 2:4 + 4-bit GPTQ run to
-# GGUF, and OWL's schedule against the uniform one at 50% and 70%.
+# prints wall time and peak RSS of the prune command (the evaluation runs apart, after it)
+# and perplexity; then one joint SparseGPT 2:4 + 4-bit GPTQ run to GGUF, and OWL's schedule
+# against the uniform one at 50% and 70%.
 # Usage: scripts/bench/prune.sh [SAMPLES=128]; ONLY=REGEX runs only the runs whose names match
 # (e.g. ONLY='owl|-70' for the schedule comparison).
 set -euo pipefail
@@ -20,16 +21,18 @@ run() {
   /usr/bin/time -f '%e %M' -o "$out/time.txt" \
     $bin prune --model "$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
     --calib "$assets/data/c4.calib.txt" --samples "$samples" --seqlen 512 \
-    --eval "$assets/data/wiki.eval.txt" --out "$out/$name" --force "$@" > "$out/$name.log"
+    --out "$out/$name" --force "$@" > "$out/$name.log"
   read -r secs kb < "$out/time.txt"
+  # Perplexity of the output, measured apart so that time and memory are the pruning's.
+  $bin eval --model "$out/$name" --data "$assets/data/wiki.eval.txt" --ctx 512 \
+    --max-windows 24 --json "$out/$name.eval.json" > /dev/null
   local stem=${name%.gguf}
-  python3 - "$out/$stem.report.json" "$name" "$secs" "$((kb / 1024))" <<'PY'
+  python3 - "$out/$stem.report.json" "$out/$name.eval.json" "$name" "$secs" "$((kb / 1024))" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-e = r["eval"]
-print(f"{sys.argv[2]:<28} {float(sys.argv[3]):7.1f} s  {sys.argv[4]:>5} MB  "
-      f"perplexity {e['original']['perplexity']:.4f} -> {e['quantized']['perplexity']:.4f}  "
-      f"sparsity {r['output']['linear_sparsity']:.3f}")
+e = json.load(open(sys.argv[2]))
+print(f"{sys.argv[3]:<28} {float(sys.argv[4]):7.1f} s  {sys.argv[5]:>5} MB  "
+      f"perplexity {e['result']['perplexity']:.4f}  sparsity {r['output']['linear_sparsity']:.3f}")
 PY
   rm -rf "${out:?}/$name"
 }
