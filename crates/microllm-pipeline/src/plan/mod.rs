@@ -19,6 +19,7 @@
 mod distill;
 mod estimate;
 mod layerwise;
+mod order;
 mod output;
 mod steps;
 pub mod tensors;

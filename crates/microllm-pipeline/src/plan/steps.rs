@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::distill::distill_step;
 use super::layerwise::layerwise_step;
+use super::order::{Order, check_order};
 use super::output::output_plan;
 use super::tensors::{self, TensorPlan};
 use super::{Estimate, Plan, PlanOptions, pass_path};
@@ -319,110 +320,6 @@ impl AsStage<QuantizeStage> for Pass {
             _ => unreachable!("checked by check_order"),
         }
     }
-}
-
-/// Where each kind of pass is.
-struct Order {
-    structured: Option<usize>,
-    distill: Option<usize>,
-    prune: Option<usize>,
-    quantize: Option<usize>,
-    /// The last compression pass.
-    last_compression: Option<usize>,
-}
-
-fn check_order(passes: &[Pass]) -> RecipeResult<Order> {
-    let mut o = Order {
-        structured: None,
-        distill: None,
-        prune: None,
-        quantize: None,
-        last_compression: None,
-    };
-    for (i, p) in passes.iter().enumerate() {
-        let path = pass_path(i, p);
-        let again = |first: usize| {
-            err(
-                &path,
-                format!(
-                    "a second {} pass (the first is passes[{first}]); one of each kind per recipe",
-                    p.key()
-                ),
-            )
-        };
-        match p {
-            Pass::StructuredPrune(_) => {
-                if let Some(first) = o.structured {
-                    return Err(again(first));
-                }
-                if let Some(j) = o.prune.or(o.quantize).or(o.distill) {
-                    return Err(err(
-                        &path,
-                        format!(
-                            "structured pruning must come before passes[{j}]: it slices the \
-                             original weights, which a {} pass has already changed",
-                            passes[j].key()
-                        ),
-                    ));
-                }
-                o.structured = Some(i);
-            }
-            Pass::Distill(_) => {
-                if let Some(first) = o.distill {
-                    return Err(again(first));
-                }
-                if let Some(j) = o.prune.or(o.quantize) {
-                    return Err(err(
-                        &path,
-                        format!(
-                            "distillation after passes[{j}] ({}) would move pruned weights off \
-                             zero and quantized ones off their grids; distill first (after \
-                             structured_prune), then prune or quantize",
-                            passes[j].key()
-                        ),
-                    ));
-                }
-                o.distill = Some(i);
-            }
-            Pass::Prune(_) => {
-                if let Some(first) = o.prune {
-                    return Err(again(first));
-                }
-                if let Some(j) = o.quantize {
-                    return Err(err(
-                        &path,
-                        format!(
-                            "pruning after quantization (passes[{j}]) would move weights off \
-                             their grids; put prune before quantize (both then run in one sweep)"
-                        ),
-                    ));
-                }
-                o.prune = Some(i);
-            }
-            Pass::Quantize(_) => {
-                if let Some(first) = o.quantize {
-                    return Err(again(first));
-                }
-                if let Some(j) = o.prune
-                    && let Some(e) = (j + 1..i).find(|&k| matches!(passes[k], Pass::Eval(_)))
-                {
-                    return Err(err(
-                        pass_path(e, &passes[e]),
-                        format!(
-                            "an eval between passes[{j}] (prune) and passes[{i}] (quantize) \
-                             would split their joint sweep; move it after the quantize pass"
-                        ),
-                    ));
-                }
-                o.quantize = Some(i);
-            }
-            Pass::Eval(_) => {}
-        }
-        if !matches!(p, Pass::Eval(_)) {
-            o.last_compression = Some(i);
-        }
-    }
-    Ok(o)
 }
 
 fn output_format(recipe: &Recipe) -> OutputFormat {
