@@ -42,3 +42,18 @@ pub fn read_text(path: &Path) -> Result<String> {
         .into()
     })
 }
+
+/// Sets candle's element-wise thread pool to one thread unless the user chose otherwise.
+///
+/// candle runs element-wise ops on its own pool beside rayon's, and its main thread spins
+/// while the pool's workers finish; a training step issues thousands of small element-wise
+/// ops, and on two cores (shared with other work) the spinning cost 15-20% of the step's CPU
+/// time in `crates/microllm-distill/examples/step_phases.rs`. The matrix products still use
+/// every core.
+pub fn single_threaded_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: callers call it before any thread of this process exists (no progress
+        // bar, no thread pool, no model opened yet).
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use microllm_pipeline::plan::{Plan, PlanOptions};
-use microllm_pipeline::recipe::{RecipeDoc, RecipeError};
+use microllm_pipeline::recipe::{Pass, RecipeDoc, RecipeError};
 use microllm_pipeline::report::{
     CompressionReport, SweepReport, junit_xml, report_path, write_report, write_text,
 };
@@ -99,9 +99,19 @@ pub fn execute(mut doc: RecipeDoc, inv: &Invocation) -> Result<Verdict> {
         data_optional: inv.dry_run && inv.by_flag,
     };
     // Every variant is validated before any runs: a bad one stops the sweep before work.
+    let recipes = variants
+        .iter()
+        .map(|v| v.doc.parse().map_err(located))
+        .collect::<Result<Vec<_>>>()?;
+    let distills = recipes
+        .iter()
+        .any(|r| r.passes.iter().any(|p| matches!(p, Pass::Distill(_))));
+    if distills && !inv.dry_run {
+        // Before Plan::new opens a model (and with it any thread).
+        super::single_threaded_elementwise();
+    }
     let mut plans = Vec::new();
-    for v in &variants {
-        let recipe = v.doc.parse().map_err(located)?;
+    for (v, recipe) in variants.iter().zip(recipes) {
         let plan = Plan::new(&v.doc, recipe, opts).map_err(located)?;
         plans.push((v, plan));
     }

@@ -138,23 +138,8 @@ pub struct TrainArgs {
     pub(super) out: Option<PathBuf>,
 }
 
-/// Sets candle's element-wise thread pool to one thread unless the user chose otherwise.
-///
-/// candle runs element-wise ops on its own pool beside rayon's, and its main thread spins
-/// while the pool's workers finish; a training step issues thousands of small element-wise
-/// ops, and on two cores (shared with other work) the spinning cost 15-20% of the step's CPU
-/// time in `crates/microllm-distill/examples/step_phases.rs`. The matrix products still use
-/// every core.
-fn single_threaded_elementwise() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: called first thing in the command, before any thread of this process
-        // exists (no progress bar, no thread pool has started yet).
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
-    }
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
-    single_threaded_elementwise();
+    crate::commands::single_threaded_elementwise();
     let started = Instant::now();
     let out = args.out.clone().expect("clap requires --out");
     let data = args.data.clone().expect("clap requires --data");
