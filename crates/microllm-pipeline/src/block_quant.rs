@@ -6,6 +6,10 @@
 //! then down; each group's Hessian is accumulated from inputs computed with the groups before
 //! it already quantized. q, k and v share one input (one Hessian), as do gate and up.
 //!
+//! A pass that only scores by Wanda (no quantization, no OBS solve) accumulates just the
+//! diagonal of each input Hessian ([`DiagonalAccumulator`]): `in` instead of `in²` operations
+//! per token.
+//!
 //! The reference reruns the whole block before every group (five passes). Here the block is
 //! run once, stage by stage ([`Block::attn_input`] ... [`Block::mlp_output`]): each stage's
 //! results are kept for all calibration samples until the next group has been quantized, so
@@ -20,10 +24,13 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 use microllm_core::{LinearKind, Result, names};
 use microllm_models::{Block, Positions};
-use microllm_quant::{GptqOptions, HessianAccumulator, QuantScheme, QuantizedWeight};
+use microllm_prune::PruneMethod;
+use microllm_quant::{
+    DiagonalAccumulator, GptqOptions, HessianAccumulator, QuantScheme, QuantizedWeight,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::linear_step::{PruneSpec, compress_linear};
+use crate::linear_step::{InputStatistic, PruneSpec, compress_linear};
 
 /// The linear layers of a block in true-sequential order, grouped by shared input.
 pub const SEQUENTIAL_GROUPS: [&[LinearKind]; 4] = [
@@ -161,12 +168,14 @@ impl Compressor<'_> {
     fn staged(&mut self, hidden: &mut [Tensor], at: Positions<'_>, sink_weight: f64) -> Result<()> {
         let width = |t: &Tensor| t.dims().last().copied().unwrap_or(0);
         let [qkv, o, gate_up, down] = SEQUENTIAL_GROUPS;
+        let diagonal = self.diagonal_only();
+        let add = |h: &mut Option<InputStats>, x: &Tensor| accumulate(h, x, width(x), diagonal);
 
         // q/k/v: their input is a norm of the block input, cheap to recompute.
         let mut h = None;
         for x in hidden.iter() {
             let normed = weight_first_token(&self.block.attn_input(x)?, sink_weight)?;
-            accumulate(&mut h, &normed, width(&normed))?;
+            add(&mut h, &normed)?;
         }
         self.group(qkv, h.take())?;
 
@@ -174,7 +183,7 @@ impl Compressor<'_> {
         let mut contexts = Vec::with_capacity(hidden.len());
         for x in hidden.iter() {
             let ctx = self.block.attn_context(&self.block.attn_input(x)?, at)?;
-            accumulate(&mut h, &ctx, width(&ctx))?;
+            add(&mut h, &ctx)?;
             contexts.push(ctx);
         }
         self.group(o, h.take())?;
@@ -188,7 +197,7 @@ impl Compressor<'_> {
         for (x, ctx) in hidden.iter_mut().zip(contexts.drain(..)) {
             let residual = self.block.attn_residual(x, &ctx)?;
             let input = self.block.mlp_input(x, &residual)?;
-            accumulate(&mut h, &input, width(&input))?;
+            add(&mut h, &input)?;
             if parallel {
                 residuals.push(residual);
             } else {
@@ -209,7 +218,7 @@ impl Compressor<'_> {
         for (s, x) in hidden.iter().enumerate() {
             let input = self.block.mlp_input(x, &residual_of(s, hidden))?;
             let state = self.block.mlp_hidden(&input)?;
-            accumulate(&mut h, &state, width(&state))?;
+            add(&mut h, &state)?;
             states.push(state);
         }
         self.group(down, h.take())?;
@@ -221,9 +230,19 @@ impl Compressor<'_> {
         Ok(())
     }
 
-    /// Compresses the present linears of `kinds`, with the Hessian of their shared input in a
-    /// calibrated pass, and writes the new weights back into the block.
-    fn group(&mut self, kinds: &[LinearKind], hessian: Option<HessianAccumulator>) -> Result<()> {
+    /// Whether the pass needs only the Hessian's diagonal: Wanda scores without any OBS
+    /// solve (no quantization) read nothing else.
+    fn diagonal_only(&self) -> bool {
+        self.spec.scheme.is_none()
+            && self
+                .spec
+                .prune
+                .is_some_and(|p| p.method == PruneMethod::Wanda)
+    }
+
+    /// Compresses the present linears of `kinds`, with the statistics of their shared input in
+    /// a calibrated pass, and writes the new weights back into the block.
+    fn group(&mut self, kinds: &[LinearKind], hessian: Option<InputStats>) -> Result<()> {
         let opts = match (self.spec.method, &hessian) {
             (BlockMethod::Gptq { opts, .. }, Some(_)) => Some(opts),
             (BlockMethod::Gptq { .. }, None) => {
@@ -233,7 +252,7 @@ impl Compressor<'_> {
             }
             (BlockMethod::Rtn, _) => None,
         };
-        let tokens = hessian.as_ref().map_or(0, |h| h.n_tokens());
+        let tokens = hessian.as_ref().map_or(0, InputStats::n_tokens);
         let present: Vec<LinearKind> = kinds
             .iter()
             .copied()
@@ -243,10 +262,21 @@ impl Compressor<'_> {
         for (i, &kind) in present.iter().enumerate() {
             let linear = self.block.linear(kind).expect("present");
             // The last linear of the group takes the Hessian, so its solver can free it.
-            let h: Option<Cow<'_, [f64]>> = if i + 1 == present.len() {
-                hessian.take().map(|h| Cow::Owned(h.into_hessian()))
-            } else {
-                hessian.as_ref().map(|h| Cow::Borrowed(h.hessian()))
+            let last = i + 1 == present.len();
+            let h: Option<InputStatistic<'_>> = match (&hessian, last) {
+                (Some(InputStats::Diagonal(d)), _) => {
+                    Some(InputStatistic::Diagonal(d.diagonal().to_vec()))
+                }
+                (Some(InputStats::Full(_)), true) => match hessian.take() {
+                    Some(InputStats::Full(h)) => {
+                        Some(InputStatistic::Hessian(Cow::Owned(h.into_hessian())))
+                    }
+                    _ => unreachable!("matched above"),
+                },
+                (Some(InputStats::Full(h)), false) => {
+                    Some(InputStatistic::Hessian(Cow::Borrowed(h.hessian())))
+                }
+                (None, _) => None,
             };
             let calibrated = opts.zip(h);
             let name = names::linear_weight(self.block.config().family, self.block.layer, kind);
@@ -285,9 +315,34 @@ impl Compressor<'_> {
     }
 }
 
-fn accumulate(h: &mut Option<HessianAccumulator>, x: &Tensor, width: usize) -> Result<()> {
-    h.get_or_insert_with(|| HessianAccumulator::new(width))
-        .add_batch(x)
+/// What a group's calibration inputs are reduced to: the Hessian for OBS solves (GPTQ,
+/// SparseGPT, a joint sweep), its diagonal alone for Wanda without quantization.
+enum InputStats {
+    Full(HessianAccumulator),
+    Diagonal(DiagonalAccumulator),
+}
+
+impl InputStats {
+    fn n_tokens(&self) -> usize {
+        match self {
+            InputStats::Full(h) => h.n_tokens(),
+            InputStats::Diagonal(d) => d.n_tokens(),
+        }
+    }
+}
+
+fn accumulate(h: &mut Option<InputStats>, x: &Tensor, width: usize, diagonal: bool) -> Result<()> {
+    let stats = h.get_or_insert_with(|| {
+        if diagonal {
+            InputStats::Diagonal(DiagonalAccumulator::new(width))
+        } else {
+            InputStats::Full(HessianAccumulator::new(width))
+        }
+    });
+    match stats {
+        InputStats::Full(acc) => acc.add_batch(x),
+        InputStats::Diagonal(acc) => acc.add_batch(x),
+    }
 }
 
 /// `x` `[batch, seq, width]` with its first position scaled by `sqrt(weight)`, so that in the

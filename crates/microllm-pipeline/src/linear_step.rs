@@ -34,6 +34,15 @@ pub struct PruneSpec {
     pub ranking: Ranking,
 }
 
+/// What the calibration inputs of a linear were reduced to.
+pub(crate) enum InputStatistic<'a> {
+    /// The Hessian, row-major `[in, in]`: borrowed while other linears still need it, owned
+    /// by the last one so the solver can free it early.
+    Hessian(Cow<'a, [f64]>),
+    /// Only its diagonal (Wanda without an OBS solve).
+    Diagonal(Vec<f64>),
+}
+
 /// The outcome for one linear.
 pub(crate) struct LinearOutcome {
     /// The weight the compressed model will compute with, row-major `[out, in]`.
@@ -48,15 +57,14 @@ pub(crate) struct LinearOutcome {
 }
 
 /// Prunes and/or quantizes `weight` (`[out, in]`, named `name` in errors). `calibrated` holds
-/// the solver options and the Hessian of the layer's inputs (row-major `[in, in]`) when the
-/// pass has calibration data: borrowed while other linears still need it, owned by the last
-/// one so the solver can free it early.
+/// the solver options and the statistics of the layer's inputs when the pass has calibration
+/// data.
 pub(crate) fn compress_linear(
     name: &str,
     weight: &Tensor,
     scheme: Option<QuantScheme>,
     prune: Option<PruneSpec>,
-    calibrated: Option<(GptqOptions, Cow<'_, [f64]>)>,
+    calibrated: Option<(GptqOptions, InputStatistic<'_>)>,
 ) -> Result<LinearOutcome> {
     let (out, inp) = weight.dims2()?;
     let shape = [out, inp];
@@ -76,10 +84,13 @@ pub(crate) fn compress_linear(
             p.ranking,
         )?),
         Some((p, PruneMethod::Wanda)) => {
-            let (_, h) = calibrated
+            let (_, stat) = calibrated
                 .as_ref()
                 .ok_or_else(|| needs_calibration(name, "Wanda"))?;
-            let diag: Vec<f64> = (0..inp).map(|j| h[j * inp + j]).collect();
+            let diag: Vec<f64> = match stat {
+                InputStatistic::Hessian(h) => (0..inp).map(|j| h[j * inp + j]).collect(),
+                InputStatistic::Diagonal(d) => d.clone(),
+            };
             let scores = wanda_scores(&w, shape, &diag)?;
             Some(mask_from_scores(&scores, shape, p.pattern, p.ranking)?)
         }
@@ -92,7 +103,12 @@ pub(crate) fn compress_linear(
         (_, Some(_), None) => return Err(needs_calibration(name, "SparseGPT")),
         _ => None,
     };
-    if let Some((opts, h)) = solve {
+    if let Some((opts, stat)) = solve {
+        let InputStatistic::Hessian(h) = stat else {
+            return Err(Error::Invalid(format!(
+                "{name}: an OBS solve needs the inputs' full Hessian, not only its diagonal"
+            )));
+        };
         let target = ObsTarget {
             scheme,
             mask: mask.as_deref(),
@@ -143,4 +159,46 @@ fn needs_calibration(name: &str, method: &str) -> Error {
 
 fn fraction(mask: &[bool]) -> f64 {
     mask.iter().filter(|&&m| m).count() as f64 / mask.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use microllm_quant::{DiagonalAccumulator, HessianAccumulator};
+
+    /// Wanda from the diagonal alone keeps exactly the weights Wanda from the full Hessian
+    /// keeps.
+    #[test]
+    fn wanda_from_the_diagonal_equals_wanda_from_the_hessian() {
+        let (out, inp, dev) = (8, 24, Device::Cpu);
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let w: Vec<f32> = (0..out * inp).map(|_| next()).collect();
+        // Inputs whose columns differ in scale, as real activations do.
+        let x: Vec<f32> = (0..64 * inp)
+            .map(|i| next() * (1.0 + (i % inp) as f32 / 4.0))
+            .collect();
+        let x = Tensor::from_vec(x, (64, inp), &dev).unwrap();
+        let (mut full, mut diag) = (HessianAccumulator::new(inp), DiagonalAccumulator::new(inp));
+        full.add_batch(&x).unwrap();
+        diag.add_batch(&x).unwrap();
+        let weight = Tensor::from_vec(w, (out, inp), &dev).unwrap();
+        let prune = PruneSpec {
+            method: PruneMethod::Wanda,
+            pattern: SparsityPattern::Unstructured { sparsity: 0.5 },
+            ranking: Ranking::PerRow,
+        };
+        let opts = GptqOptions::default();
+        let run = |stat| compress_linear("w", &weight, None, Some(prune), Some((opts, stat)));
+        let a = run(InputStatistic::Hessian(Cow::Borrowed(full.hessian()))).unwrap();
+        let b = run(InputStatistic::Diagonal(diag.diagonal().to_vec())).unwrap();
+        assert_eq!(a.weight, b.weight);
+        assert_eq!(a.sparsity, Some(0.5));
+    }
 }

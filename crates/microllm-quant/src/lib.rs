@@ -27,6 +27,7 @@
 //! # Ok::<(), microllm_core::Error>(())
 //! ```
 
+mod diagonal;
 mod gptq;
 mod hessian;
 pub mod obs;
@@ -41,6 +42,7 @@ mod obs_tests;
 #[cfg(test)]
 mod testutil;
 
+pub use diagonal::DiagonalAccumulator;
 pub use gptq::{
     GptqOptions, GptqStats, MAX_DAMP_RETRIES, ObsResult, ObsTarget, gptq_quantize,
     gptq_quantize_tensor, obs_compress,
