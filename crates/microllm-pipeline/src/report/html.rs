@@ -213,8 +213,9 @@ fn charts(r: &CompressionReport, h: &mut String) {
         );
     }
     for c in curves {
+        // The title names the curve; the legend only its quantity (a long name is clipped).
         let series = [Series {
-            name: c.name.clone(),
+            name: c.y_label.clone(),
             points: c.points.iter().map(|p| (p[0], p[1])).collect(),
         }];
         h.push_str(&line_chart(&c.name, &c.x_label, &c.y_label, &series, false));
