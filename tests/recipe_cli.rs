@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use common::{calib_ids, fixture, json, microllm, random_llama, recipe, write};
 
@@ -420,24 +419,7 @@ fn killed_recipe_resumes_to_identical_bytes() {
     let resumed = tmp.path().join("resumed.gguf");
     let r2 = write(tmp.path(), "resumed.yaml", &text(&resumed));
     let work = tmp.path().join("resumed.gguf.microllm-work");
-    let mut child = std::process::Command::new(microllm().get_program())
-        .arg("run")
-        .arg(&r2)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !work.join("block-00002.safetensors").exists() {
-        assert!(Instant::now() < deadline, "the run never reached block 2");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    common::run_and_kill_when(&r2, &work.join("block-00002.safetensors"));
     assert!(!resumed.exists(), "killed before the output was written");
     assert!(
         !work.join("block-00005.safetensors").exists(),

@@ -166,27 +166,7 @@ fn killed_distill_pass_resumes_to_identical_bytes() {
     let checkpoint = tmp
         .path()
         .join("resumed.gguf.microllm-work/distill-checkpoints/checkpoint/state.json");
-    let mut child = std::process::Command::new(microllm().get_program())
-        .arg("run")
-        .arg(&r2)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !checkpoint.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint was written"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    common::run_and_kill_when(&r2, &checkpoint);
     assert!(!resumed.exists(), "killed before the output was written");
 
     microllm()

@@ -222,3 +222,30 @@ pub fn random_llama(dir: &Path) {
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
 }
+
+/// Runs `microllm run RECIPE`, waits until `marker` exists, then kills the process (SIGKILL).
+/// Fails if the run ends first or the marker does not appear within 300 s.
+pub fn run_and_kill_when(recipe: &Path, marker: &Path) {
+    let mut child = Command::new(microllm().get_program())
+        .arg("run")
+        .arg(recipe)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            marker.display()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

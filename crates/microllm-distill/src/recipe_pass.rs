@@ -109,10 +109,8 @@ fn distill(job: &DistillJob<'_>, progress: &dyn Progress) -> DistillResult<Disti
             tokens: &data.tokens,
         },
     };
-    let windows = match &targets {
-        Targets::Store(s) => s.windows(),
-        Targets::Live { tokens, .. } | Targets::Labels { tokens } => tokens.len() / settings.seqlen,
-    };
+    let windows = targets.windows(settings.seqlen);
+    let described = targets.describe();
     if windows < settings.batch {
         return Err(Error::Invalid(format!(
             "{} holds {windows} windows of {} tokens, fewer than one batch of {}",
@@ -183,15 +181,7 @@ fn distill(job: &DistillJob<'_>, progress: &dyn Progress) -> DistillResult<Disti
         .map(|e| point(e.step, e.tokens, e.perplexity))
         .collect();
     Ok(DistillRecord {
-        targets: match (&store, &live) {
-            (Some(s), _) => format!(
-                "teacher-logit store {} (top-{})",
-                s.dir().display(),
-                s.manifest().top_k
-            ),
-            (None, Some(_)) => "live teacher (full distribution)".into(),
-            (None, None) => "next-token labels only".into(),
-        },
+        targets: described,
         loss: stage.loss.describe(),
         steps: state.step,
         tokens: state.tokens,

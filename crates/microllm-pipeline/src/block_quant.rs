@@ -262,21 +262,10 @@ impl Compressor<'_> {
         for (i, &kind) in present.iter().enumerate() {
             let linear = self.block.linear(kind).expect("present");
             // The last linear of the group takes the Hessian, so its solver can free it.
-            let last = i + 1 == present.len();
-            let h: Option<InputStatistic<'_>> = match (&hessian, last) {
-                (Some(InputStats::Diagonal(d)), _) => {
-                    Some(InputStatistic::Diagonal(d.diagonal().to_vec()))
-                }
-                (Some(InputStats::Full(_)), true) => match hessian.take() {
-                    Some(InputStats::Full(h)) => {
-                        Some(InputStatistic::Hessian(Cow::Owned(h.into_hessian())))
-                    }
-                    _ => unreachable!("matched above"),
-                },
-                (Some(InputStats::Full(h)), false) => {
-                    Some(InputStatistic::Hessian(Cow::Borrowed(h.hessian())))
-                }
-                (None, _) => None,
+            let h = if i + 1 == present.len() {
+                hessian.take().map(InputStats::into_statistic)
+            } else {
+                hessian.as_ref().map(InputStats::statistic)
             };
             let calibrated = opts.zip(h);
             let name = names::linear_weight(self.block.config().family, self.block.layer, kind);
@@ -327,6 +316,22 @@ impl InputStats {
         match self {
             InputStats::Full(h) => h.n_tokens(),
             InputStats::Diagonal(d) => d.n_tokens(),
+        }
+    }
+
+    /// Borrowed, for a linear while others of its group still need the statistic.
+    fn statistic(&self) -> InputStatistic<'_> {
+        match self {
+            InputStats::Full(h) => InputStatistic::Hessian(Cow::Borrowed(h.hessian())),
+            InputStats::Diagonal(d) => InputStatistic::Diagonal(Cow::Borrowed(d.diagonal())),
+        }
+    }
+
+    /// Owned, for the group's last linear (its solver can then free the Hessian early).
+    fn into_statistic(self) -> InputStatistic<'static> {
+        match self {
+            InputStats::Full(h) => InputStatistic::Hessian(Cow::Owned(h.into_hessian())),
+            InputStats::Diagonal(d) => InputStatistic::Diagonal(Cow::Owned(d.into_diagonal())),
         }
     }
 }

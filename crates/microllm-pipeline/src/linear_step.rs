@@ -40,7 +40,7 @@ pub(crate) enum InputStatistic<'a> {
     /// by the last one so the solver can free it early.
     Hessian(Cow<'a, [f64]>),
     /// Only its diagonal (Wanda without an OBS solve).
-    Diagonal(Vec<f64>),
+    Diagonal(Cow<'a, [f64]>),
 }
 
 /// The outcome for one linear.
@@ -87,9 +87,9 @@ pub(crate) fn compress_linear(
             let (_, stat) = calibrated
                 .as_ref()
                 .ok_or_else(|| needs_calibration(name, "Wanda"))?;
-            let diag: Vec<f64> = match stat {
+            let diag: Cow<'_, [f64]> = match stat {
                 InputStatistic::Hessian(h) => (0..inp).map(|j| h[j * inp + j]).collect(),
-                InputStatistic::Diagonal(d) => d.clone(),
+                InputStatistic::Diagonal(d) => Cow::Borrowed(d),
             };
             let scores = wanda_scores(&w, shape, &diag)?;
             Some(mask_from_scores(&scores, shape, p.pattern, p.ranking)?)
@@ -197,7 +197,7 @@ mod tests {
         let opts = GptqOptions::default();
         let run = |stat| compress_linear("w", &weight, None, Some(prune), Some((opts, stat)));
         let a = run(InputStatistic::Hessian(Cow::Borrowed(full.hessian()))).unwrap();
-        let b = run(InputStatistic::Diagonal(diag.diagonal().to_vec())).unwrap();
+        let b = run(InputStatistic::Diagonal(Cow::Borrowed(diag.diagonal()))).unwrap();
         assert_eq!(a.weight, b.weight);
         assert_eq!(a.sparsity, Some(0.5));
     }

@@ -7,8 +7,10 @@
 //! Hessian's ([`crate::HessianAccumulator`]), so the values are its diagonal up to rounding:
 //! the squares are summed in f64 here, where the Hessian sums f32 products.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use microllm_core::{Error, Result};
+
+use crate::hessian::{column_sums_of_squares, with_f32_data};
 
 /// Running `2/n * sum_t x_t²` per input feature of one linear layer.
 #[derive(Debug, Clone)]
@@ -36,6 +38,11 @@ impl DiagonalAccumulator {
         &self.d
     }
 
+    /// The diagonal, giving up the accumulator.
+    pub fn into_diagonal(self) -> Vec<f64> {
+        self.d
+    }
+
     /// Adds a batch of layer inputs: any tensor whose last dimension is the layer's input
     /// width (`[tokens, in]`, `[batch, seq, in]`, any float dtype). A batch with non-finite
     /// values is refused and leaves the accumulator unchanged.
@@ -47,18 +54,11 @@ impl DiagonalAccumulator {
                 "Hessian diagonal for {inp} input features: activation batch has shape {dims:?}"
             )));
         }
-        let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let m = data.len() / inp;
+        let m = x.elem_count() / inp;
         if m == 0 {
             return Ok(());
         }
-        let mut sq = vec![0f64; inp];
-        for row in data.chunks_exact(inp) {
-            for (s, &v) in sq.iter_mut().zip(row) {
-                let v = f64::from(v);
-                *s += v * v;
-            }
-        }
+        let sq = with_f32_data(x, |data| Ok(column_sums_of_squares(data, inp)))?;
         if sq.iter().any(|s| !s.is_finite()) {
             return Err(Error::Invalid(format!(
                 "activation batch of shape {dims:?} has non-finite values"

@@ -96,16 +96,7 @@ impl HessianAccumulator {
         if m == 0 {
             return Ok(());
         }
-        let x = x.to_dtype(DType::F32)?;
-        // Borrow contiguous CPU data in place; anything else is copied out once.
-        {
-            let (storage, layout) = x.storage_and_layout();
-            if let (Storage::Cpu(cpu), Some((lo, hi))) = (&*storage, layout.contiguous_offsets()) {
-                return self.accumulate(&cpu.as_slice::<f32>()?[lo..hi], m, dims);
-            }
-        }
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
-        self.accumulate(&data, m, dims)
+        with_f32_data(x, |data| self.accumulate(data, m, dims))
     }
 
     /// [`add_batch`](Self::add_batch) on row-major `[tokens, in]` f32 data.
@@ -151,10 +142,8 @@ impl HessianAccumulator {
     }
 }
 
-/// Errors unless every entry (and partial sum) of `X^T X` is finite in f32: by Cauchy-Schwarz
-/// `|sum_t x_ti x_tj| <= sum_t |x_ti x_tj| <= max_i sum_t x_ti^2`, so bounding the column sums of
-/// squares (exactly enough, in f64) by `f32::MAX / 2` leaves ample room for f32 rounding.
-fn check_finite_product(x: &[f32], inp: usize, dims: &[usize]) -> Result<()> {
+/// `sum_t x_tj^2` for every column `j` of row-major `[tokens, inp]` data, in f64.
+pub(crate) fn column_sums_of_squares(x: &[f32], inp: usize) -> Vec<f64> {
     let mut sq = vec![0f64; inp];
     for row in x.chunks_exact(inp) {
         for (s, &v) in sq.iter_mut().zip(row) {
@@ -162,6 +151,27 @@ fn check_finite_product(x: &[f32], inp: usize, dims: &[usize]) -> Result<()> {
             *s += v * v;
         }
     }
+    sq
+}
+
+/// Runs `f` on the values of `x` as f32: contiguous CPU f32 data borrowed in place, anything
+/// else converted and copied out once.
+pub(crate) fn with_f32_data<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let x = x.to_dtype(DType::F32)?;
+    {
+        let (storage, layout) = x.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((lo, hi))) = (&*storage, layout.contiguous_offsets()) {
+            return f(&cpu.as_slice::<f32>()?[lo..hi]);
+        }
+    }
+    f(&x.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Errors unless every entry (and partial sum) of `X^T X` is finite in f32: by Cauchy-Schwarz
+/// `|sum_t x_ti x_tj| <= sum_t |x_ti x_tj| <= max_i sum_t x_ti^2`, so bounding the column sums of
+/// squares (exactly enough, in f64) by `f32::MAX / 2` leaves ample room for f32 rounding.
+fn check_finite_product(x: &[f32], inp: usize, dims: &[usize]) -> Result<()> {
+    let sq = column_sums_of_squares(x, inp);
     let limit = f64::from(f32::MAX) * 0.5;
     // NaN fails `is_finite`; infinity and huge sums fail the bound.
     if sq.iter().any(|&s| !s.is_finite() || s > limit) {

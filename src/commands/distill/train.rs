@@ -235,10 +235,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
         (None, None) => Targets::Labels { tokens: &tokens },
     };
-    let windows = match &targets {
-        Targets::Store(s) => s.windows(),
-        Targets::Live { tokens, .. } | Targets::Labels { tokens } => tokens.len() / settings.seqlen,
-    };
+    let windows = targets.windows(settings.seqlen);
+    let described = targets.describe();
     if windows < settings.batch {
         bail!(
             "{} holds {windows} windows of {} tokens, fewer than one batch of {}",
@@ -338,15 +336,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             sha256: data_sha,
             windows,
             seqlen: settings.seqlen,
-            targets: match (&store, &teacher_decoder) {
-                (Some(s), _) => format!(
-                    "teacher-logit store {} (top-{})",
-                    s.dir().display(),
-                    s.manifest().top_k
-                ),
-                (None, Some(_)) => "live teacher (full distribution)".into(),
-                (None, None) => "next-token labels only".into(),
-            },
+            targets: described,
             store_bytes_per_token: store.as_ref().map(|s| s.manifest().bytes_per_token()),
         },
         settings: settings.clone(),

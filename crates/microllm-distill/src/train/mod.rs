@@ -118,10 +118,24 @@ pub enum Targets<'a> {
 }
 
 impl Targets<'_> {
-    fn windows(&self, seqlen: usize) -> usize {
+    /// Training windows of `seqlen` tokens available (a store's are its own).
+    pub fn windows(&self, seqlen: usize) -> usize {
         match self {
             Targets::Store(s) => s.windows(),
             Targets::Live { tokens, .. } | Targets::Labels { tokens } => tokens.len() / seqlen,
+        }
+    }
+
+    /// What the student matches, in words (for reports).
+    pub fn describe(&self) -> String {
+        match self {
+            Targets::Store(s) => format!(
+                "teacher-logit store {} (top-{})",
+                s.dir().display(),
+                s.manifest().top_k
+            ),
+            Targets::Live { .. } => "live teacher (full distribution)".into(),
+            Targets::Labels { .. } => "next-token labels only".into(),
         }
     }
 }

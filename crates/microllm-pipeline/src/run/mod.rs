@@ -28,8 +28,8 @@ use microllm_prune::{GlobalThreshold, Ranking, Schedule};
 use serde_json::{Value, json};
 
 pub use data::{
-    EvalTokens, bytes_on_disk, draw_calibration, hex, load_eval_tokens, peak_rss_bytes, sha256_of,
-    work_dir,
+    EvalTokens, bytes_on_disk, draw_calibration, hex, load_eval_tokens, peak_rss_bytes,
+    read_tokens, sha256_of, work_dir,
 };
 pub use distill::{DistillJob, Distiller};
 pub use write::{Current, write_output};
@@ -112,7 +112,8 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
     let windows = calibration.as_ref().map_or(&[][..], |c| &c.windows[..]);
     let mut outcome = Outcome {
         calibration: calib_record,
-        eval_tokens,
+        // Kept apart while the run borrows it; the report gets it at the end.
+        eval_tokens: None,
         structured: None,
         distilled: None,
         layerwise: None,
@@ -162,7 +163,6 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
     // Evals of the model in memory before the distill pass (or the layerwise sweep).
     let distill_pass = plan.distill.as_ref().map_or(usize::MAX, |d| d.pass);
     let mut base: Option<Decoder> = None;
-    let eval_tokens = outcome.eval_tokens.clone();
     let mut evals_in_memory = |evals: &mut Vec<(usize, EvalRecord, bool)>,
                                range: std::ops::Range<usize>,
                                config: &ModelConfig,
@@ -202,7 +202,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
                 step,
                 ckpt,
                 (config, source),
-                outcome.eval_tokens.as_ref(),
+                eval_tokens.as_ref(),
                 &store,
                 opts.resume,
                 progress,
@@ -295,13 +295,14 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
                 &mut base,
                 &candidate,
                 (e.pass, e.windows),
-                outcome.eval_tokens.as_ref(),
+                eval_tokens.as_ref(),
                 true,
                 progress,
             )?;
             outcome.evals.push(rec);
         }
     }
+    outcome.eval_tokens = eval_tokens;
     let report = report::build(plan, opts, &outcome, started)?;
     store.remove()?;
     Ok(report)
