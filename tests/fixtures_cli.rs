@@ -8,6 +8,18 @@ use common::{fixture, max_abs_diff, microllm, read_f32};
 /// Reference logits are computed in f32 by transformers (eager attention).
 const F32_TOLERANCE: f32 = 1e-4;
 
+/// Every family with a reference, the older four and the newer four.
+const FAMILIES: [&str; 8] = [
+    "llama-tiny",
+    "mistral-tiny",
+    "qwen2-tiny",
+    "phi-tiny",
+    "gemma3-tiny",
+    "qwen3-tiny",
+    "phi3-tiny",
+    "llama3-tiny",
+];
+
 fn logits_of(model: &std::path::Path, tokens: &std::path::Path, out: &std::path::Path) -> Vec<f32> {
     microllm()
         .args(["logits", "--model"])
@@ -26,7 +38,7 @@ fn logits_of(model: &std::path::Path, tokens: &std::path::Path, out: &std::path:
 #[test]
 fn logits_match_the_reference_for_every_family() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["llama-tiny", "mistral-tiny", "qwen2-tiny", "phi-tiny"] {
+    for name in FAMILIES {
         let dir = fixture(name);
         let reference = dir.join("reference.safetensors");
         let ours = logits_of(
@@ -72,7 +84,7 @@ fn sharded_and_bf16_copies_agree() {
 #[test]
 fn convert_round_trips_and_shards() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["llama-tiny", "phi-tiny", "qwen2-tiny", "mistral-tiny"] {
+    for name in FAMILIES {
         let src = fixture(name);
         let out = tmp.path().join(format!("{name}-converted"));
         microllm()
@@ -115,7 +127,7 @@ fn gguf_export_round_trips_every_family() {
     // f32 GGUF: llama.cpp's names and q/k row permutation on the way out, undone on the way
     // in, must give back the reference logits.
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["llama-tiny", "mistral-tiny", "qwen2-tiny", "phi-tiny"] {
+    for name in FAMILIES {
         let src = fixture(name);
         let gguf = tmp.path().join(format!("{name}.gguf"));
         microllm()
@@ -134,6 +146,33 @@ fn gguf_export_round_trips_every_family() {
             "{name} via GGUF: max abs diff {diff}"
         );
     }
+}
+
+#[test]
+fn fused_families_are_written_fused() {
+    // Phi-3 checkpoints fuse q/k/v and gate/up; microllm works on the parts, so its writers
+    // must fuse them again: transformers' Phi3 loads `qkv_proj` / `gate_up_proj` only.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("phi3");
+    microllm()
+        .args(["convert", "--model"])
+        .arg(fixture("phi3-tiny"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let names = |path: &std::path::Path| -> Vec<String> {
+        let bytes = std::fs::read(path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut n: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&out.join("model.safetensors")),
+        names(&fixture("phi3-tiny").join("model.safetensors")),
+        "the converted Phi-3 has the source's tensor names"
+    );
 }
 
 #[test]

@@ -5,8 +5,15 @@
 //! which projections carry biases, how much of each head is rotated, whether attention is
 //! windowed. [`ModelConfig`] holds those facts resolved to plain values, so the decoder has no
 //! per-family branches beyond reading them, and a new family is mostly a new [`Family`] row.
+//!
+//! Facts that hold for every model of a family (Gemma's `(1 + w)` norms and scaled embeddings,
+//! Qwen3's per-head q/k norms, Phi-3's fused projections) live on [`Family`] and
+//! [`BlockLayout`]; facts that vary between checkpoints of one family (rope scaling, which
+//! layers attend through a sliding window) are fields of [`ModelConfig`].
 
 use serde::{Deserialize, Serialize};
+
+use crate::LinearKind;
 
 /// The model families microllm implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -20,11 +27,28 @@ pub enum Family {
     Qwen2,
     /// Phi-2: LayerNorm, parallel attention + MLP, partial rotary, gelu_new, biases.
     Phi,
+    /// Phi-3 / Phi-3.5 / Phi-4-mini: the llama block with q/k/v fused into one projection and
+    /// gate/up into another in the checkpoint (split on read, fused again on write).
+    Phi3,
+    /// Qwen3: the llama block with per-head RMSNorm on queries and keys, no biases.
+    Qwen3,
+    /// Gemma 3 (text): GeGLU, `(1 + w)` RMSNorms before and after attention and MLP, q/k
+    /// norms, embeddings scaled by `sqrt(hidden)`, sliding-window layers with their own rope
+    /// base interleaved with global ones.
+    Gemma3,
 }
 
 impl Family {
     /// Every family, in the order they are listed to users.
-    pub const ALL: [Family; 4] = [Family::Llama, Family::Mistral, Family::Qwen2, Family::Phi];
+    pub const ALL: [Family; 7] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Phi,
+        Family::Phi3,
+        Family::Gemma3,
+    ];
 
     /// The Hugging Face `model_type` of the family.
     pub fn model_type(self) -> &'static str {
@@ -33,6 +57,9 @@ impl Family {
             Family::Mistral => "mistral",
             Family::Qwen2 => "qwen2",
             Family::Phi => "phi",
+            Family::Phi3 => "phi3",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma3 => "gemma3_text",
         }
     }
 
@@ -41,6 +68,30 @@ impl Family {
         Family::ALL
             .into_iter()
             .find(|f| f.model_type() == model_type)
+    }
+
+    /// The linears a family's checkpoints store fused: each entry is the fused module (inside
+    /// a block) and the parts whose rows it stacks, in order. microllm works on the parts;
+    /// readers split and writers fuse (see `microllm_io`).
+    pub fn fused_linears(self) -> &'static [FusedLinear] {
+        match self {
+            Family::Phi3 => &[
+                FusedLinear {
+                    module: "self_attn.qkv_proj",
+                    parts: &[LinearKind::Q, LinearKind::K, LinearKind::V],
+                },
+                FusedLinear {
+                    module: "mlp.gate_up_proj",
+                    parts: &[LinearKind::Gate, LinearKind::Up],
+                },
+            ],
+            _ => &[],
+        }
+    }
+
+    /// Whether token embeddings are multiplied by `sqrt(hidden_size)` before the first block.
+    pub fn scales_embeddings(self) -> bool {
+        self == Family::Gemma3
     }
 
     /// Comma-separated list of supported `model_type`s, for error messages.
@@ -55,21 +106,39 @@ impl Family {
             Family::Mistral => "MistralForCausalLM",
             Family::Qwen2 => "Qwen2ForCausalLM",
             Family::Phi => "PhiForCausalLM",
+            Family::Phi3 => "Phi3ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
     /// How the family's blocks are wired.
     pub fn layout(self) -> BlockLayout {
+        let llama = BlockLayout {
+            norm: NormKind::Rms,
+            parallel: false,
+            mlp: MlpKind::Gated,
+            qk_norm: false,
+            post_norms: false,
+            norm_unit_offset: false,
+        };
         match self {
-            Family::Llama | Family::Mistral | Family::Qwen2 => BlockLayout {
-                norm: NormKind::Rms,
-                parallel: false,
-                mlp: MlpKind::Gated,
+            Family::Llama | Family::Mistral | Family::Qwen2 | Family::Phi3 => llama,
+            Family::Qwen3 => BlockLayout {
+                qk_norm: true,
+                ..llama
+            },
+            Family::Gemma3 => BlockLayout {
+                qk_norm: true,
+                post_norms: true,
+                norm_unit_offset: true,
+                ..llama
             },
             Family::Phi => BlockLayout {
                 norm: NormKind::Layer,
                 parallel: true,
                 mlp: MlpKind::Plain,
+                ..llama
             },
         }
     }
@@ -106,6 +175,81 @@ pub struct BlockLayout {
     /// Phi: `x + attn(norm(x)) + mlp(norm(x))` with one norm; otherwise pre-norm in sequence.
     pub parallel: bool,
     pub mlp: MlpKind,
+    /// RMSNorm over each head's queries and keys before the rotation (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Norms on the attention and MLP outputs before they join the residual (Gemma's
+    /// "sandwich": `x + post(attn(pre(x)))`).
+    pub post_norms: bool,
+    /// Norm weights are stored as `w` and applied as `1 + w` (Gemma).
+    pub norm_unit_offset: bool,
+}
+
+/// A projection stored fused in a family's checkpoints (see [`Family::fused_linears`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FusedLinear {
+    /// Module path inside a block, e.g. `self_attn.qkv_proj`.
+    pub module: &'static str,
+    /// The linears whose rows it stacks, in order.
+    pub parts: &'static [LinearKind],
+}
+
+/// Rescaling of the rotary frequencies, as in the checkpoint's `rope_scaling` /
+/// `rope_parameters`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    #[default]
+    None,
+    /// Every frequency divided by `factor` (position interpolation; Gemma 3's global layers).
+    Linear { factor: f64 },
+    /// Llama-3.1's rescaling: low frequencies divided by `factor`, high ones kept, a smooth
+    /// ramp between, the band edges set by `original_max_position_embeddings`.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+    /// An explicit divisor per rotated pair (llama.cpp's `rope_freqs` tensor, which is how a
+    /// GGUF file carries Llama-3.1's rescaling).
+    Divisors(Vec<f64>),
+}
+
+impl RopeScaling {
+    /// The divisor of each of `half` frequencies `inv_freq` (`1.0` where nothing changes).
+    pub fn divisors(&self, inv_freq: &[f64]) -> Vec<f64> {
+        match self {
+            RopeScaling::None => vec![1.0; inv_freq.len()],
+            RopeScaling::Linear { factor } => vec![*factor; inv_freq.len()],
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old = *original_max_position_embeddings as f64;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                inv_freq
+                    .iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            1.0
+                        } else if wavelen > low_wavelen {
+                            *factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            1.0 / ((1.0 - smooth) / factor + smooth)
+                        }
+                    })
+                    .collect()
+            }
+            RopeScaling::Divisors(d) => d.clone(),
+        }
+    }
 }
 
 /// MLP activation function.
@@ -156,11 +300,24 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub rope_theta: f64,
+    /// Rescaling of the rotary frequencies (of the global layers, where layers differ).
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
     /// Fraction of each head's dimensions that are rotated (Phi: 0.5; others 1.0).
     pub partial_rotary_factor: f64,
     pub norm_eps: f64,
     /// Each position attends to at most this many positions (itself included), if set.
     pub sliding_window: Option<usize>,
+    /// Which layers use the sliding window (`true`) and which attend globally; `None`: every
+    /// layer uses it (Mistral). Gemma 3 interleaves five windowed layers with one global.
+    #[serde(default)]
+    pub sliding_layers: Option<Vec<bool>>,
+    /// Rope base of the windowed layers when it differs from `rope_theta` (Gemma 3: 1e4).
+    #[serde(default)]
+    pub local_rope_theta: Option<f64>,
+    /// Queries are scaled by `query_pre_attn_scalar^-0.5` instead of `head_dim^-0.5` (Gemma).
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     pub activation: Activation,
@@ -188,6 +345,36 @@ impl ModelConfig {
     pub fn rotary_dim(&self) -> usize {
         let d = (self.head_dim as f64 * self.partial_rotary_factor) as usize;
         d - d % 2
+    }
+
+    /// Whether block `layer` attends through the sliding window, and if so, its size.
+    pub fn window_of(&self, layer: usize) -> Option<usize> {
+        let windowed = match &self.sliding_layers {
+            None => true,
+            Some(layers) => layers.get(layer).copied().unwrap_or(false),
+        };
+        self.sliding_window.filter(|_| windowed)
+    }
+
+    /// Whether block `layer` rotates with the local rope base ([`Self::local_rope_theta`]).
+    pub fn uses_local_rope(&self, layer: usize) -> bool {
+        self.local_rope_theta.is_some() && self.window_of(layer).is_some()
+    }
+
+    /// The factor token embeddings are multiplied by before the first block, if any
+    /// (Gemma: `sqrt(hidden_size)`, rounded to f32 as the reference and llama.cpp compute it).
+    pub fn embedding_scale(&self) -> Option<f64> {
+        self.family
+            .scales_embeddings()
+            .then(|| (self.hidden_size as f32).sqrt() as f64)
+    }
+
+    /// The factor queries are multiplied by before the score product.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
     }
 
     /// Width of the query projection output.
@@ -243,6 +430,67 @@ impl ModelConfig {
         if self.sliding_window == Some(0) {
             return bad("sliding_window", "must be positive".into());
         }
+        if let Some(layers) = &self.sliding_layers
+            && layers.len() != self.num_layers
+        {
+            return bad(
+                "layer_types",
+                format!(
+                    "lists {} layers for a model of {}",
+                    layers.len(),
+                    self.num_layers
+                ),
+            );
+        }
+        for theta in [self.local_rope_theta, self.query_pre_attn_scalar]
+            .into_iter()
+            .flatten()
+        {
+            if !(theta.is_finite() && theta > 0.0) {
+                return bad(
+                    "rope_parameters",
+                    format!("{theta} is not a positive number"),
+                );
+            }
+        }
+        let half = self.rotary_dim() / 2;
+        match &self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } | RopeScaling::Llama3 { factor, .. }
+                if !(factor.is_finite() && *factor >= 1.0) =>
+            {
+                return bad(
+                    "rope_scaling.factor",
+                    format!("{factor} is not a factor of at least 1"),
+                );
+            }
+            RopeScaling::Llama3 {
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+                ..
+            } if !(low_freq_factor < high_freq_factor && *original_max_position_embeddings > 0) => {
+                return bad(
+                    "rope_scaling",
+                    format!(
+                        "llama3 rescaling needs low_freq_factor < high_freq_factor and a \
+                         positive original_max_position_embeddings (got {low_freq_factor}, \
+                         {high_freq_factor}, {original_max_position_embeddings})"
+                    ),
+                );
+            }
+            RopeScaling::Divisors(d) if d.len() != half || d.iter().any(|v| !(*v > 0.0)) => {
+                return bad(
+                    "rope_freqs",
+                    format!(
+                        "{} rotary divisors for {half} rotated pairs, or a divisor that is not \
+                         positive",
+                        d.len()
+                    ),
+                );
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -272,8 +520,14 @@ impl ModelConfig {
             } else {
                 0
             };
-        let norms_per_block = if self.layout().parallel { 1 } else { 2 };
-        let block = attn + mlp + norms_per_block * norm;
+        let layout = self.layout();
+        let norms_per_block = match (layout.parallel, layout.post_norms) {
+            (true, _) => 1,
+            (false, false) => 2,
+            (false, true) => 4,
+        };
+        let qk_norms = if layout.qk_norm { 2 * self.head_dim } else { 0 };
+        let block = attn + mlp + norms_per_block * norm + qk_norms;
         let head = if self.tie_word_embeddings { 0 } else { v * h }
             + if self.lm_head_bias { v } else { 0 };
         v * h + self.num_layers * block + norm + head

@@ -14,7 +14,9 @@ pub mod names;
 mod progress;
 mod source;
 
-pub use config::{Activation, BlockLayout, Family, MlpKind, ModelConfig, NormKind};
+pub use config::{
+    Activation, BlockLayout, Family, FusedLinear, MlpKind, ModelConfig, NormKind, RopeScaling,
+};
 pub use error::{Error, Result};
 pub use names::LinearKind;
 pub use progress::{NoProgress, Progress};

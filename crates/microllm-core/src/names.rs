@@ -93,9 +93,38 @@ pub fn attn_norm(layer: usize) -> String {
     format!("model.layers.{layer}.input_layernorm")
 }
 
-/// Prefix of the norm before the MLP in sequential blocks.
-pub fn mlp_norm(layer: usize) -> String {
+/// Prefix of the norm before the MLP in sequential blocks. Gemma names it
+/// `pre_feedforward_layernorm`; its `post_attention_layernorm` is [`post_attn_norm`].
+pub fn mlp_norm(family: Family, layer: usize) -> String {
+    match family {
+        Family::Gemma3 => format!("model.layers.{layer}.pre_feedforward_layernorm"),
+        _ => format!("model.layers.{layer}.post_attention_layernorm"),
+    }
+}
+
+/// Prefix of the norm on the attention output (Gemma's sandwich norms).
+pub fn post_attn_norm(layer: usize) -> String {
     format!("model.layers.{layer}.post_attention_layernorm")
+}
+
+/// Prefix of the norm on the MLP output (Gemma's sandwich norms).
+pub fn post_mlp_norm(layer: usize) -> String {
+    format!("model.layers.{layer}.post_feedforward_layernorm")
+}
+
+/// Prefix of the per-head query norm (Qwen3, Gemma 3).
+pub fn q_norm(layer: usize) -> String {
+    format!("model.layers.{layer}.self_attn.q_norm")
+}
+
+/// Prefix of the per-head key norm (Qwen3, Gemma 3).
+pub fn k_norm(layer: usize) -> String {
+    format!("model.layers.{layer}.self_attn.k_norm")
+}
+
+/// Weight of fused module `module` (e.g. `self_attn.qkv_proj`) of block `layer`.
+pub fn fused_weight(layer: usize, module: &str) -> String {
+    format!("model.layers.{layer}.{module}.weight")
 }
 
 /// Prefix of the final norm.

@@ -12,6 +12,7 @@
 
 pub mod arrays;
 pub mod calibration;
+pub mod fused;
 pub mod gguf;
 pub mod hf;
 pub mod hub;

@@ -85,7 +85,7 @@ fn smollm_tensors_have_hf_names_and_shapes() {
             expected.push((names::linear_weight(f, l, kind), shape));
         }
         expected.push((format!("{}.weight", names::attn_norm(l)), vec![576]));
-        expected.push((format!("{}.weight", names::mlp_norm(l)), vec![576]));
+        expected.push((format!("{}.weight", names::mlp_norm(f, l)), vec![576]));
     }
     assert_eq!(expected.len(), 30 * 7 + 30 * 2 + 2);
     for (name, shape) in &expected {

@@ -40,7 +40,7 @@ fn wide_llama() -> (microllm_core::ModelConfig, MemorySource) {
         Tensor::ones(256, candle_core::DType::F32, &dev).unwrap(),
     );
     src.insert(
-        names::mlp_norm(0) + ".weight",
+        names::mlp_norm(cfg.family, 0) + ".weight",
         Tensor::ones(256, candle_core::DType::F32, &dev).unwrap(),
     );
     src.insert(

@@ -124,6 +124,7 @@ impl KvCache {
 /// and values `k`, `v` `[b, kv_heads, t, d]` ending at the last query (key `j` is at position
 /// `offset + seq - t + j`). A query at `p` sees keys at `p - window < j <= p`. Returns the
 /// context in `q`'s layout.
+/// Queries are scaled by `scale` (`head_dim^-0.5`, or Gemma's `query_pre_attn_scalar^-0.5`).
 pub fn grouped_attention(
     q: &Tensor,
     k: &Tensor,
@@ -131,8 +132,9 @@ pub fn grouped_attention(
     group: usize,
     offset: usize,
     window: Option<usize>,
+    scale: f32,
 ) -> Result<Tensor> {
-    chunked_attention(q, k, v, group, offset, window, QUERY_CHUNK)
+    chunked_attention(q, k, v, (group, offset), window, scale, QUERY_CHUNK)
 }
 
 /// [`grouped_attention`] with queries in chunks of `chunk` tokens.
@@ -140,12 +142,12 @@ fn chunked_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    group: usize,
-    offset: usize,
+    (group, offset): (usize, usize),
     window: Option<usize>,
+    scale: f32,
     chunk: usize,
 ) -> Result<Tensor> {
-    let (_, _, rows, d) = q.dims4()?;
+    let (_, _, rows, _) = q.dims4()?;
     let seq = rows / group;
     let t = k.dim(2)?;
     let key_base = (offset + seq).checked_sub(t).ok_or_else(|| {
@@ -154,7 +156,6 @@ fn chunked_attention(
             offset + seq
         ))
     })?;
-    let scale = 1.0 / (d as f32).sqrt();
     let mut chunks = Vec::with_capacity(seq.div_ceil(chunk));
     for first in (0..seq).step_by(chunk) {
         let n = chunk.min(seq - first);
@@ -183,19 +184,52 @@ fn chunked_attention(
     })
 }
 
+/// The rotary tables of one model: those of its global layers, and those of its windowed
+/// layers where they rotate with a base of their own (Gemma 3).
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    pub global: Rope,
+    pub local: Option<Rope>,
+}
+
+impl RopeTables {
+    /// Tables for positions `0..positions`.
+    pub fn new(cfg: &ModelConfig, positions: usize) -> Result<Self> {
+        Ok(Self {
+            global: Rope::new(cfg, positions)?,
+            local: Rope::local(cfg, positions)?,
+        })
+    }
+
+    /// The table block `layer` rotates with.
+    pub fn for_layer(&self, cfg: &ModelConfig, layer: usize) -> &Rope {
+        match &self.local {
+            Some(local) if cfg.uses_local_rope(layer) => local,
+            _ => &self.global,
+        }
+    }
+
+    /// Number of positions the tables cover.
+    pub fn positions(&self) -> usize {
+        self.global.positions()
+    }
+}
+
 /// Where a forward pass is in the sequence: shared by every block of one pass.
 #[derive(Debug, Clone, Copy)]
 pub struct Positions<'a> {
     /// Rotary tables.
-    pub rope: &'a Rope,
+    pub rope: &'a RopeTables,
     /// Position of the first token of this pass (the cache length when decoding).
     pub offset: usize,
 }
 
-/// Rotates q and k (`[b, s, heads * d]`), appends k/v to the cache, attends, and returns the
-/// context `[b, s, heads * d]` for the output projection.
+/// Rotates q and k (`[b, s, heads * d]`) of block `layer`, appends k/v to the cache, attends
+/// (through the layer's window, if any), and returns the context `[b, s, heads * d]` for the
+/// output projection. q and k arrive already normed where the family norms them.
 pub(crate) fn attend(
     cfg: &ModelConfig,
+    layer: usize,
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     at: Positions<'_>,
     cache: Option<&mut LayerKvCache>,
@@ -203,14 +237,16 @@ pub(crate) fn attend(
     let (b, s, _) = q.dims3()?;
     let kv_heads = cfg.num_kv_heads;
     let group = cfg.num_heads / kv_heads;
-    let q = at.rope.split_heads(q, kv_heads, at.offset, true)?;
-    let k = at.rope.split_heads(k, kv_heads, at.offset, true)?;
-    let v = at.rope.split_heads(v, kv_heads, at.offset, false)?;
+    let rope = at.rope.for_layer(cfg, layer);
+    let q = rope.split_heads(q, kv_heads, at.offset, true)?;
+    let k = rope.split_heads(k, kv_heads, at.offset, true)?;
+    let v = rope.split_heads(v, kv_heads, at.offset, false)?;
     let (k, v) = match cache {
         Some(c) => c.append(&k, &v)?,
         None => (k, v),
     };
-    let out = grouped_attention(&q, &k, &v, group, at.offset, cfg.sliding_window)?;
+    let scale = cfg.attention_scale() as f32;
+    let out = grouped_attention(&q, &k, &v, group, at.offset, cfg.window_of(layer), scale)?;
     // [b, kv, s, group * d] -> [b, s, kv, group * d]: head `kv * group + g` in order.
     Ok(out
         .reshape((b, kv_heads, s, group * cfg.head_dim))?
@@ -293,14 +329,16 @@ mod tests {
             for window in [None, Some(1), Some(7), Some(100)] {
                 let want = naive(&q, &k, &v, offset, window);
                 for chunk in [1, 5, 8, 23, 128] {
-                    let got = chunked_attention(&grouped, &k, &v, group, offset, window, chunk)
-                        .unwrap()
-                        .reshape((b, kv, s, group, d))
-                        .unwrap()
-                        .transpose(2, 3)
-                        .unwrap()
-                        .reshape((b, heads, s, d))
-                        .unwrap();
+                    let scale = 1.0 / (d as f32).sqrt();
+                    let got =
+                        chunked_attention(&grouped, &k, &v, (group, offset), window, scale, chunk)
+                            .unwrap()
+                            .reshape((b, kv, s, group, d))
+                            .unwrap()
+                            .transpose(2, 3)
+                            .unwrap()
+                            .reshape((b, heads, s, d))
+                            .unwrap();
                     let diff = max_diff(&got, &want);
                     assert!(
                         diff < TOLERANCE,

@@ -1,4 +1,10 @@
 //! One decoder block, loadable and runnable on its own.
+//!
+//! Every family's block is one shape with optional parts: a norm before attention (and, in
+//! sequential blocks, one before the MLP), per-head q/k norms (Qwen3, Gemma 3), and norms on
+//! the attention and MLP outputs before they join the residual (Gemma's sandwich). The staged
+//! entry points (`attn_input` ... `mlp_output`) compose to `forward` for every layout, so the
+//! calibration passes see each family's linears exactly as inference does.
 
 use candle_core::Tensor;
 use microllm_core::{Activation, LinearKind, MlpKind, ModelConfig, Result, TensorSource, names};
@@ -34,6 +40,12 @@ pub struct Block {
     pub attn_norm: Norm,
     /// Norm before the MLP in sequential blocks; `None` in parallel blocks (Phi).
     pub mlp_norm: Option<Norm>,
+    /// Norms on the attention and MLP outputs (Gemma's sandwich norms).
+    pub post_attn_norm: Option<Norm>,
+    pub post_mlp_norm: Option<Norm>,
+    /// Per-head norms of queries and keys, over `head_dim` (Qwen3, Gemma 3).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
@@ -66,15 +78,21 @@ impl Block {
             down: lin(LinearKind::Down, h, i, cfg.mlp_bias)?,
             act: cfg.activation,
         };
+        let optional = |present: bool, prefix: String, width: usize| {
+            present
+                .then(|| Norm::load_width(src, &prefix, cfg, width))
+                .transpose()
+        };
+        let d = cfg.head_dim;
         Ok(Self {
             layer,
             cfg: cfg.clone(),
             attn_norm: Norm::load(src, &names::attn_norm(layer), cfg)?,
-            mlp_norm: if layout.parallel {
-                None
-            } else {
-                Some(Norm::load(src, &names::mlp_norm(layer), cfg)?)
-            },
+            mlp_norm: optional(!layout.parallel, names::mlp_norm(f, layer), h)?,
+            post_attn_norm: optional(layout.post_norms, names::post_attn_norm(layer), h)?,
+            post_mlp_norm: optional(layout.post_norms, names::post_mlp_norm(layer), h)?,
+            q_norm: optional(layout.qk_norm, names::q_norm(layer), d)?,
+            k_norm: optional(layout.qk_norm, names::k_norm(layer), d)?,
             q: lin(LinearKind::Q, cfg.q_dim(), h, cfg.qkv_bias)?,
             k: lin(LinearKind::K, cfg.kv_dim(), h, cfg.qkv_bias)?,
             v: lin(LinearKind::V, cfg.kv_dim(), h, cfg.qkv_bias)?,
@@ -119,7 +137,10 @@ impl Block {
         tap: &mut dyn LinearTap,
     ) -> Result<Tensor> {
         let normed = self.attn_input(x)?;
-        let attn = self.attention(&normed, at, cache, tap)?;
+        let attn = post(
+            &self.post_attn_norm,
+            self.attention(&normed, at, cache, tap)?,
+        )?;
         match &self.mlp_norm {
             // Phi: both branches read the same normed input.
             None => {
@@ -128,7 +149,10 @@ impl Block {
             }
             Some(norm) => {
                 let x = (x + attn)?;
-                let mlp = self.feed_forward(&norm.forward(&x)?, tap)?;
+                let mlp = post(
+                    &self.post_mlp_norm,
+                    self.feed_forward(&norm.forward(&x)?, tap)?,
+                )?;
                 Ok((x + mlp)?)
             }
         }
@@ -146,15 +170,13 @@ impl Block {
     /// Stage 2: the input of o (the attention context before the output projection), from
     /// the stage-1 result, without a KV cache.
     pub fn attn_context(&self, normed: &Tensor, at: Positions<'_>) -> Result<Tensor> {
-        let q = self.q.forward(normed)?;
-        let k = self.k.forward(normed)?;
-        let v = self.v.forward(normed)?;
-        attend(&self.cfg, (&q, &k, &v), at, None)
+        self.attend(normed, at, None)
     }
 
-    /// Stage 3: the residual stream after attention, `x + o(context)`.
+    /// Stage 3: the residual stream after attention, `x + o(context)` (the output normed
+    /// first where the family norms it).
     pub fn attn_residual(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        Ok((x + self.o.forward(context)?)?)
+        Ok((x + post(&self.post_attn_norm, self.o.forward(context)?)?)?)
     }
 
     /// The input of gate/up: the MLP norm of the residual, or in parallel blocks (Phi) the
@@ -171,9 +193,23 @@ impl Block {
         self.mlp_activation(mlp_input)
     }
 
-    /// Stage 5: the block output, `residual + down(hidden)`.
+    /// Stage 5: the block output, `residual + down(hidden)` (normed first where the family
+    /// norms it).
     pub fn mlp_output(&self, residual: &Tensor, hidden: &Tensor) -> Result<Tensor> {
-        Ok((residual + self.mlp.down.forward(hidden)?)?)
+        Ok((residual + post(&self.post_mlp_norm, self.mlp.down.forward(hidden)?)?)?)
+    }
+
+    /// q/k/v of `normed`, q and k normed per head where the family does, rotated, attended.
+    fn attend(
+        &self,
+        normed: &Tensor,
+        at: Positions<'_>,
+        cache: Option<&mut LayerKvCache>,
+    ) -> Result<Tensor> {
+        let q = per_head(&self.q_norm, self.q.forward(normed)?, self.cfg.head_dim)?;
+        let k = per_head(&self.k_norm, self.k.forward(normed)?, self.cfg.head_dim)?;
+        let v = self.v.forward(normed)?;
+        attend(&self.cfg, self.layer, (&q, &k, &v), at, cache)
     }
 
     fn attention(
@@ -186,10 +222,7 @@ impl Block {
         for kind in [LinearKind::Q, LinearKind::K, LinearKind::V] {
             tap.observe(self.layer, kind, x)?;
         }
-        let q = self.q.forward(x)?;
-        let k = self.k.forward(x)?;
-        let v = self.v.forward(x)?;
-        let ctx = attend(&self.cfg, (&q, &k, &v), at, cache)?;
+        let ctx = self.attend(x, at, cache)?;
         tap.observe(self.layer, LinearKind::O, &ctx)?;
         self.o.forward(&ctx)
     }
@@ -221,4 +254,21 @@ impl Block {
             None => activate(mlp.act, &mlp.up.forward(x)?),
         }
     }
+}
+
+/// `norm(x)` where a norm is present, else `x`.
+fn post(norm: &Option<Norm>, x: Tensor) -> Result<Tensor> {
+    match norm {
+        Some(n) => n.forward(&x),
+        None => Ok(x),
+    }
+}
+
+/// `x` `[b, s, heads * head_dim]` with `norm` applied to each head's `head_dim` values.
+fn per_head(norm: &Option<Norm>, x: Tensor, head_dim: usize) -> Result<Tensor> {
+    let Some(norm) = norm else { return Ok(x) };
+    let (b, s, width) = x.dims3()?;
+    Ok(norm
+        .forward(&x.reshape((b, s, width / head_dim, head_dim))?)?
+        .reshape((b, s, width))?)
 }

@@ -3,10 +3,9 @@
 use candle_core::{DType, Tensor};
 use microllm_core::{Error, ModelConfig, Result, TensorSource, names};
 
-use crate::attention::{KvCache, Positions};
+use crate::attention::{KvCache, Positions, RopeTables};
 use crate::block::{Block, NoTap};
 use crate::layers::{Linear, Norm};
-use crate::rope::Rope;
 
 /// A decoder-only transformer of any supported family.
 #[derive(Debug, Clone)]
@@ -17,7 +16,7 @@ pub struct Decoder {
     final_norm: Norm,
     /// The output head; with tied embeddings its weight is the embedding matrix.
     head: Linear,
-    rope: Rope,
+    rope: RopeTables,
 }
 
 impl Decoder {
@@ -48,7 +47,7 @@ impl Decoder {
             blocks,
             final_norm,
             head,
-            rope: Rope::new(cfg, cfg.max_position_embeddings.max(1))?,
+            rope: RopeTables::new(cfg, cfg.max_position_embeddings.max(1))?,
         })
     }
 
@@ -68,7 +67,7 @@ impl Decoder {
     }
 
     /// The rotary tables shared by every block (sized to `max_position_embeddings`).
-    pub fn rope(&self) -> &Rope {
+    pub fn rope(&self) -> &RopeTables {
         &self.rope
     }
 
@@ -88,10 +87,11 @@ impl Decoder {
                 self.cfg.vocab_size
             )));
         }
-        Ok(self
+        let x = self
             .embed
             .index_select(&flat, 0)?
-            .reshape((b, s, self.cfg.hidden_size))?)
+            .reshape((b, s, self.cfg.hidden_size))?;
+        scale_embeddings(&self.cfg, x)
     }
 
     /// Final norm and output head: logits `[batch, seq, vocab]`.
@@ -142,4 +142,13 @@ impl Decoder {
             offset,
         }
     }
+}
+
+/// Token embeddings as the first block sees them: multiplied by `sqrt(hidden_size)` in the
+/// families that scale them (Gemma), unchanged otherwise.
+pub fn scale_embeddings(cfg: &ModelConfig, x: Tensor) -> Result<Tensor> {
+    Ok(match cfg.embedding_scale() {
+        Some(scale) => (x * scale)?,
+        None => x,
+    })
 }

@@ -49,43 +49,65 @@ impl Linear {
 #[derive(Debug, Clone)]
 pub struct Norm {
     pub kind: NormKind,
+    /// The weight as the checkpoint stores it.
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub eps: f32,
+    /// The weight is applied as `1 + weight` (Gemma).
+    pub unit_offset: bool,
 }
 
 impl Norm {
-    /// Loads `{prefix}.weight` (and `.bias` for LayerNorm).
+    /// Loads `{prefix}.weight` (and `.bias` for LayerNorm) over the hidden size.
     pub fn load(src: &dyn TensorSource, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
-        let kind = cfg.layout().norm;
-        let h = cfg.hidden_size;
-        let weight = src.load_shaped(&format!("{prefix}.weight"), &[h])?;
-        let bias = match kind {
-            NormKind::Layer => Some(src.load_shaped(&format!("{prefix}.bias"), &[h])?),
+        Self::load_width(src, prefix, cfg, cfg.hidden_size)
+    }
+
+    /// Loads a norm over `width` values (a head's queries or keys for q/k norms).
+    pub fn load_width(
+        src: &dyn TensorSource,
+        prefix: &str,
+        cfg: &ModelConfig,
+        width: usize,
+    ) -> Result<Self> {
+        let layout = cfg.layout();
+        let weight = src.load_shaped(&format!("{prefix}.weight"), &[width])?;
+        let bias = match layout.norm {
+            NormKind::Layer => Some(src.load_shaped(&format!("{prefix}.bias"), &[width])?),
             NormKind::Rms => None,
         };
         Ok(Self {
-            kind,
+            kind: layout.norm,
             weight,
             bias,
             eps: cfg.norm_eps as f32,
+            unit_offset: layout.norm_unit_offset,
+        })
+    }
+
+    /// The multiplier actually applied: `weight`, or `1 + weight` for Gemma.
+    pub fn scale(&self) -> Result<Tensor> {
+        Ok(if self.unit_offset {
+            (&self.weight + 1.0)?
+        } else {
+            self.weight.clone()
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
+        let scale = self.scale()?;
+        let scale = &scale;
         Ok(match (&self.kind, &self.bias) {
-            (NormKind::Rms, _) => candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?,
-            (NormKind::Layer, Some(b)) => {
-                candle_nn::ops::layer_norm(&x, &self.weight, b, self.eps)?
-            }
+            (NormKind::Rms, _) => candle_nn::ops::rms_norm(&x, scale, self.eps)?,
+            (NormKind::Layer, Some(b)) => candle_nn::ops::layer_norm(&x, scale, b, self.eps)?,
             (NormKind::Layer, None) => {
                 let mean = x.mean_keepdim(D::Minus1)?;
                 let centered = x.broadcast_sub(&mean)?;
                 let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
                 centered
                     .broadcast_div(&(var + self.eps as f64)?.sqrt()?)?
-                    .broadcast_mul(&self.weight)?
+                    .broadcast_mul(scale)?
             }
         })
     }
@@ -136,6 +158,25 @@ mod tests {
             weight: Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(),
             bias: None,
             eps: 0.0,
+            unit_offset: false,
+        };
+        let y = vals(norm.forward(&t(&[3.0, 4.0])).unwrap());
+        let r = 12.5f32.sqrt();
+        assert!(
+            (y[0] - 3.0 / r).abs() < 1e-6 && (y[1] - 8.0 / r).abs() < 1e-6,
+            "{y:?}"
+        );
+    }
+
+    #[test]
+    fn unit_offset_applies_one_plus_weight() {
+        // Gemma: a stored weight of (0, 1) scales by (1, 2).
+        let norm = Norm {
+            kind: NormKind::Rms,
+            weight: Tensor::new(&[0f32, 1.0], &Device::Cpu).unwrap(),
+            bias: None,
+            eps: 0.0,
+            unit_offset: true,
         };
         let y = vals(norm.forward(&t(&[3.0, 4.0])).unwrap());
         let r = 12.5f32.sqrt();
@@ -152,6 +193,7 @@ mod tests {
             weight: Tensor::new(&[1f32, 1.0], &Device::Cpu).unwrap(),
             bias: Some(Tensor::new(&[0.5f32, 0.5], &Device::Cpu).unwrap()),
             eps: 0.0,
+            unit_offset: false,
         };
         let y = vals(norm.forward(&t(&[1.0, 3.0])).unwrap());
         assert!(

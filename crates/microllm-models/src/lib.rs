@@ -17,9 +17,9 @@ mod layers;
 mod rope;
 mod softmax;
 
-pub use attention::{KvCache, LayerKvCache, Positions};
+pub use attention::{KvCache, LayerKvCache, Positions, RopeTables};
 pub use block::{Block, LinearTap, NoTap};
-pub use decoder::Decoder;
+pub use decoder::{Decoder, scale_embeddings};
 pub use layers::{Linear, Mlp, Norm};
 pub use rope::Rope;
 pub use softmax::CausalSoftmax;

@@ -2,14 +2,16 @@
 //!
 //! For a head vector `x` whose first `rotary_dim` dimensions are rotated, dimension `i` and
 //! `i + rotary_dim/2` form a pair rotated by angle `pos * theta^(-2i/rotary_dim)`; the rest
-//! pass through (Phi-2's partial rotary). Tables are computed once per decoder.
+//! pass through (Phi-2's partial rotary). Frequencies may be rescaled (Llama-3.1's
+//! `rope_type: llama3`, linear interpolation; [`RopeScaling`]), and a model may rotate its
+//! sliding-window layers with a second base (Gemma 3). Tables are computed once per decoder.
 //!
 //! Attention needs the projections split into heads anyway, which is a transposing copy; the
 //! rotation is folded into that copy ([`Rope::split_heads`]) so each of q and k is read and
 //! written once, in the grouped layout attention multiplies on.
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
-use microllm_core::{ModelConfig, Result};
+use microllm_core::{ModelConfig, Result, RopeScaling};
 use rayon::prelude::*;
 
 /// Precomputed cos/sin tables `[positions, rotary_dim / 2]`, row-major.
@@ -23,12 +25,35 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// Tables for positions `0..positions`.
+    /// Tables of the global layers (base `rope_theta`, with the configured rescaling) for
+    /// positions `0..positions`.
     pub fn new(cfg: &ModelConfig, positions: usize) -> Result<Self> {
+        Self::with_base(cfg, cfg.rope_theta, &cfg.rope_scaling, positions)
+    }
+
+    /// Tables of the sliding-window layers when they rotate with their own base
+    /// (`local_rope_theta`, never rescaled), else `None`.
+    pub fn local(cfg: &ModelConfig, positions: usize) -> Result<Option<Self>> {
+        cfg.local_rope_theta
+            .map(|theta| Self::with_base(cfg, theta, &RopeScaling::None, positions))
+            .transpose()
+    }
+
+    fn with_base(
+        cfg: &ModelConfig,
+        theta: f64,
+        scaling: &RopeScaling,
+        positions: usize,
+    ) -> Result<Self> {
         let rotary_dim = cfg.rotary_dim();
         let half = rotary_dim / 2;
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / rotary_dim as f64))
+        let base: Vec<f64> = (0..half)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / rotary_dim as f64))
+            .collect();
+        let inv_freq: Vec<f64> = base
+            .iter()
+            .zip(scaling.divisors(&base))
+            .map(|(f, d)| f / d)
             .collect();
         // Angles in f32 like the reference (`inv_freq` is an f32 tensor there), so that large
         // positions round the same way.
@@ -199,9 +224,13 @@ mod tests {
             num_kv_heads: 1,
             head_dim,
             rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
             partial_rotary_factor: partial,
             norm_eps: 1e-5,
             sliding_window: None,
+            sliding_layers: None,
+            local_rope_theta: None,
+            query_pre_attn_scalar: None,
             max_position_embeddings: 16,
             tie_word_embeddings: true,
             activation: Activation::Silu,

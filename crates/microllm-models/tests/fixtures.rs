@@ -58,7 +58,16 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-const FAMILIES: [&str; 4] = ["llama-tiny", "mistral-tiny", "qwen2-tiny", "phi-tiny"];
+const FAMILIES: [&str; 8] = [
+    "llama-tiny",
+    "mistral-tiny",
+    "qwen2-tiny",
+    "phi-tiny",
+    "gemma3-tiny",
+    "qwen3-tiny",
+    "phi3-tiny",
+    "llama3-tiny",
+];
 
 #[test]
 fn logits_and_hidden_states_match_the_reference() {
@@ -142,6 +151,40 @@ fn sliding_window_matters_for_mistral() {
 }
 
 #[test]
+fn family_features_are_not_ignored() {
+    // Each distinctive feature of the newer families, switched off, must move the logits
+    // away from the reference: a feature that is silently ignored would pass the match test
+    // only if the fixture did not exercise it.
+    type Tweak = fn(&mut microllm_core::ModelConfig);
+    let cases: [(&str, &str, Tweak); 4] = [
+        ("llama3-tiny", "llama3 rope rescaling", |c| {
+            c.rope_scaling = microllm_core::RopeScaling::None
+        }),
+        ("gemma3-tiny", "local rope base", |c| {
+            c.local_rope_theta = None
+        }),
+        ("gemma3-tiny", "per-layer windows", |c| {
+            c.sliding_layers = Some(vec![true; c.num_layers])
+        }),
+        ("gemma3-tiny", "query_pre_attn_scalar", |c| {
+            c.query_pre_attn_scalar = Some(64.0)
+        }),
+    ];
+    for (name, feature, tweak) in cases {
+        let ckpt = microllm_io::open(fixture(name).to_str().unwrap()).unwrap();
+        let mut cfg = ckpt.config.clone();
+        tweak(&mut cfg);
+        let model = Decoder::load(&cfg, ckpt.tensors.as_ref()).unwrap();
+        let r = reference(name);
+        let d = max_diff(&model.forward(&r.ids).unwrap(), &r.logits);
+        assert!(
+            d > 1e-3,
+            "{name}: without {feature} the logits moved by only {d}"
+        );
+    }
+}
+
+#[test]
 fn linear_taps_see_every_linear_input() {
     use microllm_core::{LinearKind, Result};
     use microllm_models::LinearTap;
@@ -183,7 +226,7 @@ fn linear_taps_see_every_linear_input() {
 fn long_prompts_cross_query_chunks() {
     // 200 tokens: the full forward attends in two query chunks (128 + 72), which must agree
     // with a cached pass fed in uneven pieces, window included (mistral).
-    for name in ["llama-tiny", "mistral-tiny", "phi-tiny"] {
+    for name in ["llama-tiny", "mistral-tiny", "phi-tiny", "gemma3-tiny"] {
         let model = load(name);
         let vocab = model.config().vocab_size as u32;
         let ids: Vec<u32> = (0..400u32).map(|i| (i * 7919 + 13) % vocab).collect();

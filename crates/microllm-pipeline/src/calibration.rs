@@ -21,9 +21,12 @@ pub(crate) fn embed_windows(
                 )));
             }
             let ids = Tensor::from_slice(w, w.len(), &Device::Cpu)?;
-            Ok(table
-                .index_select(&ids, 0)?
-                .reshape((1, w.len(), cfg.hidden_size))?)
+            microllm_models::scale_embeddings(
+                cfg,
+                table
+                    .index_select(&ids, 0)?
+                    .reshape((1, w.len(), cfg.hidden_size))?,
+            )
         })
         .collect()
 }

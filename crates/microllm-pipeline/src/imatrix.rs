@@ -10,7 +10,7 @@
 use candle_core::{DType, Tensor};
 use microllm_core::{LinearKind, ModelConfig, Progress, Result, TensorSource, names};
 use microllm_io::gguf::ImportanceMatrix;
-use microllm_models::{Block, LinearTap, Positions, Rope};
+use microllm_models::{Block, LinearTap, Positions, RopeTables};
 
 use crate::calibration::embed_windows;
 
@@ -24,7 +24,7 @@ pub fn measure_imatrix(
 ) -> Result<ImportanceMatrix> {
     let seqlen = calibration.first().map_or(1, Vec::len).max(1);
     let tokens: usize = calibration.iter().map(Vec::len).sum();
-    let rope = Rope::new(cfg, seqlen)?;
+    let rope = RopeTables::new(cfg, seqlen)?;
     let at = Positions {
         rope: &rope,
         offset: 0,

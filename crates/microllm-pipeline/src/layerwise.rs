@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
-use microllm_models::{Block, Positions, Rope};
+use microllm_models::{Block, Positions, RopeTables};
 use microllm_prune::SparsityPattern;
 use microllm_quant::QuantScheme;
 
@@ -109,7 +109,7 @@ pub fn run_compress(
     }
     let (start, mut hidden) = resume_point(job, store)?;
     let seqlen = job.calibration.first().map_or(1, Vec::len).max(1);
-    let rope = Rope::new(cfg, seqlen)?;
+    let rope = RopeTables::new(cfg, seqlen)?;
     let at = Positions {
         rope: &rope,
         offset: 0,

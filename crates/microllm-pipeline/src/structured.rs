@@ -23,7 +23,7 @@
 
 use candle_core::{D, DType, Tensor};
 use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
-use microllm_models::{Block, Positions, Rope};
+use microllm_models::{Block, Positions, RopeTables};
 use microllm_prune::structured::Scores;
 use serde::Serialize;
 
@@ -77,7 +77,7 @@ pub fn measure_importance(job: &ImportanceJob<'_>, progress: &dyn Progress) -> R
         ));
     }
     let seqlen = job.calibration.first().map_or(1, Vec::len).max(1);
-    let rope = Rope::new(cfg, seqlen)?;
+    let rope = RopeTables::new(cfg, seqlen)?;
     let at = Positions {
         rope: &rope,
         offset: 0,

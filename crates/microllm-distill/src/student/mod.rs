@@ -163,7 +163,7 @@ impl Student {
             };
             let attn_norm = norm(names::attn_norm(layer), &b.attn_norm)?;
             let mlp_norm = match &b.mlp_norm {
-                Some(n) => Some(norm(names::mlp_norm(layer), n)?),
+                Some(n) => Some(norm(names::mlp_norm(f, layer), n)?),
                 None => None,
             };
             debug_assert_eq!(gate.is_some(), b.mlp.kind == MlpKind::Gated);

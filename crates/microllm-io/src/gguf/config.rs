@@ -10,7 +10,10 @@
 //!   `.rope.dimension_count`, `.context_length`, the norm epsilon;
 //! * the vocabulary size from the rows of `token_embd` (the tokenizer list may be shorter);
 //! * tied embeddings from the *absence* of `output.weight`, biases from the presence of
-//!   `*.bias` tensors, the activation from the family.
+//!   `*.bias` tensors, the activation from the family;
+//! * Gemma 3's layer pattern from `.attention.sliding_window_pattern` (a list of flags, or a
+//!   period with llama.cpp's default of 6) and its local rope base from `.rope.freq_base_swa`
+//!   (default 10000, as llama.cpp); Llama-3.1's rope rescaling from the `rope_freqs` tensor.
 //!
 //! A required key that is missing is an error naming the file and the key: guessing would
 //! produce a model that loads and then computes garbage (a known failure of GGUF files written
@@ -19,12 +22,26 @@
 use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::TensorInfo as GgufTensorInfo;
-use microllm_core::{Activation, Error, Family, ModelConfig, Result};
+use microllm_core::{Activation, Error, Family, ModelConfig, Result, RopeScaling};
 
 use super::meta::Meta;
 
 /// GGUF `general.architecture` values this reader understands.
-pub const SUPPORTED_ARCHITECTURES: [&str; 4] = ["llama", "mistral", "qwen2", "phi2"];
+pub const SUPPORTED_ARCHITECTURES: [&str; 7] = [
+    "llama", "mistral", "qwen2", "qwen3", "phi2", "phi3", "gemma3",
+];
+
+/// The GGUF `general.architecture` llama.cpp uses for a family.
+pub fn architecture_of(family: Family) -> &'static str {
+    match family {
+        Family::Llama | Family::Mistral => "llama",
+        Family::Qwen2 => "qwen2",
+        Family::Qwen3 => "qwen3",
+        Family::Phi => "phi2",
+        Family::Phi3 => "phi3",
+        Family::Gemma3 => "gemma3",
+    }
+}
 
 /// The family of a GGUF architecture name.
 ///
@@ -37,7 +54,10 @@ pub(crate) fn family_of(meta: &Meta<'_>, arch: &str) -> Result<Family> {
         "llama" => Family::Llama,
         "mistral" => Family::Mistral,
         "qwen2" => Family::Qwen2,
+        "qwen3" => Family::Qwen3,
         "phi2" => Family::Phi,
+        "phi3" => Family::Phi3,
+        "gemma3" => Family::Gemma3,
         other => {
             return Err(Error::UnsupportedArchitecture {
                 name: other.to_string(),
@@ -56,14 +76,38 @@ fn sliding_window(meta: &Meta<'_>, arch: &str) -> Result<Option<usize>> {
 /// Builds and validates the configuration of a GGUF file.
 ///
 /// `tensors` are the file's tensor infos under their GGUF names (shapes already in
-/// outermost-first order, as candle reports them).
+/// outermost-first order, as candle reports them); `rope_freqs` the values of its
+/// `rope_freqs` tensor, if it has one.
 pub(crate) fn read_config(
     meta: &Meta<'_>,
     arch: &str,
     family: Family,
     tensors: &HashMap<String, GgufTensorInfo>,
+    rope_freqs: Option<Vec<f64>>,
 ) -> Result<ModelConfig> {
     let key = |k: &str| format!("{arch}.{k}");
+    for (k, what) in [
+        ("final_logit_softcapping", "logit soft-capping"),
+        ("attn_logit_softcapping", "logit soft-capping"),
+    ] {
+        if meta.f64(&key(k))?.is_some_and(|v| v != 0.0) {
+            return Err(Error::config(
+                meta.path,
+                key(k),
+                format!("{what} is not supported"),
+            ));
+        }
+    }
+    if let Some(t) = ["rope_factors_long.weight", "rope_factors_short.weight"]
+        .into_iter()
+        .find(|t| tensors.contains_key(*t))
+    {
+        return Err(Error::config(
+            meta.path,
+            t,
+            "LongRoPE rescaling (Phi-3 128k / Phi-3.5 / Phi-4-mini) is not supported yet",
+        ));
+    }
     let num_layers = meta.req_usize(&key("block_count"))?;
     let hidden_size = meta.req_usize(&key("embedding_length"))?;
     let intermediate_size = meta.req_usize(&key("feed_forward_length"))?;
@@ -99,6 +143,38 @@ pub(crate) fn read_config(
         }
     };
     let max_position_embeddings = meta.req_usize(&key("context_length"))?;
+    let rope_scaling = match (rope_freqs, meta.str(&key("rope.scaling.type"))?) {
+        (Some(divisors), _) => RopeScaling::Divisors(divisors),
+        (None, None | Some("none")) => RopeScaling::None,
+        (None, Some("linear")) => RopeScaling::Linear {
+            factor: meta
+                .f64(&key("rope.scaling.factor"))?
+                .ok_or_else(|| Error::config(meta.path, key("rope.scaling.factor"), "missing"))?,
+        },
+        (None, Some(other)) => {
+            return Err(Error::config(
+                meta.path,
+                key("rope.scaling.type"),
+                format!("rope scaling `{other}` is not supported (linear and llama3 are)"),
+            ));
+        }
+    };
+    let sliding_window = sliding_window(meta, arch)?;
+    let (sliding_layers, local_rope_theta) = match family {
+        Family::Gemma3 => (
+            Some(gemma3_layer_pattern(
+                meta,
+                &key("attention.sliding_window_pattern"),
+                num_layers,
+            )?),
+            Some(meta.f64(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0)),
+        ),
+        _ => (None, None),
+    };
+    // llama.cpp scales Gemma 3's queries by head_dim^-0.5, except the 27B model (62 blocks),
+    // whose query_pre_attn_scalar is hidden / heads.
+    let query_pre_attn_scalar =
+        (family == Family::Gemma3 && num_layers == 62).then(|| (hidden_size / num_heads) as f64);
 
     let vocab_size = match tensors.get("token_embd.weight") {
         Some(info) => info.shape.dims().first().copied().unwrap_or(0),
@@ -133,14 +209,20 @@ pub(crate) fn read_config(
         num_kv_heads,
         head_dim,
         rope_theta,
+        rope_scaling,
         partial_rotary_factor,
         norm_eps,
-        sliding_window: sliding_window(meta, arch)?,
+        sliding_window,
+        sliding_layers,
+        local_rope_theta,
+        query_pre_attn_scalar,
         max_position_embeddings,
         tie_word_embeddings: !has("output.weight"),
         activation: match family {
-            Family::Phi => Activation::GeluNew,
-            Family::Llama | Family::Mistral | Family::Qwen2 => Activation::Silu,
+            Family::Phi | Family::Gemma3 => Activation::GeluNew,
+            Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3 | Family::Phi3 => {
+                Activation::Silu
+            }
         },
         qkv_bias,
         o_bias,
@@ -155,6 +237,25 @@ pub(crate) fn read_config(
     };
     config.validate(meta.path)?;
     Ok(config)
+}
+
+/// Gemma 3's windowed layers: `key` as a list of per-layer flags, or as a period `n` (every
+/// n-th layer global), by default 6, as llama.cpp reads it.
+fn gemma3_layer_pattern(meta: &Meta<'_>, key: &str, n: usize) -> Result<Vec<bool>> {
+    if meta.is_array(key)
+        && let Some(flags) = meta.bool_array(key)?
+    {
+        if flags.len() != n {
+            return Err(Error::config(
+                meta.path,
+                key,
+                format!("lists {} layers for a model of {n}", flags.len()),
+            ));
+        }
+        return Ok(flags);
+    }
+    let period = meta.usize(key)?.unwrap_or(6).max(1);
+    Ok((0..n).map(|l| (l + 1) % period != 0).collect())
 }
 
 #[cfg(test)]
@@ -204,7 +305,7 @@ mod tests {
         tensors.insert("blk.0.attn_qkv.bias".to_string(), info(&[192]));
         tensors.insert("blk.0.attn_output.bias".to_string(), info(&[64]));
         tensors.insert("blk.0.ffn_up.bias".to_string(), info(&[256]));
-        let c = read_config(&meta, "phi2", family, &tensors).unwrap();
+        let c = read_config(&meta, "phi2", family, &tensors, None).unwrap();
         assert_eq!(c.head_dim, 16);
         assert_eq!(c.num_kv_heads, 4);
         assert_eq!(c.partial_rotary_factor, 0.5);
@@ -221,7 +322,7 @@ mod tests {
         let mut map = phi_meta();
         map.remove("phi2.feed_forward_length");
         let meta = Meta::new(Path::new("phi.gguf"), &map);
-        let err = read_config(&meta, "phi2", Family::Phi, &HashMap::new())
+        let err = read_config(&meta, "phi2", Family::Phi, &HashMap::new(), None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("phi.gguf"), "{err}");
@@ -236,7 +337,10 @@ mod tests {
         assert!(matches!(err, Error::UnsupportedArchitecture { .. }));
         let msg = err.to_string();
         assert!(msg.contains("mamba") && msg.contains("x.gguf"), "{msg}");
-        assert!(msg.contains("llama, mistral, qwen2, phi2"), "{msg}");
+        assert!(
+            msg.contains("llama, mistral, qwen2, qwen3, phi2, phi3, gemma3"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -17,15 +17,21 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
-use microllm_core::{Error, Family, ModelConfig, NormKind, Progress, Result, TensorSource};
+use microllm_core::{
+    Error, Family, ModelConfig, NormKind, Progress, Result, RopeScaling, TensorSource,
+};
 use rayon::prelude::*;
 
 use super::blocks;
+use super::config::architecture_of;
 use super::imatrix::ImportanceMatrix;
 use super::mix::GgufTypes;
-use super::names::{hf_to_gguf, is_rope_permuted, permute_rows};
+use super::names::{
+    hf_to_gguf, is_norm_weight, is_rope_permuted, norms_hold_unit_offset, permute_rows,
+};
 use super::write::{GgufWriter, PlannedTensor};
 use crate::Tokenizer;
+use crate::fused::{JoinFused, parts_of};
 
 /// What goes into the file.
 pub struct GgufExport<'a> {
@@ -86,7 +92,7 @@ pub fn plan_types(
     types: impl Into<GgufTypes>,
 ) -> Result<Vec<TypeDecision>> {
     let types = types.into();
-    tensors
+    JoinFused::new(tensors, cfg)
         .infos()
         .into_iter()
         .map(|info| {
@@ -118,6 +124,7 @@ pub fn plan_types(
 pub fn plan_export(export: &GgufExport<'_>, types: GgufTypes) -> Result<Vec<TypeDecision>> {
     let mut decisions = plan_types(export.config, export.tensors, types)?;
     if let Some(encoded) = export.encoded {
+        let encoded = FusedEncoded::new(encoded, export.config);
         for d in &mut decisions {
             if let Some(dtype) = encoded.dtype(&d.hf_name) {
                 d.dtype = dtype;
@@ -126,6 +133,51 @@ pub fn plan_export(export: &GgufExport<'_>, types: GgufTypes) -> Result<Vec<Type
         }
     }
     Ok(decisions)
+}
+
+/// Encoded tensors with the family's fused projections assembled from their encoded parts
+/// (rows are independent in every block type, so the parts' bytes in row order are the fused
+/// tensor's bytes). A fused tensor is encoded only when all its parts are, in one type.
+struct FusedEncoded<'a> {
+    inner: &'a dyn EncodedTensors,
+    cfg: &'a ModelConfig,
+}
+
+impl<'a> FusedEncoded<'a> {
+    fn new(inner: &'a dyn EncodedTensors, cfg: &'a ModelConfig) -> Self {
+        Self { inner, cfg }
+    }
+}
+
+impl EncodedTensors for FusedEncoded<'_> {
+    fn dtype(&self, hf_name: &str) -> Option<GgmlDType> {
+        let Some(parts) = parts_of(self.cfg, hf_name) else {
+            return self.inner.dtype(hf_name);
+        };
+        let types: Vec<Option<GgmlDType>> = parts.iter().map(|p| self.inner.dtype(p)).collect();
+        match types.first() {
+            Some(Some(t)) if types.iter().all(|x| x == &Some(*t)) => Some(*t),
+            _ => None,
+        }
+    }
+
+    fn encode(&self, hf_name: &str) -> Result<Vec<u8>> {
+        match parts_of(self.cfg, hf_name) {
+            None => self.inner.encode(hf_name),
+            Some(parts) => Ok(parts
+                .iter()
+                .map(|p| self.inner.encode(p))
+                .collect::<Result<Vec<_>>>()?
+                .concat()),
+        }
+    }
+
+    fn fallback(&self, hf_name: &str) -> Option<String> {
+        match parts_of(self.cfg, hf_name) {
+            None => self.inner.fallback(hf_name),
+            Some(parts) => parts.iter().find_map(|p| self.inner.fallback(p)),
+        }
+    }
 }
 
 /// The type a row of `cols` values can take, starting from `wanted` and falling back as
@@ -164,7 +216,7 @@ pub fn write_gguf(
     let types = types.into();
     let mut decisions = plan_export(export, types)?;
     let mut notes = Vec::new();
-    let mut metadata = architecture_metadata(cfg, export.name, types.file_type());
+    let mut metadata = architecture_metadata(cfg, export.name, types.file_type(), &mut notes);
     match export.tokenizer {
         Some(tok) => metadata.extend(super::tokenizer_meta::tokenizer_metadata(
             tok,
@@ -177,25 +229,42 @@ pub fn write_gguf(
                 .into(),
         ),
     }
-    let plan = decisions
+    let rope_freqs = rope_freqs(cfg);
+    let plan = rope_freqs
         .iter()
-        .map(|d| PlannedTensor {
+        .map(|f| PlannedTensor {
+            name: ROPE_FREQS.into(),
+            shape: vec![f.len()],
+            dtype: GgmlDType::F32,
+        })
+        .chain(decisions.iter().map(|d| PlannedTensor {
             name: d.gguf_name.clone(),
             shape: d.shape.clone(),
             dtype: d.dtype,
-        })
+        }))
         .collect();
     let mut writer = GgufWriter::create(dest, &metadata, plan, overwrite)?;
     progress.begin("writing GGUF", decisions.len() as u64, "tensors");
     let mut bytes = 0u64;
+    if let Some(f) = &rope_freqs {
+        let data: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+        bytes += data.len() as u64;
+        writer.write_tensor(ROPE_FREQS, &data)?;
+    }
+    let tensors = JoinFused::new(export.tensors, cfg);
+    let encoded = export.encoded.map(|e| FusedEncoded::new(e, cfg));
     for d in &mut decisions {
-        let data = match export.encoded.filter(|e| e.dtype(&d.hf_name).is_some()) {
+        let data = match encoded.as_ref().filter(|e| e.dtype(&d.hf_name).is_some()) {
             Some(encoded) => encoded.encode(&d.hf_name)?,
             None => {
-                let tensor = gguf_layout(cfg, &d.hf_name, export.tensors.load(&d.hf_name)?)?;
+                let tensor = gguf_layout(cfg, &d.hf_name, tensors.load(&d.hf_name)?)?;
+                // Fused parts share their input, hence their importance.
+                let importance_name = parts_of(cfg, &d.hf_name)
+                    .and_then(|p| p.into_iter().next())
+                    .unwrap_or_else(|| d.hf_name.clone());
                 let weights = export
                     .importance
-                    .and_then(|m| m.columns(&d.hf_name))
+                    .and_then(|m| m.columns(&importance_name))
                     .filter(|_| takes_importance(d.dtype));
                 d.importance_weighted = weights.is_some();
                 encode(&tensor, d.dtype, weights).map_err(|msg| Error::TensorData {
@@ -219,8 +288,37 @@ pub fn write_gguf(
     })
 }
 
-/// Applies llama.cpp's rotary row permutation to llama-family q/k tensors.
+/// The name llama.cpp gives its rotary divisors.
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// llama.cpp's `rope_freqs` values (one divisor per rotated pair) for a model whose rotary
+/// frequencies are rescaled per pair (Llama-3.1), as its converter computes them.
+fn rope_freqs(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    if !matches!(
+        cfg.rope_scaling,
+        RopeScaling::Llama3 { .. } | RopeScaling::Divisors(_)
+    ) {
+        return None;
+    }
+    let d = cfg.rotary_dim();
+    let inv_freq: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64))
+        .collect();
+    Some(
+        cfg.rope_scaling
+            .divisors(&inv_freq)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+    )
+}
+
+/// The tensor as llama.cpp's graph reads it: llama-family q/k rows permuted for its rotary
+/// layout, Gemma's norms holding `1 + w`.
 fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
+    if norms_hold_unit_offset(cfg.family) && is_norm_weight(hf_name) {
+        return Ok((t + 1.0)?);
+    }
     if !is_rope_permuted(cfg.family) {
         return Ok(t);
     }
@@ -299,13 +397,14 @@ fn encode(
     Ok(parts.concat())
 }
 
-/// `general.*` and `{arch}.*` keys.
-fn architecture_metadata(cfg: &ModelConfig, name: &str, file_type: u32) -> Vec<(String, Value)> {
-    let arch = match cfg.family {
-        Family::Llama | Family::Mistral => "llama",
-        Family::Qwen2 => "qwen2",
-        Family::Phi => "phi2",
-    };
+/// `general.*` and `{arch}.*` keys; what llama.cpp cannot express goes onto `notes`.
+fn architecture_metadata(
+    cfg: &ModelConfig,
+    name: &str,
+    file_type: u32,
+    notes: &mut Vec<String>,
+) -> Vec<(String, Value)> {
+    let arch = architecture_of(cfg.family);
     let k = |key: &str| format!("{arch}.{key}");
     let u32v = |v: usize| Value::U32(v as u32);
     let mut m = vec![
@@ -335,6 +434,33 @@ fn architecture_metadata(cfg: &ModelConfig, name: &str, file_type: u32) -> Vec<(
     }
     if let Some(w) = cfg.sliding_window {
         m.push((k("attention.sliding_window"), u32v(w)));
+    }
+    if let Some(layers) = &cfg.sliding_layers {
+        m.push((
+            k("attention.sliding_window_pattern"),
+            Value::Array(layers.iter().map(|&b| Value::Bool(b)).collect()),
+        ));
+    }
+    if let Some(theta) = cfg.local_rope_theta {
+        m.push((k("rope.freq_base_swa"), Value::F32(theta as f32)));
+    }
+    if let RopeScaling::Linear { factor } = cfg.rope_scaling {
+        m.push((k("rope.scaling.type"), Value::String("linear".into())));
+        m.push((k("rope.scaling.factor"), Value::F32(factor as f32)));
+    }
+    if cfg.family == Family::Gemma3 {
+        // llama.cpp scales queries by head_dim^-0.5 (hidden / heads for the 62-block 27B).
+        let implied = if cfg.num_layers == 62 {
+            (cfg.hidden_size / cfg.num_heads) as f64
+        } else {
+            cfg.head_dim as f64
+        };
+        if let Some(s) = cfg.query_pre_attn_scalar.filter(|s| *s != implied) {
+            notes.push(format!(
+                "query_pre_attn_scalar {s} differs from the {implied} llama.cpp assumes for \
+                 this model: llama.cpp will scale attention scores differently"
+            ));
+        }
     }
     if let Some(bos) = cfg.bos_token_id {
         m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));

@@ -162,6 +162,26 @@ impl<'a> Meta<'a> {
         }
     }
 
+    /// Whether `key` holds an array.
+    pub fn is_array(&self, key: &str) -> bool {
+        matches!(self.map.get(key), Some(Value::Array(_)))
+    }
+
+    /// A list of booleans (llama.cpp writes per-layer flags as a bool array).
+    pub fn bool_array(&self, key: &str) -> Result<Option<Vec<bool>>> {
+        let Some(items) = self.array(key)? else {
+            return Ok(None);
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                Value::Bool(b) => Ok(*b),
+                other => Err(self.mistyped(key, "a list of booleans", other)),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// An optional array of strings.
     pub fn str_array(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
         let Some(items) = self.array(key)? else {

@@ -107,6 +107,19 @@ impl KQuantMix {
     }
 }
 
+impl KQuantMix {
+    /// llama.cpp's type for a fused `attn_qkv`: one step up from the base in the medium and
+    /// large mixes.
+    fn fused_qkv(self) -> GgmlDType {
+        match self {
+            KQuantMix::Q3KM | KQuantMix::Q3KL => GgmlDType::Q4K,
+            KQuantMix::Q4KM => GgmlDType::Q5K,
+            KQuantMix::Q5KM => GgmlDType::Q6K,
+            _ => self.base(),
+        }
+    }
+}
+
 /// llama.cpp's choice of blocks that get more bits: the first and last eighth, and every
 /// third block in between.
 fn use_more_bits(layer: usize, n_layers: usize) -> bool {
@@ -131,7 +144,18 @@ impl GgufTypes {
             GgufTypes::Pure(t) => *t,
             GgufTypes::Mix(mix) => match names::parse_linear_weight(cfg.family, hf_name) {
                 Some((layer, kind)) => mix.linear(kind, layer, cfg),
-                None => mix.base(),
+                None => match crate::fused::parts_of(cfg, hf_name).as_deref() {
+                    Some([q, ..])
+                        if names::parse_linear_weight(cfg.family, q)
+                            .is_some_and(|(_, k)| k == LinearKind::Q) =>
+                    {
+                        mix.fused_qkv()
+                    }
+                    // A fused gate/up is an `ffn_up` to llama.cpp.
+                    Some([_, up]) => names::parse_linear_weight(cfg.family, up)
+                        .map_or(mix.base(), |(layer, kind)| mix.linear(kind, layer, cfg)),
+                    _ => mix.base(),
+                },
             },
         }
     }

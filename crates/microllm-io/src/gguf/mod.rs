@@ -84,7 +84,8 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
 
     let arch = meta.req_str("general.architecture")?;
     let family = config::family_of(&meta, arch)?;
-    let model_config = config::read_config(&meta, arch, family, &content.tensor_infos)?;
+    let rope_freqs = read_rope_freqs(path, &map, &content)?;
+    let model_config = config::read_config(&meta, arch, family, &content.tensor_infos, rope_freqs)?;
     let tensors = GgufSource::new(path, map, &content, &model_config)?;
     let tokenizer = tokenizer::from_metadata(&meta)?;
     let chat_template = meta.str("tokenizer.chat_template")?.map(str::to_string);
@@ -97,4 +98,31 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
         tokenizer,
         chat_template,
     })
+}
+
+/// The values of the file's `rope_freqs` tensor (llama.cpp's per-pair rotary divisors), if
+/// it has one. It is a small F32 vector, read here because it belongs to the configuration.
+fn read_rope_freqs(path: &Path, map: &[u8], content: &Content) -> Result<Option<Vec<f64>>> {
+    let Some(info) = content.tensor_infos.get("rope_freqs.weight") else {
+        return Ok(None);
+    };
+    let bad = |msg: String| Error::format(path, format!("tensor `rope_freqs.weight`: {msg}"));
+    if info.ggml_dtype != candle_core::quantized::GgmlDType::F32 {
+        return Err(bad(format!(
+            "stored as {}, expected F32",
+            dtype_name(info.ggml_dtype)
+        )));
+    }
+    let n = info.shape.elem_count();
+    let start = (content.tensor_data_offset + info.offset) as usize;
+    let bytes = start
+        .checked_add(4 * n)
+        .and_then(|end| map.get(start..end))
+        .ok_or_else(|| bad("its data lies beyond the end of the file".into()))?;
+    Ok(Some(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+            .collect(),
+    ))
 }

@@ -21,7 +21,7 @@ use candle_core::Tensor;
 use microllm_core::names::{self, LinearKind};
 use microllm_core::{Error, Family, MlpKind, Result};
 
-/// The fused q/k/v projection some Phi-2 conversions write.
+/// The fused q/k/v projection (Phi-2 conversions, Phi-3).
 pub const FUSED_QKV: &str = "attn_qkv";
 
 /// What one GGUF tensor becomes under Hugging Face naming.
@@ -29,9 +29,13 @@ pub const FUSED_QKV: &str = "attn_qkv";
 pub enum Mapped {
     /// Exactly one Hugging Face tensor of this name.
     One(String),
-    /// A fused `blk.{layer}.attn_qkv.{suffix}` whose rows are q, then k, then v; it becomes
-    /// the three `q_proj` / `k_proj` / `v_proj` tensors of that layer.
-    FusedQkv { layer: usize, suffix: &'static str },
+    /// A fused `blk.{layer}.{stem}.{suffix}` whose rows stack `parts` in order (q, k, v in
+    /// `attn_qkv`; Phi-3's gate and up in `ffn_up`); it becomes the parts' tensors.
+    Fused {
+        layer: usize,
+        suffix: &'static str,
+        parts: &'static [LinearKind],
+    },
 }
 
 /// A per-block tensor, independent of how a family spells it.
@@ -40,10 +44,14 @@ enum Part {
     Linear(LinearKind),
     AttnNorm,
     MlpNorm,
+    PostAttnNorm,
+    PostMlpNorm,
+    QNorm,
+    KNorm,
 }
 
 /// GGUF block tensor stems, in llama.cpp's spelling.
-const BLOCK_PARTS: [(&str, Part); 9] = [
+const BLOCK_PARTS: [(&str, Part); 13] = [
     ("attn_q", Part::Linear(LinearKind::Q)),
     ("attn_k", Part::Linear(LinearKind::K)),
     ("attn_v", Part::Linear(LinearKind::V)),
@@ -53,14 +61,38 @@ const BLOCK_PARTS: [(&str, Part); 9] = [
     ("ffn_down", Part::Linear(LinearKind::Down)),
     ("attn_norm", Part::AttnNorm),
     ("ffn_norm", Part::MlpNorm),
+    ("post_attention_norm", Part::PostAttnNorm),
+    ("post_ffw_norm", Part::PostMlpNorm),
+    ("attn_q_norm", Part::QNorm),
+    ("attn_k_norm", Part::KNorm),
 ];
 
-/// Whether the family's blocks have this part.
+const QKV: &[LinearKind] = &[LinearKind::Q, LinearKind::K, LinearKind::V];
+const GATE_UP: &[LinearKind] = &[LinearKind::Gate, LinearKind::Up];
+
+/// The fused GGUF tensors of a family: (stem, parts). Phi-3 stores its gate and up as one
+/// `ffn_up` of twice the MLP width (llama.cpp's phi3 graph has no `ffn_gate`).
+fn fused_stems(family: Family) -> &'static [(&'static str, &'static [LinearKind])] {
+    match family {
+        Family::Phi3 => &[(FUSED_QKV, QKV), ("ffn_up", GATE_UP)],
+        Family::Phi => &[(FUSED_QKV, QKV)],
+        _ => &[],
+    }
+}
+
+/// Whether the family's blocks have this part (as separate GGUF and Hugging Face tensors).
 fn family_has(family: Family, part: Part) -> bool {
     let layout = family.layout();
+    let fused = family
+        .fused_linears()
+        .iter()
+        .any(|f| matches!(part, Part::Linear(k) if f.parts.contains(&k)));
     match part {
+        _ if fused => false,
         Part::Linear(LinearKind::Gate) => layout.mlp == MlpKind::Gated,
         Part::MlpNorm => !layout.parallel,
+        Part::PostAttnNorm | Part::PostMlpNorm => layout.post_norms,
+        Part::QNorm | Part::KNorm => layout.qk_norm,
         _ => true,
     }
 }
@@ -70,7 +102,11 @@ fn hf_block_module(family: Family, layer: usize, part: Part) -> String {
     match part {
         Part::Linear(kind) => format!("{}.{}", names::block_prefix(layer), kind.module(family)),
         Part::AttnNorm => names::attn_norm(layer),
-        Part::MlpNorm => names::mlp_norm(layer),
+        Part::MlpNorm => names::mlp_norm(family, layer),
+        Part::PostAttnNorm => names::post_attn_norm(layer),
+        Part::PostMlpNorm => names::post_mlp_norm(layer),
+        Part::QNorm => names::q_norm(layer),
+        Part::KNorm => names::k_norm(layer),
     }
 }
 
@@ -95,21 +131,27 @@ fn split_suffix(name: &str) -> Option<(&str, &'static str)> {
     }
 }
 
+/// The layer number of `12.rest`, spelled canonically (`01` and `+1` do not map, so names
+/// stay unique), and the rest.
+fn layer_and_rest(s: &str) -> Option<(usize, &str)> {
+    let (layer, rest) = s.split_once('.')?;
+    let n: usize = layer.parse().ok()?;
+    (n.to_string() == layer).then_some((n, rest))
+}
+
 /// The Hugging Face name(s) of a GGUF tensor, or `None` if the family has no such tensor.
 pub fn gguf_to_hf(family: Family, gguf: &str) -> Option<Mapped> {
     let (stem, suffix) = split_suffix(gguf)?;
     if let Some((_, hf)) = globals(family).into_iter().find(|(g, _)| *g == stem) {
         return Some(Mapped::One(format!("{hf}.{suffix}")));
     }
-    let rest = stem.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    // Reject `blk.01` and `blk.+1`: only the canonical spelling maps, so names stay unique.
-    let layer: usize = layer
-        .parse()
-        .ok()
-        .filter(|l: &usize| l.to_string() == layer)?;
-    if part == FUSED_QKV {
-        return Some(Mapped::FusedQkv { layer, suffix });
+    let (layer, part) = layer_and_rest(stem.strip_prefix("blk.")?)?;
+    if let Some((_, parts)) = fused_stems(family).iter().find(|(g, _)| *g == part) {
+        return Some(Mapped::Fused {
+            layer,
+            suffix,
+            parts,
+        });
     }
     let (_, part) = BLOCK_PARTS.into_iter().find(|(g, _)| *g == part)?;
     if !family_has(family, part) {
@@ -123,18 +165,21 @@ pub fn gguf_to_hf(family: Family, gguf: &str) -> Option<Mapped> {
 
 /// The GGUF name of a Hugging Face tensor, or `None` if GGUF has no spelling for it.
 ///
-/// q/k/v map to the separate `attn_q` / `attn_k` / `attn_v` tensors (never the fused form).
+/// q/k/v map to the separate `attn_q` / `attn_k` / `attn_v` tensors, except in families whose
+/// checkpoints fuse them (Phi-3), whose fused Hugging Face modules (`self_attn.qkv_proj`,
+/// `mlp.gate_up_proj`) map to `attn_qkv` / `ffn_up`.
 pub fn hf_to_gguf(family: Family, hf: &str) -> Option<String> {
     let (stem, suffix) = split_suffix(hf)?;
     if let Some((g, _)) = globals(family).into_iter().find(|(_, h)| *h == stem) {
         return Some(format!("{g}.{suffix}"));
     }
-    let rest = stem.strip_prefix("model.layers.")?;
-    let (layer, _) = rest.split_once('.')?;
-    let layer: usize = layer
-        .parse()
-        .ok()
-        .filter(|l: &usize| l.to_string() == layer)?;
+    let (layer, module) = layer_and_rest(stem.strip_prefix("model.layers.")?)?;
+    if let Some(fused) = family.fused_linears().iter().find(|f| f.module == module) {
+        let (g, _) = fused_stems(family)
+            .iter()
+            .find(|(_, parts)| *parts == fused.parts)?;
+        return Some(format!("blk.{layer}.{g}.{suffix}"));
+    }
     BLOCK_PARTS
         .into_iter()
         .filter(|(_, part)| family_has(family, *part))
@@ -142,9 +187,24 @@ pub fn hf_to_gguf(family: Family, hf: &str) -> Option<String> {
         .map(|(g, _)| format!("blk.{layer}.{g}.{suffix}"))
 }
 
+/// Whether the family's GGUF norm weights hold `1 + w` for the checkpoint's `w`: llama.cpp's
+/// converter folds Gemma's unit offset into the stored weight so its graph can use a plain
+/// RMSNorm. Readers subtract the one, writers add it.
+pub fn norms_hold_unit_offset(family: Family) -> bool {
+    family.layout().norm_unit_offset
+}
+
+/// Whether `hf` names a norm weight (of a block, of q/k, or the final norm).
+pub fn is_norm_weight(hf: &str) -> bool {
+    hf.ends_with("norm.weight") || hf.ends_with("layernorm.weight")
+}
+
 /// Whether llama.cpp's converter permuted `attn_q` / `attn_k` rows for this family.
 pub fn is_rope_permuted(family: Family) -> bool {
-    matches!(family, Family::Llama | Family::Mistral)
+    match family {
+        Family::Llama | Family::Mistral => true,
+        Family::Qwen2 | Family::Qwen3 | Family::Phi | Family::Phi3 | Family::Gemma3 => false,
+    }
 }
 
 /// Reorders the rows (dimension 0) of a q/k weight `[out, in]` or bias `[out]` within each of
@@ -263,14 +323,74 @@ mod tests {
         }
         assert_eq!(
             gguf_to_hf(f, "blk.2.attn_qkv.weight"),
-            Some(Mapped::FusedQkv {
+            Some(Mapped::Fused {
                 layer: 2,
-                suffix: "weight"
+                suffix: "weight",
+                parts: QKV,
             })
         );
         // Phi has neither a gate nor a second norm.
         assert_eq!(gguf_to_hf(f, "blk.0.ffn_gate.weight"), None);
         assert_eq!(gguf_to_hf(f, "blk.0.ffn_norm.weight"), None);
+    }
+
+    #[test]
+    fn new_families_name_their_norms_and_fused_tensors() {
+        let g = Family::Gemma3;
+        let cases = [
+            (
+                "blk.1.post_attention_norm.weight",
+                "model.layers.1.post_attention_layernorm.weight",
+            ),
+            (
+                "blk.1.ffn_norm.weight",
+                "model.layers.1.pre_feedforward_layernorm.weight",
+            ),
+            (
+                "blk.1.post_ffw_norm.weight",
+                "model.layers.1.post_feedforward_layernorm.weight",
+            ),
+            (
+                "blk.2.attn_q_norm.weight",
+                "model.layers.2.self_attn.q_norm.weight",
+            ),
+            (
+                "blk.2.attn_k_norm.weight",
+                "model.layers.2.self_attn.k_norm.weight",
+            ),
+        ];
+        for (gg, h) in cases {
+            assert_eq!(gguf_to_hf(g, gg), one(h), "{gg}");
+            assert_eq!(hf_to_gguf(g, h).as_deref(), Some(gg), "{h}");
+        }
+        assert_eq!(
+            hf_to_gguf(Family::Qwen3, "model.layers.0.self_attn.k_norm.weight").as_deref(),
+            Some("blk.0.attn_k_norm.weight")
+        );
+        assert_eq!(gguf_to_hf(Family::Llama, "blk.0.attn_q_norm.weight"), None);
+        let p = Family::Phi3;
+        assert_eq!(
+            gguf_to_hf(p, "blk.3.ffn_up.weight"),
+            Some(Mapped::Fused {
+                layer: 3,
+                suffix: "weight",
+                parts: GATE_UP,
+            })
+        );
+        assert_eq!(
+            hf_to_gguf(p, "model.layers.3.mlp.gate_up_proj.weight").as_deref(),
+            Some("blk.3.ffn_up.weight")
+        );
+        assert_eq!(
+            hf_to_gguf(p, "model.layers.3.self_attn.qkv_proj.weight").as_deref(),
+            Some("blk.3.attn_qkv.weight")
+        );
+        // The parts have no GGUF spelling of their own in a fused family.
+        assert_eq!(
+            hf_to_gguf(p, "model.layers.3.self_attn.q_proj.weight"),
+            None
+        );
+        assert_eq!(gguf_to_hf(p, "blk.3.ffn_gate.weight"), None);
     }
 
     #[test]

@@ -20,7 +20,13 @@ use memmap2::Mmap;
 use microllm_core::names::{self, LinearKind};
 use microllm_core::{Error, ModelConfig, Result, TensorInfo, TensorSource};
 
-use super::names::{Mapped, gguf_to_hf, is_rope_permuted, unpermute_rows};
+use super::names::{
+    Mapped, gguf_to_hf, is_norm_weight, is_rope_permuted, norms_hold_unit_offset, unpermute_rows,
+};
+
+/// GGUF tensors that are model metadata rather than weights: llama.cpp's rotary divisors,
+/// read into the configuration ([`super::config`]) instead of handed out.
+pub(crate) const METADATA_TENSORS: [&str; 1] = ["rope_freqs.weight"];
 
 /// Where one Hugging Face tensor comes from.
 struct Entry {
@@ -36,6 +42,8 @@ struct Entry {
     rows: Option<(usize, usize)>,
     /// Heads to un-permute over (llama-family q/k).
     unpermute_heads: Option<usize>,
+    /// Subtracted from every value on load (the `1` llama.cpp folds into Gemma's norms).
+    minus: f32,
     /// Shape handed out.
     shape: Vec<usize>,
     stored_bytes: u64,
@@ -111,6 +119,9 @@ impl GgufSource {
         let mut entries = HashMap::new();
         let mut order = Vec::new();
         for (gname, info) in gguf {
+            if METADATA_TENSORS.contains(&gname.as_str()) {
+                continue;
+            }
             let bad = |msg: String| Error::format(path, format!("tensor `{gname}`: {msg}"));
             let dims = info.shape.dims().to_vec();
             let size = byte_size(info.ggml_dtype, &dims).map_err(&bad)?;
@@ -142,21 +153,32 @@ impl GgufSource {
                 end: end as usize,
                 rows: None,
                 unpermute_heads: None,
+                minus: 0.0,
                 shape: dims.clone(),
                 stored_bytes: size,
             };
             let parts: Vec<(String, Entry)> = match mapped {
                 Mapped::One(hf) => {
                     let heads = rope_heads(config, gname);
+                    let minus = if norms_hold_unit_offset(config.family) && is_norm_weight(&hf) {
+                        1.0
+                    } else {
+                        0.0
+                    };
                     vec![(
                         hf,
                         Entry {
                             unpermute_heads: heads,
+                            minus,
                             ..base
                         },
                     )]
                 }
-                Mapped::FusedQkv { layer, suffix } => split_qkv(path, config, base, layer, suffix)?,
+                Mapped::Fused {
+                    layer,
+                    suffix,
+                    parts,
+                } => split_fused(path, config, base, (layer, suffix), parts)?,
             };
             for (hf, entry) in parts {
                 if let Some(prev) = entries.get(&hf).map(|e: &Entry| e.gguf_name.clone()) {
@@ -219,6 +241,9 @@ impl GgufSource {
         if let Some((first, n)) = e.rows {
             t = t.narrow(0, first, n)?.contiguous()?;
         }
+        if e.minus != 0.0 {
+            t = (t - e.minus as f64)?;
+        }
         Ok(t)
     }
 }
@@ -240,16 +265,19 @@ fn rope_heads(config: &ModelConfig, gname: &str) -> Option<usize> {
     }
 }
 
-/// The q, k and v parts of a fused `attn_qkv` tensor.
-fn split_qkv(
+/// The parts of a fused tensor (`attn_qkv`: q, k, v; Phi-3's `ffn_up`: gate, up).
+fn split_fused(
     path: &Path,
     config: &ModelConfig,
     fused: Entry,
-    layer: usize,
-    suffix: &str,
+    (layer, suffix): (usize, &str),
+    parts: &[LinearKind],
 ) -> Result<Vec<(String, Entry)>> {
-    let (q, kv) = (config.q_dim(), config.kv_dim());
-    let total = q + 2 * kv;
+    let rows: Vec<usize> = parts
+        .iter()
+        .map(|&k| crate::fused::part_rows(config, k))
+        .collect();
+    let total: usize = rows.iter().sum();
     if fused.dims.first() != Some(&total) {
         let mut expected = fused.dims.clone();
         if let Some(first) = expected.first_mut() {
@@ -263,31 +291,35 @@ fn split_qkv(
         });
     }
     let permuted = is_rope_permuted(config.family);
-    let parts = [
-        (LinearKind::Q, 0, q, config.num_heads),
-        (LinearKind::K, q, kv, config.num_kv_heads),
-        (LinearKind::V, q + kv, kv, 0),
-    ];
+    let mut first = 0;
     Ok(parts
-        .into_iter()
-        .map(|(kind, first, rows, heads)| {
+        .iter()
+        .zip(rows)
+        .map(|(&kind, n)| {
             let name = match suffix {
                 "bias" => names::linear_bias(config.family, layer, kind),
                 _ => names::linear_weight(config.family, layer, kind),
             };
+            let heads = match kind {
+                LinearKind::Q => config.num_heads,
+                LinearKind::K => config.num_kv_heads,
+                _ => 0,
+            };
             let mut shape = fused.dims.clone();
-            shape[0] = rows;
+            shape[0] = n;
             let entry = Entry {
                 gguf_name: fused.gguf_name.clone(),
                 dtype: fused.dtype,
                 dims: fused.dims.clone(),
                 start: fused.start,
                 end: fused.end,
-                rows: Some((first, rows)),
+                rows: Some((first, n)),
                 unpermute_heads: (permuted && heads > 0).then_some(heads),
+                minus: 0.0,
                 shape,
-                stored_bytes: fused.stored_bytes * rows as u64 / total as u64,
+                stored_bytes: fused.stored_bytes * n as u64 / total as u64,
             };
+            first += n;
             (name, entry)
         })
         .collect())

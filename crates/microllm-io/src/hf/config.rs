@@ -6,12 +6,18 @@
 //! with the newer one winning. Family defaults (Qwen2's q/k/v biases, Phi's biases and
 //! LayerNorm) are applied here so the decoder sees plain facts. Unrelated keys (training,
 //! generation) are ignored: config.json carries many that do not affect the forward pass.
-//! Keys that *would* change the forward pass but that microllm does not implement (rope
-//! scaling, for example) are refused rather than silently ignored.
+//! Keys that *would* change the forward pass but that microllm does not implement (YaRN or
+//! dynamic rope scaling, logit soft-capping) are refused rather than silently ignored.
+//!
+//! Gemma 3 spreads its rope over two layer types: the newer style nests one set of rope
+//! parameters per type (`rope_parameters.full_attention` / `.sliding_attention`), the older
+//! one has `rope_theta` for the global layers and `rope_local_base_freq` for the windowed
+//! ones; which layers are windowed comes from `layer_types` (or the older
+//! `sliding_window_pattern`: every n-th layer global).
 
 use std::path::Path;
 
-use microllm_core::{Activation, Error, Family, ModelConfig, Result};
+use microllm_core::{Activation, Error, Family, ModelConfig, Result, RopeScaling};
 use serde_json::{Map, Value};
 
 /// Reads and resolves a `config.json`.
@@ -32,10 +38,23 @@ pub fn parse_config(value: &Value, path: &Path) -> Result<ModelConfig> {
     let model_type = keys.string("model_type")?;
     let family =
         Family::from_model_type(&model_type).ok_or_else(|| Error::UnsupportedArchitecture {
-            name: model_type.clone(),
+            name: if model_type == "gemma3" {
+                "gemma3 (the multimodal Gemma 3; its text-only checkpoints are gemma3_text)".into()
+            } else {
+                model_type.clone()
+            },
             origin: path.display().to_string(),
             supported: Family::supported_list(),
         })?;
+    for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if keys.get(key).is_some() {
+            return Err(Error::config(
+                path,
+                key,
+                "logit soft-capping is not supported (Gemma 2 uses it; Gemma 3 does not)",
+            ));
+        }
+    }
 
     let hidden_size = keys.usize("hidden_size")?;
     let num_heads = keys.usize("num_attention_heads")?;
@@ -52,23 +71,25 @@ pub fn parse_config(value: &Value, path: &Path) -> Result<ModelConfig> {
         }
     };
 
-    let rope = keys.rope()?;
+    let rope = keys.rope(family)?;
     let layout = family.layout();
     let eps_key = match layout.norm {
         microllm_core::NormKind::Rms => "rms_norm_eps",
         microllm_core::NormKind::Layer => "layer_norm_eps",
     };
-    let default_act = match family {
-        Family::Phi => "gelu_new",
-        _ => "silu",
+    let (act_key, default_act) = match family {
+        Family::Phi => ("hidden_act", "gelu_new"),
+        // Gemma names its MLP activation `hidden_activation`.
+        Family::Gemma3 => ("hidden_activation", "gelu_pytorch_tanh"),
+        _ => ("hidden_act", "silu"),
     };
     let act_name = keys
-        .opt_string("hidden_act")?
+        .opt_string(act_key)?
         .unwrap_or_else(|| default_act.into());
     let activation = Activation::from_hf(&act_name).ok_or_else(|| {
         Error::config(
             path,
-            "hidden_act",
+            act_key,
             format!("unsupported activation `{act_name}`"),
         )
     })?;
@@ -81,38 +102,53 @@ pub fn parse_config(value: &Value, path: &Path) -> Result<ModelConfig> {
             keys.opt_bool("mlp_bias")?.unwrap_or(false),
             false,
         ),
-        Family::Mistral => (false, false, false, false),
+        Family::Mistral | Family::Phi3 => (false, false, false, false),
         Family::Qwen2 => (true, false, false, false),
+        Family::Qwen3 | Family::Gemma3 => (attention_bias, attention_bias, false, false),
         Family::Phi => (true, true, true, true),
     };
 
     let sliding_window = match family {
-        Family::Mistral => keys.opt_usize("sliding_window")?,
-        Family::Qwen2 if keys.opt_bool("use_sliding_window")?.unwrap_or(false) => {
+        Family::Mistral | Family::Phi3 | Family::Gemma3 => keys.opt_usize("sliding_window")?,
+        Family::Qwen2 | Family::Qwen3 if keys.opt_bool("use_sliding_window")?.unwrap_or(false) => {
             return Err(Error::config(
                 path,
                 "use_sliding_window",
-                "Qwen2 per-layer sliding-window attention is not supported",
+                "Qwen per-layer sliding-window attention is not supported",
             ));
         }
         _ => None,
     };
+    let num_layers = keys.usize("num_hidden_layers")?;
+    let sliding_layers = match family {
+        Family::Gemma3 => Some(keys.sliding_layers(num_layers)?),
+        _ => None,
+    };
+    let query_pre_attn_scalar = match family {
+        Family::Gemma3 => keys.opt_f64("query_pre_attn_scalar")?,
+        _ => None,
+    };
+    let tie_default = family == Family::Gemma3;
 
     let config = ModelConfig {
         family,
         vocab_size: keys.usize("vocab_size")?,
         hidden_size,
         intermediate_size: keys.usize("intermediate_size")?,
-        num_layers: keys.usize("num_hidden_layers")?,
+        num_layers,
         num_heads,
         num_kv_heads,
         head_dim,
         rope_theta: rope.theta,
+        rope_scaling: rope.scaling,
         partial_rotary_factor: rope.partial_rotary_factor,
         norm_eps: keys.opt_f64(eps_key)?.unwrap_or(1e-5),
         sliding_window,
+        sliding_layers,
+        local_rope_theta: rope.local_theta,
+        query_pre_attn_scalar,
         max_position_embeddings: keys.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-        tie_word_embeddings: keys.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        tie_word_embeddings: keys.opt_bool("tie_word_embeddings")?.unwrap_or(tie_default),
         activation,
         qkv_bias,
         o_bias,
@@ -133,6 +169,9 @@ pub fn parse_config(value: &Value, path: &Path) -> Result<ModelConfig> {
 struct Rope {
     theta: f64,
     partial_rotary_factor: f64,
+    scaling: RopeScaling,
+    /// Base of the windowed layers (Gemma 3), when it has one of its own.
+    local_theta: Option<f64>,
 }
 
 /// Typed access to config keys, with errors naming the file and key.
@@ -141,7 +180,7 @@ struct Keys<'a> {
     path: &'a Path,
 }
 
-impl Keys<'_> {
+impl<'a> Keys<'a> {
     fn get(&self, key: &str) -> Option<&Value> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
@@ -216,58 +255,184 @@ impl Keys<'_> {
         }
     }
 
-    fn rope(&self) -> Result<Rope> {
-        if let Some(scaling) = self.get("rope_scaling") {
-            let kind = scaling
-                .get("rope_type")
-                .or_else(|| scaling.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("?");
-            if kind != "default" {
-                return Err(Error::config(
-                    self.path,
-                    "rope_scaling",
-                    format!("rope scaling `{kind}` is not supported (only default RoPE)"),
-                ));
-            }
-        }
+    /// Rope settings: top-level `rope_theta` / `rope_scaling` / `partial_rotary_factor`,
+    /// overridden by a `rope_parameters` object (per layer type for Gemma 3).
+    fn rope(&self, family: Family) -> Result<Rope> {
         let mut theta = self.opt_f64("rope_theta")?;
         let mut partial = self.opt_f64("partial_rotary_factor")?;
+        let mut scaling = match self.get("rope_scaling") {
+            Some(v) => scaling_of(v, self.path, "rope_scaling")?,
+            None => RopeScaling::None,
+        };
+        let mut local_theta = match family {
+            Family::Gemma3 => Some(self.opt_f64("rope_local_base_freq")?.unwrap_or(10_000.0)),
+            _ => None,
+        };
         if let Some(params) = self.get("rope_parameters") {
-            let params = params
+            let obj = params
                 .as_object()
                 .ok_or_else(|| self.wrong("rope_parameters", "an object", params))?;
-            let nested = Keys {
-                obj: params,
-                path: self.path,
+            let per_type = family == Family::Gemma3 && obj.contains_key("full_attention");
+            let global_key = if per_type {
+                "rope_parameters.full_attention"
+            } else {
+                "rope_parameters"
             };
-            let at = |k: &str| format!("rope_parameters.{k}");
-            if let Some(kind) = nested.opt_string("rope_type")?
-                && kind != "default"
-            {
-                return Err(Error::config(
-                    self.path,
-                    at("rope_type"),
-                    format!("rope type `{kind}` is not supported (only default RoPE)"),
-                ));
-            }
-            if let Some(t) = nested
-                .opt_f64("rope_theta")
-                .map_err(|_| Error::config(self.path, at("rope_theta"), "expected a number"))?
-            {
+            let global = if per_type {
+                &obj["full_attention"]
+            } else {
+                params
+            };
+            let nested = self.nested(global, global_key)?;
+            if let Some(t) = nested.opt_f64("rope_theta")? {
                 theta = Some(t);
             }
-            if let Some(p) = nested.opt_f64("partial_rotary_factor").map_err(|_| {
-                Error::config(self.path, at("partial_rotary_factor"), "expected a number")
-            })? {
+            if let Some(p) = nested.opt_f64("partial_rotary_factor")? {
                 partial = Some(p);
+            }
+            scaling = scaling_of(global, self.path, global_key)?;
+            if per_type && let Some(local) = obj.get("sliding_attention") {
+                let key = "rope_parameters.sliding_attention";
+                if scaling_of(local, self.path, key)? != RopeScaling::None {
+                    return Err(Error::config(
+                        self.path,
+                        key,
+                        "rope scaling on the sliding-window layers is not supported",
+                    ));
+                }
+                local_theta = self
+                    .nested(local, key)?
+                    .opt_f64("rope_theta")?
+                    .or(local_theta);
             }
         }
         Ok(Rope {
             theta: theta.unwrap_or(10_000.0),
             partial_rotary_factor: partial.unwrap_or(1.0),
+            scaling,
+            local_theta,
         })
     }
+
+    /// Keys of a nested object, errors naming it as `at.key`.
+    fn nested<'v>(&self, v: &'v Value, at: &str) -> Result<NestedKeys<'v>>
+    where
+        'a: 'v,
+    {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| self.wrong(at, "an object", v))?;
+        Ok(NestedKeys {
+            keys: Keys {
+                obj,
+                path: self.path,
+            },
+            at: at.to_string(),
+        })
+    }
+
+    /// Which of `n` layers attend through the sliding window: `layer_types`, or the older
+    /// `sliding_window_pattern` (every n-th layer global), else Gemma 3's pattern of 6.
+    fn sliding_layers(&self, n: usize) -> Result<Vec<bool>> {
+        if let Some(types) = self.get("layer_types") {
+            let items = types
+                .as_array()
+                .ok_or_else(|| self.wrong("layer_types", "a list", types))?;
+            return items
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => Err(self.wrong(
+                        "layer_types",
+                        "\"sliding_attention\" or \"full_attention\"",
+                        t,
+                    )),
+                })
+                .collect();
+        }
+        let pattern = match self.opt_usize("sliding_window_pattern")? {
+            Some(p) => Some(p),
+            None => self.opt_usize("_sliding_window_pattern")?,
+        }
+        .unwrap_or(6)
+        .max(1);
+        Ok((0..n).map(|l| (l + 1) % pattern != 0).collect())
+    }
+}
+
+/// [`Keys`] of a nested object whose errors name `at.key`.
+struct NestedKeys<'a> {
+    keys: Keys<'a>,
+    at: String,
+}
+
+impl NestedKeys<'_> {
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.keys.opt_f64(key).map_err(|_| {
+            Error::config(
+                self.keys.path,
+                format!("{}.{key}", self.at),
+                "expected a number",
+            )
+        })
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.keys.opt_usize(key).map_err(|_| {
+            Error::config(
+                self.keys.path,
+                format!("{}.{key}", self.at),
+                "expected a non-negative integer",
+            )
+        })
+    }
+
+    fn opt_str(&self, key: &str) -> Option<&str> {
+        self.keys.get(key).and_then(Value::as_str)
+    }
+}
+
+/// The rescaling a `rope_scaling` / `rope_parameters` object describes (`at` names it).
+fn scaling_of(v: &Value, path: &Path, at: &str) -> Result<RopeScaling> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::config(path, at, format!("expected an object, found {v}")))?;
+    let nested = NestedKeys {
+        keys: Keys { obj, path },
+        at: at.to_string(),
+    };
+    let kind = nested
+        .opt_str("rope_type")
+        .or_else(|| nested.opt_str("type"))
+        .unwrap_or("default");
+    let factor = |default: Option<f64>| -> Result<f64> {
+        nested
+            .opt_f64("factor")?
+            .or(default)
+            .ok_or_else(|| Error::config(path, format!("{at}.factor"), "required key is missing"))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: factor(None)?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: factor(Some(8.0))?,
+            low_freq_factor: nested.opt_f64("low_freq_factor")?.unwrap_or(1.0),
+            high_freq_factor: nested.opt_f64("high_freq_factor")?.unwrap_or(4.0),
+            original_max_position_embeddings: nested
+                .opt_usize("original_max_position_embeddings")?
+                .unwrap_or(8192),
+        },
+        other => {
+            return Err(Error::config(
+                path,
+                at,
+                format!("rope scaling `{other}` is not supported (default, linear and llama3 are)"),
+            ));
+        }
+    })
 }
 
 #[cfg(test)]
@@ -315,7 +480,8 @@ mod tests {
         v["model_type"] = json!("gpt_neox");
         let err = parse(v).unwrap_err().to_string();
         assert!(
-            err.contains("gpt_neox") && err.contains("llama, mistral, qwen2, phi"),
+            err.contains("gpt_neox")
+                && err.contains("llama, mistral, qwen2, qwen3, phi, phi3, gemma3_text"),
             "{err}"
         );
     }
@@ -332,9 +498,80 @@ mod tests {
     }
 
     #[test]
-    fn rope_scaling_is_refused() {
+    fn unsupported_rope_scaling_is_refused() {
         let mut v = llama();
-        v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
-        assert!(parse(v).unwrap_err().to_string().contains("rope_scaling"));
+        v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 8.0});
+        let err = parse(v).unwrap_err().to_string();
+        assert!(
+            err.contains("rope_scaling") && err.contains("yarn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn llama3_scaling_in_both_styles() {
+        let want = RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 16,
+        };
+        let mut old = llama();
+        old["rope_scaling"] = json!({"rope_type": "llama3", "factor": 32.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16});
+        assert_eq!(parse(old).unwrap().rope_scaling, want);
+        let mut new = llama();
+        new["rope_parameters"] = json!({"rope_type": "llama3", "factor": 32.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16, "rope_theta": 500000.0});
+        let c = parse(new).unwrap();
+        assert_eq!((c.rope_scaling, c.rope_theta), (want, 500000.0));
+    }
+
+    #[test]
+    fn gemma3_layer_types_and_rope_bases() {
+        let v = json!({
+            "model_type": "gemma3_text", "vocab_size": 384, "hidden_size": 64,
+            "intermediate_size": 160, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 24, "sliding_window": 8,
+            "query_pre_attn_scalar": 24, "hidden_activation": "gelu_pytorch_tanh",
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
+                "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}
+            }
+        });
+        let c = parse(v.clone()).unwrap();
+        assert_eq!(c.sliding_layers, Some(vec![true, true, false]));
+        assert_eq!((c.rope_theta, c.local_rope_theta), (1e6, Some(1e4)));
+        assert_eq!((c.window_of(1), c.window_of(2)), (Some(8), None));
+        assert!(c.uses_local_rope(0) && !c.uses_local_rope(2));
+        assert!(c.tie_word_embeddings, "Gemma ties its head by default");
+        assert_eq!(c.activation, Activation::GeluNew);
+        // The older style: one base per key, a pattern instead of a list.
+        let mut old = v;
+        let o = old.as_object_mut().unwrap();
+        o.remove("rope_parameters");
+        o.remove("layer_types");
+        o.insert("rope_theta".into(), json!(1e6));
+        o.insert("rope_local_base_freq".into(), json!(1e4));
+        o.insert("sliding_window_pattern".into(), json!(3));
+        let c2 = parse(old).unwrap();
+        assert_eq!(c2.sliding_layers, c.sliding_layers);
+        assert_eq!(c2.local_rope_theta, Some(1e4));
+    }
+
+    #[test]
+    fn soft_capping_and_multimodal_gemma_are_refused() {
+        let mut v = llama();
+        v["model_type"] = json!("gemma3_text");
+        v["final_logit_softcapping"] = json!(30.0);
+        let err = parse(v).unwrap_err().to_string();
+        assert!(err.contains("final_logit_softcapping"), "{err}");
+        let mut v = llama();
+        v["model_type"] = json!("gemma3");
+        let err = parse(v).unwrap_err().to_string();
+        assert!(err.contains("gemma3_text"), "{err}");
     }
 }

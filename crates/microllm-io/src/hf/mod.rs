@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub use self::config::{parse_config, read_config};
 pub use self::safetensors::SafetensorsSource;
+use crate::fused::SplitFused;
 use crate::quantized::{QuantMethod, QuantizedDirSource, SparseDirSource, detect_sparse};
 use crate::{Checkpoint, CheckpointFormat, Tokenizer};
 
@@ -58,6 +59,11 @@ pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
             };
             (format, Box::new(tensors))
         }
+    };
+    let tensors: Box<dyn TensorSource> = if config.family.fused_linears().is_empty() {
+        tensors
+    } else {
+        Box::new(SplitFused::new(tensors, &config)?)
     };
 
     let tokenizer_path = dir.join("tokenizer.json");

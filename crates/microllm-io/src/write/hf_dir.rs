@@ -3,11 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use microllm_core::{Error, Family, ModelConfig, Progress, Result, TensorInfo, TensorSource};
+use microllm_core::{
+    Error, Family, ModelConfig, Progress, Result, RopeScaling, TensorInfo, TensorSource,
+};
 use serde_json::{Value, json};
 
 use super::{AtomicDir, OutDtype, write_safetensors};
 use crate::Tokenizer;
+use crate::fused::JoinFused;
 use crate::hf::INDEX_FILE;
 
 /// What goes into a Hugging Face directory.
@@ -54,8 +57,10 @@ pub fn write_hf_dir(
     opts: &HfWriteOptions,
     progress: &dyn Progress,
 ) -> Result<WriteSummary> {
+    check_expressible(output.config)?;
+    let tensors = JoinFused::new(output.tensors, output.config);
     let dir = AtomicDir::create(dest, opts.overwrite)?;
-    let infos = output.tensors.infos();
+    let infos = tensors.infos();
     let shards = plan_shards(&infos, opts.dtype, opts.max_shard_bytes);
     let total: u64 = infos.len() as u64;
     progress.begin("writing tensors", total, "tensors");
@@ -68,13 +73,10 @@ pub fn write_hf_dir(
         } else {
             format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len())
         };
-        tensor_bytes += write_safetensors(
-            &dir.path().join(&file),
-            output.tensors,
-            shard,
-            opts.dtype,
-            |_| progress.advance(1),
-        )?;
+        tensor_bytes +=
+            write_safetensors(&dir.path().join(&file), &tensors, shard, opts.dtype, |_| {
+                progress.advance(1)
+            })?;
         for t in shard {
             weight_map.insert(t.name.clone(), Value::String(file.clone()));
         }
@@ -168,15 +170,102 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: OutDtype) -> Value {
             obj.insert("attention_bias".into(), json!(cfg.qkv_bias));
             obj.insert("mlp_bias".into(), json!(cfg.mlp_bias));
         }
-        Family::Mistral => {
+        Family::Mistral | Family::Phi3 => {
             obj.insert("sliding_window".into(), json!(cfg.sliding_window));
         }
         Family::Qwen2 => {
             obj.insert("use_sliding_window".into(), json!(false));
         }
+        Family::Qwen3 => {
+            obj.insert("attention_bias".into(), json!(cfg.qkv_bias));
+            obj.insert("use_sliding_window".into(), json!(false));
+        }
+        Family::Gemma3 => gemma3_keys(cfg, obj),
         Family::Phi => {}
     }
+    if cfg.partial_rotary_factor != 1.0 && cfg.family == Family::Phi3 {
+        obj.insert(
+            "partial_rotary_factor".into(),
+            json!(cfg.partial_rotary_factor),
+        );
+    }
+    if let Some(scaling) = rope_scaling_json(&cfg.rope_scaling) {
+        obj.insert("rope_scaling".into(), scaling);
+    }
     v
+}
+
+/// `rope_scaling` as transformers reads it, or `None` for plain RoPE.
+fn rope_scaling_json(scaling: &RopeScaling) -> Option<Value> {
+    match scaling {
+        RopeScaling::None => None,
+        RopeScaling::Linear { factor } => Some(json!({"rope_type": "linear", "factor": factor})),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => Some(json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+        })),
+        // Only a GGUF file carries bare divisors; the writer refuses them (see
+        // `check_expressible`).
+        RopeScaling::Divisors(_) => None,
+    }
+}
+
+/// Gemma 3's keys: its own activation key, the attention scalar, which layers are windowed
+/// and the rope of each layer type, in both the transformers 5 (`rope_parameters`) and the
+/// older (`rope_theta`, `rope_local_base_freq`) spelling.
+fn gemma3_keys(cfg: &ModelConfig, obj: &mut serde_json::Map<String, Value>) {
+    obj.remove("hidden_act");
+    obj.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+    obj.insert(
+        "query_pre_attn_scalar".into(),
+        json!(cfg.query_pre_attn_scalar.unwrap_or(cfg.head_dim as f64)),
+    );
+    obj.insert("sliding_window".into(), json!(cfg.sliding_window));
+    let layer_types: Vec<&str> = (0..cfg.num_layers)
+        .map(|l| {
+            if cfg.window_of(l).is_some() {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    obj.insert("layer_types".into(), json!(layer_types));
+    let local = cfg.local_rope_theta.unwrap_or(cfg.rope_theta);
+    let mut full = json!({"rope_type": "default", "rope_theta": cfg.rope_theta});
+    if let Some(Value::Object(s)) = rope_scaling_json(&cfg.rope_scaling) {
+        full = Value::Object(s);
+        full["rope_theta"] = json!(cfg.rope_theta);
+    }
+    obj.insert(
+        "rope_parameters".into(),
+        json!({
+            "full_attention": full,
+            "sliding_attention": {"rope_type": "default", "rope_theta": local},
+        }),
+    );
+    obj.insert("rope_local_base_freq".into(), json!(local));
+}
+
+/// Refuses a configuration config.json cannot express (rotary divisors read from a GGUF
+/// file have no `rope_scaling` spelling).
+pub(crate) fn check_expressible(cfg: &ModelConfig) -> Result<()> {
+    if matches!(cfg.rope_scaling, RopeScaling::Divisors(_)) {
+        return Err(Error::Invalid(
+            "this model's rotary frequencies are rescaled by a GGUF `rope_freqs` tensor, which \
+             config.json cannot express; write it as GGUF instead"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn tokenizer_config(

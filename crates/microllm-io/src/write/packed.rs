@@ -19,6 +19,7 @@ use super::hf_dir::{hf_config_json, tokenizer_config, write_json};
 use super::safetensors::{OutDtype, tensor_bytes};
 use super::{AtomicDir, WriteSummary};
 use crate::Tokenizer;
+use crate::fused::{JoinFused, JoinFusedPacked};
 use crate::hf::INDEX_FILE;
 use crate::quantized::{LinearCodes, QuantMethod, RawTensor, compressed, gptq};
 
@@ -141,6 +142,15 @@ pub fn write_packed_dir(
     overwrite: bool,
     progress: &dyn Progress,
 ) -> Result<WriteSummary> {
+    super::hf_dir::check_expressible(out.config)?;
+    let tensors = JoinFused::new(out.tensors, out.config);
+    let packed = JoinFusedPacked::new(out.packed, out.config);
+    let out = &PackedOutput {
+        tensors: &tensors,
+        packed: &packed,
+        quantization_config: out.quantization_config.clone(),
+        ..*out
+    };
     let torch_dtype = out
         .tensors
         .infos()

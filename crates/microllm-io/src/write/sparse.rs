@@ -19,6 +19,7 @@ use super::hf_dir::hf_config_json;
 use super::packed::{Planned, PlannedDir, dense_dtype, st_dtype, write_planned_dir};
 use super::safetensors::{OutDtype, tensor_bytes};
 use crate::Tokenizer;
+use crate::fused::{JoinFused, parts_of};
 use crate::quantized::RawTensor;
 use crate::quantized::sparse::{SparseFormat, SparseWeight};
 
@@ -102,6 +103,18 @@ pub fn write_sparse_dir(
     overwrite: bool,
     progress: &dyn Progress,
 ) -> Result<WriteSummary> {
+    super::hf_dir::check_expressible(out.config)?;
+    let tensors = JoinFused::new(out.tensors, out.config);
+    let is_sparse = |name: &str| match parts_of(out.config, name) {
+        Some(parts) => parts.iter().all(|p| (out.is_sparse)(p)),
+        None => (out.is_sparse)(name),
+    };
+    let out = &SparseOutput {
+        tensors: &tensors,
+        is_sparse: &is_sparse,
+        structure: out.structure.clone(),
+        ..*out
+    };
     let mut planned = Vec::new();
     let (mut total, mut zeros) = (0usize, 0usize);
     let mut torch_dtype = None;
