@@ -63,7 +63,7 @@ fn config(dir: &Path) -> serde_json::Value {
 fn packed_outputs_hold_exactly_the_quantized_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let calib = calib_ids(tmp.path(), 16, 32, 384);
-    let cases: [(&str, &[&str]); 8] = [
+    let cases: [(&str, &[&str]); 12] = [
         ("llama-tiny", &["--bits", "4", "--group-size", "32"]),
         ("llama-tiny", &["--bits", "3", "--asym", "--act-order"]),
         (
@@ -86,6 +86,17 @@ fn packed_outputs_hold_exactly_the_quantized_weights() {
         (
             "llama-tiny",
             &["--bits", "8", "--act-order", "--method", "gptq"],
+        ),
+        // Phi-3's fused qkv/gate_up: parts stacked, one g_idx per fused matrix.
+        (
+            "phi3-tiny",
+            &["--bits", "4", "--asym", "--group-size", "32", "--act-order"],
+        ),
+        ("gemma3-tiny", &["--bits", "4", "--group-size", "8"]),
+        ("qwen3-tiny", &["--bits", "3", "--act-order"]),
+        (
+            "llama3-tiny",
+            &["--bits", "4", "--asym", "--group-size", "32"],
         ),
     ];
     for (i, (name, args)) in cases.into_iter().enumerate() {

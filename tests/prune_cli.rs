@@ -60,6 +60,9 @@ fn unstructured_masks_have_exactly_the_asked_sparsity() {
         ("llama-tiny", "magnitude", "layer"),
         ("qwen2-tiny", "wanda", "row"),
         ("mistral-tiny", "sparsegpt", "row"),
+        ("gemma3-tiny", "wanda", "row"),
+        ("phi3-tiny", "sparsegpt", "row"),
+        ("qwen3-tiny", "magnitude", "layer"),
     ] {
         let out = tmp.path().join(format!("{model}-{method}"));
         let report = prune(

@@ -160,6 +160,9 @@ fn pruning_equals_zeroing_and_skipping_in_the_original() {
         ("mistral-tiny", "kv-groups"),
         ("qwen2-tiny", "per-group"),
         ("phi-tiny", "kv-groups"),
+        ("qwen3-tiny", "per-group"),
+        ("phi3-tiny", "kv-groups"),
+        ("llama3-tiny", "per-group"),
     ];
     for (name, mode) in cases {
         let dir = fixture(name);

@@ -54,7 +54,7 @@ fn quantize(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> serde_jso
 fn gguf_output_holds_exactly_the_quantized_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let calib = calib_ids(tmp.path(), 16, 32, 384);
-    let cases: [(&str, &[&str], &str, f32); 4] = [
+    let cases: [(&str, &[&str], &str, f32); 8] = [
         (
             "llama-tiny",
             &["--bits", "4", "--group-size", "32"],
@@ -79,11 +79,35 @@ fn gguf_output_holds_exactly_the_quantized_weights() {
             "Q4_1",
             1e-3,
         ),
+        (
+            "gemma3-tiny",
+            &["--bits", "4", "--group-size", "32"],
+            "Q4_0",
+            0.0,
+        ),
+        (
+            "qwen3-tiny",
+            &["--bits", "8", "--group-size", "channel"],
+            "Q8_0",
+            0.0,
+        ),
+        (
+            "phi3-tiny",
+            &["--bits", "4", "--asym", "--group-size", "32"],
+            "Q4_1",
+            1e-3,
+        ),
+        (
+            "llama3-tiny",
+            &["--bits", "4", "--group-size", "32"],
+            "Q4_0",
+            0.0,
+        ),
     ];
-    for (name, args, gguf_type, tol) in cases {
+    for (i, (name, args, gguf_type, tol)) in cases.into_iter().enumerate() {
         let model = fixture(name);
-        let gguf = tmp.path().join(format!("{name}-{gguf_type}.gguf"));
-        let dense = tmp.path().join(format!("{name}-{gguf_type}-st"));
+        let gguf = tmp.path().join(format!("{i}-{name}-{gguf_type}.gguf"));
+        let dense = tmp.path().join(format!("{i}-{name}-{gguf_type}-st"));
         let report = quantize(&model, &calib, &gguf, args);
         let mut dense_args = args.to_vec();
         dense_args.extend(["--format", "safetensors", "--dtype", "f32"]);
@@ -124,7 +148,10 @@ fn gguf_output_holds_exactly_the_quantized_weights() {
                     "{name} {tensor}"
                 );
             } else if tensor.ends_with("norm.weight") || tensor.ends_with(".bias") {
-                assert_eq!(diff, 0.0, "{name} {tensor}");
+                // Gemma's GGUF norms hold 1 + w in f32 (llama.cpp's convention): w comes
+                // back to within the f32 rounding of 1 + w.
+                let tol = if name.starts_with("gemma") { 2e-7 } else { 0.0 };
+                assert!(diff <= tol, "{name} {tensor}: {diff}");
             }
         }
     }

@@ -6,6 +6,7 @@ use candle_core::quantized::GgmlDType;
 use microllm_core::{
     Error, LinearKind, MlpKind, ModelConfig, Result, TensorInfo, TensorSource, names,
 };
+use microllm_io::fused::{JoinFused, fused_of, parts_of};
 use microllm_io::gguf::write::PlannedTensor;
 use microllm_io::gguf::{TypeDecision, plan_types};
 use microllm_io::write::OutDtype;
@@ -29,6 +30,20 @@ pub struct TensorPlan {
     /// Why the type is not the one the scheme asks for, if it is not.
     pub fallback: Option<String>,
     pub bytes: u64,
+}
+
+/// Whether `hf_name` is a block linear's weight, or a fused matrix of them (Phi-3's
+/// `qkv_proj`, `gate_up_proj`, as writers name them).
+fn is_linear(cfg: &ModelConfig, hf_name: &str) -> bool {
+    names::parse_linear_weight(cfg.family, hf_name).is_some() || parts_of(cfg, hf_name).is_some()
+}
+
+impl TensorPlan {
+    /// Whether this output tensor holds `hf_name` (itself, or as a part of a fused matrix).
+    pub fn holds(&self, cfg: &ModelConfig, hf_name: &str) -> bool {
+        self.hf_name == hf_name
+            || fused_of(cfg, hf_name).is_some_and(|(fused, _, _)| fused == self.hf_name)
+    }
 }
 
 /// Every linear weight of the model with its shape, checked to exist.
@@ -105,7 +120,7 @@ pub fn from_decisions(
     decisions
         .into_iter()
         .map(|d| {
-            let quantized = names::parse_linear_weight(cfg.family, &d.hf_name).is_some();
+            let quantized = is_linear(cfg, &d.hf_name);
             let chosen = if quantized { linear_type(&d) } else { None };
             let (dtype, fallback) = match chosen {
                 Some(t) => t,
@@ -152,10 +167,11 @@ pub fn gguf_plan(
 /// Safetensors output: every tensor in `dtype` (quantized linears hold the dequantized grid
 /// values).
 pub fn dense_plan(cfg: &ModelConfig, src: &dyn TensorSource, dtype: OutDtype) -> Vec<TensorPlan> {
-    src.infos()
+    JoinFused::new(src, cfg)
+        .infos()
         .into_iter()
         .map(|i| TensorPlan {
-            quantized: names::parse_linear_weight(cfg.family, &i.name).is_some(),
+            quantized: is_linear(cfg, &i.name),
             bytes: (i.numel() * dtype.size()) as u64,
             hf_name: i.name.clone(),
             name: i.name,

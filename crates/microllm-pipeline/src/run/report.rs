@@ -65,7 +65,7 @@ pub(super) fn build(
                         output_type: out
                             .tensors
                             .iter()
-                            .find(|t| t.hf_name == hf)
+                            .find(|t| t.holds(&out.config, &hf))
                             .map(|t| t.dtype.clone()),
                     }
                 })
