@@ -479,7 +479,9 @@ impl ModelConfig {
                     ),
                 );
             }
-            RopeScaling::Divisors(d) if d.len() != half || d.iter().any(|v| !(*v > 0.0)) => {
+            RopeScaling::Divisors(d)
+                if d.len() != half || d.iter().any(|v| v.is_nan() || *v <= 0.0) =>
+            {
                 return bad(
                     "rope_freqs",
                     format!(
