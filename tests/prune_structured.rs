@@ -163,6 +163,7 @@ fn pruning_equals_zeroing_and_skipping_in_the_original() {
         ("qwen3-tiny", "per-group"),
         ("phi3-tiny", "kv-groups"),
         ("llama3-tiny", "per-group"),
+        ("gemma3-tiny", "per-group"),
     ];
     for (name, mode) in cases {
         let dir = fixture(name);

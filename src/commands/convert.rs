@@ -136,11 +136,7 @@ fn to_hf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
 }
 
 fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
-    let name = ckpt
-        .path
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "model".into());
+    let name = ckpt.name();
     // A GPTQ / compressed-tensors source: linears whose codes a ggml block type holds are
     // written exactly from the codes (Q4_0 / Q4_1 / Q8_0), not re-quantized.
     let packed = match ckpt.format {
@@ -158,6 +154,7 @@ fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
         tokenizer: ckpt.tokenizer.as_ref(),
         chat_template: ckpt.chat_template.as_deref(),
         name: &name,
+        license: ckpt.license.as_deref(),
         encoded: codes.as_ref().map(|c| c as &dyn EncodedTensors),
         importance: None,
     };

@@ -18,6 +18,7 @@ pub mod hf;
 pub mod hub;
 mod mmap;
 pub mod quantized;
+pub mod spm;
 mod tokenizer;
 pub mod write;
 
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use microllm_core::{Error, ModelConfig, Result, TensorSource};
 
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{SpecialTokens, Tokenizer};
 
 /// The on-disk format a checkpoint was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,8 @@ pub struct Checkpoint {
     pub tokenizer: Option<Tokenizer>,
     /// The chat template (Jinja), when the checkpoint carries one.
     pub chat_template: Option<String>,
+    /// The licence identifier (`apache-2.0`, `llama2`), when the model card or GGUF names one.
+    pub license: Option<String>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -90,6 +93,17 @@ impl Checkpoint {
             msg: "this checkpoint carries no tokenizer (no tokenizer.json / no tokenizer metadata)"
                 .into(),
         })
+    }
+
+    /// The model's name, for `general.name`: a directory's name (`TinyLlama-1.1B`), a file's
+    /// stem.
+    pub fn name(&self) -> String {
+        let name = if self.path.is_dir() {
+            self.path.file_name()
+        } else {
+            self.path.file_stem()
+        };
+        name.map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
     }
 
     /// Total bytes of tensor data as stored.

@@ -1,17 +1,56 @@
 //! A thin wrapper over the `tokenizers` crate that names its origin in errors.
 //!
-//! Tokenizers come from a `tokenizer.json` or are rebuilt from GGUF metadata
-//! ([`crate::gguf`]); either way callers get the same type.
+//! Tokenizers come from a `tokenizer.json`, a SentencePiece `tokenizer.model`, or are rebuilt
+//! from GGUF metadata ([`crate::gguf`]); either way callers get the same type. Beside the
+//! pipeline it keeps what a GGUF writer needs and the pipeline does not hold: the
+//! SentencePiece tables with their trained scores, when the source had them, and the special
+//! tokens `tokenizer_config.json` names.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use microllm_core::{Error, Result};
+use serde_json::Value as Json;
+
+use crate::spm::SpmVocab;
 
 /// A tokenizer plus where it came from.
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     origin: String,
+    spm: Option<Arc<SpmVocab>>,
+    special: SpecialTokens,
+}
+
+/// The special tokens and flags a `tokenizer_config.json` sets (all optional).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecialTokens {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    pub pad: Option<String>,
+    /// `add_bos_token` / `add_eos_token`, which transformers applies over `tokenizer.json`.
+    pub add_bos: Option<bool>,
+    pub add_eos: Option<bool>,
+}
+
+impl SpecialTokens {
+    /// Reads the keys of a parsed `tokenizer_config.json`; a token may be written as a string
+    /// or as an added-token object with a `content`.
+    pub fn from_config(cfg: &Json) -> Self {
+        let token = |key: &str| match &cfg[key] {
+            Json::String(s) => Some(s.clone()),
+            obj @ Json::Object(_) => obj["content"].as_str().map(str::to_string),
+            _ => None,
+        };
+        Self {
+            bos: token("bos_token"),
+            eos: token("eos_token"),
+            pad: token("pad_token"),
+            add_bos: cfg["add_bos_token"].as_bool(),
+            add_eos: cfg["add_eos_token"].as_bool(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -29,7 +68,32 @@ impl Tokenizer {
         Self {
             inner,
             origin: origin.into(),
+            spm: None,
+            special: SpecialTokens::default(),
         }
+    }
+
+    /// Attaches the SentencePiece tables the tokenizer was built from (GGUF export writes
+    /// them as they are).
+    pub fn with_spm(mut self, vocab: SpmVocab) -> Self {
+        self.spm = Some(Arc::new(vocab));
+        self
+    }
+
+    /// Attaches what `tokenizer_config.json` says about special tokens.
+    pub fn with_special(mut self, special: SpecialTokens) -> Self {
+        self.special = special;
+        self
+    }
+
+    /// The SentencePiece tables, when the tokenizer came from some.
+    pub fn spm(&self) -> Option<&SpmVocab> {
+        self.spm.as_deref()
+    }
+
+    /// The special tokens named beside the tokenizer.
+    pub fn special(&self) -> &SpecialTokens {
+        &self.special
     }
 
     /// Loads a `tokenizer.json`.

@@ -72,6 +72,7 @@ fn k_quant_blocks_are_fitted_with_the_importance_weights() {
         tokenizer: None,
         chat_template: None,
         name: "wide",
+        license: None,
         encoded: None,
         importance: Some(&matrix),
     };

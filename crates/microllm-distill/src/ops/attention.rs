@@ -25,6 +25,7 @@ pub struct Attention {
     head_dim: usize,
     rope: RopeTables,
     window: Option<usize>,
+    scale: f64,
 }
 
 struct Saved {
@@ -43,15 +44,31 @@ struct AttentionNode {
 }
 
 impl Attention {
-    /// Attention for `cfg` on windows of up to `max_seq` tokens.
+    /// Attention for `cfg` on windows of up to `max_seq` tokens, as every layer of a model
+    /// without per-layer differences has it.
     pub fn new(cfg: &ModelConfig, max_seq: usize) -> Self {
-        Self {
-            kv_heads: cfg.num_kv_heads,
-            group: cfg.num_heads / cfg.num_kv_heads,
-            head_dim: cfg.head_dim,
-            rope: RopeTables::new(cfg, max_seq),
-            window: cfg.sliding_window,
-        }
+        Self::per_layer(cfg, max_seq).swap_remove(0)
+    }
+
+    /// The attention of each block: its window (Gemma 3 alternates sliding-window and
+    /// global blocks) and rotary base (Gemma 3's local blocks have their own). The tables
+    /// are built once and shared.
+    pub fn per_layer(cfg: &ModelConfig, max_seq: usize) -> Vec<Self> {
+        let global = RopeTables::new(cfg, max_seq);
+        let local = RopeTables::local(cfg, max_seq);
+        (0..cfg.num_layers.max(1))
+            .map(|layer| Self {
+                kv_heads: cfg.num_kv_heads,
+                group: cfg.num_heads / cfg.num_kv_heads,
+                head_dim: cfg.head_dim,
+                rope: match &local {
+                    Some(l) if cfg.uses_local_rope(layer) => l.clone(),
+                    _ => global.clone(),
+                },
+                window: cfg.window_of(layer),
+                scale: cfg.attention_scale(),
+            })
+            .collect()
     }
 
     /// Longest window supported.
@@ -77,7 +94,7 @@ impl Attention {
         }
         let shape = (batch, seq, self.kv_heads, self.head_dim);
         let mask = CausalMask {
-            scale: 1.0 / (self.head_dim as f64).sqrt(),
+            scale: self.scale,
             group: self.group,
             window: self.window,
         };

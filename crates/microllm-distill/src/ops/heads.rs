@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use microllm_core::ModelConfig;
+use microllm_core::{ModelConfig, RopeScaling};
 use rayon::prelude::*;
 
 use crate::real::Real;
@@ -29,11 +29,28 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
+    /// The global layers' tables: base `rope_theta`, with the configured rescaling.
     pub fn new(cfg: &ModelConfig, positions: usize) -> Self {
+        Self::with_base(cfg, cfg.rope_theta, &cfg.rope_scaling, positions)
+    }
+
+    /// The sliding-window layers' tables when they have a base of their own
+    /// (`local_rope_theta`, never rescaled), as in the inference decoder.
+    pub fn local(cfg: &ModelConfig, positions: usize) -> Option<Self> {
+        cfg.local_rope_theta
+            .map(|theta| Self::with_base(cfg, theta, &RopeScaling::None, positions))
+    }
+
+    fn with_base(cfg: &ModelConfig, theta: f64, scaling: &RopeScaling, positions: usize) -> Self {
         let rotary_dim = cfg.rotary_dim();
         let half = rotary_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / rotary_dim as f64)) as f32)
+        let base: Vec<f64> = (0..half)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / rotary_dim as f64))
+            .collect();
+        let inv_freq: Vec<f32> = base
+            .iter()
+            .zip(scaling.divisors(&base))
+            .map(|(f, d)| (f / d) as f32)
             .collect();
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
         for pos in 0..positions {

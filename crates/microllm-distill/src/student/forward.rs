@@ -1,7 +1,10 @@
 //! The student's differentiable forward pass.
 //!
 //! Activations flow as rows `[batch * seq, hidden]` from node to node ([`crate::ops`]: linear,
-//! attention, norms, SwiGLU), with no reshapes in the graph. Attention computes full causal
+//! attention, norms, SwiGLU), with no reshapes in the graph except the per-head view of
+//! queries and keys that Qwen3's and Gemma 3's q/k norms need. The family differences
+//! follow the inference decoder: `1 + w` norms, sandwich norms and scaled embeddings
+//! (Gemma), per-block windows and rotary bases, the configured attention scale. Attention computes full causal
 //! score matrices (training windows are short, so the masked triangle the inference decoder
 //! skips costs little, and one product per KV head keeps the backward simple). The output
 //! stops at the final norm:
@@ -33,15 +36,22 @@ impl Student {
     }
 
     fn norm(&self, x: &Tensor, n: NormAt) -> Result<Tensor> {
+        let offset;
+        let weight = if n.unit_offset {
+            offset = (self.p(n.weight) + 1.0)?;
+            &offset
+        } else {
+            self.p(n.weight)
+        };
         Ok(match (n.kind, n.bias) {
-            (NormKind::Rms, _) => RmsNorm { eps: n.eps }.apply(x, self.p(n.weight))?,
+            (NormKind::Rms, _) => RmsNorm { eps: n.eps }.apply(x, weight)?,
             (NormKind::Layer, bias) => {
                 let mean = x.mean_keepdim(D::Minus1)?;
                 let centered = x.broadcast_sub(&mean)?;
                 let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
                 let y = centered
                     .broadcast_div(&(var + n.eps)?.sqrt()?)?
-                    .broadcast_mul(self.p(n.weight))?;
+                    .broadcast_mul(weight)?;
                 match bias {
                     Some(b) => y.broadcast_add(self.p(b))?,
                     None => y,
@@ -50,12 +60,32 @@ impl Student {
         })
     }
 
-    fn attention(&self, x: &Tensor, b: &BlockAt, batch: usize, seq: usize) -> Result<Tensor> {
-        let q = self.linear(x, b.q)?;
-        let k = self.linear(x, b.k)?;
+    /// `n` over each `head_dim` slice of the rows `x` `[rows, heads * head_dim]`.
+    fn per_head_norm(&self, x: Tensor, n: Option<NormAt>) -> Result<Tensor> {
+        let Some(n) = n else { return Ok(x) };
+        let (rows, width) = x.dims2()?;
+        let d = self.cfg.head_dim;
+        let heads = x.reshape((rows * width / d, d))?;
+        Ok(self.norm(&heads, n)?.reshape((rows, width))?)
+    }
+
+    fn attention(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        b: &BlockAt,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Tensor> {
+        let q = self.per_head_norm(self.linear(x, b.q)?, b.q_norm)?;
+        let k = self.per_head_norm(self.linear(x, b.k)?, b.k_norm)?;
         let v = self.linear(x, b.v)?;
-        let ctx = self.attention.apply(&q, &k, &v, batch, seq)?;
-        self.linear(&ctx, b.o)
+        let ctx = self.attention[layer].apply(&q, &k, &v, batch, seq)?;
+        let out = self.linear(&ctx, b.o)?;
+        match b.post_attn_norm {
+            Some(n) => self.norm(&out, n),
+            None => Ok(out),
+        }
     }
 
     fn mlp(&self, x: &Tensor, b: &BlockAt) -> Result<Tensor> {
@@ -67,12 +97,23 @@ impl Student {
             Some(g) => (activate(act, &self.linear(x, g)?)? * self.linear(x, b.up)?)?,
             None => activate(act, &self.linear(x, b.up)?)?,
         };
-        self.linear(&hidden, b.down)
+        let out = self.linear(&hidden, b.down)?;
+        match b.post_mlp_norm {
+            Some(n) => self.norm(&out, n),
+            None => Ok(out),
+        }
     }
 
-    fn block(&self, x: &Tensor, b: &BlockAt, batch: usize, seq: usize) -> Result<Tensor> {
+    fn block(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        b: &BlockAt,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Tensor> {
         let normed = self.norm(x, b.attn_norm)?;
-        let attn = self.attention(&normed, b, batch, seq)?;
+        let attn = self.attention(&normed, layer, b, batch, seq)?;
         Ok(match b.mlp_norm {
             None => ((x + attn)? + self.mlp(&normed, b)?)?,
             Some(n) => {
@@ -86,10 +127,10 @@ impl Student {
     /// Runs `ids` (u32 `[batch, seq]`), keeping the outputs of `keep_blocks`.
     pub fn forward(&self, ids: &Tensor, keep_blocks: &[usize]) -> Result<StudentOutput> {
         let (batch, seq) = ids.dims2()?;
-        if seq > self.attention.max_seq() {
+        let max_seq = self.attention[0].max_seq();
+        if seq > max_seq {
             return Err(microllm_core::Error::Invalid(format!(
-                "{seq} tokens exceed the {} positions the student was prepared for",
-                self.attention.max_seq()
+                "{seq} tokens exceed the {max_seq} positions the student was prepared for"
             )));
         }
         let flat = ids.flatten_all()?;
@@ -104,9 +145,12 @@ impl Student {
             )));
         }
         let mut x = self.p(self.embed).index_select(&flat, 0)?;
+        if let Some(scale) = self.cfg.embedding_scale() {
+            x = x.affine(scale, 0.0)?;
+        }
         let mut kept = vec![None; keep_blocks.len()];
         for (i, b) in self.blocks.iter().enumerate() {
-            x = self.block(&x, b, batch, seq)?;
+            x = self.block(&x, i, b, batch, seq)?;
             for (slot, _) in keep_blocks.iter().enumerate().filter(|(_, k)| **k == i) {
                 kept[slot] = Some(x.clone());
             }

@@ -56,6 +56,8 @@ struct NormAt {
     weight: usize,
     bias: Option<usize>,
     eps: f64,
+    /// The weight is applied as `1 + weight` (Gemma).
+    unit_offset: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +65,12 @@ struct BlockAt {
     attn_norm: NormAt,
     /// `None` in parallel blocks (Phi).
     mlp_norm: Option<NormAt>,
+    /// Gemma's sandwich norms on the attention and MLP outputs.
+    post_attn_norm: Option<NormAt>,
+    post_mlp_norm: Option<NormAt>,
+    /// Per-head norms of queries and keys before the rotation (Qwen3, Gemma 3).
+    q_norm: Option<NormAt>,
+    k_norm: Option<NormAt>,
     q: LinearAt,
     k: LinearAt,
     v: LinearAt,
@@ -81,7 +89,8 @@ pub struct Student {
     blocks: Vec<BlockAt>,
     final_norm: NormAt,
     head: LinearAt,
-    attention: Attention,
+    /// One per block (windows and rotary bases may differ between blocks).
+    attention: Vec<Attention>,
 }
 
 impl Student {
@@ -159,17 +168,27 @@ impl Student {
                         None => None,
                     },
                     eps: n.eps as f64,
+                    unit_offset: n.unit_offset,
                 })
             };
             let attn_norm = norm(names::attn_norm(layer), &b.attn_norm)?;
-            let mlp_norm = match &b.mlp_norm {
-                Some(n) => Some(norm(names::mlp_norm(f, layer), n)?),
-                None => None,
+            let mut optional = |name: String, n: &Option<microllm_models::Norm>| match n {
+                Some(n) => norm(name, n).map(Some),
+                None => Ok(None),
             };
+            let mlp_norm = optional(names::mlp_norm(f, layer), &b.mlp_norm)?;
+            let post_attn_norm = optional(names::post_attn_norm(layer), &b.post_attn_norm)?;
+            let post_mlp_norm = optional(names::post_mlp_norm(layer), &b.post_mlp_norm)?;
+            let q_norm = optional(names::q_norm(layer), &b.q_norm)?;
+            let k_norm = optional(names::k_norm(layer), &b.k_norm)?;
             debug_assert_eq!(gate.is_some(), b.mlp.kind == MlpKind::Gated);
             blocks.push(BlockAt {
                 attn_norm,
                 mlp_norm,
+                post_attn_norm,
+                post_mlp_norm,
+                q_norm,
+                k_norm,
                 q,
                 k,
                 v: vv,
@@ -197,6 +216,7 @@ impl Student {
                 NormKind::Rms => None,
             },
             eps: cfg.norm_eps,
+            unit_offset: cfg.layout().norm_unit_offset,
         };
         let head_bias_name = format!("{}.bias", names::LM_HEAD);
         let head = LinearAt {
@@ -227,7 +247,7 @@ impl Student {
             blocks,
             final_norm,
             head,
-            attention: Attention::new(cfg, max_seq),
+            attention: Attention::per_layer(cfg, max_seq),
         })
     }
 

@@ -7,7 +7,16 @@ use candle_core::{DType, Device, Tensor};
 use microllm_io::Checkpoint;
 
 /// The fixture families the student supports (every family microllm implements).
-pub const FAMILIES: [&str; 4] = ["llama-tiny", "mistral-tiny", "qwen2-tiny", "phi-tiny"];
+pub const FAMILIES: [&str; 8] = [
+    "llama-tiny",
+    "mistral-tiny",
+    "qwen2-tiny",
+    "phi-tiny",
+    "gemma3-tiny",
+    "qwen3-tiny",
+    "phi3-tiny",
+    "llama3-tiny",
+];
 
 /// `../shared/fixtures/NAME`; a missing directory is a broken environment.
 pub fn fixture(name: &str) -> PathBuf {

@@ -39,8 +39,10 @@ pub struct GgufExport<'a> {
     pub tensors: &'a dyn TensorSource,
     pub tokenizer: Option<&'a Tokenizer>,
     pub chat_template: Option<&'a str>,
-    /// `general.name`.
+    /// `general.name` (and `general.basename`).
     pub name: &'a str,
+    /// `general.license`, when the source names one.
+    pub license: Option<&'a str>,
     /// Tensors encoded elsewhere (GPTQ codes packed exactly into blocks); the rest are
     /// quantized here by round-to-nearest.
     pub encoded: Option<&'a dyn EncodedTensors>,
@@ -217,13 +219,19 @@ pub fn write_gguf(
     let mut decisions = plan_export(export, types)?;
     let mut notes = Vec::new();
     let mut metadata = architecture_metadata(cfg, export.name, types.file_type(), &mut notes);
+    metadata.extend(provenance_metadata(export));
     match export.tokenizer {
-        Some(tok) => metadata.extend(super::tokenizer_meta::tokenizer_metadata(
-            tok,
-            cfg,
-            export.chat_template,
-            &mut notes,
-        )?),
+        Some(tok) => {
+            let tokenizer = super::tokenizer_meta::tokenizer_metadata(
+                tok,
+                cfg,
+                export.chat_template,
+                &mut notes,
+            )?;
+            // The tokenizer's own special ids win over the model config's.
+            metadata.retain(|(k, _)| tokenizer.iter().all(|(t, _)| t != k));
+            metadata.extend(tokenizer);
+        }
         None => notes.push(
             "the source has no tokenizer: the GGUF carries none, and llama.cpp will refuse it"
                 .into(),
@@ -397,6 +405,48 @@ fn encode(
     Ok(parts.concat())
 }
 
+/// `general.basename`, `general.size_label` (parameters counted from the tensor shapes, as
+/// llama.cpp's converter labels them: `135M`, `7B`) and `general.license`.
+fn provenance_metadata(export: &GgufExport<'_>) -> Vec<(String, Value)> {
+    let params: u64 = export
+        .tensors
+        .infos()
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .sum();
+    let mut m = vec![
+        (
+            "general.basename".to_string(),
+            Value::String(export.name.into()),
+        ),
+        (
+            "general.size_label".to_string(),
+            Value::String(size_label(params)),
+        ),
+    ];
+    if let Some(l) = export.license {
+        m.push(("general.license".into(), Value::String(l.into())));
+    }
+    m
+}
+
+/// A parameter count as a short label with at least two significant digits, as llama.cpp's
+/// converter writes it: `135M`, `1.1B`, `6.7B`, `13B`.
+fn size_label(params: u64) -> String {
+    let p = params as f64;
+    let (scaled, unit) = match p {
+        p if p > 1e12 => (p * 1e-12, "T"),
+        p if p > 1e9 => (p * 1e-9, "B"),
+        p if p > 1e6 => (p * 1e-6, "M"),
+        p => (p * 1e-3, "K"),
+    };
+    let integer_digits = format!("{}", scaled.round() as u64)
+        .trim_start_matches('0')
+        .len();
+    let decimals = 2usize.saturating_sub(integer_digits);
+    format!("{scaled:.decimals$}{unit}")
+}
+
 /// `general.*` and `{arch}.*` keys; what llama.cpp cannot express goes onto `notes`.
 fn architecture_metadata(
     cfg: &ModelConfig,
@@ -499,6 +549,16 @@ mod tests {
                 .unwrap_err()
                 .contains("NaN")
         );
+    }
+
+    #[test]
+    fn size_labels_read_like_llama_cpp_ones() {
+        assert_eq!(size_label(134_515_008), "135M");
+        assert_eq!(size_label(6_738_415_616), "6.7B");
+        assert_eq!(size_label(1_100_048_384), "1.1B");
+        assert_eq!(size_label(13_015_864_320), "13B");
+        assert_eq!(size_label(4_000_000), "4.0M");
+        assert_eq!(size_label(20_480), "20K");
     }
 
     #[test]

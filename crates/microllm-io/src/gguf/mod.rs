@@ -97,6 +97,7 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
         tensors: Box::new(tensors),
         tokenizer,
         chat_template,
+        license: meta.str("general.license")?.map(str::to_string),
     })
 }
 

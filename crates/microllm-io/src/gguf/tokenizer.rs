@@ -16,12 +16,10 @@
 //!   - any other name: the GPT-2 byte-level split, *without failing*. The weights are still
 //!     usable, and for most byte-level models the GPT-2 split differs only in rare corner cases
 //!     (digit runs, contractions); token counts may then differ slightly from the reference.
-//! * `tokenizer.ggml.model = "llama"` (SentencePiece): BPE whose merges are derived from the
-//!   piece scores (each piece that is the concatenation of two other pieces yields a merge,
-//!   ranked by the merged piece's score: SentencePiece's own merge order), with byte fallback
-//!   to the `<0xNN>` pieces, the `▁` space normalisation and its inverse as decoder. This is
-//!   how Hugging Face's `LlamaTokenizerFast` is built from a SentencePiece model; ties between
-//!   equal scores may break differently from SentencePiece in rare cases.
+//! * `tokenizer.ggml.model = "llama"` (SentencePiece): the tables become an
+//!   [`SpmVocab`](crate::spm::SpmVocab), built into BPE with merges derived from the scores
+//!   (see [`crate::spm`]) and kept on the tokenizer, so that writing GGUF again carries the
+//!   same scores.
 //! * any other model (`bert`, `t5`, `rwkv`, ...): no tokenizer ([`None`]); the checkpoint
 //!   still opens and its weights can be used.
 //!
@@ -30,16 +28,9 @@
 //! added by the post-processor only when `tokenizer.ggml.add_bos_token` (`add_eos_token`)
 //! says so; its default follows llama.cpp (on for SentencePiece models, off for gpt2 ones).
 
-use std::collections::HashMap;
-
 use microllm_core::{Error, Result};
-use tokenizers::decoders::DecoderWrapper;
-use tokenizers::decoders::byte_fallback::ByteFallback;
-use tokenizers::decoders::fuse::Fuse;
-use tokenizers::decoders::sequence::Sequence as DecoderSequence;
-use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{BPE, Merges, Vocab};
-use tokenizers::normalizers::{NFC, NormalizerWrapper, Prepend, Replace, Sequence as NormSequence};
+use tokenizers::normalizers::NFC;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -52,6 +43,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use super::meta::Meta;
 use crate::Tokenizer;
+use crate::spm::{Piece, PieceKind, SpmVocab, bos_eos_template, build};
 
 /// llama.cpp token types.
 const TYPE_UNKNOWN: i64 = 2;
@@ -59,12 +51,9 @@ const TYPE_CONTROL: i64 = 3;
 const TYPE_USER_DEFINED: i64 = 4;
 
 /// The pre-split regex of Qwen2 (digits one by one).
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The pre-split regex of LLaMA-3 (digits in runs of up to three).
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// SentencePiece's word-boundary marker.
-const SPM_SPACE: &str = "\u{2581}";
+pub(crate) const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The tables every tokenizer model needs.
 struct Tables<'a> {
@@ -129,12 +118,14 @@ pub(crate) fn from_metadata(meta: &Meta<'_>) -> Result<Option<Tokenizer>> {
         types,
         origin: origin.clone(),
     };
-    let inner = match model {
-        "gpt2" => gpt2(meta, &tables)?,
-        "llama" => sentencepiece(meta, &tables)?,
+    Ok(Some(match model {
+        "gpt2" => Tokenizer::new(gpt2(meta, &tables)?, origin),
+        "llama" => {
+            let vocab = sentencepiece_vocab(meta, &tables)?;
+            Tokenizer::new(build(&vocab, &origin)?, origin).with_spm(vocab)
+        }
         _ => return Ok(None),
-    };
-    Ok(Some(Tokenizer::new(inner, origin)))
+    }))
 }
 
 /// The pre-tokenizer llama.cpp means by a `tokenizer.ggml.pre` name (see the module docs).
@@ -193,7 +184,7 @@ fn gpt2(meta: &Meta<'_>, t: &Tables<'_>) -> Result<tokenizers::Tokenizer> {
     }
     tk.with_pre_tokenizer(Some(byte_level_pre_tokenizer(pre)?));
     tk.with_decoder(Some(ByteLevel::default()));
-    let template = special_template(meta, t, false)?;
+    let template = special_template(meta, t)?;
     let byte_level: PostProcessorWrapper = ByteLevel::new(false, false, true).into();
     tk.with_post_processor(Some(match template {
         Some(tp) => PostSequence::new(vec![byte_level, tp.into()]).into(),
@@ -203,8 +194,8 @@ fn gpt2(meta: &Meta<'_>, t: &Tables<'_>) -> Result<tokenizers::Tokenizer> {
     Ok(tk)
 }
 
-/// SentencePiece BPE rebuilt from scores (`tokenizer.ggml.model = "llama"`).
-fn sentencepiece(meta: &Meta<'_>, t: &Tables<'_>) -> Result<tokenizers::Tokenizer> {
+/// The SentencePiece tables of a `tokenizer.ggml.model = "llama"` file.
+fn sentencepiece_vocab(meta: &Meta<'_>, t: &Tables<'_>) -> Result<SpmVocab> {
     let scores = meta
         .f64_array("tokenizer.ggml.scores")?
         .filter(|s| s.len() == t.tokens.len())
@@ -215,45 +206,32 @@ fn sentencepiece(meta: &Meta<'_>, t: &Tables<'_>) -> Result<tokenizers::Tokenize
                 "a SentencePiece tokenizer needs one score per token",
             )
         })?;
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab(t), spm_merges(&t.tokens, &t.types, &scores))
-        .fuse_unk(true)
-        .byte_fallback(true);
-    if let Some((unk, _)) = t.token(meta.u32("tokenizer.ggml.unknown_token_id")?) {
-        builder = builder.unk_token(unk);
-    }
-    let bpe = builder.build().map_err(|e| t.err(e))?;
-
-    let add_prefix = meta
-        .bool("tokenizer.ggml.add_space_prefix")?
-        .unwrap_or(true);
-    let to_marker = Replace::new(" ", SPM_SPACE).map_err(|e| t.err(e))?;
-    let normalizer: NormalizerWrapper = if add_prefix {
-        NormSequence::new(vec![
-            Prepend::new(SPM_SPACE.into()).into(),
-            to_marker.into(),
-        ])
-        .into()
-    } else {
-        to_marker.into()
+    let pieces = t
+        .tokens
+        .iter()
+        .zip(&t.types)
+        .zip(scores)
+        .map(|((text, &ty), score)| Piece {
+            text: (*text).to_string(),
+            score: score as f32,
+            kind: PieceKind::from_code(ty),
+        })
+        .collect();
+    let id = |key: &str| -> Result<Option<u32>> {
+        Ok(meta.u32(key)?.filter(|&i| (i as usize) < t.tokens.len()))
     };
-    let mut decoders: Vec<DecoderWrapper> = vec![
-        Replace::new(SPM_SPACE, " ").map_err(|e| t.err(e))?.into(),
-        ByteFallback::new().into(),
-        Fuse::new().into(),
-    ];
-    if add_prefix {
-        decoders.push(Strip::new(' ', 1, 0).into());
-    }
-
-    let mut tk = tokenizers::Tokenizer::new(bpe);
-    tk.with_normalizer(Some(normalizer)).map_err(|e| t.err(e))?;
-    tk.with_decoder(Some(DecoderSequence::new(decoders)));
-    if let Some(tp) = special_template(meta, t, true)? {
-        tk.with_post_processor(Some(tp));
-    }
-    add_tokens(&mut tk, t)?;
-    Ok(tk)
+    Ok(SpmVocab {
+        pieces,
+        unk_id: id("tokenizer.ggml.unknown_token_id")?,
+        bos_id: id("tokenizer.ggml.bos_token_id")?,
+        eos_id: id("tokenizer.ggml.eos_token_id")?,
+        pad_id: id("tokenizer.ggml.padding_token_id")?,
+        add_bos: meta.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true),
+        add_eos: meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+        add_space_prefix: meta
+            .bool("tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(true),
+    })
 }
 
 /// Token -> id. On duplicates the first id wins, as in llama.cpp.
@@ -265,44 +243,11 @@ fn vocab(t: &Tables<'_>) -> Vocab {
     v
 }
 
-/// Merges implied by SentencePiece scores: every split of a normal piece into two pieces of
-/// the vocabulary, best merged score first (then lower ids first, for determinism).
-fn spm_merges(tokens: &[&str], types: &[i64], scores: &[f64]) -> Merges {
-    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
-    for (i, tok) in tokens.iter().enumerate() {
-        ids.entry(tok).or_insert(i);
-    }
-    let mut found: Vec<(usize, usize, usize)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
-        if types[id] != 1 {
-            continue;
-        }
-        for (k, _) in piece.char_indices().skip(1) {
-            let (l, r) = piece.split_at(k);
-            if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
-                found.push((id, li, ri));
-            }
-        }
-    }
-    found.sort_by(|a, b| {
-        scores[b.0]
-            .total_cmp(&scores[a.0])
-            .then((a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)))
-    });
-    found
-        .into_iter()
-        .map(|(_, l, r)| (tokens[l].to_string(), tokens[r].to_string()))
-        .collect()
-}
-
-/// A post-processor adding BOS / EOS when the metadata asks for them.
-fn special_template(
-    meta: &Meta<'_>,
-    t: &Tables<'_>,
-    bos_default: bool,
-) -> Result<Option<TemplateProcessing>> {
-    let wanted = |flag: &str, id_key: &str, default: bool| -> Result<Option<(String, u32)>> {
-        Ok(if meta.bool(flag)?.unwrap_or(default) {
+/// A post-processor adding BOS / EOS when the metadata asks for them (off by default for
+/// byte-level BPE, as in llama.cpp).
+fn special_template(meta: &Meta<'_>, t: &Tables<'_>) -> Result<Option<TemplateProcessing>> {
+    let wanted = |flag: &str, id_key: &str| -> Result<Option<(String, u32)>> {
+        Ok(if meta.bool(flag)?.unwrap_or(false) {
             t.token(meta.u32(id_key)?)
         } else {
             None
@@ -311,36 +256,12 @@ fn special_template(
     let bos = wanted(
         "tokenizer.ggml.add_bos_token",
         "tokenizer.ggml.bos_token_id",
-        bos_default,
     )?;
     let eos = wanted(
         "tokenizer.ggml.add_eos_token",
         "tokenizer.ggml.eos_token_id",
-        false,
     )?;
-    if bos.is_none() && eos.is_none() {
-        return Ok(None);
-    }
-    let seq = |s: &str, type_id: u32| {
-        let mut parts = Vec::new();
-        if let Some((b, _)) = &bos {
-            parts.push(format!("{b}:{type_id}"));
-        }
-        parts.push(format!("${s}:{type_id}"));
-        if let Some((e, _)) = &eos {
-            parts.push(format!("{e}:{type_id}"));
-        }
-        parts.join(" ")
-    };
-    let specials: Vec<(String, u32)> = bos.iter().chain(eos.iter()).cloned().collect();
-    TemplateProcessing::builder()
-        .try_single(seq("A", 0))
-        .and_then(|b| b.try_pair(format!("{} {}", seq("A", 0), seq("B", 1))))
-        .map_err(|e| t.err(format!("BOS/EOS template: {e}")))?
-        .special_tokens(specials)
-        .build()
-        .map(Some)
-        .map_err(|e| t.err(format!("BOS/EOS template: {e}")))
+    bos_eos_template(bos, eos, &t.origin)
 }
 
 fn add_tokens(tk: &mut tokenizers::Tokenizer, t: &Tables<'_>) -> Result<()> {
@@ -354,6 +275,7 @@ fn add_tokens(tk: &mut tokenizers::Tokenizer, t: &Tables<'_>) -> Result<()> {
 mod tests {
     use super::*;
     use candle_core::quantized::gguf_file::Value;
+    use std::collections::HashMap;
     use std::path::Path;
 
     fn strings(v: &[&str]) -> Value {

@@ -1,10 +1,11 @@
 //! Hugging Face model directories: `config.json`, safetensors (one file, or shards listed by
-//! `model.safetensors.index.json`), `tokenizer.json` and `tokenizer_config.json`. A
+//! `model.safetensors.index.json`), and the tokenizer files (`tokenizer_files`). A
 //! `quantization_config` in config.json (GPTQ, compressed-tensors) makes the packed linears
 //! appear dequantized under their usual names ([`crate::quantized`]).
 
 mod config;
 mod safetensors;
+mod tokenizer_files;
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,7 @@ pub use self::config::{parse_config, read_config};
 pub use self::safetensors::SafetensorsSource;
 use crate::fused::SplitFused;
 use crate::quantized::{QuantMethod, QuantizedDirSource, SparseDirSource, detect_sparse};
-use crate::{Checkpoint, CheckpointFormat, Tokenizer};
+use crate::{Checkpoint, CheckpointFormat};
 
 /// The index file that lists the shards of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -66,19 +67,15 @@ pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
         Box::new(SplitFused::new(tensors, &config)?)
     };
 
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer = if tokenizer_path.is_file() {
-        Some(Tokenizer::from_file(&tokenizer_path)?)
-    } else {
-        None
-    };
+    let tokenizer = tokenizer_files::load_tokenizer(dir, &config)?;
     Ok(Checkpoint {
         path: dir.to_path_buf(),
         format,
         config,
         tensors,
         tokenizer,
-        chat_template: chat_template(dir)?,
+        chat_template: tokenizer_files::chat_template(dir)?,
+        license: tokenizer_files::license(dir),
     })
 }
 
@@ -187,25 +184,4 @@ fn check_index(dir: &Path, file_of: impl Fn(&str) -> Option<PathBuf>) -> Result<
         }
     }
     Ok(())
-}
-
-/// The chat template from `chat_template.jinja` or `tokenizer_config.json`, if any.
-fn chat_template(dir: &Path) -> Result<Option<String>> {
-    let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
-        return std::fs::read_to_string(&jinja)
-            .map(Some)
-            .map_err(|e| Error::io(&jinja, e));
-    }
-    let cfg = dir.join("tokenizer_config.json");
-    if !cfg.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::format(&cfg, format!("not valid JSON: {e}")))?;
-    Ok(value
-        .get("chat_template")
-        .and_then(Value::as_str)
-        .map(str::to_string))
 }

@@ -58,11 +58,8 @@ pub fn write_output(
                 tensors,
                 tokenizer: ckpt.tokenizer.as_ref(),
                 chat_template: ckpt.chat_template.as_deref(),
-                name: ckpt
-                    .path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("model"),
+                name: &ckpt.name(),
+                license: ckpt.license.as_deref(),
                 encoded: gguf_codes.as_ref().map(|c| c as &dyn EncodedTensors),
                 importance: now.importance,
             };

@@ -49,13 +49,22 @@ impl Targets {
             || self.layers < cfg.num_layers
     }
 
-    /// The configuration of the pruned model (`head_dim` unchanged).
-    pub fn config(&self, cfg: &ModelConfig) -> ModelConfig {
+    /// The configuration of the pruned model (`head_dim` unchanged) keeping the blocks
+    /// `kept` of the original, in order: per-block properties (Gemma 3's sliding-window
+    /// blocks) follow the blocks that remain.
+    pub fn config(&self, cfg: &ModelConfig, kept: &[usize]) -> ModelConfig {
+        debug_assert_eq!(kept.len(), self.layers);
+        let sliding_layers = cfg.sliding_layers.as_ref().map(|flags| {
+            kept.iter()
+                .map(|&l| flags.get(l).copied().unwrap_or(false))
+                .collect()
+        });
         ModelConfig {
             intermediate_size: self.channels,
             num_heads: self.heads,
             num_kv_heads: self.kv_heads,
             num_layers: self.layers,
+            sliding_layers,
             ..cfg.clone()
         }
     }
@@ -206,9 +215,10 @@ impl StructuredPlan {
             .iter()
             .flat_map(|&g| g * group..g * group + per)
             .collect::<Vec<_>>();
+        let kept: Vec<usize> = (0..t.layers).collect();
         Self {
             original: cfg.clone(),
-            config: t.config(cfg),
+            config: t.config(cfg, &kept),
             layers: (0..t.layers)
                 .map(|l| LayerPlan {
                     source: l,
@@ -271,9 +281,10 @@ impl StructuredPlan {
                 kv_heads,
             });
         }
+        let kept: Vec<usize> = layers.iter().map(|l| l.source).collect();
         Ok(Self {
             original: cfg.clone(),
-            config: t.config(cfg),
+            config: t.config(cfg, &kept),
             layers,
             dropped,
         })

@@ -77,8 +77,20 @@ fn head_counts_follow_the_grouping() {
     assert_eq!((t.heads, t.kv_heads), (2, 1));
     let t = targets(&spec(1.0, 0.5, HeadMode::PerGroup, 1), &cfg).unwrap();
     assert_eq!((t.heads, t.kv_heads, t.layers), (2, 2, 1));
-    let c = t.config(&cfg);
+    let c = t.config(&cfg, &[1]);
     assert_eq!((c.head_dim, c.num_heads, c.num_layers), (2, 2, 1));
+}
+
+#[test]
+fn dropped_blocks_take_their_window_flags_with_them() {
+    let mut cfg = tiny_config();
+    cfg.num_layers = 3;
+    cfg.sliding_window = Some(4);
+    cfg.sliding_layers = Some(vec![true, true, false]);
+    let t = targets(&spec(1.0, 1.0, HeadMode::PerGroup, 1), &cfg).unwrap();
+    let c = t.config(&cfg, &[0, 2]);
+    assert_eq!(c.sliding_layers, Some(vec![true, false]));
+    assert_eq!((c.window_of(0), c.window_of(1)), (Some(4), None));
 }
 
 #[test]
