@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{calib_ids, fixture, microllm};
+use common::{calib_ids, fixture, json, microllm};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
@@ -393,4 +393,45 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
             .all(|r| r["loss"].as_f64().unwrap().is_finite()),
         "only finite steps recorded"
     );
+}
+
+/// Every new family distils from a live teacher into a student cut from it: the loss falls,
+/// and per-block properties (Gemma 3's window flags) follow the blocks the student kept.
+#[test]
+fn new_families_distil_with_falling_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = calib_ids(tmp.path(), 64, 16, 384);
+    for family in ["gemma3-tiny", "qwen3-tiny", "phi3-tiny", "llama3-tiny"] {
+        let out = tmp.path().join(family);
+        let mut args = run_args(&data, &out, &["--steps", "30", "--lr", "1e-3"]);
+        args[2] = fixture(family).to_str().unwrap().to_string();
+        microllm().args(&args).assert().success();
+        let report = json(&tmp.path().join(format!("{family}.report.json")));
+        let curve = report["curve"].as_array().unwrap();
+        let (first, last) = (
+            curve[0]["loss"].as_f64().unwrap(),
+            curve[curve.len() - 1]["loss"].as_f64().unwrap(),
+        );
+        assert!(last < 0.9 * first, "{family}: loss {first} -> {last}");
+        let teacher_cfg = json(&fixture(family).join("config.json"));
+        let student_cfg = json(&out.join("config.json"));
+        let layers = teacher_cfg["num_hidden_layers"].as_u64().unwrap();
+        assert_eq!(student_cfg["num_hidden_layers"], layers - 1, "{family}");
+        if family == "gemma3-tiny" {
+            let types = teacher_cfg["layer_types"].as_array().unwrap();
+            let kept: Vec<usize> = report["student"]["source_blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as usize)
+                .collect();
+            let want: Vec<&serde_json::Value> = kept.iter().map(|&b| &types[b]).collect();
+            let got: Vec<&serde_json::Value> = student_cfg["layer_types"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .collect();
+            assert_eq!(got, want, "{family}: layer types of the kept blocks");
+        }
+    }
 }
