@@ -69,7 +69,8 @@ fn unknown_model_type_lists_the_supported_ones() {
     });
     let err = inspect_fails(tmp.path());
     assert!(
-        err.contains("`mamba`") && err.contains("llama, mistral, qwen2, phi"),
+        err.contains("`mamba`")
+            && err.contains("llama, mistral, qwen2, qwen3, phi, phi3, gemma3_text"),
         "{err}"
     );
 }

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Writes a random-weight llama model (Hugging Face layout, f16 safetensors shards) of about
-1.5B parameters, to show that `microllm quantize` memory stays bounded as models grow.
+"""Writes a random-weight llama model (Hugging Face layout, f16 or bf16 safetensors shards +
+index), by default of about 1.5B parameters, to show that microllm's memory stays bounded as
+models grow; scripts/bench/llama2-7b-shape.sh uses it for LLaMA-2-7B's exact shapes.
 
-Pure standard library: random bytes are mapped onto f16 values of magnitude 2^-7..2^-4 (a
-weight-like scale, never NaN or infinite) by a byte translation table, so gigabytes are
-written in seconds. Norm weights are 1.0. No tokenizer: the caller copies one in.
+Pure standard library: random bytes are mapped onto f16 / bf16 values of magnitude
+2^-7..2^-4 (a weight-like scale, never NaN or infinite, so activations stay finite) by a byte
+translation table on each value's high byte, so gigabytes are written in seconds. Norm
+weights are 1.0. No tokenizer: the caller copies one in.
 
 Usage: make_random_llama.py OUT_DIR [--layers 30] [--hidden 2048] [--intermediate 5632]
-       [--heads 32] [--kv-heads 4] [--vocab 49152] [--shard-gb 2]
+       [--heads 32] [--kv-heads 4] [--vocab 49152] [--shard-gb 2] [--dtype f16|bf16]
+       [--max-position 2048]
 """
 import argparse
 import json
@@ -23,6 +26,8 @@ p.add_argument("--heads", type=int, default=32)
 p.add_argument("--kv-heads", type=int, default=4)
 p.add_argument("--vocab", type=int, default=49152)
 p.add_argument("--shard-gb", type=float, default=2.0)
+p.add_argument("--dtype", choices=["f16", "bf16"], default="f16")
+p.add_argument("--max-position", type=int, default=2048)
 a = p.parse_args()
 
 h, i, hd = a.hidden, a.intermediate, a.hidden // a.heads
@@ -43,9 +48,16 @@ for l in range(a.layers):
     ]
 tensors += [("model.norm.weight", [h]), ("lm_head.weight", [a.vocab, h])]
 
-# High byte: keep the sign and the top mantissa bits, force exponent 8..11.
-table = bytes(((b & 0x83) | ((8 + (b >> 2) % 4) << 2)) for b in range(256))
-one = struct.pack("<e", 1.0)
+if a.dtype == "f16":
+    # High byte: keep the sign and the top mantissa bits, force exponent 8..11.
+    table = bytes(((b & 0x83) | ((8 + (b >> 2) % 4) << 2)) for b in range(256))
+    one = struct.pack("<e", 1.0)
+else:
+    # bf16 high byte: sign and the top 7 exponent bits; 0x3C / 0x3D with the low byte's top
+    # bit give biased exponents 120..123, i.e. 2^-7..2^-4.
+    table = bytes(((b & 0x80) | 0x3C | ((b >> 1) & 1)) for b in range(256))
+    one = struct.pack("<f", 1.0)[2:]
+st_dtype = {"f16": "F16", "bf16": "BF16"}[a.dtype]
 
 shards, current, size = [], [], 0
 limit = int(a.shard_gb * 1e9)
@@ -67,7 +79,7 @@ for k, shard in enumerate(shards):
     fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
     header, offset = {}, 0
     for name, shape, n in shard:
-        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + 2 * n]}
+        header[name] = {"dtype": st_dtype, "shape": shape, "data_offsets": [offset, offset + 2 * n]}
         offset += 2 * n
         weight_map[name] = fname
         total += n
@@ -82,16 +94,18 @@ for k, shard in enumerate(shards):
             left = 2 * n
             while left:
                 chunk = min(left, 1 << 26)
-                f.write(os.urandom(chunk).translate(table))
+                buf = bytearray(os.urandom(chunk))
+                buf[1::2] = bytes(buf[1::2]).translate(table)
+                f.write(buf)
                 left -= chunk
 with open(os.path.join(a.out, "model.safetensors.index.json"), "w") as f:
     json.dump({"metadata": {"total_size": 2 * total}, "weight_map": weight_map}, f, indent=1)
 config = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
     "intermediate_size": i, "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
-    "num_key_value_heads": a.kv_heads, "vocab_size": a.vocab, "max_position_embeddings": 2048,
+    "num_key_value_heads": a.kv_heads, "vocab_size": a.vocab, "max_position_embeddings": a.max_position,
     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
-    "tie_word_embeddings": False, "torch_dtype": "float16", "bos_token_id": 1, "eos_token_id": 2,
+    "tie_word_embeddings": False, "torch_dtype": {"f16": "float16", "bf16": "bfloat16"}[a.dtype], "bos_token_id": 1, "eos_token_id": 2,
 }
 with open(os.path.join(a.out, "config.json"), "w") as f:
     json.dump(config, f, indent=1)

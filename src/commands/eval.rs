@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use microllm_eval::{PerplexityOptions, perplexity};
+use microllm_eval::{PerplexityOptions, Protocol, perplexity};
 use serde_json::json;
 
 use crate::progress::Bar;
@@ -13,6 +13,7 @@ use crate::progress::Bar;
 /// The text is tokenized whole (no BOS unless the tokenizer adds one) and cut into consecutive
 /// non-overlapping windows of --ctx tokens; the last partial window is dropped. Every position
 /// after the first in each window is scored; perplexity = exp(mean negative log-likelihood).
+/// `--protocol llama-cpp` scores as llama-perplexity does instead.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model directory, .gguf file or hub repo id.
@@ -27,9 +28,21 @@ pub struct Args {
     /// Score only the first N windows.
     #[arg(long)]
     max_windows: Option<usize>,
+    /// Which positions are scored: `microllm` (every position after the first of each
+    /// window), or `llama-cpp` (llama-perplexity's: BOS in the first slot of every window when
+    /// the tokenizer adds one, only the second half scored), so that figures compare with
+    /// llama-perplexity's on the same file.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Microllm)]
+    protocol: ProtocolArg,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProtocolArg {
+    Microllm,
+    LlamaCpp,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -40,9 +53,20 @@ pub fn run(args: Args) -> Result<()> {
         .encode(&text, true)
         .with_context(|| format!("tokenizing {}", args.data.display()))?;
     let model = super::load_decoder(&ckpt)?;
+    let protocol = match args.protocol {
+        ProtocolArg::Microllm => Protocol::AllPositions,
+        ProtocolArg::LlamaCpp => {
+            // The BOS the tokenizer puts before a text, if it puts one.
+            let with = tokenizer.encode("a", true)?;
+            let without = tokenizer.encode("a", false)?;
+            let bos = (with.len() > without.len() && with.ends_with(&without)).then(|| with[0]);
+            Protocol::LlamaCpp { bos }
+        }
+    };
     let opts = PerplexityOptions {
         ctx: args.ctx,
         max_windows: args.max_windows,
+        protocol,
     };
     let result = perplexity(&model, &tokens, opts, &Bar::new())
         .with_context(|| format!("evaluating on {}", args.data.display()))?;
@@ -61,6 +85,10 @@ pub fn run(args: Args) -> Result<()> {
             "microllm_version": env!("CARGO_PKG_VERSION"),
             "model": args.model,
             "data": args.data,
+            "protocol": match args.protocol {
+                ProtocolArg::Microllm => "microllm",
+                ProtocolArg::LlamaCpp => "llama-cpp",
+            },
             "result": result,
         });
         let text = serde_json::to_string_pretty(&doc)? + "\n";

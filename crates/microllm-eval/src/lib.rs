@@ -14,4 +14,6 @@ mod perplexity;
 
 pub use compare::{Comparison, compare};
 
-pub use perplexity::{PerplexityOptions, PerplexityResult, perplexity, window_nll};
+pub use perplexity::{
+    PerplexityOptions, PerplexityResult, Protocol, perplexity, window_nll, window_nll_from,
+};

@@ -1,4 +1,10 @@
 //! Windowed perplexity over a token stream.
+//!
+//! Two protocols. microllm's own scores every position after the first of each window (the
+//! protocol of the reference figures in `shared/assets/README.md`). llama.cpp's
+//! `llama-perplexity` puts BOS in the first slot of every window and scores only the second
+//! half, so each scored token has at least `ctx / 2` tokens of context; its figures are lower
+//! and only comparable with the same protocol, which [`Protocol::LlamaCpp`] reproduces.
 
 use std::time::Instant;
 
@@ -15,6 +21,28 @@ pub struct PerplexityOptions {
     pub ctx: usize,
     /// Evaluate at most this many windows (all complete windows when `None`).
     pub max_windows: Option<usize>,
+    pub protocol: Protocol,
+}
+
+/// Which positions of a window are scored (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// Every position after the first.
+    #[default]
+    AllPositions,
+    /// llama-perplexity's: the window's first token replaced by `bos` (when the model has
+    /// one), positions from `ctx / 2` on scored.
+    LlamaCpp { bos: Option<u32> },
+}
+
+impl Protocol {
+    /// Index of the first logits row scored in a window of `ctx`.
+    fn first_row(self, ctx: usize) -> usize {
+        match self {
+            Protocol::AllPositions => 0,
+            Protocol::LlamaCpp { .. } => ctx / 2,
+        }
+    }
 }
 
 /// The outcome of a perplexity run.
@@ -25,7 +53,8 @@ pub struct PerplexityResult {
     pub mean_nll: f64,
     pub ctx: usize,
     pub windows: usize,
-    /// Tokens whose likelihood was scored: `windows * (ctx - 1)`.
+    /// Tokens whose likelihood was scored: `windows * (ctx - 1)`, or `windows * (ctx - 1 -
+    /// ctx / 2)` under llama.cpp's protocol.
     pub scored_tokens: usize,
     /// Tokens in the whole text.
     pub text_tokens: usize,
@@ -64,16 +93,23 @@ pub fn perplexity(
     progress.begin("perplexity", (windows * opts.ctx) as u64, "tokens");
     let start = Instant::now();
     let mut nll_sum = 0f64;
-    for window in tokens.chunks_exact(opts.ctx).take(windows) {
-        let ids = Tensor::from_slice(window, (1, opts.ctx), &Device::Cpu)?;
+    let first = opts.protocol.first_row(opts.ctx);
+    let mut window = Vec::with_capacity(opts.ctx);
+    for chunk in tokens.chunks_exact(opts.ctx).take(windows) {
+        window.clear();
+        window.extend_from_slice(chunk);
+        if let Protocol::LlamaCpp { bos: Some(bos) } = opts.protocol {
+            window[0] = bos;
+        }
+        let ids = Tensor::from_slice(&window, (1, opts.ctx), &Device::Cpu)?;
         let logits = model.forward(&ids)?.squeeze(0)?;
-        nll_sum += window_nll(&logits, window)?;
+        nll_sum += window_nll_from(&logits, &window, first)?;
         progress.advance(opts.ctx as u64);
     }
     progress.finish();
     let seconds = start.elapsed().as_secs_f64();
 
-    let scored_tokens = windows * (opts.ctx - 1);
+    let scored_tokens = windows * (opts.ctx - 1 - first);
     let mean_nll = nll_sum / scored_tokens as f64;
     Ok(PerplexityResult {
         perplexity: mean_nll.exp(),
@@ -91,7 +127,17 @@ pub fn perplexity(
 /// `ids` (row `t` predicts token `t + 1`). Rows are scored in parallel; each row's
 /// log-sum-exp is taken after subtracting its maximum and summed in f64.
 pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<f64> {
+    window_nll_from(logits, ids, 0)
+}
+
+/// [`window_nll`] over the predictions of rows `first..seq - 1` only.
+pub fn window_nll_from(logits: &Tensor, ids: &[u32], first: usize) -> Result<f64> {
     let (seq, vocab) = logits.dims2()?;
+    if first + 1 >= seq {
+        return Err(Error::Invalid(format!(
+            "no position to score: window of {seq} tokens scored from {first}"
+        )));
+    }
     if seq != ids.len() {
         return Err(Error::Invalid(format!(
             "{seq} rows of logits for {} tokens",
@@ -104,12 +150,12 @@ pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<f64> {
         )));
     }
     let flat = logits
-        .narrow(0, 0, seq - 1)?
+        .narrow(0, first, seq - 1 - first)?
         .flatten_all()?
         .to_vec1::<f32>()?;
     let total = flat
         .par_chunks_exact(vocab)
-        .zip(&ids[1..])
+        .zip(&ids[first + 1..])
         .map(|(row, &target)| log_sum_exp(row) - row[target as usize] as f64)
         .sum();
     Ok(total)
@@ -131,6 +177,19 @@ mod tests {
         let logits = Tensor::zeros((4, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
         let nll = window_nll(&logits, &[1, 2, 3, 4]).unwrap();
         assert!((nll - 3.0 * 8f64.ln()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn scoring_from_a_row_skips_the_earlier_predictions() {
+        // Row 0 is confident and right; rows 1.. are uniform.
+        let mut rows = vec![vec![0f32; 8]; 4];
+        rows[0][1] = 20.0;
+        let logits = Tensor::new(rows, &Device::Cpu).unwrap();
+        let all = window_nll(&logits, &[0, 1, 2, 3]).unwrap();
+        let tail = window_nll_from(&logits, &[0, 1, 2, 3], 2).unwrap();
+        assert!((tail - 8f64.ln()).abs() < 1e-9, "{tail}");
+        assert!((all - tail - 8f64.ln()).abs() < 1e-3, "{all}");
+        assert!(window_nll_from(&logits, &[0, 1, 2, 3], 3).is_err());
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = PerplexityOptions {
         ctx: seqlen,
         max_windows: Some(windows),
+        protocol: Default::default(),
     };
     let ppl = perplexity(&decoder, &eval_ids, opts, &NoProgress)?;
     println!(

@@ -291,6 +291,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             options: PerplexityOptions {
                 ctx: args.eval_ctx,
                 max_windows: Some(args.eval_windows),
+                protocol: Default::default(),
             },
         }),
         work_dir: &work,

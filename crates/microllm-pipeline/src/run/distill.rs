@@ -109,6 +109,7 @@ pub(super) fn run_distill(
                 PerplexityOptions {
                     ctx: e.ctx,
                     max_windows: Some(e.windows),
+                    protocol: Default::default(),
                 },
             )
         }),

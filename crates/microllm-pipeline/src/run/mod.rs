@@ -337,6 +337,7 @@ fn eval_step(
     let opts = PerplexityOptions {
         ctx: tokens.ctx,
         max_windows: Some(windows),
+        protocol: Default::default(),
     };
     let c: Comparison = compare(original, candidate, &tokens.tokens, opts, progress)?;
     let rec = EvalRecord::new(tokens.file.clone(), of_output, c);
