@@ -68,7 +68,20 @@ enum Command {
 /// The exit status of a run whose gates failed (distinct from errors, 1, and usage, 2).
 const GATES_FAILED: u8 = 3;
 
+/// A closed output pipe (`microllm inspect | head`) ends the process quietly, as it does for
+/// other command-line tools, instead of a panic in `println!`: Rust ignores SIGPIPE by
+/// default.
+#[cfg(unix)]
+fn die_quietly_on_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    die_quietly_on_closed_pipe();
     let cli = Cli::parse();
     use commands::pipeline::Verdict;
     let done = |r: anyhow::Result<()>| r.map(|()| Verdict::Planned);

@@ -190,3 +190,23 @@ fn inspect_reports_the_architecture() {
         "{text}"
     );
 }
+
+/// `microllm inspect | head`: output into a pipe whose reader has gone ends the process
+/// quietly (as SIGPIPE does for other tools), never with a panic. The sleep makes sure the
+/// reader (`true`) has exited before microllm writes.
+#[test]
+fn closed_output_pipe_is_not_a_panic() {
+    let bin = assert_cmd::cargo::cargo_bin("microllm");
+    let script = format!(
+        "{{ sleep 0.5; '{}' inspect --model '{}' --tensors; }} | true",
+        bin.display(),
+        fixture("llama-tiny").display()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -9,7 +9,7 @@
 # Usage: scripts/bench/llama2-7b-shape.sh STEP...      steps, in any order:
 #   make     write the checkpoint (target/bench/llama2-7b-shape, 13.5 GB; LAYERS=32 by default,
 #            LAYERS=N for a model of 7B-sized blocks but fewer of them)
-#   rtn      convert --gguf-type q4_k_m, and llama-quantize Q4_K_M from a BF16 GGUF of the same
+#   rtn      convert --gguf-type q4_k_m, and llama-quantize Q4_K_M from an F16 GGUF of the same
 #            weights (written by convert), both timed; llama-perplexity (1 chunk) on ours
 #   gptq     quantize --method gptq --bits 4 --group-size 128 --samples 16 --seqlen 512 into
 #            GGUF; llama-tokenize and llama-perplexity (1 chunk) on it
@@ -37,25 +37,27 @@ timed() {
 }
 
 make_model() {
-  [ -f "$dir/model.safetensors.index.json" ] && return 0
-  python3 scripts/bench/make_random_llama.py "$dir" --layers "$layers" --hidden 4096 \
-    --intermediate 11008 --heads 32 --kv-heads 32 --vocab 32000 --dtype bf16 \
-    --shard-gb 10 --max-position 4096
-  local toks
-  toks=$(bash scripts/fetch-tokenizers.sh)
-  cp "$toks/llama2/tokenizer.json" "$toks/llama2/tokenizer_config.json" "$dir/"
+  [ -f "$dir/model.safetensors.index.json" ] \
+    || python3 scripts/bench/make_random_llama.py "$dir" --layers "$layers" --hidden 4096 \
+      --intermediate 11008 --heads 32 --kv-heads 32 --vocab 32000 --dtype bf16 \
+      --shard-gb 10 --max-position 4096
+  if [ ! -f "$dir/tokenizer.json" ]; then
+    local toks
+    toks=$(bash scripts/fetch-tokenizers.sh)
+    cp "$toks/llama2/tokenizer.json" "$toks/llama2/tokenizer_config.json" "$dir/"
+  fi
 }
 
 for step in "$@"; do
   case $step in
-    make) make_model; $bin inspect --model "$dir" | head -8 ;;
+    make) make_model; $bin inspect --model "$dir" >"$out/inspect.txt"; head -8 "$out/inspect.txt" ;;
     rtn)
       llama=$(bash scripts/interop/build-llama-cpp.sh)
       timed rtn-q4_k_m $bin convert --model "$dir" --out "$out/rtn-q4_k_m.gguf" \
         --gguf-type q4_k_m --force
-      [ -f "$out/bf16.gguf" ] || $bin convert --model "$dir" --out "$out/bf16.gguf" \
+      [ -f "$out/f16.gguf" ] || $bin convert --model "$dir" --out "$out/f16.gguf" \
         --gguf-type f16 --force >"$out/f16.log" 2>&1
-      timed llama-quantize-q4_k_m "$llama/llama-quantize" "$out/bf16.gguf" \
+      timed llama-quantize-q4_k_m "$llama/llama-quantize" "$out/f16.gguf" \
         "$out/llama-q4_k_m.gguf" Q4_K_M 2
       ls -l "$out/rtn-q4_k_m.gguf" "$out/llama-q4_k_m.gguf" | tee -a "$results"
       timed llama-perplexity-rtn "$llama/llama-perplexity" -m "$out/rtn-q4_k_m.gguf" \

@@ -36,7 +36,7 @@ fn job<'a>(
     shard: (usize, usize),
 ) -> LogitsJob<'a> {
     LogitsJob {
-        teacher,
+        teacher: teacher.into(),
         teacher_record: TeacherRecord {
             spec: "llama-tiny".into(),
             sha256: "teacher-hash".into(),
@@ -201,6 +201,42 @@ fn two_shards_merged_equal_one_store() {
         per_token >= data && per_token < data + 1024.0 / (WINDOWS * SEQLEN) as f64,
         "{per_token}"
     );
+}
+
+/// A streamed teacher (block by block, windows batched) writes the store a loaded one
+/// writes: the same ids, and log-probabilities equal to float rounding.
+#[test]
+fn streamed_teacher_writes_the_loaded_teachers_store() {
+    let ckpt = open("llama-tiny");
+    let teacher = Decoder::load(&ckpt.config, ckpt.tensors.as_ref()).unwrap();
+    let streamed =
+        microllm_models::StreamedDecoder::new(&ckpt.config, ckpt.tensors.as_ref(), SEQLEN).unwrap();
+    let ids = tokens(ckpt.config.vocab_size);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("loaded"), tmp.path().join("streamed"));
+    write_store(&job(&teacher, &ids, 16, (0, 1)), &a, false, &NoProgress).unwrap();
+    let mut streamed_job = job(&teacher, &ids, 16, (0, 1));
+    streamed_job.teacher = microllm_distill::store::TeacherModel::Streamed(&streamed);
+    write_store(&streamed_job, &b, false, &NoProgress).unwrap();
+    let (a, b) = (
+        TeacherStore::open(&a).unwrap(),
+        TeacherStore::open(&b).unwrap(),
+    );
+    for w in 0..WINDOWS {
+        let (x, y) = (a.window(w).unwrap(), b.window(w).unwrap());
+        assert_eq!(x.input_ids, y.input_ids);
+        assert_eq!(x.ids, y.ids, "window {w}: top-k ids");
+        let worst = x
+            .logp
+            .iter()
+            .zip(&y.logp)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "window {w}: log-probabilities differ by {worst}"
+        );
+    }
 }
 
 /// Parts of different stores, a part given twice, and a store for another run are refused,

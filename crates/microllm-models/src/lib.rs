@@ -16,6 +16,7 @@ pub mod elementwise;
 mod layers;
 mod rope;
 mod softmax;
+mod streamed;
 
 pub use attention::{KvCache, LayerKvCache, Positions, RopeTables};
 pub use block::{Block, LinearTap, NoTap};
@@ -23,3 +24,4 @@ pub use decoder::{Decoder, scale_embeddings};
 pub use layers::{Linear, Mlp, Norm};
 pub use rope::Rope;
 pub use softmax::CausalSoftmax;
+pub use streamed::StreamedDecoder;

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use microllm_distill::fingerprint::model_sha256;
 use microllm_distill::models::resolve_model_spec;
-use microllm_distill::store::{DataRecord, LogitsJob, TeacherRecord, merge_stores, write_store};
+use microllm_distill::store::{
+    DataRecord, LogitsJob, TeacherModel, TeacherRecord, merge_stores, write_store,
+};
+use microllm_models::StreamedDecoder;
 
 use crate::progress::Bar;
 
@@ -43,6 +46,9 @@ pub struct LogitsArgs {
     #[arg(long)]
     force: bool,
 }
+
+/// Teachers larger than this as f32 (8 GiB: about 2B parameters) are streamed.
+const STREAM_TEACHER_ABOVE_BYTES: u64 = 8 << 30;
 
 fn parse_shard(text: &str) -> std::result::Result<(usize, usize), String> {
     let (i, n) = text.split_once('/').ok_or("expected I/N, e.g. 1/2")?;
@@ -88,9 +94,28 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let spec = resolve_model_spec(teacher);
     let ckpt = crate::commands::open_model(&spec)?;
     let text = microllm_distill::training_data::TrainingData::read(data, ckpt.tokenizer.as_ref())?;
-    let decoder = crate::commands::load_decoder(&ckpt)?;
+    // A teacher whose f32 weights would not fit beside everything else is read block by
+    // block (every weight once per batch of windows) instead of loaded whole.
+    let params: u64 = ckpt
+        .tensors
+        .infos()
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .sum();
+    let (decoder, streamed);
+    let teacher_model = if params * 4 > STREAM_TEACHER_ABOVE_BYTES {
+        println!(
+            "teacher      streamed block by block ({:.1} GB as f32)",
+            params as f64 * 4e-9
+        );
+        streamed = StreamedDecoder::new(&ckpt.config, ckpt.tensors.as_ref(), args.seqlen)?;
+        TeacherModel::Streamed(&streamed)
+    } else {
+        decoder = crate::commands::load_decoder(&ckpt)?;
+        TeacherModel::Loaded(&decoder)
+    };
     let job = LogitsJob {
-        teacher: &decoder,
+        teacher: teacher_model,
         teacher_record: TeacherRecord {
             spec: teacher.clone(),
             sha256: model_sha256(&ckpt.path)?,

@@ -24,4 +24,4 @@ mod write;
 pub use manifest::{DataRecord, MANIFEST_FILE, Manifest, ShardRecord, TeacherRecord};
 pub use read::{StoredWindow, TeacherStore};
 pub use topk::top_k_row;
-pub use write::{LogitsJob, LogitsSummary, merge_stores, write_store};
+pub use write::{LogitsJob, LogitsSummary, TeacherModel, merge_stores, write_store};

@@ -3,14 +3,18 @@
 //! Every window is run on its own (batch 1, positions from 0), exactly as the trainer's
 //! windows are cut, so a window's logits do not depend on which shard or batch it was
 //! computed in: a store written as two shards holds the same bytes as one written whole.
+//! A teacher too large to hold in f32 is streamed ([`TeacherModel::Streamed`]): windows go
+//! through it in batches (each row still sees only its own window), so every weight is read
+//! once per batch rather than once per window.
 
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use microllm_core::{Error, Progress, Result};
+use microllm_core::{ModelConfig, NoProgress};
 use microllm_io::write::AtomicDir;
-use microllm_models::Decoder;
+use microllm_models::{Decoder, StreamedDecoder};
 use rayon::prelude::*;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
@@ -21,9 +25,58 @@ use super::manifest::{
 use super::topk::top_k_row;
 use crate::fingerprint::sha256_file;
 
+/// The teacher, loaded whole or read block by block.
+#[derive(Debug, Clone, Copy)]
+pub enum TeacherModel<'a> {
+    Loaded(&'a Decoder),
+    Streamed(&'a StreamedDecoder<'a>),
+}
+
+/// Bytes of activations and logits a streamed batch may take.
+const STREAMED_BATCH_BYTES: usize = 1 << 30;
+
+impl TeacherModel<'_> {
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            TeacherModel::Loaded(d) => d.config(),
+            TeacherModel::Streamed(d) => d.config(),
+        }
+    }
+
+    /// Windows run together: one for a loaded teacher, as many as the activation budget
+    /// holds for a streamed one.
+    fn batch(&self, seqlen: usize) -> usize {
+        match self {
+            TeacherModel::Loaded(_) => 1,
+            TeacherModel::Streamed(d) => {
+                let c = d.config();
+                let per_window =
+                    seqlen * (c.vocab_size + 4 * c.hidden_size.max(c.intermediate_size)) * 4;
+                (STREAMED_BATCH_BYTES / per_window.max(1)).max(1)
+            }
+        }
+    }
+
+    /// Logits, flat, of `windows` windows of `seqlen` tokens laid end to end in `ids`.
+    fn logits(&self, ids: &[u32], windows: usize, seqlen: usize) -> Result<Vec<f32>> {
+        let input = Tensor::from_slice(ids, (windows, seqlen), &Device::Cpu)?;
+        let logits = match self {
+            TeacherModel::Loaded(d) => d.forward(&input)?,
+            TeacherModel::Streamed(d) => d.forward(&input, &NoProgress)?,
+        };
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+impl<'a> From<&'a Decoder> for TeacherModel<'a> {
+    fn from(d: &'a Decoder) -> Self {
+        TeacherModel::Loaded(d)
+    }
+}
+
 /// What to compute.
 pub struct LogitsJob<'a> {
-    pub teacher: &'a Decoder,
+    pub teacher: TeacherModel<'a>,
     pub teacher_record: TeacherRecord,
     pub tokenizer_sha256: String,
     pub data: DataRecord,
@@ -106,14 +159,13 @@ fn plan(job: &LogitsJob<'_>) -> Result<usize> {
     Ok(windows)
 }
 
-/// The teacher's top-k of every position of one window.
-fn window_top_k(job: &LogitsJob<'_>, ids: &[u32]) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
-    let input = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?;
-    let logits = job
-        .teacher
-        .forward(&input)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+/// The teacher's top-k of every position of `windows` consecutive windows.
+fn windows_top_k(
+    job: &LogitsJob<'_>,
+    ids: &[u32],
+    windows: usize,
+) -> Result<(Vec<u32>, Vec<f32>, Vec<f32>)> {
+    let logits = job.teacher.logits(ids, windows, job.seqlen)?;
     let vocab = job.teacher.config().vocab_size;
     if let Some(bad) = logits.iter().position(|v| !v.is_finite()) {
         return Err(Error::Invalid(format!(
@@ -155,14 +207,18 @@ pub fn write_store(
     let mut input_ids = Vec::with_capacity((end - first) * l);
     let (mut ids, mut logp, mut rest) = (Vec::new(), Vec::new(), Vec::new());
     progress.begin("teacher logits", ((end - first) * l) as u64, "tokens");
-    for w in first..end {
-        let window = &job.tokens[w * l..(w + 1) * l];
-        let (i, p, r) = window_top_k(job, window)?;
-        input_ids.extend_from_slice(window);
+    let batch = job.teacher.batch(l);
+    let mut w = first;
+    while w < end {
+        let n = batch.min(end - w);
+        let span = &job.tokens[w * l..(w + n) * l];
+        let (i, p, r) = windows_top_k(job, span, n)?;
+        input_ids.extend_from_slice(span);
         ids.extend(i);
         logp.extend(p);
         rest.extend(r);
-        progress.advance(l as u64);
+        progress.advance((n * l) as u64);
+        w += n;
     }
     progress.finish();
 
