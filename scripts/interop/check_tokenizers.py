@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer
 
 CASES = [
-    ("llama2", "llama-tiny", "LLaMA-2 (SentencePiece)"),
+    ("llama2", "llama-tiny", "LLaMA-style 32000 (SentencePiece)"),
     ("gemma3", "gemma3-tiny", "Gemma 3 (SentencePiece, no space prefix)"),
     ("llama3", "llama3-tiny", "Llama-3 (byte-level, llama-bpe)"),
     ("qwen2_5", "qwen2-tiny", "Qwen2.5 (byte-level, qwen2)"),
