@@ -28,19 +28,7 @@ impl Decoder {
             .map(|layer| Block::load(cfg, layer, src))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = Norm::load(src, names::final_norm(cfg.family), cfg)?;
-        let head = if cfg.tie_word_embeddings {
-            let bias = if cfg.lm_head_bias {
-                Some(src.load_shaped(&format!("{}.bias", names::LM_HEAD), &[v])?)
-            } else {
-                None
-            };
-            Linear {
-                weight: embed.clone(),
-                bias,
-            }
-        } else {
-            Linear::load(src, names::LM_HEAD, v, h, cfg.lm_head_bias)?
-        };
+        let head = load_head(cfg, src, || Ok(embed.clone()))?;
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -74,19 +62,7 @@ impl Decoder {
     /// Token embeddings `[batch, seq, hidden]` of `ids` (u32 `[batch, seq]`).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
-        // candle reads an out-of-range id as an error, but u32::MAX as padding (zeros): name
-        // the bad id either way.
-        if let Some(&bad) = flat
-            .to_vec1::<u32>()?
-            .iter()
-            .find(|&&id| id as usize >= self.cfg.vocab_size)
-        {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                self.cfg.vocab_size
-            )));
-        }
+        let flat = checked_ids(&self.cfg, ids)?;
         let x = self
             .embed
             .index_select(&flat, 0)?
@@ -142,6 +118,44 @@ impl Decoder {
             offset,
         }
     }
+}
+
+/// `ids` flattened to u32, every id checked against the vocabulary: candle reads an
+/// out-of-range id as an error, but u32::MAX as padding (zeros), so name the bad id either way.
+pub(crate) fn checked_ids(cfg: &ModelConfig, ids: &Tensor) -> Result<Tensor> {
+    let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+    if let Some(&bad) = flat
+        .to_vec1::<u32>()?
+        .iter()
+        .find(|&&id| id as usize >= cfg.vocab_size)
+    {
+        return Err(Error::Invalid(format!(
+            "token id {bad} is outside the vocabulary of {} tokens",
+            cfg.vocab_size
+        )));
+    }
+    Ok(flat)
+}
+
+/// The output head; with tied embeddings its weight is `tied()` (the embedding matrix).
+pub(crate) fn load_head(
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    tied: impl FnOnce() -> Result<Tensor>,
+) -> Result<Linear> {
+    let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+    if !cfg.tie_word_embeddings {
+        return Linear::load(src, names::LM_HEAD, v, h, cfg.lm_head_bias);
+    }
+    let bias = if cfg.lm_head_bias {
+        Some(src.load_shaped(&format!("{}.bias", names::LM_HEAD), &[v])?)
+    } else {
+        None
+    };
+    Ok(Linear {
+        weight: tied()?,
+        bias,
+    })
 }
 
 /// Token embeddings as the first block sees them: multiplied by `sqrt(hidden_size)` in the

@@ -22,6 +22,6 @@ pub use attention::{KvCache, LayerKvCache, Positions, RopeTables};
 pub use block::{Block, LinearTap, NoTap};
 pub use decoder::{Decoder, scale_embeddings};
 pub use layers::{Linear, Mlp, Norm};
-pub use rope::Rope;
+pub use rope::{Rope, cos_sin};
 pub use softmax::CausalSoftmax;
 pub use streamed::StreamedDecoder;

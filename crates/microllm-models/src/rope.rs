@@ -45,32 +45,12 @@ impl Rope {
         scaling: &RopeScaling,
         positions: usize,
     ) -> Result<Self> {
-        let rotary_dim = cfg.rotary_dim();
-        let half = rotary_dim / 2;
-        let base: Vec<f64> = (0..half)
-            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / rotary_dim as f64))
-            .collect();
-        let inv_freq: Vec<f64> = base
-            .iter()
-            .zip(scaling.divisors(&base))
-            .map(|(f, d)| f / d)
-            .collect();
-        // Angles in f32 like the reference (`inv_freq` is an f32 tensor there), so that large
-        // positions round the same way.
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        for pos in 0..positions {
-            for f in &inv_freq {
-                let angle = pos as f32 * *f as f32;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = cos_sin(cfg, theta, scaling, positions);
         Ok(Self {
             cos,
             sin,
             positions,
-            rotary_dim,
+            rotary_dim: cfg.rotary_dim(),
             head_dim: cfg.head_dim,
         })
     }
@@ -206,6 +186,38 @@ impl CustomOp1 for SplitHeads<'_> {
             });
         Ok((CpuStorage::F32(dst), Shape::from((b, kv, seq * group, d))))
     }
+}
+
+/// `cos` and `sin` of every rotation angle, `[positions, rotary_dim / 2]` row-major, for base
+/// `theta` rescaled by `scaling`: the tables the decoder and the distillation student share.
+/// Angles are taken in f32 like the reference (`inv_freq` is an f32 tensor there), so that
+/// large positions round the same way.
+pub fn cos_sin(
+    cfg: &ModelConfig,
+    theta: f64,
+    scaling: &RopeScaling,
+    positions: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let rotary_dim = cfg.rotary_dim();
+    let half = rotary_dim / 2;
+    let base: Vec<f64> = (0..half)
+        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / rotary_dim as f64))
+        .collect();
+    let inv_freq: Vec<f32> = base
+        .iter()
+        .zip(scaling.divisors(&base))
+        .map(|(f, d)| (f / d) as f32)
+        .collect();
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for pos in 0..positions {
+        for f in &inv_freq {
+            let angle = pos as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
 }
 
 #[cfg(test)]

@@ -8,13 +8,13 @@
 //! logits; the price is reading every weight once per batch, so callers batch as many
 //! windows as their activation budget allows.
 
-use candle_core::{DType, Tensor};
-use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource, names};
+use candle_core::Tensor;
+use microllm_core::{ModelConfig, Progress, Result, TensorSource, names};
 
 use crate::attention::{Positions, RopeTables};
 use crate::block::{Block, NoTap};
-use crate::decoder::scale_embeddings;
-use crate::layers::{Linear, Norm};
+use crate::decoder::{checked_ids, load_head, scale_embeddings};
+use crate::layers::Norm;
 
 /// A model read block by block from `src` on every forward pass.
 pub struct StreamedDecoder<'a> {
@@ -51,17 +51,7 @@ impl<'a> StreamedDecoder<'a> {
     pub fn forward(&self, ids: &Tensor, progress: &dyn Progress) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, s) = ids.dims2()?;
-        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
-        if let Some(&bad) = flat
-            .to_vec1::<u32>()?
-            .iter()
-            .find(|&&id| id as usize >= cfg.vocab_size)
-        {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                cfg.vocab_size
-            )));
-        }
+        let flat = checked_ids(cfg, ids)?;
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let mut x = {
             let embed = self.src.load_shaped(names::EMBED_TOKENS, &[v, h])?;
@@ -81,22 +71,10 @@ impl<'a> StreamedDecoder<'a> {
         progress.finish();
         let normed = Norm::load(self.src, names::final_norm(cfg.family), cfg)?.forward(&x)?;
         drop(x);
-        let head = if cfg.tie_word_embeddings {
-            let bias = if cfg.lm_head_bias {
-                Some(
-                    self.src
-                        .load_shaped(&format!("{}.bias", names::LM_HEAD), &[v])?,
-                )
-            } else {
-                None
-            };
-            Linear {
-                weight: self.src.load_shaped(names::EMBED_TOKENS, &[v, h])?,
-                bias,
-            }
-        } else {
-            Linear::load(self.src, names::LM_HEAD, v, h, cfg.lm_head_bias)?
-        };
+        // A tied head reloads the embedding, dropped after the lookup to keep the peak low.
+        let head = load_head(cfg, self.src, || {
+            self.src.load_shaped(names::EMBED_TOKENS, &[v, h])
+        })?;
         head.forward(&normed)
     }
 }

@@ -42,29 +42,12 @@ impl RopeTables {
     }
 
     fn with_base(cfg: &ModelConfig, theta: f64, scaling: &RopeScaling, positions: usize) -> Self {
-        let rotary_dim = cfg.rotary_dim();
-        let half = rotary_dim / 2;
-        let base: Vec<f64> = (0..half)
-            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / rotary_dim as f64))
-            .collect();
-        let inv_freq: Vec<f32> = base
-            .iter()
-            .zip(scaling.divisors(&base))
-            .map(|(f, d)| (f / d) as f32)
-            .collect();
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for pos in 0..positions {
-            for f in &inv_freq {
-                let angle = pos as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = microllm_models::cos_sin(cfg, theta, scaling, positions);
         Self {
             cos: cos.into(),
             sin: sin.into(),
             positions,
-            half,
+            half: cfg.rotary_dim() / 2,
         }
     }
 

@@ -60,6 +60,14 @@ impl Student {
         })
     }
 
+    /// `x` through `n` when the block has that norm (Gemma's sandwich norms).
+    fn maybe_norm(&self, x: Tensor, n: Option<NormAt>) -> Result<Tensor> {
+        match n {
+            Some(n) => self.norm(&x, n),
+            None => Ok(x),
+        }
+    }
+
     /// `n` over each `head_dim` slice of the rows `x` `[rows, heads * head_dim]`.
     fn per_head_norm(&self, x: Tensor, n: Option<NormAt>) -> Result<Tensor> {
         let Some(n) = n else { return Ok(x) };
@@ -81,11 +89,7 @@ impl Student {
         let k = self.per_head_norm(self.linear(x, b.k)?, b.k_norm)?;
         let v = self.linear(x, b.v)?;
         let ctx = self.attention[layer].apply(&q, &k, &v, batch, seq)?;
-        let out = self.linear(&ctx, b.o)?;
-        match b.post_attn_norm {
-            Some(n) => self.norm(&out, n),
-            None => Ok(out),
-        }
+        self.maybe_norm(self.linear(&ctx, b.o)?, b.post_attn_norm)
     }
 
     fn mlp(&self, x: &Tensor, b: &BlockAt) -> Result<Tensor> {
@@ -97,11 +101,7 @@ impl Student {
             Some(g) => (activate(act, &self.linear(x, g)?)? * self.linear(x, b.up)?)?,
             None => activate(act, &self.linear(x, b.up)?)?,
         };
-        let out = self.linear(&hidden, b.down)?;
-        match b.post_mlp_norm {
-            Some(n) => self.norm(&out, n),
-            None => Ok(out),
-        }
+        self.maybe_norm(self.linear(&hidden, b.down)?, b.post_mlp_norm)
     }
 
     fn block(

@@ -29,7 +29,8 @@
 //! says so; its default follows llama.cpp (on for SentencePiece models, off for gpt2 ones).
 
 use microllm_core::{Error, Result};
-use tokenizers::models::bpe::{BPE, Merges, Vocab};
+use tokenizers::SplitDelimiterBehavior;
+use tokenizers::models::bpe::{BPE, Merges};
 use tokenizers::normalizers::NFC;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -39,16 +40,10 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::processors::sequence::Sequence as PostSequence;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use super::meta::Meta;
 use crate::Tokenizer;
-use crate::spm::{Piece, PieceKind, SpmVocab, bos_eos_template, build};
-
-/// llama.cpp token types.
-const TYPE_UNKNOWN: i64 = 2;
-const TYPE_CONTROL: i64 = 3;
-const TYPE_USER_DEFINED: i64 = 4;
+use crate::spm::{Piece, PieceKind, SpmVocab, added_tokens, bos_eos_template, build, first_ids};
 
 /// The pre-split regex of Qwen2 (digits one by one).
 pub(crate) const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -73,19 +68,6 @@ impl Tables<'_> {
     fn token(&self, id: Option<u32>) -> Option<(String, u32)> {
         let id = id?;
         self.tokens.get(id as usize).map(|t| ((*t).to_string(), id))
-    }
-
-    /// Control and unknown tokens as special added tokens, user-defined ones as plain ones.
-    fn added_tokens(&self) -> (Vec<AddedToken>, Vec<AddedToken>) {
-        let (mut special, mut plain) = (Vec::new(), Vec::new());
-        for (tok, &ty) in self.tokens.iter().zip(&self.types) {
-            match ty {
-                TYPE_CONTROL | TYPE_UNKNOWN => special.push(AddedToken::from(*tok, true)),
-                TYPE_USER_DEFINED => plain.push(AddedToken::from(*tok, false).normalized(false)),
-                _ => {}
-            }
-        }
-        (special, plain)
     }
 }
 
@@ -173,7 +155,7 @@ fn gpt2(meta: &Meta<'_>, t: &Tables<'_>) -> Result<tokenizers::Tokenizer> {
         })
         .collect::<Result<_>>()?;
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab(t), merges)
+        .vocab_and_merges(first_ids(t.tokens.iter().copied()), merges)
         .build()
         .map_err(|e| t.err(e))?;
 
@@ -234,15 +216,6 @@ fn sentencepiece_vocab(meta: &Meta<'_>, t: &Tables<'_>) -> Result<SpmVocab> {
     })
 }
 
-/// Token -> id. On duplicates the first id wins, as in llama.cpp.
-fn vocab(t: &Tables<'_>) -> Vocab {
-    let mut v = Vocab::default();
-    for (id, tok) in t.tokens.iter().enumerate() {
-        v.entry((*tok).to_string()).or_insert(id as u32);
-    }
-    v
-}
-
 /// A post-processor adding BOS / EOS when the metadata asks for them (off by default for
 /// byte-level BPE, as in llama.cpp).
 fn special_template(meta: &Meta<'_>, t: &Tables<'_>) -> Result<Option<TemplateProcessing>> {
@@ -265,7 +238,8 @@ fn special_template(meta: &Meta<'_>, t: &Tables<'_>) -> Result<Option<TemplatePr
 }
 
 fn add_tokens(tk: &mut tokenizers::Tokenizer, t: &Tables<'_>) -> Result<()> {
-    let (special, plain) = t.added_tokens();
+    let kinds = t.types.iter().map(|&ty| PieceKind::from_code(ty));
+    let (special, plain) = added_tokens(t.tokens.iter().copied().zip(kinds));
     tk.add_special_tokens(special).map_err(|e| t.err(e))?;
     tk.add_tokens(plain).map_err(|e| t.err(e))?;
     Ok(())

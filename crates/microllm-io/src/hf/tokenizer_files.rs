@@ -56,12 +56,11 @@ fn sentencepiece(path: &Path, special: &SpecialTokens, config: &ModelConfig) -> 
     let mut vocab = spm::proto::read(path)?;
     vocab.add_bos = special.add_bos.unwrap_or(vocab.add_bos);
     vocab.add_eos = special.add_eos.unwrap_or(vocab.add_eos);
-    let find = |name: &Option<String>| {
-        name.as_deref()
-            .and_then(|t| vocab.pieces.iter().position(|p| p.text == t))
-            .map(|i| i as u32)
-    };
-    let (bos, eos, pad) = (find(&special.bos), find(&special.eos), find(&special.pad));
+    let (bos, eos, pad) = (
+        vocab.id_of(special.bos.as_deref()),
+        vocab.id_of(special.eos.as_deref()),
+        vocab.id_of(special.pad.as_deref()),
+    );
     vocab.bos_id = bos.or(vocab.bos_id).or(config.bos_token_id);
     vocab.eos_id = eos
         .or(vocab.eos_id)

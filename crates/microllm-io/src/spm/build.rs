@@ -33,7 +33,10 @@ pub(crate) fn build(vocab: &SpmVocab, origin: &str) -> Result<Tokenizer> {
         msg: e.to_string(),
     };
     let mut builder = BPE::builder()
-        .vocab_and_merges(token_ids(vocab), merges(vocab))
+        .vocab_and_merges(
+            first_ids(vocab.pieces.iter().map(|p| p.text.as_str())),
+            merges(vocab),
+        )
         .fuse_unk(true)
         .byte_fallback(true);
     if let Some((unk, _)) = vocab.piece(vocab.unk_id) {
@@ -68,30 +71,35 @@ pub(crate) fn build(vocab: &SpmVocab, origin: &str) -> Result<Tokenizer> {
     if let Some(tp) = bos_eos_template(bos, eos, origin)? {
         tk.with_post_processor(Some(tp));
     }
-    let (mut special, mut plain) = (Vec::new(), Vec::new());
-    for p in &vocab.pieces {
-        match p.kind {
-            PieceKind::Control | PieceKind::Unknown => {
-                special.push(AddedToken::from(p.text.as_str(), true));
-            }
-            PieceKind::UserDefined => {
-                plain.push(AddedToken::from(p.text.as_str(), false).normalized(false));
-            }
-            _ => {}
-        }
-    }
+    let (special, plain) = added_tokens(vocab.pieces.iter().map(|p| (p.text.as_str(), p.kind)));
     tk.add_special_tokens(special).map_err(|e| err(&e))?;
     tk.add_tokens(plain).map_err(|e| err(&e))?;
     Ok(tk)
 }
 
-/// Piece -> id. On duplicates the first id wins, as in llama.cpp.
-fn token_ids(vocab: &SpmVocab) -> Vocab {
+/// Text -> id of `texts` in id order. On duplicates the first id wins, as in llama.cpp.
+pub(crate) fn first_ids<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vocab {
     let mut v = Vocab::default();
-    for (id, p) in vocab.pieces.iter().enumerate() {
-        v.entry(p.text.clone()).or_insert(id as u32);
+    for (id, t) in texts.into_iter().enumerate() {
+        v.entry(t.to_string()).or_insert(id as u32);
     }
     v
+}
+
+/// Control and unknown pieces as special added tokens, user-defined ones as plain ones (so
+/// chat markers are always single tokens).
+pub(crate) fn added_tokens<'a>(
+    pieces: impl IntoIterator<Item = (&'a str, PieceKind)>,
+) -> (Vec<AddedToken>, Vec<AddedToken>) {
+    let (mut special, mut plain) = (Vec::new(), Vec::new());
+    for (text, kind) in pieces {
+        match kind {
+            PieceKind::Control | PieceKind::Unknown => special.push(AddedToken::from(text, true)),
+            PieceKind::UserDefined => plain.push(AddedToken::from(text, false).normalized(false)),
+            _ => {}
+        }
+    }
+    (special, plain)
 }
 
 /// Merges implied by the scores: every split of a normal or user-defined piece into two

@@ -16,7 +16,7 @@
 use serde_json::Value as Json;
 
 use super::build::SPM_SPACE;
-use super::{Piece, PieceKind, SpmVocab, is_byte_piece};
+use super::{Piece, PieceKind, SpmVocab, is_byte_piece, piece_id};
 use crate::SpecialTokens;
 
 /// The vocabulary `json` describes, or `None` when it is not SentencePiece-style. `special`
@@ -99,11 +99,7 @@ pub fn derive(
         .collect();
     score_by_merges(&mut pieces, model, vocab)?;
 
-    let find = |name: &Option<String>| {
-        name.as_deref()
-            .and_then(|t| pieces.iter().position(|p| p.text == t))
-            .map(|i| i as u32)
-    };
+    let find = |name: &Option<String>| piece_id(&pieces, name.as_deref());
     let (template_bos, template_eos) = template_specials(&json["post_processor"], &pieces);
     let bos_id = find(&special.bos).or(template_bos).or(fallback_bos);
     let eos_id = find(&special.eos).or(template_eos).or(fallback_eos);
@@ -216,12 +212,7 @@ fn template_specials(post: &Json, pieces: &[Piece]) -> (Option<u32>, Option<u32>
     let Some(single) = post["single"].as_array() else {
         return (None, None);
     };
-    let id_of = |item: &Json| {
-        item["SpecialToken"]["id"]
-            .as_str()
-            .and_then(|t| pieces.iter().position(|p| p.text == t))
-            .map(|i| i as u32)
-    };
+    let id_of = |item: &Json| piece_id(pieces, item["SpecialToken"]["id"].as_str());
     let seq = single.iter().position(|i| i.get("Sequence").is_some());
     let Some(seq) = seq else {
         return (None, None);

@@ -20,7 +20,7 @@ pub mod proto;
 use candle_core::quantized::gguf_file::Value;
 use microllm_core::{Error, Result};
 
-pub(crate) use build::{bos_eos_template, build};
+pub(crate) use build::{added_tokens, bos_eos_template, build, first_ids};
 
 /// What a piece is, with llama.cpp's / SentencePiece's numbering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,11 @@ impl SpmVocab {
         self.pieces.get(id as usize).map(|p| (p.text.clone(), id))
     }
 
+    /// The id of the first piece whose text is `text`.
+    pub(crate) fn id_of(&self, text: Option<&str>) -> Option<u32> {
+        piece_id(&self.pieces, text)
+    }
+
     /// The `tokenizer.*` keys of a GGUF whose model has `vocab_size` embedding rows. Rows
     /// beyond the vocabulary (models pad their embeddings to a multiple of 64 or 128) get
     /// unused placeholder pieces, noted on `notes`; a vocabulary larger than the model is an
@@ -162,6 +167,12 @@ impl SpmVocab {
         ]);
         Ok(meta)
     }
+}
+
+/// The id of the first of `pieces` whose text is `text`.
+pub(crate) fn piece_id(pieces: &[Piece], text: Option<&str>) -> Option<u32> {
+    let text = text?;
+    pieces.iter().position(|p| p.text == text).map(|i| i as u32)
 }
 
 /// Whether `text` is a byte-fallback piece, `<0xNN>` with two upper-case hex digits.
