@@ -16,12 +16,14 @@
 //!    is multiplied by 10 and retried a few times; the damping used is reported.
 //! 4. `U = chol(H^-1)` (upper, `H^-1 = U^T U`): row `p` of `U` holds, scaled, exactly the
 //!    inverse-Hessian entries the OBS update needs once columns `< p` are fixed (section 4,
-//!    step 3, "Cholesky reformulation"). Computed with `faer` in f64, from one factorisation
-//!    of the order-reversed Hessian and one triangular inverse (see
-//!    `inverse_cholesky_upper`).
+//!    step 3, "Cholesky reformulation"). Computed with `faer` in f32, as the reference does,
+//!    from one factorisation of the order-reversed Hessian (accumulated in f64, rounded once)
+//!    and one triangular inverse (see `inverse_cholesky_damped`). f64 doubled the time of the
+//!    whole solve on LLaMA-2-7B's shapes for a 0.05% perplexity difference on SmolLM2
+//!    (docs/benchmarks.md).
 //! 5. Lazy batch updates (section 4, step 2): within a block of `block_size` columns the error
-//!    `e_p = (w_p - q_p) / U_pp` updates only the block's remaining columns; the rest of the row
-//!    gets `-E U[block, rest]` once per block, which keeps the working set in cache.
+//!    `e_p = (w_p - q_p) / U_pp` updates only the block's remaining columns; the rest of the
+//!    rows get `-E U[block, rest]` once per block, as one matrix product over all rows.
 //! 6. Groups (the grouping of the paper's section 5 experiments): a group's grid is fitted
 //!    when its first column is reached, on the current (already error-corrected) weights, as
 //!    in the reference; with static groups every grid is fitted up front on the original
@@ -32,16 +34,18 @@
 //!    docs/benchmarks.md.
 //!
 //! Each output row's problem is independent given `U` (the paper's observation that the
-//! column order can be shared across rows), so rows are processed in parallel chunks with rayon.
+//! column order can be shared across rows), so within a block rows are processed in parallel
+//! chunks with rayon, and the update past the block is a multi-threaded GEMM.
 //! One difference from the reference: a group starting inside a block is fitted on the
 //! block's up-to-date values (the reference reads the stale global copy there); columns past
 //! the block still lack the block's pending lazy update in both. So ours fits every group on
 //! exact current values whenever the group size divides `block_size` (defaults: 128 and 128).
 //!
-//! Memory: besides the caller's Hessian, at most two `[in, in]` f64 matrices at once (the
-//! factor and its inverse, then `U`) and two f64 copies of the weight.
+//! Memory: besides the caller's Hessian, at most two `[in, in]` f32 matrices at once (the
+//! factor and its inverse, then `U`) and two f32 copies of the weight.
 
 use std::borrow::Cow;
+use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use faer::linalg::triangular_inverse::invert_lower_triangular;
@@ -57,11 +61,11 @@ use crate::{HessianAccumulator, QuantScheme, QuantizedWeight};
 /// How many times the damping is multiplied by 10 after a failed Cholesky factorisation.
 pub const MAX_DAMP_RETRIES: u32 = 4;
 
-/// Smallest accepted `L_ii^2 / A_ii` in the Cholesky factorisation `A = L L^T`.
-const PIVOT_MIN: f64 = 1e-10;
-
-/// Rows handled together by one task, so that each row of `U` is reused from cache.
-const ROWS_PER_TASK: usize = 8;
+/// Smallest accepted `L_ii^2 / A_ii` in the f32 Cholesky factorisation `A = L L^T`: well above
+/// what f32 rounding leaves of an exactly singular pivot (a few times 1e-7 of `A_ii`), well
+/// below a damped pivot's `lambda / A_ii` unless a channel's `H_ii` exceeds `10^4` times the
+/// mean diagonal (such a layer is retried with more damping, which its stats report).
+const PIVOT_MIN: f64 = 1e-6;
 
 /// GPTQ knobs; the defaults are the reference implementation's, except that the clipping
 /// search (the reference's optional `mse` grids) is on.
@@ -106,6 +110,22 @@ pub struct GptqStats {
     pub damp_retries: u32,
     /// Input columns with `H_jj = 0`, whose weights were set to zero.
     pub dead_columns: usize,
+    /// Where the time went.
+    pub timings: ObsTimings,
+}
+
+/// Wall-clock time of the parts of an OBS solve, for profiles (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ObsTimings {
+    /// Dampening, Cholesky factorisation and triangular inverse.
+    pub factor: Duration,
+    /// Grids fitted before the sweep (per-channel or static groups).
+    pub fit: Duration,
+    /// The column sweep: fixing columns and the in-block updates (including dynamic groups'
+    /// grid fits).
+    pub columns: Duration,
+    /// The lazy updates past each block.
+    pub update: Duration,
 }
 
 /// What an OBS sweep ([`obs_compress`]) does to a layer.
@@ -199,7 +219,7 @@ pub fn obs_compress<'h>(
     let dead: Vec<bool> = (0..n).map(|j| hessian[j * n + j] == 0.0).collect();
     let diag_of = |j: usize| if dead[j] { 1.0 } else { hessian[j * n + j] };
     let diag: Vec<f64> = (0..n).map(diag_of).collect();
-    let mut w: Vec<f64> = weight.iter().map(|&x| x as f64).collect();
+    let mut w: Vec<f32> = weight.to_vec();
     let dead_columns = dead.iter().filter(|&&d| d).count();
     for j in (0..n).filter(|&j| dead[j]) {
         for r in 0..out {
@@ -214,12 +234,15 @@ pub fn obs_compress<'h>(
     }
 
     // 3-4. Dampening and U = chol(H^-1), in processing order.
+    let t_factor = Instant::now();
     let (u, damp_percent, damp, damp_retries) =
         inverse_cholesky_damped(hessian, n, &perm, &diag, opts.damp_percent)?;
+    let factor = t_factor.elapsed();
+    let t_fit = Instant::now();
     // What the objective pays per unit of squared error in each column: 1 / U_pp^2, in
     // processing order.
     let cost_p: Vec<f32> = (0..n)
-        .map(|p| (1.0 / (u[p * n + p] * u[p * n + p])) as f32)
+        .map(|p| (1.0 / f64::from(u[p * n + p]).powi(2)) as f32)
         .collect();
 
     // Grids: fitted up front (per-channel, or static groups) on the original column order, or
@@ -245,9 +268,8 @@ pub fn obs_compress<'h>(
                 .zip(w.par_chunks(n))
                 .for_each(|(grids, row)| {
                     for (k, grid) in grids.iter_mut().enumerate() {
-                        let cols: Vec<f32> =
-                            row[k * g..(k + 1) * g].iter().map(|&x| x as f32).collect();
-                        *grid = fitter.fit(&cols, &cost[k * g..(k + 1) * g]);
+                        let cols = k * g..(k + 1) * g;
+                        *grid = fitter.fit(&row[cols.clone()], &cost[cols]);
                     }
                 });
             GroupMode::Fixed(perm.iter().map(|&c| (c / g) as u32).collect())
@@ -257,9 +279,11 @@ pub fn obs_compress<'h>(
         Quantize { fitter, mode, ng }
     });
 
+    let fit = t_fit.elapsed();
+
     // 5-6. Row-parallel sweep in processing order.
     let permute = |k: usize| (k / n) * n + perm[k % n];
-    let mut wp: Vec<f64> = (0..out * n).map(|k| w[permute(k)]).collect();
+    let mut wp: Vec<f32> = (0..out * n).map(|k| w[permute(k)]).collect();
     drop(w);
     let mut pruned_p: Vec<bool> = match target.mask {
         Some(mask) => (0..out * n).map(|k| mask[permute(k)]).collect(),
@@ -277,20 +301,12 @@ pub fn obs_compress<'h>(
     if grids.is_empty() {
         grids = vec![Grid::default(); out * ng];
     }
-    let loss: f64 = wp
-        .par_chunks_mut(ROWS_PER_TASK * n)
-        .zip(pruned_p.par_chunks_mut(ROWS_PER_TASK * n))
-        .zip(codes_p.par_chunks_mut(ROWS_PER_TASK * n))
-        .zip(grids.par_chunks_mut(ROWS_PER_TASK * ng))
-        .map(|(((w, pruned), codes), grids)| {
-            sweep.run(Rows {
-                w,
-                codes,
-                grids,
-                pruned,
-            })
-        })
-        .sum();
+    let (loss, sweep_timings) = sweep.run(Rows {
+        w: &mut wp,
+        codes: &mut codes_p,
+        grids: &mut grids,
+        pruned: &mut pruned_p,
+    });
 
     // Back to the original column order.
     let mut weight_out = vec![0.0f32; out * n];
@@ -301,7 +317,7 @@ pub fn obs_compress<'h>(
     let mut codes = vec![0u8; if quantizing { out * n } else { 0 }];
     for r in 0..out {
         for (p, &c) in perm.iter().enumerate() {
-            weight_out[r * n + c] = wp[r * n + p] as f32;
+            weight_out[r * n + c] = wp[r * n + p];
             pruned[r * n + c] = pruned_p[r * n + p];
             if quantizing {
                 codes[r * n + c] = codes_p[r * n + p];
@@ -339,6 +355,12 @@ pub fn obs_compress<'h>(
             damp,
             damp_retries,
             dead_columns,
+            timings: ObsTimings {
+                factor,
+                fit,
+                columns: sweep_timings.columns,
+                update: sweep_timings.update,
+            },
         },
     })
 }
@@ -398,38 +420,42 @@ fn check_target(target: &ObsTarget<'_>, shape: [usize; 2], opts: GptqOptions) ->
 /// With `J` the order reversal and `A = P^T (H + lambda I) P`: if `J A J = L L^T` then
 /// `A^-1 = J L^-T L^-1 J = U^T U` with `U = J L^-1 J`, which is upper triangular. So one
 /// Cholesky factorisation and one triangular inverse give `U`, instead of a factorisation, a
-/// full inverse and a second factorisation. At most two `[n, n]` f64 matrices are alive at
+/// full inverse and a second factorisation. At most two `[n, n]` f32 matrices are alive at
 /// once (the damped matrix and its factor, the factor and its inverse, the inverse and `U`),
-/// plus the Hessian while it is borrowed: that is what bounds GPTQ's memory on wide layers
-/// (254 MB each for a 5632-wide MLP down projection).
+/// plus the f64 Hessian while it is borrowed: that is what bounds GPTQ's memory on wide
+/// layers (485 MB each for LLaMA-2-7B's 11008-wide down projection, its Hessian 969 MB).
 fn inverse_cholesky_damped(
     h: Cow<'_, [f64]>,
     n: usize,
     perm: &[usize],
     diag: &[f64],
     damp_percent: f64,
-) -> Result<(Vec<f64>, f64, f64, u32)> {
+) -> Result<(Vec<f32>, f64, f64, u32)> {
     let mean_diag = diag.iter().sum::<f64>() / n as f64;
     // Row i of J A J is original column perm[n - 1 - i].
     let rev = |i: usize| perm[n - 1 - i];
-    let mut a = Mat::<f64>::from_fn(n, n, |i, j| {
+    let mut a = Mat::<f32>::from_fn(n, n, |i, j| {
         let (r, c) = (rev(i), rev(j));
-        if r == c { diag[r] } else { h[r * n + c] }
+        if r == c {
+            diag[r] as f32
+        } else {
+            h[r * n + c] as f32
+        }
     });
     drop(h);
-    let (mut pct, mut added) = (damp_percent, 0.0);
+    let mut pct = damp_percent;
     for retry in 0..=MAX_DAMP_RETRIES {
         let lambda = pct * mean_diag;
+        // The damped diagonal is rounded to f32 once, from the f64 sum.
         for i in 0..n {
-            a[(i, i)] += lambda - added;
+            a[(i, i)] = (diag[rev(i)] + lambda) as f32;
         }
-        added = lambda;
         if let Ok(llt) = a.llt(Side::Lower) {
             // A pivot that only rounding kept positive (a damped matrix singular up to
             // rounding) would blow `U` up; with `H` positive semi-definite every pivot is at
             // least `lambda`, far above this threshold.
             let l = llt.L();
-            if (0..n).all(|i| l[(i, i)] * l[(i, i)] > PIVOT_MIN * a[(i, i)]) {
+            if (0..n).all(|i| f64::from(l[(i, i)]).powi(2) > PIVOT_MIN * f64::from(a[(i, i)])) {
                 drop(a);
                 let u = upper_from_factor(llt, n).ok_or_else(|| {
                     Error::Invalid(format!(
@@ -449,11 +475,11 @@ fn inverse_cholesky_damped(
 }
 
 /// `U = J L^-1 J` (row-major) from the factor `J A J = L L^T`; `None` if it is not finite.
-fn upper_from_factor(llt: faer::linalg::solvers::Llt<f64>, n: usize) -> Option<Vec<f64>> {
-    let mut l_inv = Mat::<f64>::zeros(n, n);
+fn upper_from_factor(llt: faer::linalg::solvers::Llt<f32>, n: usize) -> Option<Vec<f32>> {
+    let mut l_inv = Mat::<f32>::zeros(n, n);
     invert_lower_triangular(l_inv.as_mut(), llt.L(), faer::get_global_parallelism());
     drop(llt);
-    let mut u = vec![0.0f64; n * n];
+    let mut u = vec![0.0f32; n * n];
     for (i, row) in u.chunks_exact_mut(n).enumerate() {
         for (j, x) in row.iter_mut().enumerate().skip(i) {
             *x = l_inv[(n - 1 - i, n - 1 - j)];

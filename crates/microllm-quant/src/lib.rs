@@ -44,7 +44,7 @@ mod testutil;
 
 pub use diagonal::DiagonalAccumulator;
 pub use gptq::{
-    GptqOptions, GptqStats, MAX_DAMP_RETRIES, ObsResult, ObsTarget, gptq_quantize,
+    GptqOptions, GptqStats, MAX_DAMP_RETRIES, ObsResult, ObsTarget, ObsTimings, gptq_quantize,
     gptq_quantize_tensor, obs_compress,
 };
 pub use hessian::HessianAccumulator;
