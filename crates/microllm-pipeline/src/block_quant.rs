@@ -26,7 +26,7 @@ use microllm_core::{LinearKind, Result, names};
 use microllm_models::{Block, Positions};
 use microllm_prune::PruneMethod;
 use microllm_quant::{
-    DiagonalAccumulator, GptqOptions, HessianAccumulator, QuantScheme, QuantizedWeight,
+    DiagonalAccumulator, GptqOptions, HessianAccumulator, ObsFactor, QuantScheme, QuantizedWeight,
 };
 use serde::{Deserialize, Serialize};
 
@@ -259,10 +259,37 @@ impl Compressor<'_> {
             .filter(|&k| self.block.linear(k).is_some())
             .collect();
         let mut hessian = hessian;
+        // Linears sharing an input share one factorisation of its Hessian when every one of
+        // them is solved (quantized, or pruned by SparseGPT); the Hessian goes with it.
+        let solved = self.spec.scheme.is_some()
+            || self
+                .spec
+                .prune
+                .is_some_and(|p| p.method == PruneMethod::SparseGpt);
+        let factor = match (hessian.take(), opts) {
+            (Some(InputStats::Full(h)), Some(opts)) if solved && present.len() > 1 => {
+                let n = h.in_features();
+                let factor = ObsFactor::new(h.into_hessian(), n, opts).map_err(|e| {
+                    let family = self.block.config().family;
+                    let names: Vec<String> = present
+                        .iter()
+                        .map(|&k| names::linear_weight(family, self.block.layer, k))
+                        .collect();
+                    microllm_core::Error::Invalid(format!("{}: {e}", names.join(", ")))
+                })?;
+                Some(factor)
+            }
+            (other, _) => {
+                hessian = other;
+                None
+            }
+        };
         for (i, &kind) in present.iter().enumerate() {
             let linear = self.block.linear(kind).expect("present");
             // The last linear of the group takes the Hessian, so its solver can free it.
-            let h = if i + 1 == present.len() {
+            let h = if let Some(f) = &factor {
+                Some(InputStatistic::Factored(f))
+            } else if i + 1 == present.len() {
                 hessian.take().map(InputStats::into_statistic)
             } else {
                 hessian.as_ref().map(InputStats::statistic)

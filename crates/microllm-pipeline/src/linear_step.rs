@@ -21,7 +21,8 @@ use microllm_prune::{
     PruneMethod, Ranking, SparsityPattern, magnitude_scores, mask_from_scores, wanda_scores,
 };
 use microllm_quant::{
-    GptqOptions, ObsTarget, QuantScheme, QuantizedWeight, obs_compress, rtn_quantize,
+    GptqOptions, ObsFactor, ObsTarget, QuantScheme, QuantizedWeight, obs_compress,
+    obs_compress_factored, rtn_quantize,
 };
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +42,8 @@ pub(crate) enum InputStatistic<'a> {
     Hessian(Cow<'a, [f64]>),
     /// Only its diagonal (Wanda without an OBS solve).
     Diagonal(Cow<'a, [f64]>),
+    /// The Hessian already factorised, shared by the linears that read the same input.
+    Factored(&'a ObsFactor),
 }
 
 /// The outcome for one linear.
@@ -90,6 +93,7 @@ pub(crate) fn compress_linear(
             let diag: Cow<'_, [f64]> = match stat {
                 InputStatistic::Hessian(h) => (0..inp).map(|j| h[j * inp + j]).collect(),
                 InputStatistic::Diagonal(d) => Cow::Borrowed(d),
+                InputStatistic::Factored(f) => Cow::Borrowed(f.hessian_diagonal()),
             };
             let scores = wanda_scores(&w, shape, &diag)?;
             Some(mask_from_scores(&scores, shape, p.pattern, p.ranking)?)
@@ -104,18 +108,21 @@ pub(crate) fn compress_linear(
         _ => None,
     };
     if let Some((opts, stat)) = solve {
-        let InputStatistic::Hessian(h) = stat else {
-            return Err(Error::Invalid(format!(
-                "{name}: an OBS solve needs the inputs' full Hessian, not only its diagonal"
-            )));
-        };
         let target = ObsTarget {
             scheme,
             mask: mask.as_deref(),
             rule: sparse_gpt.map(|p| p.pattern.obs_rule()),
         };
-        let r = obs_compress(&w, shape, h, target, opts)
-            .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+        let r = match stat {
+            InputStatistic::Hessian(h) => obs_compress(&w, shape, h, target, opts),
+            InputStatistic::Factored(f) => obs_compress_factored(&w, shape, f, target, opts),
+            InputStatistic::Diagonal(_) => {
+                return Err(Error::Invalid(format!(
+                    "{name}: an OBS solve needs the inputs' full Hessian, not only its diagonal"
+                )));
+            }
+        }
+        .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
         let sparsity = prune.map(|_| fraction(&r.pruned));
         return Ok(LinearOutcome {
             weight: r.weight,

@@ -12,7 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use microllm_quant::{GptqOptions, GptqStats, HessianAccumulator, QuantScheme, gptq_quantize};
+use microllm_quant::{
+    GptqOptions, GptqStats, HessianAccumulator, ObsFactor, ObsTarget, QuantScheme,
+    obs_compress_factored,
+};
 
 /// Deterministic pseudo-normal values (sum of uniforms), enough for timing.
 fn values(n: usize, mut state: u64) -> Vec<f32> {
@@ -92,14 +95,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "| Hessian, {input} | {tokens} x {width} | {} | | | | |",
             secs(hess)
         );
+        // One factorisation per input, shared by its linears (as the pipeline does).
+        let factor = ObsFactor::new(acc.into_hessian(), *width, opts)?;
+        totals[1] += factor.seconds();
+        println!(
+            "| factorisation, {input} | {width} x {width} | {} | {} | | | |",
+            secs(factor.seconds()),
+            secs(factor.seconds())
+        );
         for (name, out) in linears {
             let w = values(out * width, seed);
             seed += 1;
             let t0 = Instant::now();
-            let (q, stats): (_, GptqStats) =
-                gptq_quantize(&w, [*out, *width], acc.hessian(), scheme, opts)?;
+            let target = ObsTarget {
+                scheme: Some(scheme),
+                mask: None,
+                rule: None,
+            };
+            let r = obs_compress_factored(&w, [*out, *width], &factor, target, opts)?;
             let wall = t0.elapsed();
-            q.validate()?;
+            r.quantized.expect("a scheme was given").validate()?;
+            let stats: GptqStats = r.stats;
             let t = stats.timings;
             for (total, d) in totals[1..]
                 .iter_mut()

@@ -48,24 +48,13 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use faer::linalg::triangular_inverse::invert_lower_triangular;
-use faer::{Mat, Side};
 use microllm_core::{Error, Result};
 use rayon::prelude::*;
 
 use crate::obs::{Fitter, GroupMode, PruneRule, Quantize, Rows, Sweep};
 use crate::rtn::{check_weight, weight_data};
 use crate::scheme::{ClipSearch, Grid};
-use crate::{HessianAccumulator, QuantScheme, QuantizedWeight};
-
-/// How many times the damping is multiplied by 10 after a failed Cholesky factorisation.
-pub const MAX_DAMP_RETRIES: u32 = 4;
-
-/// Smallest accepted `L_ii^2 / A_ii` in the f32 Cholesky factorisation `A = L L^T`: well above
-/// what f32 rounding leaves of an exactly singular pivot (a few times 1e-7 of `A_ii`), well
-/// below a damped pivot's `lambda / A_ii` unless a channel's `H_ii` exceeds `10^4` times the
-/// mean diagonal (such a layer is retried with more damping, which its stats report).
-const PIVOT_MIN: f64 = 1e-6;
+use crate::{HessianAccumulator, ObsFactor, QuantScheme, QuantizedWeight};
 
 /// GPTQ knobs; the defaults are the reference implementation's, except that the clipping
 /// search (the reference's optional `mse` grids) is on.
@@ -194,31 +183,55 @@ pub fn obs_compress<'h>(
     target: ObsTarget<'_>,
     opts: GptqOptions,
 ) -> Result<ObsResult> {
-    let hessian: Cow<'h, [f64]> = hessian.into();
+    check_solve(weight, shape, &target, opts)?;
+    let factor = ObsFactor::new(hessian, shape[1], opts)?;
+    let mut result = obs_compress_factored(weight, shape, &factor, target, opts)?;
+    result.stats.timings.factor = factor.seconds();
+    Ok(result)
+}
+
+/// Checks everything about a solve but the Hessian: the weight, the scheme's fit to its
+/// shape, the options and the target.
+fn check_solve(
+    weight: &[f32],
+    shape: [usize; 2],
+    target: &ObsTarget<'_>,
+    opts: GptqOptions,
+) -> Result<usize> {
     let ng = match target.scheme {
         Some(scheme) => scheme.check_shape("weight", shape)?,
         None => 1,
     };
     check_weight(weight, shape)?;
-    let [out, n] = shape;
-    if hessian.len() != n * n || hessian.iter().any(|h| !h.is_finite()) {
-        return Err(Error::Invalid(format!(
-            "GPTQ for a weight of shape [{out}, {n}] needs a finite [{n}, {n}] Hessian, got {} \
-             values",
-            hessian.len()
-        )));
-    }
-    if !(opts.damp_percent.is_finite() && opts.damp_percent > 0.0) || opts.block_size == 0 {
-        return Err(Error::Invalid(format!(
-            "GPTQ options: damp_percent must be > 0 and block_size > 0, got {opts:?}"
-        )));
-    }
-    check_target(&target, shape, opts)?;
+    check_options(opts)?;
+    check_target(target, shape, opts)?;
+    Ok(ng)
+}
 
-    // 1. Dead columns: their diagonal reads as 1 below, their weights become 0.
-    let dead: Vec<bool> = (0..n).map(|j| hessian[j * n + j] == 0.0).collect();
-    let diag_of = |j: usize| if dead[j] { 1.0 } else { hessian[j * n + j] };
-    let diag: Vec<f64> = (0..n).map(diag_of).collect();
+/// [`obs_compress`] with the factorisation of the input's Hessian already done, so linears
+/// that read the same input (q, k and v; gate and up) share one. `opts` must be the options
+/// the factor was built with. The stats' factorisation time is zero: it is the factor's.
+pub fn obs_compress_factored(
+    weight: &[f32],
+    shape: [usize; 2],
+    factor: &ObsFactor,
+    target: ObsTarget<'_>,
+    opts: GptqOptions,
+) -> Result<ObsResult> {
+    let ng = check_solve(weight, shape, &target, opts)?;
+    let [out, n] = shape;
+    factor.check_fits(shape, opts)?;
+    let ObsFactor {
+        dead,
+        perm,
+        u,
+        cost: cost_p,
+        damp_percent,
+        damp,
+        damp_retries,
+        ..
+    } = factor;
+    let (damp_percent, damp, damp_retries) = (*damp_percent, *damp, *damp_retries);
     let mut w: Vec<f32> = weight.to_vec();
     let dead_columns = dead.iter().filter(|&&d| d).count();
     for j in (0..n).filter(|&j| dead[j]) {
@@ -226,24 +239,7 @@ pub fn obs_compress<'h>(
             w[r * n + j] = 0.0;
         }
     }
-
-    // 2. Act-order permutation: perm[p] = original column processed p-th.
-    let mut perm: Vec<usize> = (0..n).collect();
-    if opts.act_order {
-        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
-    }
-
-    // 3-4. Dampening and U = chol(H^-1), in processing order.
-    let t_factor = Instant::now();
-    let (u, damp_percent, damp, damp_retries) =
-        inverse_cholesky_damped(hessian, n, &perm, &diag, opts.damp_percent)?;
-    let factor = t_factor.elapsed();
     let t_fit = Instant::now();
-    // What the objective pays per unit of squared error in each column: 1 / U_pp^2, in
-    // processing order.
-    let cost_p: Vec<f32> = (0..n)
-        .map(|p| (1.0 / f64::from(u[p * n + p]).powi(2)) as f32)
-        .collect();
 
     // Grids: fitted up front (per-channel, or static groups) on the original column order, or
     // when each group is reached.
@@ -291,8 +287,8 @@ pub fn obs_compress<'h>(
     };
     let mut codes_p = vec![0u8; out * n];
     let sweep = Sweep {
-        u: &u,
-        cost: &cost_p,
+        u,
+        cost: cost_p,
         block_size: opts.block_size,
         quantize,
         rule: target.rule,
@@ -313,7 +309,6 @@ pub fn obs_compress<'h>(
     let mut pruned = vec![false; out * n];
     let quantizing = sweep.quantize.is_some();
     drop(sweep);
-    drop(u);
     let mut codes = vec![0u8; if quantizing { out * n } else { 0 }];
     for r in 0..out {
         for (p, &c) in perm.iter().enumerate() {
@@ -356,7 +351,7 @@ pub fn obs_compress<'h>(
             damp_retries,
             dead_columns,
             timings: ObsTimings {
-                factor,
+                factor: Duration::ZERO,
                 fit,
                 columns: sweep_timings.columns,
                 update: sweep_timings.update,
@@ -412,79 +407,12 @@ fn check_target(target: &ObsTarget<'_>, shape: [usize; 2], opts: GptqOptions) ->
     }
 }
 
-/// Adds damping to the Hessian and returns `U` (row-major, upper) with
-/// `(P^T (H + lambda I) P)^-1 = U^T U` for the processing order `perm` (`diag`: the diagonal
-/// with dead columns read as 1), retrying with ten times the damping when a factorisation
-/// fails.
-///
-/// With `J` the order reversal and `A = P^T (H + lambda I) P`: if `J A J = L L^T` then
-/// `A^-1 = J L^-T L^-1 J = U^T U` with `U = J L^-1 J`, which is upper triangular. So one
-/// Cholesky factorisation and one triangular inverse give `U`, instead of a factorisation, a
-/// full inverse and a second factorisation. At most two `[n, n]` f32 matrices are alive at
-/// once (the damped matrix and its factor, the factor and its inverse, the inverse and `U`),
-/// plus the f64 Hessian while it is borrowed: that is what bounds GPTQ's memory on wide
-/// layers (485 MB each for LLaMA-2-7B's 11008-wide down projection, its Hessian 969 MB).
-fn inverse_cholesky_damped(
-    h: Cow<'_, [f64]>,
-    n: usize,
-    perm: &[usize],
-    diag: &[f64],
-    damp_percent: f64,
-) -> Result<(Vec<f32>, f64, f64, u32)> {
-    let mean_diag = diag.iter().sum::<f64>() / n as f64;
-    // Row i of J A J is original column perm[n - 1 - i].
-    let rev = |i: usize| perm[n - 1 - i];
-    let mut a = Mat::<f32>::from_fn(n, n, |i, j| {
-        let (r, c) = (rev(i), rev(j));
-        if r == c {
-            diag[r] as f32
-        } else {
-            h[r * n + c] as f32
-        }
-    });
-    drop(h);
-    let mut pct = damp_percent;
-    for retry in 0..=MAX_DAMP_RETRIES {
-        let lambda = pct * mean_diag;
-        // The damped diagonal is rounded to f32 once, from the f64 sum.
-        for i in 0..n {
-            a[(i, i)] = (diag[rev(i)] + lambda) as f32;
-        }
-        if let Ok(llt) = a.llt(Side::Lower) {
-            // A pivot that only rounding kept positive (a damped matrix singular up to
-            // rounding) would blow `U` up; with `H` positive semi-definite every pivot is at
-            // least `lambda`, far above this threshold.
-            let l = llt.L();
-            if (0..n).all(|i| f64::from(l[(i, i)]).powi(2) > PIVOT_MIN * f64::from(a[(i, i)])) {
-                drop(a);
-                let u = upper_from_factor(llt, n).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "GPTQ: the inverse Cholesky factor of the [{n}, {n}] Hessian is not \
-                         finite (damping {pct})"
-                    ))
-                })?;
-                return Ok((u, pct, lambda, retry));
-            }
-        }
-        pct *= 10.0;
+/// Checks the options that do not depend on a weight.
+pub(crate) fn check_options(opts: GptqOptions) -> Result<()> {
+    if !(opts.damp_percent.is_finite() && opts.damp_percent > 0.0) || opts.block_size == 0 {
+        return Err(Error::Invalid(format!(
+            "GPTQ options: damp_percent must be > 0 and block_size > 0, got {opts:?}"
+        )));
     }
-    Err(Error::Invalid(format!(
-        "GPTQ: the [{n}, {n}] Hessian is not positive definite even with damping {}",
-        pct / 10.0
-    )))
-}
-
-/// `U = J L^-1 J` (row-major) from the factor `J A J = L L^T`; `None` if it is not finite.
-fn upper_from_factor(llt: faer::linalg::solvers::Llt<f32>, n: usize) -> Option<Vec<f32>> {
-    let mut l_inv = Mat::<f32>::zeros(n, n);
-    invert_lower_triangular(l_inv.as_mut(), llt.L(), faer::get_global_parallelism());
-    drop(llt);
-    let mut u = vec![0.0f32; n * n];
-    for (i, row) in u.chunks_exact_mut(n).enumerate() {
-        for (j, x) in row.iter_mut().enumerate().skip(i) {
-            *x = l_inv[(n - 1 - i, n - 1 - j)];
-        }
-    }
-    let ok = u.iter().all(|x| x.is_finite()) && (0..n).all(|i| u[i * n + i] > 0.0);
-    ok.then_some(u)
+    Ok(())
 }

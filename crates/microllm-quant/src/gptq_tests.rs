@@ -3,8 +3,8 @@
 
 use crate::testutil::Rng;
 use crate::{
-    GptqOptions, GptqStats, HessianAccumulator, QuantScheme, QuantizedWeight, gptq_quantize,
-    gptq_quantize_tensor, rtn_quantize,
+    GptqOptions, GptqStats, HessianAccumulator, ObsTarget, QuantScheme, QuantizedWeight,
+    gptq_quantize, gptq_quantize_tensor, obs_compress, obs_compress_factored, rtn_quantize,
 };
 
 pub(crate) const OUT: usize = 48;
@@ -311,5 +311,44 @@ fn clip_search_lowers_the_output_error() {
         let (e0, e1) = (output_error(&w, &q0, &h), output_error(&w, &q1, &h));
         eprintln!("bits {bits} sym {sym} act {act}: min/max {e0:.4}, searched {e1:.4}");
         assert!(e1 < e0, "bits {bits} sym {sym} act {act}: {e1} >= {e0}");
+    }
+}
+
+#[test]
+fn a_shared_factor_gives_the_same_solve_as_a_private_one() {
+    let mut rng = Rng::new(17);
+    let h = hessian_of(&correlated_inputs(&mut rng, true));
+    let s = QuantScheme::new(4, Some(32), true).unwrap();
+    for act in [false, true] {
+        let o = opts(act, false);
+        let factor = crate::ObsFactor::new(&h[..], IN, o).unwrap();
+        assert_eq!(factor.in_features(), IN);
+        assert_eq!(factor.hessian_diagonal()[3], h[3 * IN + 3]);
+        for seed in [1, 2] {
+            let w = Rng::new(seed).normal_vec(OUT * IN);
+            let target = ObsTarget {
+                scheme: Some(s),
+                mask: None,
+                rule: None,
+            };
+            let private = obs_compress(&w, [OUT, IN], &h[..], target, o).unwrap();
+            let shared = obs_compress_factored(&w, [OUT, IN], &factor, target, o).unwrap();
+            assert_eq!(private.weight, shared.weight);
+            assert_eq!(private.quantized, shared.quantized);
+            assert_eq!(private.stats.loss, shared.stats.loss);
+        }
+        // A weight of another width, or other options, cannot use it.
+        let narrow = vec![0.5f32; OUT * (IN / 2)];
+        let target = ObsTarget {
+            scheme: Some(s),
+            mask: None,
+            rule: None,
+        };
+        let err = obs_compress_factored(&narrow, [OUT, IN / 2], &factor, target, o).unwrap_err();
+        assert!(err.to_string().contains("cannot use the factor"), "{err}");
+        let w = vec![0.5f32; OUT * IN];
+        let err =
+            obs_compress_factored(&w, [OUT, IN], &factor, target, opts(!act, false)).unwrap_err();
+        assert!(err.to_string().contains("differ"), "{err}");
     }
 }

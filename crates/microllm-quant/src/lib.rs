@@ -28,6 +28,7 @@
 //! ```
 
 mod diagonal;
+mod factor;
 mod gptq;
 mod hessian;
 pub mod obs;
@@ -43,9 +44,10 @@ mod obs_tests;
 mod testutil;
 
 pub use diagonal::DiagonalAccumulator;
+pub use factor::{MAX_DAMP_RETRIES, ObsFactor};
 pub use gptq::{
-    GptqOptions, GptqStats, MAX_DAMP_RETRIES, ObsResult, ObsTarget, ObsTimings, gptq_quantize,
-    gptq_quantize_tensor, obs_compress,
+    GptqOptions, GptqStats, ObsResult, ObsTarget, ObsTimings, gptq_quantize, gptq_quantize_tensor,
+    obs_compress, obs_compress_factored,
 };
 pub use hessian::HessianAccumulator;
 pub use obs::PruneRule;
