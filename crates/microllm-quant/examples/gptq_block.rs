@@ -10,28 +10,16 @@
 //! The defaults are LLaMA-2-7B's shapes with 8 x 256 calibration tokens. `CLIP=0` turns the
 //! clipping search off, `ACT_ORDER=1` turns act-order on.
 
+mod common;
+
+use common::values;
+
 use std::time::{Duration, Instant};
 
 use microllm_quant::{
     GptqOptions, GptqStats, HessianAccumulator, ObsFactor, ObsTarget, QuantScheme,
     obs_compress_factored,
 };
-
-/// Deterministic pseudo-normal values (sum of uniforms), enough for timing.
-fn values(n: usize, mut state: u64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let mut s = 0f32;
-            for _ in 0..4 {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                s += (state >> 40) as f32 / (1u64 << 24) as f32;
-            }
-            s - 2.0
-        })
-        .collect()
-}
 
 /// A block input: its name, width and the linears reading it, as (name, output features).
 type Input = (&'static str, usize, Vec<(&'static str, usize)>);

@@ -5,26 +5,14 @@
 //! `cargo run --release -p microllm-quant --example hessian_bench -- [BATCHES=20] [TOKENS=512] [IN...]`
 //! (default widths: 576 and 1536).
 
+mod common;
+
+use common::values;
+
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use microllm_quant::HessianAccumulator;
-
-/// Deterministic pseudo-normal values (sum of uniforms), enough for timing.
-fn values(n: usize, mut state: u64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let mut s = 0f32;
-            for _ in 0..4 {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                s += (state >> 40) as f32 / (1u64 << 24) as f32;
-            }
-            s - 2.0
-        })
-        .collect()
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

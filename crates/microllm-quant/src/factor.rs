@@ -29,8 +29,6 @@ const PIVOT_MIN: f64 = 1e-6;
 #[derive(Debug, Clone)]
 pub struct ObsFactor {
     pub(crate) n: usize,
-    /// Inputs with `H_jj = 0` (never active in calibration).
-    pub(crate) dead: Vec<bool>,
     /// `perm[p]` = original column processed `p`-th.
     pub(crate) perm: Vec<usize>,
     /// `U` (row-major `[n, n]`, upper) in processing order.
@@ -67,7 +65,6 @@ impl ObsFactor {
         }
         // Dead columns: their diagonal reads as 1, their weights become 0 in the sweep.
         let diagonal: Vec<f64> = (0..n).map(|j| hessian[j * n + j]).collect();
-        let dead: Vec<bool> = diagonal.iter().map(|&d| d == 0.0).collect();
         let diag: Vec<f64> = diagonal
             .iter()
             .map(|&d| if d == 0.0 { 1.0 } else { d })
@@ -85,7 +82,6 @@ impl ObsFactor {
             .collect();
         Ok(Self {
             n,
-            dead,
             perm,
             u,
             cost,
@@ -107,6 +103,11 @@ impl ObsFactor {
     /// The Hessian's diagonal as accumulated (0 for inputs never active).
     pub fn hessian_diagonal(&self) -> &[f64] {
         &self.diagonal
+    }
+
+    /// Inputs with `H_jj = 0` (never active in calibration), whose weights become 0.
+    pub(crate) fn dead_columns(&self) -> impl Iterator<Item = usize> + Clone + '_ {
+        (0..self.n).filter(|&j| self.diagonal[j] == 0.0)
     }
 
     /// Wall time of the factorisation.

@@ -18,9 +18,9 @@
 //!    inverse-Hessian entries the OBS update needs once columns `< p` are fixed (section 4,
 //!    step 3, "Cholesky reformulation"). Computed with `faer` in f32, as the reference does,
 //!    from one factorisation of the order-reversed Hessian (accumulated in f64, rounded once)
-//!    and one triangular inverse (see `inverse_cholesky_damped`). f64 doubled the time of the
-//!    whole solve on LLaMA-2-7B's shapes for a 0.05% perplexity difference on SmolLM2
-//!    (docs/benchmarks.md).
+//!    and one triangular inverse (see `inverse_cholesky_damped`). f64 made a LLaMA-2-7B-sized
+//!    block 1.6x slower (65.9 s against 41.4 s) for a 0.05% perplexity difference on
+//!    SmolLM2 (docs/benchmarks.md).
 //! 5. Lazy batch updates (section 4, step 2): within a block of `block_size` columns the error
 //!    `e_p = (w_p - q_p) / U_pp` updates only the block's remaining columns; the rest of the
 //!    rows get `-E U[block, rest]` once per block, as one matrix product over all rows.
@@ -183,9 +183,10 @@ pub fn obs_compress<'h>(
     target: ObsTarget<'_>,
     opts: GptqOptions,
 ) -> Result<ObsResult> {
-    check_solve(weight, shape, &target, opts)?;
+    // Everything cheap is checked before the factorisation.
+    let ng = check_solve(weight, shape, &target, opts)?;
     let factor = ObsFactor::new(hessian, shape[1], opts)?;
-    let mut result = obs_compress_factored(weight, shape, &factor, target, opts)?;
+    let mut result = sweep(weight, shape, ng, &factor, target, opts)?;
     result.stats.timings.factor = factor.seconds();
     Ok(result)
 }
@@ -219,10 +220,22 @@ pub fn obs_compress_factored(
     opts: GptqOptions,
 ) -> Result<ObsResult> {
     let ng = check_solve(weight, shape, &target, opts)?;
-    let [out, n] = shape;
     factor.check_fits(shape, opts)?;
+    sweep(weight, shape, ng, factor, target, opts)
+}
+
+/// The solve of a checked weight (`ng` groups per row) against a fitting factor.
+fn sweep(
+    weight: &[f32],
+    shape: [usize; 2],
+    ng: usize,
+    factor: &ObsFactor,
+    target: ObsTarget<'_>,
+    opts: GptqOptions,
+) -> Result<ObsResult> {
+    let [out, n] = shape;
+    let dead = factor.dead_columns();
     let ObsFactor {
-        dead,
         perm,
         u,
         cost: cost_p,
@@ -233,8 +246,8 @@ pub fn obs_compress_factored(
     } = factor;
     let (damp_percent, damp, damp_retries) = (*damp_percent, *damp, *damp_retries);
     let mut w: Vec<f32> = weight.to_vec();
-    let dead_columns = dead.iter().filter(|&&d| d).count();
-    for j in (0..n).filter(|&j| dead[j]) {
+    let dead_columns = dead.clone().count();
+    for j in dead {
         for r in 0..out {
             w[r * n + j] = 0.0;
         }
