@@ -65,6 +65,11 @@ enum Command {
     Distill(Box<commands::distill::Args>),
 }
 
+/// Large buffers on transparent huge pages: see [`microllm_core::alloc`] for the page faults
+/// this saves.
+#[global_allocator]
+static ALLOC: microllm_core::alloc::HugePageAlloc = microllm_core::alloc::HugePageAlloc;
+
 /// The exit status of a run whose gates failed (distinct from errors, 1, and usage, 2).
 const GATES_FAILED: u8 = 3;
 

@@ -13,6 +13,7 @@
 #            weights (written by convert), both timed; llama-perplexity (1 chunk) on ours
 #   gptq     quantize --method gptq --bits 4 --group-size 128 --samples 16 --seqlen 512 into
 #            GGUF; llama-tokenize and llama-perplexity (1 chunk) on it
+#   gptq-8x256  the same at 8 x 256 calibration tokens, symmetric (the GPTQ speed target)
 #   distill  distill logits --teacher on 4 windows of 256 tokens (the teacher streamed)
 # Results: one line per step in target/bench/llama2-7b-shape.results, logs beside it.
 set -euo pipefail
@@ -76,11 +77,17 @@ for step in "$@"; do
         -f "$assets/data/wiki.eval.txt" -c 512 --chunks 1 -t 2
       grep -E "Final estimate" "$out/llama-perplexity-gptq.log" | tee -a "$results"
       ;;
+    gptq-8x256)
+      timed gptq-4bit-g128-8x256 $bin quantize --model "$dir" --method gptq --bits 4 \
+        --group-size 128 --sym --samples 8 --seqlen 256 --calib "$assets/data/c4.calib.txt" \
+        --out "$out/gptq-4bit-g128-8x256.gguf" --force
+      ls -l "$out/gptq-4bit-g128-8x256.gguf" | tee -a "$results"
+      ;;
     distill)
       timed distill-logits $bin distill logits --teacher "$dir" \
         --data "$assets/data/c4.calib.txt" --seqlen 256 --max-windows 4 --top-k 64 \
         --out "$out/logits" --force
       ;;
-    *) echo "unknown step $step (make, rtn, gptq, distill)" >&2; exit 2 ;;
+    *) echo "unknown step $step (make, rtn, gptq, gptq-8x256, distill)" >&2; exit 2 ;;
   esac
 done

@@ -7,7 +7,10 @@
 //! through which libraries report long work without printing.
 //!
 //! It does no I/O of its own: everything here can be built and tested from plain values.
+//! [`alloc::HugePageAlloc`], the global allocator the binary and the timing examples use, is
+//! here because every crate's large buffers go through it.
 
+pub mod alloc;
 mod config;
 mod error;
 pub mod names;

@@ -12,6 +12,10 @@
 
 mod common;
 
+// As in the binary, so the example measures what a run does.
+#[global_allocator]
+static ALLOC: microllm_core::alloc::HugePageAlloc = microllm_core::alloc::HugePageAlloc;
+
 use common::values;
 
 use std::time::{Duration, Instant};

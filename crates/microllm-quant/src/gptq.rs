@@ -235,9 +235,9 @@ fn sweep(
 ) -> Result<ObsResult> {
     let [out, n] = shape;
     let dead = factor.dead_columns();
+    let u = factor.u();
     let ObsFactor {
         perm,
-        u,
         cost: cost_p,
         damp_percent,
         damp,

@@ -84,8 +84,8 @@ pub(crate) struct Quantize {
 
 /// Everything a row chunk needs, shared by all chunks.
 pub(crate) struct Sweep<'a> {
-    /// `U` (row-major `[n, n]`, upper) in processing order.
-    pub u: &'a [f32],
+    /// `U` (`[n, n]`, upper) in processing order.
+    pub u: MatRef<'a, f32>,
     /// `1 / U_pp^2` in processing order.
     pub cost: &'a [f32],
     pub block_size: usize,
@@ -124,10 +124,18 @@ impl Sweep<'_> {
         let ng = grids.len() / out.max(1);
         let bs = self.block_size.min(n);
         let mut err = vec![0.0f32; out * bs];
+        let mut tile = vec![0.0f32; bs * bs];
         let (mut loss, mut timings) = (0.0, SweepTimings::default());
         for i1 in (0..n).step_by(bs) {
             let i2 = (i1 + bs).min(n);
             let t0 = Instant::now();
+            // The block's diagonal tile of `U`, row-major, for the in-block updates.
+            for a in 0..i2 - i1 {
+                for b in a..i2 - i1 {
+                    tile[a * bs + b] = self.u[(i1 + a, i1 + b)];
+                }
+            }
+            let tile = &tile;
             loss += w
                 .par_chunks_mut(ROWS_PER_TASK * n)
                 .zip(codes.par_chunks_mut(ROWS_PER_TASK * n))
@@ -141,7 +149,7 @@ impl Sweep<'_> {
                         grids,
                         pruned,
                     };
-                    self.block(rows, err, i1..i2)
+                    self.block(rows, err, tile, i1..i2)
                 })
                 .sum::<f64>();
             let t1 = Instant::now();
@@ -154,12 +162,7 @@ impl Sweep<'_> {
                     MatMut::from_column_major_slice_with_stride_mut(&mut w[i2..], n - i2, out, n)
                         .transpose_mut();
                 let e = MatRef::from_row_major_slice_with_stride(&err, out, i2 - i1, bs);
-                let u = MatRef::from_row_major_slice_with_stride(
-                    &self.u[i1 * n + i2..],
-                    i2 - i1,
-                    n - i2,
-                    n,
-                );
+                let u = self.u.submatrix(i1, i2, i2 - i1, n - i2);
                 matmul(dst, Accum::Add, e, u, -1.0, faer::get_global_parallelism());
                 timings.update += t1.elapsed();
             }
@@ -169,8 +172,9 @@ impl Sweep<'_> {
 
     /// Fixes columns `cols` of a chunk of rows one by one and applies each error to the
     /// block's later columns; `err` (`[rows, block_size]`) receives the scaled errors for the
-    /// lazy update of the rest. Returns the chunk's loss.
-    fn block(&self, rows: Rows<'_>, err: &mut [f32], cols: Range<usize>) -> f64 {
+    /// lazy update of the rest, `tile` (`[block_size, block_size]`, row-major) is `U` on the
+    /// block's diagonal. Returns the chunk's loss.
+    fn block(&self, rows: Rows<'_>, err: &mut [f32], tile: &[f32], cols: Range<usize>) -> f64 {
         let Rows {
             w,
             codes,
@@ -194,8 +198,9 @@ impl Sweep<'_> {
             }
         }
         for p in i1..i2 {
-            let urow = &self.u[p * n..(p + 1) * n];
-            let d = urow[p];
+            // Row `p` of `U` over the block: `urow[k]` is `U[p][i1 + k]`.
+            let urow = &tile[(p - i1) * bs..(p - i1 + 1) * bs];
+            let d = urow[p - i1];
             for r in 0..nrows {
                 let row = &mut w[r * n..(r + 1) * n];
                 let mask = &mut pruned[r * n..(r + 1) * n];
@@ -220,7 +225,7 @@ impl Sweep<'_> {
                 loss += f64::from(e) * f64::from(e) / 2.0;
                 err[r * bs + (p - i1)] = e;
                 if e != 0.0 {
-                    for (x, &h) in row[p + 1..i2].iter_mut().zip(&urow[p + 1..i2]) {
+                    for (x, &h) in row[p + 1..i2].iter_mut().zip(&urow[p + 1 - i1..i2 - i1]) {
                         *x -= e * h;
                     }
                 }
