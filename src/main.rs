@@ -37,8 +37,22 @@ use clap::{Parser, Subcommand};
 Exit status: 0 success, 1 error, 2 bad usage, 3 a gate failed (microllm run)."
 )]
 struct Cli {
+    /// Worker threads for every pool (matrix products, GPTQ solves, element-wise work);
+    /// default: one per core, or RAYON_NUM_THREADS when set.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Sizes the thread pools before any exists: rayon's global pool (which faer also runs on)
+/// and candle's both read `RAYON_NUM_THREADS` when they start.
+fn set_threads(threads: Option<u16>) {
+    if let Some(n) = threads {
+        // SAFETY: called from `main` right after argument parsing, before any thread of this
+        // process exists.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +102,7 @@ fn main() -> ExitCode {
     #[cfg(unix)]
     die_quietly_on_closed_pipe();
     let cli = Cli::parse();
+    set_threads(cli.threads);
     use commands::pipeline::Verdict;
     let done = |r: anyhow::Result<()>| r.map(|()| Verdict::Planned);
     let result = match cli.command {

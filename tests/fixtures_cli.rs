@@ -210,3 +210,43 @@ fn closed_output_pipe_is_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `--threads N` (global, before or after the command) sizes the pools without changing the
+/// result; zero threads is a usage error.
+#[test]
+fn threads_option_keeps_the_logits_and_rejects_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("llama-tiny");
+    let reference = dir.join("reference.safetensors");
+    let (_, expected) = read_f32(&reference, "logits");
+    for (i, place) in ["before", "after"].iter().enumerate() {
+        let out = tmp.path().join(format!("threads-{i}.safetensors"));
+        let mut cmd = microllm();
+        if *place == "before" {
+            cmd.args(["--threads", "1"]);
+        }
+        cmd.args(["logits", "--model"])
+            .arg(&dir)
+            .arg("--tokens")
+            .arg(&reference)
+            .arg("--out")
+            .arg(&out);
+        if *place == "after" {
+            cmd.args(["--threads", "3"]);
+        }
+        cmd.assert().success();
+        let (_, ours) = read_f32(&out, "logits");
+        let diff = max_abs_diff(&ours, &expected);
+        assert!(
+            diff <= F32_TOLERANCE,
+            "--threads {place}: max abs diff {diff}"
+        );
+    }
+    let out = microllm()
+        .args(["--threads", "0", "inspect", "--model"])
+        .arg(&dir)
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("--threads"), "{stderr}");
+}

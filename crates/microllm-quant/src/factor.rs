@@ -367,4 +367,61 @@ mod tests {
             "the retry did not restore the damped matrix"
         );
     }
+
+    #[test]
+    fn the_in_place_inverse_is_as_accurate_as_faers() {
+        // SmolLM2's width, strongly correlated inputs (x_j += 0.95 x_(j-1)), 1% damping.
+        let (n, t) = (576, 800);
+        let mut x = Rng::new(5).normal_vec(t * n);
+        for r in 0..t {
+            for j in 1..n {
+                x[r * n + j] += 0.95 * x[r * n + j - 1];
+            }
+        }
+        let mut h = vec![0f64; n * n];
+        for row in x.chunks_exact(n) {
+            for i in 0..n {
+                for j in 0..n {
+                    h[i * n + j] += 2.0 * f64::from(row[i]) * f64::from(row[j]) / t as f64;
+                }
+            }
+        }
+        let lambda = 0.01 * (0..n).map(|i| h[i * n + i]).sum::<f64>() / n as f64;
+        let mut l = Mat::<f32>::from_fn(n, n, |i, j| {
+            (h[i * n + j] + if i == j { lambda } else { 0.0 }) as f32
+        });
+        let par = faer::get_global_parallelism();
+        let mut scratch =
+            MemBuffer::new(cholesky_in_place_scratch::<f32>(n, par, Default::default()));
+        cholesky_in_place(
+            l.as_mut(),
+            Default::default(),
+            par,
+            MemStack::new(&mut scratch),
+            Default::default(),
+        )
+        .unwrap();
+        let mut reference = Mat::<f32>::zeros(n, n);
+        invert_lower_triangular(reference.as_mut(), l.as_ref(), par);
+        let mut ours = l.clone();
+        invert_lower_in_place(ours.as_mut(), par);
+        // max |L^-1 L - I| over the lower triangle, in f64.
+        let residual = |inv: &Mat<f32>| {
+            let mut worst = 0f64;
+            for i in 0..n {
+                for j in 0..=i {
+                    let s: f64 = (j..=i)
+                        .map(|k| f64::from(inv[(i, k)]) * f64::from(l[(k, j)]))
+                        .sum();
+                    worst = worst.max((s - if i == j { 1.0 } else { 0.0 }).abs());
+                }
+            }
+            worst
+        };
+        let (ours, reference) = (residual(&ours), residual(&reference));
+        assert!(
+            ours <= 2.0 * reference.max(1e-7),
+            "in-place inverse residual {ours:e}, faer's {reference:e}"
+        );
+    }
 }
