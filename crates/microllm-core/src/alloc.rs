@@ -18,9 +18,8 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-/// Allocations from this size on are advised to use huge pages: large enough that the
-/// system allocator maps them on their own (its mapping threshold tops out at 32 MiB) and
-/// that a partly used 2 MiB page costs little.
+/// Allocations from this size on are advised to use huge pages: at least two 2 MiB pages,
+/// so the memory a partly used huge page wastes stays a small share of the buffer.
 pub const HUGE_PAGE_MIN: usize = 4 << 20;
 
 /// The system allocator, with transparent huge pages requested for large buffers on Linux.

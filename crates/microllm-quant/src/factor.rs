@@ -55,7 +55,7 @@ pub struct ObsFactor {
 
 impl ObsFactor {
     /// Factorises `hessian` (row-major `[n, n]`, finite) with the damping and order of `opts`;
-    /// an owned Hessian is freed as soon as its damped copy exists.
+    /// an owned Hessian is freed as soon as a factorisation succeeds.
     pub fn new<'h>(
         hessian: impl Into<Cow<'h, [f64]>>,
         n: usize,
@@ -285,27 +285,26 @@ fn clear_strict_upper(buf: &mut [f32], n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::HessianAccumulator;
     use crate::testutil::Rng;
 
     /// `2/t X^T X` (row-major f64) of `t` random tokens of `n` features; column `dup` (if
     /// any) repeats column 0, so the Hessian is singular.
     fn hessian(n: usize, t: usize, dup: Option<usize>, seed: u64) -> Vec<f64> {
-        let mut rng = Rng::new(seed);
-        let mut x = rng.normal_vec(t * n);
+        let mut x = Rng::new(seed).normal_vec(t * n);
         if let Some(d) = dup {
             for r in 0..t {
                 x[r * n + d] = x[r * n];
             }
         }
-        let mut h = vec![0.0; n * n];
-        for row in x.chunks_exact(n) {
-            for i in 0..n {
-                for j in 0..n {
-                    h[i * n + j] += 2.0 * f64::from(row[i]) * f64::from(row[j]) / t as f64;
-                }
-            }
-        }
-        h
+        hessian_of(&x, n)
+    }
+
+    /// The accumulated Hessian of row-major tokens `x` (`[t, n]`).
+    fn hessian_of(x: &[f32], n: usize) -> Vec<f64> {
+        let mut acc = HessianAccumulator::new(n);
+        acc.add_batch_slice(x).unwrap();
+        acc.into_hessian()
     }
 
     #[test]
@@ -378,14 +377,7 @@ mod tests {
                 x[r * n + j] += 0.95 * x[r * n + j - 1];
             }
         }
-        let mut h = vec![0f64; n * n];
-        for row in x.chunks_exact(n) {
-            for i in 0..n {
-                for j in 0..n {
-                    h[i * n + j] += 2.0 * f64::from(row[i]) * f64::from(row[j]) / t as f64;
-                }
-            }
-        }
+        let h = hessian_of(&x, n);
         let lambda = 0.01 * (0..n).map(|i| h[i * n + i]).sum::<f64>() / n as f64;
         let mut l = Mat::<f32>::from_fn(n, n, |i, j| {
             (h[i * n + j] + if i == j { lambda } else { 0.0 }) as f32

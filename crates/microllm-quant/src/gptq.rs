@@ -18,7 +18,7 @@
 //!    inverse-Hessian entries the OBS update needs once columns `< p` are fixed (section 4,
 //!    step 3, "Cholesky reformulation"). Computed with `faer` in f32, as the reference does,
 //!    from one factorisation of the order-reversed Hessian (accumulated in f64, rounded once)
-//!    and one triangular inverse (see `inverse_cholesky_damped`). f64 made a LLaMA-2-7B-sized
+//!    and one triangular inverse, in place (see `factor.rs`). f64 made a LLaMA-2-7B-sized
 //!    block 1.6x slower (65.9 s against 41.4 s) for a 0.05% perplexity difference on
 //!    SmolLM2 (docs/benchmarks.md).
 //! 5. Lazy batch updates (section 4, step 2): within a block of `block_size` columns the error
@@ -41,8 +41,9 @@
 //! the block still lack the block's pending lazy update in both. So ours fits every group on
 //! exact current values whenever the group size divides `block_size` (defaults: 128 and 128).
 //!
-//! Memory: besides the caller's Hessian, at most two `[in, in]` f32 matrices at once (the
-//! factor and its inverse, then `U`) and two f32 copies of the weight.
+//! Memory: besides the caller's Hessian (kept until its factorisation succeeds), one
+//! `[in, in]` f32 matrix (the factor, then `L^-1`, which `U` is a view of) and two f32 copies
+//! of the weight.
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};

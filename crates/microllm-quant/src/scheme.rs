@@ -281,10 +281,7 @@ impl Grid {
         let (zero, maxq) = (self.zero as f32, self.maxq as f32);
         let err = |w: f32| {
             let x = (w / self.scale).clamp(-256.0, 256.0);
-            let a = x.abs();
-            let t = (a as i32) as f32;
-            let r = if a - t >= 0.5 { t + 1.0 } else { t };
-            let q = (r.copysign(x) + zero).clamp(0.0, maxq);
+            let q = (round_half_away_small(x) + zero).clamp(0.0, maxq);
             let d = w - self.scale * (q - zero);
             d * d
         };
@@ -328,16 +325,12 @@ const LANES: usize = 16;
 pub(crate) fn round_to_f16(x: f32) -> f32 {
     const MIN_NORMAL: f32 = 6.103_515_6e-5; // 2^-14
     const MAX_FINITE: f32 = 65_504.0;
-    let a = x.abs();
-    if (MIN_NORMAL..MAX_FINITE).contains(&a) {
+    if (MIN_NORMAL..MAX_FINITE).contains(&x.abs()) {
         // Keep 10 of the 23 mantissa bits, rounding to nearest, ties to even; a carry into the
-        // exponent is the correct rounding up to the next power of two.
+        // exponent is the correct rounding up to the next power of two, and nothing below
+        // MAX_FINITE (itself an f16) rounds past it.
         let bits = x.to_bits();
-        let rounded = (bits + 0x0FFF + ((bits >> 13) & 1)) & !0x1FFF;
-        let r = f32::from_bits(rounded);
-        if r.abs() <= MAX_FINITE {
-            return r;
-        }
+        return f32::from_bits((bits + 0x0FFF + ((bits >> 13) & 1)) & !0x1FFF);
     }
     half::f16::from_f32(x).to_f32()
 }
@@ -349,10 +342,17 @@ pub(crate) fn round_to_f16(x: f32) -> f32 {
 /// returned as `round` would.
 #[inline]
 fn round_half_away(x: f32) -> f32 {
-    let a = x.abs();
-    if a.is_nan() || a >= 8_388_608.0 {
+    if x.is_nan() || x.abs() >= 8_388_608.0 {
         return x;
     }
+    round_half_away_small(x)
+}
+
+/// [`round_half_away`] for `|x| < 2^23` (not NaN), without the guard, so that a loop over
+/// values already clamped into that range stays branch-free.
+#[inline]
+fn round_half_away_small(x: f32) -> f32 {
+    let a = x.abs();
     let t = (a as i32) as f32;
     let r = if a - t >= 0.5 { t + 1.0 } else { t };
     r.copysign(x)
