@@ -129,16 +129,26 @@ fn oracle_logits(dir: &Path, report: &serde_json::Value, ids: &Tensor) -> Tensor
         let cols = |m: &[f32]| Tensor::from_slice(m, (1, m.len()), &dev).unwrap();
         let block = &mut model.blocks_mut()[source];
         let down = block.linear_mut(LinearKind::Down).unwrap();
-        down.weight = down.weight.broadcast_mul(&cols(&channels)).unwrap();
+        down.set_weight(
+            down.weight()
+                .unwrap()
+                .broadcast_mul(&cols(&channels))
+                .unwrap(),
+        );
         for kind in [LinearKind::Gate, LinearKind::Up] {
             if let Some(lin) = block.linear_mut(kind) {
-                lin.weight = lin.weight.broadcast_mul(&rows(&channels)).unwrap();
+                lin.set_weight(
+                    lin.weight()
+                        .unwrap()
+                        .broadcast_mul(&rows(&channels))
+                        .unwrap(),
+                );
                 let m = Tensor::new(channels.as_slice(), &dev).unwrap();
                 lin.bias = lin.bias.as_ref().map(|b| (b * &m).unwrap());
             }
         }
         let o = block.linear_mut(LinearKind::O).unwrap();
-        o.weight = o.weight.broadcast_mul(&cols(&heads)).unwrap();
+        o.set_weight(o.weight().unwrap().broadcast_mul(&cols(&heads)).unwrap());
     }
     let mut x = model.embed(ids).unwrap();
     for (i, block) in model.blocks().iter().enumerate() {

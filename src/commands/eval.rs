@@ -37,6 +37,8 @@ pub struct Args {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    compute: super::ComputeArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     let tokens = tokenizer
         .encode(&text, true)
         .with_context(|| format!("tokenizing {}", args.data.display()))?;
-    let model = super::load_decoder(&ckpt)?;
+    let model = super::load_decoder(&ckpt, args.compute.compute)?;
     let protocol = match args.protocol {
         ProtocolArg::Microllm => Protocol::AllPositions,
         ProtocolArg::LlamaCpp => {

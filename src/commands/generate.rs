@@ -18,12 +18,14 @@ pub struct Args {
     /// Maximum number of new tokens.
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
+    #[command(flatten)]
+    compute: super::ComputeArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let ckpt = super::open_model(&args.model)?;
     let tokenizer = ckpt.require_tokenizer()?;
-    let model = super::load_decoder(&ckpt)?;
+    let model = super::load_decoder(&ckpt, args.compute.compute)?;
     let prompt = tokenizer.encode(&args.prompt, true)?;
     if prompt.is_empty() {
         anyhow::bail!("the prompt is empty after tokenization");

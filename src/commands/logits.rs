@@ -24,6 +24,8 @@ pub struct Args {
     /// Output safetensors file.
     #[arg(long, short)]
     out: PathBuf,
+    #[command(flatten)]
+    compute: super::ComputeArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -36,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
             args.tokens.display()
         );
     }
-    let model = super::load_decoder(&ckpt)?;
+    let model = super::load_decoder(&ckpt, args.compute.compute)?;
     let (batch, seq) = (rows.len(), rows.first().map_or(0, Vec::len));
     let bar = Bar::new();
     bar.begin("logits", (batch * seq) as u64, "tokens");

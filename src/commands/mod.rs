@@ -17,16 +17,51 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use microllm_io::Checkpoint;
-use microllm_models::Decoder;
+use microllm_models::{Activations, Decoder};
 
 /// Opens a model source, with the spec in the error context.
 pub fn open_model(spec: &str) -> Result<Checkpoint> {
     microllm_io::open(spec).with_context(|| format!("opening model `{spec}`"))
 }
 
-/// Builds the decoder of an opened checkpoint.
-pub fn load_decoder(ckpt: &Checkpoint) -> Result<Decoder> {
-    Decoder::load(&ckpt.config, ckpt.tensors.as_ref())
+/// How a loaded model computes its products (see `microllm_models::packed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compute {
+    /// Weights in their stored types, activations quantized to 8 bits where the type has an
+    /// integer kernel, as llama.cpp runs the file.
+    #[default]
+    Int8,
+    /// Weights in their stored types, activations in f32: the dense model's numbers at the
+    /// file's memory.
+    F32,
+    /// Every weight dequantized to f32 on load.
+    Dense,
+}
+
+/// The `--compute` flag shared by the commands that run a model.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ComputeArgs {
+    /// How products are computed: `int8` keeps the file's weight types and quantizes
+    /// activations to 8 bits where the type has an integer kernel (as llama.cpp does);
+    /// `f32` keeps the weight types with f32 activations; `dense` dequantizes every weight
+    /// to f32 on load.
+    #[arg(long, value_enum, default_value_t = Compute::Int8)]
+    pub compute: Compute,
+}
+
+impl Compute {
+    fn packed(self) -> Option<Activations> {
+        match self {
+            Self::Int8 => Some(Activations::Int8),
+            Self::F32 => Some(Activations::F32),
+            Self::Dense => None,
+        }
+    }
+}
+
+/// Builds the decoder of an opened checkpoint, computing as `compute` says.
+pub fn load_decoder(ckpt: &Checkpoint, compute: Compute) -> Result<Decoder> {
+    Decoder::load_with(&ckpt.config, ckpt.tensors.as_ref(), compute.packed())
         .with_context(|| format!("loading weights from {}", ckpt.path.display()))
 }
 

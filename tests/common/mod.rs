@@ -105,8 +105,27 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// `microllm eval` on 24 windows x 512 tokens of wiki.eval.txt (the reference protocol of
 /// `shared/assets/README.md`), its JSON written to `out`; returns the `result` object.
 pub fn eval_json(model: &std::path::Path, out: &std::path::Path) -> serde_json::Value {
+    eval_json_with(model, out, "f32")
+}
+
+/// [`eval_json`] computing as `--compute` says (`eval_json` uses `f32`: the stored weights
+/// with f32 activations, the reference implementation's numbers).
+pub fn eval_json_with(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    compute: &str,
+) -> serde_json::Value {
     microllm()
-        .args(["eval", "--ctx", "512", "--max-windows", "24", "--model"])
+        .args([
+            "eval",
+            "--ctx",
+            "512",
+            "--max-windows",
+            "24",
+            "--compute",
+            compute,
+        ])
+        .arg("--model")
         .arg(model)
         .arg("--data")
         .arg(text("wiki.eval.txt"))

@@ -14,6 +14,7 @@ pub mod alloc;
 mod config;
 mod error;
 pub mod names;
+mod packed;
 mod progress;
 mod source;
 
@@ -22,5 +23,6 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use names::LinearKind;
+pub use packed::{BlockType, PackedMatrix};
 pub use progress::{NoProgress, Progress};
 pub use source::{MemorySource, TensorInfo, TensorSource};

@@ -43,6 +43,15 @@ pub trait TensorSource: Send + Sync {
     /// Loads one tensor as f32 on the CPU, dequantizing and un-permuting as needed.
     fn load(&self, name: &str) -> Result<Tensor>;
 
+    /// The stored blocks of a 2-D weight `[rows, cols]`, when the source holds it in a
+    /// [`BlockType`](crate::BlockType) the forward pass runs on directly; `None` when it is
+    /// stored otherwise (f32, a type without a packed kernel) and [`load`](Self::load) is the
+    /// way to read it.
+    fn load_packed(&self, name: &str) -> Result<Option<crate::PackedMatrix>> {
+        let _ = name;
+        Ok(None)
+    }
+
     /// Whether a tensor of that name exists.
     fn contains(&self, name: &str) -> bool {
         self.info(name).is_some()

@@ -102,8 +102,9 @@ pub fn perplexity(
             window[0] = bos;
         }
         let ids = Tensor::from_slice(&window, (1, opts.ctx), &Device::Cpu)?;
-        let logits = model.forward(&ids)?.squeeze(0)?;
-        nll_sum += window_nll_from(&logits, &window, first)?;
+        // Only rows `first..ctx - 1` are scored; the last row predicts past the window.
+        let logits = model.forward_from(&ids, first)?.squeeze(0)?;
+        nll_sum += rows_nll(&logits, &window[first + 1..])?;
         progress.advance(opts.ctx as u64);
     }
     progress.finish();
@@ -149,13 +150,35 @@ pub fn window_nll_from(logits: &Tensor, ids: &[u32], first: usize) -> Result<f64
             "token id {bad} is outside the model's vocabulary of {vocab}"
         )));
     }
+    rows_nll(
+        &logits.narrow(0, first, seq - 1 - first)?,
+        &ids[first + 1..],
+    )
+}
+
+/// Sum of negative log-likelihoods of `targets`, row `i` of `logits` `[rows, vocab]`
+/// predicting `targets[i]` (`rows` may exceed the targets by one: a last row predicting past
+/// the window is ignored).
+fn rows_nll(logits: &Tensor, targets: &[u32]) -> Result<f64> {
+    let (rows, vocab) = logits.dims2()?;
+    if rows < targets.len() {
+        return Err(Error::Invalid(format!(
+            "{rows} rows of logits for {} targets",
+            targets.len()
+        )));
+    }
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::Invalid(format!(
+            "token id {bad} is outside the model's vocabulary of {vocab}"
+        )));
+    }
     let flat = logits
-        .narrow(0, first, seq - 1 - first)?
+        .narrow(0, 0, targets.len())?
         .flatten_all()?
         .to_vec1::<f32>()?;
     let total = flat
         .par_chunks_exact(vocab)
-        .zip(&ids[first + 1..])
+        .zip(targets)
         .map(|(row, &target)| log_sum_exp(row) - row[target as usize] as f64)
         .sum();
     Ok(total)

@@ -12,6 +12,7 @@ use microllm_core::{Activation, LinearKind, MlpKind, ModelConfig, Result, Tensor
 use crate::attention::{LayerKvCache, Positions, attend};
 use crate::elementwise::SiluMul;
 use crate::layers::{Linear, Mlp, Norm, activate};
+use crate::packed::Activations;
 
 /// Sees the input of every linear layer during a block's forward pass.
 ///
@@ -61,11 +62,23 @@ impl Block {
 
     /// Loads block `layer` from `src`, checking every shape against `cfg`.
     pub fn load(cfg: &ModelConfig, layer: usize, src: &dyn TensorSource) -> Result<Self> {
+        Self::load_with(cfg, layer, src, None)
+    }
+
+    /// As [`load`](Self::load); with `packed`, linear weights the source holds packed stay
+    /// packed (see [`crate::packed`]).
+    pub fn load_with(
+        cfg: &ModelConfig,
+        layer: usize,
+        src: &dyn TensorSource,
+        packed: Option<Activations>,
+    ) -> Result<Self> {
         let f = cfg.family;
         let h = cfg.hidden_size;
         let prefix =
             |kind: LinearKind| format!("{}.{}", names::block_prefix(layer), kind.module(f));
-        let lin = |kind, out, inp, bias| Linear::load(src, &prefix(kind), out, inp, bias);
+        let lin =
+            |kind, out, inp, bias| Linear::load_with(src, &prefix(kind), [out, inp], bias, packed);
         let layout = cfg.layout();
         let i = cfg.intermediate_size;
         let mlp = Mlp {

@@ -1,17 +1,44 @@
 //! Linear layers, norms and the MLP.
 
+use std::sync::Arc;
+
 use candle_core::{D, Tensor};
-use microllm_core::{Activation, MlpKind, ModelConfig, NormKind, Result, TensorSource};
+use microllm_core::{Activation, Error, MlpKind, ModelConfig, NormKind, Result, TensorSource};
+
+use crate::packed::{Activations, PackedWeight};
+
+/// The weight of a [`Linear`]: f32 in memory, or kept in the file's packed type.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    Dense(Tensor),
+    Packed(Arc<PackedWeight>),
+}
 
 /// `y = x W^T + b` with `W` `[out, in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    weight: LinearWeight,
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
-    /// Loads `{prefix}.weight` `[out, in]` and, if `bias`, `{prefix}.bias` `[out]`.
+    /// A layer over a dense f32 weight `[out, in]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: LinearWeight::Dense(weight),
+            bias,
+        }
+    }
+
+    /// A layer over a packed weight.
+    pub fn packed(weight: Arc<PackedWeight>, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: LinearWeight::Packed(weight),
+            bias,
+        }
+    }
+
+    /// Loads `{prefix}.weight` `[out, in]` as f32 and, if `bias`, `{prefix}.bias` `[out]`.
     pub fn load(
         src: &dyn TensorSource,
         prefix: &str,
@@ -19,7 +46,23 @@ impl Linear {
         inp: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = src.load_shaped(&format!("{prefix}.weight"), &[out, inp])?;
+        Self::load_with(src, prefix, [out, inp], bias, None)
+    }
+
+    /// As [`load`](Self::load); with `packed`, a weight the source holds in a packed type
+    /// stays in it, its products computed with those activations.
+    pub fn load_with(
+        src: &dyn TensorSource,
+        prefix: &str,
+        [out, inp]: [usize; 2],
+        bias: bool,
+        packed: Option<Activations>,
+    ) -> Result<Self> {
+        let name = format!("{prefix}.weight");
+        let weight = match packed {
+            Some(acts) => load_weight(src, &name, [out, inp], acts)?,
+            None => LinearWeight::Dense(src.load_shaped(&name, &[out, inp])?),
+        };
         let bias = if bias {
             Some(src.load_shaped(&format!("{prefix}.bias"), &[out])?)
         } else {
@@ -28,21 +71,84 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// The weight as stored in the layer.
+    pub fn stored_weight(&self) -> &LinearWeight {
+        &self.weight
+    }
+
+    /// The weight `[out, in]` as f32 (dequantized when packed).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Ok(w.clone()),
+            LinearWeight::Packed(p) => p.dequantize(),
+        }
+    }
+
+    /// Replaces the weight with a dense one of the same shape.
+    pub fn set_weight(&mut self, weight: Tensor) {
+        self.weight = LinearWeight::Dense(weight);
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dims()[0],
+            LinearWeight::Packed(p) => p.rows(),
+        }
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dims()[1],
+            LinearWeight::Packed(p) => p.cols(),
+        }
+    }
+
     /// Applies the layer to `x` `[..., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // A plain 2-D product on contiguous rows is gemm's fast path.
         let dims = x.dims().to_vec();
         let inp = dims[dims.len() - 1];
         let rows = x.elem_count() / inp;
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, inp))?;
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
+            LinearWeight::Packed(p) => p.matmul(&x.contiguous()?)?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        *out_dims.last_mut().expect("non-empty") = self.out_features();
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// `name` checked to be `shape`, packed when the source holds it packed, else f32.
+pub(crate) fn load_weight(
+    src: &dyn TensorSource,
+    name: &str,
+    shape: [usize; 2],
+    acts: Activations,
+) -> Result<LinearWeight> {
+    let info = src.info(name).ok_or_else(|| Error::MissingTensor {
+        name: name.to_string(),
+        origin: src.origin(),
+    })?;
+    if info.shape != shape {
+        return Err(Error::Shape {
+            name: name.to_string(),
+            origin: src.origin(),
+            expected: shape.to_vec(),
+            actual: info.shape,
+        });
+    }
+    Ok(match src.load_packed(name)? {
+        Some(m) => LinearWeight::Packed(Arc::new(PackedWeight::new(&m, acts)?)),
+        None => LinearWeight::Dense(src.load(name)?),
+    })
 }
 
 /// RMSNorm or LayerNorm over the last dimension.
@@ -216,10 +322,10 @@ mod tests {
 
     #[test]
     fn linear_with_bias() {
-        let lin = Linear {
-            weight: Tensor::new(&[[1f32, 2.0], [0.0, -1.0], [3.0, 0.0]], &Device::Cpu).unwrap(),
-            bias: Some(Tensor::new(&[0.5f32, 0.0, -1.0], &Device::Cpu).unwrap()),
-        };
+        let lin = Linear::new(
+            Tensor::new(&[[1f32, 2.0], [0.0, -1.0], [3.0, 0.0]], &Device::Cpu).unwrap(),
+            Some(Tensor::new(&[0.5f32, 0.0, -1.0], &Device::Cpu).unwrap()),
+        );
         let x = Tensor::new(&[1f32, 1.0], &Device::Cpu)
             .unwrap()
             .reshape((1, 1, 2))

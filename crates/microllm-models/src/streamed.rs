@@ -72,8 +72,10 @@ impl<'a> StreamedDecoder<'a> {
         let normed = Norm::load(self.src, names::final_norm(cfg.family), cfg)?.forward(&x)?;
         drop(x);
         // A tied head reloads the embedding, dropped after the lookup to keep the peak low.
-        let head = load_head(cfg, self.src, || {
-            self.src.load_shaped(names::EMBED_TOKENS, &[v, h])
+        let head = load_head(cfg, self.src, None, || {
+            Ok(crate::LinearWeight::Dense(
+                self.src.load_shaped(names::EMBED_TOKENS, &[v, h])?,
+            ))
         })?;
         head.forward(&normed)
     }

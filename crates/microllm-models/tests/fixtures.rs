@@ -211,7 +211,7 @@ fn linear_taps_see_every_linear_input() {
         assert_eq!(rec.0.len(), cfg.num_layers * linears, "{name}");
         for (layer, kind, dims) in &rec.0 {
             let block = &model.blocks()[*layer];
-            let in_features = block.linear(*kind).unwrap().weight.dim(1).unwrap();
+            let in_features = block.linear(*kind).unwrap().in_features();
             assert_eq!(dims, &vec![2, 24, in_features], "{name} {layer} {kind:?}");
         }
         let d = max_diff(&model.head(&x).unwrap(), &r.logits);

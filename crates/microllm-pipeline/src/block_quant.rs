@@ -296,19 +296,17 @@ impl Compressor<'_> {
             };
             let calibrated = opts.zip(h);
             let name = names::linear_weight(self.block.config().family, self.block.layer, kind);
-            let device = linear.weight.device().clone();
-            let original = linear.weight.flatten_all()?.to_vec1::<f32>()?;
-            let r = compress_linear(
-                &name,
-                &linear.weight,
-                self.spec.scheme,
-                self.spec.prune,
-                calibrated,
-            )?;
+            let dense = linear.weight()?;
+            let device = dense.device().clone();
+            let original = dense.flatten_all()?.to_vec1::<f32>()?;
+            let r = compress_linear(&name, &dense, self.spec.scheme, self.spec.prune, calibrated)?;
             let weight_error = relative_error(&original, &r.weight);
-            let shape = linear.weight.dims2()?;
+            let shape = dense.dims2()?;
             let weight = Tensor::from_vec(r.weight, shape, &device)?;
-            self.block.linear_mut(kind).expect("present").weight = weight.clone();
+            self.block
+                .linear_mut(kind)
+                .expect("present")
+                .set_weight(weight.clone());
             match r.quantized {
                 Some(q) => {
                     self.out.quantized.insert(kind, q);

@@ -101,7 +101,7 @@ pub fn measure_importance(job: &ImportanceJob<'_>, progress: &dyn Progress) -> R
         };
         let (channels, heads) = match (job.metric, &measured) {
             (ImportanceMetric::Activation, Some(m)) => (
-                mul(&m.channel_norms, &column_norms(&block.mlp.down.weight)?),
+                mul(&m.channel_norms, &column_norms(&block.mlp.down.weight()?)?),
                 m.head_norms.clone(),
             ),
             _ => magnitude_scores(cfg, &block)?,
@@ -139,8 +139,9 @@ fn run_block(
     let mut head_sq = vec![0f64; heads];
     let (mut influence, mut tokens) = (0f64, 0usize);
     // o_proj's column block of each head, `[hidden, head_dim]`, transposed once.
+    let o_weight = block.o.weight()?;
     let o_blocks = (0..heads)
-        .map(|h| Ok(block.o.weight.narrow(1, h * hd, hd)?.t()?.contiguous()?))
+        .map(|h| Ok(o_weight.narrow(1, h * hd, hd)?.t()?.contiguous()?))
         .collect::<Result<Vec<_>>>()?;
     for x in hidden.iter_mut() {
         let normed = block.attn_input(x)?;
@@ -227,14 +228,14 @@ fn group_norms(squares: &[f64], size: usize) -> Vec<f64> {
 fn magnitude_scores(cfg: &ModelConfig, block: &Block) -> Result<(Vec<f64>, Vec<f64>)> {
     let mlp = &block.mlp;
     let mut channels = mul(
-        &row_norms(&mlp.up.weight)?,
-        &column_norms(&mlp.down.weight)?,
+        &row_norms(&mlp.up.weight()?)?,
+        &column_norms(&mlp.down.weight()?)?,
     );
     if let Some(gate) = &mlp.gate {
-        channels = mul(&channels, &row_norms(&gate.weight)?);
+        channels = mul(&channels, &row_norms(&gate.weight()?)?);
     }
     let sq = |v: Vec<f64>| v.into_iter().map(|x| x * x).collect::<Vec<_>>();
-    let q = group_norms(&sq(row_norms(&block.q.weight)?), cfg.head_dim);
-    let o = group_norms(&sq(column_norms(&block.o.weight)?), cfg.head_dim);
+    let q = group_norms(&sq(row_norms(&block.q.weight()?)?), cfg.head_dim);
+    let o = group_norms(&sq(column_norms(&block.o.weight()?)?), cfg.head_dim);
     Ok((channels, mul(&q, &o)))
 }

@@ -111,7 +111,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         streamed = StreamedDecoder::new(&ckpt.config, ckpt.tensors.as_ref(), args.seqlen)?;
         TeacherModel::Streamed(&streamed)
     } else {
-        decoder = crate::commands::load_decoder(&ckpt)?;
+        decoder = crate::commands::load_decoder(&ckpt, crate::commands::Compute::F32)?;
         TeacherModel::Loaded(&decoder)
     };
     let job = LogitsJob {

@@ -181,9 +181,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     let teacher_decoder = match (&teacher, &store) {
-        (Some(t), None) if loss.uses_teacher_logits() || loss.hidden.is_some() => {
-            Some(crate::commands::load_decoder(t)?)
-        }
+        (Some(t), None) if loss.uses_teacher_logits() || loss.hidden.is_some() => Some(
+            crate::commands::load_decoder(t, crate::commands::Compute::F32)?,
+        ),
         _ => None,
     };
     let hidden = hidden_loss(&args, &loss, &student, teacher.as_ref(), store.is_some())?;

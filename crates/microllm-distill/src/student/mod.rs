@@ -140,7 +140,7 @@ impl Student {
             let mut lin = |kind: microllm_core::LinearKind, l: &microllm_models::Linear| {
                 let name = format!("{prefix}.{}", kind.module(f));
                 Ok::<_, Error>(LinearAt {
-                    weight: add(format!("{name}.weight"), &l.weight, trained)?,
+                    weight: add(format!("{name}.weight"), &l.weight()?, trained)?,
                     bias: match &l.bias {
                         Some(bias) => Some(add(format!("{name}.bias"), bias, trained)?),
                         None => None,

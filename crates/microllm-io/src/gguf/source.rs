@@ -18,7 +18,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use microllm_core::names::{self, LinearKind};
-use microllm_core::{Error, ModelConfig, Result, TensorInfo, TensorSource};
+use microllm_core::{
+    BlockType, Error, ModelConfig, PackedMatrix, Result, TensorInfo, TensorSource,
+};
 
 use super::names::{
     Mapped, gguf_to_hf, is_norm_weight, is_rope_permuted, norms_hold_unit_offset, unpermute_rows,
@@ -76,6 +78,33 @@ pub fn dtype_name(dtype: GgmlDType) -> &'static str {
         GgmlDType::Q6K => "Q6_K",
         GgmlDType::Q8K => "Q8_K",
     }
+}
+
+/// The packed type the forward pass runs `dtype` as, if it has one (f32 is read densely).
+fn block_type(dtype: GgmlDType) -> Option<BlockType> {
+    Some(match dtype {
+        GgmlDType::F16 => BlockType::F16,
+        GgmlDType::BF16 => BlockType::BF16,
+        GgmlDType::Q4_0 => BlockType::Q4_0,
+        GgmlDType::Q4_1 => BlockType::Q4_1,
+        GgmlDType::Q5_0 => BlockType::Q5_0,
+        GgmlDType::Q5_1 => BlockType::Q5_1,
+        GgmlDType::Q8_0 => BlockType::Q8_0,
+        GgmlDType::Q2K => BlockType::Q2K,
+        GgmlDType::Q3K => BlockType::Q3K,
+        GgmlDType::Q4K => BlockType::Q4K,
+        GgmlDType::Q5K => BlockType::Q5K,
+        GgmlDType::Q6K => BlockType::Q6K,
+        GgmlDType::F32 | GgmlDType::Q8_1 | GgmlDType::Q8K => return None,
+    })
+}
+
+/// The GGUF row holding Hugging Face row `r` of a llama-family q/k matrix of `rows` rows over
+/// `heads` heads: llama.cpp interleaves each head's two rotary halves (see [`unpermute_rows`]).
+fn permuted_row(r: usize, rows: usize, heads: usize) -> usize {
+    let half = rows / heads / 2;
+    let (head, rem) = (r / (2 * half), r % (2 * half));
+    head * 2 * half + (rem % half) * 2 + rem / half
 }
 
 /// Bytes a tensor of `dims` occupies, or why it cannot be stored as `dtype`.
@@ -339,6 +368,45 @@ impl TensorSource for GgufSource {
 
     fn info(&self, name: &str) -> Option<TensorInfo> {
         self.entries.get(name).map(|e| self.entry_info(name, e))
+    }
+
+    fn load_packed(&self, name: &str) -> Result<Option<PackedMatrix>> {
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            origin: self.origin(),
+        })?;
+        let Some(kind) = block_type(e.dtype) else {
+            return Ok(None);
+        };
+        let &[rows, cols] = e.shape.as_slice() else {
+            return Ok(None);
+        };
+        if e.minus != 0.0 {
+            return Ok(None);
+        }
+        let row_bytes = kind.row_bytes(cols).expect("checked at open");
+        let first = e.rows.map_or(0, |(first, _)| first);
+        if let Some(heads) = e.unpermute_heads
+            && (heads == 0 || !rows.is_multiple_of(2 * heads))
+        {
+            return Err(Error::TensorData {
+                name: name.to_string(),
+                origin: self.origin(),
+                msg: format!("{rows} rows cannot be split into {heads} heads of an even size"),
+            });
+        }
+        let bytes = &self.map[e.start..e.end];
+        let mut data = Vec::with_capacity(rows * row_bytes);
+        for r in 0..rows {
+            let src = first
+                + match e.unpermute_heads {
+                    Some(heads) => permuted_row(r, rows, heads),
+                    None => r,
+                };
+            data.extend_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+        }
+        crate::mmap::release(&self.map, e.start, e.end);
+        Ok(Some(PackedMatrix::new(name, kind, rows, cols, data)?))
     }
 
     fn load(&self, name: &str) -> Result<Tensor> {
