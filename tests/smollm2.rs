@@ -127,3 +127,101 @@ fn greedy_continuation_names_the_capital() {
         "continuation: {stdout:?}"
     );
 }
+
+/// Runs `eval` on 2 windows of 128 tokens of wiki.eval.txt under llama.cpp's protocol, with
+/// `extra` flags; returns the JSON document.
+fn eval_kl(dir: &std::path::Path, name: &str, extra: &[&str]) -> serde_json::Value {
+    let json = dir.join(format!("{name}.json"));
+    microllm()
+        .args(["eval", "--ctx", "128", "--max-windows", "2", "--protocol"])
+        .arg("llama-perplexity")
+        .arg("--model")
+        .arg(smollm2_gguf())
+        .arg("--data")
+        .arg(common::text("wiki.eval.txt"))
+        .arg("--json")
+        .arg(&json)
+        .args(extra)
+        .assert()
+        .success();
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn kl_divergence_against_a_stored_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base.kl");
+    let base_arg = base.to_str().unwrap();
+    let saved = eval_kl(
+        tmp.path(),
+        "base",
+        &["--compute", "f32", "--save-kl-base", base_arg],
+    );
+    // 2 windows x 63 scored rows x (8 + 2 x 49152 bytes) + header and tokens.
+    assert_eq!(
+        std::fs::metadata(&base).unwrap().len(),
+        28 + 2 * (128 * 4 + 63 * (8 + 2 * 49152))
+    );
+
+    // The same model against itself: no divergence beyond the 16-bit storage.
+    let same = eval_kl(
+        tmp.path(),
+        "same",
+        &["--compute", "f32", "--kl-base", base_arg],
+    );
+    let kl = &same["kl"];
+    assert_eq!(kl["positions"], 126);
+    assert!(kl["mean_kld"].as_f64().unwrap().abs() < 1e-5, "{kl}");
+    assert_eq!(kl["same_top_p"], 1.0);
+    let ppl = saved["result"]["perplexity"].as_f64().unwrap();
+    let base_ppl = kl["base_perplexity"].as_f64().unwrap();
+    assert!((base_ppl - ppl).abs() / ppl < 1e-4, "{base_ppl} vs {ppl}");
+
+    // 8-bit activations: a small, measured divergence.
+    let int8 = eval_kl(tmp.path(), "int8", &["--kl-base", base_arg]);
+    let kl = &int8["kl"];
+    let mean = kl["mean_kld"].as_f64().unwrap();
+    assert!(mean > 1e-5 && mean < 0.05, "{kl}");
+    assert!(kl["same_top_p"].as_f64().unwrap() > 0.9, "{kl}");
+    assert!(kl["max_kld"].as_f64().unwrap() >= kl["p99_kld"].as_f64().unwrap());
+
+    // Another run shape, or a damaged file, is refused by name.
+    microllm()
+        .args([
+            "eval",
+            "--ctx",
+            "128",
+            "--max-windows",
+            "3",
+            "--protocol",
+            "llama-cpp",
+        ])
+        .arg("--model")
+        .arg(smollm2_gguf())
+        .arg("--data")
+        .arg(common::text("wiki.eval.txt"))
+        .args(["--kl-base", base_arg])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("window count 2, this run has 3"));
+    let bytes = std::fs::read(&base).unwrap();
+    std::fs::write(&base, &bytes[..bytes.len() - 10]).unwrap();
+    microllm()
+        .args([
+            "eval",
+            "--ctx",
+            "128",
+            "--max-windows",
+            "2",
+            "--protocol",
+            "llama-cpp",
+        ])
+        .arg("--model")
+        .arg(smollm2_gguf())
+        .arg("--data")
+        .arg(common::text("wiki.eval.txt"))
+        .args(["--kl-base", base_arg])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("truncated"));
+}

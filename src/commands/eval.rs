@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use microllm_eval::{PerplexityOptions, Protocol, perplexity};
+use microllm_eval::{
+    KlAccumulator, KlBaseReader, KlBaseShape, KlBaseWriter, PerplexityOptions, Protocol,
+    perplexity_with,
+};
 use serde_json::json;
 
 use crate::progress::Bar;
@@ -37,6 +40,17 @@ pub struct Args {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Store this model's next-token distributions on the scored positions in FILE (16 bits
+    /// per vocabulary entry; 25 MB per 512-token window of a 49k vocabulary under
+    /// `--protocol llama-cpp`), to measure other models against later with `--kl-base`.
+    #[arg(long, value_name = "FILE", conflicts_with = "kl_base")]
+    save_kl_base: Option<PathBuf>,
+    /// Measure this model against distributions stored by `--save-kl-base` (same text,
+    /// --ctx, --max-windows and --protocol): KL divergence (mean, median, p99, max), how
+    /// often both put the same token first, and the RMS change of the next token's
+    /// probability, as llama-perplexity's --kl-divergence.
+    #[arg(long, value_name = "FILE")]
+    kl_base: Option<PathBuf>,
     #[command(flatten)]
     compute: super::ComputeArgs,
 }
@@ -44,6 +58,7 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum ProtocolArg {
     Microllm,
+    #[value(alias = "llama-perplexity")]
     LlamaCpp,
 }
 
@@ -70,8 +85,36 @@ pub fn run(args: Args) -> Result<()> {
         max_windows: args.max_windows,
         protocol,
     };
-    let result = perplexity(&model, &tokens, opts, &Bar::new())
-        .with_context(|| format!("evaluating on {}", args.data.display()))?;
+    let shape = KlBaseShape {
+        vocab: model.config().vocab_size,
+        ctx: opts.ctx,
+        first: opts.first_scored_row(),
+        windows: opts.windows(tokens.len())?,
+    };
+    let mut writer = match &args.save_kl_base {
+        Some(path) => Some(KlBaseWriter::create(path, shape)?),
+        None => None,
+    };
+    let mut reader = match &args.kl_base {
+        Some(path) => Some(KlBaseReader::open(path, shape)?),
+        None => None,
+    };
+    let mut kl = KlAccumulator::default();
+    let result = perplexity_with(&model, &tokens, opts, &Bar::new(), &mut |window| {
+        if let Some(w) = writer.as_mut() {
+            w.write(&window)?;
+        }
+        if let Some(r) = reader.as_mut() {
+            let base = r.next_window(window.index, window.tokens)?;
+            kl.add(&base, &window)?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("evaluating on {}", args.data.display()))?;
+    let kl_stats = match reader {
+        Some(_) => Some(kl.finish(result.mean_nll)?),
+        None => None,
+    };
 
     println!("perplexity   {:.4}", result.perplexity);
     println!(
@@ -82,6 +125,26 @@ pub fn run(args: Args) -> Result<()> {
         "speed        {:.1} tokens/s ({:.1} s)",
         result.tokens_per_second, result.seconds
     );
+    if let Some(k) = &kl_stats {
+        println!(
+            "base         perplexity {:.4} on the same positions (ratio {:.4})",
+            k.base_perplexity, k.perplexity_ratio
+        );
+        println!(
+            "KL vs base   mean {:.6} ± {:.6}, median {:.6}, p99 {:.6}, p99.9 {:.6}, max {:.6}",
+            k.mean_kld, k.mean_kld_stderr, k.median_kld, k.p99_kld, k.p99_9_kld, k.max_kld
+        );
+        println!(
+            "same top     {:.2}% of {} positions; Δp mean {:+.4}%, RMS {:.4}%",
+            100.0 * k.same_top_p,
+            k.positions,
+            100.0 * k.mean_delta_p,
+            100.0 * k.rms_delta_p
+        );
+    }
+    if let Some(w) = writer {
+        println!("wrote        {}", w.finish()?.display());
+    }
     if let Some(path) = &args.json {
         let doc = json!({
             "microllm_version": env!("CARGO_PKG_VERSION"),
@@ -91,7 +154,10 @@ pub fn run(args: Args) -> Result<()> {
                 ProtocolArg::Microllm => "microllm",
                 ProtocolArg::LlamaCpp => "llama-cpp",
             },
+            "compute": format!("{:?}", args.compute.compute).to_lowercase(),
             "result": result,
+            "kl_base": kl_stats.as_ref().map(|_| args.kl_base.clone()),
+            "kl": kl_stats,
         });
         let text = serde_json::to_string_pretty(&doc)? + "\n";
         microllm_io::write::write_file_atomic(path, |tmp| {

@@ -38,7 +38,7 @@ pub fn compare(
     opts: PerplexityOptions,
     progress: &dyn Progress,
 ) -> Result<Comparison> {
-    let windows = check_windows(tokens.len(), opts)?;
+    let windows = opts.windows(tokens.len())?;
     progress.begin("comparing models", (windows * opts.ctx) as u64, "tokens");
     let (mut nll_a, mut nll_b, mut kl, mut agree) = (0f64, 0f64, 0f64, 0usize);
     let (mut secs_a, mut secs_b) = (0f64, 0f64);
@@ -78,28 +78,6 @@ pub fn compare(
         kl_divergence: kl / scored as f64,
         top1_agreement: agree as f64 / scored as f64,
     })
-}
-
-fn check_windows(len: usize, opts: PerplexityOptions) -> Result<usize> {
-    if opts.ctx < 2 {
-        return Err(Error::Invalid(format!(
-            "context length {} is too short: at least 2 tokens are needed to score one",
-            opts.ctx
-        )));
-    }
-    let available = len / opts.ctx;
-    if available == 0 {
-        return Err(Error::Invalid(format!(
-            "the text has {len} tokens, fewer than one window of {} tokens",
-            opts.ctx
-        )));
-    }
-    match opts.max_windows.map_or(available, |m| m.min(available)) {
-        0 => Err(Error::Invalid(
-            "at least 1 evaluation window is needed".into(),
-        )),
-        n => Ok(n),
-    }
 }
 
 /// Sum over the scored rows of KL(p || q) and the count of rows whose argmax agrees, for

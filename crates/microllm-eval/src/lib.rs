@@ -7,13 +7,18 @@
 //! run independently, and every position after the first in a window is scored (the first has
 //! no context). Perplexity is `exp(mean NLL)` over all scored tokens. Note that llama.cpp's
 //! `llama-perplexity` scores only the second half of each window, so its figures are lower and
-//! not comparable; its speed is.
+//! not comparable unless [`Protocol::LlamaCpp`] is used. A base model's distributions can be
+//! stored once ([`KlBaseWriter`]) and another model measured against them later
+//! ([`KlAccumulator`]), as llama-perplexity's `--kl-divergence-base` does.
 
 mod compare;
+mod kl_base;
 mod perplexity;
 
 pub use compare::{Comparison, compare};
+pub use kl_base::{KlAccumulator, KlBaseReader, KlBaseShape, KlBaseWriter, KlStats};
 
 pub use perplexity::{
-    PerplexityOptions, PerplexityResult, Protocol, perplexity, window_nll, window_nll_from,
+    PerplexityOptions, PerplexityResult, Protocol, ScoredWindow, perplexity, perplexity_with,
+    window_nll, window_nll_from,
 };

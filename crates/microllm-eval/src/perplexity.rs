@@ -64,6 +64,48 @@ pub struct PerplexityResult {
     pub tokens_per_second: f64,
 }
 
+/// The scored logits of one window, as [`perplexity_with`] hands them to its visitor.
+pub struct ScoredWindow<'a> {
+    /// Which window (0-based).
+    pub index: usize,
+    /// The window's tokens as the model saw them (with the protocol's BOS).
+    pub tokens: &'a [u32],
+    /// Logits `[targets.len(), vocab]`: row `i` predicts `targets[i]`.
+    pub logits: &'a Tensor,
+    /// The scored tokens.
+    pub targets: &'a [u32],
+}
+
+impl PerplexityOptions {
+    /// Windows a run over `tokens` tokens evaluates, or why there are none.
+    pub fn windows(&self, tokens: usize) -> Result<usize> {
+        if self.ctx < 2 {
+            return Err(Error::Invalid(format!(
+                "context length {} is too short: at least 2 tokens are needed to score one",
+                self.ctx
+            )));
+        }
+        let available = tokens / self.ctx;
+        if available == 0 {
+            return Err(Error::Invalid(format!(
+                "the text has {tokens} tokens, fewer than one window of {} tokens",
+                self.ctx
+            )));
+        }
+        match self.max_windows.map_or(available, |m| m.min(available)) {
+            0 => Err(Error::Invalid(
+                "at least 1 evaluation window is needed (max windows is 0)".into(),
+            )),
+            n => Ok(n),
+        }
+    }
+
+    /// Index of the first logits row scored in each window.
+    pub fn first_scored_row(&self) -> usize {
+        self.protocol.first_row(self.ctx)
+    }
+}
+
 /// Perplexity of `model` on `tokens`.
 pub fn perplexity(
     model: &Decoder,
@@ -71,31 +113,26 @@ pub fn perplexity(
     opts: PerplexityOptions,
     progress: &dyn Progress,
 ) -> Result<PerplexityResult> {
-    if opts.ctx < 2 {
-        return Err(Error::Invalid(format!(
-            "context length {} is too short: at least 2 tokens are needed to score one",
-            opts.ctx
-        )));
-    }
-    let available = tokens.len() / opts.ctx;
-    if available == 0 {
-        return Err(Error::Invalid(format!(
-            "the text has {} tokens, fewer than one window of {} tokens",
-            tokens.len(),
-            opts.ctx
-        )));
-    }
-    let windows = opts.max_windows.map_or(available, |m| m.min(available));
-    if windows == 0 {
-        return Err(Error::Invalid("--max-windows must be at least 1".into()));
-    }
+    perplexity_with(model, tokens, opts, progress, &mut |_| Ok(()))
+}
+
+/// [`perplexity`], handing each window's scored logits to `visit` (to store them, or to
+/// compare them with stored ones) before they are dropped.
+pub fn perplexity_with(
+    model: &Decoder,
+    tokens: &[u32],
+    opts: PerplexityOptions,
+    progress: &dyn Progress,
+    visit: &mut dyn FnMut(ScoredWindow<'_>) -> Result<()>,
+) -> Result<PerplexityResult> {
+    let windows = opts.windows(tokens.len())?;
 
     progress.begin("perplexity", (windows * opts.ctx) as u64, "tokens");
     let start = Instant::now();
     let mut nll_sum = 0f64;
     let first = opts.protocol.first_row(opts.ctx);
     let mut window = Vec::with_capacity(opts.ctx);
-    for chunk in tokens.chunks_exact(opts.ctx).take(windows) {
+    for (index, chunk) in tokens.chunks_exact(opts.ctx).take(windows).enumerate() {
         window.clear();
         window.extend_from_slice(chunk);
         if let Protocol::LlamaCpp { bos: Some(bos) } = opts.protocol {
@@ -104,7 +141,15 @@ pub fn perplexity(
         let ids = Tensor::from_slice(&window, (1, opts.ctx), &Device::Cpu)?;
         // Only rows `first..ctx - 1` are scored; the last row predicts past the window.
         let logits = model.forward_from(&ids, first)?.squeeze(0)?;
-        nll_sum += rows_nll(&logits, &window[first + 1..])?;
+        let targets = &window[first + 1..];
+        let logits = logits.narrow(0, 0, targets.len())?;
+        nll_sum += rows_nll(&logits, targets)?;
+        visit(ScoredWindow {
+            index,
+            tokens: &window,
+            logits: &logits,
+            targets,
+        })?;
         progress.advance(opts.ctx as u64);
     }
     progress.finish();

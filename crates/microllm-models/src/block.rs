@@ -11,7 +11,7 @@ use microllm_core::{Activation, LinearKind, MlpKind, ModelConfig, Result, Tensor
 
 use crate::attention::{LayerKvCache, Positions, attend};
 use crate::elementwise::SiluMul;
-use crate::layers::{Linear, Mlp, Norm, activate};
+use crate::layers::{Linear, Mlp, Norm, SharedInput, activate};
 use crate::packed::Activations;
 
 /// Sees the input of every linear layer during a block's forward pass.
@@ -219,9 +219,18 @@ impl Block {
         at: Positions<'_>,
         cache: Option<&mut LayerKvCache>,
     ) -> Result<Tensor> {
-        let q = per_head(&self.q_norm, self.q.forward(normed)?, self.cfg.head_dim)?;
-        let k = per_head(&self.k_norm, self.k.forward(normed)?, self.cfg.head_dim)?;
-        let v = self.v.forward(normed)?;
+        let input = SharedInput::new(normed);
+        let q = per_head(
+            &self.q_norm,
+            self.q.forward_shared(&input)?,
+            self.cfg.head_dim,
+        )?;
+        let k = per_head(
+            &self.k_norm,
+            self.k.forward_shared(&input)?,
+            self.cfg.head_dim,
+        )?;
+        let v = self.v.forward_shared(&input)?;
         attend(&self.cfg, self.layer, (&q, &k, &v), at, cache)
     }
 
@@ -254,8 +263,9 @@ impl Block {
         let mlp = &self.mlp;
         match &mlp.gate {
             Some(gate) => {
-                let gated = gate.forward(x)?;
-                let up = mlp.up.forward(x)?;
+                let input = SharedInput::new(x);
+                let gated = gate.forward_shared(&input)?;
+                let up = mlp.up.forward_shared(&input)?;
                 if mlp.act == Activation::Silu {
                     // SwiGLU in one pass, in place on the fresh gate output.
                     gated.inplace_op2(&up, &SiluMul)?;

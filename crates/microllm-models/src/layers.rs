@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::{D, Tensor};
 use microllm_core::{Activation, Error, MlpKind, ModelConfig, NormKind, Result, TensorSource};
 
-use crate::packed::{Activations, PackedWeight};
+use crate::packed::{Activations, PackedWeight, QuantActs};
 
 /// The weight of a [`Linear`]: f32 in memory, or kept in the file's packed type.
 #[derive(Debug, Clone)]
@@ -107,14 +107,30 @@ impl Linear {
 
     /// Applies the layer to `x` `[..., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_shared(&SharedInput::new(x))
+    }
+
+    /// Applies the layer to an input other layers read too (see [`SharedInput`]).
+    pub fn forward_shared(&self, input: &SharedInput<'_>) -> Result<Tensor> {
+        let x = input.x;
         // A plain 2-D product on contiguous rows is gemm's fast path.
         let dims = x.dims().to_vec();
         let inp = dims[dims.len() - 1];
         let rows = x.elem_count() / inp;
-        let x = x.reshape((rows, inp))?;
+        let x = x.reshape((rows, inp))?.contiguous()?;
         let y = match &self.weight {
             LinearWeight::Dense(w) => x.matmul(&w.t()?)?,
-            LinearWeight::Packed(p) => p.matmul(&x.contiguous()?)?,
+            LinearWeight::Packed(p) if p.takes_quantized_acts() => {
+                let quantized = match input.quantized.get() {
+                    Some(q) => q,
+                    None => {
+                        let values = x.flatten_all()?.to_vec1::<f32>()?;
+                        input.quantized.get_or_init(|| QuantActs::new(&values, inp))
+                    }
+                };
+                p.matmul_with(&x, Some(quantized))?
+            }
+            LinearWeight::Packed(p) => p.matmul(&x)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -123,6 +139,22 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.out_features();
         Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// An input several linear layers read (q/k/v, gate/up): where their products take 8-bit
+/// activations, it is quantized once for all of them instead of once per layer.
+pub struct SharedInput<'a> {
+    x: &'a Tensor,
+    quantized: std::cell::OnceCell<QuantActs>,
+}
+
+impl<'a> SharedInput<'a> {
+    pub fn new(x: &'a Tensor) -> Self {
+        Self {
+            x,
+            quantized: std::cell::OnceCell::new(),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ mod streamed;
 pub use attention::{KvCache, LayerKvCache, Positions, RopeTables};
 pub use block::{Block, LinearTap, NoTap};
 pub use decoder::{Decoder, scale_embeddings};
-pub use layers::{Linear, LinearWeight, Mlp, Norm};
+pub use layers::{Linear, LinearWeight, Mlp, Norm, SharedInput};
 pub use packed::{Activations, PackedWeight};
 pub use rope::{Rope, cos_sin};
 pub use softmax::CausalSoftmax;

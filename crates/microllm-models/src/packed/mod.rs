@@ -26,6 +26,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use microllm_core::{BlockType, PackedMatrix, Result};
 
+pub(crate) use acts::QuantActs;
 use legacy::BlockRows;
 use panel::{DecodeRows, HalfRows, KQuantRows};
 
@@ -132,15 +133,30 @@ impl PackedWeight {
         matches!(self.kind, BlockType::Q4K | BlockType::Q6K)
     }
 
+    /// Whether products run on 8-bit activations of the [`QuantActs`] layout (so a caller
+    /// with one input for several weights quantizes it once: [`matmul_with`](Self::matmul_with)).
+    pub(crate) fn takes_quantized_acts(&self) -> bool {
+        matches!(self.repr, Repr::Blocks(_)) && self.activations == Activations::Int8 && self.vnni
+    }
+
     /// `x W^T` for `x` `[rows, cols]` f32 (contiguous): `[rows, self.rows()]`.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        self.matmul_with(x, None)
+    }
+
+    /// [`matmul`](Self::matmul), with `x` already quantized where
+    /// [`takes_quantized_acts`](Self::takes_quantized_acts).
+    pub(crate) fn matmul_with(&self, x: &Tensor, quantized: Option<&QuantActs>) -> Result<Tensor> {
         let (t, k) = x.dims2()?;
         let n = self.rows();
         let y = match (&self.repr, self.activations) {
-            (Repr::Blocks(b), Activations::Int8) if self.vnni => {
-                let x = x.flatten_all()?.to_vec1::<f32>()?;
-                int8::matmul(b, &acts::QuantActs::new(&x, k), true)
-            }
+            (Repr::Blocks(b), Activations::Int8) if self.vnni => match quantized {
+                Some(q) => int8::matmul(b, q, true),
+                None => {
+                    let x = x.flatten_all()?.to_vec1::<f32>()?;
+                    int8::matmul(b, &QuantActs::new(&x, k), true)
+                }
+            },
             (Repr::KQuant(q), Activations::Int8) if self.uses_qmatmul() => {
                 return Ok(QMatMul::QTensor(q.tensor.clone()).forward(x)?);
             }
