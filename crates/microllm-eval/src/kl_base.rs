@@ -447,8 +447,10 @@ mod tests {
         for (i, &l) in logp.iter().enumerate() {
             assert!((base.log_p(i) - l).abs() <= range / 131070.0 + 1e-6, "{i}");
         }
+        // Against itself only the storage's rounding remains: here a 30-nat range in steps
+        // of 4.6e-4, which leaves a divergence of order 1e-5.
         let same = measure(&base, &row, 3);
-        assert!(same.kl.abs() < 1e-6, "{}", same.kl);
+        assert!(same.kl.abs() < 1e-4, "{}", same.kl);
         assert!(same.same_top);
         assert!(same.delta_p.abs() < 1e-6);
         assert!((same.base_nll + logp[3]).abs() < 1e-3);
