@@ -100,13 +100,13 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let mut kl = KlAccumulator::default();
-    let result = perplexity_with(&model, &tokens, opts, &Bar::new(), &mut |window| {
+    let result = perplexity_with(&model, &tokens, opts, &Bar::new(), &mut |rows| {
         if let Some(w) = writer.as_mut() {
-            w.write(&window)?;
+            w.write(&rows)?;
         }
         if let Some(r) = reader.as_mut() {
-            let base = r.next_window(window.index, window.tokens)?;
-            kl.add(&base, &window)?;
+            let base = r.rows_for(&rows)?;
+            kl.add(&base, &rows)?;
         }
         Ok(())
     })

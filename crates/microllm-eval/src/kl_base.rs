@@ -21,7 +21,7 @@ use microllm_core::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::perplexity::ScoredWindow;
+use crate::perplexity::ScoredRows;
 
 const MAGIC: &[u8; 8] = b"MLKLBASE";
 const VERSION: u32 = 1;
@@ -112,21 +112,25 @@ impl KlBaseWriter {
         })
     }
 
-    /// Appends one window's distributions.
-    pub fn write(&mut self, window: &ScoredWindow<'_>) -> Result<()> {
-        let (rows, vocab) = window.logits.dims2()?;
-        if vocab != self.shape.vocab || rows != self.shape.rows() {
+    /// Appends rows of a window's distributions (the window's tokens before its first rows).
+    pub fn write(&mut self, chunk: &ScoredRows<'_>) -> Result<()> {
+        let (rows, vocab) = chunk.logits.dims2()?;
+        if vocab != self.shape.vocab || chunk.offset + rows > self.shape.rows() {
             return Err(Error::Invalid(format!(
-                "window {}: logits [{rows}, {vocab}], the base holds [{}, {}]",
-                window.index,
+                "window {}: logits [{rows}, {vocab}] at row {}, the base holds [{}, {}]",
+                chunk.window,
+                chunk.offset,
                 self.shape.rows(),
                 self.shape.vocab
             )));
         }
-        let logits = window.logits.flatten_all()?.to_vec1::<f32>()?;
+        let logits = chunk.logits.flatten_all()?.to_vec1::<f32>()?;
         let mut bytes = Vec::with_capacity(self.shape.ctx * 4 + rows * (8 + 2 * vocab));
-        for &t in window.tokens {
-            bytes.extend_from_slice(&t.to_le_bytes());
+        if chunk.offset == 0 {
+            for &t in chunk.tokens {
+                bytes.extend_from_slice(&t.to_le_bytes());
+            }
+            self.written += 1;
         }
         let encoded: Vec<Vec<u8>> = logits
             .par_chunks_exact(vocab)
@@ -145,7 +149,6 @@ impl KlBaseWriter {
         }
         let out = self.out.as_mut().expect("open until finished");
         out.write_all(&bytes).map_err(io_err(&self.tmp))?;
-        self.written += 1;
         Ok(())
     }
 
@@ -247,27 +250,32 @@ impl KlBaseReader {
         })
     }
 
-    /// The next window's rows, after checking its tokens are `tokens`.
-    pub fn next_window(&mut self, index: usize, tokens: &[u32]) -> Result<Vec<BaseRow>> {
-        let mut ids = vec![0u8; self.shape.ctx * 4];
-        self.input
-            .read_exact(&mut ids)
-            .map_err(io_err(&self.path))?;
-        let same = ids
-            .chunks_exact(4)
-            .zip(tokens)
-            .all(|(b, &t)| u32::from_le_bytes(b.try_into().expect("4 bytes")) == t);
-        if !same || tokens.len() != self.shape.ctx {
-            return Err(Error::Invalid(format!(
-                "{}: window {index} holds other tokens than this run's: the base was computed \
-                 on another text or with another tokenizer",
-                self.path.display()
-            )));
+    /// The stored rows for `chunk`'s logits, after checking (at a window's first rows) that
+    /// the window's tokens are the run's.
+    pub fn rows_for(&mut self, chunk: &ScoredRows<'_>) -> Result<Vec<BaseRow>> {
+        if chunk.offset == 0 {
+            let mut ids = vec![0u8; self.shape.ctx * 4];
+            self.input
+                .read_exact(&mut ids)
+                .map_err(io_err(&self.path))?;
+            let same = ids
+                .chunks_exact(4)
+                .zip(chunk.tokens)
+                .all(|(b, &t)| u32::from_le_bytes(b.try_into().expect("4 bytes")) == t);
+            if !same || chunk.tokens.len() != self.shape.ctx {
+                return Err(Error::Invalid(format!(
+                    "{}: window {} holds other tokens than this run's: the base was computed \
+                     on another text or with another tokenizer",
+                    self.path.display(),
+                    chunk.window
+                )));
+            }
         }
         let vocab = self.shape.vocab;
-        let mut rows = Vec::with_capacity(self.shape.rows());
+        let n = chunk.targets.len();
+        let mut rows = Vec::with_capacity(n);
         let mut buf = vec![0u8; 8 + 2 * vocab];
-        for _ in 0..self.shape.rows() {
+        for _ in 0..n {
             self.input
                 .read_exact(&mut buf)
                 .map_err(io_err(&self.path))?;
@@ -276,7 +284,7 @@ impl KlBaseReader {
             if !min.is_finite() || !scale.is_finite() || scale < 0.0 {
                 return Err(Error::format(
                     &self.path,
-                    format!("window {index}: a row's range is not finite"),
+                    format!("window {}: a row's range is not finite", chunk.window),
                 ));
             }
             let codes = buf[8..]
@@ -356,21 +364,21 @@ pub struct KlAccumulator {
 }
 
 impl KlAccumulator {
-    /// Measures one window of the model under test against the base's rows.
-    pub fn add(&mut self, base: &[BaseRow], window: &ScoredWindow<'_>) -> Result<()> {
-        let (rows, vocab) = window.logits.dims2()?;
+    /// Measures rows of the model under test against the base's rows for them.
+    pub fn add(&mut self, base: &[BaseRow], chunk: &ScoredRows<'_>) -> Result<()> {
+        let (rows, vocab) = chunk.logits.dims2()?;
         if rows != base.len() || base.iter().any(|b| b.codes.len() != vocab) {
             return Err(Error::Invalid(format!(
                 "window {}: {rows} rows of {vocab} logits against {} stored rows",
-                window.index,
+                chunk.window,
                 base.len()
             )));
         }
-        let logits = window.logits.flatten_all()?.to_vec1::<f32>()?;
+        let logits = chunk.logits.flatten_all()?.to_vec1::<f32>()?;
         let measured: Vec<Position> = logits
             .par_chunks_exact(vocab)
             .zip(base)
-            .zip(window.targets)
+            .zip(chunk.targets)
             .map(|((row, b), &t)| measure(b, row, t))
             .collect();
         self.positions.extend(measured);

@@ -19,6 +19,6 @@ pub use compare::{Comparison, compare};
 pub use kl_base::{KlAccumulator, KlBaseReader, KlBaseShape, KlBaseWriter, KlStats};
 
 pub use perplexity::{
-    PerplexityOptions, PerplexityResult, Protocol, ScoredWindow, perplexity, perplexity_with,
-    window_nll, window_nll_from,
+    HEAD_ROWS, PerplexityOptions, PerplexityResult, Protocol, ScoredRows, perplexity,
+    perplexity_with, window_nll, window_nll_from,
 };

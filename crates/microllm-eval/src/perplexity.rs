@@ -64,17 +64,24 @@ pub struct PerplexityResult {
     pub tokens_per_second: f64,
 }
 
-/// The scored logits of one window, as [`perplexity_with`] hands them to its visitor.
-pub struct ScoredWindow<'a> {
+/// Scored rows of logits, as [`perplexity_with`] hands them to its visitor: a window's
+/// scored rows come in consecutive chunks of at most [`HEAD_ROWS`].
+pub struct ScoredRows<'a> {
     /// Which window (0-based).
-    pub index: usize,
+    pub window: usize,
     /// The window's tokens as the model saw them (with the protocol's BOS).
     pub tokens: &'a [u32],
+    /// Index of the first of these rows among the window's scored rows (0 for its first chunk).
+    pub offset: usize,
     /// Logits `[targets.len(), vocab]`: row `i` predicts `targets[i]`.
     pub logits: &'a Tensor,
     /// The scored tokens.
     pub targets: &'a [u32],
 }
+
+/// Rows of logits computed at once: a window's logits never exist whole (for a 262k-token
+/// vocabulary 256 rows of f32 are 268 MB).
+pub const HEAD_ROWS: usize = 64;
 
 impl PerplexityOptions {
     /// Windows a run over `tokens` tokens evaluates, or why there are none.
@@ -123,7 +130,7 @@ pub fn perplexity_with(
     tokens: &[u32],
     opts: PerplexityOptions,
     progress: &dyn Progress,
-    visit: &mut dyn FnMut(ScoredWindow<'_>) -> Result<()>,
+    visit: &mut dyn FnMut(ScoredRows<'_>) -> Result<()>,
 ) -> Result<PerplexityResult> {
     let windows = opts.windows(tokens.len())?;
 
@@ -140,16 +147,22 @@ pub fn perplexity_with(
         }
         let ids = Tensor::from_slice(&window, (1, opts.ctx), &Device::Cpu)?;
         // Only rows `first..ctx - 1` are scored; the last row predicts past the window.
-        let logits = model.forward_from(&ids, first)?.squeeze(0)?;
-        let targets = &window[first + 1..];
-        let logits = logits.narrow(0, 0, targets.len())?;
-        nll_sum += rows_nll(&logits, targets)?;
-        visit(ScoredWindow {
-            index,
-            tokens: &window,
-            logits: &logits,
-            targets,
-        })?;
+        let hidden = model.final_hidden(&ids)?;
+        let scored = opts.ctx - 1 - first;
+        for offset in (0..scored).step_by(HEAD_ROWS) {
+            let n = HEAD_ROWS.min(scored - offset);
+            let rows = hidden.narrow(1, first + offset, n)?;
+            let logits = model.head(&rows)?.squeeze(0)?;
+            let targets = &window[first + 1 + offset..first + 1 + offset + n];
+            nll_sum += rows_nll(&logits, targets)?;
+            visit(ScoredRows {
+                window: index,
+                tokens: &window,
+                offset,
+                logits: &logits,
+                targets,
+            })?;
+        }
         progress.advance(opts.ctx as u64);
     }
     progress.finish();

@@ -93,24 +93,13 @@ impl Decoder {
 
     /// Logits `[batch, seq, vocab]` of `ids` (u32 `[batch, seq]`), positions from 0.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.head(&self.last_hidden(ids)?)
+        self.head(&self.final_hidden(ids)?)
     }
 
-    /// Logits `[batch, seq - from, vocab]` of positions `from..` only: the output head (for a
-    /// 50k-token vocabulary a fifth of a forward's work) runs on the rows that are used.
-    pub fn forward_from(&self, ids: &Tensor, from: usize) -> Result<Tensor> {
-        let x = self.last_hidden(ids)?;
-        let seq = x.dim(1)?;
-        if from >= seq {
-            return Err(Error::Invalid(format!(
-                "no logits from position {from} of a sequence of {seq}"
-            )));
-        }
-        self.head(&x.narrow(1, from, seq - from)?)
-    }
-
-    /// The last block's output `[batch, seq, hidden]`, before the final norm.
-    fn last_hidden(&self, ids: &Tensor) -> Result<Tensor> {
+    /// The last block's output `[batch, seq, hidden]`, before the final norm: with
+    /// [`head`](Self::head) on the rows that are used, the output head (for a 50k-token
+    /// vocabulary a fifth of a forward's work) runs only where its logits are needed.
+    pub fn final_hidden(&self, ids: &Tensor) -> Result<Tensor> {
         let mut x = self.embed(ids)?;
         let at = self.positions(0);
         for block in &self.blocks {
