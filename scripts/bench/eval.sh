@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Eval throughput benchmark: SmolLM2-135M (GGUF Q4_1, dequantized to f32 at load) on
+# Eval throughput benchmark: SmolLM2-135M (GGUF Q4_1, run in its stored type) on
 # wiki.eval.txt, ctx 512, a fixed number of windows, repeated; prints tokens/s per run and the
 # median. Usage: scripts/bench/eval.sh [WINDOWS=8] [RUNS=3]
-# Compare with llama.cpp's llama-perplexity on the same machine (shared/assets/README.md):
-# ~395 tokens/s with F16 weights, ~310 with Q8_0, 2 threads.
+# For llama-perplexity side by side on the same files, scripts/bench/vs-llama-perplexity.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 windows=${1:-8}
