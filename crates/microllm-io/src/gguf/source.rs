@@ -249,6 +249,19 @@ impl GgufSource {
 
     fn decode(&self, e: &Entry) -> candle_core::Result<Tensor> {
         let bytes = &self.map[e.start..e.end];
+        // F32 is copied out of the map once: through a QTensor it was copied, zeroed and copied
+        // again, which made up most of `convert`'s time on F32 files.
+        if e.dtype == GgmlDType::F32 && bytes.as_ptr().align_offset(4) == 0 {
+            let mut t = Tensor::from_raw_buffer(bytes, DType::F32, &e.dims, &Device::Cpu)?;
+            crate::mmap::release(&self.map, e.start, e.end);
+            if let Some((first, n)) = e.rows {
+                t = t.narrow(0, first, n)?.contiguous()?;
+            }
+            if e.minus != 0.0 {
+                t = (t - e.minus as f64)?;
+            }
+            return Ok(t);
+        }
         // candle reinterprets the bytes as blocks (which hold f16/f32 fields): give it an
         // 8-aligned slice. GGUF aligns tensor data (32 bytes by default), so the copy is for
         // unusual files only.
