@@ -186,3 +186,31 @@ fn poison_last_tensor(file: &Path) {
     }
     std::fs::write(file, patched).unwrap();
 }
+
+#[test]
+fn non_finite_numbers_in_flags_are_refused() {
+    let model = fixture("llama-tiny");
+    for (command, flag, value) in [
+        ("prune", "--sparsity", "nan"),
+        ("prune", "--damp", "inf"),
+        ("quantize", "--damp", "NaN"),
+        ("quantize", "--sink-weight", "-inf"),
+    ] {
+        let out = microllm()
+            .arg(command)
+            .arg(format!("{flag}={value}"))
+            .args(["--out", "never-written", "--model"])
+            .arg(&model)
+            .arg("--calib")
+            .arg(text("tinystories.txt"))
+            .assert()
+            .failure();
+        let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert!(
+            err.contains("not a finite number"),
+            "{command} {flag} {value}: {err}"
+        );
+        assert!(err.contains(flag), "{command} {flag} {value}: {err}");
+        assert!(!Path::new("never-written").exists());
+    }
+}

@@ -65,6 +65,20 @@ pub fn load_decoder(ckpt: &Checkpoint, compute: Compute) -> Result<Decoder> {
         .with_context(|| format!("loading weights from {}", ckpt.path.display()))
 }
 
+/// Parses a floating-point flag, refusing NaN and infinities: `--sparsity nan` must be an
+/// error, not a silent default (every f64 flag uses it).
+pub fn finite_f64(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` is not a finite number"))
+    }
+}
+
 /// Reads a UTF-8 text file, naming the file and the first bad byte otherwise.
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

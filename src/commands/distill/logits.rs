@@ -28,7 +28,7 @@ pub struct LogitsArgs {
     #[arg(long, default_value_t = 64)]
     top_k: usize,
     /// Temperature of the stored distribution (training must use the same).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 1.0)]
     temperature: f64,
     /// Use only the first N windows of the text.
     #[arg(long)]

@@ -55,7 +55,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "kl:1")]
     pub(super) loss: String,
     /// Temperature of the divergences (scaled by T²); a store fixes it.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 1.0)]
     pub(super) temperature: f64,
     /// Optimizer steps.
     #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
@@ -64,13 +64,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub(super) tokens: Option<u64>,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 2e-4)]
     pub(super) lr: f64,
     /// Linear warmup steps.
     #[arg(long, default_value_t = 10)]
     pub(super) warmup_steps: u64,
     /// The cosine schedule ends at this fraction of --lr.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 0.1)]
     pub(super) min_lr_ratio: f64,
     /// Windows per micro-batch.
     #[arg(long, default_value_t = 8)]
@@ -82,10 +82,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub(super) accumulation: usize,
     /// Clip the global gradient norm to this.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 1.0)]
     pub(super) clip: f64,
     /// AdamW weight decay (matrices only).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 0.0)]
     pub(super) weight_decay: f64,
     /// Seed of the data order and of learned projections.
     #[arg(long, default_value_t = 0)]

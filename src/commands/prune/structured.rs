@@ -16,7 +16,7 @@ pub struct StructuredArgs {
     #[arg(long)]
     pub structured: bool,
     /// Fraction of MLP channels (intermediate neurons) kept in every block, in (0, 1].
-    #[arg(long, default_value_t = 1.0, requires = "structured")]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 1.0, requires = "structured")]
     pub mlp_keep: f64,
     /// Round the kept MLP channel count to a multiple of this (kernels like multiples of 32;
     /// 1 keeps exactly the fraction).
@@ -24,7 +24,7 @@ pub struct StructuredArgs {
     pub mlp_multiple: usize,
     /// Fraction of query heads kept in every block, in (0, 1]; must spread evenly over the
     /// key/value groups (see --head-mode).
-    #[arg(long, default_value_t = 1.0, requires = "structured")]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 1.0, requires = "structured")]
     pub heads_keep: f64,
     /// kv-groups: remove whole KV groups (a key/value head and its query heads); per-group:
     /// keep every key/value head and the same number of query heads in each group.

@@ -54,7 +54,7 @@ pub struct UnstructuredArgs {
     #[arg(long, value_enum)]
     pub method: Option<MethodArg>,
     /// Fraction of every linear's weights to remove, in [0, 1).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 0.5)]
     pub sparsity: f64,
     /// Semi-structured N:M pattern instead of --sparsity: at most N nonzero weights in every M
     /// consecutive ones (2:4, 4:8).
@@ -78,11 +78,11 @@ pub struct UnstructuredArgs {
     pub asym: bool,
     /// Dampening of every OBS solve (SparseGPT, GPTQ), as a fraction of the mean Hessian
     /// diagonal.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 0.01)]
     pub damp: f64,
     /// Weight of each calibration window's first token in the q/k/v statistics [default:
     /// --seqlen for SparseGPT and --bits, 1 for Wanda].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::commands::finite_f64)]
     pub sink_weight: Option<f64>,
     /// Continue an interrupted run from its last finished block (same settings required).
     #[arg(long)]
@@ -94,11 +94,11 @@ pub struct UnstructuredArgs {
     pub schedule: ScheduleArg,
     /// With --schedule owl: a weight is an outlier when its Wanda score exceeds this many
     /// times its block's mean score (the paper's M) [default: 5].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::commands::finite_f64)]
     pub owl_threshold: Option<f64>,
     /// With --schedule owl: block sparsities spread over target +- this (the paper's lambda)
     /// [default: 0.08].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::commands::finite_f64)]
     pub owl_lambda: Option<f64>,
 }
 

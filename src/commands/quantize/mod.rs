@@ -65,14 +65,14 @@ pub struct Args {
     act_order: bool,
     /// GPTQ: weight of each calibration window's first token (the attention sink) in the
     /// q/k/v Hessians [default: --seqlen; 1 = plain GPTQ].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::commands::finite_f64)]
     sink_weight: Option<f64>,
     /// GPTQ: fit every group's grid to its min/max instead of searching the clipping range
     /// that loses least (the search is the default; see docs/benchmarks.md).
     #[arg(long)]
     no_clip_search: bool,
     /// GPTQ: dampening as a fraction of the Hessian's mean diagonal.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 0.01)]
     damp: f64,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Gguf)]
