@@ -214,3 +214,34 @@ fn non_finite_numbers_in_flags_are_refused() {
         assert!(!Path::new("never-written").exists());
     }
 }
+
+#[test]
+fn gguf_alignment_zero_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("aligned.gguf");
+    microllm()
+        .args(["convert", "--gguf-type", "f32", "--model"])
+        .arg(fixture("llama-tiny"))
+        .arg("--out")
+        .arg(&file)
+        .assert()
+        .success();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let key = b"general.alignment";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the writer sets general.alignment");
+    // After the key: the value type (u32) and the value (u32).
+    let value = at + key.len() + 4;
+    for (alignment, what) in [
+        (0u32, "general.alignment = 0"),
+        (3, "general.alignment = 3"),
+    ] {
+        bytes[value..value + 4].copy_from_slice(&alignment.to_le_bytes());
+        std::fs::write(&file, &bytes).unwrap();
+        let err = inspect_fails(&file);
+        assert!(err.contains(what) && err.contains("aligned.gguf"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -21,6 +21,7 @@
 pub mod blocks;
 pub mod config;
 mod export;
+mod header;
 mod imatrix;
 mod meta;
 mod mix;
@@ -74,6 +75,7 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
     // SAFETY: the mapping is read-only; a checkpoint modified underneath a running process is
     // outside what any reader can defend against.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    header::check(path, &map)?;
     let content = Content::read(&mut std::io::Cursor::new(&map[..])).map_err(|e| {
         Error::format(
             path,

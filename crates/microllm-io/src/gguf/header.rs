@@ -1,0 +1,187 @@
+//! Checks on a GGUF header that candle's reader does not make before it trusts the values.
+//!
+//! candle divides by `general.alignment` when it places tensor data: a file that declares an
+//! alignment of 0 panicked inside the reader ("attempt to divide by zero") instead of being
+//! refused. So the key-value section is walked here first, bounds-checked against the
+//! mapped bytes, and the alignment must be a power of two, as llama.cpp's loader requires.
+
+use std::path::Path;
+
+use microllm_core::{Error, Result};
+
+/// GGUF value types, as numbered by the format.
+const STRING: u32 = 8;
+const ARRAY: u32 = 9;
+const UINT32: u32 = 4;
+
+/// Bytes of a fixed-size value of `ty`, or `None` for strings, arrays and unknown types.
+fn fixed_size(ty: u32) -> Option<usize> {
+    match ty {
+        0 | 1 | 7 => Some(1), // u8, i8, bool
+        2 | 3 => Some(2),     // u16, i16
+        4..=6 => Some(4),     // u32, i32, f32
+        10..=12 => Some(8),   // u64, i64, f64
+        _ => None,
+    }
+}
+
+/// A cursor over the header bytes whose every read is bounds-checked.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let end = self.at.checked_add(n)?;
+        let s = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(s)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<&[u8]> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        self.take(n)
+    }
+
+    /// Skips one value of type `ty`; `None` when it runs past the end or the type is unknown.
+    fn skip(&mut self, ty: u32) -> Option<()> {
+        match ty {
+            STRING => self.string().map(|_| ()),
+            ARRAY => {
+                let item = self.u32()?;
+                let n = self.u64()?;
+                match fixed_size(item) {
+                    Some(size) => {
+                        let total = usize::try_from(n).ok()?.checked_mul(size)?;
+                        self.take(total).map(|_| ())
+                    }
+                    None => {
+                        // Every item takes at least 8 bytes (a string's length): a count the
+                        // remaining bytes cannot hold is refused before looping over it.
+                        if n > (self.bytes.len() - self.at) as u64 / 8 + 1 {
+                            return None;
+                        }
+                        (0..n).try_for_each(|_| self.skip(item))
+                    }
+                }
+            }
+            other => self.take(fixed_size(other)?).map(|_| ()),
+        }
+    }
+}
+
+/// Checks `general.alignment` in the header of the GGUF bytes `map` (a file of version 2 or
+/// later; older files are left to candle's reader). A header that cannot be walked is left to
+/// candle too, whose error names what it found.
+pub(crate) fn check(path: &Path, map: &[u8]) -> Result<()> {
+    let mut c = Cursor { bytes: map, at: 4 };
+    let Some(version) = c.u32() else {
+        return Ok(());
+    };
+    if version < 2 {
+        return Ok(());
+    }
+    let (Some(_tensors), Some(kvs)) = (c.u64(), c.u64()) else {
+        return Ok(());
+    };
+    for _ in 0..kvs {
+        let Some(key) = c.string() else { return Ok(()) };
+        let is_alignment = key == b"general.alignment";
+        let Some(ty) = c.u32() else { return Ok(()) };
+        if is_alignment {
+            if ty != UINT32 {
+                return Err(Error::format(
+                    path,
+                    format!("general.alignment has value type {ty}, the format says uint32 (4)"),
+                ));
+            }
+            let Some(alignment) = c.u32() else {
+                return Ok(());
+            };
+            if !alignment.is_power_of_two() {
+                return Err(Error::format(
+                    path,
+                    format!("general.alignment = {alignment}: it must be a power of two"),
+                ));
+            }
+            return Ok(());
+        }
+        if c.skip(ty).is_none() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut h = b"GGUF".to_vec();
+        h.extend_from_slice(&3u32.to_le_bytes());
+        h.extend_from_slice(&0u64.to_le_bytes());
+        h.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+        for (key, ty, value) in kvs {
+            h.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            h.extend_from_slice(key.as_bytes());
+            h.extend_from_slice(&ty.to_le_bytes());
+            h.extend_from_slice(value);
+        }
+        h
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    #[test]
+    fn alignment_must_be_a_power_of_two() {
+        let path = Path::new("m.gguf");
+        // A string array before the key is walked over.
+        let mut tokens = STRING.to_le_bytes().to_vec();
+        tokens.extend_from_slice(&2u64.to_le_bytes());
+        tokens.extend(string("a"));
+        tokens.extend(string("bc"));
+        for (alignment, ok) in [
+            (32u32, true),
+            (1, true),
+            (0, false),
+            (3, false),
+            (48, false),
+        ] {
+            let h = header(&[
+                ("general.architecture", STRING, string("llama")),
+                ("tokenizer.ggml.tokens", ARRAY, tokens.clone()),
+                (
+                    "general.alignment",
+                    UINT32,
+                    alignment.to_le_bytes().to_vec(),
+                ),
+            ]);
+            let r = check(path, &h);
+            assert_eq!(r.is_ok(), ok, "alignment {alignment}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("general.alignment"), "{e}");
+            }
+        }
+        // Wrong value type.
+        let h = header(&[("general.alignment", 10, 32u64.to_le_bytes().to_vec())]);
+        assert!(check(path, &h).is_err());
+        // No key, or a header cut short: left to candle's reader.
+        assert!(check(path, &header(&[])).is_ok());
+        let h = header(&[("general.alignment", UINT32, 0u32.to_le_bytes().to_vec())]);
+        assert!(check(path, &h[..h.len() - 2]).is_ok());
+    }
+}
