@@ -144,9 +144,10 @@ pub(crate) fn matmul(x: &[f32], w: &dyn DecodeRows) -> Vec<f32> {
     let t = x.len() / k;
     let mut y = vec![0f32; t * n];
     let out = Out(y.as_mut_ptr());
-    // Panels small enough for several per thread, large enough for gemm's kernels.
-    let per = n.div_ceil(4 * rayon::current_num_threads());
-    let panel = per.next_multiple_of(16).clamp(16, 128);
+    // Two panels per thread, up to 384 rows: every panel call packs `x` again, so fewer,
+    // larger panels measured about 5% faster per SmolLM2 F16 forward than up to 128 rows.
+    let per = n.div_ceil(2 * rayon::current_num_threads());
+    let panel = per.next_multiple_of(16).clamp(16, 384);
     let panels = n.div_ceil(panel);
     (0..panels)
         .into_par_iter()
