@@ -186,42 +186,20 @@ fn kl_divergence_against_a_stored_base() {
     assert!(kl["max_kld"].as_f64().unwrap() >= kl["p99_kld"].as_f64().unwrap());
 
     // Another run shape, or a damaged file, is refused by name.
-    microllm()
-        .args([
-            "eval",
-            "--ctx",
-            "128",
-            "--max-windows",
-            "3",
-            "--protocol",
-            "llama-cpp",
-        ])
-        .arg("--model")
-        .arg(smollm2_gguf())
-        .arg("--data")
-        .arg(common::text("wiki.eval.txt"))
-        .args(["--kl-base", base_arg])
-        .assert()
-        .failure()
-        .stderr(predicates::str::contains("window count 2, this run has 3"));
+    let refused = |windows: &str, message: &str| {
+        microllm()
+            .args(["eval", "--ctx", "128", "--protocol", "llama-cpp"])
+            .args(["--max-windows", windows, "--kl-base", base_arg])
+            .arg("--model")
+            .arg(smollm2_gguf())
+            .arg("--data")
+            .arg(common::text("wiki.eval.txt"))
+            .assert()
+            .failure()
+            .stderr(predicates::str::contains(message));
+    };
+    refused("3", "window count 2, this run has 3");
     let bytes = std::fs::read(&base).unwrap();
     std::fs::write(&base, &bytes[..bytes.len() - 10]).unwrap();
-    microllm()
-        .args([
-            "eval",
-            "--ctx",
-            "128",
-            "--max-windows",
-            "2",
-            "--protocol",
-            "llama-cpp",
-        ])
-        .arg("--model")
-        .arg(smollm2_gguf())
-        .arg("--data")
-        .arg(common::text("wiki.eval.txt"))
-        .args(["--kl-base", base_arg])
-        .assert()
-        .failure()
-        .stderr(predicates::str::contains("truncated"));
+    refused("2", "truncated");
 }

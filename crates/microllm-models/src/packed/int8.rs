@@ -15,6 +15,8 @@
 
 use rayon::prelude::*;
 
+use super::Out;
+
 use super::acts::QuantActs;
 use super::legacy::{BLOCK, BlockRows, Codes, GROUP};
 
@@ -33,21 +35,6 @@ pub(crate) fn has_vnni() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// A raw output pointer shared by tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes a region (token range x row range) no other task touches, and the
-// buffer outlives the parallel loop that uses it.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The pointer; a method, so that closures capture the whole (`Send`) wrapper.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `x W^T` as `[tokens, w.rows]`, row-major.

@@ -30,6 +30,22 @@ pub(crate) use acts::QuantActs;
 use legacy::BlockRows;
 use panel::{DecodeRows, HalfRows, KQuantRows};
 
+/// An output buffer's pointer shared by the tasks of one product, each of which writes a part
+/// (a tile, a panel's columns) that no other task touches.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint parts of the buffer, which outlives the parallel loop that
+// uses it; every use says which part it writes.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer; a method, so that closures capture the whole (`Send`) wrapper.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// How products on packed weights treat their activations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Activations {

@@ -10,6 +10,8 @@ use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use microllm_core::{BlockType, Result};
 use rayon::prelude::*;
 
+use super::Out;
+
 /// Rows that can be decoded to f32 a few at a time.
 pub(crate) trait DecodeRows: Sync {
     fn rows(&self) -> usize;
@@ -121,20 +123,6 @@ impl DecodeRows for KQuantRows {
         // The bytes were accepted by candle when the tensor was built; decoding a slice of
         // whole rows of them cannot fail.
         decode().expect("decoding rows of a validated quantized tensor");
-    }
-}
-
-/// A raw output pointer shared by tasks that write disjoint column ranges of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: each task writes the columns of its own panel; the buffer outlives the loop.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The pointer; a method, so that closures capture the whole (`Send`) wrapper.
-    fn ptr(self) -> *mut f32 {
-        self.0
     }
 }
 
