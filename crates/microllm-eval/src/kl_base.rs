@@ -5,7 +5,8 @@
 //! The file holds, for every scored position of every window, the base model's log-softmax
 //! over the whole vocabulary, quantized to 16 bits per value over the row's own range (as
 //! llama.cpp stores it): `log p ~ min + code * scale`, an absolute error below
-//! `range / 131070` (about 3e-4 nats for SmolLM2), far below the divergences measured. With it
+//! `range / 131070` (3e-4 nats for a 40-nat range); SmolLM2 measured against its own stored
+//! base shows a mean divergence below 1e-5 (`tests/smollm2.rs`). With it
 //! the window's tokens as the base model saw them, so a comparison on other tokens (another
 //! text, context, protocol or tokenizer) is refused instead of measured.
 //!
@@ -125,11 +126,10 @@ impl KlBaseWriter {
             )));
         }
         let logits = chunk.logits.flatten_all()?.to_vec1::<f32>()?;
-        let mut bytes = Vec::with_capacity(self.shape.ctx * 4 + rows * (8 + 2 * vocab));
+        let out = self.out.as_mut().expect("open until finished");
         if chunk.offset == 0 {
-            for &t in chunk.tokens {
-                bytes.extend_from_slice(&t.to_le_bytes());
-            }
+            let ids: Vec<u8> = chunk.tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+            out.write_all(&ids).map_err(io_err(&self.tmp))?;
             self.written += 1;
         }
         let encoded: Vec<Vec<u8>> = logits
@@ -144,11 +144,9 @@ impl KlBaseWriter {
                 b
             })
             .collect();
-        for b in encoded {
-            bytes.extend_from_slice(&b);
+        for row in &encoded {
+            out.write_all(row).map_err(io_err(&self.tmp))?;
         }
-        let out = self.out.as_mut().expect("open until finished");
-        out.write_all(&bytes).map_err(io_err(&self.tmp))?;
         Ok(())
     }
 

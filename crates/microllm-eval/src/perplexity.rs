@@ -191,7 +191,7 @@ pub fn window_nll(logits: &Tensor, ids: &[u32]) -> Result<f64> {
 
 /// [`window_nll`] over the predictions of rows `first..seq - 1` only.
 pub fn window_nll_from(logits: &Tensor, ids: &[u32], first: usize) -> Result<f64> {
-    let (seq, vocab) = logits.dims2()?;
+    let (seq, _) = logits.dims2()?;
     if first + 1 >= seq {
         return Err(Error::Invalid(format!(
             "no position to score: window of {seq} tokens scored from {first}"
@@ -203,23 +203,17 @@ pub fn window_nll_from(logits: &Tensor, ids: &[u32], first: usize) -> Result<f64
             ids.len()
         )));
     }
-    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Invalid(format!(
-            "token id {bad} is outside the model's vocabulary of {vocab}"
-        )));
-    }
     rows_nll(
         &logits.narrow(0, first, seq - 1 - first)?,
         &ids[first + 1..],
     )
 }
 
-/// Sum of negative log-likelihoods of `targets`, row `i` of `logits` `[rows, vocab]`
-/// predicting `targets[i]` (`rows` may exceed the targets by one: a last row predicting past
-/// the window is ignored).
+/// Sum of negative log-likelihoods of `targets`, row `i` of `logits` `[targets.len(), vocab]`
+/// predicting `targets[i]`; every target is checked against the vocabulary.
 fn rows_nll(logits: &Tensor, targets: &[u32]) -> Result<f64> {
     let (rows, vocab) = logits.dims2()?;
-    if rows < targets.len() {
+    if rows != targets.len() {
         return Err(Error::Invalid(format!(
             "{rows} rows of logits for {} targets",
             targets.len()
@@ -230,10 +224,7 @@ fn rows_nll(logits: &Tensor, targets: &[u32]) -> Result<f64> {
             "token id {bad} is outside the model's vocabulary of {vocab}"
         )));
     }
-    let flat = logits
-        .narrow(0, 0, targets.len())?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let flat = logits.flatten_all()?.to_vec1::<f32>()?;
     let total = flat
         .par_chunks_exact(vocab)
         .zip(targets)

@@ -88,37 +88,47 @@ unsafe fn tile(
 ) {
     #[cfg(target_arch = "x86_64")]
     if vector {
-        // SAFETY: `vector` is only set when `has_vnni()`; the caller's contract is passed on.
+        // SAFETY: `vector` is only set when `has_vnni()`; the caller's contract is passed on,
+        // and a tail of 2 or 3 tokens runs one token at a time inside the same rows.
         unsafe {
-            match (w.codes_kind, w.asymmetric, mr) {
-                (Codes::Byte, _, MR) => avx512::tile::<MR, 0, false>(w, x, pair, t0, out, ldo),
-                (Codes::Nibble, false, MR) => {
-                    avx512::tile::<MR, 1, false>(w, x, pair, t0, out, ldo)
+            if mr == MR {
+                vector_tile::<MR>(w, x, pair, t0, out, ldo);
+            } else {
+                for t in t0..t0 + mr {
+                    vector_tile::<1>(w, x, pair, t, out, ldo);
                 }
-                (Codes::Nibble, true, MR) => avx512::tile::<MR, 1, true>(w, x, pair, t0, out, ldo),
-                (Codes::Nibble5, false, MR) => {
-                    avx512::tile::<MR, 2, false>(w, x, pair, t0, out, ldo)
-                }
-                (Codes::Nibble5, true, MR) => avx512::tile::<MR, 2, true>(w, x, pair, t0, out, ldo),
-                (Codes::Byte, _, _) => avx512::tile::<1, 0, false>(w, x, pair, t0, out, ldo),
-                (Codes::Nibble, false, _) => avx512::tile::<1, 1, false>(w, x, pair, t0, out, ldo),
-                (Codes::Nibble, true, _) => avx512::tile::<1, 1, true>(w, x, pair, t0, out, ldo),
-                (Codes::Nibble5, false, _) => avx512::tile::<1, 2, false>(w, x, pair, t0, out, ldo),
-                (Codes::Nibble5, true, _) => avx512::tile::<1, 2, true>(w, x, pair, t0, out, ldo),
             }
-            if mr == MR || mr == 1 {
-                return;
-            }
-            // A tail of 2 or 3 tokens: the rest one at a time.
-            for t in t0 + 1..t0 + mr {
-                tile(w, x, pair, t, 1, out, ldo, vector);
-            }
-            return;
         }
+        return;
     }
     let _ = vector;
     // SAFETY: passed on from the caller.
     unsafe { scalar_tile(w, x, pair, t0, mr, out, ldo) }
+}
+
+/// The vector kernel for `M` tokens, instantiated for the weights' code layout.
+///
+/// # Safety
+/// As [`avx512::tile`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn vector_tile<const M: usize>(
+    w: &BlockRows,
+    x: &QuantActs,
+    pair: usize,
+    t0: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: passed on from the caller.
+    unsafe {
+        match (w.codes_kind, w.asymmetric) {
+            (Codes::Byte, _) => avx512::tile::<M, 0, false>(w, x, pair, t0, out, ldo),
+            (Codes::Nibble, false) => avx512::tile::<M, 1, false>(w, x, pair, t0, out, ldo),
+            (Codes::Nibble, true) => avx512::tile::<M, 1, true>(w, x, pair, t0, out, ldo),
+            (Codes::Nibble5, false) => avx512::tile::<M, 2, false>(w, x, pair, t0, out, ldo),
+            (Codes::Nibble5, true) => avx512::tile::<M, 2, true>(w, x, pair, t0, out, ldo),
+        }
+    }
 }
 
 /// The kernel's arithmetic in plain Rust.
