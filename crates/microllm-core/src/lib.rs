@@ -11,6 +11,7 @@
 //! here because every crate's large buffers go through it.
 
 pub mod alloc;
+mod architecture;
 mod config;
 mod error;
 pub mod names;
@@ -18,6 +19,7 @@ mod packed;
 mod progress;
 mod source;
 
+pub use architecture::{check_tensors, expected_tensors};
 pub use config::{
     Activation, BlockLayout, Family, FusedLinear, MlpKind, ModelConfig, NormKind, RopeScaling,
 };

@@ -284,3 +284,73 @@ fn mismatched_parts_and_stores_are_refused() {
         );
     }
 }
+
+/// A store damaged after it was written is refused: a flipped byte by the manifest's digest
+/// when the store is opened, a shard name that leaves the store's directory by the manifest
+/// check, and a row naming a token twice (digest updated, so only the row check can see it)
+/// when its window is read.
+#[test]
+fn damaged_stores_are_refused() {
+    let ckpt = open("llama-tiny");
+    let teacher = Decoder::load(&ckpt.config, ckpt.tensors.as_ref()).unwrap();
+    let ids = tokens(ckpt.config.vocab_size);
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    write_store(&job(&teacher, &ids, 16, (0, 1)), &whole, false, &NoProgress).unwrap();
+    let manifest_of = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+    };
+    let shard_file = manifest_of(&whole)["shards"][0]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let copy = |name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        for entry in std::fs::read_dir(&whole).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        dir
+    };
+    let open_err = |dir: &std::path::Path| TeacherStore::open(dir).unwrap_err().to_string();
+
+    let flipped = copy("flipped");
+    let shard = flipped.join(&shard_file);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let at = bytes.len() - 7;
+    bytes[at] ^= 0x10;
+    std::fs::write(&shard, &bytes).unwrap();
+    let err = open_err(&flipped);
+    assert!(
+        err.contains("SHA-256") && err.contains(&shard_file),
+        "{err}"
+    );
+
+    let escaping = copy("escaping");
+    let mut manifest = manifest_of(&escaping);
+    manifest["shards"][0]["file"] = format!("../whole/{shard_file}").into();
+    std::fs::write(escaping.join("manifest.json"), manifest.to_string()).unwrap();
+    let err = open_err(&escaping);
+    assert!(err.contains("not a file name inside the store"), "{err}");
+
+    let doubled = copy("doubled");
+    let shard = doubled.join(&shard_file);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let offset = {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let view = st.tensor("topk_ids").unwrap();
+        assert_eq!(view.dtype(), safetensors::Dtype::U16);
+        view.data().as_ptr() as usize - bytes.as_ptr() as usize
+    };
+    // Position 0 of window 0 names its first id again in its second slot.
+    bytes.copy_within(offset..offset + 2, offset + 2);
+    std::fs::write(&shard, &bytes).unwrap();
+    let mut manifest = manifest_of(&doubled);
+    manifest["shards"][0]["sha256"] = microllm_distill::fingerprint::sha256_bytes(&bytes).into();
+    std::fs::write(doubled.join("manifest.json"), manifest.to_string()).unwrap();
+    let store = TeacherStore::open(&doubled).unwrap();
+    let err = store.window(0).unwrap_err().to_string();
+    assert!(err.contains("twice") && err.contains("window 0"), "{err}");
+    store.window(1).unwrap();
+}

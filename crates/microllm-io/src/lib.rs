@@ -28,6 +28,18 @@ use microllm_core::{Error, ModelConfig, Result, TensorSource};
 
 pub use tokenizer::{SpecialTokens, Tokenizer};
 
+/// Whether `name`, a file name read from a checkpoint's or store's own metadata (a shard index,
+/// a manifest), names a file directly inside that directory: not absolute, no `..`, no
+/// subdirectory. Such names are joined to the directory, so anything else could open files
+/// elsewhere on the machine (`../../etc/passwd`, `/etc/hostname`).
+pub fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    )
+}
+
 /// The on-disk format a checkpoint was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointFormat {
@@ -116,7 +128,17 @@ impl Checkpoint {
 ///
 /// Local paths win: a spec is treated as a hub id only when no such path exists and it looks
 /// like `owner/name`.
+///
+/// Every checkpoint is checked against its configuration before it is handed out: the tensors
+/// present must be exactly those the architecture calls for, each of its shape
+/// ([`microllm_core::check_tensors`]).
 pub fn open(spec: &str) -> Result<Checkpoint> {
+    let ckpt = open_unchecked(spec)?;
+    microllm_core::check_tensors(&ckpt.config, ckpt.tensors.as_ref())?;
+    Ok(ckpt)
+}
+
+fn open_unchecked(spec: &str) -> Result<Checkpoint> {
     let path = Path::new(spec);
     if path.is_dir() {
         return hf::open_dir(path);

@@ -1,5 +1,7 @@
 //! The whole model: embeddings, blocks, final norm and head.
 
+use std::sync::{Arc, RwLock};
+
 use candle_core::{DType, Tensor};
 use microllm_core::{Error, ModelConfig, Result, TensorSource, names};
 
@@ -17,8 +19,17 @@ pub struct Decoder {
     final_norm: Norm,
     /// The output head; with tied embeddings its weight is the embedding matrix.
     head: Linear,
+    /// Rotary tables for the first [`INITIAL_POSITIONS`] positions (fewer when the model has
+    /// fewer); longer sequences use [`Self::longer`].
     rope: RopeTables,
+    /// Tables grown on demand past `rope`, up to `max_position_embeddings`, kept for reuse.
+    longer: Arc<RwLock<Option<Arc<RopeTables>>>>,
 }
+
+/// Positions the rotary tables cover when a decoder is loaded. Tables sized to a config's
+/// `max_position_embeddings` cost 67 MB for a 128k-context model and cannot be allocated at all
+/// for a hostile 2^40, so they start at what evaluations use and grow when a sequence needs it.
+pub const INITIAL_POSITIONS: usize = 4096;
 
 impl Decoder {
     /// Loads every weight from `src` as f32, checking shapes against `cfg`.
@@ -50,7 +61,8 @@ impl Decoder {
             blocks,
             final_norm,
             head,
-            rope: RopeTables::new(cfg, cfg.max_position_embeddings.max(1))?,
+            rope: RopeTables::new(cfg, cfg.max_position_embeddings.clamp(1, INITIAL_POSITIONS))?,
+            longer: Arc::default(),
         })
     }
 
@@ -69,9 +81,50 @@ impl Decoder {
         &mut self.blocks
     }
 
-    /// The rotary tables shared by every block (sized to `max_position_embeddings`).
+    /// The rotary tables of the first positions ([`INITIAL_POSITIONS`], or
+    /// `max_position_embeddings` when smaller), shared by every block.
     pub fn rope(&self) -> &RopeTables {
         &self.rope
+    }
+
+    /// Tables covering positions `0..end`: the initial ones, or tables grown (and kept) up to
+    /// `max_position_embeddings`; a sequence beyond it is an error.
+    fn tables_for(&self, end: usize) -> Result<Option<Arc<RopeTables>>> {
+        if end <= self.rope.positions() {
+            return Ok(None);
+        }
+        let max = self.cfg.max_position_embeddings;
+        if end > max {
+            return Err(Error::Invalid(format!(
+                "position {end} is beyond the model's context of {max} positions \
+                 (max_position_embeddings)"
+            )));
+        }
+        // A panic while the tables were being replaced leaves either the old or the new
+        // (complete) value in the slot, so a poisoned lock is still safe to read.
+        if let Some(t) = self
+            .longer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && t.positions() >= end
+        {
+            return Ok(Some(t.clone()));
+        }
+        let mut slot = self.longer.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = slot.as_ref()
+            && t.positions() >= end
+        {
+            return Ok(Some(t.clone()));
+        }
+        // Doubling keeps a long generation from rebuilding the tables at every token.
+        let positions = end
+            .max(2 * self.rope.positions())
+            .next_power_of_two()
+            .min(max);
+        let tables = Arc::new(RopeTables::new(&self.cfg, positions.max(end))?);
+        *slot = Some(tables.clone());
+        Ok(Some(tables))
     }
 
     /// Token embeddings `[batch, seq, hidden]` of `ids` (u32 `[batch, seq]`).
@@ -100,8 +153,9 @@ impl Decoder {
     /// [`head`](Self::head) on the rows that are used, the output head (for a 50k-token
     /// vocabulary a fifth of a forward's work) runs only where its logits are needed.
     pub fn final_hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        let longer = self.tables_for(ids.dim(1)?)?;
         let mut x = self.embed(ids)?;
-        let at = self.positions(0);
+        let at = self.positions_in(longer.as_deref(), 0);
         for block in &self.blocks {
             x = block.forward(&x, at, None, &mut NoTap)?;
         }
@@ -111,8 +165,9 @@ impl Decoder {
     /// Logits and hidden states: `[embeddings, block 0 out, ..., last block out after the
     /// final norm]` (the transformers convention for `output_hidden_states`).
     pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let longer = self.tables_for(ids.dim(1)?)?;
         let mut x = self.embed(ids)?;
-        let at = self.positions(0);
+        let at = self.positions_in(longer.as_deref(), 0);
         let mut hidden = vec![x.clone()];
         for block in &self.blocks {
             x = block.forward(&x, at, None, &mut NoTap)?;
@@ -126,18 +181,35 @@ impl Decoder {
     /// Logits of the new tokens `ids`, continuing the sequence held in `cache`.
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let offset = cache.len();
+        let longer = self.tables_for(offset + ids.dim(1)?)?;
         let mut x = self.embed(ids)?;
-        let at = self.positions(offset);
+        let at = self.positions_in(longer.as_deref(), offset);
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(&x, at, Some(layer_cache), &mut NoTap)?;
         }
         self.head(&x)
     }
 
-    /// Positions for a pass starting at `offset`.
+    /// Positions for a pass starting at `offset`, over the initial tables ([`Self::rope`]).
     pub fn positions(&self, offset: usize) -> Positions<'_> {
+        self.positions_in(None, offset)
+    }
+
+    /// Runs `f` with the positions `offset..offset + seq`, over tables grown when the
+    /// initial ones are too short: for callers that run the blocks themselves.
+    pub fn with_positions<R>(
+        &self,
+        offset: usize,
+        seq: usize,
+        f: impl FnOnce(Positions<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let longer = self.tables_for(offset + seq)?;
+        f(self.positions_in(longer.as_deref(), offset))
+    }
+
+    fn positions_in<'a>(&'a self, longer: Option<&'a RopeTables>, offset: usize) -> Positions<'a> {
         Positions {
-            rope: &self.rope,
+            rope: longer.unwrap_or(&self.rope),
             offset,
         }
     }

@@ -155,6 +155,15 @@ impl Manifest {
                 );
             }
             seen[s.index] = true;
+            if !microllm_io::is_plain_file_name(&s.file) {
+                return bad(
+                    "shards",
+                    format!(
+                        "shard {} names `{}`, which is not a file name inside the store",
+                        s.index, s.file
+                    ),
+                );
+            }
         }
         Ok(())
     }

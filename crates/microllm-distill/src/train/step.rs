@@ -56,14 +56,16 @@ fn live_teacher(
 ) -> microllm_core::Result<(Tensor, Vec<Tensor>)> {
     let (b, s) = ids.dims2()?;
     let mut x = teacher.embed(ids)?;
-    let at = teacher.positions(0);
     let mut kept = vec![None; blocks.len()];
-    for (i, block) in teacher.blocks().iter().enumerate() {
-        x = block.forward(&x, at, None, &mut NoTap)?;
-        for (slot, _) in blocks.iter().enumerate().filter(|(_, k)| **k == i) {
-            kept[slot] = Some(x.reshape((b * s, x.dim(2)?))?);
+    teacher.with_positions(0, s, |at| {
+        for (i, block) in teacher.blocks().iter().enumerate() {
+            x = block.forward(&x, at, None, &mut NoTap)?;
+            for (slot, _) in blocks.iter().enumerate().filter(|(_, k)| **k == i) {
+                kept[slot] = Some(x.reshape((b * s, x.dim(2)?))?);
+            }
         }
-    }
+        Ok(())
+    })?;
     let logits = teacher.head(&x)?;
     let vocab = logits.dim(2)?;
     let kept = kept

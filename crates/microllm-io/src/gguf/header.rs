@@ -79,9 +79,12 @@ impl Cursor<'_> {
     }
 }
 
-/// Checks `general.alignment` in the header of the GGUF bytes `map` (a file of version 2 or
-/// later; older files are left to candle's reader). A header that cannot be walked is left to
-/// candle too, whose error names what it found.
+/// Checks the header of the GGUF bytes `map` (a file of version 2 or later; older files are
+/// left to candle's reader): `general.alignment` must be a power of two, tensor names unique,
+/// and each tensor's offset exactly where the previous one's padded data ends, as llama.cpp's
+/// loader requires. That last rule catches a changed tensor type, overlapping or misaligned
+/// data, and gaps, none of which candle's reader notices. A header that cannot be walked is
+/// left to candle, whose error names what it found.
 pub(crate) fn check(path: &Path, map: &[u8]) -> Result<()> {
     let mut c = Cursor { bytes: map, at: 4 };
     let Some(version) = c.u32() else {
@@ -90,9 +93,10 @@ pub(crate) fn check(path: &Path, map: &[u8]) -> Result<()> {
     if version < 2 {
         return Ok(());
     }
-    let (Some(_tensors), Some(kvs)) = (c.u64(), c.u64()) else {
+    let (Some(tensors), Some(kvs)) = (c.u64(), c.u64()) else {
         return Ok(());
     };
+    let mut alignment = DEFAULT_ALIGNMENT;
     for _ in 0..kvs {
         let Some(key) = c.string() else { return Ok(()) };
         let is_alignment = key == b"general.alignment";
@@ -104,20 +108,104 @@ pub(crate) fn check(path: &Path, map: &[u8]) -> Result<()> {
                     format!("general.alignment has value type {ty}, the format says uint32 (4)"),
                 ));
             }
-            let Some(alignment) = c.u32() else {
+            let Some(value) = c.u32() else {
                 return Ok(());
             };
-            if !alignment.is_power_of_two() {
+            if !value.is_power_of_two() {
                 return Err(Error::format(
                     path,
-                    format!("general.alignment = {alignment}: it must be a power of two"),
+                    format!("general.alignment = {value}: it must be a power of two"),
                 ));
             }
+            alignment = u64::from(value);
+        } else if c.skip(ty).is_none() {
             return Ok(());
         }
-        if c.skip(ty).is_none() {
+    }
+    check_tensor_infos(path, &mut c, tensors, alignment)
+}
+
+/// llama.cpp's default when a file does not set `general.alignment`.
+const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// Walks the tensor infos: unique names, and offsets laid end to end (each tensor's data
+/// padded to `alignment`), the layout every GGUF writer produces.
+fn check_tensor_infos(path: &Path, c: &mut Cursor<'_>, count: u64, alignment: u64) -> Result<()> {
+    // Every info takes at least 8 + 4 + 4 + 8 bytes: a count the header cannot hold is left
+    // to candle's reader.
+    if count > (c.bytes.len() - c.at) as u64 / 24 + 1 {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut expected_offset = 0u64;
+    for _ in 0..count {
+        let Some(name) = c.string() else {
+            return Ok(());
+        };
+        let name = String::from_utf8_lossy(name).into_owned();
+        let Some(n_dims) = c.u32() else { return Ok(()) };
+        if n_dims > 4 {
             return Ok(());
         }
+        let mut elems = 1u64;
+        let mut first_dim = 1u64;
+        for i in 0..n_dims {
+            let Some(d) = c.u64() else { return Ok(()) };
+            if i == 0 {
+                first_dim = d;
+            }
+            let Some(e) = elems.checked_mul(d) else {
+                return Err(Error::format(
+                    path,
+                    format!("tensor `{name}`: its element count overflows"),
+                ));
+            };
+            elems = e;
+        }
+        let (Some(ty), Some(offset)) = (c.u32(), c.u64()) else {
+            return Ok(());
+        };
+        if !seen.insert(name.clone()) {
+            return Err(Error::format(
+                path,
+                format!("tensor `{name}` is listed twice in the header"),
+            ));
+        }
+        // Types candle does not know are refused by its reader with the type named.
+        let Some(dtype) = super::write::ggml_type_of(ty) else {
+            return Ok(());
+        };
+        let block = dtype.block_size() as u64;
+        if !elems.is_multiple_of(block) || !first_dim.is_multiple_of(block) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{name}`: rows of {first_dim} values are not whole {} blocks of \
+                     {block}",
+                    super::dtype_name(dtype)
+                ),
+            ));
+        }
+        if offset != expected_offset {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{name}`: its data starts at offset {offset}, but the tensors \
+                     before it end at {expected_offset} (a changed tensor type, or \
+                     overlapping or misplaced data: the file is corrupt)"
+                ),
+            ));
+        }
+        let bytes = (elems / block)
+            .checked_mul(dtype.type_size() as u64)
+            .and_then(|b| b.checked_next_multiple_of(alignment));
+        let Some(end) = bytes.and_then(|b| offset.checked_add(b)) else {
+            return Err(Error::format(
+                path,
+                format!("tensor `{name}`: its byte size overflows"),
+            ));
+        };
+        expected_offset = end;
     }
     Ok(())
 }
@@ -127,9 +215,14 @@ mod tests {
     use super::*;
 
     fn header(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        with_tensors(kvs, &[])
+    }
+
+    /// A header with tensor infos `(name, dims innermost first, ggml type, offset)`.
+    fn with_tensors(kvs: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], u32, u64)]) -> Vec<u8> {
         let mut h = b"GGUF".to_vec();
         h.extend_from_slice(&3u32.to_le_bytes());
-        h.extend_from_slice(&0u64.to_le_bytes());
+        h.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
         h.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
         for (key, ty, value) in kvs {
             h.extend_from_slice(&(key.len() as u64).to_le_bytes());
@@ -137,7 +230,65 @@ mod tests {
             h.extend_from_slice(&ty.to_le_bytes());
             h.extend_from_slice(value);
         }
+        for (name, dims, ty, offset) in tensors {
+            h.extend(string(name));
+            h.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in *dims {
+                h.extend_from_slice(&d.to_le_bytes());
+            }
+            h.extend_from_slice(&ty.to_le_bytes());
+            h.extend_from_slice(&offset.to_le_bytes());
+        }
         h
+    }
+
+    #[test]
+    fn tensor_offsets_must_lie_end_to_end() {
+        const F32: u32 = 0;
+        const Q8_0: u32 = 8;
+        let path = Path::new("m.gguf");
+        let check_offsets =
+            |tensors: &[(&str, &[u64], u32, u64)]| check(path, &with_tensors(&[], tensors));
+        // 10 f32 values take 40 bytes, padded to 64; 64 Q8_0 values take 2 x 34 = 68, padded to 96.
+        check_offsets(&[
+            ("a", &[10], F32, 0),
+            ("b", &[64], Q8_0, 64),
+            ("c", &[1], F32, 160),
+        ])
+        .unwrap();
+        for (tensors, needle) in [
+            (
+                vec![("a", &[10u64][..], F32, 0), ("b", &[64][..], Q8_0, 32)],
+                "end at 64",
+            ),
+            (
+                vec![("a", &[10][..], F32, 0), ("b", &[64][..], Q8_0, 96)],
+                "end at 64",
+            ),
+            (vec![("a", &[10][..], F32, 8)], "end at 0"),
+            (
+                vec![("a", &[10][..], F32, 0), ("a", &[10][..], F32, 64)],
+                "listed twice",
+            ),
+            (vec![("a", &[33][..], Q8_0, 0)], "whole Q8_0 blocks"),
+        ] {
+            let e = check_offsets(&tensors).unwrap_err().to_string();
+            assert!(e.contains(needle), "{tensors:?}: {e}");
+        }
+        // A larger alignment moves the expected offsets.
+        let kv = [("general.alignment", UINT32, 128u32.to_le_bytes().to_vec())];
+        check(
+            path,
+            &with_tensors(&kv, &[("a", &[10], F32, 0), ("b", &[10], F32, 128)]),
+        )
+        .unwrap();
+        assert!(
+            check(
+                path,
+                &with_tensors(&kv, &[("a", &[10], F32, 0), ("b", &[10], F32, 64)])
+            )
+            .is_err()
+        );
     }
 
     fn string(s: &str) -> Vec<u8> {

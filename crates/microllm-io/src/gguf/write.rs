@@ -198,25 +198,40 @@ impl Drop for GgufWriter {
     }
 }
 
+/// ggml's numeric type ids of the types candle implements.
+const GGML_TYPE_IDS: [(GgmlDType, u32); 15] = [
+    (GgmlDType::F32, 0),
+    (GgmlDType::F16, 1),
+    (GgmlDType::Q4_0, 2),
+    (GgmlDType::Q4_1, 3),
+    (GgmlDType::Q5_0, 6),
+    (GgmlDType::Q5_1, 7),
+    (GgmlDType::Q8_0, 8),
+    (GgmlDType::Q8_1, 9),
+    (GgmlDType::Q2K, 10),
+    (GgmlDType::Q3K, 11),
+    (GgmlDType::Q4K, 12),
+    (GgmlDType::Q5K, 13),
+    (GgmlDType::Q6K, 14),
+    (GgmlDType::Q8K, 15),
+    (GgmlDType::BF16, 30),
+];
+
 /// ggml's numeric type id.
 pub fn ggml_type_id(dtype: GgmlDType) -> u32 {
-    match dtype {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q5_0 => 6,
-        GgmlDType::Q5_1 => 7,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q8_1 => 9,
-        GgmlDType::Q2K => 10,
-        GgmlDType::Q3K => 11,
-        GgmlDType::Q4K => 12,
-        GgmlDType::Q5K => 13,
-        GgmlDType::Q6K => 14,
-        GgmlDType::Q8K => 15,
-        GgmlDType::BF16 => 30,
-    }
+    GGML_TYPE_IDS
+        .iter()
+        .find(|(t, _)| *t == dtype)
+        .map(|&(_, id)| id)
+        .expect("every candle type is in the table")
+}
+
+/// The type of a numeric ggml type id, if candle implements it.
+pub fn ggml_type_of(id: u32) -> Option<GgmlDType> {
+    GGML_TYPE_IDS
+        .iter()
+        .find(|&&(_, i)| i == id)
+        .map(|&(t, _)| t)
 }
 
 fn push_string(buf: &mut Vec<u8>, s: &str) {

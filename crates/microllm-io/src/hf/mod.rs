@@ -159,11 +159,16 @@ fn read_weight_map(index: &Path) -> Result<Vec<(String, String)>> {
         .ok_or_else(|| Error::config(index, "weight_map", "missing or not an object"))?;
     map.iter()
         .map(|(name, file)| {
-            file.as_str()
-                .map(|f| (name.clone(), f.to_string()))
-                .ok_or_else(|| {
-                    Error::config(index, format!("weight_map.{name}"), "expected a file name")
-                })
+            let key = || format!("weight_map.{name}");
+            match file.as_str() {
+                Some(f) if crate::is_plain_file_name(f) => Ok((name.clone(), f.to_string())),
+                Some(f) => Err(Error::config(
+                    index,
+                    key(),
+                    format!("`{f}` is not a file name inside the model directory"),
+                )),
+                None => Err(Error::config(index, key(), "expected a file name")),
+            }
         })
         .collect()
 }
