@@ -159,7 +159,11 @@ fn hint(err: &anyhow::Error) -> Option<String> {
         Error::Format { .. } | Error::TensorData { .. } => {
             "the file looks damaged or incomplete: download or convert it again".into()
         }
-        Error::MissingTensor { .. } | Error::Shape { .. } => {
+        Error::NonFinite { .. } => "the model's weights hold NaN or infinite values, or \
+             values the output type cannot represent: check the source model, or choose a \
+             wider output type"
+            .into(),
+        Error::MissingTensor { .. } | Error::Shape { .. } | Error::UnexpectedTensor { .. } => {
             "the weights do not match config.json: check that both come from the same model".into()
         }
         Error::Config { .. } => "fix or complete the named key in the configuration file".into(),

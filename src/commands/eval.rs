@@ -110,7 +110,8 @@ pub fn run(args: Args) -> Result<()> {
         }
         Ok(())
     })
-    .with_context(|| format!("evaluating on {}", args.data.display()))?;
+    .with_context(|| format!("evaluating on {}", args.data.display()))
+    .map_err(|e| super::explain_non_finite(&ckpt, e))?;
     let kl_stats = match reader {
         Some(_) => Some(kl.finish(result.mean_nll)?),
         None => None,

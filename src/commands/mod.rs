@@ -65,6 +65,30 @@ pub fn load_decoder(ckpt: &Checkpoint, compute: Compute) -> Result<Decoder> {
         .with_context(|| format!("loading weights from {}", ckpt.path.display()))
 }
 
+/// When a forward pass of `ckpt` came out non-finite (`err` holds a [`NonFinite`] error),
+/// the error naming the tensor responsible, found by reading the weights; else `err` itself.
+///
+/// [`NonFinite`]: microllm_core::Error::NonFinite
+pub fn explain_non_finite(ckpt: &Checkpoint, err: anyhow::Error) -> anyhow::Error {
+    let non_finite = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<microllm_core::Error>(),
+            Some(microllm_core::Error::NonFinite { .. })
+        )
+    });
+    if !non_finite {
+        return err;
+    }
+    match microllm_core::first_non_finite(ckpt.tensors.as_ref()) {
+        Ok(Some(name)) => anyhow::Error::new(microllm_core::Error::NonFinite {
+            name,
+            origin: ckpt.path.display().to_string(),
+            msg: "contains NaN or infinite values, so the model's outputs are not finite".into(),
+        }),
+        _ => err,
+    }
+}
+
 /// Parses a floating-point flag, refusing NaN and infinities: `--sparsity nan` must be an
 /// error, not a silent default (every f64 flag uses it).
 pub fn finite_f64(s: &str) -> std::result::Result<f64, String> {

@@ -111,7 +111,7 @@ pub fn check_tensors(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<()> {
                 cfg.family
             ),
         };
-        return Err(Error::TensorData {
+        return Err(Error::UnexpectedTensor {
             name: info.name.clone(),
             origin: src.origin(),
             msg: format!("unexpected tensor: {why}"),

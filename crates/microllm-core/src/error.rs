@@ -48,6 +48,20 @@ pub enum Error {
         origin: String,
         msg: String,
     },
+    /// A tensor the configuration does not call for (an extra block, an unknown name).
+    #[error("tensor `{name}` in {origin}: {msg}")]
+    UnexpectedTensor {
+        name: String,
+        origin: String,
+        msg: String,
+    },
+    /// A tensor holds NaN or infinite values, or values its output type cannot represent.
+    #[error("tensor `{name}` in {origin}: {msg}")]
+    NonFinite {
+        name: String,
+        origin: String,
+        msg: String,
+    },
     /// The checkpoint's architecture is not one microllm implements.
     #[error("unsupported architecture `{name}` in {origin} (supported: {supported})")]
     UnsupportedArchitecture {

@@ -27,4 +27,4 @@ pub use error::{Error, Result};
 pub use names::LinearKind;
 pub use packed::{BlockType, PackedMatrix};
 pub use progress::{NoProgress, Progress};
-pub use source::{MemorySource, TensorInfo, TensorSource};
+pub use source::{MemorySource, TensorInfo, TensorSource, first_non_finite};

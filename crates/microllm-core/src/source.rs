@@ -75,6 +75,22 @@ pub trait TensorSource: Send + Sync {
     }
 }
 
+/// The first tensor of `src` holding a NaN or infinite value, if any: the diagnosis when a
+/// forward pass turns out non-finite. It reads every tensor, so it is for the failure path.
+pub fn first_non_finite(src: &dyn TensorSource) -> Result<Option<String>> {
+    for info in src.infos() {
+        let values = src
+            .load(&info.name)?
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Ok(Some(info.name));
+        }
+    }
+    Ok(None)
+}
+
 /// Tensors held in memory, served through the same interface as a checkpoint on disk (results
 /// of a computation about to be written, small test models).
 #[derive(Debug, Default, Clone)]

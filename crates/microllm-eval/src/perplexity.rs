@@ -225,11 +225,21 @@ fn rows_nll(logits: &Tensor, targets: &[u32]) -> Result<f64> {
         )));
     }
     let flat = logits.flatten_all()?.to_vec1::<f32>()?;
-    let total = flat
+    let total: f64 = flat
         .par_chunks_exact(vocab)
         .zip(targets)
         .map(|(row, &target)| log_sum_exp(row) - row[target as usize] as f64)
         .sum();
+    if !total.is_finite() {
+        // A perplexity of NaN is not a measurement: stop, and let the caller find the cause.
+        return Err(Error::NonFinite {
+            name: "logits".into(),
+            origin: "the forward pass".into(),
+            msg: "the model's next-token log-likelihoods are not finite (NaN or infinite \
+                  weights, or activations that overflowed)"
+                .into(),
+        });
+    }
     Ok(total)
 }
 

@@ -75,6 +75,16 @@ pub(crate) fn compress_linear(
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
+    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            name: name.to_string(),
+            origin: "the model being compressed".into(),
+            msg: format!("value {} at [{}, {}] is not finite", w[i], i / inp, i % inp),
+        });
+    }
+    if let Some(s) = scheme {
+        s.check_scale_range(name, &w, shape)?;
+    }
     if let Some(p) = prune {
         p.pattern.check_shape(name, shape)?;
     }

@@ -112,6 +112,45 @@ impl QuantScheme {
         Ok(inp / g)
     }
 
+    /// With f16 scales, refuses a weight (`name`, row-major `[out, in]`) whose largest group
+    /// needs a scale beyond f16's range: it would be stored as inf and dequantize to NaN.
+    /// Real weights sit many orders of magnitude below the limit; a value of 1e6 does not.
+    pub fn check_scale_range(
+        &self,
+        name: &str,
+        weight: &[f32],
+        [_, inp]: [usize; 2],
+    ) -> Result<()> {
+        if !self.f16_scales || inp == 0 {
+            return Ok(());
+        }
+        let g = self.group_len(inp);
+        let maxq = self.maxq() as f32;
+        let largest = weight
+            .chunks(g)
+            .map(|group| {
+                let (lo, hi) = group
+                    .iter()
+                    .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                if self.symmetric {
+                    2.0 * hi.max(-lo) / maxq
+                } else {
+                    (hi - lo) / maxq
+                }
+            })
+            .fold(0f32, f32::max);
+        let limit = f32::from(half::f16::MAX);
+        if largest > limit {
+            return Err(Error::Invalid(format!(
+                "cannot quantize `{name}` at {} bits: a group needs a scale of {largest:e}, \
+                 beyond the f16 range ({limit}) scales are stored in; its weights are far \
+                 larger than any trained model's",
+                self.bits
+            )));
+        }
+        Ok(())
+    }
+
     /// The same scheme with scales rounded to f16 (see [`QuantScheme::f16_scales`]).
     pub fn with_f16_scales(self) -> Self {
         Self {

@@ -275,10 +275,12 @@ pub fn write_gguf(
                     .and_then(|m| m.columns(&importance_name))
                     .filter(|_| takes_importance(d.dtype));
                 d.importance_weighted = weights.is_some();
-                encode(&tensor, d.dtype, weights).map_err(|msg| Error::TensorData {
-                    name: d.hf_name.clone(),
-                    origin: export.tensors.origin(),
-                    msg,
+                encode(&tensor, d.dtype, weights).map_err(|e| {
+                    let (name, origin) = (d.hf_name.clone(), export.tensors.origin());
+                    match e {
+                        EncodeError::Values(msg) => Error::NonFinite { name, origin, msg },
+                        EncodeError::Other(msg) => Error::TensorData { name, origin, msg },
+                    }
                 })?
             }
         };
@@ -357,7 +359,7 @@ fn encode(
     t: &Tensor,
     dtype: GgmlDType,
     importance: Option<&[f32]>,
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<Vec<u8>, EncodeError> {
     // A contiguous f32 tensor is read in place: a copy of a 100 MB embedding costs more in
     // fresh-page zeroing than its quantization (`perf` on `convert --gguf-type q4_0`).
     let (storage, layout) = t.storage_and_layout();
@@ -368,12 +370,31 @@ fn encode(
         _ => std::borrow::Cow::Owned(
             t.flatten_all()
                 .and_then(|f| f.to_vec1::<f32>())
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| EncodeError::Other(e.to_string()))?,
         ),
     };
-    let finite = |c: &[f32]| c.iter().fold(true, |ok, v| ok & v.is_finite());
-    if !values.par_chunks(1 << 16).all(finite) {
-        return Err("contains NaN or infinite values".to_string());
+    // One pass for both checks: NaN compares false, so a NaN anywhere leaves `finite` false.
+    let (finite, largest) = values
+        .par_chunks(1 << 16)
+        .map(|c| {
+            c.iter().fold((true, 0f32), |(ok, m), v| {
+                (ok & v.is_finite(), m.max(v.abs()))
+            })
+        })
+        .reduce(|| (true, 0f32), |a, b| (a.0 & b.0, a.1.max(b.1)));
+    if !finite {
+        return Err(EncodeError::Values(
+            "contains NaN or infinite values".into(),
+        ));
+    }
+    // Every type but F32 and BF16 stores values or block scales as f16: a weight beyond its
+    // range would be written as inf. Real weights sit far below it.
+    if !matches!(dtype, GgmlDType::F32 | GgmlDType::BF16) && largest > f32::from(half::f16::MAX) {
+        return Err(EncodeError::Values(format!(
+            "holds values up to {largest:e}, beyond the f16 range (65504) that {} stores \
+             values or scales in: write it as F32 or BF16",
+            super::dtype_name(dtype)
+        )));
     }
     let cols = t.dims().last().copied().unwrap_or(1).max(1);
     let rows = values.len() / cols;
@@ -385,10 +406,10 @@ fn encode(
         _ => None,
     };
     if importance.is_some_and(|w| w.len() != cols) {
-        return Err(format!(
+        return Err(EncodeError::Other(format!(
             "the importance vector has {} values for rows of {cols}",
             importance.map_or(0, <[f32]>::len)
-        ));
+        )));
     }
     let parts: Vec<Vec<u8>> = values
         .par_chunks(rows_per_chunk * cols)
@@ -401,18 +422,28 @@ fn encode(
             None => {
                 // A fresh tensor per chunk: candle's quantizer reads a storage from its start,
                 // ignoring a view's offset, so a narrowed view would quantize the wrong rows.
+                let other = |e: candle_core::Error| EncodeError::Other(e.to_string());
                 let part = Tensor::from_slice(chunk, (chunk.len() / cols, cols), t.device())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(other)?;
                 let q = match importance {
                     Some(w) => QTensor::quantize_imatrix(&part, w, dtype),
                     None => QTensor::quantize(&part, dtype),
                 }
-                .map_err(|e| e.to_string())?;
-                Ok(q.data().map_err(|e| e.to_string())?.into_owned())
+                .map_err(other)?;
+                Ok(q.data().map_err(other)?.into_owned())
             }
         })
-        .collect::<std::result::Result<_, String>>()?;
+        .collect::<std::result::Result<_, EncodeError>>()?;
     Ok(parts.concat())
+}
+
+/// Why a tensor could not be encoded.
+#[derive(Debug)]
+enum EncodeError {
+    /// Its values: non-finite, or beyond what the type can store.
+    Values(String),
+    /// Anything else (the quantizer failed, an importance vector of the wrong length).
+    Other(String),
 }
 
 /// `general.basename`, `general.size_label` (parameters counted from the tensor shapes, as
@@ -554,11 +585,22 @@ mod tests {
         let mut bad = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         bad[600 * 256 - 1] = f32::NAN;
         let bad = Tensor::from_vec(bad, (600, 256), &candle_core::Device::Cpu).unwrap();
+        let err = encode(&bad, GgmlDType::Q8_0, None).unwrap_err();
         assert!(
-            encode(&bad, GgmlDType::Q8_0, None)
-                .unwrap_err()
-                .contains("NaN")
+            matches!(&err, EncodeError::Values(m) if m.contains("NaN")),
+            "{err:?}"
         );
+        let mut big = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        big[7] = 1e6;
+        let big = Tensor::from_vec(big, (600, 256), &candle_core::Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q4_0, GgmlDType::F16, GgmlDType::Q4K] {
+            let err = encode(&big, dtype, None).unwrap_err();
+            assert!(
+                matches!(&err, EncodeError::Values(m) if m.contains("1e6")),
+                "{err:?}"
+            );
+        }
+        encode(&big, GgmlDType::F32, None).unwrap();
     }
 
     #[test]

@@ -296,11 +296,7 @@ fn write_shard(
             None => {
                 let tensor = out.tensors.load(&t.name)?;
                 let d = dense_dtype(&out.tensors.info(&t.name).expect("planned from infos"));
-                tensor_bytes(&tensor, d).map_err(|msg| Error::TensorData {
-                    name: t.name.clone(),
-                    origin: out.tensors.origin(),
-                    msg,
-                })?
+                tensor_bytes(&tensor, d, &t.name, &out.tensors.origin())?
             }
             Some(weight) => {
                 if !pending.contains_key(&t.name) {

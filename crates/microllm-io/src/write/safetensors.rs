@@ -91,11 +91,7 @@ pub fn write_safetensors(
     out.write_all(&header_bytes).map_err(io)?;
     for t in tensors {
         let tensor = src.load(&t.name)?;
-        let bytes = tensor_bytes(&tensor, dtype).map_err(|msg| Error::TensorData {
-            name: t.name.clone(),
-            origin: src.origin(),
-            msg,
-        })?;
+        let bytes = tensor_bytes(&tensor, dtype, &t.name, &src.origin())?;
         debug_assert_eq!(bytes.len(), t.numel() * dtype.size());
         out.write_all(&bytes).map_err(io)?;
         on_tensor(t);
@@ -107,38 +103,52 @@ pub fn write_safetensors(
     Ok(offset as u64)
 }
 
-/// Little-endian bytes of a tensor in `dtype`, refusing non-finite values.
+/// Little-endian bytes of tensor `name` (of `origin`, for errors) in `dtype`, refusing
+/// non-finite values: NaN or inf in the source, or finite values beyond the range of `dtype`
+/// (an f16 output holds at most 65504).
 pub(crate) fn tensor_bytes(
     tensor: &Tensor,
     dtype: OutDtype,
-) -> std::result::Result<Vec<u8>, String> {
-    let flat = tensor
-        .flatten_all()
-        .and_then(|t| t.to_dtype(dtype.candle()))
-        .map_err(|e| e.to_string())?;
-    let check = |ok: bool| {
+    name: &str,
+    origin: &str,
+) -> Result<Vec<u8>> {
+    let flat = tensor.flatten_all()?.to_dtype(dtype.candle())?;
+    let check = |ok: bool| -> Result<()> {
         if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "contains NaN or infinite values (in {})",
-                dtype.safetensors_name()
-            ))
+            return Ok(());
         }
+        let source = tensor
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        let msg = if source.iter().all(|x| x.is_finite()) {
+            let largest = source.iter().fold(0f32, |m, x| m.max(x.abs()));
+            format!(
+                "holds values up to {largest:e}, beyond the range of {}: write it as f32 or bf16",
+                dtype.safetensors_name()
+            )
+        } else {
+            "contains NaN or infinite values".to_string()
+        };
+        Err(Error::NonFinite {
+            name: name.to_string(),
+            origin: origin.to_string(),
+            msg,
+        })
     };
     let bytes = match dtype {
         OutDtype::F32 => {
-            let v = flat.to_vec1::<f32>().map_err(|e| e.to_string())?;
+            let v = flat.to_vec1::<f32>()?;
             check(v.iter().all(|x| x.is_finite()))?;
             v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
         OutDtype::F16 => {
-            let v = flat.to_vec1::<half::f16>().map_err(|e| e.to_string())?;
+            let v = flat.to_vec1::<half::f16>()?;
             check(v.iter().all(|x| x.is_finite()))?;
             v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
         OutDtype::BF16 => {
-            let v = flat.to_vec1::<half::bf16>().map_err(|e| e.to_string())?;
+            let v = flat.to_vec1::<half::bf16>()?;
             check(v.iter().all(|x| x.is_finite()))?;
             v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }

@@ -55,11 +55,7 @@ fn encode(
     let i64_bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let n = s.values.len();
     let values = Tensor::from_vec(s.values.clone(), n, &candle_core::Device::Cpu)?;
-    let values = tensor_bytes(&values, dtype).map_err(|msg| Error::TensorData {
-        name: name.to_string(),
-        origin: "sparse writer".into(),
-        msg,
-    })?;
+    let values = tensor_bytes(&values, dtype, name, "sparse writer")?;
     let (shape_shape, values_shape) = match format {
         SparseFormat::Bitmask => (vec![2], vec![n]),
         SparseFormat::TwoFour => (vec![2, 1], vec![rows, cols / 2]),
