@@ -99,6 +99,7 @@ fn die_quietly_on_closed_pipe() {
 }
 
 fn main() -> ExitCode {
+    quiet_library_backtraces();
     #[cfg(unix)]
     die_quietly_on_closed_pipe();
     let cli = Cli::parse();
@@ -135,6 +136,17 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// candle attaches a captured backtrace to its errors when `RUST_BACKTRACE` is set, and it
+/// ended up inside the messages microllm prints. Messages must read the same in any
+/// environment, so library backtraces stay off unless `RUST_LIB_BACKTRACE` asks for them;
+/// panics still follow `RUST_BACKTRACE`.
+fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
 }
 

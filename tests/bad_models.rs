@@ -363,4 +363,35 @@ fn gguf_tensor_layout_is_checked() {
     std::fs::write(&file, &moved).unwrap();
     let err = inspect_fails();
     assert!(err.contains(name) && err.contains("offset"), "{err}");
+
+    // A version this reader does not know is named, not echoed as raw bytes.
+    let mut old = bytes.clone();
+    old[4..8].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&file, &old).unwrap();
+    let err = inspect_fails();
+    assert!(err.contains("GGUF version 1 is not supported"), "{err}");
+    assert!(!err.contains('\0'), "{err:?}");
+
+    // A tensor type no reader knows: candle's error, without the backtrace candle attaches
+    // when RUST_BACKTRACE is set.
+    let mut unknown = bytes.clone();
+    let name = "blk.0.ffn_up.weight";
+    let at = tensor_info(&unknown, name) + 8 + name.len();
+    let n_dims = u32::from_le_bytes(unknown[at..at + 4].try_into().unwrap()) as usize;
+    let ty = at + 4 + 8 * n_dims;
+    unknown[ty..ty + 4].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&file, &unknown).unwrap();
+    let out = microllm()
+        .env("RUST_BACKTRACE", "1")
+        .args(["inspect", "--model"])
+        .arg(&file)
+        .assert()
+        .failure()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("model.gguf"), "{err}");
+    assert!(
+        !err.contains("backtrace") && !err.contains(" at /"),
+        "{err}"
+    );
 }

@@ -7,7 +7,7 @@
 //! flags in error messages.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use microllm_pipeline::plan::{Plan, PlanOptions};
@@ -136,6 +136,18 @@ pub fn execute(mut doc: RecipeDoc, inv: &Invocation) -> Result<Verdict> {
         }
         return Ok(Verdict::Planned);
     }
+    // Everything written after the long work must be writable before it starts.
+    for (_, plan) in &plans {
+        for format in &plan.report_formats {
+            check_writable(
+                &report_path(&plan.report_stem, format.extension()),
+                "report",
+            )?;
+        }
+    }
+    if let Some(path) = &inv.junit {
+        check_writable(path, "--junit")?;
+    }
     let mut reports: Vec<(CompressionReport, PathBuf)> = Vec::new();
     for (v, plan) in &plans {
         if sweep {
@@ -160,6 +172,7 @@ pub fn execute(mut doc: RecipeDoc, inv: &Invocation) -> Result<Verdict> {
             )
         })?;
         let written = write_report(&report, &plan.report_stem, &plan.report_formats)?;
+        microllm_pipeline::run::finish(plan)?;
         render::summary(&report, &written);
         let json = report_path(&plan.report_stem, "json");
         reports.push((report, json));
@@ -199,4 +212,33 @@ fn sweep_stem(first: &Plan, doc: &RecipeDoc) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| first.output.path.clone());
     microllm_pipeline::plan::report_stem(&out)
+}
+
+/// Fails now, naming `what`, if a file could not be written at `path` later: the path is a
+/// directory, or its nearest existing ancestor is not a directory this process can write in
+/// (tried by creating and removing a file there).
+fn check_writable(path: &Path, what: &str) -> Result<()> {
+    if path.is_dir() {
+        anyhow::bail!("{what} {}: is a directory", path.display());
+    }
+    let mut dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    while !dir.exists() {
+        dir = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+    }
+    let probe = dir.join(format!(".microllm-write-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).with_context(|| {
+        format!(
+            "{what} {}: cannot write in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

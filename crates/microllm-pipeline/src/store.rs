@@ -69,6 +69,7 @@ impl BlockStore {
                         dir.display()
                     )));
                 }
+                check_stored_files(dir)?;
                 return Ok(Self { dir: dir.into() });
             }
             std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -165,8 +166,7 @@ impl BlockStore {
         ]);
         let dest = self.block_path(layer);
         write_file_atomic(&dest, |tmp| {
-            safetensors::serialize_to_file(views, Some(metadata), tmp)
-                .map_err(|e| Error::Invalid(format!("writing {}: {e}", tmp.display())))
+            microllm_io::write::serialize_safetensors_file(views, Some(metadata), tmp)
         })
     }
 
@@ -269,8 +269,7 @@ impl BlockStore {
         let metadata = HashMap::from([("after_block".to_string(), after_block.to_string())]);
         let dest = self.dir.join(HIDDEN_FILE);
         write_file_atomic(&dest, |tmp| {
-            safetensors::serialize_to_file(views, Some(metadata), tmp)
-                .map_err(|e| Error::Invalid(format!("writing {}: {e}", tmp.display())))
+            microllm_io::write::serialize_safetensors_file(views, Some(metadata), tmp)
         })
     }
 
@@ -334,6 +333,57 @@ impl BlockStore {
     pub fn remove(self) -> Result<()> {
         std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
     }
+}
+
+/// Checks, before a resumed run relies on them, that the work directory's safetensors files
+/// are whole: each header parses and the file is as long as the header says. A file cut short
+/// (a full disk, a copy interrupted) is reported at once, not when the run reaches it.
+fn check_stored_files(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.extension().is_none_or(|x| x != "safetensors") {
+            continue;
+        }
+        if let Err(why) = whole_safetensors(&path) {
+            return Err(Error::Invalid(format!(
+                "cannot resume: {} in the work directory is damaged ({why}); rerun without \
+                 --resume to start over",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a safetensors file's header parses and its length is the one the header implies.
+fn whole_safetensors(path: &Path) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| "shorter than a header".to_string())?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) {
+        return Err(format!("a header of {n} bytes in a file of {len}"));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| format!("unreadable header: {e}"))?;
+    let end = header
+        .as_object()
+        .ok_or("the header is not a JSON object")?
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, t)| t["data_offsets"][1].as_u64())
+        .max()
+        .unwrap_or(0);
+    let want = 8 + n + end;
+    if len != want {
+        return Err(format!("{len} bytes where its header needs {want}"));
+    }
+    Ok(())
 }
 
 fn kind_name(kind: LinearKind) -> String {

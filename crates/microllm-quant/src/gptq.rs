@@ -423,10 +423,16 @@ fn check_target(target: &ObsTarget<'_>, shape: [usize; 2], opts: GptqOptions) ->
 
 /// Checks the options that do not depend on a weight.
 pub(crate) fn check_options(opts: GptqOptions) -> Result<()> {
-    if !(opts.damp_percent.is_finite() && opts.damp_percent > 0.0) || opts.block_size == 0 {
+    if !(opts.damp_percent.is_finite() && opts.damp_percent > 0.0) {
         return Err(Error::Invalid(format!(
-            "GPTQ options: damp_percent must be > 0 and block_size > 0, got {opts:?}"
+            "GPTQ dampening (damp_percent) must be a positive number, got {}",
+            opts.damp_percent
         )));
+    }
+    if opts.block_size == 0 {
+        return Err(Error::Invalid(
+            "GPTQ block size (block_size) must be positive, got 0".into(),
+        ));
     }
     Ok(())
 }

@@ -260,8 +260,7 @@ pub fn write_store(
             view(Dtype::F32, vec![n, l], &rest_bytes)?,
         ),
     ];
-    safetensors::serialize_to_file(views, None, &path)
-        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
+    microllm_io::write::serialize_safetensors_file(views, None, &path)?;
     let bytes = std::fs::metadata(&path)
         .map_err(|e| Error::io(&path, e))?
         .len();

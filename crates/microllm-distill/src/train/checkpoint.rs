@@ -73,8 +73,7 @@ impl View for F32View<'_> {
 }
 
 fn write_tensors(path: &Path, tensors: Vec<(String, F32View<'_>)>) -> Result<()> {
-    safetensors::serialize_to_file(tensors, None, path)
-        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))
+    microllm_io::write::serialize_safetensors_file(tensors, None, path)
 }
 
 /// Writes a checkpoint of `vars` (named), `optimizer` and `state` into `work`.

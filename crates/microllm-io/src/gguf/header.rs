@@ -2,8 +2,11 @@
 //!
 //! candle divides by `general.alignment` when it places tensor data: a file that declares an
 //! alignment of 0 panicked inside the reader ("attempt to divide by zero") instead of being
-//! refused. So the key-value section is walked here first, bounds-checked against the
-//! mapped bytes, and the alignment must be a power of two, as llama.cpp's loader requires.
+//! refused; and it places each tensor where its offset says without checking that the data
+//! regions line up, so a changed type or a moved offset read garbage (perplexities in the
+//! millions, exit status 0). So the whole header is walked here first, every read
+//! bounds-checked against the mapped bytes, with llama.cpp's loader's rules: a known version,
+//! a power-of-two alignment, unique tensor names, tensor data laid end to end.
 
 use std::path::Path;
 
@@ -79,10 +82,9 @@ impl Cursor<'_> {
     }
 }
 
-/// Checks the header of the GGUF bytes `map` (a file of version 2 or later; older files are
-/// left to candle's reader): `general.alignment` must be a power of two, tensor names unique,
-/// and each tensor's offset exactly where the previous one's padded data ends, as llama.cpp's
-/// loader requires. That last rule catches a changed tensor type, overlapping or misaligned
+/// Checks the header of the GGUF bytes `map`: version 2 or 3, `general.alignment` a power of
+/// two, tensor names unique, and each tensor's offset exactly where the previous one's padded
+/// data ends, as llama.cpp's loader requires. That last rule catches a changed tensor type, overlapping or misaligned
 /// data, and gaps, none of which candle's reader notices. A header that cannot be walked is
 /// left to candle, whose error names what it found.
 pub(crate) fn check(path: &Path, map: &[u8]) -> Result<()> {
@@ -90,8 +92,15 @@ pub(crate) fn check(path: &Path, map: &[u8]) -> Result<()> {
     let Some(version) = c.u32() else {
         return Ok(());
     };
-    if version < 2 {
-        return Ok(());
+    if !(2..=3).contains(&version) {
+        return Err(Error::format(
+            path,
+            format!(
+                "GGUF version {version} is not supported (microllm reads versions 2 and 3, \
+                 what llama.cpp has written since 2023); re-convert the model with a current \
+                 llama.cpp"
+            ),
+        ));
     }
     let (Some(tensors), Some(kvs)) = (c.u64(), c.u64()) else {
         return Ok(());

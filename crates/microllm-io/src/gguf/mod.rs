@@ -75,6 +75,26 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
     // SAFETY: the mapping is read-only; a checkpoint modified underneath a running process is
     // outside what any reader can defend against.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    open_map(path, map)
+}
+
+/// Opens GGUF bytes held in memory as if they were the file `name`: what [`open`] does after
+/// mapping the file. For tools and fuzzing, where the bytes do not come from a file.
+pub fn open_bytes(name: &Path, bytes: &[u8]) -> Result<Checkpoint> {
+    if !bytes.starts_with(GGUF_MAGIC) {
+        return Err(Error::format(
+            name,
+            "not a GGUF file: it does not start with the magic bytes \"GGUF\"",
+        ));
+    }
+    let io = |e| Error::io(name, e);
+    let mut map = memmap2::MmapMut::map_anon(bytes.len()).map_err(io)?;
+    map.copy_from_slice(bytes);
+    open_map(name, map.make_read_only().map_err(io)?)
+}
+
+/// Reads the header of a mapped GGUF file `path` and builds the checkpoint over the mapping.
+fn open_map(path: &Path, map: Mmap) -> Result<Checkpoint> {
     header::check(path, &map)?;
     let content = Content::read(&mut std::io::Cursor::new(&map[..])).map_err(|e| {
         Error::format(

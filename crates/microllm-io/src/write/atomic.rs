@@ -56,7 +56,9 @@ impl AtomicDir {
                     self.dest.display()
                 )));
             }
-            let old = self.tmp.with_extension("old");
+            let mut old = self.tmp.clone().into_os_string();
+            old.push(".old");
+            let old = PathBuf::from(old);
             std::fs::rename(&self.dest, &old).map_err(|e| Error::io(&self.dest, e))?;
             std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
             let _ = if old.is_dir() {
@@ -93,7 +95,8 @@ pub fn write_file_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -
 }
 
 /// `.NAME.partial-PID` beside `dest` (same directory, so the final rename cannot cross file
-/// systems), creating the parent directory if needed.
+/// systems), creating the parent directory if needed. Partial outputs of `dest` left by
+/// processes that no longer run (killed with `kill -9`) are removed first.
 pub(crate) fn temp_sibling(dest: &Path) -> Result<PathBuf> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -102,12 +105,41 @@ pub(crate) fn temp_sibling(dest: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let name = dest
         .file_name()
-        .ok_or_else(|| Error::Invalid(format!("output {} has no name", dest.display())))?;
-    Ok(parent.join(format!(
-        ".{}.partial-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
+        .ok_or_else(|| Error::Invalid(format!("output {} has no name", dest.display())))?
+        .to_string_lossy();
+    remove_stale_partials(&parent, &name);
+    Ok(parent.join(format!(".{name}.partial-{}", std::process::id())))
+}
+
+/// Removes `.NAME.partial-PID…` entries in `parent` whose process is gone. Only Linux can tell
+/// (by `/proc/PID`); elsewhere they stay. Failures are ignored: this is tidying, not the work.
+fn remove_stale_partials(parent: &Path, name: &str) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let prefix = format!(".{name}.partial-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let digits = rest.split('.').next().unwrap_or_default();
+        let Ok(pid) = digits.parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
 }
 
 #[cfg(test)]
@@ -137,5 +169,34 @@ mod tests {
         dir.commit().unwrap();
         assert!(dest.join("x").is_file());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn partials_of_dead_processes_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("out.gguf");
+        // PIDs above the kernel's limit (4194304) never run; this process and its parent do.
+        let dead = root.path().join(".out.gguf.partial-4999999");
+        let dead_dir = root.path().join(".out.gguf.partial-4999998.old");
+        let ours = root
+            .path()
+            .join(format!(".out.gguf.partial-{}", std::process::id()));
+        let alive = root.path().join(format!(
+            ".out.gguf.partial-{}",
+            std::os::unix::process::parent_id()
+        ));
+        let other = root.path().join(".other.partial-4999999");
+        std::fs::write(&dead, b"x").unwrap();
+        std::fs::create_dir(&dead_dir).unwrap();
+        for p in [&ours, &alive, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        write_file_atomic(&dest, |tmp| {
+            std::fs::write(tmp, b"1").map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
+        assert!(!dead.exists() && !dead_dir.exists());
+        assert!(alive.exists() && other.exists() && dest.is_file());
     }
 }

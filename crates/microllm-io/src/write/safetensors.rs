@@ -155,3 +155,28 @@ pub(crate) fn tensor_bytes(
     };
     Ok(bytes)
 }
+
+/// safetensors' `serialize_to_file`, leaving the file with the permissions every other output
+/// gets. That function writes through a private temporary file (mode 0600) renamed into place,
+/// so its files alone came out unreadable to other users; here the mode is set afterwards to
+/// what creating a file gives under the process's umask (0644 usually).
+pub fn serialize_safetensors_file<S, V, I>(
+    data: I,
+    metadata: Option<std::collections::HashMap<String, String>>,
+    path: &Path,
+) -> Result<()>
+where
+    S: AsRef<str> + Ord + std::fmt::Display,
+    V: ::safetensors::View,
+    I: IntoIterator<Item = (S, V)>,
+{
+    ::safetensors::serialize_to_file(data, metadata, path)
+        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
+    let mut probe = super::temp_sibling(path)?.into_os_string();
+    probe.push(".mode-probe");
+    let probe = std::path::PathBuf::from(probe);
+    let created = std::fs::File::create(&probe).and_then(|f| f.metadata());
+    let _ = std::fs::remove_file(&probe);
+    let permissions = created.map_err(|e| Error::io(&probe, e))?.permissions();
+    std::fs::set_permissions(path, permissions).map_err(|e| Error::io(path, e))
+}

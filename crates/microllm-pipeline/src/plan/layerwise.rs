@@ -61,6 +61,7 @@ pub(super) fn layerwise_step(
                     false,
                 )
             } else {
+                damp_percent(&pass_path(i, &recipe.passes[i]), q.damp)?;
                 let opts = gptq_options(q, gguf);
                 if opts.static_groups {
                     notes.push(
@@ -89,7 +90,10 @@ pub(super) fn layerwise_step(
             let prune_spec = prune_spec.expect("prune pass").0;
             let method = prune_spec.method;
             let base = pass_path(i, &recipe.passes[i]);
-            let damp = q.and_then(|(_, q)| q.damp).or(p.damp).unwrap_or(0.01);
+            let damp = match q.and_then(|(j, q)| q.damp.map(|d| (j, d))) {
+                Some((j, d)) => damp_percent(&pass_path(j, &recipe.passes[j]), Some(d))?,
+                None => damp_percent(&base, p.damp)?,
+            };
             let calibrated = method.needs_calibration()
                 || q.is_some_and(|(_, q)| q.method == QuantMethodName::Gptq);
             let default_sink = match (method, scheme) {
@@ -155,6 +159,22 @@ pub(super) fn layerwise_step(
         scattered_groups,
         schedule,
     }))
+}
+
+/// The GPTQ / SparseGPT dampening (a fraction of the Hessian's mean diagonal added to it),
+/// 0.01 unless given; it must be positive, or the solve has nothing to keep it stable.
+fn damp_percent(base: &str, asked: Option<f64>) -> RecipeResult<f64> {
+    match asked {
+        Some(d) if !(d.is_finite() && d > 0.0) => Err(err(
+            format!("{base}.damp"),
+            format!(
+                "{d} is not a positive number (--damp): it is the fraction of the Hessian's mean \
+                 diagonal added for stability, 0.01 by default"
+            ),
+        )),
+        Some(d) => Ok(d),
+        None => Ok(0.01),
+    }
 }
 
 fn sink_weight(base: &str, asked: Option<f64>, seqlen: usize) -> RecipeResult<f64> {

@@ -112,6 +112,55 @@ pub(super) fn err(path: impl Into<String>, msg: impl Into<String>) -> RecipeErro
     RecipeError::at(path, msg)
 }
 
+/// What can be known about the data and the output without running: files that exist,
+/// window lengths a model can take, an output path. `recipe validate` then passes only
+/// recipes that can run.
+fn check_data(recipe: &Recipe, cfg: &ModelConfig, opts: PlanOptions) -> RecipeResult<()> {
+    let file = |key: &str, path: &std::path::Path| {
+        if opts.data_optional || path.is_file() {
+            Ok(())
+        } else if path.exists() {
+            Err(err(key, format!("`{}` is not a file", path.display())))
+        } else {
+            Err(err(key, format!("`{}` does not exist", path.display())))
+        }
+    };
+    let context = cfg.max_position_embeddings;
+    let window = |key: &str, n: usize| {
+        if n < 2 {
+            Err(err(
+                key,
+                format!("{n} tokens: a window needs at least 2 (one to score)"),
+            ))
+        } else if n > context {
+            Err(err(
+                key,
+                format!("{n} tokens is beyond the model's context of {context} positions"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(c) = &recipe.calibration {
+        file("calibration.data", &c.data)?;
+        window("calibration.seqlen", c.seqlen)?;
+        if c.samples == 0 {
+            return Err(err("calibration.samples", "at least 1 window is needed"));
+        }
+    }
+    if let Some(e) = &recipe.evaluation {
+        file("evaluation.data", &e.data)?;
+        window("evaluation.ctx", e.ctx)?;
+        if e.windows == 0 {
+            return Err(err("evaluation.windows", "at least 1 window is needed"));
+        }
+    }
+    if recipe.output.path.as_os_str().is_empty() {
+        return Err(err("output.path", "the output path is empty"));
+    }
+    Ok(())
+}
+
 /// An error at `path` (absent from the file) located at `near`.
 pub(super) fn err_near(path: &str, near: &str, msg: impl Into<String>) -> RecipeError {
     let mut e = err(path, msg);
@@ -221,6 +270,7 @@ pub(super) fn build(
             ));
         }
     }
+    check_data(&recipe, &cfg, opts)?;
     let evals = eval_steps(&recipe, &order)?;
     if let (Some(e), None, false) = (evals.first(), &recipe.evaluation, opts.data_optional) {
         return Err(err_near(

@@ -92,7 +92,8 @@ impl RecipeDoc {
 
     fn resolve_paths(&mut self, dir: &Path) {
         let join = |v: &mut Value, only_if_exists: bool| {
-            if let Some(s) = v.as_str() {
+            // An empty path stays empty (and is refused as such), not the recipe's directory.
+            if let Some(s) = v.as_str().filter(|s| !s.is_empty()) {
                 let p = Path::new(s);
                 if p.is_relative() {
                     let joined = dir.join(p);

@@ -537,6 +537,17 @@ pub enum ReportFormat {
     Html,
 }
 
+impl ReportFormat {
+    /// The file extension of the rendering (`STEM.report.EXT`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            ReportFormat::Json => "json",
+            ReportFormat::Md => "md",
+            ReportFormat::Html => "html",
+        }
+    }
+}
+
 /// Report renderings and their place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -156,12 +156,12 @@ pub fn write_report(
 ) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for f in formats {
-        let (ext, body) = match f {
-            ReportFormat::Json => ("json", report.to_json()),
-            ReportFormat::Md => ("md", markdown(report)),
-            ReportFormat::Html => ("html", html(report)),
+        let body = match f {
+            ReportFormat::Json => report.to_json(),
+            ReportFormat::Md => markdown(report),
+            ReportFormat::Html => html(report),
         };
-        let path = report_path(stem, ext);
+        let path = report_path(stem, f.extension());
         write_text(&path, &body)?;
         written.push(path);
     }

@@ -97,6 +97,14 @@ pub struct EvalTokens {
 
 /// Reads the evaluation data (text with the tokenizer's BOS, as `microllm eval` does).
 pub fn load_eval_tokens(req: &EvaluationData, ckpt: &Checkpoint) -> Result<EvalTokens> {
+    let context = ckpt.config.max_position_embeddings;
+    if req.ctx > context {
+        return Err(Error::Invalid(format!(
+            "evaluation windows of {} tokens are beyond the model's context of {context} \
+             positions (max_position_embeddings)",
+            req.ctx
+        )));
+    }
     let (bytes, tokens) = tokens_of(&req.data, ckpt, true)?;
     if tokens.len() < req.ctx {
         return Err(Error::Invalid(format!(
@@ -106,6 +114,13 @@ pub fn load_eval_tokens(req: &EvaluationData, ckpt: &Checkpoint) -> Result<EvalT
             req.ctx
         )));
     }
+    // The same checks the evaluation makes (window length, window count), before any work.
+    microllm_eval::PerplexityOptions {
+        ctx: req.ctx,
+        max_windows: Some(req.windows),
+        protocol: Default::default(),
+    }
+    .windows(tokens.len())?;
     Ok(EvalTokens {
         file: req.data.clone(),
         sha256: hex(&Sha256::digest(&bytes)),

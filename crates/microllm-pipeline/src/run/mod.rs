@@ -303,9 +303,18 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
         }
     }
     outcome.eval_tokens = eval_tokens;
-    let report = report::build(plan, opts, &outcome, started)?;
-    store.remove()?;
-    Ok(report)
+    report::build(plan, opts, &outcome, started)
+}
+
+/// Removes the run's work directory once everything the run produces is written: the model
+/// by [`run`], the reports by its caller. Until then a failure (a full disk while writing the
+/// reports) leaves it, and `--resume` finishes the job from it.
+pub fn finish(plan: &Plan) -> Result<()> {
+    let dir = work_dir(&plan.output.path);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    Ok(())
 }
 
 /// One eval pass: from the work directory when a killed run finished it, else measured.
