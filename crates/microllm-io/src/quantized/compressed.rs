@@ -9,7 +9,7 @@
 //! | `P.weight_scale` | f16 | `[out, n_groups]` | |
 //! | `P.weight_zero_point` | int32 | `[ceil(out / (32/bits)), n_groups]` | asymmetric only: zero points packed the same way, down the *output* dimension |
 //! | `P.weight_shape` | int64 | `[2]` | `[out, in]` |
-//! | `P.weight_g_idx` | int32 | `[in]` | with `actorder: "group"` only |
+//! | `P.weight_g_idx` | int32 | `[in]` | with `actorder: "group"` (or `"dynamic"`) only |
 //!
 //! compressed-tensors quantizes to signed integers `q` in `[-2^(bits-1), 2^(bits-1))` with a
 //! signed zero point `zp` (0 when symmetric) and dequantizes `scale * (q - zp)`; packing adds
@@ -133,10 +133,19 @@ impl CtConfig {
                 ));
             }
         };
+        // compressed-tensors' `ActivationOrdering`: `group` (alias `dynamic`, or `true`)
+        // reorders the groups and stores `weight_g_idx`; `weight` (alias `static`, what
+        // llm-compressor writes by default) reorders only the solve, so the groups stay
+        // contiguous and nothing extra is stored. Values are read case-insensitively, as there.
         let actorder = match w.get("actorder") {
             None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-            Some(Value::String(s)) if s == "group" || s == "weight" => s == "group",
             Some(Value::Bool(true)) => true,
+            Some(Value::String(s)) if matches!(s.to_lowercase().as_str(), "group" | "dynamic") => {
+                true
+            }
+            Some(Value::String(s)) if matches!(s.to_lowercase().as_str(), "weight" | "static") => {
+                false
+            }
             Some(other) => {
                 return Err(err(
                     &at("weights.actorder"),
@@ -480,5 +489,40 @@ mod tests {
         v["config_groups"]["group_0"]["weights"]["type"] = json!("float");
         let err = CtConfig::parse(&v, p).unwrap_err().to_string();
         assert!(err.contains("config_groups.group_0.weights.type"), "{err}");
+    }
+
+    /// Every spelling of compressed-tensors' activation ordering, llm-compressor's default
+    /// `"static"` included (it was refused as an unknown value).
+    #[test]
+    fn every_actorder_value_is_read() {
+        let p = Path::new("config.json");
+        let cfg = CtConfig {
+            bits: 4,
+            symmetric: true,
+            group_size: Some(32),
+            actorder: false,
+        };
+        for (value, g_idx) in [
+            (json!("static"), false),
+            (json!("weight"), false),
+            (json!("Static"), false),
+            (json!("group"), true),
+            (json!("dynamic"), true),
+            (json!(true), true),
+            (json!(false), false),
+            (Value::Null, false),
+        ] {
+            let mut v = cfg.to_json(&[]);
+            v["config_groups"]["group_0"]["weights"]["actorder"] = value.clone();
+            let got = CtConfig::parse(&v, p).unwrap();
+            assert_eq!(got.actorder, g_idx, "{value}");
+        }
+        let mut v = cfg.to_json(&[]);
+        v["config_groups"]["group_0"]["weights"]["actorder"] = json!("sideways");
+        let err = CtConfig::parse(&v, p).unwrap_err().to_string();
+        assert!(
+            err.contains("weights.actorder") && err.contains("sideways"),
+            "{err}"
+        );
     }
 }
