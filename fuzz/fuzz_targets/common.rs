@@ -7,9 +7,9 @@ pub fn split(data: &[u8], n: usize) -> Vec<&[u8]> {
     let mut parts = Vec::with_capacity(n);
     let mut rest = data;
     for _ in 1..n {
-        let len = rest
-            .get(..4)
-            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+        let len = rest.get(..4).map_or(0, |b| {
+            u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
+        });
         rest = rest.get(4..).unwrap_or_default();
         let (part, tail) = rest.split_at(len.min(rest.len()));
         parts.push(part);

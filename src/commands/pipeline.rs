@@ -65,6 +65,8 @@ fn flag_of(path: &str) -> String {
         (_, "symmetric") => "--sym/--asym".into(),
         (_, "clip_search") => "--no-clip-search".into(),
         (_, "allow_short") => "--allow-short-calib".into(),
+        (_, "importance_matrix_file") => "--imatrix".into(),
+        (_, "save_importance_matrix") => "--save-imatrix".into(),
         ("model", _) => "--model".into(),
         (_, "") => "arguments".into(),
         (_, k) if k.starts_with("passes[") => "arguments".into(),

@@ -82,6 +82,20 @@ pub struct Args {
     /// matrix measured on the calibration windows (llama.cpp's imatrix).
     #[arg(long, value_parser = gguf_type_parser())]
     gguf_type: Option<GgufTypeName>,
+    /// With --gguf-type: fit k-quant blocks with this importance matrix instead of measuring
+    /// one (llama-imatrix's output, GGUF or legacy .dat, or a file --save-imatrix wrote);
+    /// needs no --calib.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "gguf_type",
+        conflicts_with = "save_imatrix"
+    )]
+    imatrix: Option<PathBuf>,
+    /// With --gguf-type and --calib: also save the measured importance matrix, in
+    /// llama-imatrix's GGUF layout (llama-quantize --imatrix takes it).
+    #[arg(long, value_name = "FILE", requires_all = ["gguf_type", "calib"])]
+    save_imatrix: Option<PathBuf>,
     /// Weight dtype of --format safetensors output (gptq / compressed-tensors keep the
     /// unquantized tensors in their source dtype).
     #[arg(long, value_enum, default_value_t = Dtype::F16)]
@@ -161,8 +175,12 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
         clip_search: gptq.then_some(!args.no_clip_search),
         gguf_type: args.gguf_type,
         // llama.cpp's types take an importance matrix when calibration data is given.
-        importance_matrix: (method == QuantMethodName::Ggml && args.data.calib.is_some())
-            .then_some(true),
+        importance_matrix: (method == QuantMethodName::Ggml
+            && args.data.calib.is_some()
+            && args.imatrix.is_none())
+        .then_some(true),
+        importance_matrix_file: args.imatrix.clone(),
+        save_importance_matrix: args.save_imatrix.clone(),
     };
     let mut passes = vec![Pass::Quantize(stage)];
     let evaluation = args.data.evaluation(&mut passes);

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 /// matrices of a model, by Hugging Face weight name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImportanceMatrix {
-    columns: BTreeMap<String, Vec<f32>>,
+    pub(super) columns: BTreeMap<String, Vec<f32>>,
     /// Calibration tokens the means were taken over.
     pub tokens: usize,
 }
@@ -37,6 +37,11 @@ impl ImportanceMatrix {
     /// The importance of `hf_name`'s input columns, if measured.
     pub fn columns(&self, hf_name: &str) -> Option<&[f32]> {
         self.columns.get(hf_name).map(Vec::as_slice)
+    }
+
+    /// Every entry: weight name and per-column importance, in name order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        self.columns.iter().map(|(n, c)| (n.as_str(), c.as_slice()))
     }
 
     /// Matrices measured.

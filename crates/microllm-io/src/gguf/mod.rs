@@ -23,6 +23,7 @@ pub mod config;
 mod export;
 mod header;
 mod imatrix;
+mod imatrix_file;
 mod meta;
 mod mix;
 pub mod names;

@@ -232,6 +232,8 @@ pub(super) fn check_applicable(base: &str, q: &QuantizeStage) -> RecipeResult<()
     let ggml_only = [
         given("gguf_type", q.gguf_type.is_some()),
         given("importance_matrix", q.importance_matrix.is_some()),
+        given("importance_matrix_file", q.importance_matrix_file.is_some()),
+        given("save_importance_matrix", q.save_importance_matrix.is_some()),
     ];
     let grid = [
         given("bits", q.bits.is_some()),

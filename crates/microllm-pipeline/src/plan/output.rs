@@ -3,7 +3,7 @@
 
 use candle_core::quantized::GgmlDType;
 use microllm_core::{ModelConfig, TensorSource};
-use microllm_io::gguf::GgufTypes;
+use microllm_io::gguf::{GgufTypes, ImportanceMatrix};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::quantized::sparse::SparseFormat;
 use microllm_io::write::OutDtype;
@@ -64,6 +64,14 @@ pub(super) fn output_plan(
             ));
         }
         check_applicable(&pass_path(i, &recipe.passes[i]), q)?;
+        if let Some(file) = q
+            .importance_matrix_file
+            .as_deref()
+            .filter(|_| !opts.data_optional)
+        {
+            let key = format!("{}.importance_matrix_file", pass_path(i, &recipe.passes[i]));
+            check_importance_file(file, cfg, src).map_err(|e| err(key, e))?;
+        }
     }
     let linears_quantized = scheme.is_some();
     let (writer, tensors, dominant) = match format {
@@ -93,7 +101,9 @@ pub(super) fn output_plan(
                     )
                 }
             };
-            let importance = ggml.is_some_and(|(_, q)| q.importance_matrix == Some(true));
+            let importance = ggml.is_some_and(|(_, q)| {
+                q.importance_matrix == Some(true) || q.importance_matrix_file.is_some()
+            });
             if ggml.is_some() {
                 notes.push(format!(
                     "{}: llama.cpp's block types, by llama.cpp's round-to-nearest{} (GPTQ does \
@@ -224,5 +234,35 @@ pub(super) fn output_plan(
         dominant,
         overwrite: out.overwrite,
         config: cfg.clone(),
+        importance_file: ggml.and_then(|(_, q)| q.importance_matrix_file.clone()),
+        save_importance: ggml.and_then(|(_, q)| q.save_importance_matrix.clone()),
     })
+}
+
+/// Reads an importance-matrix file and checks it against the model: every entry a matrix of
+/// the model, with one value per input column.
+fn check_importance_file(
+    file: &std::path::Path,
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+) -> Result<(), String> {
+    let matrix = ImportanceMatrix::read(file, cfg.family).map_err(|e| e.to_string())?;
+    for (name, columns) in matrix.entries() {
+        let info = src.info(name).ok_or_else(|| {
+            format!(
+                "{}: entry for `{name}`, which this model does not have",
+                file.display()
+            )
+        })?;
+        let inputs = info.shape.last().copied().unwrap_or(0);
+        if columns.len() != inputs {
+            return Err(format!(
+                "{}: `{name}` has {} values, the model's matrix {inputs} input columns: the \
+                 importance matrix was made for another model",
+                file.display(),
+                columns.len()
+            ));
+        }
+    }
+    Ok(())
 }

@@ -83,8 +83,8 @@ pub struct EvalStep {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Writer {
     /// GGUF; `codes`: quantized linears copied from the sweep's codes exactly; `importance`:
-    /// the other matrices' k-quant blocks fitted with an importance matrix measured on the
-    /// calibration windows.
+    /// the other matrices' k-quant blocks fitted with an importance matrix, measured on the
+    /// calibration windows or read from a file.
     Gguf { codes: bool, importance: bool },
     /// A Hugging Face directory of dense weights.
     Safetensors(OutDtype),
@@ -106,6 +106,10 @@ pub struct OutputPlan {
     pub overwrite: bool,
     /// The model's configuration after the passes (structured pruning changes it).
     pub config: ModelConfig,
+    /// GGUF: the importance matrix is read from this file rather than measured.
+    pub importance_file: Option<PathBuf>,
+    /// GGUF: where to save the measured importance matrix, if asked.
+    pub save_importance: Option<PathBuf>,
 }
 
 pub(super) fn err(path: impl Into<String>, msg: impl Into<String>) -> RecipeError {
@@ -241,7 +245,9 @@ pub(super) fn build(
     )?;
 
     // Calibration and evaluation data where needed.
-    let importance = ggml.is_some_and(|(_, q)| q.importance_matrix == Some(true));
+    let importance = ggml.is_some_and(|(_, q)| {
+        q.importance_matrix == Some(true) && q.importance_matrix_file.is_none()
+    });
     let needs_calib = structured.as_ref().is_some_and(|s| s.needs_calibration)
         || layerwise
             .as_ref()

@@ -45,6 +45,8 @@ const PATH_KEYS: [(&str, &str); 4] = [
 
 /// Keys of a `distill` pass whose values are paths.
 const DISTILL_PATH_KEYS: [&str; 2] = ["data", "logits"];
+/// Path keys of a quantize pass.
+const QUANTIZE_PATH_KEYS: [&str; 2] = ["importance_matrix_file", "save_importance_matrix"];
 
 impl RecipeDoc {
     /// Reads a recipe file.
@@ -114,10 +116,15 @@ impl RecipeDoc {
         }
         let passes = self.value.get_mut("passes").and_then(Value::as_array_mut);
         for pass in passes.into_iter().flatten() {
-            if let Some(d) = pass.get_mut("distill").and_then(Value::as_object_mut) {
-                for key in DISTILL_PATH_KEYS {
-                    if let Some(v) = d.get_mut(key) {
-                        join(v, false);
+            for (stage, keys) in [
+                ("distill", &DISTILL_PATH_KEYS[..]),
+                ("quantize", &QUANTIZE_PATH_KEYS[..]),
+            ] {
+                if let Some(d) = pass.get_mut(stage).and_then(Value::as_object_mut) {
+                    for key in keys {
+                        if let Some(v) = d.get_mut(*key) {
+                            join(v, false);
+                        }
                     }
                 }
             }

@@ -404,6 +404,14 @@ pub struct QuantizeStage {
     /// the calibration data (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub importance_matrix: Option<bool>,
+    /// ggml: the importance matrix read from this file instead of measured: llama-imatrix's
+    /// output (GGUF, or the legacy .dat) or one microllm saved. Needs no calibration data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance_matrix_file: Option<PathBuf>,
+    /// ggml: also write the measured importance matrix here, in llama-imatrix's GGUF layout
+    /// (llama-quantize --imatrix takes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_importance_matrix: Option<PathBuf>,
 }
 
 /// How structured pruning scores channels and heads.

@@ -42,6 +42,7 @@ use crate::schedule::{OwlSchedule, owl_schedule};
 use crate::store::BlockStore;
 use crate::structured::{ImportanceJob, measure_importance};
 use distill::run_distill;
+use microllm_io::gguf::ImportanceMatrix;
 
 /// What the caller adds to a run.
 #[derive(Debug, Clone, Default)]
@@ -261,7 +262,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
         let importance = match plan.output.writer {
             Writer::Gguf {
                 importance: true, ..
-            } => Some(measure_imatrix(config, source, windows, progress)?),
+            } => Some(importance_matrix(plan, config, source, windows, progress)?),
             _ => None,
         };
         let now = Current {
@@ -304,6 +305,32 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
     }
     outcome.eval_tokens = eval_tokens;
     report::build(plan, opts, &outcome, started)
+}
+
+/// The GGUF writer's importance matrix: read from the recipe's file, or measured on the
+/// calibration windows (and saved where the recipe asks).
+fn importance_matrix(
+    plan: &Plan,
+    config: &ModelConfig,
+    source: &dyn TensorSource,
+    windows: &[Vec<u32>],
+    progress: &dyn Progress,
+) -> Result<ImportanceMatrix> {
+    if let Some(file) = &plan.output.importance_file {
+        return ImportanceMatrix::read(file, config.family);
+    }
+    let matrix = measure_imatrix(config, source, windows, progress)?;
+    if let Some(path) = &plan.output.save_importance {
+        let dataset = plan
+            .recipe
+            .calibration
+            .as_ref()
+            .map(|c| c.data.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let chunk = windows.first().map_or(0, Vec::len);
+        matrix.write_gguf(path, config.family, &dataset, chunk, true)?;
+    }
+    Ok(matrix)
 }
 
 /// Removes the run's work directory once everything the run produces is written: the model
