@@ -22,7 +22,6 @@ use microllm_core::{
 };
 use rayon::prelude::*;
 
-use super::blocks;
 use super::config::architecture_of;
 use super::imatrix::ImportanceMatrix;
 use super::mix::GgufTypes;
@@ -30,6 +29,7 @@ use super::names::{
     hf_to_gguf, is_norm_weight, is_rope_permuted, norms_hold_unit_offset, permute_rows,
 };
 use super::write::{GgufWriter, PlannedTensor};
+use super::{blocks, weighted};
 use crate::Tokenizer;
 use crate::fused::{JoinFused, parts_of};
 
@@ -341,20 +341,46 @@ fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
     }
 }
 
-/// Whether candle's quantizer for `dtype` takes importance weights (its k-quants do; its
-/// legacy Q4_0 ... Q8_0 quantizers have no weighted form).
+/// Whether `dtype` is fitted with importance weights when a matrix is given: candle's
+/// k-quants, and Q4_0 / Q5_0 by microllm's own weighted fit ([`weighted`]), as llama.cpp does.
+/// Q8_0 is not (llama.cpp ignores the matrix for it too); nor are Q4_1 / Q5_1, whose weighted
+/// fit microllm does not implement.
 fn takes_importance(dtype: GgmlDType) -> bool {
     matches!(
         dtype,
-        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K
+        GgmlDType::Q2K
+            | GgmlDType::Q3K
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
+            | GgmlDType::Q4_0
+            | GgmlDType::Q5_0
     )
+}
+
+/// The types microllm packs row by row itself, with the row's importance when given.
+#[derive(Clone, Copy)]
+enum RowPacker<'a> {
+    Q4_0(&'a [f32]),
+    Q5_0(&'a [f32]),
+    Q6K(Option<&'a [f32]>),
+}
+
+impl RowPacker<'_> {
+    fn pack(self, row: &[f32], out: &mut Vec<u8>) {
+        match self {
+            RowPacker::Q4_0(w) => weighted::q4_0_row(row, w, out),
+            RowPacker::Q5_0(w) => weighted::q5_0_row(row, w, out),
+            RowPacker::Q6K(w) => weighted::q6_k_row(row, w, out),
+        }
+    }
 }
 
 /// The tensor's bytes in `dtype`, refusing non-finite values (block quantizers would turn them
 /// into garbage silently). Blocks never straddle rows, so the values are cut into chunks of
 /// whole rows and packed on all cores: Q8_0 / Q4_0 / Q4_1 by microllm's own packers
-/// ([`blocks`]), other types by candle's ggml port, with per-column `importance` weights
-/// when given (k-quants only, see [`takes_importance`]).
+/// ([`blocks`]), Q6_K (and, with per-column `importance` weights, Q4_0 / Q5_0) by
+/// [`weighted`], other types by candle's ggml port (see [`takes_importance`]).
 fn encode(
     t: &Tensor,
     dtype: GgmlDType,
@@ -405,6 +431,14 @@ fn encode(
         GgmlDType::Q4_1 => Some(blocks::q4_1),
         _ => None,
     };
+    // Types microllm fits row by row as current llama.cpp does (candle's Q6_K follows an
+    // older llama.cpp, and it has no weighted Q4_0 / Q5_0).
+    let by_row: Option<RowPacker<'_>> = match (dtype, importance) {
+        (GgmlDType::Q4_0, Some(w)) => Some(RowPacker::Q4_0(w)),
+        (GgmlDType::Q5_0, Some(w)) => Some(RowPacker::Q5_0(w)),
+        (GgmlDType::Q6K, w) => Some(RowPacker::Q6K(w)),
+        _ => None,
+    };
     if importance.is_some_and(|w| w.len() != cols) {
         return Err(EncodeError::Other(format!(
             "the importance vector has {} values for rows of {cols}",
@@ -413,13 +447,20 @@ fn encode(
     }
     let parts: Vec<Vec<u8>> = values
         .par_chunks(rows_per_chunk * cols)
-        .map(|chunk| match pack {
-            Some(pack) => {
+        .map(|chunk| match (by_row, pack) {
+            (Some(packer), _) => {
+                let mut out = Vec::with_capacity(chunk.len() / blocks::QK * weighted::Q5_0_BYTES);
+                for row in chunk.chunks_exact(cols) {
+                    packer.pack(row, &mut out);
+                }
+                Ok(out)
+            }
+            (None, Some(pack)) => {
                 let mut out = Vec::with_capacity(chunk.len() / blocks::QK * blocks::Q8_0_BYTES);
                 pack(chunk, &mut out);
                 Ok(out)
             }
-            None => {
+            (None, None) => {
                 // A fresh tensor per chunk: candle's quantizer reads a storage from its start,
                 // ignoring a view's offset, so a narrowed view would quantize the wrong rows.
                 let other = |e: candle_core::Error| EncodeError::Other(e.to_string());
@@ -573,15 +614,42 @@ mod tests {
             GgmlDType::Q8_0,
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,
-            GgmlDType::Q6K,
+            GgmlDType::Q5K,
             GgmlDType::F16,
         ] {
             let whole = QTensor::quantize(&t, dtype).unwrap();
-            assert_eq!(
-                encode(&t, dtype, None).unwrap(),
-                whole.data().unwrap().into_owned()
-            );
+            assert!(encode(&t, dtype, None).unwrap() == whole.data().unwrap().into_owned());
         }
+        // Q6_K is microllm's own fit (current llama.cpp's; candle follows an older one): the
+        // chunked encoding equals the rows packed one by one, and decodes (through candle)
+        // no worse than candle's own quantization.
+        let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut rows = Vec::new();
+        for row in values.chunks_exact(256) {
+            weighted::q6_k_row(row, None, &mut rows);
+        }
+        let ours = encode(&t, GgmlDType::Q6K, None).unwrap();
+        assert!(ours == rows);
+        let error = |q: QTensor| -> f32 {
+            let back = q.dequantize(&candle_core::Device::Cpu).unwrap();
+            (back - &t)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let decoded = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            GgmlDType::Q6K,
+            &ours,
+            vec![600, 256],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let candles = QTensor::quantize(&t, GgmlDType::Q6K).unwrap();
+        assert!(error(decoded) <= error(candles) * 1.001);
         let mut bad = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         bad[600 * 256 - 1] = f32::NAN;
         let bad = Tensor::from_vec(bad, (600, 256), &candle_core::Device::Cpu).unwrap();

@@ -30,6 +30,7 @@ pub mod names;
 mod source;
 pub mod tokenizer;
 mod tokenizer_meta;
+mod weighted;
 pub mod write;
 
 use std::io::Read;

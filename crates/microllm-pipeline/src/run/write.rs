@@ -142,7 +142,8 @@ pub fn write_output(
     Ok(notes)
 }
 
-/// Which matrices the importance matrix could weight (candle weights k-quant blocks only).
+/// Which matrices the importance matrix weighted (k-quants, Q4_0, Q5_0; as in llama.cpp, not
+/// Q8_0; Q4_1 / Q5_1 not in microllm).
 fn importance_note(tensors: &[TypeDecision]) -> String {
     let matrices = tensors.iter().filter(|t| t.shape.len() == 2);
     let (weighted, plain): (Vec<_>, Vec<_>) = matrices.partition(|t| t.importance_weighted);
@@ -152,8 +153,8 @@ fn importance_note(tensors: &[TypeDecision]) -> String {
         set.into_iter().collect::<Vec<_>>().join(", ")
     };
     format!(
-        "importance matrix applied to {} matrices ({}); not to {} others ({}: candle has \
-         importance-weighted quantizers for k-quants only)",
+        "importance matrix applied to {} matrices ({}); not to {} others ({}: types without \
+         an importance-weighted fit)",
         weighted.len(),
         types_of(&weighted),
         plain.len(),

@@ -1,0 +1,273 @@
+//! Importance-weighted Q4_0 and Q5_0 blocks, as llama.cpp fits them when given an importance
+//! matrix.
+//!
+//! Plain Q4_0 / Q5_0 take each block's scale from its largest weight. With an importance
+//! matrix llama.cpp instead searches the scale: it weighs weight `j` of a row by
+//! `imatrix[j] * sqrt(sigma2 + x_j^2)` (`sigma2` the row's mean square), rounds the block on
+//! the grid its largest weight implies and on 18 grids around it (`nmax + 0.1 k`,
+//! `k = -9..9`), and keeps the grid whose least-squares scale explains the most weighted
+//! signal (`sum w x l` squared over `sum w l^2`). On SmolLM2, whose 576-wide rows fall back to
+//! Q5_0 in the k-quant mixes, that search is most of what an importance matrix buys. candle
+//! has no weighted form of these types, so microllm fits them here, following the
+//! arithmetic of llama.cpp's `make_qx_quants` (rounding half to even, f32 sums in order).
+//!
+//! Layouts (per block of 32): Q4_0 (18 bytes) f16 `d`, 16 bytes of nibbles (weight j low,
+//! j + 16 high), `w = d (q - 8)`; Q5_0 (22 bytes) f16 `d`, u32 `qh` of fifth bits (bit j for
+//! weight j), 16 bytes of low nibbles as Q4_0, `w = d (q - 16)`.
+
+use half::f16;
+
+use super::blocks::QK;
+
+/// Bytes of one Q5_0 block.
+pub const Q5_0_BYTES: usize = 2 + 4 + QK / 2;
+
+/// Below this a block is all zeros (llama.cpp's `GROUP_MAX_EPS`).
+const ALL_ZERO: f32 = 1e-15;
+
+/// ggml's `nearest_int`: round half to even.
+#[inline]
+fn nearest(x: f32) -> i32 {
+    x.round_ties_even() as i32
+}
+
+/// Codes `0..2 nmax` of one block of any length and its scale `d` (`w = d (code - nmax)`),
+/// the grid chosen by the search described in the module docs; without `weights`, weight `j`
+/// counts as `x_j^2` (llama.cpp's unweighted Q6_K fit).
+fn fit_block(x: &[f32], weights: Option<&[f32]>, nmax: i32, codes: &mut [u8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < ALL_ZERO {
+        codes.fill(0);
+        return 0.0;
+    }
+    let weight = |j: usize| weights.map_or(x[j] * x[j], |w| w[j]);
+    let level = |iscale: f32, v: f32| nearest(iscale * v).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for (j, &v) in x.iter().enumerate() {
+            let (w, l) = (weight(j), level(iscale, v) as f32);
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+    let set_codes = |iscale: f32, codes: &mut [u8]| {
+        for (c, &v) in codes.iter_mut().zip(x) {
+            *c = (level(iscale, v) + nmax) as u8;
+        }
+    };
+    let iscale = -(nmax as f32) / max;
+    set_codes(iscale, codes);
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for step in (-9..=9).filter(|&s| s != 0) {
+        let iscale = -(nmax as f32 + 0.1 * step as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            set_codes(iscale, codes);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// The per-weight weights of a row: `importance[j] * sqrt(sigma2 + x_j^2)`.
+fn row_weights(row: &[f32], importance: &[f32]) -> Vec<f32> {
+    let sigma2 = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    row.iter()
+        .zip(importance)
+        .map(|(&v, &q)| q * (sigma2 + v * v).sqrt())
+        .collect()
+}
+
+/// Appends the importance-weighted Q4_0 blocks of one row (a multiple of 32 values).
+pub fn q4_0_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
+    let weights = row_weights(row, importance);
+    let mut codes = [0u8; QK];
+    for (x, w) in row.chunks_exact(QK).zip(weights.chunks_exact(QK)) {
+        let d = fit_block(x, Some(w), 8, &mut codes);
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend((0..QK / 2).map(|j| codes[j] | (codes[j + QK / 2] << 4)));
+    }
+}
+
+/// Appends the importance-weighted Q5_0 blocks of one row (a multiple of 32 values).
+pub fn q5_0_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
+    let weights = row_weights(row, importance);
+    let mut codes = [0u8; QK];
+    for (x, w) in row.chunks_exact(QK).zip(weights.chunks_exact(QK)) {
+        let d = fit_block(x, Some(w), 16, &mut codes);
+        let qh = codes
+            .iter()
+            .enumerate()
+            .fold(0u32, |qh, (j, &c)| qh | (u32::from(c >> 4 & 1) << j));
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&qh.to_le_bytes());
+        out.extend((0..QK / 2).map(|j| (codes[j] & 0x0f) | ((codes[j + QK / 2] & 0x0f) << 4)));
+    }
+}
+
+/// Values per Q6_K super-block.
+pub const QK_K: usize = 256;
+/// Bytes of one Q6_K super-block: 128 bytes of low nibbles, 64 of high bit pairs, 16 i8
+/// sub-block scales, f16 `d`.
+pub const Q6_K_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
+
+/// Appends the Q6_K blocks of one row (a multiple of 256 values), fitted as llama.cpp fits
+/// them: each 16-value sub-block by the search above (weighted by `importance` when given),
+/// the sub-block scales then quantized to i8 against the largest, and the values rounded
+/// again on the scales as stored.
+pub fn q6_k_row(row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
+    let mut codes = [0u8; QK_K];
+    for (sb, x) in row.chunks_exact(QK_K).enumerate() {
+        let mut scales = [0f32; QK_K / 16];
+        let (mut max_scale, mut max_abs) = (0f32, 0f32);
+        for (ib, scale) in scales.iter_mut().enumerate() {
+            let part = ib * 16..ib * 16 + 16;
+            let w = importance.map(|imp| &imp[sb * QK_K + part.start..sb * QK_K + part.end]);
+            *scale = fit_block(&x[part.clone()], w, 32, &mut codes[part]);
+            if scale.abs() > max_abs {
+                max_abs = scale.abs();
+                max_scale = *scale;
+            }
+        }
+        if max_abs < ALL_ZERO {
+            out.extend(std::iter::repeat_n(0u8, Q6_K_BYTES));
+            continue;
+        }
+        let iscale = -128.0 / max_scale;
+        let d = f16::from_f32(1.0 / iscale);
+        let q_scales: Vec<i8> = scales
+            .iter()
+            .map(|&s| nearest(iscale * s).min(127) as i8)
+            .collect();
+        for (ib, &qs) in q_scales.iter().enumerate() {
+            let dj = d.to_f32() * f32::from(qs);
+            if dj == 0.0 {
+                continue;
+            }
+            for j in ib * 16..ib * 16 + 16 {
+                codes[j] = (nearest(x[j] / dj).clamp(-32, 31) + 32) as u8;
+            }
+        }
+        let (mut ql, mut qh) = ([0u8; QK_K / 2], [0u8; QK_K / 4]);
+        for half in 0..2 {
+            let (c, l, h) = (
+                &codes[128 * half..],
+                &mut ql[64 * half..],
+                &mut qh[32 * half..],
+            );
+            for i in 0..32 {
+                l[i] = (c[i] & 0xf) | ((c[i + 64] & 0xf) << 4);
+                l[i + 32] = (c[i + 32] & 0xf) | ((c[i + 96] & 0xf) << 4);
+                h[i] = (c[i] >> 4)
+                    | ((c[i + 32] >> 4) << 2)
+                    | ((c[i + 64] >> 4) << 4)
+                    | ((c[i + 96] >> 4) << 6);
+            }
+        }
+        out.extend_from_slice(&ql);
+        out.extend_from_slice(&qh);
+        out.extend(q_scales.iter().map(|&s| s as u8));
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn rows() -> (Vec<f32>, Vec<f32>) {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let x: Vec<f32> = (0..4 * 256).map(|_| next()).collect();
+        // Column importance spanning three orders of magnitude.
+        let imp: Vec<f32> = (0..256)
+            .map(|j| 10f32.powf(3.0 * (j % 7) as f32 / 6.0))
+            .collect();
+        (x, imp)
+    }
+
+    /// Decodes blocks through candle's ggml port, so the layout is checked independently.
+    fn decode(dtype: GgmlDType, bytes: &[u8], n: usize) -> Vec<f32> {
+        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            dtype,
+            bytes,
+            vec![n / 256, 256],
+            &Device::Cpu,
+        )
+        .unwrap();
+        q.dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    fn weighted_error(x: &[f32], y: &[f32], imp: &[f32]) -> f64 {
+        x.iter()
+            .zip(y)
+            .enumerate()
+            .map(|(i, (a, b))| imp[i % 256] as f64 * ((a - b) as f64).powi(2))
+            .sum()
+    }
+
+    /// The weighted fit lowers the importance-weighted error below plain rounding's, and its
+    /// bytes decode (through candle) to values on the block grid.
+    #[test]
+    fn weighted_blocks_lose_less_where_it_matters() {
+        let (x, imp) = rows();
+        for (dtype, pack) in [
+            (
+                GgmlDType::Q4_0,
+                q4_0_row as fn(&[f32], &[f32], &mut Vec<u8>),
+            ),
+            (GgmlDType::Q5_0, q5_0_row),
+        ] {
+            let mut bytes = Vec::new();
+            for row in x.chunks_exact(256) {
+                pack(row, &imp, &mut bytes);
+            }
+            let ours = decode(dtype, &bytes, x.len());
+            let t = Tensor::from_slice(&x, (4, 256), &Device::Cpu).unwrap();
+            let plain = QTensor::quantize(&t, dtype).unwrap();
+            let plain = plain
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let (w_ours, w_plain) = (
+                weighted_error(&x, &ours, &imp),
+                weighted_error(&x, &plain, &imp),
+            );
+            assert!(w_ours < 0.9 * w_plain, "{dtype:?}: {w_ours} vs {w_plain}");
+        }
+    }
+
+    #[test]
+    fn an_all_zero_block_stays_zero() {
+        let mut out = Vec::new();
+        q5_0_row(&[0.0; 32], &[1.0; 32], &mut out);
+        assert_eq!(out.len(), Q5_0_BYTES);
+        assert!(out[..2].iter().all(|&b| b == 0));
+    }
+}
