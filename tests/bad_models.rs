@@ -319,6 +319,14 @@ fn tensor_info(bytes: &[u8], name: &str) -> usize {
         .unwrap_or_else(|| panic!("no tensor info for {name}"))
 }
 
+/// Byte position of the type field (u32, followed by the u64 offset) of tensor `name`'s info:
+/// after its name, dimension count and dimensions.
+fn type_field(bytes: &[u8], name: &str) -> usize {
+    let at = tensor_info(bytes, name) + 8 + name.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    at + 4 + 8 * n_dims
+}
+
 #[test]
 fn gguf_tensor_layout_is_checked() {
     let tmp = tempfile::tempdir().unwrap();
@@ -327,10 +335,7 @@ fn gguf_tensor_layout_is_checked() {
 
     // The type of a 2-D tensor changed from F32 to F16: its data no longer ends where the
     // next tensor starts.
-    let name = "blk.0.ffn_down.weight";
-    let at = tensor_info(&bytes, name) + 8 + name.len();
-    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-    let ty = at + 4 + 8 * n_dims;
+    let ty = type_field(&bytes, "blk.0.ffn_down.weight");
     let mut changed = bytes.clone();
     assert_eq!(changed[ty..ty + 4], 0u32.to_le_bytes());
     changed[ty..ty + 4].copy_from_slice(&1u32.to_le_bytes());
@@ -355,9 +360,7 @@ fn gguf_tensor_layout_is_checked() {
     // A data offset moved by 32 bytes (still aligned): overlapping data.
     let mut moved = bytes.clone();
     let name = "blk.2.attn_q.weight";
-    let at = tensor_info(&moved, name) + 8 + name.len();
-    let n_dims = u32::from_le_bytes(moved[at..at + 4].try_into().unwrap()) as usize;
-    let off = at + 4 + 8 * n_dims + 4;
+    let off = type_field(&moved, name) + 4;
     let offset = u64::from_le_bytes(moved[off..off + 8].try_into().unwrap());
     moved[off..off + 8].copy_from_slice(&(offset - 32).to_le_bytes());
     std::fs::write(&file, &moved).unwrap();
@@ -375,10 +378,7 @@ fn gguf_tensor_layout_is_checked() {
     // A tensor type no reader knows: candle's error, without the backtrace candle attaches
     // when RUST_BACKTRACE is set.
     let mut unknown = bytes.clone();
-    let name = "blk.0.ffn_up.weight";
-    let at = tensor_info(&unknown, name) + 8 + name.len();
-    let n_dims = u32::from_le_bytes(unknown[at..at + 4].try_into().unwrap()) as usize;
-    let ty = at + 4 + 8 * n_dims;
+    let ty = type_field(&unknown, "blk.0.ffn_up.weight");
     unknown[ty..ty + 4].copy_from_slice(&99u32.to_le_bytes());
     std::fs::write(&file, &unknown).unwrap();
     let out = microllm()

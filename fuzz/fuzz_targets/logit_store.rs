@@ -14,7 +14,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         .and_then(|t| t.split('"').nth(1))
         .filter(|n| microllm_io::is_plain_file_name(n))
         .unwrap_or("shard-00000.safetensors");
-    std::fs::write(dir.path().join(name), parts[1]).unwrap();
+    // A name the file system refuses (a NUL byte) is a finding of this harness, not of the
+    // reader: the store is then opened without its shard.
+    let _ = std::fs::write(dir.path().join(name), parts[1]);
     if let Ok(store) = microllm_distill::store::TeacherStore::open(dir.path()) {
         for w in 0..store.windows().min(64) {
             let _ = store.window(w);
