@@ -128,14 +128,24 @@ pub fn gptq_quantization_config(
 }
 
 /// config.json's `quantization_config` for a compressed-tensors checkpoint of a run with
-/// `scheme` (`g_idx` stored when act-order groups are scattered). The output head and
-/// embeddings are not quantized: `lm_head` is listed in `ignore`, as llm-compressor does.
-pub fn compressed_quantization_config(scheme: &QuantScheme, scattered_groups: bool) -> Value {
-    CtConfig {
+/// `scheme` (`g_idx` stored when act-order groups are scattered; `static_act_order`: the solve
+/// ran in activation order over groups fixed up front, compressed-tensors' `"static"`, which
+/// stores nothing extra). The output head and embeddings are not quantized: `lm_head` is
+/// listed in `ignore`, as llm-compressor does.
+pub fn compressed_quantization_config(
+    scheme: &QuantScheme,
+    scattered_groups: bool,
+    static_act_order: bool,
+) -> Value {
+    let mut config = CtConfig {
         bits: scheme.bits,
         symmetric: scheme.symmetric,
         group_size: scheme.group_size,
         actorder: scattered_groups,
     }
-    .to_json(&["lm_head".to_string()])
+    .to_json(&["lm_head".to_string()]);
+    if static_act_order && !scattered_groups {
+        config["config_groups"]["group_0"]["weights"]["actorder"] = "static".into();
+    }
+    config
 }

@@ -71,6 +71,10 @@ pub struct Args {
     /// that loses least (the search is the default; see docs/benchmarks.md).
     #[arg(long)]
     no_clip_search: bool,
+    /// GPTQ with --act-order: fix the groups up front (contiguous columns, no g_idx); the
+    /// default for GGUF and compressed-tensors output.
+    #[arg(long)]
+    static_groups: bool,
     /// GPTQ: dampening as a fraction of the Hessian's mean diagonal.
     #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 0.01)]
     damp: f64,
@@ -170,6 +174,7 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
         group_size: args.group_size.filter(|_| grid),
         symmetric: grid.then_some(!args.asym),
         act_order: gptq.then_some(args.act_order),
+        static_groups: (gptq && args.static_groups).then_some(true),
         damp: gptq.then_some(args.damp),
         sink_weight: args.sink_weight.filter(|_| gptq),
         clip_search: gptq.then_some(!args.no_clip_search),

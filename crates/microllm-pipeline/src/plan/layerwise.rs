@@ -23,6 +23,7 @@ pub(super) fn layerwise_step(
     quant: Option<(usize, &QuantizeStage)>,
     linears: &[TensorInfo],
     gguf: bool,
+    contiguous_groups: bool,
     seqlen: usize,
     notes: &mut Vec<String>,
 ) -> RecipeResult<Option<LayerwiseStep>> {
@@ -62,10 +63,19 @@ pub(super) fn layerwise_step(
                 )
             } else {
                 damp_percent(&pass_path(i, &recipe.passes[i]), q.damp)?;
-                let opts = gptq_options(q, gguf);
+                if gguf && q.act_order == Some(true) && q.static_groups == Some(false) {
+                    return Err(err(
+                        format!("{}.static_groups", pass_path(i, &recipe.passes[i])),
+                        "GGUF blocks hold contiguous groups: act-order with GGUF output needs \
+                         static groups",
+                    ));
+                }
+                let opts = gptq_options(q, contiguous_groups);
                 if opts.static_groups {
                     notes.push(
-                        "act-order with GGUF output: groups fixed up front (static groups)".into(),
+                        "act-order: groups fixed up front (static groups; compressed-tensors' \
+                         actorder \"static\")"
+                            .into(),
                     );
                 }
                 let sink = sink_weight(&pass_path(i, &recipe.passes[i]), q.sink_weight, seqlen)?;
@@ -188,13 +198,15 @@ fn sink_weight(base: &str, asked: Option<f64>, seqlen: usize) -> RecipeResult<f6
     }
 }
 
-fn gptq_options(q: &QuantizeStage, gguf: bool) -> GptqOptions {
+/// GPTQ's options. Act-order groups are fixed up front (static) when the recipe says so, and
+/// by default when the output needs each group's columns side by side (`contiguous_groups`:
+/// ggml blocks; compressed-tensors, whose current library has no g_idx form).
+fn gptq_options(q: &QuantizeStage, contiguous_groups: bool) -> GptqOptions {
     let act_order = q.act_order.unwrap_or(false);
     GptqOptions {
         damp_percent: q.damp.unwrap_or(0.01),
         act_order,
-        // Contiguous groups are what ggml blocks (and most kernels) need.
-        static_groups: act_order && gguf,
+        static_groups: act_order && q.static_groups.unwrap_or(contiguous_groups),
         clip_search: q.clip_search.unwrap_or(true).then(ClipSearch::default),
         ..GptqOptions::default()
     }
@@ -226,6 +238,7 @@ pub(super) fn check_applicable(base: &str, q: &QuantizeStage) -> RecipeResult<()
     let gptq_only = [
         given("act_order", q.act_order.is_some()),
         given("damp", q.damp.is_some()),
+        given("static_groups", q.static_groups.is_some()),
         given("sink_weight", q.sink_weight.is_some()),
         given("clip_search", q.clip_search.is_some()),
     ];

@@ -240,6 +240,7 @@ pub(super) fn build(
             .map(|(i, q)| (*i, *q)),
         &linears,
         gguf,
+        matches!(format, OutputFormat::Gguf | OutputFormat::CompressedTensors),
         seqlen,
         &mut notes,
     )?;

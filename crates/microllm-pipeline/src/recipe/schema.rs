@@ -394,6 +394,11 @@ pub struct QuantizeStage {
     /// [default: the calibration seqlen; 1 = plain GPTQ].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink_weight: Option<f64>,
+    /// gptq with act_order: fix the groups up front, so each holds contiguous columns (no
+    /// g_idx; compressed-tensors' actorder "static"). Default: true for GGUF (required) and
+    /// compressed-tensors output, false otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_groups: Option<bool>,
     /// gptq: search each group's clipping range (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_search: Option<bool>,

@@ -111,7 +111,12 @@ pub fn write_output(
                     g.damp_percent,
                 )
             } else {
-                compressed_quantization_config(&scheme, l.scattered_groups)
+                let g = l.gptq.unwrap_or_default();
+                compressed_quantization_config(
+                    &scheme,
+                    l.scattered_groups,
+                    g.act_order && g.static_groups,
+                )
             };
             let output = PackedOutput {
                 config: now.config,
