@@ -30,14 +30,15 @@ pub use tokenizer::{SpecialTokens, Tokenizer};
 
 /// Whether `name`, a file name read from a checkpoint's or store's own metadata (a shard index,
 /// a manifest), names a file directly inside that directory: not absolute, no `..`, no
-/// subdirectory. Such names are joined to the directory, so anything else could open files
+/// subdirectory, no NUL byte. Such names are joined to the directory, so anything else could open files
 /// elsewhere on the machine (`../../etc/passwd`, `/etc/hostname`).
 pub fn is_plain_file_name(name: &str) -> bool {
     let mut parts = Path::new(name).components();
-    matches!(
-        (parts.next(), parts.next()),
-        (Some(std::path::Component::Normal(_)), None)
-    )
+    !name.contains('\0')
+        && matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        )
 }
 
 /// The on-disk format a checkpoint was read from.
@@ -169,5 +170,31 @@ fn open_file(path: &Path) -> Result<Checkpoint> {
             path,
             "not a GGUF file (bad magic) and not a model directory",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_names_inside_the_directory_are_plain() {
+        for ok in [
+            "model-00001-of-00002.safetensors",
+            "shard.safetensors",
+            "..x",
+        ] {
+            assert!(super::is_plain_file_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            ".",
+            "../x",
+            "/etc/hostname",
+            "a/b",
+            "x\0y",
+            "./x/../../y",
+        ] {
+            assert!(!super::is_plain_file_name(bad), "{bad:?}");
+        }
     }
 }
