@@ -219,14 +219,7 @@ fn non_finite_numbers_in_flags_are_refused() {
 fn gguf_alignment_zero_is_an_error_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("aligned.gguf");
-    microllm()
-        .args(["convert", "--gguf-type", "f32", "--model"])
-        .arg(fixture("llama-tiny"))
-        .arg("--out")
-        .arg(&file)
-        .assert()
-        .success();
-    let mut bytes = std::fs::read(&file).unwrap();
+    let mut bytes = common::fixture_gguf(&file);
     let key = b"general.alignment";
     let at = bytes
         .windows(key.len())

@@ -295,20 +295,6 @@ fn non_finite_and_out_of_range_weights_name_the_tensor() {
     assert!(!out.exists());
 }
 
-/// A GGUF file of the llama fixture, F32, written by microllm.
-fn fixture_gguf(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let file = dir.join("model.gguf");
-    microllm()
-        .args(["convert", "--gguf-type", "f32", "--model"])
-        .arg(fixture("llama-tiny"))
-        .arg("--out")
-        .arg(&file)
-        .assert()
-        .success();
-    let bytes = std::fs::read(&file).unwrap();
-    (file, bytes)
-}
-
 /// Byte position of the tensor info of `name` (its length prefix) in a GGUF header.
 fn tensor_info(bytes: &[u8], name: &str) -> usize {
     let mut key = (name.len() as u64).to_le_bytes().to_vec();
@@ -330,7 +316,8 @@ fn type_field(bytes: &[u8], name: &str) -> usize {
 #[test]
 fn gguf_tensor_layout_is_checked() {
     let tmp = tempfile::tempdir().unwrap();
-    let (file, bytes) = fixture_gguf(tmp.path());
+    let file = tmp.path().join("model.gguf");
+    let bytes = common::fixture_gguf(&file);
     let inspect_fails = || fails(&["inspect".as_ref(), "--model".as_ref(), file.as_os_str()]);
 
     // The type of a 2-D tensor changed from F32 to F16: its data no longer ends where the

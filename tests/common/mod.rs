@@ -268,3 +268,16 @@ pub fn run_and_kill_when(recipe: &Path, marker: &Path) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Writes the llama fixture as an F32 GGUF at `file` (microllm's writer) and returns its bytes,
+/// for tests that damage a GGUF.
+pub fn fixture_gguf(file: &Path) -> Vec<u8> {
+    microllm()
+        .args(["convert", "--gguf-type", "f32", "--model"])
+        .arg(fixture("llama-tiny"))
+        .arg("--out")
+        .arg(file)
+        .assert()
+        .success();
+    std::fs::read(file).unwrap()
+}

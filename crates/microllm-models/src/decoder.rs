@@ -27,8 +27,9 @@ pub struct Decoder {
 }
 
 /// Positions the rotary tables cover when a decoder is loaded. Tables sized to a config's
-/// `max_position_embeddings` cost 67 MB for a 128k-context model and cannot be allocated at all
-/// for a hostile 2^40, so they start at what evaluations use and grow when a sequence needs it.
+/// `max_position_embeddings` would take 67 MB for a 128k-context model (131072 positions x 64
+/// pairs x cos and sin x 4 bytes) and cannot be allocated at all for a hostile 2^40, so they
+/// start at what evaluations use and grow when a sequence needs it.
 pub const INITIAL_POSITIONS: usize = 4096;
 
 impl Decoder {
@@ -122,7 +123,7 @@ impl Decoder {
             .max(2 * self.rope.positions())
             .next_power_of_two()
             .min(max);
-        let tables = Arc::new(RopeTables::new(&self.cfg, positions.max(end))?);
+        let tables = Arc::new(RopeTables::new(&self.cfg, positions)?);
         *slot = Some(tables.clone());
         Ok(Some(tables))
     }

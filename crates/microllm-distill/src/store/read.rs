@@ -119,8 +119,8 @@ impl TeacherStore {
             // outside what any reader can defend against.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
             // The manifest records each shard's size and digest: a shard damaged on disk or
-            // in a copy is refused here, not trained on. Hashing runs at about 1 GB/s, a small
-            // price beside the training that reads every byte anyway.
+            // in a copy is refused here, not trained on. Hashing reads each shard once, as
+            // training does anyway.
             if map.len() as u64 != s.bytes {
                 return Err(Error::format(
                     &path,

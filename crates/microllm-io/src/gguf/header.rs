@@ -156,21 +156,19 @@ fn check_tensor_infos(path: &Path, c: &mut Cursor<'_>, count: u64, alignment: u6
         if n_dims > 4 {
             return Ok(());
         }
-        let mut elems = 1u64;
-        let mut first_dim = 1u64;
-        for i in 0..n_dims {
+        // Dimensions are stored innermost first; the size rule takes them outermost first.
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
             let Some(d) = c.u64() else { return Ok(()) };
-            if i == 0 {
-                first_dim = d;
-            }
-            let Some(e) = elems.checked_mul(d) else {
+            let Ok(d) = usize::try_from(d) else {
                 return Err(Error::format(
                     path,
-                    format!("tensor `{name}`: its element count overflows"),
+                    format!("tensor `{name}`: dimension {d} is too large"),
                 ));
             };
-            elems = e;
+            dims.push(d);
         }
+        dims.reverse();
         let (Some(ty), Some(offset)) = (c.u32(), c.u64()) else {
             return Ok(());
         };
@@ -184,36 +182,20 @@ fn check_tensor_infos(path: &Path, c: &mut Cursor<'_>, count: u64, alignment: u6
         let Some(dtype) = super::write::ggml_type_of(ty) else {
             return Ok(());
         };
-        let block = dtype.block_size() as u64;
-        if !elems.is_multiple_of(block) || !first_dim.is_multiple_of(block) {
-            return Err(Error::format(
-                path,
-                format!(
-                    "tensor `{name}`: rows of {first_dim} values are not whole {} blocks of \
-                     {block}",
-                    super::dtype_name(dtype)
-                ),
-            ));
-        }
+        let bad = |msg: String| Error::format(path, format!("tensor `{name}`: {msg}"));
+        // The same size rule the tensor index applies (whole blocks per row).
+        let size = super::source::byte_size(dtype, &dims).map_err(bad)?;
         if offset != expected_offset {
-            return Err(Error::format(
-                path,
-                format!(
-                    "tensor `{name}`: its data starts at offset {offset}, but the tensors \
-                     before it end at {expected_offset} (a changed tensor type, or \
-                     overlapping or misplaced data: the file is corrupt)"
-                ),
-            ));
+            return Err(bad(format!(
+                "its data starts at offset {offset}, but the tensors before it end at \
+                 {expected_offset} (a changed tensor type, or overlapping or misplaced data: \
+                 the file is corrupt)"
+            )));
         }
-        let bytes = (elems / block)
-            .checked_mul(dtype.type_size() as u64)
-            .and_then(|b| b.checked_next_multiple_of(alignment));
-        let Some(end) = bytes.and_then(|b| offset.checked_add(b)) else {
-            return Err(Error::format(
-                path,
-                format!("tensor `{name}`: its byte size overflows"),
-            ));
-        };
+        let end = size
+            .checked_next_multiple_of(alignment)
+            .and_then(|b| offset.checked_add(b))
+            .ok_or_else(|| bad("its byte size overflows".into()))?;
         expected_offset = end;
     }
     Ok(())

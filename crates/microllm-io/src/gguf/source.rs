@@ -108,7 +108,7 @@ fn permuted_row(r: usize, rows: usize, heads: usize) -> usize {
 }
 
 /// Bytes a tensor of `dims` occupies, or why it cannot be stored as `dtype`.
-fn byte_size(dtype: GgmlDType, dims: &[usize]) -> std::result::Result<u64, String> {
+pub(crate) fn byte_size(dtype: GgmlDType, dims: &[usize]) -> std::result::Result<u64, String> {
     let elems = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))

@@ -145,10 +145,7 @@ pub fn q6_k_row(row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
         }
         let iscale = -128.0 / max_scale;
         let d = f16::from_f32(1.0 / iscale);
-        let q_scales: Vec<i8> = scales
-            .iter()
-            .map(|&s| nearest(iscale * s).min(127) as i8)
-            .collect();
+        let q_scales: [i8; QK_K / 16] = scales.map(|s| nearest(iscale * s).min(127) as i8);
         for (ib, &qs) in q_scales.iter().enumerate() {
             let dj = d.to_f32() * f32::from(qs);
             if dj == 0.0 {

@@ -468,15 +468,20 @@ mod tests {
         assert!(err.contains("k_proj.weight_packed"), "{err}");
     }
 
-    #[test]
-    fn unread_formats_and_schemes_name_the_key() {
-        let p = Path::new("config.json");
-        let cfg = CtConfig {
+    /// 4-bit symmetric groups of 32, no act-order: the scheme the config tests edit.
+    fn w4_g32() -> CtConfig {
+        CtConfig {
             bits: 4,
             symmetric: true,
             group_size: Some(32),
             actorder: false,
-        };
+        }
+    }
+
+    #[test]
+    fn unread_formats_and_schemes_name_the_key() {
+        let p = Path::new("config.json");
+        let cfg = w4_g32();
         let mut v = cfg.to_json(&["lm_head".into()]);
         assert_eq!(CtConfig::parse(&v, p).unwrap(), cfg);
         v["format"] = json!("sparse-bitmask");
@@ -496,12 +501,7 @@ mod tests {
     #[test]
     fn every_actorder_value_is_read() {
         let p = Path::new("config.json");
-        let cfg = CtConfig {
-            bits: 4,
-            symmetric: true,
-            group_size: Some(32),
-            actorder: false,
-        };
+        let cfg = w4_g32();
         for (value, g_idx) in [
             (json!("static"), false),
             (json!("weight"), false),

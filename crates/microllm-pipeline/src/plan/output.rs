@@ -64,15 +64,20 @@ pub(super) fn output_plan(
             ));
         }
         check_applicable(&pass_path(i, &recipe.passes[i]), q)?;
-        if let Some(file) = q
-            .importance_matrix_file
-            .as_deref()
-            .filter(|_| !opts.data_optional)
-        {
-            let key = format!("{}.importance_matrix_file", pass_path(i, &recipe.passes[i]));
-            check_importance_file(file, cfg, src).map_err(|e| err(key, e))?;
-        }
     }
+    // Read (and checked against the model) once, here; the run uses what was read.
+    let importance_read = match ggml {
+        Some((i, q)) if !opts.data_optional => match q.importance_matrix_file.as_deref() {
+            Some(file) => Some(read_importance_file(file, cfg, src).map_err(|e| {
+                err(
+                    format!("{}.importance_matrix_file", pass_path(i, &recipe.passes[i])),
+                    e,
+                )
+            })?),
+            None => None,
+        },
+        _ => None,
+    };
     let linears_quantized = scheme.is_some();
     let (writer, tensors, dominant) = match format {
         OutputFormat::Gguf => {
@@ -234,18 +239,18 @@ pub(super) fn output_plan(
         dominant,
         overwrite: out.overwrite,
         config: cfg.clone(),
-        importance_file: ggml.and_then(|(_, q)| q.importance_matrix_file.clone()),
+        importance_read,
         save_importance: ggml.and_then(|(_, q)| q.save_importance_matrix.clone()),
     })
 }
 
 /// Reads an importance-matrix file and checks it against the model: every entry a matrix of
 /// the model, with one value per input column.
-fn check_importance_file(
+fn read_importance_file(
     file: &std::path::Path,
     cfg: &ModelConfig,
     src: &dyn TensorSource,
-) -> Result<(), String> {
+) -> Result<ImportanceMatrix, String> {
     let matrix = ImportanceMatrix::read(file, cfg.family).map_err(|e| e.to_string())?;
     for (name, columns) in matrix.entries() {
         let info = src.info(name).ok_or_else(|| {
@@ -264,5 +269,5 @@ fn check_importance_file(
             ));
         }
     }
-    Ok(())
+    Ok(matrix)
 }

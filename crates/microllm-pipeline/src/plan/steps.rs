@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::quantized::GgmlDType;
 use microllm_core::{ModelConfig, TensorSource};
 use microllm_io::Checkpoint;
-use microllm_io::gguf::{GgufTypes, KQuantMix};
+use microllm_io::gguf::{GgufTypes, ImportanceMatrix, KQuantMix};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::quantized::sparse::SparseFormat;
 use microllm_io::write::OutDtype;
@@ -106,8 +106,9 @@ pub struct OutputPlan {
     pub overwrite: bool,
     /// The model's configuration after the passes (structured pruning changes it).
     pub config: ModelConfig,
-    /// GGUF: the importance matrix is read from this file rather than measured.
-    pub importance_file: Option<PathBuf>,
+    /// GGUF: the importance matrix read from the recipe's file (checked against the model)
+    /// rather than measured.
+    pub importance_read: Option<ImportanceMatrix>,
     /// GGUF: where to save the measured importance matrix, if asked.
     pub save_importance: Option<PathBuf>,
 }

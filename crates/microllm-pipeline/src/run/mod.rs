@@ -269,7 +269,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
             config,
             source,
             store: plan.layerwise.as_ref().map(|_| &store),
-            importance: importance.as_ref(),
+            importance: importance.as_deref(),
         };
         outcome.writer_notes = write_output(plan, ckpt, &now, progress)?;
         store.save_json(
@@ -307,17 +307,17 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
     report::build(plan, opts, &outcome, started)
 }
 
-/// The GGUF writer's importance matrix: read from the recipe's file, or measured on the
-/// calibration windows (and saved where the recipe asks).
-fn importance_matrix(
-    plan: &Plan,
+/// The GGUF writer's importance matrix: the one the plan read from the recipe's file, or one
+/// measured on the calibration windows (and saved where the recipe asks).
+fn importance_matrix<'p>(
+    plan: &'p Plan,
     config: &ModelConfig,
     source: &dyn TensorSource,
     windows: &[Vec<u32>],
     progress: &dyn Progress,
-) -> Result<ImportanceMatrix> {
-    if let Some(file) = &plan.output.importance_file {
-        return ImportanceMatrix::read(file, config.family);
+) -> Result<std::borrow::Cow<'p, ImportanceMatrix>> {
+    if let Some(matrix) = &plan.output.importance_read {
+        return Ok(std::borrow::Cow::Borrowed(matrix));
     }
     let matrix = measure_imatrix(config, source, windows, progress)?;
     if let Some(path) = &plan.output.save_importance {
@@ -330,7 +330,7 @@ fn importance_matrix(
         let chunk = windows.first().map_or(0, Vec::len);
         matrix.write_gguf(path, config.family, &dataset, chunk, true)?;
     }
-    Ok(matrix)
+    Ok(std::borrow::Cow::Owned(matrix))
 }
 
 /// Removes the run's work directory once everything the run produces is written: the model
