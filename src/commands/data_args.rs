@@ -59,6 +59,7 @@ impl DataArgs {
             data: data.clone(),
             ctx: self.eval_ctx,
             windows: self.eval_windows,
+            tasks: Vec::new(),
         })
     }
 }

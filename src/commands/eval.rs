@@ -1,8 +1,10 @@
-//! `microllm eval`: perplexity of a model on a text file.
+//! `microllm eval`: perplexity of a model on a text file, or its accuracy on a
+//! multiple-choice task (`--task`, see `eval_task`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use microllm_eval::tasks::{Task, TaskProtocol};
 use microllm_eval::{
     KlAccumulator, KlBaseReader, KlBaseShape, KlBaseWriter, PerplexityOptions, Protocol,
     perplexity_with,
@@ -11,45 +13,65 @@ use serde_json::json;
 
 use crate::progress::Bar;
 
-/// Measure perplexity on a text file.
+/// Measure perplexity on a text file, or accuracy on a multiple-choice task.
 ///
 /// The text is tokenized whole (no BOS unless the tokenizer adds one) and cut into consecutive
 /// non-overlapping windows of --ctx tokens; the last partial window is dropped. Every position
 /// after the first in each window is scored; perplexity = exp(mean negative log-likelihood).
 /// `--protocol llama-cpp` scores as llama-perplexity does instead.
+///
+/// With --task, --data is the task's items (the Hugging Face dataset's fields as JSON Lines,
+/// or llama.cpp's HellaSwag text file) and accuracy is scored as lm-evaluation-harness scores
+/// it (`--protocol llama-cpp`: as llama-perplexity --hellaswag / --multiple-choice does).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model directory, .gguf file or hub repo id.
     #[arg(long, short)]
     model: String,
-    /// UTF-8 text file to score.
+    /// UTF-8 text file to score (with --task: the task's items).
     #[arg(long, short)]
     data: PathBuf,
     /// Tokens per window.
     #[arg(long, default_value_t = 512)]
     ctx: usize,
     /// Score only the first N windows.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "task")]
     max_windows: Option<usize>,
     /// Which positions are scored: `microllm` (every position after the first of each
     /// window), or `llama-cpp` (llama-perplexity's: BOS in the first slot of every window when
     /// the tokenizer adds one, only the second half scored), so that figures compare with
-    /// llama-perplexity's on the same file.
+    /// llama-perplexity's on the same file. With --task, `microllm` follows
+    /// lm-evaluation-harness and `llama-cpp` llama-perplexity's task scoring.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Microllm)]
     protocol: ProtocolArg,
+    /// Score a multiple-choice task instead of perplexity: hellaswag, arc_easy,
+    /// arc_challenge, piqa, winogrande or mmlu.
+    #[arg(long, value_parser = parse_task)]
+    task: Option<Task>,
+    /// With --task: score only the first N items.
+    #[arg(long, requires = "task")]
+    limit: Option<usize>,
+    /// With --task: put K solved examples before each item (the first K of --fewshot-data,
+    /// of the item's subject for MMLU; without --fewshot-data the first K other items).
+    #[arg(long, value_name = "K", default_value_t = 0, requires = "task")]
+    fewshot: usize,
+    /// With --fewshot: the items to take the examples from (e.g. the dataset's train or dev
+    /// split), in the same layout as --data.
+    #[arg(long, value_name = "FILE", requires = "task")]
+    fewshot_data: Option<PathBuf>,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Store this model's next-token distributions on the scored positions in FILE (16 bits
     /// per vocabulary entry; 25 MB per 512-token window of a 49k vocabulary under
     /// `--protocol llama-cpp`), to measure other models against later with `--kl-base`.
-    #[arg(long, value_name = "FILE", conflicts_with = "kl_base")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kl_base", "task"])]
     save_kl_base: Option<PathBuf>,
     /// Measure this model against distributions stored by `--save-kl-base` (same text,
     /// --ctx, --max-windows and --protocol): KL divergence (mean, median, p99, max), how
     /// often both put the same token first, and the RMS change of the next token's
     /// probability, as llama-perplexity's --kl-divergence.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "task")]
     kl_base: Option<PathBuf>,
     #[command(flatten)]
     compute: super::ComputeArgs,
@@ -62,7 +84,27 @@ enum ProtocolArg {
     LlamaCpp,
 }
 
+fn parse_task(s: &str) -> std::result::Result<Task, String> {
+    s.parse().map_err(|e: microllm_core::Error| e.to_string())
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if let Some(task) = args.task {
+        return super::eval_task::run(super::eval_task::TaskArgs {
+            model: &args.model,
+            task,
+            data: &args.data,
+            protocol: match args.protocol {
+                ProtocolArg::Microllm => TaskProtocol::LmEval,
+                ProtocolArg::LlamaCpp => TaskProtocol::LlamaCpp,
+            },
+            limit: args.limit,
+            fewshot: args.fewshot,
+            fewshot_data: args.fewshot_data.as_deref(),
+            json: args.json.as_ref(),
+            compute: args.compute.compute,
+        });
+    }
     let ckpt = super::open_model(&args.model)?;
     let tokenizer = ckpt.require_tokenizer()?;
     let text = super::read_text(&args.data)?;

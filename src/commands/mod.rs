@@ -4,6 +4,7 @@ pub mod convert;
 pub mod data_args;
 pub mod distill;
 pub mod eval;
+pub mod eval_task;
 pub mod generate;
 pub mod inspect;
 pub mod logits;

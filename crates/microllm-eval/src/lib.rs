@@ -9,11 +9,14 @@
 //! `llama-perplexity` scores only the second half of each window, so its figures are lower and
 //! not comparable unless [`Protocol::LlamaCpp`] is used. A base model's distributions can be
 //! stored once ([`KlBaseWriter`]) and another model measured against them later
-//! ([`KlAccumulator`]), as llama-perplexity's `--kl-divergence-base` does.
+//! ([`KlAccumulator`]), as llama-perplexity's `--kl-divergence-base` does. Task accuracy
+//! (HellaSwag, ARC, PIQA, WinoGrande, MMLU) is scored in [`tasks`] as the harness and
+//! llama.cpp score it.
 
 mod compare;
 mod kl_base;
 mod perplexity;
+pub mod tasks;
 
 pub use compare::{Comparison, compare};
 pub use kl_base::{KlAccumulator, KlBaseReader, KlBaseShape, KlBaseWriter, KlStats};

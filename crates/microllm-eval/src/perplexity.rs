@@ -211,7 +211,7 @@ pub fn window_nll_from(logits: &Tensor, ids: &[u32], first: usize) -> Result<f64
 
 /// Sum of negative log-likelihoods of `targets`, row `i` of `logits` `[targets.len(), vocab]`
 /// predicting `targets[i]`; every target is checked against the vocabulary.
-fn rows_nll(logits: &Tensor, targets: &[u32]) -> Result<f64> {
+pub(crate) fn rows_nll(logits: &Tensor, targets: &[u32]) -> Result<f64> {
     let (rows, vocab) = logits.dims2()?;
     if rows != targets.len() {
         return Err(Error::Invalid(format!(

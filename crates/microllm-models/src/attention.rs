@@ -63,6 +63,11 @@ impl LayerKvCache {
         self.len == 0
     }
 
+    /// Forgets every position from `len` on; the buffers stay for the next append.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Appends new keys/values `[batch, kv_heads, s, head_dim]` and returns all cached ones.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, kv, s, d) = k.dims4()?;
@@ -106,6 +111,12 @@ impl KvCache {
         Self {
             layers: vec![LayerKvCache::default(); cfg.num_layers],
         }
+    }
+
+    /// Forgets every position from `len` on in every layer, so that another continuation of
+    /// the first `len` tokens can be run without recomputing them.
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|l| l.truncate(len));
     }
 
     /// Positions cached.

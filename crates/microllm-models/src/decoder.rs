@@ -181,6 +181,12 @@ impl Decoder {
 
     /// Logits of the new tokens `ids`, continuing the sequence held in `cache`.
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.head(&self.final_hidden_cached(ids, cache)?)
+    }
+
+    /// The last block's output for the new tokens `ids`, continuing the sequence held in
+    /// `cache` (see [`final_hidden`](Self::final_hidden) for why the head is left out).
+    pub fn final_hidden_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let offset = cache.len();
         let longer = self.tables_for(offset + ids.dim(1)?)?;
         let mut x = self.embed(ids)?;
@@ -188,7 +194,7 @@ impl Decoder {
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(&x, at, Some(layer_cache), &mut NoTap)?;
         }
-        self.head(&x)
+        Ok(x)
     }
 
     /// Positions for a pass starting at `offset`, over the initial tables ([`Self::rope`]).

@@ -22,6 +22,7 @@ mod layerwise;
 mod order;
 mod output;
 mod steps;
+mod tasks;
 pub mod tensors;
 
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ pub use estimate::Estimate;
 pub use steps::{
     EvalStep, LayerwiseStep, OutputPlan, StructuredStep, Writer, gguf_types, report_stem,
 };
+pub use tasks::TaskStep;
 pub use tensors::TensorPlan;
 
 use crate::recipe::{Gate, Pass, Recipe, RecipeDoc, RecipeError, RecipeResult, ReportFormat};
@@ -49,6 +51,8 @@ pub struct Plan {
     pub distill: Option<DistillStep>,
     pub layerwise: Option<LayerwiseStep>,
     pub evals: Vec<EvalStep>,
+    /// Multiple-choice tasks every eval pass scores.
+    pub tasks: Vec<TaskStep>,
     pub output: OutputPlan,
     pub gates: Vec<Gate>,
     /// Decisions a person should know about (fallbacks, static groups, ...).

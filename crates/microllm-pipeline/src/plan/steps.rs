@@ -279,6 +279,7 @@ pub(super) fn build(
         }
     }
     check_data(&recipe, &cfg, opts)?;
+    let tasks = super::tasks::task_steps(&recipe, opts.data_optional)?;
     let evals = eval_steps(&recipe, &order)?;
     if let (Some(e), None, false) = (evals.first(), &recipe.evaluation, opts.data_optional) {
         return Err(err_near(
@@ -301,7 +302,7 @@ pub(super) fn build(
         &mut notes,
     )?;
 
-    let gates = gates(&recipe, &evals, distill.is_some())?;
+    let gates = gates(&recipe, &evals, distill.is_some(), &tasks)?;
     let estimate = Estimate::of(
         &recipe,
         &cfg,
@@ -333,6 +334,7 @@ pub(super) fn build(
         distill,
         layerwise,
         evals,
+        tasks,
         output,
         gates,
         notes,
@@ -503,7 +505,12 @@ fn eval_steps(recipe: &Recipe, order: &Order) -> RecipeResult<Vec<EvalStep>> {
     Ok(out)
 }
 
-fn gates(recipe: &Recipe, evals: &[EvalStep], distill: bool) -> RecipeResult<Vec<Gate>> {
+fn gates(
+    recipe: &Recipe,
+    evals: &[EvalStep],
+    distill: bool,
+    tasks: &[super::tasks::TaskStep],
+) -> RecipeResult<Vec<Gate>> {
     let final_eval = evals.iter().any(|e| e.of_output);
     recipe
         .gates
@@ -529,6 +536,21 @@ fn gates(recipe: &Recipe, evals: &[EvalStep], distill: bool) -> RecipeResult<Vec
                     format!(
                         "`{}` is measured by a distill pass; the recipe has none",
                         g.metric
+                    ),
+                ));
+            }
+            if let Some(task) = g.task_metric()
+                && !tasks
+                    .iter()
+                    .any(|t| task.is_none_or(|name| t.task.name() == name))
+            {
+                return Err(err(
+                    &path,
+                    format!(
+                        "`{}` is a task accuracy: add the task to `evaluation.tasks` \
+                         (`- {{task: {}, data: FILE}}`)",
+                        g.metric,
+                        task.unwrap_or("hellaswag")
                     ),
                 ));
             }

@@ -66,6 +66,24 @@ pub const EVAL_METRICS: [&str; 7] = [
     "eval_tokens_per_s",
 ];
 
+/// Task-accuracy metrics, measured by an eval pass on `evaluation.tasks`: alone, the mean
+/// over the tasks (those that have `acc_norm`, for the `acc_norm` ones); after a task's name
+/// (`hellaswag.acc_norm_drop`), that task's.
+pub const TASK_METRICS: [(&str, &str); 6] = [
+    ("acc", "task accuracy of the output (0 to 1)"),
+    ("acc_base", "task accuracy of the original model"),
+    (
+        "acc_drop",
+        "accuracy lost, in points: 100 x (acc_base - acc)",
+    ),
+    (
+        "acc_norm",
+        "length-normalized task accuracy of the output (lm-eval's acc_norm)",
+    ),
+    ("acc_norm_base", "acc_norm of the original model"),
+    ("acc_norm_drop", "acc_norm lost, in points"),
+];
+
 /// A comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GateOp {
@@ -132,14 +150,21 @@ impl Gate {
             })?;
         let metric = text[..at].trim();
         let number = text[at + sym.len()..].trim();
-        if !METRICS.iter().any(|(m, _)| *m == metric) {
+        if !METRICS.iter().any(|(m, _)| *m == metric) && task_metric(metric).is_none() {
             return Err(format!(
-                "`{metric}` is not a metric; gates take {}",
+                "`{metric}` is not a metric; gates take {}, and TASK.{{{}}} for a task of \
+                 `evaluation.tasks`",
                 METRICS
+                    .iter()
+                    .chain(&TASK_METRICS)
+                    .map(|(m, _)| *m)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                TASK_METRICS
                     .iter()
                     .map(|(m, _)| *m)
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(",")
             ));
         }
         let threshold: f64 = number
@@ -166,7 +191,26 @@ impl Gate {
 
     /// Whether the metric comes from an eval pass.
     pub fn needs_eval(&self) -> bool {
-        EVAL_METRICS.contains(&self.metric.as_str())
+        EVAL_METRICS.contains(&self.metric.as_str()) || self.task_metric().is_some()
+    }
+
+    /// For a task-accuracy metric, the task it names (`None` inside: the mean over tasks).
+    pub fn task_metric(&self) -> Option<Option<&str>> {
+        task_metric(&self.metric)
+    }
+}
+
+/// `Some(None)` for `acc`..., `Some(Some("hellaswag"))` for `hellaswag.acc`..., `None` for
+/// every other name.
+fn task_metric(metric: &str) -> Option<Option<&str>> {
+    let known = |m: &str| TASK_METRICS.iter().any(|(k, _)| *k == m);
+    match metric.split_once('.') {
+        None => known(metric).then_some(None),
+        Some((task, m)) => (known(m)
+            && task
+                .parse::<microllm_eval::tasks::Task>()
+                .is_ok_and(|t| t.name() == task))
+        .then_some(Some(task)),
     }
 }
 
@@ -201,5 +245,21 @@ mod tests {
                 .contains("not a number")
         );
         assert!(Gate::parse("ppl").unwrap_err().contains("METRIC OP NUMBER"));
+    }
+
+    #[test]
+    fn task_metrics_name_a_task_or_all() {
+        let g = Gate::parse("acc_norm_drop <= 1.0").unwrap();
+        assert_eq!(g.task_metric(), Some(None));
+        assert!(g.needs_eval());
+        let g = Gate::parse("arc_easy.acc >= 0.5").unwrap();
+        assert_eq!(g.task_metric(), Some(Some("arc_easy")));
+        assert_eq!(Gate::parse("ppl <= 5").unwrap().task_metric(), None);
+        for bad in ["boolq.acc <= 1", "hellaswag.ppl <= 1", "ARC-Easy.acc <= 1"] {
+            assert!(
+                Gate::parse(bad).unwrap_err().contains("not a metric"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! YAML path and line (see [`error`]).
 //!
 //! Relative paths written in a recipe file (`model`, `calibration.data`, `evaluation.data`,
-//! `output.path`, `report.path`, a distill pass's `data` and `logits`) are relative to that
+//! `evaluation.tasks[].data` and `fewshot_data`, `output.path`, `report.path`, a distill pass's `data` and `logits`) are relative to that
 //! file, so a recipe means the same from any working directory; values given on the command
 //! line are relative to where it runs.
 
@@ -112,6 +112,18 @@ impl RecipeDoc {
         for (section, key) in PATH_KEYS {
             if let Some(v) = self.value.get_mut(section).and_then(|s| s.get_mut(key)) {
                 join(v, false);
+            }
+        }
+        let tasks = self
+            .value
+            .get_mut("evaluation")
+            .and_then(|e| e.get_mut("tasks"))
+            .and_then(Value::as_array_mut);
+        for task in tasks.into_iter().flatten() {
+            for key in ["data", "fewshot_data"] {
+                if let Some(v) = task.get_mut(key) {
+                    join(v, false);
+                }
             }
         }
         let passes = self.value.get_mut("passes").and_then(Value::as_array_mut);

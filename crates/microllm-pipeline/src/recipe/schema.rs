@@ -113,6 +113,35 @@ pub struct EvaluationData {
     /// Windows scored (the first N of the data).
     #[serde(default = "default_windows")]
     pub windows: usize,
+    /// Multiple-choice tasks scored by every eval pass on the original and the model, as
+    /// lm-evaluation-harness scores them (gates: `acc_drop`, `acc_norm_drop`, `TASK.acc`...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskData>,
+}
+
+/// A multiple-choice task and its items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskData {
+    /// hellaswag, arc_easy, arc_challenge, piqa, winogrande or mmlu.
+    pub task: String,
+    /// The items: the Hugging Face dataset's fields as JSON Lines (or llama.cpp's HellaSwag
+    /// text file). Relative paths are relative to the recipe file.
+    pub data: PathBuf,
+    /// Score only the first N items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Solved examples before each item (the first K of `fewshot_data`, else of the other
+    /// items; of the item's subject for MMLU).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fewshot: usize,
+    /// The file few-shot examples come from (a train or dev split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fewshot_data: Option<PathBuf>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One step of a run.

@@ -84,6 +84,24 @@ pub(crate) fn overview(r: &CompressionReport) -> Vec<(&'static str, String)> {
             "eval speed",
             format!("{:.1} tokens/s", e.compressed.tokens_per_second),
         ));
+        for t in &e.tasks {
+            let mut text = format!(
+                "acc {:.4} -> {:.4} ± {:.4} ({:+.2} points)",
+                t.acc_base, t.acc, t.acc_stderr, -t.acc_drop
+            );
+            if let (Some(b), Some(a), Some(d)) = (t.acc_norm_base, t.acc_norm, t.acc_norm_drop) {
+                let _ = write!(text, ", acc_norm {b:.4} -> {a:.4} ({:+.2} points)", -d);
+            }
+            let _ = write!(
+                text,
+                "; same answer on {:.1}% of {} items, {}-shot, `{}`",
+                100.0 * t.same_answer,
+                t.items,
+                t.fewshot,
+                t.data.display()
+            );
+            rows.push((t.task.name(), text));
+        }
     }
     rows.push(("time", format!("{:.1} s", r.total_seconds)));
     if let Some(b) = r.peak_rss_bytes {

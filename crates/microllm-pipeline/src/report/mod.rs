@@ -111,6 +111,7 @@ impl CompressionReport {
             m.insert("kl".into(), e.kl_divergence);
             m.insert("top1_agreement".into(), e.top1_agreement);
             m.insert("eval_tokens_per_s".into(), e.compressed.tokens_per_second);
+            task_metrics(&e.tasks, &mut m);
         }
         self.metrics = m;
     }
@@ -138,6 +139,32 @@ impl CompressionReport {
     /// The report as pretty JSON (ending in a newline).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("reports serialize") + "\n"
+    }
+}
+
+/// The task-accuracy metrics (recipe/gate.rs `TASK_METRICS`): each task's under its name,
+/// and their means over the tasks that have them.
+fn task_metrics(tasks: &[records::TaskRecord], m: &mut BTreeMap<String, f64>) {
+    let mut sums: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for t in tasks {
+        let values = [
+            ("acc", Some(t.acc)),
+            ("acc_base", Some(t.acc_base)),
+            ("acc_drop", Some(t.acc_drop)),
+            ("acc_norm", t.acc_norm),
+            ("acc_norm_base", t.acc_norm_base),
+            ("acc_norm_drop", t.acc_norm_drop),
+        ];
+        for (name, value) in values {
+            if let Some(v) = value {
+                m.insert(format!("{}.{name}", t.task), v);
+                let s = sums.entry(name).or_default();
+                *s = (s.0 + v, s.1 + 1);
+            }
+        }
+    }
+    for (name, (sum, n)) in sums {
+        m.insert(name.to_string(), sum / n as f64);
     }
 }
 

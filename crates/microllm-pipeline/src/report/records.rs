@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use microllm_eval::tasks::{Task, TaskResult};
 use microllm_eval::{Comparison, PerplexityResult};
 use microllm_io::calibration::CalibrationSet;
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,9 @@ pub struct EvalRecord {
     /// Mean KL(original || compressed) per scored token, nats.
     pub kl_divergence: f64,
     pub top1_agreement: f64,
+    /// The evaluation's multiple-choice tasks, original against compressed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskRecord>,
 }
 
 impl EvalRecord {
@@ -98,6 +102,62 @@ impl EvalRecord {
             top1_agreement: c.top1_agreement,
             original: c.original,
             compressed: c.compressed,
+            tasks: Vec::new(),
+        }
+    }
+}
+
+/// One task scored on the original and on the compressed model (lm-eval's rules).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task: Task,
+    pub data: PathBuf,
+    pub items: usize,
+    pub fewshot: usize,
+    pub acc_base: f64,
+    pub acc: f64,
+    pub acc_stderr: f64,
+    /// `100 x (acc_base - acc)`: accuracy lost, in points.
+    pub acc_drop: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_norm_base: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_norm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_norm_drop: Option<f64>,
+    /// Fraction of items on which both models chose the same answer.
+    pub same_answer: f64,
+    /// Seconds the compressed model took.
+    pub seconds: f64,
+}
+
+impl TaskRecord {
+    /// The record of `base` and `compressed`, two runs over the same items.
+    pub fn new(data: PathBuf, base: &TaskResult, compressed: &TaskResult) -> Self {
+        let same = base
+            .per_item
+            .iter()
+            .zip(&compressed.per_item)
+            .filter(|(a, b)| a.pred == b.pred)
+            .count();
+        let drop = |b: f64, c: f64| 100.0 * (b - c);
+        Self {
+            task: compressed.task,
+            data,
+            items: compressed.items,
+            fewshot: compressed.fewshot,
+            acc_base: base.acc,
+            acc: compressed.acc,
+            acc_stderr: compressed.acc_stderr,
+            acc_drop: drop(base.acc, compressed.acc),
+            acc_norm_base: base.acc_norm,
+            acc_norm: compressed.acc_norm,
+            acc_norm_drop: base
+                .acc_norm
+                .zip(compressed.acc_norm)
+                .map(|(b, c)| drop(b, c)),
+            same_answer: same as f64 / compressed.items.max(1) as f64,
+            seconds: compressed.seconds,
         }
     }
 }

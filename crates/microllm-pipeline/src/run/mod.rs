@@ -15,6 +15,7 @@
 mod data;
 mod distill;
 mod report;
+mod tasks;
 mod write;
 
 use std::collections::BTreeMap;
@@ -164,6 +165,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
     // Evals of the model in memory before the distill pass (or the layerwise sweep).
     let distill_pass = plan.distill.as_ref().map_or(usize::MAX, |d| d.pass);
     let mut base: Option<Decoder> = None;
+    let mut base_tasks: tasks::BaseScores = None;
     let mut evals_in_memory = |evals: &mut Vec<(usize, EvalRecord, bool)>,
                                range: std::ops::Range<usize>,
                                config: &ModelConfig,
@@ -182,7 +184,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
             let rec = eval_step(
                 plan,
                 &store,
-                &mut base,
+                (&mut base, &mut base_tasks),
                 model,
                 (e.pass, e.windows),
                 eval_tokens.as_ref(),
@@ -293,7 +295,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
             let rec = eval_step(
                 plan,
                 &store,
-                &mut base,
+                (&mut base, &mut base_tasks),
                 &candidate,
                 (e.pass, e.windows),
                 eval_tokens.as_ref(),
@@ -349,7 +351,7 @@ pub fn finish(plan: &Plan) -> Result<()> {
 fn eval_step(
     plan: &Plan,
     store: &BlockStore,
-    base: &mut Option<Decoder>,
+    (base, base_tasks): (&mut Option<Decoder>, &mut tasks::BaseScores),
     candidate: &Decoder,
     (pass, windows): (usize, usize),
     tokens: Option<&EvalTokens>,
@@ -376,7 +378,8 @@ fn eval_step(
         protocol: Default::default(),
     };
     let c: Comparison = compare(original, candidate, &tokens.tokens, opts, progress)?;
-    let rec = EvalRecord::new(tokens.file.clone(), of_output, c);
+    let mut rec = EvalRecord::new(tokens.file.clone(), of_output, c);
+    rec.tasks = tasks::score_tasks(plan, original, base_tasks, candidate, progress)?;
     store.save_json(&name, &json!(rec))?;
     Ok((pass, rec, false))
 }

@@ -1,0 +1,383 @@
+//! Reading task items from the files users have: the Hugging Face datasets' own fields as
+//! JSON Lines (or one JSON array), and llama.cpp's HellaSwag text file.
+//!
+//! Field names are the datasets' (`Rowan/hellaswag`, `allenai/ai2_arc`, `ybisk/piqa`,
+//! `allenai/winogrande`, `cais/mmlu`), so a split saved with `datasets`' `to_json` reads as it
+//! is. HellaSwag is preprocessed here as the harness does (its `preprocess`: `[title]` becomes
+//! `. `, other bracketed WikiHow artefacts go, double spaces are collapsed), so its items hold
+//! the same text as llama.cpp's file, which was made with the same rules.
+
+use std::path::Path;
+
+use microllm_core::{Error, Result};
+use serde_json::Value;
+
+use super::Task;
+
+/// One multiple-choice item, in the fields the task's prompt is built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// HellaSwag: the preprocessed query (`activity_label: context`); ARC: the question;
+    /// PIQA: the goal; WinoGrande: the sentence with its `_`; MMLU: the question.
+    pub question: String,
+    /// The answers (WinoGrande: the two options that fill the `_`).
+    pub choices: Vec<String>,
+    /// Index of the right answer.
+    pub gold: usize,
+    /// MMLU's subject: its prompt names it, and few-shot examples come from the same one.
+    pub subject: Option<String>,
+}
+
+/// Reads `task`'s items from `path`.
+pub fn read_items(task: Task, path: &Path) -> Result<Vec<Item>> {
+    let format_error = |msg: String| Error::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    {
+        return Err(format_error(
+            "parquet is not read; write the split as JSON Lines (with pandas: \
+             pd.read_parquet(FILE).to_json(OUT, orient=\"records\", lines=True))"
+                .into(),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| format_error(format!("not UTF-8 text ({e})")))?;
+    let items = match text.trim_start().chars().next() {
+        Some('{') => read_json_lines(task, &text),
+        Some('[') => read_json_array(task, &text),
+        Some(_) if task == Task::Hellaswag => read_llama_hellaswag(&text),
+        Some(_) => Err(format!(
+            "expected JSON Lines with the {task} dataset's fields (one object per line)"
+        )),
+        None => Err("the file is empty".into()),
+    }
+    .map_err(format_error)?;
+    if items.is_empty() {
+        return Err(format_error(format!("no {task} items in the file")));
+    }
+    Ok(items)
+}
+
+fn read_json_lines(task: Task, text: &str) -> std::result::Result<Vec<Item>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            let doc: Value =
+                serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+            item_from_json(task, &doc).map_err(|e| format!("line {}: {e}", i + 1))
+        })
+        .collect()
+}
+
+fn read_json_array(task: Task, text: &str) -> std::result::Result<Vec<Item>, String> {
+    let docs: Vec<Value> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    docs.iter()
+        .enumerate()
+        .map(|(i, doc)| item_from_json(task, doc).map_err(|e| format!("item {i}: {e}")))
+        .collect()
+}
+
+/// llama.cpp's HellaSwag file: six lines per item (context, gold index, four endings).
+fn read_llama_hellaswag(text: &str) -> std::result::Result<Vec<Item>, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    if !lines.len().is_multiple_of(6) {
+        return Err(format!(
+            "{} lines: llama.cpp's HellaSwag format has 6 per item (context, gold index, 4 \
+             endings), and JSON Lines start with `{{`",
+            lines.len()
+        ));
+    }
+    lines
+        .chunks_exact(6)
+        .enumerate()
+        .map(|(i, task)| {
+            let line = 6 * i + 2;
+            let gold = task[1]
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| format!("line {line}: `{}` is not an ending index", task[1]))?;
+            checked(Item {
+                question: task[0].to_string(),
+                choices: task[2..].iter().map(|s| s.to_string()).collect(),
+                gold,
+                subject: None,
+            })
+            .map_err(|e| format!("item at line {}: {e}", line - 1))
+        })
+        .collect()
+}
+
+fn item_from_json(task: Task, doc: &Value) -> std::result::Result<Item, String> {
+    let item = match task {
+        Task::Hellaswag => {
+            // The harness: ctx_a + " " + ctx_b.capitalize(), after the activity label.
+            let ctx = match (doc.get("ctx_a"), doc.get("ctx_b")) {
+                (Some(_), Some(_)) => {
+                    format!(
+                        "{} {}",
+                        string(doc, "ctx_a")?,
+                        capitalize(string(doc, "ctx_b")?)
+                    )
+                }
+                _ => string(doc, "ctx")?.to_string(),
+            };
+            Item {
+                question: hellaswag_preprocess(&format!(
+                    "{}: {ctx}",
+                    string(doc, "activity_label")?
+                )),
+                choices: strings(doc, "endings")?
+                    .iter()
+                    .map(|e| hellaswag_preprocess(e))
+                    .collect(),
+                gold: label(doc, "label")?,
+                subject: None,
+            }
+        }
+        Task::ArcEasy | Task::ArcChallenge => {
+            let choices = doc.get("choices").ok_or("missing key `choices`")?;
+            let labels = strings(choices, "label").map_err(|e| format!("`choices`: {e}"))?;
+            let key = match doc.get("answerKey") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return Err("missing key `answerKey`".into()),
+            };
+            let gold = labels.iter().position(|l| *l == key).ok_or_else(|| {
+                format!("`answerKey` {key:?} is not one of the choice labels {labels:?}")
+            })?;
+            Item {
+                question: string(doc, "question")?.to_string(),
+                choices: strings(choices, "text").map_err(|e| format!("`choices`: {e}"))?,
+                gold,
+                subject: None,
+            }
+        }
+        Task::Piqa => Item {
+            question: string(doc, "goal")?.to_string(),
+            choices: vec![
+                string(doc, "sol1")?.to_string(),
+                string(doc, "sol2")?.to_string(),
+            ],
+            gold: label(doc, "label")?,
+            subject: None,
+        },
+        Task::Winogrande => {
+            let sentence = string(doc, "sentence")?;
+            if !sentence.contains('_') {
+                return Err("`sentence` has no `_` to fill".into());
+            }
+            let answer = label(doc, "answer")?;
+            if !(1..=2).contains(&answer) {
+                return Err(format!("`answer` {answer} is not 1 or 2"));
+            }
+            Item {
+                question: sentence.to_string(),
+                choices: vec![
+                    string(doc, "option1")?.to_string(),
+                    string(doc, "option2")?.to_string(),
+                ],
+                gold: answer - 1,
+                subject: None,
+            }
+        }
+        Task::Mmlu => {
+            let choices = strings(doc, "choices")?;
+            if choices.len() != 4 {
+                return Err(format!(
+                    "`choices` has {} answers, MMLU has 4",
+                    choices.len()
+                ));
+            }
+            Item {
+                question: string(doc, "question")?.to_string(),
+                choices,
+                gold: label(doc, "answer")?,
+                subject: Some(string(doc, "subject")?.to_string()),
+            }
+        }
+    };
+    checked(item)
+}
+
+/// The checks every item passes, whatever its file: a question, two or more non-empty
+/// choices, a gold index among them.
+fn checked(item: Item) -> std::result::Result<Item, String> {
+    if item.question.trim().is_empty() {
+        return Err("the question is empty".into());
+    }
+    if item.choices.len() < 2 {
+        return Err(format!(
+            "{} choice(s); at least 2 are needed",
+            item.choices.len()
+        ));
+    }
+    if let Some(i) = item.choices.iter().position(|c| c.trim().is_empty()) {
+        return Err(format!("choice {i} is empty"));
+    }
+    if item.gold >= item.choices.len() {
+        return Err(format!(
+            "the gold answer {} is not one of the {} choices",
+            item.gold,
+            item.choices.len()
+        ));
+    }
+    Ok(item)
+}
+
+fn string<'a>(doc: &'a Value, key: &str) -> std::result::Result<&'a str, String> {
+    match doc.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(format!("key `{key}` is {other}, not a string")),
+        None => Err(format!("missing key `{key}`")),
+    }
+}
+
+fn strings(doc: &Value, key: &str) -> std::result::Result<Vec<String>, String> {
+    match doc.get(key) {
+        Some(Value::Array(values)) => values
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(format!("key `{key}` holds {other}, not a string")),
+            })
+            .collect(),
+        Some(other) => Err(format!("key `{key}` is {other}, not a list of strings")),
+        None => Err(format!("missing key `{key}`")),
+    }
+}
+
+/// An index written as a number or as a string of digits (HellaSwag's `"2"`).
+fn label(doc: &Value, key: &str) -> std::result::Result<usize, String> {
+    let bad = |v: &Value| format!("key `{key}` is {v}, not an answer index");
+    match doc.get(key) {
+        Some(v @ Value::Number(n)) => n.as_u64().map(|n| n as usize).ok_or_else(|| bad(v)),
+        Some(v @ Value::String(s)) => s.trim().parse().map_err(|_| bad(v)),
+        Some(v) => Err(bad(v)),
+        None => Err(format!("missing key `{key}`")),
+    }
+}
+
+/// Python's `str.capitalize`: the first character upper case, the rest lower case.
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first
+            .to_uppercase()
+            .chain(chars.flat_map(char::to_lowercase))
+            .collect(),
+        None => String::new(),
+    }
+}
+
+/// The harness's HellaSwag `preprocess`: strip, ` [title]` to `. `, drop every `[...]`
+/// (shortest match), then `"  "` to `" "` (one pass, left to right, as Python's `replace`).
+fn hellaswag_preprocess(text: &str) -> String {
+    let text = text.trim().replace(" [title]", ". ");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(open) = rest.find('[') {
+        match rest[open..].find(']') {
+            Some(close) => {
+                out.push_str(&rest[..open]);
+                rest = &rest[open + close + 1..];
+            }
+            None => break,
+        }
+    }
+    out.push_str(rest);
+    out.replace("  ", " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hellaswag_text_is_preprocessed_as_the_harness_does() {
+        assert_eq!(
+            hellaswag_preprocess(" Fold the shirt. [title] Iron it [step] first.  Done "),
+            "Fold the shirt.. Iron it first. Done"
+        );
+        // An unclosed bracket stays, three spaces become two (one left-to-right pass).
+        assert_eq!(hellaswag_preprocess("a [b   c"), "a [b  c");
+        assert_eq!(capitalize("the MAN walks"), "The man walks");
+        assert_eq!(capitalize(""), "");
+    }
+
+    #[test]
+    fn dataset_fields_make_items() {
+        let doc: Value = serde_json::from_str(
+            r#"{"activity_label": "Cooking", "ctx_a": "She cuts onions.", "ctx_b": "then SHE",
+                "endings": ["fries them [title] well.", "sings.", "x", "y"], "label": "0"}"#,
+        )
+        .unwrap();
+        let item = item_from_json(Task::Hellaswag, &doc).unwrap();
+        assert_eq!(item.question, "Cooking: She cuts onions. Then she");
+        assert_eq!(item.choices[0], "fries them. well.");
+        assert_eq!(item.gold, 0);
+
+        let doc: Value = serde_json::from_str(
+            r#"{"question": "Q?", "choices": {"text": ["a", "b", "c"], "label": ["1", "2", "3"]},
+                "answerKey": "3"}"#,
+        )
+        .unwrap();
+        assert_eq!(item_from_json(Task::ArcEasy, &doc).unwrap().gold, 2);
+
+        let doc: Value = serde_json::from_str(
+            r#"{"sentence": "The cup fell because _ was slippery.", "option1": "the cup",
+                "option2": "the table", "answer": "1"}"#,
+        )
+        .unwrap();
+        assert_eq!(item_from_json(Task::Winogrande, &doc).unwrap().gold, 0);
+
+        let doc: Value = serde_json::from_str(
+            r#"{"question": "2+2?", "subject": "elementary_mathematics",
+                "choices": ["1", "2", "3", "4"], "answer": 3}"#,
+        )
+        .unwrap();
+        let item = item_from_json(Task::Mmlu, &doc).unwrap();
+        assert_eq!(
+            (item.gold, item.subject.as_deref()),
+            (3, Some("elementary_mathematics"))
+        );
+    }
+
+    #[test]
+    fn bad_items_are_named() {
+        let doc: Value =
+            serde_json::from_str(r#"{"goal": "g", "sol1": "a", "sol2": "b"}"#).unwrap();
+        assert_eq!(
+            item_from_json(Task::Piqa, &doc).unwrap_err(),
+            "missing key `label`"
+        );
+        let doc: Value =
+            serde_json::from_str(r#"{"goal": "g", "sol1": "a", "sol2": "b", "label": 2}"#).unwrap();
+        assert!(
+            item_from_json(Task::Piqa, &doc)
+                .unwrap_err()
+                .contains("gold answer 2")
+        );
+        let doc: Value =
+            serde_json::from_str(r#"{"goal": "g", "sol1": " ", "sol2": "b", "label": 0}"#).unwrap();
+        assert_eq!(
+            item_from_json(Task::Piqa, &doc).unwrap_err(),
+            "choice 0 is empty"
+        );
+        assert!(
+            read_llama_hellaswag("a\n0\nb\nc\nd\n")
+                .unwrap_err()
+                .contains("6 per item")
+        );
+        assert!(
+            read_llama_hellaswag("ctx\nx\na\nb\nc\nd\n")
+                .unwrap_err()
+                .contains("line 2")
+        );
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Task accuracy (issue 17), checked against independent scorers on the same items:
+#   1. items in each dataset's own layout are made from wiki.eval.txt (make_task_items.py;
+#      no benchmark data can be downloaded here);
+#   2. lm-evaluation-harness itself (its task configs pointed at the local files, transformers
+#      on the same GGUF in f32) and `microllm eval --task --compute dense` score every task,
+#      0-shot and few-shot; check_tasks.py compares them item by item (>= 99% same choice,
+#      accuracies within 0.5 points);
+#   3. llama-perplexity --hellaswag on llama.cpp's text file beside
+#      `microllm eval --task hellaswag --protocol llama-cpp` (accuracy within 0.5 points).
+# Usage: scripts/interop/tasks.sh   (env ITEMS=200 items per task, TASKS=hellaswag,mmlu to pick)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd -P)
+cd "$root"
+MODEL=${MODEL:-$root/../shared/assets/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+TEXT=${TEXT:-$root/../shared/assets/data/wiki.eval.txt}
+ITEMS=${ITEMS:-200}
+work=$root/target/interop/tasks
+venv=$root/target/lmeval-venv
+py=$venv/bin/python
+
+# lm-eval, transformers and torch (CPU use; the PyPI wheel pulls the CUDA runtime packages).
+[ -x "$py" ] || python3 -m venv "$venv"
+"$py" -c "import lm_eval, transformers, torch, gguf, accelerate" 2>/dev/null \
+  || "$py" -m pip install --quiet torch==2.15.0 transformers==5.24.0 lm-eval==0.4.13 \
+       gguf==0.19.0 accelerate
+cargo build --release --quiet
+m=$root/target/release/microllm
+
+"$py" scripts/interop/make_task_items.py "$TEXT" "$work/items" "$ITEMS"
+status=0
+"$py" scripts/interop/check_tasks.py "$m" "$MODEL" "$work/items" "$work/out" "$ITEMS" || status=1
+
+llama=$(scripts/interop/build-llama-cpp.sh)
+"$llama/llama-perplexity" -m "$MODEL" -f "$work/items/hellaswag.txt" --hellaswag \
+  --hellaswag-tasks "$ITEMS" -t "$(nproc)" -c 2048 > "$work/llama-hellaswag.log" 2>&1
+theirs=$(awk -v n="$ITEMS" '$1 == n {sub("%", "", $2); print $2 / 100}' "$work/llama-hellaswag.log")
+"$m" eval --model "$MODEL" --task hellaswag --data "$work/items/hellaswag.txt" \
+  --protocol llama-cpp --json "$work/out/microllm_llama_hellaswag.json" >/dev/null
+mine=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['result']['acc'])" \
+  "$work/out/microllm_llama_hellaswag.json")
+echo "llama-perplexity --hellaswag, $ITEMS items: llama.cpp $theirs, microllm --protocol llama-cpp $mine"
+"$py" -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.005)" "$theirs" "$mine" \
+  || { echo "FAIL: more than 0.5 points apart"; status=1; }
+exit $status
