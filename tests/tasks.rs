@@ -94,6 +94,7 @@ fn cached_scores_equal_plain_forwards_on_every_family() {
             choices: c.clone(),
             gold: *g,
             subject: None,
+            verbatim: false,
         })
         .collect();
     for name in [

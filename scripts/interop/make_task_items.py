@@ -61,6 +61,31 @@ def capitalize_split(context):
     return " ".join(context[:cut]), " ".join(context[cut:])
 
 
+def write_llama_binary(path, tasks):
+    """llama.cpp's --multiple-choice layout: u32 count, u32 offsets, then per task the
+    question, the single-answer choices and labels, an empty multiple-answer list."""
+    import struct
+
+    def string(s):
+        b = s.encode("utf-8")
+        return struct.pack("<I", len(b)) + b
+
+    bodies = []
+    for question, answers, gold in tasks:
+        body = string(question) + struct.pack("<I", len(answers))
+        body += b"".join(string(a) for a in answers)
+        body += b"".join(struct.pack("<i", int(j == gold)) for j in range(len(answers)))
+        bodies.append(body + struct.pack("<I", 0))
+    at = 4 + 4 * len(tasks)
+    offsets = []
+    for body in bodies:
+        offsets.append(at)
+        at += len(body)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<I", len(tasks)) + b"".join(struct.pack("<I", o) for o in offsets))
+        f.write(b"".join(bodies))
+
+
 def main():
     text = Path(sys.argv[1]).read_text(encoding="utf-8")
     out = Path(sys.argv[2])
@@ -95,6 +120,9 @@ def main():
                 query = preprocess(d["activity_label"] + ": " + d["ctx_a"] + " " + d["ctx_b"].capitalize())
                 lines = [query, d["label"]] + [preprocess(e) for e in d["endings"]]
                 f.write("\n".join(lines) + "\n")
+        write_llama_binary(out / "hellaswag.bin", [
+            (preprocess(d["activity_label"] + ": " + d["ctx_a"] + " " + d["ctx_b"].capitalize()),
+             [preprocess(e) for e in d["endings"]], int(d["label"])) for d in hs])
 
     arc = []
     for n, (context, choices, gold) in enumerate(choice_items(rng, paras, count + 10, 4)):
@@ -102,6 +130,10 @@ def main():
         arc.append({"id": f"wiki-{n}", "question": " ".join(context) + " ...?",
                     "choices": {"text": choices, "label": labels}, "answerKey": labels[gold]})
     write("arc_easy.jsonl", arc[:count])
+    # The harness's ARC prompt as the question of llama.cpp's multiple-choice file.
+    write_llama_binary(out / "arc_easy.bin", [
+        ("Question: " + d["question"] + "\nAnswer:", d["choices"]["text"],
+         d["choices"]["label"].index(d["answerKey"])) for d in arc[:count]])
     write("arc_easy_train.jsonl", arc[count:])
 
     piqa = []

@@ -68,6 +68,24 @@ impl LayerKvCache {
         self.len = self.len.min(len);
     }
 
+    /// The cached positions of a one-sequence cache repeated for `n` sequences, so that `n`
+    /// continuations of one prefix run as one batch.
+    pub fn repeat_batch(&mut self, n: usize) -> Result<()> {
+        if let Some((k, v)) = &self.buffers {
+            let repeat = |t: &Tensor| -> Result<Tensor> {
+                if t.dim(0)? != 1 {
+                    return Err(microllm_core::Error::Invalid(format!(
+                        "a cache of {} sequences cannot be repeated, only one of 1",
+                        t.dim(0)?
+                    )));
+                }
+                Ok(t.narrow(2, 0, self.len)?.repeat((n, 1, 1, 1))?)
+            };
+            self.buffers = Some((repeat(k)?, repeat(v)?));
+        }
+        Ok(())
+    }
+
     /// Appends new keys/values `[batch, kv_heads, s, head_dim]` and returns all cached ones.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, kv, s, d) = k.dims4()?;
@@ -117,6 +135,12 @@ impl KvCache {
     /// the first `len` tokens can be run without recomputing them.
     pub fn truncate(&mut self, len: usize) {
         self.layers.iter_mut().for_each(|l| l.truncate(len));
+    }
+
+    /// A one-sequence cache made an `n`-sequence one, every sequence holding its positions
+    /// (see [`LayerKvCache::repeat_batch`]).
+    pub fn repeat_batch(&mut self, n: usize) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|l| l.repeat_batch(n))
     }
 
     /// Positions cached.

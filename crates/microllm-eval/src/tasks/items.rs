@@ -1,5 +1,7 @@
 //! Reading task items from the files users have: the Hugging Face datasets' own fields as
-//! JSON Lines (or one JSON array), and llama.cpp's HellaSwag text file.
+//! JSON Lines (or one JSON array), llama.cpp's HellaSwag text file, and llama.cpp's binary
+//! multiple-choice files (`--multiple-choice`: ARC, MMLU, TruthfulQA, HellaSwag), whose
+//! questions are whole prompts.
 //!
 //! Field names are the datasets' (`Rowan/hellaswag`, `allenai/ai2_arc`, `ybisk/piqa`,
 //! `allenai/winogrande`, `cais/mmlu`), so a split saved with `datasets`' `to_json` reads as it
@@ -26,6 +28,9 @@ pub struct Item {
     pub gold: usize,
     /// MMLU's subject: its prompt names it, and few-shot examples come from the same one.
     pub subject: Option<String>,
+    /// The question is the whole prompt, as in llama.cpp's multiple-choice files: the task's
+    /// template is not applied.
+    pub verbatim: bool,
 }
 
 /// Reads `task`'s items from `path`.
@@ -45,6 +50,13 @@ pub fn read_items(task: Task, path: &Path) -> Result<Vec<Item>> {
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if looks_like_llama_multiple_choice(&bytes) {
+        let items = read_llama_multiple_choice(&bytes).map_err(format_error)?;
+        return match items.is_empty() {
+            true => Err(format_error("no items in the file".into())),
+            false => Ok(items),
+        };
+    }
     let text =
         String::from_utf8(bytes).map_err(|e| format_error(format!("not UTF-8 text ({e})")))?;
     let items = match text.trim_start().chars().next() {
@@ -107,8 +119,94 @@ fn read_llama_hellaswag(text: &str) -> std::result::Result<Vec<Item>, String> {
                 choices: task[2..].iter().map(|s| s.to_string()).collect(),
                 gold,
                 subject: None,
+                verbatim: false,
             })
             .map_err(|e| format!("item at line {}: {e}", line - 1))
+        })
+        .collect()
+}
+
+/// Whether `bytes` start as llama.cpp's binary multiple-choice file does: a task count, then
+/// that many offsets, the first pointing just past them.
+fn looks_like_llama_multiple_choice(bytes: &[u8]) -> bool {
+    let word = |i: usize| {
+        bytes
+            .get(4 * i..4 * i + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+    };
+    match (word(0), word(1)) {
+        (Some(n), Some(first)) => n > 0 && n < bytes.len() / 4 && first == 4 + 4 * n,
+        _ => false,
+    }
+}
+
+/// llama.cpp's binary multiple-choice file (`llama-perplexity --multiple-choice`): a u32
+/// task count and offsets, then per task the question, the single-answer choices with their
+/// labels (1 marks the right one), and the multiple-answer ones (unused), strings as a u32
+/// length and UTF-8 bytes, all little-endian.
+fn read_llama_multiple_choice(bytes: &[u8]) -> std::result::Result<Vec<Item>, String> {
+    struct Reader<'a>(&'a [u8], usize);
+    impl Reader<'_> {
+        fn u32(&mut self) -> std::result::Result<u32, String> {
+            let b = self
+                .0
+                .get(self.1..self.1 + 4)
+                .ok_or_else(|| format!("truncated at byte {}", self.1))?;
+            self.1 += 4;
+            Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        }
+        fn string(&mut self) -> std::result::Result<String, String> {
+            let n = self.u32()? as usize;
+            let b = self
+                .0
+                .get(self.1..self.1.saturating_add(n))
+                .ok_or_else(|| format!("truncated string of {n} bytes at byte {}", self.1))?;
+            self.1 += n;
+            String::from_utf8(b.to_vec())
+                .map_err(|_| format!("a string at byte {} is not UTF-8", self.1 - n))
+        }
+        fn answers(&mut self) -> std::result::Result<(Vec<String>, Vec<u32>), String> {
+            let n = self.u32()?;
+            if n > 100 {
+                return Err(format!("{n} answers (llama.cpp reads at most 100)"));
+            }
+            let answers = (0..n)
+                .map(|_| self.string())
+                .collect::<std::result::Result<_, _>>()?;
+            let labels = (0..n)
+                .map(|_| self.u32())
+                .collect::<std::result::Result<_, _>>()?;
+            Ok((answers, labels))
+        }
+    }
+    let mut r = Reader(bytes, 0);
+    let n = r.u32()? as usize;
+    let offsets: Vec<u32> = (0..n)
+        .map(|_| r.u32())
+        .collect::<std::result::Result<_, _>>()?;
+    offsets
+        .iter()
+        .enumerate()
+        .map(|(i, &at)| {
+            r.1 = at as usize;
+            let question = r.string().map_err(|e| format!("task {i}: {e}"))?;
+            let (choices, labels) = r.answers().map_err(|e| format!("task {i}: {e}"))?;
+            r.answers().map_err(|e| format!("task {i}: {e}"))?;
+            let right: Vec<usize> = (0..labels.len()).filter(|&j| labels[j] == 1).collect();
+            let [gold] = right[..] else {
+                return Err(format!(
+                    "task {i}: {} answers are marked right; one is needed",
+                    right.len()
+                ));
+            };
+            checked(Item {
+                question,
+                choices,
+                gold,
+                subject: None,
+                verbatim: true,
+            })
+            .map_err(|e| format!("task {i}: {e}"))
         })
         .collect()
 }
@@ -138,6 +236,7 @@ fn item_from_json(task: Task, doc: &Value) -> std::result::Result<Item, String> 
                     .collect(),
                 gold: label(doc, "label")?,
                 subject: None,
+                verbatim: false,
             }
         }
         Task::ArcEasy | Task::ArcChallenge => {
@@ -156,6 +255,7 @@ fn item_from_json(task: Task, doc: &Value) -> std::result::Result<Item, String> 
                 choices: strings(choices, "text").map_err(|e| format!("`choices`: {e}"))?,
                 gold,
                 subject: None,
+                verbatim: false,
             }
         }
         Task::Piqa => Item {
@@ -166,6 +266,7 @@ fn item_from_json(task: Task, doc: &Value) -> std::result::Result<Item, String> 
             ],
             gold: label(doc, "label")?,
             subject: None,
+            verbatim: false,
         },
         Task::Winogrande => {
             let sentence = string(doc, "sentence")?;
@@ -184,6 +285,7 @@ fn item_from_json(task: Task, doc: &Value) -> std::result::Result<Item, String> 
                 ],
                 gold: answer - 1,
                 subject: None,
+                verbatim: false,
             }
         }
         Task::Mmlu => {
@@ -199,6 +301,7 @@ fn item_from_json(task: Task, doc: &Value) -> std::result::Result<Item, String> 
                 choices,
                 gold: label(doc, "answer")?,
                 subject: Some(string(doc, "subject")?.to_string()),
+                verbatim: false,
             }
         }
     };
@@ -345,6 +448,54 @@ mod tests {
         assert_eq!(
             (item.gold, item.subject.as_deref()),
             (3, Some("elementary_mathematics"))
+        );
+    }
+
+    /// Writes llama.cpp's binary multiple-choice layout (as its converters do).
+    fn llama_binary(tasks: &[(&str, &[&str], usize)]) -> Vec<u8> {
+        let string = |out: &mut Vec<u8>, s: &str| {
+            out.extend((s.len() as u32).to_le_bytes());
+            out.extend(s.as_bytes());
+        };
+        let mut bodies = Vec::new();
+        for (q, answers, gold) in tasks {
+            let mut b = Vec::new();
+            string(&mut b, q);
+            b.extend((answers.len() as u32).to_le_bytes());
+            answers.iter().for_each(|a| string(&mut b, a));
+            (0..answers.len()).for_each(|j| b.extend(u32::from(j == *gold).to_le_bytes()));
+            b.extend(0u32.to_le_bytes());
+            bodies.push(b);
+        }
+        let mut out = (tasks.len() as u32).to_le_bytes().to_vec();
+        let mut at = 4 + 4 * tasks.len();
+        for b in &bodies {
+            out.extend((at as u32).to_le_bytes());
+            at += b.len();
+        }
+        bodies.iter().for_each(|b| out.extend(b));
+        out
+    }
+
+    #[test]
+    fn llama_multiple_choice_files_read() {
+        let bytes = llama_binary(&[
+            ("Q: 1+1?\nA:", &["2", "3"], 0),
+            ("Sky is", &["green", "blue", "red"], 1),
+        ]);
+        assert!(looks_like_llama_multiple_choice(&bytes));
+        let items = read_llama_multiple_choice(&bytes).unwrap();
+        assert_eq!(items[1].choices, ["green", "blue", "red"]);
+        assert_eq!((items[1].gold, items[1].verbatim), (1, true));
+        assert_eq!(items[0].question, "Q: 1+1?\nA:");
+        assert!(!looks_like_llama_multiple_choice(b"{\"goal\": 1}"));
+        let err = read_llama_multiple_choice(&bytes[..bytes.len() - 6]).unwrap_err();
+        assert!(err.contains("task 1") && err.contains("truncated"), "{err}");
+        let none_right = llama_binary(&[("q", &["a", "b"], 5)]);
+        assert!(
+            read_llama_multiple_choice(&none_right)
+                .unwrap_err()
+                .contains("0 answers are marked")
         );
     }
 

@@ -225,7 +225,7 @@ pub fn score_task(
                 score::score_choices(model, &seqs).map_err(|e| in_item(index, e))?;
             progress.advance(1);
             Ok((
-                rank(opts.task, opts.protocol, item, &requests, &seqs, &scores),
+                rank(opts.task, opts.protocol, item, &requests, &scores),
                 tokens,
             ))
         })
@@ -267,10 +267,8 @@ fn rank(
     protocol: TaskProtocol,
     item: &Item,
     requests: &[Request],
-    seqs: &[score::Sequence],
     scores: &[score::ChoiceScore],
 ) -> ItemScore {
-    debug_assert_eq!(requests.len(), seqs.len());
     match protocol {
         TaskProtocol::LmEval => {
             let logliks: Vec<f64> = scores.iter().map(|s| s.logprob).collect();

@@ -66,7 +66,7 @@ pub(crate) fn requests(task: Task, item: &Item, shots: &[&Item]) -> Result<Vec<R
         prefix.push_str(&target);
         prefix.push_str(FEWSHOT_DELIMITER);
     }
-    if task == Task::Winogrande {
+    if task == Task::Winogrande && !item.verbatim {
         // Partial scoring: each option completes the sentence up to `_` in the context; the
         // rest of the sentence, the same for both, is the continuation scored.
         let (before, after) = winogrande_split(item)?;
@@ -96,7 +96,7 @@ pub(crate) fn requests(task: Task, item: &Item, shots: &[&Item]) -> Result<Vec<R
 /// A few-shot example as the harness writes it: its prompt, and its right answer.
 fn solved(task: Task, shot: &Item) -> Result<(String, String)> {
     Ok(match task {
-        Task::Winogrande => {
+        Task::Winogrande if !shot.verbatim => {
             let (before, after) = winogrande_split(shot)?;
             (format!("{before}{}", shot.choices[shot.gold]), after.into())
         }
@@ -108,6 +108,9 @@ fn solved(task: Task, shot: &Item) -> Result<(String, String)> {
 }
 
 fn doc_to_text(task: Task, item: &Item) -> String {
+    if item.verbatim {
+        return item.question.clone();
+    }
     match task {
         Task::Hellaswag => item.question.clone(),
         Task::ArcEasy | Task::ArcChallenge | Task::Piqa => {
@@ -120,13 +123,13 @@ fn doc_to_text(task: Task, item: &Item) -> String {
             }
             text + "\nAnswer:"
         }
-        Task::Winogrande => unreachable!("WinoGrande prompts are built per option"),
+        Task::Winogrande => unreachable!("WinoGrande prompts are built per option unless verbatim"),
     }
 }
 
 fn choice_text(task: Task, item: &Item, i: usize) -> &str {
     match task {
-        Task::Mmlu => LETTERS[i],
+        Task::Mmlu if !item.verbatim => LETTERS[i],
         _ => &item.choices[i],
     }
 }
@@ -149,6 +152,7 @@ mod tests {
             choices: choices.iter().map(|c| c.to_string()).collect(),
             gold,
             subject: subject.map(str::to_string),
+            verbatim: false,
         }
     }
 

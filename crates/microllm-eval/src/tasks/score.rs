@@ -110,35 +110,49 @@ fn common_prefix<'a>(mut seqs: impl Iterator<Item = &'a [u32]>) -> usize {
 }
 
 /// Scores every sequence; returns the scores and the tokens run through the model. The
-/// tokens all sequences share before any is scored are run once and continued from a cache.
+/// tokens all sequences share before any is scored are run once; the sequences' own tokens
+/// then run as one batch continuing from that cache, each padded at its end to the longest
+/// (a causal model's earlier positions never see the padding).
 pub(crate) fn score_choices(
     model: &Decoder,
     seqs: &[Sequence],
 ) -> Result<(Vec<ChoiceScore>, usize)> {
     let first_scored = seqs.iter().map(|s| s.first).min().unwrap_or(1);
     let shared = common_prefix(seqs.iter().map(|s| s.tokens.as_slice())).min(first_scored - 1);
-    let ids = |tokens: &[u32]| Tensor::from_slice(tokens, (1, tokens.len()), &Device::Cpu);
     let mut cache = KvCache::new(model.config());
-    let mut run = 0;
     if shared > 0 {
-        model.final_hidden_cached(&ids(&seqs[0].tokens[..shared])?, &mut cache)?;
-        run += shared;
+        let prefix = &seqs[0].tokens[..shared];
+        let ids = Tensor::from_slice(prefix, (1, shared), &Device::Cpu)?;
+        model.final_hidden_cached(&ids, &mut cache)?;
     }
+    // The last token of a sequence predicts nothing that is scored.
+    let inputs: Vec<&[u32]> = seqs
+        .iter()
+        .map(|s| &s.tokens[shared..s.tokens.len() - 1])
+        .collect();
+    let width = inputs.iter().map(|i| i.len()).max().unwrap_or(0);
+    let mut batch = Vec::with_capacity(inputs.len() * width);
+    for input in &inputs {
+        batch.extend_from_slice(input);
+        let pad = *input
+            .last()
+            .expect("every sequence has a token past the shared ones");
+        batch.resize(batch.len() + width - input.len(), pad);
+    }
+    cache.repeat_batch(seqs.len())?;
+    let ids = Tensor::from_vec(batch, (seqs.len(), width), &Device::Cpu)?;
+    let hidden = model.final_hidden_cached(&ids, &mut cache)?;
+    let run = shared + inputs.iter().map(|i| i.len()).sum::<usize>();
+
     let mut scores = Vec::with_capacity(seqs.len());
-    for seq in seqs {
-        cache.truncate(shared);
-        // The last token predicts nothing that is scored.
-        let input = &seq.tokens[shared..seq.tokens.len() - 1];
-        let hidden = model.final_hidden_cached(&ids(input)?, &mut cache)?;
-        run += input.len();
+    for (k, seq) in seqs.iter().enumerate() {
         let targets = &seq.tokens[seq.first..];
         let row0 = seq.first - 1 - shared;
         let mut nll = 0.0;
         for offset in (0..targets.len()).step_by(HEAD_ROWS) {
             let n = HEAD_ROWS.min(targets.len() - offset);
-            let logits = model
-                .head(&hidden.narrow(1, row0 + offset, n)?)?
-                .squeeze(0)?;
+            let rows = hidden.narrow(0, k, 1)?.narrow(1, row0 + offset, n)?;
+            let logits = model.head(&rows)?.squeeze(0)?;
             nll += rows_nll(&logits, &targets[offset..offset + n])?;
         }
         scores.push(ChoiceScore {
