@@ -324,10 +324,10 @@ fn llama_cpp_mixes_follow_its_rules_then_its_fallbacks() {
     assert_eq!(linear(2, "self_attn.v_proj"), "Q5_0");
     assert_eq!(report["calibration"]["tokens_used"], 8 * 32);
     let notes = report["notes"].to_string();
-    // The fallbacks Q4_0 and Q5_0 take the matrix (as in llama.cpp); Q5_1 and Q8_0 do not.
+    // The fallbacks Q4_0, Q5_0 and Q5_1 take the matrix (as in llama.cpp); Q8_0 does not.
     assert!(
         notes.contains(
-            "importance matrix applied to 19 matrices (Q4_0, Q5_0); not to 3 others (Q5_1, Q8_0"
+            "importance matrix applied to 21 matrices (Q4_0, Q5_0, Q5_1); not to 1 other matrix (Q8_0"
         ),
         "{notes}"
     );

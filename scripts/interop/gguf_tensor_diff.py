@@ -32,7 +32,7 @@ def read(path):
         name = string(); nd = u32(); dims = [u64() for _ in range(nd)]; ty = u32(); off = u64()
         infos.append((name, dims, ty, off))
     data = (at + align - 1)//align*align
-    bs = {0:(1,4),1:(1,2),8:(32,34),6:(32,22),2:(32,18),3:(32,20),12:(256,144),14:(256,210),30:(1,2)}
+    bs = {0:(1,4),1:(1,2),8:(32,34),6:(32,22),7:(32,24),2:(32,18),3:(32,20),12:(256,144),14:(256,210),30:(1,2)}
     out = {}
     for name, dims, ty, off in infos:
         n = 1
@@ -41,13 +41,13 @@ def read(path):
         out[name] = (ty, b[data+off:data+off+n//blk*sz])
     return out
 a, c = read(sys.argv[1]), read(sys.argv[2])
-same = diff = 0
+same = diff = other = 0
 for name in sorted(a):
     ta, da = a[name]; tc, dc = c[name]
-    if ta != tc: print("type differs", name, ta, tc); continue
+    if ta != tc: print("type differs", name, ta, tc); other += 1; continue
     if da == dc: same += 1
     else:
         diff += 1
         nd = sum(1 for x, y in zip(da, dc) if x != y)
         if diff <= 12: print("differs", name, "type", ta, f"{nd}/{len(da)} bytes")
-print("same", same, "differ", diff)
+print("same", same, "differ", diff, *(["of another type", other] if other else []))

@@ -6,7 +6,9 @@
 #   4. llama-perplexity scores every file on the same text, and every file must load: the
 #      .dat and GGUF forms of one matrix must give the same file (0.1%), microllm and
 #      llama-quantize with the same matrix must agree within 0.5% (their Q4_K fits differ in a
-#      few scale bytes per tensor; the tensor-by-tensor byte comparison is printed).
+#      few scale bytes per tensor; the tensor-by-tensor byte comparison is printed);
+#   5. the legacy types with a matrix (Q4_0, Q4_1, Q5_1), microllm vs llama-quantize with the
+#      same llama-imatrix file, compared tensor by tensor (printed; byte identity expected).
 # Prints one RESULT line per file and exits non-zero if a check fails.
 # Usage: scripts/interop/imatrix.sh   (env CHUNKS=16 CTX=256 calibration; WINDOWS=8 eval)
 set -euo pipefail
@@ -69,4 +71,12 @@ echo "bytes: microllm vs llama-quantize, no imatrix: $(python3 scripts/interop/g
     "$work/ours-plain.gguf" "$work/llama-plain.gguf" | tail -1)"
 echo "bytes: microllm vs llama-quantize, same imatrix: $(python3 scripts/interop/gguf_tensor_diff.py \
     "$work/ours-llama-gguf.gguf" "$work/llama-llama-gguf.gguf" | tail -1)"
+for t in q4_0 q4_1 q5_1; do
+    "$m" quantize --model "$work/f32.gguf" --gguf-type "$t" --imatrix "$work/llama.imatrix.gguf" \
+        --force --out "$work/ours-$t.gguf" >/dev/null
+    "$llama/llama-quantize" --imatrix "$work/llama.imatrix.gguf" "$work/f32.gguf" \
+        "$work/llama-$t.gguf" "${t^^}" 2 >"$work/quantize-$t.log" 2>&1
+    echo "bytes: microllm vs llama-quantize, $t, same imatrix: $(python3 \
+        scripts/interop/gguf_tensor_diff.py "$work/ours-$t.gguf" "$work/llama-$t.gguf" | tail -1)"
+done
 exit $status

@@ -11,7 +11,8 @@
 #      same files, item by item (check_llama_tasks.py; --compute f32 gated, int8 shown);
 #   4. llama-perplexity --hellaswag on llama.cpp's text file beside
 #      `microllm eval --task hellaswag --protocol llama-cpp --compute f32` (accuracy within
-#      0.5 points; llama.cpp rounds activations to 8 bits, which moves a close item's
+#      0.5 points; both draw the file's items in llama.cpp's shuffled order, and
+#      check_llama_tasks.py is the item-by-item check; llama.cpp rounds activations to 8 bits, which moves a close item's
 #      per-token mean by a few hundredths of a nat, so exact per-item agreement is not
 #      expected of any f32 scorer).
 # Usage: scripts/interop/tasks.sh   (env ITEMS=200 items per task, TASKS=hellaswag,mmlu to pick)

@@ -20,8 +20,8 @@ use crate::progress::Bar;
 /// after the first in each window is scored; perplexity = exp(mean negative log-likelihood).
 /// `--protocol llama-cpp` scores as llama-perplexity does instead.
 ///
-/// With --task, --data is the task's items (the Hugging Face dataset's fields as JSON Lines,
-/// or llama.cpp's HellaSwag text file) and accuracy is scored as lm-evaluation-harness scores
+/// With --task, --data is the task's items (the Hugging Face dataset's fields as JSON Lines or
+/// parquet, or llama.cpp's HellaSwag text or multiple-choice files) and accuracy is scored as lm-evaluation-harness scores
 /// it (`--protocol llama-cpp`: as llama-perplexity --hellaswag / --multiple-choice does).
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -48,7 +48,9 @@ pub struct Args {
     /// arc_challenge, piqa, winogrande or mmlu.
     #[arg(long, value_parser = parse_task)]
     task: Option<Task>,
-    /// With --task: score only the first N items.
+    /// With --task: score only N items: the first N, or with `--protocol llama-cpp` the ones
+    /// llama-perplexity picks, in its order (HellaSwag text files: drawn at random as by
+    /// `--hellaswag-tasks N`, the whole file shuffled when N is not given).
     #[arg(long, requires = "task")]
     limit: Option<usize>,
     /// With --task: put K solved examples before each item (the first K of --fewshot-data,

@@ -1,11 +1,13 @@
 //! Reading task items from the files users have: the Hugging Face datasets' own fields as
-//! JSON Lines (or one JSON array), llama.cpp's HellaSwag text file, and llama.cpp's binary
+//! JSON Lines (or one JSON array) or as the hub's parquet files, llama.cpp's HellaSwag text
+//! file, and llama.cpp's binary
 //! multiple-choice files (`--multiple-choice`: ARC, MMLU, TruthfulQA, HellaSwag), whose
 //! questions are whole prompts.
 //!
 //! Field names are the datasets' (`Rowan/hellaswag`, `allenai/ai2_arc`, `ybisk/piqa`,
-//! `allenai/winogrande`, `cais/mmlu`), so a split saved with `datasets`' `to_json` reads as it
-//! is. HellaSwag is preprocessed here as the harness does (its `preprocess`: `[title]` becomes
+//! `allenai/winogrande`, `cais/mmlu`), so a split saved with `datasets`' `to_json`, or a
+//! parquet file of the dataset's repository, reads as it is (parquet rows are turned into the
+//! same JSON objects, nested lists and structs included). HellaSwag is preprocessed here as the harness does (its `preprocess`: `[title]` becomes
 //! `. `, other bracketed WikiHow artefacts go, double spaces are collapsed), so its items hold
 //! the same text as llama.cpp's file, which was made with the same rules.
 
@@ -39,17 +41,15 @@ pub fn read_items(task: Task, path: &Path) -> Result<Vec<Item>> {
         path: path.to_path_buf(),
         msg,
     };
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-    {
-        return Err(format_error(
-            "parquet is not read; write the split as JSON Lines (with pandas: \
-             pd.read_parquet(FILE).to_json(OUT, orient=\"records\", lines=True))"
-                .into(),
-        ));
-    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if looks_like_parquet(&bytes) {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let items = read_parquet(task, file).map_err(format_error)?;
+        return match items.is_empty() {
+            true => Err(format_error(format!("no {task} items in the file"))),
+            false => Ok(items),
+        };
+    }
     if looks_like_llama_multiple_choice(&bytes) {
         let items = read_llama_multiple_choice(&bytes).map_err(format_error)?;
         return match items.is_empty() {
@@ -73,6 +73,26 @@ pub fn read_items(task: Task, path: &Path) -> Result<Vec<Item>> {
         return Err(format_error(format!("no {task} items in the file")));
     }
     Ok(items)
+}
+
+/// Parquet files start and end with the magic `PAR1`.
+fn looks_like_parquet(bytes: &[u8]) -> bool {
+    bytes.len() >= 12 && bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1")
+}
+
+/// Each row of a parquet file as the JSON object `datasets` would write for it.
+fn read_parquet(task: Task, file: std::fs::File) -> std::result::Result<Vec<Item>, String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(file).map_err(|e| format!("parquet: {e}"))?;
+    let rows = reader
+        .get_row_iter(None)
+        .map_err(|e| format!("parquet: {e}"))?;
+    rows.enumerate()
+        .map(|(i, row)| {
+            let row = row.map_err(|e| format!("row {}: {e}", i + 1))?;
+            item_from_json(task, &row.to_json_value()).map_err(|e| format!("row {}: {e}", i + 1))
+        })
+        .collect()
 }
 
 fn read_json_lines(task: Task, text: &str) -> std::result::Result<Vec<Item>, String> {
@@ -400,6 +420,49 @@ fn hellaswag_preprocess(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/tasks")
+            .join(name)
+    }
+
+    /// The same items written by pyarrow as parquet and as JSON Lines
+    /// (scripts/make_task_parquet_fixtures.py: nested lists, ARC's struct of lists, string and
+    /// integer labels) read to the same items.
+    #[test]
+    fn parquet_files_read_as_their_json_lines() {
+        for task in [
+            Task::Hellaswag,
+            Task::ArcEasy,
+            Task::Piqa,
+            Task::Winogrande,
+            Task::Mmlu,
+        ] {
+            let parquet = read_items(task, &fixture(&format!("{task}.parquet"))).unwrap();
+            let json = read_items(task, &fixture(&format!("{task}.jsonl"))).unwrap();
+            assert!(!parquet.is_empty());
+            assert_eq!(parquet, json, "{task}");
+        }
+        let arc = read_items(Task::ArcEasy, &fixture("arc_easy.parquet")).unwrap();
+        assert_eq!(arc[0].choices, ["iron", "water", "salt", "wood"]);
+        assert_eq!((arc[0].gold, arc[1].gold), (1, 0));
+    }
+
+    /// A parquet file damaged between its magic numbers is refused with the file's name.
+    #[test]
+    fn a_damaged_parquet_file_is_refused() {
+        let mut bytes = std::fs::read(fixture("hellaswag.parquet")).unwrap();
+        let n = bytes.len();
+        bytes[n / 2..n - 8].fill(0xff);
+        let path =
+            std::env::temp_dir().join(format!("microllm-damaged-{}.parquet", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_items(Task::Hellaswag, &path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.contains("microllm-damaged"), "{err}");
+        assert!(err.contains("parquet"), "{err}");
+    }
 
     #[test]
     fn hellaswag_text_is_preprocessed_as_the_harness_does() {

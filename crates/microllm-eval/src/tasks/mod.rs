@@ -15,12 +15,15 @@
 //!   length in characters; standard errors as the harness's `mean_stderr`.
 //! - [`TaskProtocol::LlamaCpp`]: `llama-perplexity --hellaswag` / `--multiple-choice`: each
 //!   choice is tokenized as `context + " " + choice` with BOS, the tokens all choices share are
-//!   skipped, and choices are ranked by their mean log-probability per token.
+//!   skipped, and choices are ranked by their mean log-probability per token; the items are
+//!   those llama-perplexity picks, in its order ([`llama_draw`]: HellaSwag text files always
+//!   drawn at random, multiple-choice files when fewer are asked for).
 //!
 //! Items whose choices share their context run that context once: its keys and values are
 //! cached and every choice continues from them ([`score`]).
 
 mod items;
+mod llama_draw;
 mod prompts;
 mod score;
 
@@ -181,6 +184,14 @@ pub fn score_task(
     progress: &dyn Progress,
 ) -> Result<TaskResult> {
     let n = opts.limit.map_or(items.len(), |l| l.min(items.len()));
+    // llama-perplexity's own choice of items (`llama_draw`); lm-eval takes the first N.
+    let chosen: Vec<usize> = match (opts.protocol, items.first().map(|i| i.verbatim)) {
+        (TaskProtocol::LlamaCpp, Some(false)) if opts.task == Task::Hellaswag => {
+            llama_draw::hellaswag(items.len(), n)
+        }
+        (TaskProtocol::LlamaCpp, Some(true)) => llama_draw::multiple_choice(items.len(), n),
+        _ => (0..n).collect(),
+    };
     if n == 0 {
         return Err(Error::Invalid(format!(
             "no {} items to score (the file has {}, the limit is {:?})",
@@ -212,10 +223,10 @@ pub fn score_task(
 
     progress.begin(opts.task.name(), n as u64, "items");
     let start = Instant::now();
-    let scored: Vec<(ItemScore, usize)> = items[..n]
+    let scored: Vec<(ItemScore, usize)> = chosen
         .par_iter()
-        .enumerate()
-        .map(|(index, item)| {
+        .map(|&index| {
+            let item = &items[index];
             let exclude = fewshot_items.is_empty().then_some(index);
             let shots = prompts::fewshot_examples(item, examples, opts.fewshot, exclude)?;
             let requests = prompts::requests(opts.task, item, &shots)?;

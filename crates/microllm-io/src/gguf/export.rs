@@ -342,9 +342,8 @@ fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
 }
 
 /// Whether `dtype` is fitted with importance weights when a matrix is given: candle's
-/// k-quants, and Q4_0 / Q5_0 by microllm's own weighted fit ([`weighted`]), as llama.cpp does.
-/// Q8_0 is not (llama.cpp ignores the matrix for it too); nor are Q4_1 / Q5_1, whose weighted
-/// fit microllm does not implement.
+/// k-quants, and Q4_0 / Q5_0 / Q4_1 / Q5_1 / Q6_K by microllm's own weighted fits
+/// ([`weighted`]), as llama.cpp does. Q8_0 is not (llama.cpp ignores the matrix for it too).
 fn takes_importance(dtype: GgmlDType) -> bool {
     matches!(
         dtype,
@@ -355,6 +354,8 @@ fn takes_importance(dtype: GgmlDType) -> bool {
             | GgmlDType::Q6K
             | GgmlDType::Q4_0
             | GgmlDType::Q5_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q5_1
     )
 }
 
@@ -363,6 +364,8 @@ fn takes_importance(dtype: GgmlDType) -> bool {
 enum RowPacker<'a> {
     Q4_0(&'a [f32]),
     Q5_0(&'a [f32]),
+    Q4_1(&'a [f32]),
+    Q5_1(&'a [f32]),
     Q6K(Option<&'a [f32]>),
 }
 
@@ -371,6 +374,8 @@ impl RowPacker<'_> {
         match self {
             RowPacker::Q4_0(w) => weighted::q4_0_row(row, w, out),
             RowPacker::Q5_0(w) => weighted::q5_0_row(row, w, out),
+            RowPacker::Q4_1(w) => weighted::q4_1_row(row, w, out),
+            RowPacker::Q5_1(w) => weighted::q5_1_row(row, w, out),
             RowPacker::Q6K(w) => weighted::q6_k_row(row, w, out),
         }
     }
@@ -379,8 +384,8 @@ impl RowPacker<'_> {
 /// The tensor's bytes in `dtype`, refusing non-finite values (block quantizers would turn them
 /// into garbage silently). Blocks never straddle rows, so the values are cut into chunks of
 /// whole rows and packed on all cores: Q8_0 / Q4_0 / Q4_1 by microllm's own packers
-/// ([`blocks`]), Q6_K (and, with per-column `importance` weights, Q4_0 / Q5_0) by
-/// [`weighted`], other types by candle's ggml port (see [`takes_importance`]).
+/// ([`blocks`]), Q6_K (and, with per-column `importance` weights, Q4_0 / Q5_0 / Q4_1 / Q5_1)
+/// by [`weighted`], other types by candle's ggml port (see [`takes_importance`]).
 fn encode(
     t: &Tensor,
     dtype: GgmlDType,
@@ -432,10 +437,12 @@ fn encode(
         _ => None,
     };
     // Types microllm fits row by row as current llama.cpp does (candle's Q6_K follows an
-    // older llama.cpp, and it has no weighted Q4_0 / Q5_0).
+    // older llama.cpp, and it has no weighted Q4_0 / Q5_0 / Q4_1 / Q5_1).
     let by_row: Option<RowPacker<'_>> = match (dtype, importance) {
         (GgmlDType::Q4_0, Some(w)) => Some(RowPacker::Q4_0(w)),
         (GgmlDType::Q5_0, Some(w)) => Some(RowPacker::Q5_0(w)),
+        (GgmlDType::Q4_1, Some(w)) => Some(RowPacker::Q4_1(w)),
+        (GgmlDType::Q5_1, Some(w)) => Some(RowPacker::Q5_1(w)),
         (GgmlDType::Q6K, w) => Some(RowPacker::Q6K(w)),
         _ => None,
     };
@@ -449,7 +456,7 @@ fn encode(
         .par_chunks(rows_per_chunk * cols)
         .map(|chunk| match (by_row, pack) {
             (Some(packer), _) => {
-                let mut out = Vec::with_capacity(chunk.len() / blocks::QK * weighted::Q5_0_BYTES);
+                let mut out = Vec::with_capacity(chunk.len() / blocks::QK * weighted::Q5_1_BYTES);
                 for row in chunk.chunks_exact(cols) {
                     packer.pack(row, &mut out);
                 }

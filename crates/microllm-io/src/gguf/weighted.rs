@@ -1,5 +1,5 @@
-//! Importance-weighted Q4_0 and Q5_0 blocks, as llama.cpp fits them when given an importance
-//! matrix.
+//! Importance-weighted Q4_0, Q5_0, Q4_1 and Q5_1 blocks, and Q6_K, as llama.cpp fits them
+//! when given an importance matrix.
 //!
 //! Plain Q4_0 / Q5_0 take each block's scale from its largest weight. With an importance
 //! matrix llama.cpp instead searches the scale: it weighs weight `j` of a row by
@@ -11,16 +11,22 @@
 //! has no weighted form of these types, so microllm fits them here, following the
 //! arithmetic of llama.cpp's `make_qx_quants` (rounding half to even, f32 sums in order).
 //!
+//! Q4_1 / Q5_1 blocks carry an offset `m` beside the scale, so the search is over both:
+//! the block is rounded on the grid its range implies (`levels / (max - min)`), then on 37
+//! grids whose level count runs from `levels - 0.9` to `levels + 0.9`; for each, `d` and
+//! `m` are the weighted least-squares fit to the rounded codes (`m` held at or below 0, as
+//! the range's minimum is), and the grid of least weighted squared error wins (llama.cpp's
+//! `make_qkx3_quants` with its Q4_1 / Q5_1 settings).
+//!
 //! Layouts (per block of 32): Q4_0 (18 bytes) f16 `d`, 16 bytes of nibbles (weight j low,
 //! j + 16 high), `w = d (q - 8)`; Q5_0 (22 bytes) f16 `d`, u32 `qh` of fifth bits (bit j for
-//! weight j), 16 bytes of low nibbles as Q4_0, `w = d (q - 16)`.
+//! weight j), 16 bytes of low nibbles as Q4_0, `w = d (q - 16)`; Q4_1 (20 bytes) f16 `d`,
+//! f16 `m`, nibbles as Q4_0, `w = d q + m`; Q5_1 (24 bytes) f16 `d`, f16 `m`, `qh` and
+//! nibbles as Q5_0, `w = d q + m`.
 
 use half::f16;
 
 use super::blocks::QK;
-
-/// Bytes of one Q5_0 block.
-pub const Q5_0_BYTES: usize = 2 + 4 + QK / 2;
 
 /// Below this a block is all zeros (llama.cpp's `GROUP_MAX_EPS`).
 const ALL_ZERO: f32 = 1e-15;
@@ -79,6 +85,74 @@ fn fit_block(x: &[f32], weights: Option<&[f32]>, nmax: i32, codes: &mut [u8]) ->
     scale
 }
 
+/// Codes `0..=levels` of one block and its `(d, m)` (`w = d code + m`, `m <= 0`), by the
+/// scale-and-offset search described in the module docs.
+fn fit_block_with_offset(x: &[f32], weights: &[f32], levels: u8, codes: &mut [u8]) -> (f32, f32) {
+    let n_levels = f32::from(levels);
+    let (mut lo, mut hi) = (x[0], x[0]);
+    let (mut sum_w, mut sum_x) = (weights[0], weights[0] * x[0]);
+    for (&v, &w) in x.iter().zip(weights).skip(1) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+        sum_w += w;
+        sum_x += w * v;
+    }
+    let mut min = lo.min(0.0);
+    if hi <= min {
+        codes.fill(0);
+        return (0.0, min);
+    }
+    let round_on = |iscale: f32, v: f32, min: f32| {
+        nearest(iscale * (v - min)).clamp(0, i32::from(levels)) as u8
+    };
+    let squared_error = |scale: f32, min: f32, codes: &[u8]| {
+        x.iter()
+            .zip(weights)
+            .zip(codes)
+            .fold(0f32, |acc, ((&v, &w), &c)| {
+                let diff = scale * f32::from(c) + min - v;
+                acc + w * (diff * diff)
+            })
+    };
+    let iscale = n_levels / (hi - min);
+    let mut scale = 1.0 / iscale;
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = round_on(iscale, v, min);
+    }
+    let mut best = squared_error(scale, min, codes);
+    // As in llama.cpp, later grids are laid from the offset of the best fit so far.
+    let mut trial = [0u8; QK];
+    let trial = &mut trial[..x.len()];
+    for step in 0..=36 {
+        let iscale = (-0.9 + 0.05 * step as f32 + n_levels) / (hi - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for ((c, &v), &w) in trial.iter_mut().zip(x).zip(weights) {
+            *c = round_on(iscale, v, min);
+            let l = f32::from(*c);
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * v;
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let err = squared_error(this_scale, this_min, trial);
+            if err < best {
+                codes.copy_from_slice(trial);
+                best = err;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, min)
+}
+
 /// The per-weight weights of a row: `importance[j] * sqrt(sigma2 + x_j^2)`.
 fn row_weights(row: &[f32], importance: &[f32]) -> Vec<f32> {
     let sigma2 = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
@@ -105,14 +179,46 @@ pub fn q5_0_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
     let mut codes = [0u8; QK];
     for (x, w) in row.chunks_exact(QK).zip(weights.chunks_exact(QK)) {
         let d = fit_block(x, Some(w), 16, &mut codes);
-        let qh = codes
-            .iter()
-            .enumerate()
-            .fold(0u32, |qh, (j, &c)| qh | (u32::from(c >> 4 & 1) << j));
         out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend_from_slice(&qh.to_le_bytes());
+        out.extend_from_slice(&fifth_bits(&codes).to_le_bytes());
         out.extend((0..QK / 2).map(|j| (codes[j] & 0x0f) | ((codes[j + QK / 2] & 0x0f) << 4)));
     }
+}
+
+/// Bytes of one Q5_1 block, the largest of the 32-value blocks here.
+pub const Q5_1_BYTES: usize = 2 + 2 + 4 + QK / 2;
+
+/// Appends the importance-weighted Q4_1 blocks of one row (a multiple of 32 values).
+pub fn q4_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
+    let weights = row_weights(row, importance);
+    let mut codes = [0u8; QK];
+    for (x, w) in row.chunks_exact(QK).zip(weights.chunks_exact(QK)) {
+        let (d, m) = fit_block_with_offset(x, w, 15, &mut codes);
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(m).to_le_bytes());
+        out.extend((0..QK / 2).map(|j| codes[j] | (codes[j + QK / 2] << 4)));
+    }
+}
+
+/// Appends the importance-weighted Q5_1 blocks of one row (a multiple of 32 values).
+pub fn q5_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
+    let weights = row_weights(row, importance);
+    let mut codes = [0u8; QK];
+    for (x, w) in row.chunks_exact(QK).zip(weights.chunks_exact(QK)) {
+        let (d, m) = fit_block_with_offset(x, w, 31, &mut codes);
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(m).to_le_bytes());
+        out.extend_from_slice(&fifth_bits(&codes).to_le_bytes());
+        out.extend((0..QK / 2).map(|j| (codes[j] & 0x0f) | ((codes[j + QK / 2] & 0x0f) << 4)));
+    }
+}
+
+/// Bit `j` set when code `j` of a 32-value block has its fifth bit (Q5_0 / Q5_1 `qh`).
+fn fifth_bits(codes: &[u8; QK]) -> u32 {
+    codes
+        .iter()
+        .enumerate()
+        .fold(0u32, |qh, (j, &c)| qh | (u32::from(c >> 4 & 1) << j))
 }
 
 /// Values per Q6_K super-block.
@@ -237,6 +343,8 @@ mod tests {
                 q4_0_row as fn(&[f32], &[f32], &mut Vec<u8>),
             ),
             (GgmlDType::Q5_0, q5_0_row),
+            (GgmlDType::Q4_1, q4_1_row),
+            (GgmlDType::Q5_1, q5_1_row),
         ] {
             let mut bytes = Vec::new();
             for row in x.chunks_exact(256) {
@@ -262,9 +370,18 @@ mod tests {
 
     #[test]
     fn an_all_zero_block_stays_zero() {
-        let mut out = Vec::new();
-        q5_0_row(&[0.0; 32], &[1.0; 32], &mut out);
-        assert_eq!(out.len(), Q5_0_BYTES);
-        assert!(out[..2].iter().all(|&b| b == 0));
+        type Pack = fn(&[f32], &[f32], &mut Vec<u8>);
+        let sizes: [(Pack, usize); 4] = [
+            (q4_0_row, 18),
+            (q5_0_row, 22),
+            (q4_1_row, 20),
+            (q5_1_row, Q5_1_BYTES),
+        ];
+        for (pack, bytes) in sizes {
+            let mut out = Vec::new();
+            pack(&[0.0; 32], &[1.0; 32], &mut out);
+            assert_eq!(out.len(), bytes);
+            assert!(out.iter().all(|&b| b == 0), "{out:?}");
+        }
     }
 }

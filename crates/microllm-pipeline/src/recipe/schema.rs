@@ -125,8 +125,8 @@ pub struct EvaluationData {
 pub struct TaskData {
     /// hellaswag, arc_easy, arc_challenge, piqa, winogrande or mmlu.
     pub task: String,
-    /// The items: the Hugging Face dataset's fields as JSON Lines (or llama.cpp's HellaSwag
-    /// text file). Relative paths are relative to the recipe file.
+    /// The items: the Hugging Face dataset's fields as JSON Lines or parquet (or llama.cpp's
+    /// HellaSwag text or multiple-choice files). Relative paths are relative to the recipe file.
     pub data: PathBuf,
     /// Score only the first N items.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -147,8 +147,8 @@ pub fn write_output(
     Ok(notes)
 }
 
-/// Which matrices the importance matrix weighted (k-quants, Q4_0, Q5_0; as in llama.cpp, not
-/// Q8_0; Q4_1 / Q5_1 not in microllm).
+/// Which matrices the importance matrix weighted (k-quants, Q4_0, Q5_0, Q4_1, Q5_1; as in
+/// llama.cpp, not Q8_0).
 fn importance_note(tensors: &[TypeDecision]) -> String {
     let matrices = tensors.iter().filter(|t| t.shape.len() == 2);
     let (weighted, plain): (Vec<_>, Vec<_>) = matrices.partition(|t| t.importance_weighted);
@@ -157,12 +157,15 @@ fn importance_note(tensors: &[TypeDecision]) -> String {
             ts.iter().map(|t| format!("{:?}", t.dtype)).collect();
         set.into_iter().collect::<Vec<_>>().join(", ")
     };
+    let noun = |n: usize| if n == 1 { "matrix" } else { "matrices" };
     format!(
-        "importance matrix applied to {} matrices ({}); not to {} others ({}: types without \
-         an importance-weighted fit)",
+        "importance matrix applied to {} {} ({}); not to {} other {} ({}: types without an \
+         importance-weighted fit)",
         weighted.len(),
+        noun(weighted.len()),
         types_of(&weighted),
         plain.len(),
+        noun(plain.len()),
         types_of(&plain),
     )
 }
