@@ -204,11 +204,7 @@ pub fn run(args: Args) -> Result<()> {
             "kl_base": kl_stats.as_ref().map(|_| args.kl_base.clone()),
             "kl": kl_stats,
         });
-        let text = serde_json::to_string_pretty(&doc)? + "\n";
-        microllm_io::write::write_file_atomic(path, |tmp| {
-            std::fs::write(tmp, &text).map_err(|e| microllm_core::Error::io(tmp, e))
-        })?;
-        println!("wrote        {}", path.display());
+        super::write_json(path, &doc)?;
     }
     Ok(())
 }

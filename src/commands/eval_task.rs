@@ -50,11 +50,7 @@ pub fn run(args: TaskArgs<'_>) -> Result<()> {
             "compute": format!("{:?}", args.compute).to_lowercase(),
             "result": result,
         });
-        let text = serde_json::to_string_pretty(&doc)? + "\n";
-        microllm_io::write::write_file_atomic(path, |tmp| {
-            std::fs::write(tmp, &text).map_err(|e| microllm_core::Error::io(tmp, e))
-        })?;
-        println!("wrote        {}", path.display());
+        super::write_json(path, &doc)?;
     }
     Ok(())
 }

@@ -131,3 +131,13 @@ pub fn single_threaded_elementwise() {
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
 }
+
+/// Writes an `eval --json` document atomically (temporary file, then rename) and says where.
+fn write_json(path: &std::path::Path, doc: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(doc)? + "\n";
+    microllm_io::write::write_file_atomic(path, |tmp| {
+        std::fs::write(tmp, &text).map_err(|e| microllm_core::Error::io(tmp, e))
+    })?;
+    println!("wrote        {}", path.display());
+    Ok(())
+}

@@ -162,55 +162,22 @@ fn row_weights(row: &[f32], importance: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Appends the importance-weighted Q4_0 blocks of one row (a multiple of 32 values).
-pub fn q4_0_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
+/// Runs `pack` on each 32-value block of a row with its weights and a code buffer.
+fn each_block(
+    row: &[f32],
+    importance: &[f32],
+    mut pack: impl FnMut(&[f32], &[f32], &mut [u8; QK]),
+) {
     let weights = row_weights(row, importance);
     let mut codes = [0u8; QK];
     for (x, w) in row.chunks_exact(QK).zip(weights.chunks_exact(QK)) {
-        let d = fit_block(x, Some(w), 8, &mut codes);
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend((0..QK / 2).map(|j| codes[j] | (codes[j + QK / 2] << 4)));
+        pack(x, w, &mut codes);
     }
 }
 
-/// Appends the importance-weighted Q5_0 blocks of one row (a multiple of 32 values).
-pub fn q5_0_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
-    let weights = row_weights(row, importance);
-    let mut codes = [0u8; QK];
-    for (x, w) in row.chunks_exact(QK).zip(weights.chunks_exact(QK)) {
-        let d = fit_block(x, Some(w), 16, &mut codes);
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend_from_slice(&fifth_bits(&codes).to_le_bytes());
-        out.extend((0..QK / 2).map(|j| (codes[j] & 0x0f) | ((codes[j + QK / 2] & 0x0f) << 4)));
-    }
-}
-
-/// Bytes of one Q5_1 block, the largest of the 32-value blocks here.
-pub const Q5_1_BYTES: usize = 2 + 2 + 4 + QK / 2;
-
-/// Appends the importance-weighted Q4_1 blocks of one row (a multiple of 32 values).
-pub fn q4_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
-    let weights = row_weights(row, importance);
-    let mut codes = [0u8; QK];
-    for (x, w) in row.chunks_exact(QK).zip(weights.chunks_exact(QK)) {
-        let (d, m) = fit_block_with_offset(x, w, 15, &mut codes);
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend_from_slice(&f16::from_f32(m).to_le_bytes());
-        out.extend((0..QK / 2).map(|j| codes[j] | (codes[j + QK / 2] << 4)));
-    }
-}
-
-/// Appends the importance-weighted Q5_1 blocks of one row (a multiple of 32 values).
-pub fn q5_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
-    let weights = row_weights(row, importance);
-    let mut codes = [0u8; QK];
-    for (x, w) in row.chunks_exact(QK).zip(weights.chunks_exact(QK)) {
-        let (d, m) = fit_block_with_offset(x, w, 31, &mut codes);
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend_from_slice(&f16::from_f32(m).to_le_bytes());
-        out.extend_from_slice(&fifth_bits(&codes).to_le_bytes());
-        out.extend((0..QK / 2).map(|j| (codes[j] & 0x0f) | ((codes[j + QK / 2] & 0x0f) << 4)));
-    }
+/// The 16 bytes of low nibbles of a 32-value block: code `j` low, code `j + 16` high.
+fn nibbles(codes: &[u8; QK]) -> impl Iterator<Item = u8> + '_ {
+    (0..QK / 2).map(|j| (codes[j] & 0x0f) | ((codes[j + QK / 2] & 0x0f) << 4))
 }
 
 /// Bit `j` set when code `j` of a 32-value block has its fifth bit (Q5_0 / Q5_1 `qh`).
@@ -219,6 +186,49 @@ fn fifth_bits(codes: &[u8; QK]) -> u32 {
         .iter()
         .enumerate()
         .fold(0u32, |qh, (j, &c)| qh | (u32::from(c >> 4 & 1) << j))
+}
+
+/// Appends the importance-weighted Q4_0 blocks of one row (a multiple of 32 values).
+pub fn q4_0_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
+    each_block(row, importance, |x, w, codes| {
+        let d = fit_block(x, Some(w), 8, codes);
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend(nibbles(codes));
+    });
+}
+
+/// Appends the importance-weighted Q5_0 blocks of one row (a multiple of 32 values).
+pub fn q5_0_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
+    each_block(row, importance, |x, w, codes| {
+        let d = fit_block(x, Some(w), 16, codes);
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&fifth_bits(codes).to_le_bytes());
+        out.extend(nibbles(codes));
+    });
+}
+
+/// Bytes of one Q5_1 block, the largest of the 32-value blocks here.
+pub const Q5_1_BYTES: usize = 2 + 2 + 4 + QK / 2;
+
+/// Appends the importance-weighted Q4_1 blocks of one row (a multiple of 32 values).
+pub fn q4_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
+    each_block(row, importance, |x, w, codes| {
+        let (d, m) = fit_block_with_offset(x, w, 15, codes);
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(m).to_le_bytes());
+        out.extend(nibbles(codes));
+    });
+}
+
+/// Appends the importance-weighted Q5_1 blocks of one row (a multiple of 32 values).
+pub fn q5_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
+    each_block(row, importance, |x, w, codes| {
+        let (d, m) = fit_block_with_offset(x, w, 31, codes);
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(m).to_le_bytes());
+        out.extend_from_slice(&fifth_bits(codes).to_le_bytes());
+        out.extend(nibbles(codes));
+    });
 }
 
 /// Values per Q6_K super-block.
