@@ -351,3 +351,171 @@ fn recipe_tasks_are_reported_and_gated() {
         .stderr(contains("hellaswag.acc"))
         .stderr(contains("evaluation.tasks"));
 }
+
+/// Log-softmax of every row of one plain forward of `tokens`.
+fn plain_log_probs(model: &Decoder, tokens: &[u32]) -> Vec<Vec<f64>> {
+    let ids = Tensor::from_slice(tokens, (1, tokens.len()), &Device::Cpu).unwrap();
+    let logits = model.forward(&ids).unwrap().squeeze(0).unwrap();
+    let rows: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+    rows.iter()
+        .map(|row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            row.iter().map(|&x| x as f64 - lse).collect()
+        })
+        .collect()
+}
+
+/// llama-perplexity's WinoGrande rules, written out from its source as plain forwards of
+/// each whole sentence: long tails score the tokens after `first + option` but the last;
+/// short ones score from the first differing token, the second option's first token read
+/// from the first sentence's last row (llama.cpp's offset).
+#[test]
+fn llama_winogrande_scores_follow_llama_perplexity_rules() {
+    let ckpt = microllm_io::open(&fixture("llama-tiny").to_string_lossy()).unwrap();
+    let model = Decoder::load(&ckpt.config, ckpt.tensors.as_ref()).unwrap();
+    let encode = word_encoder(ckpt.config.vocab_size as u32);
+    let raw = wiki_items(6, 2);
+    let items: Vec<Item> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, (q, c, _))| {
+            // Even items: a tail of 6 words (options skipped); odd: 2 (scored from the option).
+            let tail: Vec<&str> = c[0].split_whitespace().take(2 + 4 * (1 - i % 2)).collect();
+            let words: Vec<&str> = c[1].split_whitespace().collect();
+            Item {
+                question: format!("{q} _ {}", tail.join(" ")),
+                choices: vec![words[0].to_string(), words[1].to_string()],
+                gold: i % 2,
+                subject: None,
+                verbatim: false,
+            }
+        })
+        .collect();
+    let opts = TaskOptions {
+        task: Task::Winogrande,
+        protocol: TaskProtocol::LlamaCpp,
+        limit: None,
+        fewshot: 0,
+    };
+    let result = score_task(&model, &encode, &items, &[], opts, &NoProgress).unwrap();
+    assert_eq!(
+        result.items, 5,
+        "llama-perplexity never reads the file's last line"
+    );
+    for (i, (item, scored)) in items.iter().zip(&result.per_item).enumerate() {
+        let (first, second) = item.question.split_once('_').unwrap();
+        let seqs: Vec<Vec<u32>> = item
+            .choices
+            .iter()
+            .map(|c| encode(&format!("{first}{c}{second}"), true).unwrap())
+            .collect();
+        let lp: Vec<_> = seqs.iter().map(|s| plain_log_probs(&model, s)).collect();
+        let cp = seqs[0]
+            .iter()
+            .zip(&seqs[1])
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        let want: Vec<f64> = if i % 2 == 0 {
+            (0..2)
+                .map(|s| {
+                    let base = encode(&format!("{first}{}", item.choices[s]), true)
+                        .unwrap()
+                        .len();
+                    let seq = &seqs[s];
+                    mean(
+                        (base - 1..seq.len() - 2)
+                            .map(|j| lp[s][j][seq[j + 1] as usize])
+                            .collect(),
+                    )
+                })
+                .collect()
+        } else {
+            let (a, b) = (&seqs[0], &seqs[1]);
+            let first_choice = (cp - 1..a.len() - 2).map(|j| lp[0][j][a[j + 1] as usize]);
+            let misread = lp[0][a.len() - 1][b[cp] as usize];
+            let rest = (cp..b.len() - 2).map(|j| lp[1][j][b[j + 1] as usize]);
+            vec![
+                mean(first_choice.collect()),
+                mean(std::iter::once(misread).chain(rest).collect()),
+            ]
+        };
+        for (s, (got, want)) in scored.logliks.iter().zip(&want).enumerate() {
+            assert!(
+                (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                "item {i} option {s}: {got} vs {want}"
+            );
+        }
+        let pred = if want[0] > want[1] { 0 } else { 1 };
+        assert_eq!(scored.pred, pred, "item {i}");
+    }
+}
+
+/// llama.cpp's WinoGrande CSV reads under both protocols; `--limit` draws as
+/// `--winogrande-tasks` does.
+#[test]
+fn llama_winogrande_csv_scores_under_both_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("index,sentence,option1,option2,answer\n");
+    for (i, (q, c, _)) in wiki_items(7, 2).iter().enumerate() {
+        let words: Vec<&str> = c[1]
+            .split(|ch: char| !ch.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        csv += &format!(
+            "{i},\"{q}, _ {}\",{},{},{}\n",
+            c[0],
+            words[0],
+            words[1],
+            1 + i % 2
+        );
+    }
+    let data = write(dir.path(), "winogrande.csv", &csv);
+    let out = dir.path().join("out.json");
+    let r = eval_task(&["--task", "winogrande"], &data, &out);
+    assert_eq!(r["items"], 7);
+    let r = eval_task(
+        &["--task", "winogrande", "--protocol", "llama-cpp"],
+        &data,
+        &out,
+    );
+    assert_eq!(
+        r["items"], 6,
+        "the last line is left out, as llama-perplexity does"
+    );
+    let r = eval_task(
+        &[
+            "--task",
+            "winogrande",
+            "--protocol",
+            "llama-cpp",
+            "--limit",
+            "3",
+        ],
+        &data,
+        &out,
+    );
+    assert_eq!(r["items"], 3);
+    microllm()
+        .args(["eval", "--model"])
+        .arg(smollm2_gguf())
+        .args([
+            "--task",
+            "winogrande",
+            "--protocol",
+            "llama-cpp",
+            "--fewshot",
+            "1",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .failure()
+        .stderr(contains("no few-shot"));
+}

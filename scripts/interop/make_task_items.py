@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Builds multiple-choice item files from a plain English text, in each task dataset's own
-layout (JSON Lines with the Hugging Face fields) plus llama.cpp's HellaSwag text file.
+layout (JSON Lines with the Hugging Face fields) plus llama.cpp's HellaSwag text file and
+WinoGrande CSV.
 
 No benchmark data can be downloaded here, so the items are made from real text: a passage
 is the context, its true continuation is the right answer, and spans from elsewhere in the
@@ -159,6 +160,15 @@ def main():
         wino.append({"sentence": sentence, "option1": options[0], "option2": options[1],
                      "answer": "1" if options[0] == words[j] else "2"})
     write("winogrande.jsonl", wino)
+    # llama.cpp's --winogrande CSV: index,sentence,option1,option2,answer, the sentence quoted
+    # as CSV writers quote (when it holds a comma or a quote, inner quotes doubled; llama.cpp
+    # finds the commas in such a line but does not undouble the quotes).
+    with open(out / "winogrande.csv", "w") as f:
+        for k, it in enumerate(wino):
+            s = it["sentence"]
+            if "," in s or '"' in s:
+                s = '"' + s.replace('"', '""') + '"'
+            f.write(f'{k},{s},{it["option1"]},{it["option2"]},{it["answer"]}\n')
 
     mmlu = []
     for context, choices, gold in choice_items(rng, paras, count + 5, 4):

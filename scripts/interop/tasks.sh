@@ -9,7 +9,10 @@
 #   3. llama-perplexity --multiple-choice on llama.cpp's binary files (HellaSwag, and ARC with
 #      the harness's prompt as the question) beside `microllm eval --protocol llama-cpp` on the
 #      same files, item by item (check_llama_tasks.py; --compute f32 gated, int8 shown);
-#   4. llama-perplexity --hellaswag on llama.cpp's text file beside
+#   4. llama-perplexity --winogrande on llama.cpp's CSV, all items and 120 drawn by
+#      --winogrande-tasks, each item's two scores compared (check_llama_tasks.py; gated on an
+#      F32 conversion of the model, the quantized file shown);
+#   5. llama-perplexity --hellaswag on llama.cpp's text file beside
 #      `microllm eval --task hellaswag --protocol llama-cpp --compute f32` (accuracy within
 #      0.5 points; both draw the file's items in llama.cpp's shuffled order, and
 #      check_llama_tasks.py is the item-by-item check; llama.cpp rounds activations to 8 bits, which moves a close item's
@@ -42,6 +45,12 @@ llama=$(scripts/interop/build-llama-cpp.sh)
 bins=("$work/items/hellaswag.bin:hellaswag" "$work/items/arc_easy.bin:arc_easy")
 "$py" scripts/interop/check_llama_tasks.py "$m" "$llama" "$MODEL" f32 "${bins[@]}" || status=1
 "$py" scripts/interop/check_llama_tasks.py "$m" "$llama" "$MODEL" int8 "${bins[@]}" || true
+# WinoGrande: gated on an F32 file, where both sides multiply in f32, so the check is of the
+# scoring rules alone; the quantized file is shown (llama.cpp rounds its activations to 8 bits).
+wino=("$work/items/winogrande.csv:winogrande" "$work/items/winogrande.csv:winogrande:120")
+"$m" convert --model "$MODEL" --out "$work/model-f32.gguf" --gguf-type f32 --force >/dev/null
+"$py" scripts/interop/check_llama_tasks.py "$m" "$llama" "$work/model-f32.gguf" f32 "${wino[@]}" || status=1
+"$py" scripts/interop/check_llama_tasks.py "$m" "$llama" "$MODEL" f32 "${wino[@]}" || true
 "$llama/llama-perplexity" -m "$MODEL" -f "$work/items/hellaswag.txt" --hellaswag \
   --hellaswag-tasks "$ITEMS" -t "$(nproc)" -c 2048 > "$work/llama-hellaswag.log" 2>&1
 theirs=$(awk -v n="$ITEMS" '$1 == n {sub("%", "", $2); print $2 / 100}' "$work/llama-hellaswag.log")

@@ -50,7 +50,8 @@ pub struct Args {
     task: Option<Task>,
     /// With --task: score only N items: the first N, or with `--protocol llama-cpp` the ones
     /// llama-perplexity picks, in its order (HellaSwag text files: drawn at random as by
-    /// `--hellaswag-tasks N`, the whole file shuffled when N is not given).
+    /// `--hellaswag-tasks N`, the whole file shuffled when N is not given; WinoGrande: as by
+    /// `--winogrande-tasks N`, never the file's last item, which llama-perplexity skips).
     #[arg(long, requires = "task")]
     limit: Option<usize>,
     /// With --task: put K solved examples before each item (the first K of --fewshot-data,

@@ -63,6 +63,7 @@ pub fn read_items(task: Task, path: &Path) -> Result<Vec<Item>> {
         Some('{') => read_json_lines(task, &text),
         Some('[') => read_json_array(task, &text),
         Some(_) if task == Task::Hellaswag => read_llama_hellaswag(&text),
+        Some(_) if task == Task::Winogrande => read_llama_winogrande(&text),
         Some(_) => Err(format!(
             "expected JSON Lines with the {task} dataset's fields (one object per line)"
         )),
@@ -144,6 +145,80 @@ fn read_llama_hellaswag(text: &str) -> std::result::Result<Vec<Item>, String> {
             .map_err(|e| format!("item at line {}: {e}", line - 1))
         })
         .collect()
+}
+
+/// llama.cpp's WinoGrande CSV (`llama-perplexity --winogrande`; e.g. the
+/// `ikawrakow/winogrande-eval-for-llama.cpp` files): per line `index,sentence,option1,option2,
+/// answer`, the sentence in double quotes when it holds a comma, the answer 1 or 2. Split as
+/// llama.cpp splits it: the first four commas outside double quotes end the fields, a quoted
+/// sentence loses its first and last character and nothing else is unquoted, the answer is
+/// the number it starts with. A first line whose answer is not a number is a header and is
+/// skipped; llama.cpp skips every line it cannot read, microllm refuses them, naming the line.
+fn read_llama_winogrande(text: &str) -> std::result::Result<Vec<Item>, String> {
+    let mut items = Vec::new();
+    for (i, line) in text.split('\n').enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut commas = Vec::with_capacity(4);
+        let mut quoted = false;
+        for (at, byte) in line.bytes().enumerate() {
+            match byte {
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    commas.push(at);
+                    if commas.len() == 4 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let [c0, c1, c2, c3] = commas[..] else {
+            return Err(format!(
+                "line {}: {} commas outside quotes; llama.cpp's WinoGrande CSV has \
+                 index,sentence,option1,option2,answer (JSON Lines start with `{{`)",
+                i + 1,
+                commas.len()
+            ));
+        };
+        let field = &line[c0 + 1..c1];
+        let sentence = match field.strip_prefix('"') {
+            Some(inner) => {
+                let mut chars = inner.chars();
+                chars.next_back();
+                chars.as_str()
+            }
+            None => field,
+        };
+        let answer = line[c3 + 1..].trim_start();
+        let digits = answer.len()
+            - answer
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .len();
+        let answer = match answer[..digits].parse::<usize>() {
+            Ok(a) => a,
+            Err(_) if items.is_empty() && i == 0 => continue,
+            Err(_) => return Err(format!("line {}: answer {answer:?} is not 1 or 2", i + 1)),
+        };
+        if !(1..=2).contains(&answer) {
+            return Err(format!("line {}: answer {answer} is not 1 or 2", i + 1));
+        }
+        if !sentence.contains('_') {
+            return Err(format!("line {}: the sentence has no `_` to fill", i + 1));
+        }
+        items.push(
+            checked(Item {
+                question: sentence.to_string(),
+                choices: vec![line[c1 + 1..c2].to_string(), line[c2 + 1..c3].to_string()],
+                gold: answer - 1,
+                subject: None,
+                verbatim: false,
+            })
+            .map_err(|e| format!("line {}: {e}", i + 1))?,
+        );
+    }
+    Ok(items)
 }
 
 /// Whether `bytes` start as llama.cpp's binary multiple-choice file does: a task count, then
@@ -593,5 +668,27 @@ mod tests {
                 .unwrap_err()
                 .contains("line 2")
         );
+    }
+
+    #[test]
+    fn llama_winogrande_csv_is_split_as_llama_cpp_splits_it() {
+        let csv = "index,sentence,option1,option2,answer\n\
+                   0,Sarah was a better surgeon than Maria so _ got the easy cases.,Sarah,Maria,2\n\
+                   1,\"Tom, not Ann, said _ would go.\",Tom,Ann,1\r\n";
+        let items = read_llama_winogrande(csv).unwrap();
+        assert_eq!(items.len(), 2, "the header line is skipped");
+        assert_eq!(items[0].choices, ["Sarah", "Maria"]);
+        assert_eq!(items[0].gold, 1);
+        assert_eq!(items[1].question, "Tom, not Ann, said _ would go.");
+        assert_eq!(items[1].gold, 0);
+        let err = read_llama_winogrande("0,a _ b,x,y,1\n1,a _ b,x,y,3\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("not 1 or 2"),
+            "{err}"
+        );
+        let err = read_llama_winogrande("0,no blank,x,y,1\n").unwrap_err();
+        assert!(err.contains("no `_`"), "{err}");
+        let err = read_llama_winogrande("0,a _ b,x\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("2 commas"), "{err}");
     }
 }

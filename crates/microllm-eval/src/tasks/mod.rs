@@ -17,13 +17,16 @@
 //!   choice is tokenized as `context + " " + choice` with BOS, the tokens all choices share are
 //!   skipped, and choices are ranked by their mean log-probability per token; the items are
 //!   those llama-perplexity picks, in its order ([`llama_draw`]: HellaSwag text files always
-//!   drawn at random, multiple-choice files when fewer are asked for).
+//!   drawn at random, multiple-choice files when fewer are asked for). WinoGrande follows
+//!   `--winogrande`'s own rules ([`llama_winogrande`]: the words after the option scored when
+//!   long enough, the last token left out).
 //!
 //! Items whose choices share their context run that context once: its keys and values are
 //! cached and every choice continues from them ([`score`]).
 
 mod items;
 mod llama_draw;
+mod llama_winogrande;
 mod prompts;
 mod score;
 
@@ -183,9 +186,23 @@ pub fn score_task(
     opts: TaskOptions,
     progress: &dyn Progress,
 ) -> Result<TaskResult> {
-    let n = opts.limit.map_or(items.len(), |l| l.min(items.len()));
+    let llama_winogrande = opts.protocol == TaskProtocol::LlamaCpp && opts.task == Task::Winogrande;
+    if llama_winogrande && opts.fewshot > 0 {
+        return Err(Error::Invalid(
+            "llama-perplexity's --winogrande has no few-shot examples; use --fewshot with \
+             the lm-eval protocol"
+                .into(),
+        ));
+    }
+    // llama-perplexity never reaches a WinoGrande file's last line ([`llama_winogrande`]).
+    let available = match llama_winogrande {
+        true => items.len().saturating_sub(1),
+        false => items.len(),
+    };
+    let n = opts.limit.map_or(available, |l| l.min(available));
     // llama-perplexity's own choice of items (`llama_draw`); lm-eval takes the first N.
     let chosen: Vec<usize> = match (opts.protocol, items.first().map(|i| i.verbatim)) {
+        _ if llama_winogrande => llama_draw::multiple_choice(available, n),
         (TaskProtocol::LlamaCpp, Some(false)) if opts.task == Task::Hellaswag => {
             llama_draw::hellaswag(items.len(), n)
         }
@@ -194,18 +211,15 @@ pub fn score_task(
     };
     if n == 0 {
         return Err(Error::Invalid(format!(
-            "no {} items to score (the file has {}, the limit is {:?})",
+            "no {} items to score (the file has {}, the limit is {:?}{})",
             opts.task,
             items.len(),
-            opts.limit
+            opts.limit,
+            match llama_winogrande {
+                true => "; llama-perplexity's protocol never scores the last",
+                false => "",
+            }
         )));
-    }
-    if opts.protocol == TaskProtocol::LlamaCpp && opts.task == Task::Winogrande {
-        return Err(Error::Invalid(
-            "llama-perplexity's WinoGrande scoring (its --winogrande CSV protocol) is not \
-             reproduced; score WinoGrande with the lm-eval protocol"
-                .into(),
-        ));
     }
     let examples = if fewshot_items.is_empty() {
         items
@@ -227,6 +241,12 @@ pub fn score_task(
         .par_iter()
         .map(|&index| {
             let item = &items[index];
+            if llama_winogrande {
+                let scored = score_llama_winogrande(model, encoder, item, max_len)
+                    .map_err(|e| in_item(index, e))?;
+                progress.advance(1);
+                return Ok(scored);
+            }
             let exclude = fewshot_items.is_empty().then_some(index);
             let shots = prompts::fewshot_examples(item, examples, opts.fewshot, exclude)?;
             let requests = prompts::requests(opts.task, item, &shots)?;
@@ -270,6 +290,27 @@ pub fn score_task(
         items_per_second: n as f64 / seconds.max(f64::MIN_POSITIVE),
         per_item,
     })
+}
+
+/// A WinoGrande item as `llama-perplexity --winogrande` scores it ([`llama_winogrande`]).
+fn score_llama_winogrande(
+    model: &Decoder,
+    encoder: &dyn Encode,
+    item: &Item,
+    max_len: usize,
+) -> Result<(ItemScore, usize)> {
+    let tokens = llama_winogrande::tokenize(encoder, item, max_len)?;
+    let plan = llama_winogrande::plan(&tokens)?;
+    let (means, run) = llama_winogrande::score(model, &tokens, &plan)?;
+    Ok((
+        ItemScore {
+            gold: item.gold,
+            pred: llama_winogrande::pick(means),
+            pred_norm: None,
+            logliks: means.to_vec(),
+        },
+        run,
+    ))
 }
 
 /// The item's outcome from its choices' scores.
