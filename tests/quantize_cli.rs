@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{calib_ids, fixture, microllm};
+use common::{calib_ids, fixture, microllm, smollm2_gguf};
 
 /// Every tensor of a model, dequantized to f32 in Hugging Face layout by microllm's readers.
 fn tensors(model: &Path) -> BTreeMap<String, Vec<f32>> {
@@ -331,4 +331,82 @@ fn llama_cpp_mixes_follow_its_rules_then_its_fallbacks() {
         ),
         "{notes}"
     );
+}
+
+/// `--tensor-type PATTERN=TYPE` as llama-quantize's: a rule types the matrices whose GGUF names
+/// it matches, over the mix; llama.cpp's mix then counts only the matrices it typed itself, so
+/// retyping blocks 0 and 1's down projections moves Q4_K_M's extra bits for later ones (blocks
+/// 2-4 instead of 0-2, then 6 instead of 5). Checked byte for byte against llama-quantize in
+/// docs/interop-results.md.
+#[test]
+fn tensor_types_override_the_mix_as_llama_quantize_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dtypes = |out: &Path| -> BTreeMap<String, String> {
+        let ckpt = microllm_io::open(out.to_str().unwrap()).unwrap();
+        ckpt.tensors
+            .infos()
+            .into_iter()
+            .map(|i| (i.name, i.dtype.to_string()))
+            .collect()
+    };
+    let convert = |name: &str, rules: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut cmd = microllm();
+        cmd.args(["convert", "--model"])
+            .arg(smollm2_gguf())
+            .arg("--out")
+            .arg(&out)
+            .args(["--gguf-type", "q4_k_m"]);
+        for rule in rules {
+            cmd.args(["--tensor-type", rule]);
+        }
+        cmd.assert().success();
+        dtypes(&out)
+    };
+    let plain = convert("plain.gguf", &[]);
+    let ruled = convert(
+        "ruled.gguf",
+        &["ATTN_V=q8_0", r"blk\.(0|1)\.ffn_down=q6_k", "attn_q=q4_1"],
+    );
+    let down = |t: &BTreeMap<String, String>, l: usize| {
+        t[&format!("model.layers.{l}.mlp.down_proj.weight")].clone()
+    };
+    let more_bits = |t: &BTreeMap<String, String>| -> Vec<usize> {
+        (0..30).filter(|&l| down(t, l) == down(t, 0)).collect()
+    };
+    assert_eq!(more_bits(&plain)[..5], [0, 1, 2, 5, 8]);
+    assert_eq!(more_bits(&ruled)[..6], [0, 1, 2, 3, 4, 7]);
+    for l in 0..30 {
+        let attn = |m: &str| ruled[&format!("model.layers.{l}.self_attn.{m}.weight")].clone();
+        assert_eq!(attn("v_proj"), "Q8_0", "layer {l}");
+        assert_eq!(attn("q_proj"), "Q4_1", "layer {l}");
+        assert_eq!(
+            attn("k_proj"),
+            plain[&format!("model.layers.{l}.self_attn.k_proj.weight")]
+        );
+    }
+
+    let refused = |rule: &str| -> String {
+        let out = microllm()
+            .args(["convert", "--model"])
+            .arg(smollm2_gguf())
+            .arg("--out")
+            .arg(tmp.path().join("refused.gguf"))
+            .args(["--gguf-type", "q4_0", "--tensor-type", rule])
+            .assert()
+            .failure();
+        assert!(!tmp.path().join("refused.gguf").exists());
+        String::from_utf8_lossy(&out.get_output().stderr).to_string()
+    };
+    let err = refused("attn_vv=q8_0");
+    assert!(
+        err.contains("attn_vv") && err.contains("matches no matrix") && err.contains("blk."),
+        "{err}"
+    );
+    let err = refused("attn_v=q4_k_m");
+    assert!(err.contains("mixes"), "{err}");
+    let err = refused("attn_(v=q8_0");
+    assert!(err.contains("not a regular expression"), "{err}");
+    let err = refused("attn_v");
+    assert!(err.contains("PATTERN=TYPE"), "{err}");
 }

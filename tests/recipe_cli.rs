@@ -285,6 +285,23 @@ fn bad_recipes_name_the_yaml_path_and_line_and_write_nothing() {
         "format: gptq",
         "gptq output needs a quantize pass",
     );
+    // Per-tensor types retype llama.cpp's RTN types, not GPTQ's codes.
+    let t = recipe(
+        &model,
+        &ids,
+        "  - quantize: {bits: 4}\n",
+        &format!(
+            "  path: {}\n  tensor_types: [\"attn_v=q8_0\"]\n",
+            tmp.path().join("never.gguf").display()
+        ),
+    );
+    refused(
+        tmp.path(),
+        &t,
+        "output.tensor_types",
+        "tensor_types",
+        "GPTQ and RTN codes keep the blocks",
+    );
     let t = bad("  - quantize: {bits: 4}\ngates: [\"speed <= 3\"]\n");
     refused(
         tmp.path(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::builder::TypedValueParser;
 use microllm_io::CheckpointFormat;
-use microllm_io::gguf::{EncodedTensors, GgufExport, write_gguf};
+use microllm_io::gguf::{EncodedTensors, GgufExport, TensorTypeRule, write_gguf};
 use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
 use microllm_pipeline::output::GgufCodes;
 use microllm_pipeline::recipe::{DtypeName, GgufTypeName};
@@ -24,8 +24,8 @@ use crate::progress::Bar;
 /// compressed-tensors checkpoint, linears whose codes fit a ggml block exactly (contiguous
 /// groups that are multiples of 32: symmetric 2-4 bits -> Q4_0, asymmetric 2-4 bits -> Q4_1,
 /// symmetric 5-8 bits -> Q8_0) are copied code for code, the others stored as F16 of their
-/// dequantized weights; --gguf-type then applies to the other matrices. Outputs appear only
-/// when complete.
+/// dequantized weights; --gguf-type then applies to the other matrices. --tensor-type sets
+/// single tensors' types as llama-quantize's does. Outputs appear only when complete.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model directory, .gguf file or hub repo id.
@@ -44,6 +44,12 @@ pub struct Args {
     /// quantized types, as llama.cpp does).
     #[arg(long, default_value = "f16", value_parser = gguf_type_parser())]
     gguf_type: GgufTypeName,
+    /// A GGUF tensor's type by name, as llama-quantize's --tensor-type: PATTERN=TYPE, PATTERN
+    /// a regular expression searched for in the GGUF names (`blk.3.attn_v.weight`), the first
+    /// rule that matches wins over --gguf-type and its mix (e.g. `attn_v=q8_0`,
+    /// `'blk\.(0|1)\.ffn_down=q6_k'`); repeatable.
+    #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
+    tensor_types: Vec<String>,
     /// Largest safetensors shard (tensor data), e.g. 2GB, 500MB, 64KB.
     #[arg(long, default_value = "2GB", value_parser = parse_size)]
     max_shard_size: u64,
@@ -104,10 +110,17 @@ pub fn run(args: Args) -> Result<()> {
             Format::Hf
         },
     );
+    let tensor_types = microllm_pipeline::plan::tensor_type_rules(&args.tensor_types)
+        .map_err(|e| anyhow::anyhow!("--tensor-type {e}"))?;
+    if !tensor_types.is_empty() && format == Format::Hf {
+        anyhow::bail!(
+            "--tensor-type applies to GGUF output (--format gguf or an --out ending in .gguf)"
+        );
+    }
     let ckpt = super::open_model(&args.model)?;
     match format {
         Format::Hf => to_hf(&args, &ckpt),
-        Format::Gguf => to_gguf(&args, &ckpt),
+        Format::Gguf => to_gguf(&args, &ckpt, &tensor_types),
     }
 }
 
@@ -135,7 +148,11 @@ fn to_hf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
     Ok(())
 }
 
-fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
+fn to_gguf(
+    args: &Args,
+    ckpt: &microllm_io::Checkpoint,
+    tensor_types: &[TensorTypeRule],
+) -> Result<()> {
     let name = ckpt.name();
     // A GPTQ / compressed-tensors source: linears whose codes a ggml block type holds are
     // written exactly from the codes (Q4_0 / Q4_1 / Q8_0), not re-quantized.
@@ -157,6 +174,7 @@ fn to_gguf(args: &Args, ckpt: &microllm_io::Checkpoint) -> Result<()> {
         license: ckpt.license.as_deref(),
         encoded: codes.as_ref().map(|c| c as &dyn EncodedTensors),
         importance: None,
+        tensor_types,
     };
     let summary = write_gguf(
         &export,

@@ -70,6 +70,7 @@ fn k_quant_blocks_are_fitted_with_the_importance_weights() {
         matrix.insert(name, w);
     }
     let export = GgufExport {
+        tensor_types: &[],
         config: &cfg,
         tensors: &src,
         tokenizer: None,

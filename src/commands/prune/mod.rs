@@ -105,6 +105,7 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
                 .map(Dtype::recipe),
             // With --bits the linears hold GPTQ's codes and the rest follows llama.cpp.
             gguf_type: (gguf && !quantized).then_some(args.gguf_type),
+            tensor_types: Vec::new(),
             overwrite: args.force,
         },
         report: ReportOptions::default(),

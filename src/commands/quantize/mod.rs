@@ -86,6 +86,16 @@ pub struct Args {
     /// matrix measured on the calibration windows (llama.cpp's imatrix).
     #[arg(long, value_parser = gguf_type_parser())]
     gguf_type: Option<GgufTypeName>,
+    /// With --gguf-type: a tensor's type by name, as llama-quantize's --tensor-type:
+    /// PATTERN=TYPE, PATTERN a regular expression searched for in the GGUF names
+    /// (`blk.3.attn_v.weight`), the first rule that matches wins over --gguf-type's mix (e.g.
+    /// `attn_v=q8_0`); repeatable.
+    #[arg(
+        long = "tensor-type",
+        value_name = "PATTERN=TYPE",
+        requires = "gguf_type"
+    )]
+    tensor_types: Vec<String>,
     /// With --gguf-type: fit k-quant blocks with this importance matrix instead of measuring
     /// one (llama-imatrix's output, GGUF or legacy .dat, or a file --save-imatrix wrote);
     /// needs no --calib.
@@ -201,6 +211,7 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
             format: Some(args.format.recipe()),
             dtype: (args.format == Format::Safetensors).then(|| args.dtype.recipe()),
             gguf_type: None,
+            tensor_types: args.tensor_types.clone(),
             overwrite: args.force,
         },
         report: ReportOptions::default(),

@@ -18,13 +18,14 @@ use candle_core::Tensor;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use microllm_core::{
-    Error, Family, ModelConfig, NormKind, Progress, Result, RopeScaling, TensorSource,
+    Error, Family, LinearKind, ModelConfig, NormKind, Progress, Result, RopeScaling, TensorSource,
+    names,
 };
 use rayon::prelude::*;
 
 use super::config::architecture_of;
 use super::imatrix::ImportanceMatrix;
-use super::mix::GgufTypes;
+use super::mix::{GgufTypes, TensorTypeRule, rule_for};
 use super::names::{
     hf_to_gguf, is_norm_weight, is_rope_permuted, norms_hold_unit_offset, permute_rows,
 };
@@ -49,6 +50,8 @@ pub struct GgufExport<'a> {
     /// Per-column importance of the matrices quantized here (llama.cpp's imatrix): k-quant
     /// blocks then minimise the importance-weighted error instead of the plain one.
     pub importance: Option<&'a ImportanceMatrix>,
+    /// Per-tensor types (`--tensor-type`), over the ones `types` asks for.
+    pub tensor_types: &'a [TensorTypeRule],
 }
 
 /// A provider of finished GGUF tensor data for some tensors of an export.
@@ -86,15 +89,18 @@ pub struct GgufSummary {
     pub notes: Vec<String>,
 }
 
-/// Chooses each tensor's GGUF name and type: `types` asks (one type for every matrix, or one
-/// of llama.cpp's mixes), then rows that do not fit the asked type's block fall back.
+/// Chooses each tensor's GGUF name and type: the first of `rules` that matches a matrix's
+/// GGUF name, else `types` (one type for every matrix, or one of llama.cpp's mixes); then rows
+/// that do not fit the asked type's block fall back. A rule that matches no matrix is an
+/// error (a misspelt pattern would otherwise change nothing, silently).
 pub fn plan_types(
     cfg: &ModelConfig,
     tensors: &dyn TensorSource,
     types: impl Into<GgufTypes>,
+    rules: &[TensorTypeRule],
 ) -> Result<Vec<TypeDecision>> {
     let types = types.into();
-    JoinFused::new(tensors, cfg)
+    let named = JoinFused::new(tensors, cfg)
         .infos()
         .into_iter()
         .map(|info| {
@@ -104,10 +110,35 @@ pub fn plan_types(
                     info.name, cfg.family
                 ))
             })?;
+            Ok((info, gguf_name))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // llama.cpp places its v and down rules by counting the matrices of that kind its mix has
+    // typed so far, and a matrix a rule retyped is not counted: the later ones move up.
+    let retyped: Vec<(LinearKind, usize)> = named
+        .iter()
+        .filter(|(info, gguf)| info.shape.len() >= 2 && rule_for(rules, gguf).is_some())
+        .filter_map(|(info, _)| names::parse_linear_weight(cfg.family, &info.name))
+        .map(|(layer, kind)| (kind, layer))
+        .filter(|(kind, _)| matches!(kind, LinearKind::V | LinearKind::Down))
+        .collect();
+    let decisions = named
+        .into_iter()
+        .map(|(info, gguf_name)| {
             let (dtype, fallback) = if info.shape.len() < 2 {
                 (GgmlDType::F32, None)
             } else {
-                let wanted = types.wanted(cfg, &info.name);
+                let skipped = names::parse_linear_weight(cfg.family, &info.name).map_or(
+                    0,
+                    |(layer, kind)| {
+                        retyped
+                            .iter()
+                            .filter(|&&(k, l)| k == kind && l < layer)
+                            .count()
+                    },
+                );
+                let wanted = rule_for(rules, &gguf_name)
+                    .map_or_else(|| types.wanted_after(cfg, &info.name, skipped), |r| r.dtype);
                 fit_row(wanted, *info.shape.last().expect("2-D"))
             };
             Ok(TypeDecision {
@@ -119,16 +150,45 @@ pub fn plan_types(
                 importance_weighted: false,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(unused) = rules.iter().find(|r| {
+        !decisions
+            .iter()
+            .any(|d| d.shape.len() >= 2 && r.matches(&d.gguf_name))
+    }) {
+        let matrices = || decisions.iter().filter(|d| d.shape.len() >= 2);
+        let example = matrices()
+            .find(|d| d.gguf_name.starts_with("blk."))
+            .or_else(|| matrices().next())
+            .map_or(String::new(), |d| {
+                format!(" (names look like `{}`)", d.gguf_name)
+            });
+        return Err(Error::Invalid(format!(
+            "tensor type pattern `{}` matches no matrix of this model{example}",
+            unused.pattern()
+        )));
+    }
+    Ok(decisions)
 }
 
 /// [`plan_types`], with the types of tensors that `export.encoded` provides.
 pub fn plan_export(export: &GgufExport<'_>, types: GgufTypes) -> Result<Vec<TypeDecision>> {
-    let mut decisions = plan_types(export.config, export.tensors, types)?;
+    let mut decisions = plan_types(export.config, export.tensors, types, export.tensor_types)?;
     if let Some(encoded) = export.encoded {
         let encoded = FusedEncoded::new(encoded, export.config);
         for d in &mut decisions {
             if let Some(dtype) = encoded.dtype(&d.hf_name) {
+                if let Some(rule) = rule_for(export.tensor_types, &d.gguf_name)
+                    && rule.dtype != dtype
+                {
+                    return Err(Error::Invalid(format!(
+                        "tensor type pattern `{}` asks {:?} for `{}`, which is written from \
+                         its quantized codes as {dtype:?}",
+                        rule.pattern(),
+                        rule.dtype,
+                        d.gguf_name
+                    )));
+                }
                 d.dtype = dtype;
                 d.fallback = encoded.fallback(&d.hf_name);
             }

@@ -133,6 +133,13 @@ impl GgufTypes {
     /// gets Q6_K in quantized files, as in llama.cpp (whose rows that do not fit it fall back
     /// to Q8_0, here as for every other tensor).
     pub fn wanted(&self, cfg: &ModelConfig, hf_name: &str) -> GgmlDType {
+        self.wanted_after(cfg, hf_name, 0)
+    }
+
+    /// [`GgufTypes::wanted`] for a matrix whose block llama.cpp's mix places `skipped`
+    /// positions earlier, because that many matrices of its kind in earlier blocks took a
+    /// per-tensor type instead of the mix's (llama.cpp counts only the ones its mix typed).
+    pub fn wanted_after(&self, cfg: &ModelConfig, hf_name: &str, skipped: usize) -> GgmlDType {
         let base = self.base();
         if is_output_head(cfg, hf_name) {
             return match base {
@@ -143,7 +150,7 @@ impl GgufTypes {
         match self {
             GgufTypes::Pure(t) => *t,
             GgufTypes::Mix(mix) => match names::parse_linear_weight(cfg.family, hf_name) {
-                Some((layer, kind)) => mix.linear(kind, layer, cfg),
+                Some((layer, kind)) => mix.linear(kind, layer.saturating_sub(skipped), cfg),
                 None => match crate::fused::parts_of(cfg, hf_name).as_deref() {
                     Some([q, ..])
                         if names::parse_linear_weight(cfg.family, q)
@@ -183,6 +190,49 @@ impl GgufTypes {
             GgufTypes::Mix(mix) => format!("{} (llama.cpp's mix)", mix.name()),
         }
     }
+}
+
+/// One per-tensor type, as llama-quantize's `--tensor-type PATTERN=TYPE`: the pattern is a
+/// regular expression searched for (not anchored) in the GGUF tensor name, lowercased as
+/// llama.cpp lowercases it; the first rule that matches a matrix gives its type in place of
+/// the mix's or the pure type's, and the row-length fallback still applies after it.
+/// Vectors (norms, biases) stay F32 whatever matches.
+#[derive(Debug, Clone)]
+pub struct TensorTypeRule {
+    pattern: regex::Regex,
+    pub dtype: GgmlDType,
+}
+
+impl TensorTypeRule {
+    pub fn new(pattern: &str, dtype: GgmlDType) -> microllm_core::Result<Self> {
+        let lowered = pattern.to_lowercase();
+        let pattern = regex::Regex::new(&lowered).map_err(|e| {
+            microllm_core::Error::Invalid(format!(
+                "tensor type pattern `{pattern}` is not a regular expression: {e}"
+            ))
+        })?;
+        Ok(TensorTypeRule { pattern, dtype })
+    }
+
+    /// The pattern as written (lowercased).
+    pub fn pattern(&self) -> &str {
+        self.pattern.as_str()
+    }
+
+    pub fn matches(&self, gguf_name: &str) -> bool {
+        self.pattern.is_match(gguf_name)
+    }
+}
+
+impl PartialEq for TensorTypeRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern() == other.pattern() && self.dtype == other.dtype
+    }
+}
+
+/// The first of `rules` that matches `gguf_name`.
+pub fn rule_for<'a>(rules: &'a [TensorTypeRule], gguf_name: &str) -> Option<&'a TensorTypeRule> {
+    rules.iter().find(|r| r.matches(gguf_name))
 }
 
 /// Whether `hf_name` is the tensor llama.cpp treats as the output head.
@@ -281,5 +331,21 @@ mod tests {
         let f16 = GgufTypes::from(GgmlDType::F16);
         assert_eq!(f16.wanted(&cfg, names::EMBED_TOKENS), GgmlDType::F16);
         assert_eq!(pure.file_type(), 2);
+    }
+
+    #[test]
+    fn tensor_type_rules_search_gguf_names_first_match_wins() {
+        let rules = [
+            TensorTypeRule::new("BLK\\.0\\.attn_v", GgmlDType::Q8_0).unwrap(),
+            TensorTypeRule::new("attn_(v|k)", GgmlDType::Q5_0).unwrap(),
+        ];
+        assert_eq!(rules[0].pattern(), "blk\\.0\\.attn_v");
+        let pick = |n: &str| rule_for(&rules, n).map(|r| r.dtype);
+        assert_eq!(pick("blk.0.attn_v.weight"), Some(GgmlDType::Q8_0));
+        assert_eq!(pick("blk.10.attn_v.weight"), Some(GgmlDType::Q5_0));
+        assert_eq!(pick("blk.1.attn_k.weight"), Some(GgmlDType::Q5_0));
+        assert_eq!(pick("blk.1.attn_q.weight"), None);
+        let err = TensorTypeRule::new("attn_(v", GgmlDType::Q8_0).unwrap_err();
+        assert!(err.to_string().contains("attn_(v"), "{err}");
     }
 }

@@ -45,7 +45,7 @@ pub use self::export::{
 };
 pub use self::imatrix::ImportanceMatrix;
 use self::meta::Meta;
-pub use self::mix::{GgufTypes, KQuantMix};
+pub use self::mix::{GgufTypes, KQuantMix, TensorTypeRule};
 pub use self::source::{GgufSource, dtype_name};
 use crate::{Checkpoint, CheckpointFormat};
 

@@ -34,6 +34,7 @@ pub use distill::DistillStep;
 pub use estimate::Estimate;
 pub use steps::{
     EvalStep, LayerwiseStep, OutputPlan, StructuredStep, Writer, gguf_types, report_stem,
+    tensor_type_rules,
 };
 pub use tasks::TaskStep;
 pub use tensors::TensorPlan;

@@ -10,7 +10,9 @@ use microllm_io::write::OutDtype;
 use microllm_prune::SparsityPattern;
 
 use super::layerwise::check_applicable;
-use super::steps::{LayerwiseStep, OutputPlan, Writer, err, gguf_types, out_dtype};
+use super::steps::{
+    LayerwiseStep, OutputPlan, Writer, err, gguf_types, out_dtype, tensor_type_rules,
+};
 use super::{PlanOptions, pass_path, tensors};
 use crate::recipe::{OutputFormat, PruneStage, QuantizeStage, Recipe, RecipeResult};
 
@@ -47,6 +49,19 @@ pub(super) fn output_plan(
             } else {
                 "`gguf_type` types the matrices no quantize pass writes; with a quantize pass the \
                  other tensors follow llama.cpp's choices (method ggml takes its own gguf_type)"
+            },
+        ));
+    }
+    let tensor_types =
+        tensor_type_rules(&out.tensor_types).map_err(|e| err("output.tensor_types", e))?;
+    if !tensor_types.is_empty() && (format != OutputFormat::Gguf || scheme.is_some()) {
+        return Err(err(
+            "output.tensor_types",
+            if format != OutputFormat::Gguf {
+                "`tensor_types` applies to GGUF output"
+            } else {
+                "`tensor_types` retypes matrices typed by `gguf_type` (method ggml, or no \
+                 quantize pass); GPTQ and RTN codes keep the blocks they were fitted to"
             },
         ));
     }
@@ -97,7 +112,7 @@ pub(super) fn output_plan(
                     (plan, GgufTypes::Pure(dominant))
                 }
                 None => {
-                    let decisions = microllm_io::gguf::plan_types(cfg, src, ty)
+                    let decisions = microllm_io::gguf::plan_types(cfg, src, ty, &tensor_types)
                         .map_err(|e| err("output", e.to_string()))?;
                     (
                         tensors::from_decisions(cfg, decisions, |_| None)
@@ -237,6 +252,7 @@ pub(super) fn output_plan(
         writer,
         tensors,
         dominant,
+        tensor_types,
         overwrite: out.overwrite,
         config: cfg.clone(),
         importance_read,

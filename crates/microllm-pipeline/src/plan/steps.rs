@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::quantized::GgmlDType;
 use microllm_core::{ModelConfig, TensorSource};
 use microllm_io::Checkpoint;
-use microllm_io::gguf::{GgufTypes, ImportanceMatrix, KQuantMix};
+use microllm_io::gguf::{GgufTypes, ImportanceMatrix, KQuantMix, TensorTypeRule};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::quantized::sparse::SparseFormat;
 use microllm_io::write::OutDtype;
@@ -103,6 +103,8 @@ pub struct OutputPlan {
     pub tensors: Vec<TensorPlan>,
     /// GGUF: the types of matrices not written from codes.
     pub dominant: GgufTypes,
+    /// GGUF: per-tensor types over `dominant` (`output.tensor_types`).
+    pub tensor_types: Vec<TensorTypeRule>,
     pub overwrite: bool,
     /// The model's configuration after the passes (structured pruning changes it).
     pub config: ModelConfig,
@@ -617,6 +619,27 @@ pub fn gguf_types(t: GgufTypeName) -> GgufTypes {
         pure => return GgufTypes::Pure(pure_type(pure)),
     };
     GgufTypes::Mix(mix)
+}
+
+/// `PATTERN=TYPE` rules (llama-quantize's `--tensor-type`) as typed rules; TYPE is one block
+/// type, not a mix.
+pub fn tensor_type_rules(specs: &[String]) -> std::result::Result<Vec<TensorTypeRule>, String> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (pattern, name) = spec
+                .split_once('=')
+                .filter(|(p, t)| !p.is_empty() && !t.is_empty())
+                .ok_or_else(|| format!("`{spec}` is not PATTERN=TYPE (e.g. attn_v=q8_0)"))?;
+            let ty: GgufTypeName = name.to_lowercase().parse()?;
+            if matches!(gguf_types(ty), GgufTypes::Mix(_)) {
+                return Err(format!(
+                    "`{spec}`: {name} is one of llama.cpp's mixes; a tensor takes one block type"
+                ));
+            }
+            TensorTypeRule::new(pattern, pure_type(ty)).map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 fn pure_type(t: GgufTypeName) -> GgmlDType {

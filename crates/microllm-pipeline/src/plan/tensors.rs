@@ -155,7 +155,7 @@ pub fn gguf_plan(
 ) -> Result<(Vec<TensorPlan>, GgmlDType)> {
     let exact = |inp: usize| exact_gguf_type(scheme, inp, !act_order_scattered);
     let dominant = exact(cfg.hidden_size).unwrap_or(GgmlDType::F16);
-    let plan = from_decisions(cfg, plan_types(cfg, src, dominant)?, |d| {
+    let plan = from_decisions(cfg, plan_types(cfg, src, dominant, &[])?, |d| {
         Some(match exact(d.shape[1]) {
             Ok(t) => (t, None),
             Err(why) => (GgmlDType::F16, Some(format!("F16 (dequantized): {why}"))),

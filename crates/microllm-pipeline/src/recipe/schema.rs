@@ -563,6 +563,12 @@ pub struct Output {
     /// gguf: type of the matrices no quantize pass writes (default f16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gguf_type: Option<GgufTypeName>,
+    /// gguf: per-tensor types over `gguf_type` (or a ggml pass's), as llama-quantize's
+    /// `--tensor-type`: `PATTERN=TYPE`, PATTERN a regular expression searched for in the GGUF
+    /// tensor names (`blk.3.attn_v.weight`), the first that matches wins, e.g.
+    /// `attn_v=q8_0`, `blk\.(0|1)\.ffn_down=q6_k`. Not for matrices written from GPTQ/RTN codes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tensor_types: Vec<String>,
     /// Replace an existing output.
     #[serde(default, skip_serializing_if = "is_false")]
     pub overwrite: bool,

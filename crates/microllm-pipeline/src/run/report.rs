@@ -266,13 +266,18 @@ fn bytes_before(plan: &Plan) -> Result<u64> {
             .iter()
             .map(|i| (i.numel() * d.size()) as u64)
             .sum(),
-        Writer::Gguf { codes: false, .. } => plan_types(&ckpt.config, src, plan.output.dominant)?
-            .iter()
-            .map(|d| {
-                let n: usize = d.shape.iter().product();
-                (n / d.dtype.block_size() * d.dtype.type_size()) as u64
-            })
-            .sum(),
+        Writer::Gguf { codes: false, .. } => plan_types(
+            &ckpt.config,
+            src,
+            plan.output.dominant,
+            &plan.output.tensor_types,
+        )?
+        .iter()
+        .map(|d| {
+            let n: usize = d.shape.iter().product();
+            (n / d.dtype.block_size() * d.dtype.type_size()) as u64
+        })
+        .sum(),
         _ => ckpt.stored_bytes(),
     })
 }

@@ -62,6 +62,7 @@ pub fn write_output(
                 license: ckpt.license.as_deref(),
                 encoded: gguf_codes.as_ref().map(|c| c as &dyn EncodedTensors),
                 importance: now.importance,
+                tensor_types: &out.tensor_types,
             };
             let summary = write_gguf(&export, &out.path, out.dominant, out.overwrite, progress)?;
             notes.extend(summary.notes);
