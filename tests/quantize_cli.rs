@@ -410,3 +410,74 @@ fn tensor_types_override_the_mix_as_llama_quantize_does() {
     let err = refused("attn_v");
     assert!(err.contains("PATTERN=TYPE"), "{err}");
 }
+
+/// A size budget (`--target-bpw` / `--target-size`) chooses each block linear's type: the
+/// file's tensor data lands at or just under the target, the matrices get several types, a
+/// target below the smallest types is refused before anything is written, and the report lists
+/// the types as written (not the plan's).
+#[test]
+fn size_budgets_choose_types_that_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("budget.gguf");
+    let run = microllm()
+        .args(["convert", "--model"])
+        .arg(smollm2_gguf())
+        .arg("--out")
+        .arg(&out)
+        .args(["--gguf-type", "q4_0", "--target-bpw", "5.1"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&run.get_output().stdout).to_string();
+    let bpw: f64 = stdout
+        .split("budget: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no budget line in {stdout}"));
+    assert!(bpw <= 5.1 && bpw > 5.0, "{stdout}");
+    let ckpt = microllm_io::open(out.to_str().unwrap()).unwrap();
+    let linear_types: std::collections::BTreeSet<String> = ckpt
+        .tensors
+        .infos()
+        .into_iter()
+        .filter(|i| i.name.contains("layers."))
+        .filter(|i| i.shape.len() == 2)
+        .map(|i| i.dtype.to_string())
+        .collect();
+    assert!(linear_types.len() >= 2, "{linear_types:?}");
+
+    let err = microllm()
+        .args(["convert", "--model"])
+        .arg(smollm2_gguf())
+        .arg("--out")
+        .arg(tmp.path().join("small.gguf"))
+        .args(["--gguf-type", "q4_0", "--target-bpw", "2"])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&err.get_output().stderr).to_string();
+    assert!(err.contains("below the smallest choice"), "{err}");
+    assert!(!tmp.path().join("small.gguf").exists());
+
+    // Through quantize's recipe: the report holds the written types.
+    let calib = calib_ids(tmp.path(), 8, 32, 384);
+    let out = tmp.path().join("tiny.gguf");
+    let report = quantize(
+        &fixture("llama-tiny"),
+        &calib,
+        &out,
+        &["--gguf-type", "q4_0", "--target-size", "150KB"],
+    );
+    let ckpt = microllm_io::open(out.to_str().unwrap()).unwrap();
+    let written: BTreeMap<String, String> = ckpt
+        .tensors
+        .infos()
+        .into_iter()
+        .map(|i| (i.name, i.dtype.to_string()))
+        .collect();
+    for t in report["output"]["tensors"].as_array().unwrap() {
+        let name = t["hf_name"].as_str().unwrap();
+        assert_eq!(written[name], t["dtype"].as_str().unwrap(), "{name}");
+    }
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("size budget: "), "{notes}");
+}

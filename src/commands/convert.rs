@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::builder::TypedValueParser;
 use microllm_io::CheckpointFormat;
-use microllm_io::gguf::{EncodedTensors, GgufExport, TensorTypeRule, write_gguf};
+use microllm_io::gguf::{
+    EncodedTensors, GgufExport, SizeTarget, TensorTypeRule, fit_budget, write_gguf,
+};
 use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
 use microllm_pipeline::output::GgufCodes;
+use microllm_pipeline::plan::parse_size;
 use microllm_pipeline::recipe::{DtypeName, GgufTypeName};
 
 use crate::progress::Bar;
@@ -50,6 +53,14 @@ pub struct Args {
     /// `'blk\.(0|1)\.ffn_down=q6_k'`); repeatable.
     #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
     tensor_types: Vec<String>,
+    /// GGUF: choose each block linear's type so the file's tensor data averages X bits per
+    /// weight, with the least measured error (each matrix tried in every block type its rows
+    /// fit; --gguf-type types the rest: embeddings, output head).
+    #[arg(long, value_name = "X", conflicts_with = "target_size")]
+    target_bpw: Option<f64>,
+    /// GGUF: as --target-bpw, for a size of tensor data (e.g. 100MB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    target_size: Option<u64>,
     /// Largest safetensors shard (tensor data), e.g. 2GB, 500MB, 64KB.
     #[arg(long, default_value = "2GB", value_parser = parse_size)]
     max_shard_size: u64,
@@ -112,15 +123,24 @@ pub fn run(args: Args) -> Result<()> {
     );
     let tensor_types = microllm_pipeline::plan::tensor_type_rules(&args.tensor_types)
         .map_err(|e| anyhow::anyhow!("--tensor-type {e}"))?;
-    if !tensor_types.is_empty() && format == Format::Hf {
+    let target = match (args.target_bpw, args.target_size) {
+        (Some(bpw), _) if !(bpw > 0.0 && bpw.is_finite()) => {
+            anyhow::bail!("--target-bpw {bpw}: a positive number of bits per weight is needed")
+        }
+        (Some(bpw), _) => Some(SizeTarget::BitsPerWeight(bpw)),
+        (None, Some(bytes)) => Some(SizeTarget::Bytes(bytes)),
+        (None, None) => None,
+    };
+    if (!tensor_types.is_empty() || target.is_some()) && format == Format::Hf {
         anyhow::bail!(
-            "--tensor-type applies to GGUF output (--format gguf or an --out ending in .gguf)"
+            "--tensor-type, --target-bpw and --target-size apply to GGUF output (--format gguf \
+             or an --out ending in .gguf)"
         );
     }
     let ckpt = super::open_model(&args.model)?;
     match format {
         Format::Hf => to_hf(&args, &ckpt),
-        Format::Gguf => to_gguf(&args, &ckpt, &tensor_types),
+        Format::Gguf => to_gguf(&args, &ckpt, &tensor_types, target),
     }
 }
 
@@ -152,6 +172,7 @@ fn to_gguf(
     args: &Args,
     ckpt: &microllm_io::Checkpoint,
     tensor_types: &[TensorTypeRule],
+    target: Option<SizeTarget>,
 ) -> Result<()> {
     let name = ckpt.name();
     // A GPTQ / compressed-tensors source: linears whose codes a ggml block type holds are
@@ -165,7 +186,7 @@ fn to_gguf(
     let codes = packed
         .as_ref()
         .map(|src| GgufCodes::from_checkpoint(&ckpt.config, src));
-    let export = GgufExport {
+    let mut export = GgufExport {
         config: &ckpt.config,
         tensors: ckpt.tensors.as_ref(),
         tokenizer: ckpt.tokenizer.as_ref(),
@@ -176,14 +197,17 @@ fn to_gguf(
         importance: None,
         tensor_types,
     };
-    let summary = write_gguf(
-        &export,
-        &args.out,
-        microllm_pipeline::plan::gguf_types(args.gguf_type),
-        args.force,
-        &Bar::new(),
-    )
-    .with_context(|| format!("converting to {}", args.out.display()))?;
+    let types = microllm_pipeline::plan::gguf_types(args.gguf_type);
+    let with_budget: Vec<TensorTypeRule>;
+    if let Some(target) = target {
+        let budget = fit_budget(&export, types, target, &Bar::new())
+            .with_context(|| format!("choosing types for {}", args.out.display()))?;
+        println!("{}", microllm_pipeline::run::budget_note(&budget));
+        with_budget = tensor_types.iter().chain(&budget.rules).cloned().collect();
+        export.tensor_types = &with_budget;
+    }
+    let summary = write_gguf(&export, &args.out, types, args.force, &Bar::new())
+        .with_context(|| format!("converting to {}", args.out.display()))?;
     let params: usize = summary
         .tensors
         .iter()
@@ -219,40 +243,4 @@ fn to_gguf(
         println!("note: {note}");
     }
     Ok(())
-}
-
-/// Parses a byte size such as `2GB`, `500MB`, `64KB` or `1000` (decimal units).
-fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 2GB, 500MB or 64KB"))?;
-    let scale = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return Err(format!("unknown unit in `{text}` (use B, KB, MB or GB)")),
-    };
-    match n.checked_mul(scale) {
-        Some(0) => Err("the shard size must be positive".into()),
-        Some(bytes) => Ok(bytes),
-        None => Err(format!("`{text}` is too large")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
-        assert_eq!(parse_size("64kb"), Ok(64_000));
-        assert_eq!(parse_size("123"), Ok(123));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("12XB").is_err());
-    }
 }

@@ -106,6 +106,8 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
             // With --bits the linears hold GPTQ's codes and the rest follows llama.cpp.
             gguf_type: (gguf && !quantized).then_some(args.gguf_type),
             tensor_types: Vec::new(),
+            target_bpw: None,
+            target_size: None,
             overwrite: args.force,
         },
         report: ReportOptions::default(),

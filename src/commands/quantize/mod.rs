@@ -96,6 +96,20 @@ pub struct Args {
         requires = "gguf_type"
     )]
     tensor_types: Vec<String>,
+    /// With --gguf-type: choose each block linear's type so the file's tensor data averages X
+    /// bits per weight, with the least measured error (every type the rows fit is tried; with
+    /// --calib or --imatrix errors are weighted by the importance matrix); --gguf-type types
+    /// the embeddings and output head.
+    #[arg(
+        long,
+        value_name = "X",
+        requires = "gguf_type",
+        conflicts_with = "target_size"
+    )]
+    target_bpw: Option<f64>,
+    /// With --gguf-type: as --target-bpw, for a size of tensor data (e.g. 95MB).
+    #[arg(long, value_name = "SIZE", requires = "gguf_type")]
+    target_size: Option<String>,
     /// With --gguf-type: fit k-quant blocks with this importance matrix instead of measuring
     /// one (llama-imatrix's output, GGUF or legacy .dat, or a file --save-imatrix wrote);
     /// needs no --calib.
@@ -212,6 +226,8 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
             dtype: (args.format == Format::Safetensors).then(|| args.dtype.recipe()),
             gguf_type: None,
             tensor_types: args.tensor_types.clone(),
+            target_bpw: args.target_bpw,
+            target_size: args.target_size.clone(),
             overwrite: args.force,
         },
         report: ReportOptions::default(),

@@ -200,13 +200,13 @@ pub fn plan_export(export: &GgufExport<'_>, types: GgufTypes) -> Result<Vec<Type
 /// Encoded tensors with the family's fused projections assembled from their encoded parts
 /// (rows are independent in every block type, so the parts' bytes in row order are the fused
 /// tensor's bytes). A fused tensor is encoded only when all its parts are, in one type.
-struct FusedEncoded<'a> {
+pub(super) struct FusedEncoded<'a> {
     inner: &'a dyn EncodedTensors,
     cfg: &'a ModelConfig,
 }
 
 impl<'a> FusedEncoded<'a> {
-    fn new(inner: &'a dyn EncodedTensors, cfg: &'a ModelConfig) -> Self {
+    pub(super) fn new(inner: &'a dyn EncodedTensors, cfg: &'a ModelConfig) -> Self {
         Self { inner, cfg }
     }
 }
@@ -335,13 +335,13 @@ pub fn write_gguf(
                     .and_then(|m| m.columns(&importance_name))
                     .filter(|_| takes_importance(d.dtype));
                 d.importance_weighted = weights.is_some();
-                encode(&tensor, d.dtype, weights).map_err(|e| {
-                    let (name, origin) = (d.hf_name.clone(), export.tensors.origin());
-                    match e {
-                        EncodeError::Values(msg) => Error::NonFinite { name, origin, msg },
-                        EncodeError::Other(msg) => Error::TensorData { name, origin, msg },
-                    }
-                })?
+                encode_checked(
+                    &tensor,
+                    d.dtype,
+                    weights,
+                    &d.hf_name,
+                    &export.tensors.origin(),
+                )?
             }
         };
         bytes += data.len() as u64;
@@ -404,7 +404,7 @@ fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
 /// Whether `dtype` is fitted with importance weights when a matrix is given: candle's
 /// k-quants, and Q4_0 / Q5_0 / Q4_1 / Q5_1 / Q6_K by microllm's own weighted fits
 /// ([`weighted`]), as llama.cpp does. Q8_0 is not (llama.cpp ignores the matrix for it too).
-fn takes_importance(dtype: GgmlDType) -> bool {
+pub(super) fn takes_importance(dtype: GgmlDType) -> bool {
     matches!(
         dtype,
         GgmlDType::Q2K
@@ -439,6 +439,23 @@ impl RowPacker<'_> {
             RowPacker::Q6K(w) => weighted::q6_k_row(row, w, out),
         }
     }
+}
+
+/// [`encode`], its refusals as errors naming the tensor.
+pub(super) fn encode_checked(
+    t: &Tensor,
+    dtype: GgmlDType,
+    importance: Option<&[f32]>,
+    hf_name: &str,
+    origin: &str,
+) -> Result<Vec<u8>> {
+    encode(t, dtype, importance).map_err(|e| {
+        let (name, origin) = (hf_name.to_string(), origin.to_string());
+        match e {
+            EncodeError::Values(msg) => Error::NonFinite { name, origin, msg },
+            EncodeError::Other(msg) => Error::TensorData { name, origin, msg },
+        }
+    })
 }
 
 /// The tensor's bytes in `dtype`, refusing non-finite values (block quantizers would turn them

@@ -19,6 +19,7 @@
 //! [`config::SUPPORTED_ARCHITECTURES`].
 
 pub mod blocks;
+mod budget;
 pub mod config;
 mod export;
 mod header;
@@ -40,6 +41,7 @@ use candle_core::quantized::gguf_file::Content;
 use memmap2::Mmap;
 use microllm_core::{Error, Result};
 
+pub use self::budget::{BudgetChoice, BudgetPlan, SizeTarget, fit_budget};
 pub use self::export::{
     EncodedTensors, GgufExport, GgufSummary, TypeDecision, plan_export, plan_types, write_gguf,
 };

@@ -33,8 +33,8 @@ use microllm_io::gguf::GgufTypes;
 pub use distill::DistillStep;
 pub use estimate::Estimate;
 pub use steps::{
-    EvalStep, LayerwiseStep, OutputPlan, StructuredStep, Writer, gguf_types, report_stem,
-    tensor_type_rules,
+    EvalStep, LayerwiseStep, OutputPlan, StructuredStep, Writer, gguf_types, parse_size,
+    report_stem, tensor_type_rules,
 };
 pub use tasks::TaskStep;
 pub use tensors::TensorPlan;

@@ -3,7 +3,7 @@
 
 use candle_core::quantized::GgmlDType;
 use microllm_core::{ModelConfig, TensorSource};
-use microllm_io::gguf::{GgufTypes, ImportanceMatrix};
+use microllm_io::gguf::{GgufTypes, ImportanceMatrix, SizeTarget};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::quantized::sparse::SparseFormat;
 use microllm_io::write::OutDtype;
@@ -11,7 +11,7 @@ use microllm_prune::SparsityPattern;
 
 use super::layerwise::check_applicable;
 use super::steps::{
-    LayerwiseStep, OutputPlan, Writer, err, gguf_types, out_dtype, tensor_type_rules,
+    LayerwiseStep, OutputPlan, Writer, err, gguf_types, out_dtype, parse_size, tensor_type_rules,
 };
 use super::{PlanOptions, pass_path, tensors};
 use crate::recipe::{OutputFormat, PruneStage, QuantizeStage, Recipe, RecipeResult};
@@ -63,6 +63,51 @@ pub(super) fn output_plan(
                 "`tensor_types` retypes matrices typed by `gguf_type` (method ggml, or no \
                  quantize pass); GPTQ and RTN codes keep the blocks they were fitted to"
             },
+        ));
+    }
+    let target = match (out.target_bpw, out.target_size.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "output.target_size",
+                "give `target_bpw` or `target_size`, not both",
+            ));
+        }
+        (Some(bpw), None) if !(bpw > 0.0 && bpw.is_finite()) => {
+            return Err(err(
+                "output.target_bpw",
+                format!("{bpw} is not a positive number of bits per weight"),
+            ));
+        }
+        (Some(bpw), None) => Some(SizeTarget::BitsPerWeight(bpw)),
+        (None, Some(size)) => Some(SizeTarget::Bytes(
+            parse_size(size).map_err(|e| err("output.target_size", e))?,
+        )),
+        (None, None) => None,
+    };
+    if target.is_some() && (format != OutputFormat::Gguf || scheme.is_some()) {
+        let key = match out.target_bpw {
+            Some(_) => "output.target_bpw",
+            None => "output.target_size",
+        };
+        return Err(err(
+            key,
+            if format != OutputFormat::Gguf {
+                "a size target chooses GGUF block types: GGUF output only"
+            } else {
+                "a size target chooses the types of matrices typed by `gguf_type` (method \
+                 ggml, or no quantize pass); GPTQ and RTN codes keep the blocks they were \
+                 fitted to"
+            },
+        ));
+    }
+    if let Some(t) = target {
+        notes.push(format!(
+            "the block linears' types are chosen when the file is written, to fit {} with the \
+             least measured error (the plan lists the types before that choice)",
+            match t {
+                SizeTarget::BitsPerWeight(b) => format!("{b} bits/weight"),
+                SizeTarget::Bytes(b) => format!("{:.1} MB of tensor data", b as f64 / 1e6),
+            }
         ));
     }
     if let Some((i, q)) = ggml {
@@ -253,6 +298,7 @@ pub(super) fn output_plan(
         tensors,
         dominant,
         tensor_types,
+        target,
         overwrite: out.overwrite,
         config: cfg.clone(),
         importance_read,

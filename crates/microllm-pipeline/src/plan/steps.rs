@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::quantized::GgmlDType;
 use microllm_core::{ModelConfig, TensorSource};
 use microllm_io::Checkpoint;
-use microllm_io::gguf::{GgufTypes, ImportanceMatrix, KQuantMix, TensorTypeRule};
+use microllm_io::gguf::{GgufTypes, ImportanceMatrix, KQuantMix, SizeTarget, TensorTypeRule};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::quantized::sparse::SparseFormat;
 use microllm_io::write::OutDtype;
@@ -105,6 +105,8 @@ pub struct OutputPlan {
     pub dominant: GgufTypes,
     /// GGUF: per-tensor types over `dominant` (`output.tensor_types`).
     pub tensor_types: Vec<TensorTypeRule>,
+    /// GGUF: the size the block linears' types are chosen for when the file is written.
+    pub target: Option<SizeTarget>,
     pub overwrite: bool,
     /// The model's configuration after the passes (structured pruning changes it).
     pub config: ModelConfig,
@@ -621,6 +623,28 @@ pub fn gguf_types(t: GgufTypeName) -> GgufTypes {
     GgufTypes::Mix(mix)
 }
 
+/// Parses a byte size such as `2GB`, `500MB`, `64KB` or `1000` (decimal units).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 2GB, 500MB or 64KB"))?;
+    let scale = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(format!("unknown unit in `{text}` (use B, KB, MB or GB)")),
+    };
+    match n.checked_mul(scale) {
+        Some(0) => Err("a size must be positive".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("`{text}` is too large")),
+    }
+}
+
 /// `PATTERN=TYPE` rules (llama-quantize's `--tensor-type`) as typed rules; TYPE is one block
 /// type, not a mix.
 pub fn tensor_type_rules(specs: &[String]) -> std::result::Result<Vec<TensorTypeRule>, String> {
@@ -665,5 +689,19 @@ pub(crate) fn out_dtype(d: DtypeName) -> OutDtype {
         DtypeName::F32 => OutDtype::F32,
         DtypeName::F16 => OutDtype::F16,
         DtypeName::Bf16 => OutDtype::BF16,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("64kb"), Ok(64_000));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12XB").is_err());
     }
 }

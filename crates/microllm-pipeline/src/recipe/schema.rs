@@ -569,6 +569,15 @@ pub struct Output {
     /// `attn_v=q8_0`, `blk\.(0|1)\.ffn_down=q6_k`. Not for matrices written from GPTQ/RTN codes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tensor_types: Vec<String>,
+    /// gguf: choose each block linear's type so the file's tensor data averages this many
+    /// bits per weight, with the least measured error (every type the rows fit is tried; the
+    /// errors are weighted by the importance matrix when the ggml pass has one). Embeddings and
+    /// the output head keep `gguf_type`'s choice. Not with GPTQ/RTN codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_bpw: Option<f64>,
+    /// gguf: as `target_bpw`, for a size of tensor data (`95MB`, `1GB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<String>,
     /// Replace an existing output.
     #[serde(default, skip_serializing_if = "is_false")]
     pub overwrite: bool,

@@ -33,7 +33,7 @@ pub use data::{
     read_tokens, sha256_of, work_dir,
 };
 pub use distill::{DistillJob, Distiller};
-pub use write::{Current, write_output};
+pub use write::{Current, Written, budget_note, write_output};
 
 use crate::imatrix::measure_imatrix;
 use crate::layerwise::{CompressJob, LayerwiseSummary, run_compress};
@@ -72,6 +72,8 @@ pub(crate) struct Outcome {
     /// Per eval pass: its record and whether it was resumed.
     pub evals: Vec<(usize, EvalRecord, bool)>,
     pub writer_notes: Vec<String>,
+    /// The output's tensors as written, when the writer chose their types (a size budget).
+    pub written_tensors: Option<Vec<crate::plan::TensorPlan>>,
     pub write_seconds: f64,
     pub output_resumed: bool,
     pub global_threshold: Option<f32>,
@@ -121,6 +123,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
         layerwise: None,
         evals: Vec::new(),
         writer_notes: Vec::new(),
+        written_tensors: None,
         write_seconds: 0.0,
         output_resumed: false,
         global_threshold: None,
@@ -273,7 +276,9 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
             store: plan.layerwise.as_ref().map(|_| &store),
             importance: importance.as_deref(),
         };
-        outcome.writer_notes = write_output(plan, ckpt, &now, progress)?;
+        let written = write_output(plan, ckpt, &now, progress)?;
+        outcome.writer_notes = written.notes;
+        outcome.written_tensors = written.tensors;
         store.save_json(
             "output.json",
             &json!({"path": plan.output.path, "notes": outcome.writer_notes}),

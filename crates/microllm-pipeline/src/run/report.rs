@@ -23,10 +23,11 @@ pub(super) fn build(
     let ckpt = &plan.model;
     let cfg = &ckpt.config;
     let out = &plan.output;
+    // A size budget chooses types when the file is written: report those.
+    let tensors = o.written_tensors.as_ref().unwrap_or(&out.tensors);
     let file_bytes = bytes_on_disk(&out.path)?;
-    let params: u64 = out.tensors.iter().map(numel).sum();
-    let (q_params, q_bytes) = out
-        .tensors
+    let params: u64 = tensors.iter().map(numel).sum();
+    let (q_params, q_bytes) = tensors
         .iter()
         .filter(|t| t.quantized)
         .fold((0u64, 0u64), |(p, b), t| (p + numel(t), b + t.bytes));
@@ -38,7 +39,7 @@ pub(super) fn build(
         bits_per_weight: file_bytes as f64 * 8.0 / params.max(1) as f64,
         quantized_parameters: q_params,
         quantized_bits_per_weight: q_bytes as f64 * 8.0 / q_params.max(1) as f64,
-        tensors: out.tensors.clone(),
+        tensors: tensors.clone(),
         write_seconds: o.write_seconds,
         linear_parameters: None,
         pruned_parameters: None,
@@ -62,8 +63,7 @@ pub(super) fn build(
                     let hf = names::linear_weight(family, r.layer, r.kind);
                     LayerRecord {
                         record: r.clone(),
-                        output_type: out
-                            .tensors
+                        output_type: tensors
                             .iter()
                             .find(|t| t.holds(&out.config, &hf))
                             .map(|t| t.dtype.clone()),
@@ -87,7 +87,7 @@ pub(super) fn build(
             &mut output,
             &layers,
             &out.config,
-            out.tensors.as_slice(),
+            tensors.as_slice(),
             &mut notes,
             plan,
         );
@@ -131,11 +131,10 @@ pub(super) fn build(
         parameters_before: ckpt.tensors.infos().iter().map(|i| i.numel() as u64).sum(),
         parameters_after: params,
         tensor_bytes_before: bytes_before(plan)?,
-        tensor_bytes_after: out.tensors.iter().map(|t| t.bytes).sum(),
+        tensor_bytes_after: tensors.iter().map(|t| t.bytes).sum(),
         file_bytes,
     };
-    let fallbacks = out
-        .tensors
+    let fallbacks = tensors
         .iter()
         .filter_map(|t| {
             t.fallback.as_ref().map(|why| FallbackRecord {

@@ -7,7 +7,10 @@
 
 use microllm_core::{ModelConfig, Progress, Result, TensorSource, names};
 use microllm_io::Checkpoint;
-use microllm_io::gguf::{EncodedTensors, GgufExport, ImportanceMatrix, TypeDecision, write_gguf};
+use microllm_io::gguf::{
+    BudgetPlan, EncodedTensors, GgufExport, ImportanceMatrix, TensorTypeRule, TypeDecision,
+    fit_budget, write_gguf,
+};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::write::{
     HfOutput, HfWriteOptions, PackedOutput, SparseOutput, write_hf_dir, write_packed_dir,
@@ -16,7 +19,7 @@ use microllm_io::write::{
 
 use crate::output::{GgufCodes, QuantizedSource};
 use crate::packed::{StoredLinears, compressed_quantization_config, gptq_quantization_config};
-use crate::plan::{Plan, Writer};
+use crate::plan::{Plan, TensorPlan, Writer};
 use crate::store::BlockStore;
 
 const MAX_SHARD_BYTES: u64 = 2_000_000_000;
@@ -31,15 +34,47 @@ pub struct Current<'a> {
     pub importance: Option<&'a ImportanceMatrix>,
 }
 
-/// Writes the output; returns the writer's notes.
+/// What writing the output returned.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// The writer's notes, for the report.
+    pub notes: Vec<String>,
+    /// The tensors as written, when the writer chose their types itself (a size budget);
+    /// otherwise the plan's list holds.
+    pub tensors: Option<Vec<TensorPlan>>,
+}
+
+/// One line on what a size budget chose.
+pub fn budget_note(budget: &BudgetPlan) -> String {
+    let counts: Vec<String> = budget
+        .counts()
+        .iter()
+        .map(|(t, n)| format!("{n} {}", microllm_io::gguf::dtype_name(*t)))
+        .collect();
+    format!(
+        "size budget: {:.3} bits/weight, {:.1} MB of tensor data; block linears {} (errors \
+         weighted by {})",
+        budget.bits_per_weight(),
+        budget.bytes as f64 / 1e6,
+        counts.join(", "),
+        if budget.importance_weighted {
+            "the importance matrix"
+        } else {
+            "nothing: the plain weight error"
+        }
+    )
+}
+
+/// Writes the output.
 pub fn write_output(
     plan: &Plan,
     ckpt: &Checkpoint,
     now: &Current<'_>,
     progress: &dyn Progress,
-) -> Result<Vec<String>> {
+) -> Result<Written> {
     let out = &plan.output;
     let mut notes = Vec::new();
+    let mut written = Written::default();
     let quantized = now
         .store
         .map(|s| QuantizedSource::new(now.config, now.source, s));
@@ -53,7 +88,7 @@ pub fn write_output(
                 .store
                 .filter(|_| *codes)
                 .map(|s| GgufCodes::new(now.config, s));
-            let export = GgufExport {
+            let mut export = GgufExport {
                 config: now.config,
                 tensors,
                 tokenizer: ckpt.tokenizer.as_ref(),
@@ -64,7 +99,26 @@ pub fn write_output(
                 importance: now.importance,
                 tensor_types: &out.tensor_types,
             };
+            let with_budget: Vec<TensorTypeRule>;
+            if let Some(target) = out.target {
+                let budget = fit_budget(&export, out.dominant, target, progress)?;
+                notes.push(budget_note(&budget));
+                with_budget = out
+                    .tensor_types
+                    .iter()
+                    .chain(&budget.rules)
+                    .cloned()
+                    .collect();
+                export.tensor_types = &with_budget;
+            }
             let summary = write_gguf(&export, &out.path, out.dominant, out.overwrite, progress)?;
+            if out.target.is_some() {
+                written.tensors = Some(crate::plan::tensors::from_decisions(
+                    now.config,
+                    summary.tensors.clone(),
+                    |_| None,
+                )?);
+            }
             notes.extend(summary.notes);
             if now.importance.is_some() {
                 notes.push(importance_note(&summary.tensors));
@@ -145,7 +199,8 @@ pub fn write_output(
             write_sparse_dir(&output, &out.path, MAX_SHARD_BYTES, out.overwrite, progress)?;
         }
     }
-    Ok(notes)
+    written.notes = notes;
+    Ok(written)
 }
 
 /// Which matrices the importance matrix weighted (k-quants, Q4_0, Q5_0, Q4_1, Q5_1; as in
