@@ -10,6 +10,10 @@
 //! [`alloc::HugePageAlloc`], the global allocator the binary and the timing examples use, is
 //! here because every crate's large buffers go through it.
 
+// Libraries report through return values and `Progress`, never by printing: the binary
+// owns the terminal (unit tests may print).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 pub mod alloc;
 mod architecture;
 mod config;

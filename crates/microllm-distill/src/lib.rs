@@ -15,6 +15,10 @@
 //!
 //! The library never prints: long work reports through [`microllm_core::Progress`].
 
+// Libraries report through return values and `Progress`, never by printing: the binary
+// owns the terminal (unit tests may print).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 mod error;
 pub mod fingerprint;
 pub mod init;

@@ -13,6 +13,10 @@
 //! (HellaSwag, ARC, PIQA, WinoGrande, MMLU) is scored in [`tasks`] as the harness and
 //! llama.cpp score it.
 
+// Libraries report through return values and `Progress`, never by printing: the binary
+// owns the terminal (unit tests may print).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 mod compare;
 mod kl_base;
 mod perplexity;

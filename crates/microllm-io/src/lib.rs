@@ -10,6 +10,10 @@
 //! Writers (the [`write`](crate::write) module) produce files atomically: everything goes to a temporary path that is
 //! renamed into place only when complete, so a failed run leaves nothing half-written.
 
+// Libraries report through return values and `Progress`, never by printing: the binary
+// owns the terminal (unit tests may print).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 pub mod arrays;
 pub mod calibration;
 pub mod fused;

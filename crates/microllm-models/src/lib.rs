@@ -9,6 +9,10 @@
 //! candle-transformers keeps its blocks private and has one model per family; this crate
 //! exists so that calibration can see inside blocks and a new family is a config row.
 
+// Libraries report through return values and `Progress`, never by printing: the binary
+// owns the terminal (unit tests may print).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 mod attention;
 mod block;
 mod decoder;

@@ -21,6 +21,10 @@
 //! * [`owl_schedule`] — OWL's per-block sparsities.
 //! * [`recipe`], [`plan`], [`run`], [`report`] — the road above.
 
+// Libraries report through return values and `Progress`, never by printing: the binary
+// owns the terminal (unit tests may print).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 mod block_quant;
 mod calibration;
 mod imatrix;

@@ -9,6 +9,10 @@
 //! Like `microllm-quant`, this crate works on plain tensors and calibration statistics; the
 //! layerwise engine in `microllm-pipeline` feeds it.
 
+// Libraries report through return values and `Progress`, never by printing: the binary
+// owns the terminal (unit tests may print).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 mod schedule;
 pub mod structured;
 mod unstructured;

@@ -27,6 +27,10 @@
 //! # Ok::<(), microllm_core::Error>(())
 //! ```
 
+// Libraries report through return values and `Progress`, never by printing: the binary
+// owns the terminal (unit tests may print).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 mod diagonal;
 mod factor;
 mod gptq;
