@@ -90,6 +90,12 @@ pub fn explain_non_finite(ckpt: &Checkpoint, err: anyhow::Error) -> anyhow::Erro
     }
 }
 
+/// `--bits`: the code widths microllm supports ([`microllm_core::CODE_BITS`]).
+pub fn code_bits() -> clap::builder::RangedI64ValueParser<u8> {
+    let bits = microllm_core::CODE_BITS;
+    clap::value_parser!(u8).range(i64::from(*bits.start())..=i64::from(*bits.end()))
+}
+
 /// Parses a floating-point flag, refusing NaN and infinities: `--sparsity nan` must be an
 /// error, not a silent default (every f64 flag uses it).
 pub fn finite_f64(s: &str) -> std::result::Result<f64, String> {

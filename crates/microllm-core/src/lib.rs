@@ -23,6 +23,10 @@ mod packed;
 mod progress;
 mod source;
 
+/// The bit widths of quantized codes microllm writes and reads (GPTQ, compressed-tensors,
+/// its own schemes): one code per `u8`, and below 2 bits no grid is worth storing.
+pub const CODE_BITS: std::ops::RangeInclusive<u8> = 2..=8;
+
 pub use architecture::{check_tensors, expected_tensors};
 pub use config::{
     Activation, BlockLayout, Family, FusedLinear, MlpKind, ModelConfig, NormKind, RopeScaling,

@@ -394,22 +394,11 @@ fn kind_name(kind: LinearKind) -> String {
 }
 
 fn scheme_json(s: &QuantScheme) -> serde_json::Value {
-    serde_json::json!({
-        "bits": s.bits,
-        "group_size": s.group_size,
-        "symmetric": s.symmetric,
-        "f16_scales": s.f16_scales,
-    })
+    serde_json::to_value(s).expect("a scheme serializes")
 }
 
+/// The scheme stored beside a block, checked as it is read back.
 fn scheme_from_json(v: &serde_json::Value) -> Option<QuantScheme> {
-    Some(QuantScheme {
-        bits: u8::try_from(v.get("bits")?.as_u64()?).ok()?,
-        group_size: match v.get("group_size")? {
-            serde_json::Value::Null => None,
-            g => Some(usize::try_from(g.as_u64()?).ok()?),
-        },
-        symmetric: v.get("symmetric")?.as_bool()?,
-        f16_scales: v.get("f16_scales")?.as_bool()?,
-    })
+    let s: QuantScheme = serde_json::from_value(v.clone()).ok()?;
+    s.validate().ok().map(|_| s)
 }

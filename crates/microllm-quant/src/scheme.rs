@@ -22,8 +22,9 @@
 
 use microllm_core::{Error, Result};
 
-/// Bit width, grouping and symmetry of a quantized weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Bit width, grouping and symmetry of a quantized weight. Serialized with its field names
+/// (reports, block stores, resume checks), `group_size` null for per-channel grids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QuantScheme {
     /// Bits per code, `2..=8`. Codes take values in `0..2^bits`.
     pub bits: u8,
@@ -38,10 +39,10 @@ pub struct QuantScheme {
 }
 
 impl QuantScheme {
-    /// Smallest supported bit width.
-    pub const MIN_BITS: u8 = 2;
+    /// Smallest supported bit width ([`microllm_core::CODE_BITS`]).
+    pub const MIN_BITS: u8 = *microllm_core::CODE_BITS.start();
     /// Largest supported bit width (codes are stored one per `u8`).
-    pub const MAX_BITS: u8 = 8;
+    pub const MAX_BITS: u8 = *microllm_core::CODE_BITS.end();
 
     /// Builds a validated scheme.
     pub fn new(bits: u8, group_size: Option<usize>, symmetric: bool) -> Result<Self> {

@@ -67,7 +67,7 @@ pub struct UnstructuredArgs {
     pub ranking: Option<RankingArg>,
     /// Also quantize with GPTQ to this many bits, in the same sweep (pruned weights become
     /// the grids' zero points).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(2..=8))]
+    #[arg(long, value_parser = crate::commands::code_bits())]
     pub bits: Option<u8>,
     /// With --bits: input columns per scale (`channel` = one per row) [default: 32 for GGUF,
     /// 128 for safetensors].

@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, short)]
     out: PathBuf,
     /// Bits per weight code, 2-8.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=8))]
+    #[arg(long, default_value_t = 4, value_parser = crate::commands::code_bits())]
     bits: u8,
     /// Quantization algorithm [default: gptq; rtn with --gguf-type].
     #[arg(long, value_enum)]

@@ -113,7 +113,7 @@ impl CtConfig {
         let bits = w
             .get("num_bits")
             .and_then(Value::as_u64)
-            .filter(|b| (2..=8).contains(b))
+            .filter(|b| u8::try_from(*b).is_ok_and(|b| microllm_core::CODE_BITS.contains(&b)))
             .ok_or_else(|| err(&at("weights.num_bits"), "missing or not in 2..=8".into()))?;
         let strategy = w.get("strategy").and_then(Value::as_str).unwrap_or("group");
         let group_size = match strategy {

@@ -56,7 +56,7 @@ impl GptqConfig {
                 .ok_or_else(|| Error::config(path, key(k), "missing or not an integer"))
         };
         let bits = int("bits")?;
-        if !(2..=8).contains(&bits) {
+        if !u8::try_from(bits).is_ok_and(|b| microllm_core::CODE_BITS.contains(&b)) {
             return Err(Error::config(
                 path,
                 key("bits"),

@@ -71,7 +71,7 @@ impl LinearCodes {
                 msg,
             })
         };
-        if !(2..=8).contains(&self.bits) {
+        if !microllm_core::CODE_BITS.contains(&self.bits) {
             return bad(format!("{} bits (2-8 supported)", self.bits));
         }
         if self.codes.len() != out * inp || self.scales.len() != out * ng {

@@ -125,7 +125,7 @@ pub(super) fn layerwise_step(
             let record = json!({
                 "prune": prune_spec,
                 "quantize": scheme.map(|s| json!({
-                    "bits": s.bits, "group_size": s.group_size, "symmetric": s.symmetric,
+                    "scheme": s,
                     "method": if calibrated { "gptq" } else { "rtn" },
                 })),
                 "sink_weight": calibrated.then_some(sink),
@@ -214,22 +214,18 @@ fn gptq_options(q: &QuantizeStage, contiguous_groups: bool) -> GptqOptions {
 
 /// The report's record of a quantization scheme (as `microllm quantize` always wrote it).
 fn scheme_json(s: &QuantScheme, gptq: Option<GptqOptions>) -> Value {
-    json!({
-        "bits": s.bits,
-        "group_size": s.group_size,
-        "symmetric": s.symmetric,
-        "f16_scales": s.f16_scales,
-        "gptq": gptq.map(|g| json!({
-            "damp_percent": g.damp_percent,
-            "block_size": g.block_size,
-            "act_order": g.act_order,
-            "static_groups": g.static_groups,
-            "clip_search": g.clip_search.map(|c| json!({
-                "steps": c.steps, "max_shrink": c.max_shrink, "norm": c.norm,
-            })),
-            "true_sequential": true,
+    let mut v = serde_json::to_value(s).expect("a scheme serializes");
+    v["gptq"] = json!(gptq.map(|g| json!({
+        "damp_percent": g.damp_percent,
+        "block_size": g.block_size,
+        "act_order": g.act_order,
+        "static_groups": g.static_groups,
+        "clip_search": g.clip_search.map(|c| json!({
+            "steps": c.steps, "max_shrink": c.max_shrink, "norm": c.norm,
         })),
-    })
+        "true_sequential": true,
+    })));
+    v
 }
 
 /// Options that belong to other methods are errors, not silently ignored.
@@ -289,7 +285,7 @@ fn quant_scheme(
     let base = pass_path(i, &recipe.passes[i]);
     check_applicable(&base, q)?;
     let bits = q.bits.unwrap_or(4);
-    if !(2..=8).contains(&bits) {
+    if !microllm_core::CODE_BITS.contains(&bits) {
         return Err(err(
             format!("{base}.bits"),
             format!("{bits} bits: codes of 2..=8 bits are supported"),
