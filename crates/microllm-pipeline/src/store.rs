@@ -36,6 +36,14 @@ pub struct StoredBlock {
     pub seconds: f64,
 }
 
+/// The work directory of a run writing `out`: `OUT.microllm-work` beside it. The plan looks
+/// for it (may a run resume?) and the run keeps its [`BlockStore`] there.
+pub fn work_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".microllm-work");
+    out.with_file_name(name)
+}
+
 /// A run's work directory.
 #[derive(Debug)]
 pub struct BlockStore {

@@ -280,7 +280,7 @@ pub(super) fn output_plan(
             }
         }
     };
-    let work = crate::run::work_dir(&out.path);
+    let work = crate::store::work_dir(&out.path);
     let resumable = opts.resume && work.join("output.json").exists();
     if out.path.exists() && !out.overwrite && !opts.dry_run && !resumable {
         return Err(err(

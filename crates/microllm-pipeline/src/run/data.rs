@@ -163,13 +163,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The work directory of a run writing `out`: `OUT.microllm-work` beside it.
-pub fn work_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".microllm-work");
-    out.with_file_name(name)
-}
-
 /// Bytes on disk of a file, or of the files of a (flat) directory.
 pub fn bytes_on_disk(path: &Path) -> Result<u64> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
