@@ -153,15 +153,15 @@ fn quiet_library_backtraces() {
 /// A suggestion for the user, when the error's kind makes one obvious.
 fn hint(err: &anyhow::Error) -> Option<String> {
     use microllm_core::Error;
+    const DIVERGED: &str = "lower the learning rate (--lr; a distill pass's `lr`), raise the \
+         warmup (--warmup-steps; `warmup_steps`) or tighten clipping (--clip; `clip`); --resume \
+         continues from the checkpoint";
     if let Some(microllm_distill::DistillError::NonFinite { .. }) = err.downcast_ref() {
-        return Some(
-            "lower --lr, raise --warmup-steps or tighten --clip; --resume continues from the \
-             checkpoint"
-                .into(),
-        );
+        return Some(DIVERGED.into());
     }
     let core = err.chain().find_map(|e| e.downcast_ref::<Error>())?;
     Some(match core {
+        Error::Diverged(_) => DIVERGED.into(),
         Error::UnsupportedArchitecture { supported, .. } => {
             format!("microllm runs these families: {supported}")
         }

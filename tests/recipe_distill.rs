@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{calib_ids, fixture, json, microllm, recipe, write};
+use predicates::prelude::PredicateBooleanExt;
 
 /// structured_prune -> eval -> distill -> eval of the output: distillation brings the pruned
 /// student closer to its teacher on the data it trained on.
@@ -182,4 +183,27 @@ fn killed_distill_pass_resumes_to_identical_bytes() {
     let report = json(&tmp.path().join("resumed.report.json"));
     let at = report["distill"]["resumed_at_step"].as_u64().unwrap();
     assert!(at > 0 && at < 60, "resumed at step {at}");
+}
+
+/// A distill pass whose loss stops being finite fails under `microllm run` as under
+/// `microllm distill`: the step and the checkpoint named, and the same hint (the error keeps
+/// its kind across the recipe road).
+#[test]
+fn diverging_distill_pass_keeps_its_error_kind_and_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = calib_ids(tmp.path(), 16, 32, 384);
+    let out = tmp.path().join("out");
+    let passes = "  - structured_prune: {drop_layers: 1}\n  - distill:\n      steps: 20\n      batch: 4\n      seqlen: 32\n      lr: 1.0e30\n      warmup_steps: 0\n      clip: 1.0e30\n";
+    let text = recipe(
+        &fixture("llama-tiny"),
+        &ids,
+        passes,
+        &format!("  path: {}\n  format: safetensors\n", out.display()),
+    );
+    let r = write(tmp.path(), "r.yaml", &text);
+    microllm().arg("run").arg(&r).assert().failure().stderr(
+        predicates::str::contains("is not finite at step")
+            .and(predicates::str::contains("hint: lower the learning rate")),
+    );
+    assert!(!out.exists(), "no output from a failed run");
 }

@@ -75,6 +75,10 @@ pub enum Error {
     /// Tokenizer construction or use failed.
     #[error("tokenizer ({origin}): {msg}")]
     Tokenizer { origin: String, msg: String },
+    /// Training stopped because its loss or gradient stopped being finite; the message says
+    /// at which step and where the last good state is checkpointed.
+    #[error("{0}")]
+    Diverged(String),
     /// An argument was out of range or inconsistent with the model.
     #[error("{0}")]
     Invalid(String),

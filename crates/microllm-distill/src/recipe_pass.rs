@@ -29,7 +29,7 @@ impl Distiller for RecipeDistiller {
     fn distill(&self, job: &DistillJob<'_>, progress: &dyn Progress) -> Result<DistillRecord> {
         distill(job, progress).map_err(|e| match e {
             DistillError::Core(e) => e,
-            other => Error::Invalid(other.to_string()),
+            diverged @ DistillError::NonFinite { .. } => Error::Diverged(diverged.to_string()),
         })
     }
 }

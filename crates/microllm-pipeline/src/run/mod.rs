@@ -28,11 +28,11 @@ use microllm_prune::structured::{PrunedSource, Scores, StructuredPlan};
 use microllm_prune::{GlobalThreshold, Ranking, Schedule};
 use serde_json::{Value, json};
 
+pub use crate::store::work_dir;
 pub use data::{
     EvalTokens, bytes_on_disk, draw_calibration, hex, load_eval_tokens, peak_rss_bytes,
     read_tokens, sha256_of,
 };
-pub use crate::store::work_dir;
 pub use distill::{DistillJob, Distiller};
 pub use write::{Current, Written, budget_note, write_output};
 
