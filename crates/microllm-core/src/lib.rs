@@ -18,6 +18,7 @@ pub mod alloc;
 mod architecture;
 mod config;
 mod error;
+pub mod le;
 pub mod names;
 mod packed;
 mod progress;

@@ -285,10 +285,7 @@ impl KlBaseReader {
                     format!("window {}: a row's range is not finite", chunk.window),
                 ));
             }
-            let codes = buf[8..]
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
+            let codes = microllm_core::le::decode_le(&buf[8..]);
             rows.push(BaseRow { min, scale, codes });
         }
         Ok(rows)

@@ -4,6 +4,7 @@
 //! (what `torch`/`numpy` users produce in one line) and writes f32 `logits`
 //! `[batch, seq, vocab]`, so results can be compared with any other implementation.
 
+use microllm_core::le::decode_le;
 use std::path::Path;
 
 use candle_core::Tensor;
@@ -33,15 +34,10 @@ pub fn read_token_ids(path: &Path, name: &str) -> Result<Vec<Vec<u32>>> {
         )));
     };
     let values: Vec<i64> = match view.dtype() {
-        Dtype::I64 => view
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-        Dtype::I32 => view
-            .data()
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+        Dtype::I64 => decode_le(view.data()),
+        Dtype::I32 => decode_le::<i32>(view.data())
+            .into_iter()
+            .map(i64::from)
             .collect(),
         other => return Err(bad(format!("expected int64 token ids, found {other:?}"))),
     };

@@ -12,6 +12,7 @@
 //! `run.json` holds a fingerprint of everything that determines the result (model, scheme,
 //! method, calibration hash); resuming a different run is refused rather than mixing two.
 
+use microllm_core::le::decode_le;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -208,11 +209,7 @@ impl BlockStore {
             }
         };
         let need = |name: &str| raw(name)?.ok_or_else(|| bad(format!("no tensor `{name}`")));
-        let u32s = |b: &[u8]| -> Vec<u32> {
-            b.chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect()
-        };
+        let u32s = decode_le::<u32>;
         let mut weights = BTreeMap::new();
         for kind in LinearKind::ALL {
             let k = kind_name(kind);
@@ -306,11 +303,7 @@ impl BlockStore {
             .iter()
             .map(|name| {
                 let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
-                let values: Vec<f32> = t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                    .collect();
+                let values: Vec<f32> = decode_le(t.data());
                 Ok(Tensor::from_vec(values, t.shape(), &Device::Cpu)?)
             })
             .collect::<Result<Vec<_>>>()?;

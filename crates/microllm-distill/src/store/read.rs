@@ -7,6 +7,7 @@
 //! differs. Each window's values are checked as they are read (ids inside the vocabulary and
 //! no id twice in a row, log-probabilities finite, at most 0 and descending).
 
+use microllm_core::le::decode_le;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -308,16 +309,8 @@ impl TeacherStore {
             let start = at.offset + local * per * at.width;
             &shard.map[start..start + per * at.width]
         };
-        let u32s = |b: &[u8]| {
-            b.chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
-                .collect::<Vec<_>>()
-        };
-        let f32s = |b: &[u8]| {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                .collect::<Vec<_>>()
-        };
+        let u32s = decode_le::<u32>;
+        let f32s = decode_le::<f32>;
         let ids: Vec<u32> = match shard.ids.width {
             2 => bytes(shard.ids, l * k)
                 .chunks_exact(2)

@@ -142,11 +142,7 @@ fn read_f32(st: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -> R
             actual: view.shape().to_vec(),
         });
     }
-    Ok(view
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect())
+    Ok(microllm_core::le::decode_le(view.data()))
 }
 
 fn map(path: &Path) -> Result<Mmap> {

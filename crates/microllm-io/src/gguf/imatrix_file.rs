@@ -13,6 +13,7 @@
 //! microllm writes its own measurements in the GGUF layout, so `llama-quantize --imatrix`
 //! takes them.
 
+use microllm_core::le::decode_le;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -257,9 +258,9 @@ fn read_dat(path: &Path, bytes: &[u8]) -> Result<Entries> {
             .ok_or_else(|| short(&format!("the values of `{name}`")))?;
         // Values are stored as `mean * ncall`.
         let scale = if ncall > 0 { 1.0 / ncall as f32 } else { 1.0 };
-        let means: Vec<f32> = values
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) * scale)
+        let means: Vec<f32> = decode_le::<f32>(values)
+            .into_iter()
+            .map(|v| v * scale)
             .collect();
         if means.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
             return Err(bad(format!(

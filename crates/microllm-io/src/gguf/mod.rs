@@ -34,6 +34,7 @@ mod tokenizer_meta;
 mod weighted;
 pub mod write;
 
+use microllm_core::le::decode_le;
 use std::io::Read;
 use std::path::Path;
 
@@ -147,9 +148,6 @@ fn read_rope_freqs(path: &Path, map: &[u8], content: &Content) -> Result<Option<
         .and_then(|end| map.get(start..end))
         .ok_or_else(|| bad("its data lies beyond the end of the file".into()))?;
     Ok(Some(
-        bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-            .collect(),
+        decode_le::<f32>(bytes).into_iter().map(f64::from).collect(),
     ))
 }

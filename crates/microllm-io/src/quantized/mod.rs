@@ -19,6 +19,7 @@ mod source;
 pub mod sparse;
 mod sparse_source;
 
+use microllm_core::le::decode_le;
 use std::path::Path;
 
 use microllm_core::{Error, Result};
@@ -183,10 +184,7 @@ pub(crate) fn words_bytes(words: &[u32]) -> Vec<u8> {
 
 /// 32-bit words from little-endian bytes.
 pub(crate) fn bytes_words(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect()
+    decode_le(bytes)
 }
 
 /// Little-endian f16 bytes of f32 values.
@@ -328,21 +326,15 @@ impl<'a> RawTensor<'a> {
     /// The values as f32 (f16, bf16 or f32 tensors).
     pub(crate) fn floats(&self) -> Vec<f32> {
         match self.dtype {
-            safetensors::Dtype::F16 => self
-                .data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            safetensors::Dtype::F16 => decode_le::<u16>(&self.data)
+                .into_iter()
+                .map(|b| half::f16::from_bits(b).to_f32())
                 .collect(),
-            safetensors::Dtype::BF16 => self
-                .data
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            safetensors::Dtype::BF16 => decode_le::<u16>(&self.data)
+                .into_iter()
+                .map(|b| half::bf16::from_bits(b).to_f32())
                 .collect(),
-            _ => self
-                .data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
+            _ => decode_le(&self.data),
         }
     }
 

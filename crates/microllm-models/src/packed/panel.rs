@@ -30,10 +30,7 @@ pub(crate) struct HalfRows {
 
 impl HalfRows {
     pub(crate) fn new(bf16: bool, rows: usize, cols: usize, bytes: &[u8]) -> Self {
-        let bits = bytes
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .collect();
+        let bits = microllm_core::le::decode_le(bytes);
         Self {
             bf16,
             rows,
