@@ -3,7 +3,7 @@
 
 use candle_core::quantized::GgmlDType;
 use microllm_core::{ModelConfig, TensorSource};
-use microllm_io::gguf::{GgufTypes, ImportanceMatrix, SizeTarget};
+use microllm_io::gguf::{GgufTypes, ImportanceMatrix, SizeTarget, TensorTypeRule};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::quantized::sparse::SparseFormat;
 use microllm_io::write::OutDtype;
@@ -52,64 +52,7 @@ pub(super) fn output_plan(
             },
         ));
     }
-    let tensor_types =
-        tensor_type_rules(&out.tensor_types).map_err(|e| err("output.tensor_types", e))?;
-    if !tensor_types.is_empty() && (format != OutputFormat::Gguf || scheme.is_some()) {
-        return Err(err(
-            "output.tensor_types",
-            if format != OutputFormat::Gguf {
-                "`tensor_types` applies to GGUF output"
-            } else {
-                "`tensor_types` retypes matrices typed by `gguf_type` (method ggml, or no \
-                 quantize pass); GPTQ and RTN codes keep the blocks they were fitted to"
-            },
-        ));
-    }
-    let target = match (out.target_bpw, out.target_size.as_deref()) {
-        (Some(_), Some(_)) => {
-            return Err(err(
-                "output.target_size",
-                "give `target_bpw` or `target_size`, not both",
-            ));
-        }
-        (Some(bpw), None) if !(bpw > 0.0 && bpw.is_finite()) => {
-            return Err(err(
-                "output.target_bpw",
-                format!("{bpw} is not a positive number of bits per weight"),
-            ));
-        }
-        (Some(bpw), None) => Some(SizeTarget::BitsPerWeight(bpw)),
-        (None, Some(size)) => Some(SizeTarget::Bytes(
-            parse_size(size).map_err(|e| err("output.target_size", e))?,
-        )),
-        (None, None) => None,
-    };
-    if target.is_some() && (format != OutputFormat::Gguf || scheme.is_some()) {
-        let key = match out.target_bpw {
-            Some(_) => "output.target_bpw",
-            None => "output.target_size",
-        };
-        return Err(err(
-            key,
-            if format != OutputFormat::Gguf {
-                "a size target chooses GGUF block types: GGUF output only"
-            } else {
-                "a size target chooses the types of matrices typed by `gguf_type` (method \
-                 ggml, or no quantize pass); GPTQ and RTN codes keep the blocks they were \
-                 fitted to"
-            },
-        ));
-    }
-    if let Some(t) = target {
-        notes.push(format!(
-            "the block linears' types are chosen when the file is written, to fit {} with the \
-             least measured error (the plan lists the types before that choice)",
-            match t {
-                SizeTarget::BitsPerWeight(b) => format!("{b} bits/weight"),
-                SizeTarget::Bytes(b) => format!("{:.1} MB of tensor data", b as f64 / 1e6),
-            }
-        ));
-    }
+    let (tensor_types, target) = gguf_type_choices(out, format, scheme.is_some(), notes)?;
     if let Some((i, q)) = ggml {
         if format != OutputFormat::Gguf {
             return Err(err(
@@ -304,6 +247,75 @@ pub(super) fn output_plan(
         importance_read,
         save_importance: ggml.and_then(|(_, q)| q.save_importance_matrix.clone()),
     })
+}
+
+/// `output.tensor_types` and the size target, checked: both choose GGUF types of matrices that
+/// no quantize pass wrote as codes.
+fn gguf_type_choices(
+    out: &crate::recipe::Output,
+    format: OutputFormat,
+    codes: bool,
+    notes: &mut Vec<String>,
+) -> RecipeResult<(Vec<TensorTypeRule>, Option<SizeTarget>)> {
+    let tensor_types =
+        tensor_type_rules(&out.tensor_types).map_err(|e| err("output.tensor_types", e))?;
+    if !tensor_types.is_empty() && (format != OutputFormat::Gguf || codes) {
+        return Err(err(
+            "output.tensor_types",
+            if format != OutputFormat::Gguf {
+                "`tensor_types` applies to GGUF output"
+            } else {
+                "`tensor_types` retypes matrices typed by `gguf_type` (method ggml, or no \
+                 quantize pass); GPTQ and RTN codes keep the blocks they were fitted to"
+            },
+        ));
+    }
+    let target = match (out.target_bpw, out.target_size.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "output.target_size",
+                "give `target_bpw` or `target_size`, not both",
+            ));
+        }
+        (Some(bpw), None) if !(bpw > 0.0 && bpw.is_finite()) => {
+            return Err(err(
+                "output.target_bpw",
+                format!("{bpw} is not a positive number of bits per weight"),
+            ));
+        }
+        (Some(bpw), None) => Some(SizeTarget::BitsPerWeight(bpw)),
+        (None, Some(size)) => Some(SizeTarget::Bytes(
+            parse_size(size).map_err(|e| err("output.target_size", e))?,
+        )),
+        (None, None) => None,
+    };
+    if target.is_some() && (format != OutputFormat::Gguf || codes) {
+        let key = match out.target_bpw {
+            Some(_) => "output.target_bpw",
+            None => "output.target_size",
+        };
+        return Err(err(
+            key,
+            if format != OutputFormat::Gguf {
+                "a size target chooses GGUF block types: GGUF output only"
+            } else {
+                "a size target chooses the types of matrices typed by `gguf_type` (method \
+                 ggml, or no quantize pass); GPTQ and RTN codes keep the blocks they were \
+                 fitted to"
+            },
+        ));
+    }
+    if let Some(t) = target {
+        notes.push(format!(
+            "the block linears' types are chosen when the file is written, to fit {} with the \
+             least measured error (the plan lists the types before that choice)",
+            match t {
+                SizeTarget::BitsPerWeight(b) => format!("{b} bits/weight"),
+                SizeTarget::Bytes(b) => format!("{:.1} MB of tensor data", b as f64 / 1e6),
+            }
+        ));
+    }
+    Ok((tensor_types, target))
 }
 
 /// Reads an importance-matrix file and checks it against the model: every entry a matrix of
