@@ -26,6 +26,10 @@ r = json.load(open(sys.argv[1]))
 blocks = r["block_seconds"]
 print(f"blocks: {sum(blocks):.1f} s over {len(blocks)} blocks "
       f"(min {min(blocks):.2f}, max {max(blocks):.2f}); write {r['output']['write_seconds']:.1f} s")
+p = r.get("block_phase_seconds")
+if p:
+    print(f"in the blocks: forward {p['forward']:.1f} s, Hessians {p['statistics']:.1f} s, "
+          f"solves {p['solve']:.1f} s")
 if r.get("eval"):
     e = r["eval"]
     print(f"perplexity {e['original']['perplexity']:.4f} -> {e['compressed']['perplexity']:.4f}")

@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use candle_core::Tensor;
 use microllm_core::{LinearKind, Result, names};
@@ -105,6 +106,34 @@ pub struct BlockOutput {
     /// Row-major `[out, in]` f32 weights of linears pruned but not quantized.
     pub dense: BTreeMap<LinearKind, Tensor>,
     pub records: Vec<LinearRecord>,
+    /// Where the block's time went.
+    pub phases: BlockPhases,
+}
+
+/// Seconds a block pass spent in each phase (summed over blocks in reports): the staged
+/// forward passes over the calibration windows, the input statistics (Hessians, or their
+/// diagonals), and the solves (factorisations, GPTQ / SparseGPT sweeps, RTN, pruning).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockPhases {
+    pub forward: f64,
+    pub statistics: f64,
+    pub solve: f64,
+}
+
+impl std::ops::AddAssign for BlockPhases {
+    fn add_assign(&mut self, other: Self) {
+        self.forward += other.forward;
+        self.statistics += other.statistics;
+        self.solve += other.solve;
+    }
+}
+
+/// Runs `f`, adding its wall time to `seconds`.
+fn timed<T>(seconds: &mut f64, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    let out = f();
+    *seconds += start.elapsed().as_secs_f64();
+    out
 }
 
 /// Quantizes every linear of `block` in place (weights replaced by their dequantized values,
@@ -148,9 +177,11 @@ pub fn compress_block(
     };
     match spec.method {
         BlockMethod::Rtn => {
+            let mut solve = 0.0;
             for kinds in SEQUENTIAL_GROUPS {
-                q.group(kinds, None)?;
+                timed(&mut solve, || q.group(kinds, None))?;
             }
+            q.out.phases.solve = solve;
         }
         BlockMethod::Gptq { sink_weight, .. } => q.staged(hidden, at, sink_weight)?,
     }
@@ -169,24 +200,31 @@ impl Compressor<'_> {
         let width = |t: &Tensor| t.dims().last().copied().unwrap_or(0);
         let [qkv, o, gate_up, down] = SEQUENTIAL_GROUPS;
         let diagonal = self.diagonal_only();
-        let add = |h: &mut Option<InputStats>, x: &Tensor| accumulate(h, x, width(x), diagonal);
+        let mut p = BlockPhases::default();
+        let add = |h: &mut Option<InputStats>, x: &Tensor, seconds: &mut f64| {
+            timed(seconds, || accumulate(h, x, width(x), diagonal))
+        };
 
         // q/k/v: their input is a norm of the block input, cheap to recompute.
         let mut h = None;
         for x in hidden.iter() {
-            let normed = weight_first_token(&self.block.attn_input(x)?, sink_weight)?;
-            add(&mut h, &normed)?;
+            let normed = timed(&mut p.forward, || {
+                weight_first_token(&self.block.attn_input(x)?, sink_weight)
+            })?;
+            add(&mut h, &normed, &mut p.statistics)?;
         }
-        self.group(qkv, h.take())?;
+        timed(&mut p.solve, || self.group(qkv, h.take()))?;
 
         // o: the attention context, kept until the o projection is quantized.
         let mut contexts = Vec::with_capacity(hidden.len());
         for x in hidden.iter() {
-            let ctx = self.block.attn_context(&self.block.attn_input(x)?, at)?;
-            add(&mut h, &ctx)?;
+            let ctx = timed(&mut p.forward, || {
+                self.block.attn_context(&self.block.attn_input(x)?, at)
+            })?;
+            add(&mut h, &ctx, &mut p.statistics)?;
             contexts.push(ctx);
         }
-        self.group(o, h.take())?;
+        timed(&mut p.solve, || self.group(o, h.take()))?;
 
         // gate/up: the MLP input, a norm of the residual after attention. A sequential block
         // no longer needs its input once the residual exists, so the residual replaces it in
@@ -195,16 +233,19 @@ impl Compressor<'_> {
         let parallel = self.block.mlp_norm.is_none();
         let mut residuals = Vec::new();
         for (x, ctx) in hidden.iter_mut().zip(contexts.drain(..)) {
-            let residual = self.block.attn_residual(x, &ctx)?;
-            let input = self.block.mlp_input(x, &residual)?;
-            add(&mut h, &input)?;
+            let (residual, input) = timed(&mut p.forward, || {
+                let residual = self.block.attn_residual(x, &ctx)?;
+                let input = self.block.mlp_input(x, &residual)?;
+                Ok((residual, input))
+            })?;
+            add(&mut h, &input, &mut p.statistics)?;
             if parallel {
                 residuals.push(residual);
             } else {
                 *x = residual;
             }
         }
-        self.group(gate_up, h.take())?;
+        timed(&mut p.solve, || self.group(gate_up, h.take()))?;
         let residual_of = |s: usize, hidden: &[Tensor]| -> Tensor {
             if parallel {
                 residuals[s].clone()
@@ -216,17 +257,20 @@ impl Compressor<'_> {
         // down: the activated MLP hidden state, kept until down is quantized.
         let mut states = Vec::with_capacity(hidden.len());
         for (s, x) in hidden.iter().enumerate() {
-            let input = self.block.mlp_input(x, &residual_of(s, hidden))?;
-            let state = self.block.mlp_hidden(&input)?;
-            add(&mut h, &state)?;
+            let state = timed(&mut p.forward, || {
+                let input = self.block.mlp_input(x, &residual_of(s, hidden))?;
+                self.block.mlp_hidden(&input)
+            })?;
+            add(&mut h, &state, &mut p.statistics)?;
             states.push(state);
         }
-        self.group(down, h.take())?;
+        timed(&mut p.solve, || self.group(down, h.take()))?;
 
         for (s, state) in states.into_iter().enumerate() {
             let residual = residual_of(s, hidden);
-            hidden[s] = self.block.mlp_output(&residual, &state)?;
+            hidden[s] = timed(&mut p.forward, || self.block.mlp_output(&residual, &state))?;
         }
+        self.out.phases = p;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ use microllm_models::{Block, Positions, RopeTables};
 use microllm_prune::SparsityPattern;
 use microllm_quant::QuantScheme;
 
-use crate::block_quant::{BlockMethod, BlockSpec, LinearRecord, compress_block};
+use crate::block_quant::{BlockMethod, BlockPhases, BlockSpec, LinearRecord, compress_block};
 use crate::store::BlockStore;
 
 /// What to quantize and how.
@@ -40,6 +40,8 @@ pub struct LayerwiseSummary {
     pub block_seconds: Vec<f64>,
     /// Blocks found finished in the work directory.
     pub resumed_blocks: usize,
+    /// Where the time of the blocks computed in this run went (resumed ones not counted).
+    pub phases: BlockPhases,
 }
 
 /// What to prune and/or quantize, and how: the general form of [`LayerwiseJob`].
@@ -119,12 +121,14 @@ pub fn run_compress(
     if calibrated && start == 0 {
         hidden = crate::calibration::embed_windows(cfg, job.source, job.calibration)?;
     }
+    let mut phases = BlockPhases::default();
     for layer in start..cfg.num_layers {
         let began = Instant::now();
         let mut block = Block::load(cfg, layer, job.source)?;
         let output = compress_block(&mut block, &mut hidden, at, &job.spec_for(layer)?)?;
         drop(block);
         let seconds = began.elapsed().as_secs_f64();
+        phases += output.phases;
         store.save_block(layer, &output, seconds)?;
         if calibrated && layer + 1 < cfg.num_layers {
             store.save_hidden(layer, &hidden)?;
@@ -136,6 +140,7 @@ pub fn run_compress(
         records: Vec::new(),
         block_seconds: Vec::new(),
         resumed_blocks: start,
+        phases,
     };
     for layer in 0..cfg.num_layers {
         let stored = store.load_block(layer)?;

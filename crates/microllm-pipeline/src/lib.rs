@@ -41,7 +41,7 @@ mod store;
 pub mod structured;
 
 pub use block_quant::{
-    BlockMethod, BlockOutput, BlockResult, BlockSpec, LinearRecord, SEQUENTIAL_GROUPS,
+    BlockMethod, BlockOutput, BlockPhases, BlockResult, BlockSpec, LinearRecord, SEQUENTIAL_GROUPS,
     compress_block, quantize_block,
 };
 pub use imatrix::measure_imatrix;

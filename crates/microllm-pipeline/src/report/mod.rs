@@ -60,6 +60,10 @@ pub struct CompressionReport {
     /// One record per linear of the layerwise sweep, in block order.
     pub layers: Vec<LayerRecord>,
     pub block_seconds: Vec<f64>,
+    /// Where the blocks computed in this run spent their time: staged forward passes, input
+    /// statistics (Hessians), solves. Absent without a layerwise sweep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_phase_seconds: Option<crate::BlockPhases>,
     /// Blocks taken from a killed run's work directory.
     pub resumed_blocks: usize,
     pub structure: Option<StructureRecord>,

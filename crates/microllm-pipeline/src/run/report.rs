@@ -188,6 +188,11 @@ pub(super) fn build(
         passes,
         layers,
         block_seconds,
+        block_phase_seconds: o
+            .layerwise
+            .as_ref()
+            .filter(|(s, _)| s.resumed_blocks < out.config.num_layers)
+            .map(|(s, _)| s.phases),
         resumed_blocks,
         structure,
         distill: o.distilled.as_ref().map(|(d, ..)| d.clone()),
