@@ -124,10 +124,11 @@ pub(super) fn layerwise_step(
             };
             let record = json!({
                 "prune": prune_spec,
-                "quantize": scheme.map(|s| json!({
-                    "scheme": s,
-                    "method": if calibrated { "gptq" } else { "rtn" },
-                })),
+                "quantize": scheme.map(|s| {
+                    let mut v = serde_json::to_value(s).expect("a scheme serializes");
+                    v["method"] = json!(if calibrated { "gptq" } else { "rtn" });
+                    v
+                }),
                 "sink_weight": calibrated.then_some(sink),
                 "damp_percent": calibrated.then_some(damp),
             });
