@@ -368,6 +368,24 @@ fn tensor_types_override_the_mix_as_llama_quantize_does() {
         "ruled.gguf",
         &["ATTN_V=q8_0", r"blk\.(0|1)\.ffn_down=q6_k", "attn_q=q4_1"],
     );
+    // The same rules from a file, as llama-quantize's --tensor-type-file.
+    let rules = tmp.path().join("rules.txt");
+    std::fs::write(
+        &rules,
+        "ATTN_V=q8_0 blk\\.(0|1)\\.ffn_down=q6_k\nattn_q=q4_1\n",
+    )
+    .unwrap();
+    let from_file = tmp.path().join("from-file.gguf");
+    microllm()
+        .args(["convert", "--model"])
+        .arg(smollm2_gguf())
+        .arg("--out")
+        .arg(&from_file)
+        .args(["--gguf-type", "q4_k_m", "--tensor-type-file"])
+        .arg(&rules)
+        .assert()
+        .success();
+    assert_eq!(dtypes(&from_file), ruled);
     let down = |t: &BTreeMap<String, String>, l: usize| {
         t[&format!("model.layers.{l}.mlp.down_proj.weight")].clone()
     };

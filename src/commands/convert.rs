@@ -53,6 +53,10 @@ pub struct Args {
     /// `'blk\.(0|1)\.ffn_down=q6_k'`); repeatable.
     #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
     tensor_types: Vec<String>,
+    /// GGUF: more --tensor-type rules from a file, separated by spaces or newlines (as
+    /// llama-quantize's --tensor-type-file).
+    #[arg(long, value_name = "FILE")]
+    tensor_type_file: Option<PathBuf>,
     /// GGUF: choose each block linear's type so the file's tensor data averages X bits per
     /// weight, with the least measured error (each matrix tried in every block type its rows
     /// fit; --gguf-type types the rest: embeddings, output head).
@@ -121,7 +125,8 @@ pub fn run(args: Args) -> Result<()> {
             Format::Hf
         },
     );
-    let tensor_types = microllm_pipeline::plan::tensor_type_rules(&args.tensor_types)
+    let specs = super::tensor_type_specs(&args.tensor_types, args.tensor_type_file.as_deref())?;
+    let tensor_types = microllm_pipeline::plan::tensor_type_rules(&specs)
         .map_err(|e| anyhow::anyhow!("--tensor-type {e}"))?;
     let target = match (args.target_bpw, args.target_size) {
         (Some(bpw), _) if !(bpw > 0.0 && bpw.is_finite()) => {

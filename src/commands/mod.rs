@@ -90,6 +90,17 @@ pub fn explain_non_finite(ckpt: &Checkpoint, err: anyhow::Error) -> anyhow::Erro
     }
 }
 
+/// `--tensor-type` rules followed by those of `--tensor-type-file` (llama-quantize's layout:
+/// `PATTERN=TYPE` entries separated by spaces or newlines).
+pub fn tensor_type_specs(rules: &[String], file: Option<&Path>) -> Result<Vec<String>> {
+    let mut specs = rules.to_vec();
+    if let Some(path) = file {
+        let text = read_text(path)?;
+        specs.extend(text.split_whitespace().map(str::to_string));
+    }
+    Ok(specs)
+}
+
 /// `--bits`: the code widths microllm supports ([`microllm_core::CODE_BITS`]).
 pub fn code_bits() -> clap::builder::RangedI64ValueParser<u8> {
     let bits = microllm_core::CODE_BITS;

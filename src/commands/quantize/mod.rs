@@ -96,6 +96,10 @@ pub struct Args {
         requires = "gguf_type"
     )]
     tensor_types: Vec<String>,
+    /// With --gguf-type: more --tensor-type rules from a file, separated by spaces or newlines
+    /// (as llama-quantize's --tensor-type-file).
+    #[arg(long, value_name = "FILE", requires = "gguf_type")]
+    tensor_type_file: Option<PathBuf>,
     /// With --gguf-type: choose each block linear's type so the file's tensor data averages X
     /// bits per weight, with the least measured error (every type the rows fit is tried; with
     /// --calib or --imatrix errors are weighted by the importance matrix); --gguf-type types
@@ -225,7 +229,10 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
             format: Some(args.format.recipe()),
             dtype: (args.format == Format::Safetensors).then(|| args.dtype.recipe()),
             gguf_type: None,
-            tensor_types: args.tensor_types.clone(),
+            tensor_types: super::tensor_type_specs(
+                &args.tensor_types,
+                args.tensor_type_file.as_deref(),
+            )?,
             target_bpw: args.target_bpw,
             target_size: args.target_size.clone(),
             overwrite: args.force,
