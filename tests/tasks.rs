@@ -63,21 +63,9 @@ fn word_encoder(vocab: u32) -> impl Fn(&str, bool) -> Result<Vec<u32>> + Sync {
 
 /// Log-likelihood of `tokens[first..]` by one plain forward of the whole sequence.
 fn plain_loglik(model: &Decoder, tokens: &[u32], first: usize) -> f64 {
-    let ids = Tensor::from_slice(tokens, (1, tokens.len()), &Device::Cpu).unwrap();
-    let logits = model.forward(&ids).unwrap().squeeze(0).unwrap();
-    let rows: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+    let rows = plain_log_probs(model, tokens);
     (first..tokens.len())
-        .map(|t| {
-            let row = &rows[t - 1];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = max as f64
-                + row
-                    .iter()
-                    .map(|&x| ((x - max) as f64).exp())
-                    .sum::<f64>()
-                    .ln();
-            row[tokens[t] as usize] as f64 - lse
-        })
+        .map(|t| rows[t - 1][tokens[t] as usize])
         .sum()
 }
 

@@ -203,13 +203,12 @@ fn to_gguf(
         tensor_types,
     };
     let types = microllm_pipeline::plan::gguf_types(args.gguf_type);
-    let with_budget: Vec<TensorTypeRule>;
+    let budget;
     if let Some(target) = target {
-        let budget = fit_budget(&export, types, target, &Bar::new())
+        budget = fit_budget(&export, types, target, &Bar::new())
             .with_context(|| format!("choosing types for {}", args.out.display()))?;
         println!("{}", microllm_pipeline::run::budget_note(&budget));
-        with_budget = tensor_types.iter().chain(&budget.rules).cloned().collect();
-        export.tensor_types = &with_budget;
+        export.tensor_types = &budget.rules;
     }
     let summary = write_gguf(&export, &args.out, types, args.force, &Bar::new())
         .with_context(|| format!("converting to {}", args.out.display()))?;

@@ -120,6 +120,13 @@ fn parse_linear_bias(cfg: &ModelConfig, name: &str) -> Option<(usize, LinearKind
     names::parse_linear_weight(cfg.family, &weight)
 }
 
+/// Whether `name` is a block linear's weight, or a fused matrix of them (Phi-3's `qkv_proj`,
+/// `gate_up_proj`, as writers name them).
+pub fn is_linear_weight(cfg: &ModelConfig, name: &str) -> bool {
+    microllm_core::names::parse_linear_weight(cfg.family, name).is_some()
+        || parts_of(cfg, name).is_some()
+}
+
 /// The parts (names, in row order) of fused tensor `name`, if `name` is a fused tensor.
 pub fn parts_of(cfg: &ModelConfig, name: &str) -> Option<Vec<String>> {
     FusedName::parse(cfg, name).map(|f| f.parts(cfg).into_iter().map(|p| p.0).collect())

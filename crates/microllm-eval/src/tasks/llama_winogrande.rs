@@ -18,10 +18,11 @@
 //! source marks this `FIXME`). Reproducing
 //! that offset arithmetic is what makes per-item scores equal to its printed ones.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use microllm_core::{Error, Result};
-use microllm_models::{Decoder, KvCache};
+use microllm_models::Decoder;
 
+use super::score::final_hidden_from_prefix;
 use super::{Encode, Item};
 use crate::perplexity::rows_nll;
 
@@ -146,25 +147,8 @@ pub(crate) fn score(model: &Decoder, t: &WinoTokens, plan: &Plan) -> Result<([f6
     // Positions before the shared prefix's last one run once, from a cache; each sequence
     // then runs from that position to its end.
     let shared = t.common - 1;
-    let mut cache = KvCache::new(model.config());
-    if shared > 0 {
-        let ids = Tensor::from_slice(&t.seqs[0][..shared], (1, shared), &Device::Cpu)?;
-        model.final_hidden_cached(&ids, &mut cache)?;
-    }
-    let width = t.seqs.iter().map(|s| s.len() - shared).max().unwrap_or(0);
-    let mut batch = Vec::with_capacity(2 * width);
-    for seq in &t.seqs {
-        let tail = &seq[shared..];
-        batch.extend_from_slice(tail);
-        batch.resize(
-            batch.len() + width - tail.len(),
-            *tail.last().expect("non-empty"),
-        );
-    }
-    cache.repeat_batch(2)?;
-    let ids = Tensor::from_vec(batch, (2, width), &Device::Cpu)?;
-    let hidden = model.final_hidden_cached(&ids, &mut cache)?;
-    let run = shared + t.seqs.iter().map(|s| s.len() - shared).sum::<usize>();
+    let seqs = [t.seqs[0].as_slice(), t.seqs[1].as_slice()];
+    let (hidden, run) = final_hidden_from_prefix(model, &seqs, shared)?;
 
     let mut means = [f64::NAN; 2];
     for (mean, rows) in means.iter_mut().zip(plan) {

@@ -109,6 +109,40 @@ fn common_prefix<'a>(mut seqs: impl Iterator<Item = &'a [u32]>) -> usize {
     })
 }
 
+/// The final hidden states of `seqs` `[seqs.len(), longest - shared, hidden]` (row `r` of a
+/// sequence is its position `shared + r`), with their first `shared` tokens (the same in
+/// all) run once into a KV cache and the rest as one batch continuing from it, each padded at
+/// its end to the longest (a causal model's earlier positions never see the padding); and the
+/// tokens run through the model.
+pub(crate) fn final_hidden_from_prefix(
+    model: &Decoder,
+    seqs: &[&[u32]],
+    shared: usize,
+) -> Result<(Tensor, usize)> {
+    let mut cache = KvCache::new(model.config());
+    if shared > 0 {
+        let ids = Tensor::from_slice(&seqs[0][..shared], (1, shared), &Device::Cpu)?;
+        model.final_hidden_cached(&ids, &mut cache)?;
+    }
+    let tails: Vec<&[u32]> = seqs.iter().map(|s| &s[shared..]).collect();
+    let width = tails.iter().map(|t| t.len()).max().unwrap_or(0);
+    let mut batch = Vec::with_capacity(tails.len() * width);
+    for tail in &tails {
+        batch.extend_from_slice(tail);
+        let pad = *tail
+            .last()
+            .expect("every sequence has a token past the shared ones");
+        batch.resize(batch.len() + width - tail.len(), pad);
+    }
+    cache.repeat_batch(seqs.len())?;
+    let ids = Tensor::from_vec(batch, (seqs.len(), width), &Device::Cpu)?;
+    let hidden = model.final_hidden_cached(&ids, &mut cache)?;
+    Ok((
+        hidden,
+        shared + tails.iter().map(|t| t.len()).sum::<usize>(),
+    ))
+}
+
 /// Scores every sequence; returns the scores and the tokens run through the model. The
 /// tokens all sequences share before any is scored are run once; the sequences' own tokens
 /// then run as one batch continuing from that cache, each padded at its end to the longest
@@ -119,30 +153,12 @@ pub(crate) fn score_choices(
 ) -> Result<(Vec<ChoiceScore>, usize)> {
     let first_scored = seqs.iter().map(|s| s.first).min().unwrap_or(1);
     let shared = common_prefix(seqs.iter().map(|s| s.tokens.as_slice())).min(first_scored - 1);
-    let mut cache = KvCache::new(model.config());
-    if shared > 0 {
-        let prefix = &seqs[0].tokens[..shared];
-        let ids = Tensor::from_slice(prefix, (1, shared), &Device::Cpu)?;
-        model.final_hidden_cached(&ids, &mut cache)?;
-    }
     // The last token of a sequence predicts nothing that is scored.
     let inputs: Vec<&[u32]> = seqs
         .iter()
-        .map(|s| &s.tokens[shared..s.tokens.len() - 1])
+        .map(|s| &s.tokens[..s.tokens.len() - 1])
         .collect();
-    let width = inputs.iter().map(|i| i.len()).max().unwrap_or(0);
-    let mut batch = Vec::with_capacity(inputs.len() * width);
-    for input in &inputs {
-        batch.extend_from_slice(input);
-        let pad = *input
-            .last()
-            .expect("every sequence has a token past the shared ones");
-        batch.resize(batch.len() + width - input.len(), pad);
-    }
-    cache.repeat_batch(seqs.len())?;
-    let ids = Tensor::from_vec(batch, (seqs.len(), width), &Device::Cpu)?;
-    let hidden = model.final_hidden_cached(&ids, &mut cache)?;
-    let run = shared + inputs.iter().map(|i| i.len()).sum::<usize>();
+    let (hidden, run) = final_hidden_from_prefix(model, &inputs, shared)?;
 
     let mut scores = Vec::with_capacity(seqs.len());
     for (k, seq) in seqs.iter().enumerate() {

@@ -13,14 +13,14 @@
 //! types they would have had and count as fixed bytes.
 
 use candle_core::quantized::GgmlDType;
-use microllm_core::{Error, Progress, Result, TensorSource, names};
+use microllm_core::{Error, Progress, Result, TensorSource};
 
 use super::export::{
     EncodedTensors, FusedEncoded, GgufExport, TypeDecision, encode_checked, plan_export,
     takes_importance,
 };
 use super::mix::{GgufTypes, TensorTypeRule, rule_for};
-use crate::fused::{JoinFused, parts_of};
+use crate::fused::{JoinFused, is_linear_weight};
 
 /// The block types a budget chooses from, whichever the rows fit.
 const CANDIDATES: [GgmlDType; 10] = [
@@ -49,15 +49,14 @@ pub struct BudgetChoice {
 /// What the budget chose.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetPlan {
-    /// One exact-name rule per chosen matrix, to hand to the writer.
+    /// The export's own rules, then one exact-name rule per chosen matrix: what the writer
+    /// takes as its `tensor_types`.
     pub rules: Vec<TensorTypeRule>,
     pub choices: Vec<BudgetChoice>,
     /// Tensor data of the whole file under the choice.
     pub bytes: u64,
     /// Parameters of the whole file.
     pub weights: u64,
-    /// Summed error of the chosen matrices.
-    pub error: f64,
     /// Whether an importance matrix weighted the errors.
     pub importance_weighted: bool,
 }
@@ -100,7 +99,10 @@ pub fn fit_budget(
 ) -> Result<BudgetPlan> {
     let cfg = export.config;
     let decisions = plan_export(export, types)?;
-    let weights: u64 = decisions.iter().map(|d| numel(d) as u64).sum();
+    let weights: u64 = decisions
+        .iter()
+        .map(|d| d.shape.iter().product::<usize>() as u64)
+        .sum();
     let target_bytes = match target {
         SizeTarget::BitsPerWeight(bpw) => (bpw * weights as f64 / 8.0) as u64,
         SizeTarget::Bytes(b) => b,
@@ -111,13 +113,9 @@ pub fn fit_budget(
             .as_ref()
             .is_some_and(|e| e.dtype(&d.hf_name).is_some())
     };
-    let is_linear = |d: &TypeDecision| {
-        names::parse_linear_weight(cfg.family, &d.hf_name).is_some()
-            || parts_of(cfg, &d.hf_name).is_some()
-    };
     let (free, fixed): (Vec<&TypeDecision>, Vec<&TypeDecision>) = decisions.iter().partition(|d| {
         d.shape.len() >= 2
-            && is_linear(d)
+            && is_linear_weight(cfg, &d.hf_name)
             && !encoded(d)
             && rule_for(export.tensor_types, &d.gguf_name).is_none()
     });
@@ -126,7 +124,7 @@ pub fn fit_budget(
             "no matrix is left for the size budget to choose a type for".into(),
         ));
     }
-    let fixed_bytes: u64 = fixed.iter().map(|d| bytes_of(d.dtype, numel(d))).sum();
+    let fixed_bytes: u64 = fixed.iter().map(|d| d.bytes()).sum();
 
     let tensors = JoinFused::new(export.tensors, cfg);
     let origin = export.tensors.origin();
@@ -138,11 +136,7 @@ pub fn fit_budget(
     let mut options = Vec::with_capacity(free.len());
     for d in &free {
         let t = tensors.load(&d.hf_name)?;
-        let importance_name = parts_of(cfg, &d.hf_name)
-            .and_then(|p| p.into_iter().next())
-            .unwrap_or_else(|| d.hf_name.clone());
-        let importance = export.importance.and_then(|m| m.columns(&importance_name));
-        options.push(measure(&t, d, importance, &origin)?);
+        options.push(measure(&t, d, export.importance_of(&d.hf_name), &origin)?);
         progress.advance(1);
     }
     progress.finish();
@@ -184,26 +178,20 @@ pub fn fit_budget(
             error: o[k].1,
         })
         .collect();
-    let rules = choices
-        .iter()
-        .map(|c| TensorTypeRule::new(&format!("^{}$", regex::escape(&c.gguf_name)), c.dtype))
-        .collect::<Result<_>>()?;
+    let mut rules = export.tensor_types.to_vec();
+    for c in &choices {
+        rules.push(TensorTypeRule::new(
+            &format!("^{}$", regex::escape(&c.gguf_name)),
+            c.dtype,
+        )?);
+    }
     Ok(BudgetPlan {
         rules,
-        error: choices.iter().map(|c| c.error).sum(),
         choices,
         bytes: total,
         weights,
         importance_weighted: export.importance.is_some(),
     })
-}
-
-fn numel(d: &TypeDecision) -> usize {
-    d.shape.iter().product()
-}
-
-fn bytes_of(dtype: GgmlDType, n: usize) -> u64 {
-    (n / dtype.block_size() * dtype.type_size()) as u64
 }
 
 /// A matrix's options as `(bytes, error, type)` on the lower convex hull: bytes rising, error

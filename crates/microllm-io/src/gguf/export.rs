@@ -79,6 +79,25 @@ pub struct TypeDecision {
     pub importance_weighted: bool,
 }
 
+impl TypeDecision {
+    /// Bytes of the tensor's data in its type.
+    pub fn bytes(&self) -> u64 {
+        let n: usize = self.shape.iter().product();
+        (n / self.dtype.block_size() * self.dtype.type_size()) as u64
+    }
+}
+
+impl GgufExport<'_> {
+    /// The importance of `hf_name`'s input columns, if the export has a matrix for it (the
+    /// parts of a fused matrix share their input, hence their importance).
+    pub(super) fn importance_of(&self, hf_name: &str) -> Option<&[f32]> {
+        let name = parts_of(self.config, hf_name)
+            .and_then(|p| p.into_iter().next())
+            .unwrap_or_else(|| hf_name.to_string());
+        self.importance.and_then(|m| m.columns(&name))
+    }
+}
+
 /// What was written.
 #[derive(Debug, Clone)]
 pub struct GgufSummary {
@@ -326,13 +345,8 @@ pub fn write_gguf(
             Some(encoded) => encoded.encode(&d.hf_name)?,
             None => {
                 let tensor = gguf_layout(cfg, &d.hf_name, tensors.load(&d.hf_name)?)?;
-                // Fused parts share their input, hence their importance.
-                let importance_name = parts_of(cfg, &d.hf_name)
-                    .and_then(|p| p.into_iter().next())
-                    .unwrap_or_else(|| d.hf_name.clone());
                 let weights = export
-                    .importance
-                    .and_then(|m| m.columns(&importance_name))
+                    .importance_of(&d.hf_name)
                     .filter(|_| takes_importance(d.dtype));
                 d.importance_weighted = weights.is_some();
                 encode_checked(

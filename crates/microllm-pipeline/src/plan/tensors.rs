@@ -6,7 +6,7 @@ use candle_core::quantized::GgmlDType;
 use microllm_core::{
     Error, LinearKind, MlpKind, ModelConfig, Result, TensorInfo, TensorSource, names,
 };
-use microllm_io::fused::{JoinFused, fused_of, parts_of};
+use microllm_io::fused::{JoinFused, fused_of, is_linear_weight};
 use microllm_io::gguf::write::PlannedTensor;
 use microllm_io::gguf::{TypeDecision, plan_types};
 use microllm_io::write::OutDtype;
@@ -30,12 +30,6 @@ pub struct TensorPlan {
     /// Why the type is not the one the scheme asks for, if it is not.
     pub fallback: Option<String>,
     pub bytes: u64,
-}
-
-/// Whether `hf_name` is a block linear's weight, or a fused matrix of them (Phi-3's
-/// `qkv_proj`, `gate_up_proj`, as writers name them).
-fn is_linear(cfg: &ModelConfig, hf_name: &str) -> bool {
-    names::parse_linear_weight(cfg.family, hf_name).is_some() || parts_of(cfg, hf_name).is_some()
 }
 
 impl TensorPlan {
@@ -120,7 +114,7 @@ pub fn from_decisions(
     decisions
         .into_iter()
         .map(|d| {
-            let quantized = is_linear(cfg, &d.hf_name);
+            let quantized = is_linear_weight(cfg, &d.hf_name);
             let chosen = if quantized { linear_type(&d) } else { None };
             let (dtype, fallback) = match chosen {
                 Some(t) => t,
@@ -171,7 +165,7 @@ pub fn dense_plan(cfg: &ModelConfig, src: &dyn TensorSource, dtype: OutDtype) ->
         .infos()
         .into_iter()
         .map(|i| TensorPlan {
-            quantized: is_linear(cfg, &i.name),
+            quantized: is_linear_weight(cfg, &i.name),
             bytes: (i.numel() * dtype.size()) as u64,
             hf_name: i.name.clone(),
             name: i.name,

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use microllm_core::{Family, ModelConfig, Result, TensorSource, names};
-use microllm_io::gguf::plan_types;
+use microllm_io::gguf::{TypeDecision, plan_types};
 use serde_json::{Value, json};
 
 use super::{Outcome, RunOptions, bytes_on_disk, peak_rss_bytes, sha256_of};
@@ -277,10 +277,7 @@ fn bytes_before(plan: &Plan) -> Result<u64> {
             &plan.output.tensor_types,
         )?
         .iter()
-        .map(|d| {
-            let n: usize = d.shape.iter().product();
-            (n / d.dtype.block_size() * d.dtype.type_size()) as u64
-        })
+        .map(TypeDecision::bytes)
         .sum(),
         _ => ckpt.stored_bytes(),
     })

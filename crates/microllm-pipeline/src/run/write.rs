@@ -8,8 +8,7 @@
 use microllm_core::{ModelConfig, Progress, Result, TensorSource, names};
 use microllm_io::Checkpoint;
 use microllm_io::gguf::{
-    BudgetPlan, EncodedTensors, GgufExport, ImportanceMatrix, TensorTypeRule, TypeDecision,
-    fit_budget, write_gguf,
+    BudgetPlan, EncodedTensors, GgufExport, ImportanceMatrix, TypeDecision, fit_budget, write_gguf,
 };
 use microllm_io::quantized::QuantMethod;
 use microllm_io::write::{
@@ -99,17 +98,11 @@ pub fn write_output(
                 importance: now.importance,
                 tensor_types: &out.tensor_types,
             };
-            let with_budget: Vec<TensorTypeRule>;
+            let budget;
             if let Some(target) = out.target {
-                let budget = fit_budget(&export, out.dominant, target, progress)?;
+                budget = fit_budget(&export, out.dominant, target, progress)?;
                 notes.push(budget_note(&budget));
-                with_budget = out
-                    .tensor_types
-                    .iter()
-                    .chain(&budget.rules)
-                    .cloned()
-                    .collect();
-                export.tensor_types = &with_budget;
+                export.tensor_types = &budget.rules;
             }
             let summary = write_gguf(&export, &out.path, out.dominant, out.overwrite, progress)?;
             if out.target.is_some() {
