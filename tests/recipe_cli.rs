@@ -580,13 +580,16 @@ fn the_configs_run_on_a_fixture() {
     let ids = ids(tmp.path());
     for name in [
         "gptq-w4-gguf",
+        "awq-w4-gguf",
+        "w8a8-int8",
         "wanda-2of4",
         "ci-gate",
         "prune-distill-quantize",
     ] {
         let config = common::repo_root().join(format!("configs/{name}.yaml"));
         let out = tmp.path().join(name);
-        let out = if name == "wanda-2of4" {
+        let directory = matches!(name, "wanda-2of4" | "w8a8-int8");
+        let out = if directory {
             out
         } else {
             out.with_extension("gguf")
@@ -617,7 +620,7 @@ fn the_configs_run_on_a_fixture() {
             }
         }
         let (code, err) = status(&args.iter().map(std::ffi::OsStr::new).collect::<Vec<_>>());
-        let stem = if name == "wanda-2of4" {
+        let stem = if directory {
             out.clone()
         } else {
             out.with_extension("")
@@ -631,6 +634,13 @@ fn the_configs_run_on_a_fixture() {
         }
         if name == "wanda-2of4" {
             assert_eq!(report["output"]["linear_sparsity"], 0.5);
+        }
+        if name == "awq-w4-gguf" {
+            assert_eq!(report["method"], "awq");
+        }
+        if name == "w8a8-int8" {
+            assert_eq!(report["scheme"]["activations"], "int8-per-token");
+            assert_eq!(report["gates"].as_array().unwrap().len(), 1);
         }
         if name == "prune-distill-quantize" {
             assert_eq!(report["method"], "structured+distill+gptq");

@@ -42,7 +42,12 @@ fn gptq_loses_less_than_rtn_at_4_and_3_bits() {
     let tmp = tempfile::tempdir().unwrap();
     for bits in ["4", "3"] {
         let mut increase = Vec::new();
-        for method in ["rtn", "gptq"] {
+        let methods: &[&str] = if bits == "3" {
+            &["rtn", "gptq", "awq"]
+        } else {
+            &["rtn", "gptq"]
+        };
+        for &method in methods {
             let out = tmp.path().join(format!("{method}-{bits}.gguf"));
             quantize(
                 &out,
@@ -58,13 +63,16 @@ fn gptq_loses_less_than_rtn_at_4_and_3_bits() {
             );
             increase.push(perplexity(&out) - BASE_PPL);
         }
-        let [rtn, gptq] = increase[..] else {
-            unreachable!()
-        };
+        let (rtn, gptq) = (increase[0], increase[1]);
         eprintln!("{bits}-bit g64 asym: perplexity increase RTN {rtn:.4}, GPTQ {gptq:.4}");
         assert!(gptq < rtn, "{bits} bits: GPTQ +{gptq} vs RTN +{rtn}");
         if bits == "3" {
             assert!(gptq < 0.5 * rtn, "3 bits: GPTQ +{gptq} vs RTN +{rtn}");
+            // AWQ's scales and clipping, then round-to-nearest: measured 57% of RTN's
+            // increase on 8 windows (docs/benchmarks.md); asked here to stay under 80%.
+            let awq = increase[2];
+            eprintln!("3-bit g64 asym: perplexity increase AWQ {awq:.4}");
+            assert!(awq < 0.8 * rtn, "3 bits: AWQ +{awq} vs RTN +{rtn}");
         }
     }
 }
@@ -104,10 +112,23 @@ fn gptq_in_q4_0_beats_llama_cpp_q4_0() {
 /// SIGKILL in the middle of a GPTQ run, then `--resume`: the same bytes as an uninterrupted run.
 #[test]
 fn killed_gptq_run_resumes_to_identical_bytes() {
+    killed_run_resumes_to_identical_bytes("gptq");
+}
+
+/// The same for AWQ, whose blocks also store folded norms and pass full-precision hidden
+/// states on.
+#[test]
+fn killed_awq_run_resumes_to_identical_bytes() {
+    killed_run_resumes_to_identical_bytes("awq");
+}
+
+fn killed_run_resumes_to_identical_bytes(method: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let args = |out: &Path| -> Vec<std::ffi::OsString> {
         let mut v: Vec<std::ffi::OsString> = [
             "quantize",
+            "--method",
+            method,
             "--samples",
             "4",
             "--seqlen",

@@ -171,6 +171,7 @@ mod tests {
             bos_token_id: None,
             eos_token_ids: vec![],
             torch_dtype: None,
+            activation_quant: None,
         }
     }
 

@@ -333,6 +333,36 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// The dtype the weights were published in (`float32`, `bfloat16`, ...), if known.
     pub torch_dtype: Option<String>,
+    /// How the linear layers quantize their inputs when the model runs (W8A8 checkpoints);
+    /// `None` for weight-only and unquantized models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_quant: Option<ActivationQuant>,
+}
+
+/// Quantization of every linear layer's input at run time, as a W8A8 checkpoint declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActivationQuant {
+    /// Symmetric int8 per token, computed on the fly: `scale = max|x| / 127.5`,
+    /// `x -> clamp(round(x / scale), -128, 127) * scale`, rounding half to even
+    /// (compressed-tensors' dynamic `token` strategy, what vLLM's W8A8 kernels compute).
+    Int8PerToken,
+}
+
+impl ActivationQuant {
+    /// Quantizes and dequantizes one token's values in place.
+    pub fn fake_quantize(self, x: &mut [f32]) {
+        match self {
+            ActivationQuant::Int8PerToken => {
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = amax / 127.5;
+                let scale = if scale == 0.0 { f32::EPSILON } else { scale };
+                for v in x.iter_mut() {
+                    *v = (*v / scale).round_ties_even().clamp(-128.0, 127.0) * scale;
+                }
+            }
+        }
+    }
 }
 
 impl ModelConfig {
@@ -533,5 +563,32 @@ impl ModelConfig {
         let head = if self.tie_word_embeddings { 0 } else { v * h }
             + if self.lm_head_bias { v } else { 0 };
         v * h + self.num_layers * block + norm + head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActivationQuant;
+
+    /// compressed-tensors' rule: `scale = max|x| / 127.5`, round half to even, clamp to
+    /// [-128, 127]; the largest value of a token therefore lands on 127 (127.5 rounds to 128,
+    /// clamped), and an all-zero token stays zero.
+    #[test]
+    fn int8_per_token_follows_compressed_tensors() {
+        // Values chosen exact in binary: scale 1/64, ties at 127.5, -127.5, 0.5 and 1.5 steps.
+        let step = 1.0f32 / 64.0;
+        let mut x = [
+            127.5 * step,
+            -127.5 * step,
+            0.5 * step,
+            1.5 * step,
+            50.0 * step,
+        ];
+        ActivationQuant::Int8PerToken.fake_quantize(&mut x);
+        let expect = [127.0 * step, -128.0 * step, 0.0, 2.0 * step, 50.0 * step];
+        assert_eq!(x, expect);
+        let mut zeros = [0.0f32; 4];
+        ActivationQuant::Int8PerToken.fake_quantize(&mut zeros);
+        assert_eq!(zeros, [0.0; 4]);
     }
 }

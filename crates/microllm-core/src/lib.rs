@@ -30,7 +30,8 @@ pub const CODE_BITS: std::ops::RangeInclusive<u8> = 2..=8;
 
 pub use architecture::{check_tensors, expected_tensors};
 pub use config::{
-    Activation, BlockLayout, Family, FusedLinear, MlpKind, ModelConfig, NormKind, RopeScaling,
+    Activation, ActivationQuant, BlockLayout, Family, FusedLinear, MlpKind, ModelConfig, NormKind,
+    RopeScaling,
 };
 pub use error::{Error, Result};
 pub use names::LinearKind;

@@ -66,6 +66,12 @@ pub fn block_prefix(layer: usize) -> String {
     format!("model.layers.{layer}")
 }
 
+/// The block a tensor name belongs to (`model.layers.{layer}.…`), if any.
+pub fn parse_block(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("model.layers.")?;
+    rest.split_once('.')?.0.parse().ok()
+}
+
 /// Weight of a linear layer, e.g. `model.layers.3.mlp.down_proj.weight`.
 pub fn linear_weight(family: Family, layer: usize, kind: LinearKind) -> String {
     format!("model.layers.{layer}.{}.weight", kind.module(family))

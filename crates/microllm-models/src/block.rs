@@ -97,7 +97,7 @@ impl Block {
                 .transpose()
         };
         let d = cfg.head_dim;
-        Ok(Self {
+        let mut block = Self {
             layer,
             cfg: cfg.clone(),
             attn_norm: Norm::load(src, &names::attn_norm(layer), cfg)?,
@@ -111,7 +111,14 @@ impl Block {
             v: lin(LinearKind::V, cfg.kv_dim(), h, cfg.qkv_bias)?,
             o: lin(LinearKind::O, h, cfg.q_dim(), cfg.o_bias)?,
             mlp,
-        })
+        };
+        // A W8A8 checkpoint's linears quantize their inputs as it is served.
+        for kind in LinearKind::ALL {
+            if let Some(linear) = block.linear_mut(kind) {
+                linear.input_quant = cfg.activation_quant;
+            }
+        }
+        Ok(block)
     }
 
     /// The linear layer of `kind`, if the block has one (plain MLPs have no gate).

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use candle_core::{D, Tensor};
-use microllm_core::{Activation, Error, MlpKind, ModelConfig, NormKind, Result, TensorSource};
+use microllm_core::{
+    Activation, ActivationQuant, Error, MlpKind, ModelConfig, NormKind, Result, TensorSource,
+};
 
 use crate::packed::{Activations, PackedWeight, QuantActs};
 
@@ -19,6 +21,8 @@ pub enum LinearWeight {
 pub struct Linear {
     weight: LinearWeight,
     pub bias: Option<Tensor>,
+    /// Quantization of the input before the product (W8A8 checkpoints run this way).
+    pub input_quant: Option<ActivationQuant>,
 }
 
 impl Linear {
@@ -27,6 +31,7 @@ impl Linear {
         Self {
             weight: LinearWeight::Dense(weight),
             bias,
+            input_quant: None,
         }
     }
 
@@ -35,6 +40,7 @@ impl Linear {
         Self {
             weight: LinearWeight::Packed(weight),
             bias,
+            input_quant: None,
         }
     }
 
@@ -68,7 +74,11 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            input_quant: None,
+        })
     }
 
     /// The weight as stored in the layer.
@@ -112,7 +122,16 @@ impl Linear {
 
     /// Applies the layer to an input other layers read too (see [`SharedInput`]).
     pub fn forward_shared(&self, input: &SharedInput<'_>) -> Result<Tensor> {
-        let x = input.x;
+        let x = match self.input_quant {
+            Some(q) => match input.fake_quantized.get() {
+                Some(t) => t,
+                None => {
+                    let t = fake_quantize_rows(input.x, q)?;
+                    input.fake_quantized.get_or_init(|| t)
+                }
+            },
+            None => input.x,
+        };
         // A plain 2-D product on contiguous rows is gemm's fast path.
         let dims = x.dims().to_vec();
         let inp = dims[dims.len() - 1];
@@ -147,6 +166,8 @@ impl Linear {
 pub struct SharedInput<'a> {
     x: &'a Tensor,
     quantized: std::cell::OnceCell<QuantActs>,
+    /// `x` quantized and dequantized per token, for layers with an [`ActivationQuant`].
+    fake_quantized: std::cell::OnceCell<Tensor>,
 }
 
 impl<'a> SharedInput<'a> {
@@ -154,8 +175,25 @@ impl<'a> SharedInput<'a> {
         Self {
             x,
             quantized: std::cell::OnceCell::new(),
+            fake_quantized: std::cell::OnceCell::new(),
         }
     }
+}
+
+/// `x` (`[..., in]`) with every token (row over the last dimension) quantized and
+/// dequantized by `q`, in f32.
+fn fake_quantize_rows(x: &Tensor, q: ActivationQuant) -> Result<Tensor> {
+    let inp = x.dims().last().copied().unwrap_or(0);
+    let mut values = x
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if inp > 0 {
+        values
+            .chunks_exact_mut(inp)
+            .for_each(|row| q.fake_quantize(row));
+    }
+    Ok(Tensor::from_vec(values, x.dims(), x.device())?)
 }
 
 /// `name` checked to be `shape`, packed when the source holds it packed, else f32.
@@ -232,6 +270,23 @@ impl Norm {
         })
     }
 
+    /// Divides the norm's output by `s` per channel (`[width]`): the multiplier actually
+    /// applied and a LayerNorm's bias are divided, so a following linear whose columns are
+    /// multiplied by `s` computes what it did (AWQ's folded scales).
+    pub fn divide_channels(&mut self, s: &Tensor) -> Result<()> {
+        let s = s.to_dtype(self.weight.dtype())?;
+        let scale = self.scale()?.div(&s)?;
+        self.weight = if self.unit_offset {
+            (scale - 1.0)?
+        } else {
+            scale
+        };
+        if let Some(b) = &self.bias {
+            self.bias = Some(b.div(&s)?);
+        }
+        Ok(())
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         let scale = self.scale()?;
@@ -276,6 +331,50 @@ pub struct Mlp {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// A layer with per-token int8 inputs computes `W q(x)`, `q` quantizing each token on
+    /// its own (batch and sequence positions alike), whatever the input's layout.
+    #[test]
+    fn input_quantization_is_per_token() {
+        let dev = Device::Cpu;
+        let x: Vec<f32> = (0..2 * 3 * 8)
+            .map(|i| ((i * 37 % 19) as f32 - 9.0) * (1.0 + (i % 8) as f32))
+            .collect();
+        let w: Vec<f32> = (0..4 * 8)
+            .map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.1)
+            .collect();
+        let mut linear = Linear::new(Tensor::from_slice(&w, (4, 8), &dev).unwrap(), None);
+        linear.input_quant = Some(ActivationQuant::Int8PerToken);
+        // A transposed (non-contiguous) view of the same values.
+        let xt = Tensor::from_slice(&x, (2, 8, 3), &dev).unwrap();
+        let xs = Tensor::from_slice(&x, (2, 3, 8), &dev).unwrap();
+        let mut expect = Vec::new();
+        for token in x.chunks_exact(8) {
+            let mut q = token.to_vec();
+            ActivationQuant::Int8PerToken.fake_quantize(&mut q);
+            for row in w.chunks_exact(8) {
+                expect.push(row.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>());
+            }
+        }
+        let got = linear
+            .forward(&xs)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (g, e) in got.iter().zip(&expect) {
+            assert!((g - e).abs() < 1e-4, "{g} vs {e}");
+        }
+        let mut tokens: Vec<f32> = Vec::new();
+        let tv = xt.transpose(1, 2).unwrap();
+        let got = linear.forward(&tv).unwrap();
+        let plain = tv.contiguous().unwrap();
+        let want = linear.forward(&plain).unwrap();
+        tokens.extend(got.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(tokens, want);
+    }
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::new(v, &Device::Cpu)

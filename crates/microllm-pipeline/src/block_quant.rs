@@ -27,10 +27,13 @@ use microllm_core::{LinearKind, Result, names};
 use microllm_models::{Block, Positions};
 use microllm_prune::PruneMethod;
 use microllm_quant::{
-    DiagonalAccumulator, GptqOptions, HessianAccumulator, ObsFactor, QuantScheme, QuantizedWeight,
+    AwqOptions, DiagonalAccumulator, GptqOptions, HessianAccumulator, ObsFactor, QuantScheme,
+    QuantizedWeight,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::block_awq::{AwqRecord, awq_block};
+use crate::block_smooth::smooth_block;
 use crate::linear_step::{InputStatistic, PruneSpec, compress_linear};
 
 /// The linear layers of a block in true-sequential order, grouped by shared input.
@@ -82,6 +85,9 @@ pub struct LinearRecord {
     /// Fraction of the weights pruned to zero (`None` when the pass does not prune).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparsity: Option<f64>,
+    /// What AWQ chose for the linear (`None` without AWQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awq: Option<AwqRecord>,
 }
 
 /// The quantized linears of one block and a record per linear, in true-sequential order.
@@ -96,6 +102,21 @@ pub struct BlockSpec {
     /// `Rtn`: no calibration (magnitude pruning, round-to-nearest).
     pub method: BlockMethod,
     pub prune: Option<PruneSpec>,
+    /// Activation-aware scales searched and folded before quantizing (AWQ; needs a scheme).
+    pub awq: Option<AwqOptions>,
+    /// SmoothQuant's migration strength: per-channel scales from the calibration activations'
+    /// and the weights' ranges folded into the norms before quantizing.
+    pub smooth: Option<f32>,
+}
+
+impl BlockSpec {
+    /// Whether the pass runs on calibration activations (and so carries hidden states from
+    /// block to block).
+    pub fn calibrated(&self) -> bool {
+        matches!(self.method, BlockMethod::Gptq { .. })
+            || self.awq.is_some()
+            || self.smooth.is_some()
+    }
 }
 
 /// A compressed block: quantized linears as codes, pruned-only linears as dense weights, and
@@ -106,18 +127,24 @@ pub struct BlockOutput {
     /// Row-major `[out, in]` f32 weights of linears pruned but not quantized.
     pub dense: BTreeMap<LinearKind, Tensor>,
     pub records: Vec<LinearRecord>,
+    /// Tensors besides the linear weights that the pass changed (AWQ's folded norms and
+    /// biases), by checkpoint name: written instead of the source's.
+    pub replaced: BTreeMap<String, Tensor>,
     /// Where the block's time went.
     pub phases: BlockPhases,
 }
 
 /// Seconds a block pass spent in each phase (summed over blocks in reports): the staged
 /// forward passes over the calibration windows, the input statistics (Hessians, or their
-/// diagonals), and the solves (factorisations, GPTQ / SparseGPT sweeps, RTN, pruning).
+/// diagonals), the solves (factorisations, GPTQ / SparseGPT sweeps, RTN, pruning), and AWQ's
+/// scale and clipping searches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct BlockPhases {
     pub forward: f64,
     pub statistics: f64,
     pub solve: f64,
+    #[serde(default)]
+    pub awq: f64,
 }
 
 impl std::ops::AddAssign for BlockPhases {
@@ -125,6 +152,7 @@ impl std::ops::AddAssign for BlockPhases {
         self.forward += other.forward;
         self.statistics += other.statistics;
         self.solve += other.solve;
+        self.awq += other.awq;
     }
 }
 
@@ -153,6 +181,8 @@ pub fn quantize_block(
         scheme: Some(scheme),
         method,
         prune: None,
+        awq: None,
+        smooth: None,
     };
     let out = compress_block(block, hidden, at, &spec)?;
     Ok((out.quantized, out.records))
@@ -170,6 +200,50 @@ pub fn compress_block(
             "a block pass must prune or quantize (or both)".into(),
         ));
     }
+    let mut awq_phases = BlockPhases::default();
+    // Alone, a calibrated pre-pass feeds the block's full-precision outputs forward; GPTQ
+    // after it replaces them with the quantized block's.
+    let propagate = matches!(spec.method, BlockMethod::Rtn);
+    let smoothed = match spec.smooth {
+        Some(_) if spec.awq.is_some() => {
+            return Err(microllm_core::Error::Invalid(
+                "AWQ and SmoothQuant both fold scales into the norms: use one".into(),
+            ));
+        }
+        Some(alpha) => Some(smooth_block(
+            block,
+            hidden,
+            at,
+            alpha,
+            propagate,
+            &mut awq_phases,
+        )?),
+        None => None,
+    };
+    let awq = match (spec.awq, spec.scheme) {
+        (Some(opts), Some(scheme)) => {
+            if hidden.is_empty() {
+                return Err(microllm_core::Error::Invalid(
+                    "AWQ needs calibration samples: none were given".into(),
+                ));
+            }
+            Some(awq_block(
+                block,
+                hidden,
+                at,
+                scheme,
+                &opts,
+                propagate,
+                &mut awq_phases,
+            )?)
+        }
+        (Some(_), None) => {
+            return Err(microllm_core::Error::Invalid(
+                "AWQ scales weights for quantization: the pass must quantize".into(),
+            ));
+        }
+        (None, _) => None,
+    };
     let mut q = Compressor {
         block,
         spec: *spec,
@@ -184,6 +258,16 @@ pub fn compress_block(
             q.out.phases.solve = solve;
         }
         BlockMethod::Gptq { sink_weight, .. } => q.staged(hidden, at, sink_weight)?,
+    }
+    q.out.phases += awq_phases;
+    if let Some(awq) = awq {
+        for r in &mut q.out.records {
+            r.awq = awq.records.get(&r.kind).cloned();
+        }
+        q.out.replaced = awq.replaced;
+    }
+    if let Some(replaced) = smoothed {
+        q.out.replaced = replaced;
     }
     Ok(q.out)
 }
@@ -367,6 +451,7 @@ impl Compressor<'_> {
                 damp_percent: r.damp_percent,
                 tokens,
                 sparsity: r.sparsity,
+                awq: None,
             });
         }
         Ok(())

@@ -89,6 +89,8 @@ pub fn run_layerwise(
             scheme: Some(job.scheme),
             method: job.method,
             prune: None,
+            awq: None,
+            smooth: None,
         },
         block_sparsity: None,
     };
@@ -103,11 +105,16 @@ pub fn run_compress(
     progress: &dyn Progress,
 ) -> Result<LayerwiseSummary> {
     let cfg = job.config;
-    let calibrated = matches!(job.spec.method, BlockMethod::Gptq { .. });
+    let calibrated = job.spec.calibrated();
     if calibrated && job.calibration.is_empty() {
-        return Err(Error::Invalid(
-            "GPTQ needs calibration samples: none were given".into(),
-        ));
+        let method = if job.spec.awq.is_some() {
+            "AWQ"
+        } else {
+            "GPTQ"
+        };
+        return Err(Error::Invalid(format!(
+            "{method} needs calibration samples: none were given"
+        )));
     }
     let (start, mut hidden) = resume_point(job, store)?;
     let seqlen = job.calibration.first().map_or(1, Vec::len).max(1);
@@ -155,7 +162,7 @@ fn resume_point(job: &CompressJob<'_>, store: &BlockStore) -> Result<(usize, Vec
     let done = (0..job.config.num_layers)
         .take_while(|&l| store.has_block(l))
         .count();
-    if !matches!(job.spec.method, BlockMethod::Gptq { .. }) {
+    if !job.spec.calibrated() {
         return Ok((done, Vec::new()));
     }
     if done == job.config.num_layers {

@@ -12,7 +12,8 @@
 //! what the algorithms need (GPTQ's Hessians), the block is compressed, and the *compressed*
 //! block produces block i+1's inputs, so errors propagate as in GPTQ's sequential mode.
 //!
-//! * [`quantize_block`] — the per-block step (true-sequential GPTQ or RTN).
+//! * [`quantize_block`] — the per-block step (true-sequential GPTQ or RTN, AWQ's scales
+//!   folded first when asked).
 //! * [`run_layerwise`] — the streaming loop, resumable through a [`BlockStore`].
 //! * [`output`] — the stored blocks as a tensor source or as exact GGUF blocks.
 //! * [`packed`] — the stored blocks as GPTQ / compressed-tensors linears.
@@ -25,7 +26,9 @@
 // owns the terminal (unit tests may print).
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+mod block_awq;
 mod block_quant;
+mod block_smooth;
 mod calibration;
 mod imatrix;
 mod layerwise;
@@ -40,6 +43,7 @@ mod schedule;
 mod store;
 pub mod structured;
 
+pub use block_awq::{AwqRecord, Producer, ScaleGroup, fold_scales, scale_groups};
 pub use block_quant::{
     BlockMethod, BlockOutput, BlockPhases, BlockResult, BlockSpec, LinearRecord, SEQUENTIAL_GROUPS,
     compress_block, quantize_block,

@@ -3,7 +3,8 @@
 //! Two views of a finished run's [`BlockStore`]:
 //!
 //! * [`QuantizedSource`]: the model as a [`TensorSource`], block linears dequantized from
-//!   their codes, everything else from the original source. Any writer that takes a source
+//!   their codes, tensors the pass changed otherwise (AWQ's folded norms and biases) as
+//!   stored, everything else from the original source. Any writer that takes a source
 //!   (safetensors / Hugging Face directories, GGUF at F16) writes the quantized model from it.
 //! * [`GgufCodes`]: GGUF bytes for the block linears, packed *exactly* from the codes where a
 //!   ggml block type can hold the grid ([`exact_gguf_type`]): symmetric 2-4 bit -> Q4_0,
@@ -102,6 +103,14 @@ impl<'a> BlockCache<'a> {
         })
     }
 
+    /// The stored replacement of tensor `name` of block `layer` (AWQ's folded norms), if any.
+    fn replaced(&self, layer: usize, name: &str) -> Result<Option<Tensor>> {
+        if !self.store.has_block(layer) {
+            return Ok(None);
+        }
+        self.with_block(layer, |block| Ok(block.replaced.get(name).cloned()))
+    }
+
     /// The weight a stored linear computes with: dequantized codes, or a pruned dense weight.
     fn weight(&self, layer: usize, kind: LinearKind) -> Result<Tensor> {
         self.with_block(layer, |block| match block.dense.get(&kind) {
@@ -149,10 +158,15 @@ impl TensorSource for QuantizedSource<'_> {
     }
 
     fn load(&self, name: &str) -> Result<Tensor> {
-        match names::parse_linear_weight(self.family, name) {
-            Some((layer, kind)) => self.blocks.weight(layer, kind),
-            None => self.base.load(name),
+        if let Some((layer, kind)) = names::parse_linear_weight(self.family, name) {
+            return self.blocks.weight(layer, kind);
         }
+        if let Some(layer) = names::parse_block(name)
+            && let Some(t) = self.blocks.replaced(layer, name)?
+        {
+            return Ok(t);
+        }
+        self.base.load(name)
     }
 }
 

@@ -6,9 +6,9 @@
 //! converts one into the other without touching a code, and builds each format's
 //! `quantization_config` from the run's scheme.
 
-use microllm_core::{Family, ModelConfig, Result, names};
+use microllm_core::{ActivationQuant, Family, ModelConfig, Result, names};
 use microllm_io::quantized::LinearCodes;
-use microllm_io::quantized::compressed::CtConfig;
+use microllm_io::quantized::compressed::{CtConfig, CtFormat};
 use microllm_io::quantized::gptq::GptqConfig;
 use microllm_io::write::{LinearLayout, PackedLinears};
 use microllm_quant::{QuantScheme, QuantizedWeight};
@@ -130,18 +130,25 @@ pub fn gptq_quantization_config(
 /// config.json's `quantization_config` for a compressed-tensors checkpoint of a run with
 /// `scheme` (`g_idx` stored when act-order groups are scattered; `static_act_order`: the solve
 /// ran in activation order over groups fixed up front, compressed-tensors' `"static"`, which
-/// stores nothing extra). The output head and embeddings are not quantized: `lm_head` is
+/// stores nothing extra; with `activations`, the W8A8 `int-quantized` format declaring them). The output head and embeddings are not quantized: `lm_head` is
 /// listed in `ignore`, as llm-compressor does.
 pub fn compressed_quantization_config(
     scheme: &QuantScheme,
     scattered_groups: bool,
     static_act_order: bool,
+    activations: Option<ActivationQuant>,
 ) -> Value {
     let mut config = CtConfig {
         bits: scheme.bits,
         symmetric: scheme.symmetric,
         group_size: scheme.group_size,
         actorder: scattered_groups,
+        format: if activations.is_some() {
+            CtFormat::IntQuantized
+        } else {
+            CtFormat::PackQuantized
+        },
+        activations,
     }
     .to_json(&["lm_head".to_string()]);
     if static_act_order && !scattered_groups {

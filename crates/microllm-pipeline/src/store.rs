@@ -32,6 +32,8 @@ pub struct StoredBlock {
     pub weights: BTreeMap<LinearKind, QuantizedWeight>,
     /// Pruned, unquantized linears (f32 `[out, in]`).
     pub dense: BTreeMap<LinearKind, Tensor>,
+    /// Other tensors the pass changed (AWQ's folded norms and biases), by checkpoint name.
+    pub replaced: BTreeMap<String, Tensor>,
     pub records: Vec<LinearRecord>,
     /// Wall time the block took.
     pub seconds: f64,
@@ -56,6 +58,8 @@ type StoredTensor<'a> = (String, Dtype, Vec<usize>, Cow<'a, [u8]>);
 
 const RUN_FILE: &str = "run.json";
 const HIDDEN_FILE: &str = "hidden.safetensors";
+/// Names of a block file's replaced tensors: this prefix, then the checkpoint name.
+const REPLACED_PREFIX: &str = "replaced:";
 
 impl BlockStore {
     /// Opens `dir` for a run identified by `fingerprint`. With `resume`, an existing directory
@@ -154,6 +158,18 @@ impl BlockStore {
                 f32_bytes(&values),
             ));
         }
+        for (name, t) in &block.replaced {
+            let values = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            data.push((
+                format!("{REPLACED_PREFIX}{name}"),
+                Dtype::F32,
+                t.dims().to_vec(),
+                f32_bytes(&values),
+            ));
+        }
         let views = data
             .iter()
             .map(|(name, dtype, shape, bytes)| {
@@ -240,9 +256,18 @@ impl BlockStore {
                 dense.insert(kind, Tensor::from_vec(values, shape, &Device::Cpu)?);
             }
         }
+        let mut replaced = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if let Some(original) = name.strip_prefix(REPLACED_PREFIX) {
+                let values: Vec<f32> = u32s(view.data()).into_iter().map(f32::from_bits).collect();
+                let t = Tensor::from_vec(values, view.shape(), &Device::Cpu)?;
+                replaced.insert(original.to_string(), t);
+            }
+        }
         Ok(StoredBlock {
             weights,
             dense,
+            replaced,
             records,
             seconds,
         })

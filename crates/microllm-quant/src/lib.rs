@@ -8,6 +8,7 @@
 //! * [`QuantizedWeight`] — the one canonical result (codes, per-group scales and integer zero
 //!   points, GPTQ-style `g_idx`, act-order permutation) from which every writer packs.
 //! * [`rtn_quantize`] — round-to-nearest, the calibration-free baseline.
+//! * [`search_scales`] + [`search_clip`] — AWQ's activation-aware scales and clipping.
 //! * [`HessianAccumulator`] + [`gptq_quantize`] — GPTQ (Frantar et al., 2022) with
 //!   dampening, lazy block updates, act-order and (static) groups.
 //!
@@ -31,6 +32,7 @@
 // owns the terminal (unit tests may print).
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+mod awq;
 mod diagonal;
 mod factor;
 mod gptq;
@@ -47,6 +49,10 @@ mod obs_tests;
 #[cfg(test)]
 mod testutil;
 
+pub use awq::{
+    AwqOptions, ChannelMagnitude, ClipOutcome, GroupWeight, ScaleSearch, scale_hessian,
+    search_clip, search_scales,
+};
 pub use diagonal::DiagonalAccumulator;
 pub use factor::{MAX_DAMP_RETRIES, ObsFactor};
 pub use gptq::{

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use microllm_pipeline::recipe::{
     GgufTypeName, GroupSize, Output, OutputFormat, Pass, QuantMethodName, QuantizeStage, Recipe,
-    RecipeDoc, ReportOptions,
+    RecipeDoc, ReportOptions, SchemeName,
 };
 
 use super::convert::{Dtype, gguf_type_parser};
@@ -45,9 +45,28 @@ pub struct Args {
     /// Bits per weight code, 2-8.
     #[arg(long, default_value_t = 4, value_parser = crate::commands::code_bits())]
     bits: u8,
-    /// Quantization algorithm [default: gptq; rtn with --gguf-type].
+    /// Quantization algorithm [default: gptq; rtn with --gguf-type]. awq: activation-aware
+    /// scales searched on --calib and folded into the norms and linears, then
+    /// round-to-nearest; awq+gptq: the scales, then GPTQ.
     #[arg(long, value_enum)]
     method: Option<Method>,
+    /// Weight-and-activation preset instead of --bits/--group-size: w8a8-int8 (8-bit
+    /// symmetric per-channel weights, every linear's input quantized to int8 per token when
+    /// the model runs), written as compressed-tensors `int-quantized` (vLLM's W8A8).
+    #[arg(long, value_enum)]
+    scheme: Option<SchemeArg>,
+    /// With --scheme w8a8-int8: SmoothQuant's migration strength (0, 1], per-channel scales
+    /// from --calib moving activation outliers into the weights, folded into the norms and
+    /// producing linears (0.5 measured best on SmolLM2, docs/benchmarks.md).
+    #[arg(long, value_name = "ALPHA", value_parser = crate::commands::finite_f64, requires = "scheme")]
+    smoothquant: Option<f64>,
+    /// AWQ: scale exponents tried (0, 1/n, ..., (n-1)/n).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    awq_grid: u32,
+    /// AWQ: search each row-group's clipping range after scaling [default: on for awq, off
+    /// for awq+gptq, whose GPTQ searches its own ranges].
+    #[arg(long, value_name = "BOOL")]
+    awq_clip: Option<bool>,
     /// Input columns sharing one scale: a number dividing every linear's input size, or
     /// `channel` for one group per output row. Default: 32 for GGUF, 128 for safetensors (or
     /// the largest of 64/32/16 that divides every row).
@@ -78,9 +97,9 @@ pub struct Args {
     /// GPTQ: dampening as a fraction of the Hessian's mean diagonal.
     #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 0.01)]
     damp: f64,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Gguf)]
-    format: Format,
+    /// Output format [default: gguf; compressed-tensors with --scheme].
+    #[arg(long, value_enum)]
+    format: Option<Format>,
     /// Write llama.cpp's block type or mix instead (`q4_k_m` ...; round-to-nearest as
     /// llama.cpp does, no GPTQ); with --calib, k-quant blocks are fitted with an importance
     /// matrix measured on the calibration windows (llama.cpp's imatrix).
@@ -152,6 +171,15 @@ pub struct Args {
 pub(crate) enum Method {
     Gptq,
     Rtn,
+    Awq,
+    #[value(name = "awq+gptq")]
+    AwqGptq,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SchemeArg {
+    #[value(name = "w8a8-int8")]
+    W8a8Int8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -179,23 +207,36 @@ impl Format {
 
 /// The one-pass recipe the flags mean.
 pub fn recipe(args: &Args) -> Result<Recipe> {
-    if args.gguf_type.is_some() && args.format != Format::Gguf {
+    let format = args.format.unwrap_or(if args.scheme.is_some() {
+        Format::CompressedTensors
+    } else {
+        Format::Gguf
+    });
+    if args.gguf_type.is_some() && format != Format::Gguf {
+        bail!("--gguf-type applies to GGUF output, not --format {format:?}");
+    }
+    if args.scheme.is_some() && args.gguf_type.is_some() {
         bail!(
-            "--gguf-type applies to GGUF output, not --format {:?}",
-            args.format
+            "--scheme chooses the weight and activation types; --gguf-type llama.cpp's: give one"
         );
     }
     let method = match (args.gguf_type, args.method) {
-        (Some(_), Some(Method::Gptq)) => bail!(
-            "--gguf-type writes llama.cpp's round-to-nearest block types, which GPTQ does not \
-             produce; use --method rtn, or drop --gguf-type to get GPTQ codes in Q4_0/Q4_1/Q8_0 blocks"
+        (Some(_), Some(m @ (Method::Gptq | Method::Awq | Method::AwqGptq))) => bail!(
+            "--gguf-type writes llama.cpp's round-to-nearest block types, which --method {} \
+             does not produce; use --method rtn, or drop --gguf-type to get the codes in \
+             Q4_0/Q4_1/Q8_0 blocks",
+            clap::ValueEnum::to_possible_value(&m)
+                .map_or_else(String::new, |v| v.get_name().to_string())
         ),
         (Some(_), _) => QuantMethodName::Ggml,
         (None, Some(Method::Rtn)) => QuantMethodName::Rtn,
+        (None, Some(Method::Awq)) => QuantMethodName::Awq,
+        (None, Some(Method::AwqGptq)) => QuantMethodName::AwqGptq,
         (None, _) => QuantMethodName::Gptq,
     };
-    let grid = method != QuantMethodName::Ggml;
-    let gptq = method == QuantMethodName::Gptq;
+    let grid = method != QuantMethodName::Ggml && args.scheme.is_none();
+    let gptq = method.uses_gptq();
+    let awq = method.uses_awq();
     let stage = QuantizeStage {
         method,
         bits: grid.then_some(args.bits),
@@ -206,6 +247,12 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
         damp: gptq.then_some(args.damp),
         sink_weight: args.sink_weight.filter(|_| gptq),
         clip_search: gptq.then_some(!args.no_clip_search),
+        scheme: args.scheme.map(|s| match s {
+            SchemeArg::W8a8Int8 => SchemeName::W8a8Int8,
+        }),
+        smoothquant: args.smoothquant,
+        awq_grid: (awq && args.awq_grid != 20).then_some(args.awq_grid),
+        awq_clip: args.awq_clip.filter(|_| awq),
         gguf_type: args.gguf_type,
         // llama.cpp's types take an importance matrix when calibration data is given.
         importance_matrix: (method == QuantMethodName::Ggml
@@ -226,8 +273,8 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
         passes,
         output: Output {
             path: args.out.clone(),
-            format: Some(args.format.recipe()),
-            dtype: (args.format == Format::Safetensors).then(|| args.dtype.recipe()),
+            format: Some(format.recipe()),
+            dtype: (format == Format::Safetensors).then(|| args.dtype.recipe()),
             gguf_type: None,
             tensor_types: super::tensor_type_specs(
                 &args.tensor_types,

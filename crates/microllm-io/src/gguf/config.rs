@@ -234,6 +234,7 @@ pub(crate) fn read_config(
             .into_iter()
             .collect(),
         torch_dtype: None,
+        activation_quant: None,
     };
     config.validate(meta.path)?;
     Ok(config)

@@ -160,6 +160,8 @@ pub fn parse_config(value: &Value, path: &Path) -> Result<ModelConfig> {
             Some(d) => Some(d),
             None => keys.opt_string("torch_dtype")?,
         },
+        // Set from the quantization config by the checkpoint reader.
+        activation_quant: None,
     };
     config.validate(path)?;
     Ok(config)

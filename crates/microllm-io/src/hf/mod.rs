@@ -38,7 +38,7 @@ pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
         Some(_) => None,
         None => QuantMethod::detect(&value, &config_path)?,
     };
-    let config = parse_config(&value, &config_path)?;
+    let mut config = parse_config(&value, &config_path)?;
     let files = weight_files(dir)?;
     let (format, tensors): (CheckpointFormat, Box<dyn TensorSource>) = match method {
         None if sparse.is_some() => {
@@ -52,6 +52,7 @@ pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
         }
         Some(method) => {
             let tensors = QuantizedDirSource::open(dir, &files, method, &value, &config_path)?;
+            config.activation_quant = tensors.activation_quant();
             let raw = SafetensorsSource::open(dir, &files)?;
             check_index(dir, |name| raw.file_of(name).map(Path::to_path_buf))?;
             let format = match method {

@@ -1,7 +1,8 @@
-//! compressed-tensors checkpoints (llm-compressor's format; vLLM and transformers load it),
-//! `pack-quantized` weights.
+//! compressed-tensors checkpoints (llm-compressor's format; vLLM and transformers load it):
+//! `pack-quantized` weights, and `int-quantized` / `naive-quantized` ones (one signed int8 per
+//! weight; `int-quantized` is the W8A8 format, its config quantizing every linear's input too).
 //!
-//! Per quantized linear `P` (its `P.weight` is replaced):
+//! `pack-quantized`, per quantized linear `P` (its `P.weight` is replaced):
 //!
 //! | tensor | dtype | shape | content |
 //! |---|---|---|---|
@@ -17,15 +18,25 @@
 //! packed fields (`c = q + 2^(bits-1)`, `z = zp + 2^(bits-1)`): nothing is shifted, and a
 //! symmetric weight's zero is `2^(bits-1)`. An unpacked int8 `weight_zero_point` `[out,
 //! n_groups]` (older releases) is read as well.
+//!
+//! `int-quantized` / `naive-quantized`: `P.weight` int8 `[out, in]` holds the signed codes
+//! `q = c - 2^(bits-1)`, `P.weight_scale` `[out, n_groups]` the scales (written as f32, so a
+//! consumer dequantizing in f32 gets exactly microllm's weights), `P.weight_zero_point` int8
+//! `[out, n_groups]` the signed zero points of asymmetric schemes. W8A8's activations are
+//! `input_activations: {num_bits: 8, type: int, symmetric: true, strategy: token, dynamic:
+//! true}` ([`ActivationQuant::Int8PerToken`]); other activation schemes are refused by name.
 
 use std::path::Path;
 
-use microllm_core::{Error, Result};
+use microllm_core::{ActivationQuant, Error, Result};
 use safetensors::Dtype;
 use serde_json::{Value, json};
 
 use super::bits::{fixed_get, fixed_words, pack_fixed, unpack_fixed};
 use super::{LinearCodes, RawTensor, f16_bytes, words_bytes};
+
+/// The tensor suffixes of one int-quantized / naive-quantized linear.
+pub const INT_SUFFIXES: [&str; 3] = ["weight", "weight_scale", "weight_zero_point"];
 
 /// The tensor suffixes of one pack-quantized linear.
 pub const SUFFIXES: [&str; 5] = [
@@ -36,8 +47,53 @@ pub const SUFFIXES: [&str; 5] = [
     "weight_g_idx",
 ];
 
-/// The compression format microllm reads and writes for quantized weights.
+/// The compression format microllm reads and writes for weight-only schemes.
 pub const PACK_QUANTIZED: &str = "pack-quantized";
+
+/// How the quantized weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtFormat {
+    /// Codes packed into int32 words (`weight_packed`).
+    PackQuantized,
+    /// One int8 per weight, the config quantizing activations too (W8A8).
+    IntQuantized,
+    /// One int8 per weight, weights only.
+    NaiveQuantized,
+}
+
+impl CtFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            CtFormat::PackQuantized => PACK_QUANTIZED,
+            CtFormat::IntQuantized => "int-quantized",
+            CtFormat::NaiveQuantized => "naive-quantized",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [
+            CtFormat::PackQuantized,
+            CtFormat::IntQuantized,
+            CtFormat::NaiveQuantized,
+        ]
+        .into_iter()
+        .find(|f| f.name() == name)
+    }
+
+    /// The format a `quantization_config` declares (pack-quantized when it says nothing
+    /// microllm writes).
+    pub fn of_config(qc: &Value) -> Self {
+        qc.get("format")
+            .and_then(Value::as_str)
+            .and_then(Self::parse)
+            .unwrap_or(CtFormat::PackQuantized)
+    }
+
+    /// Whether each weight is one int8 (`weight`), not packed words.
+    pub fn one_byte_per_weight(self) -> bool {
+        self != CtFormat::PackQuantized
+    }
+}
 
 /// The weight scheme of a compressed-tensors checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +104,9 @@ pub struct CtConfig {
     pub group_size: Option<usize>,
     /// `actorder: "group"`: `weight_g_idx` is stored.
     pub actorder: bool,
+    pub format: CtFormat,
+    /// Quantization of every linear's input (int-quantized W8A8).
+    pub activations: Option<ActivationQuant>,
 }
 
 impl CtConfig {
@@ -60,14 +119,15 @@ impl CtConfig {
             .get("format")
             .and_then(Value::as_str)
             .ok_or_else(|| err("format", "missing or not a string".into()))?;
-        if format != PACK_QUANTIZED {
-            return Err(err(
+        let format = CtFormat::parse(format).ok_or_else(|| {
+            err(
                 "format",
                 format!(
-                    "compressed-tensors format `{format}` is not one microllm reads (it reads `{PACK_QUANTIZED}`)"
+                    "compressed-tensors format `{format}` is not one microllm reads (it reads \
+                     `{PACK_QUANTIZED}`, `int-quantized` and `naive-quantized`)"
                 ),
-            ));
-        }
+            )
+        })?;
         let groups = qc
             .get("config_groups")
             .and_then(Value::as_object)
@@ -86,19 +146,29 @@ impl CtConfig {
         };
         let at = |k: &str| format!("config_groups.{gname}.{k}");
         if let Some(f) = group.get("format").and_then(Value::as_str)
-            && f != PACK_QUANTIZED
+            && f != format.name()
         {
             return Err(err(
                 &at("format"),
-                format!("format `{f}` is not `{PACK_QUANTIZED}`"),
+                format!("format `{f}` is not the checkpoint's `{}`", format.name()),
             ));
         }
-        if group.get("input_activations").is_some_and(|v| !v.is_null()) {
-            return Err(err(
-                &at("input_activations"),
-                "activation quantization is not read (weight-only schemes are)".into(),
-            ));
-        }
+        let activations = match group.get("input_activations") {
+            None | Some(Value::Null) => None,
+            Some(a) if format == CtFormat::IntQuantized => {
+                Some(activation_scheme(a).map_err(|m| err(&at("input_activations"), m))?)
+            }
+            Some(_) => {
+                return Err(err(
+                    &at("input_activations"),
+                    format!(
+                        "activations quantized in a `{}` checkpoint (microllm reads them with \
+                         `int-quantized`)",
+                        format.name()
+                    ),
+                ));
+            }
+        };
         let w = group
             .get("weights")
             .and_then(Value::as_object)
@@ -153,19 +223,41 @@ impl CtConfig {
                 ));
             }
         };
+        if actorder && format.one_byte_per_weight() {
+            return Err(err(
+                &at("weights.actorder"),
+                format!("`{}` stores no group index", format.name()),
+            ));
+        }
         Ok(Self {
             bits: bits as u8,
             symmetric: w.get("symmetric").and_then(Value::as_bool).unwrap_or(true),
             group_size,
             actorder,
+            format,
+            activations,
         })
     }
 
-    /// `quantization_config` as llm-compressor writes it for a weight-only int scheme.
+    /// `quantization_config` as llm-compressor writes it for the scheme.
     pub fn to_json(&self, ignore: &[String]) -> Value {
+        let activations = self.activations.map(|a| match a {
+            ActivationQuant::Int8PerToken => json!({
+                "num_bits": 8,
+                "type": "int",
+                "symmetric": true,
+                "strategy": "token",
+                "dynamic": true,
+                "group_size": null,
+                "block_structure": null,
+                "actorder": null,
+                "observer": null,
+                "observer_kwargs": {},
+            }),
+        });
         json!({
             "quant_method": "compressed-tensors",
-            "format": PACK_QUANTIZED,
+            "format": self.format.name(),
             "quantization_status": "compressed",
             "config_groups": {
                 "group_0": {
@@ -182,9 +274,9 @@ impl CtConfig {
                         "observer_kwargs": {},
                         "block_structure": null,
                     },
-                    "input_activations": null,
+                    "input_activations": activations,
                     "output_activations": null,
-                    "format": PACK_QUANTIZED,
+                    "format": self.format.name(),
                 }
             },
             "ignore": ignore,
@@ -194,6 +286,68 @@ impl CtConfig {
             "version": "0.10.2",
         })
     }
+}
+
+/// The activation scheme of `input_activations` (W8A8's dynamic per-token int8), or what is
+/// not read.
+fn activation_scheme(a: &Value) -> std::result::Result<ActivationQuant, String> {
+    let field = |k: &str| a.get(k).cloned().unwrap_or(Value::Null);
+    let want = [
+        ("num_bits", json!(8)),
+        ("type", json!("int")),
+        ("symmetric", json!(true)),
+        ("strategy", json!("token")),
+        ("dynamic", json!(true)),
+    ];
+    for (key, value) in want {
+        if field(key) != value {
+            return Err(format!(
+                "`{key}: {}`: microllm runs dynamic per-token symmetric int8 activations \
+                 (`{key}: {value}`)",
+                field(key)
+            ));
+        }
+    }
+    Ok(ActivationQuant::Int8PerToken)
+}
+
+/// The tensors of one linear in `format`.
+pub fn encode_as(format: CtFormat, prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+    match format {
+        CtFormat::PackQuantized => encode(prefix, q),
+        CtFormat::IntQuantized | CtFormat::NaiveQuantized => encode_int(prefix, q),
+    }
+}
+
+/// One signed int8 per weight, f32 scales, int8 zero points when asymmetric.
+fn encode_int(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+    let [out, inp] = q.shape;
+    let offset = 1i16 << (q.bits - 1);
+    let signed = |c: u8| ((c as i16 - offset) as i8) as u8;
+    let name = |s: &str| format!("{prefix}.{s}");
+    let mut t = vec![
+        RawTensor::owned(
+            name("weight"),
+            Dtype::I8,
+            vec![out, inp],
+            q.codes.iter().map(|&c| signed(c)).collect(),
+        ),
+        RawTensor::owned(
+            name("weight_scale"),
+            Dtype::F32,
+            vec![out, q.n_groups],
+            q.scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+    ];
+    if !q.symmetric {
+        t.push(RawTensor::owned(
+            name("weight_zero_point"),
+            Dtype::I8,
+            vec![out, q.n_groups],
+            q.zeros.iter().map(|&z| signed(z)).collect(),
+        ));
+    }
+    t
 }
 
 /// The compressed-tensors tensors of one linear, named `{prefix}.weight_packed` etc.
@@ -259,11 +413,12 @@ pub fn encode(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
     t
 }
 
-/// The stored tensors of one linear (`zero_point` and `g_idx` optional).
+/// The stored tensors of one linear (`zero_point` and `g_idx` optional; `packed` is the int8
+/// `weight` and `shape` absent in the one-byte formats).
 pub struct CtTensors<'t, 'a> {
     pub packed: &'t RawTensor<'a>,
     pub scale: &'t RawTensor<'a>,
-    pub shape: &'t RawTensor<'a>,
+    pub shape: Option<&'t RawTensor<'a>>,
     pub zero_point: Option<&'t RawTensor<'a>>,
     pub g_idx: Option<&'t RawTensor<'a>>,
 }
@@ -272,17 +427,26 @@ pub struct CtTensors<'t, 'a> {
 /// `weight_shape` and the configuration; errors name the tensor.
 pub fn shape_of(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<[usize; 2]> {
     let bits = cfg.bits;
-    t.shape.expect(&[Dtype::I64, Dtype::I32], 1)?;
-    let dims = t.shape.ints();
-    let [out, inp] = match dims[..] {
-        [o, i] if o > 0 && i > 0 => [o as usize, i as usize],
-        _ => return Err(t.shape.error(format!("holds {dims:?}, not a 2-D shape"))),
+    let [out, inp] = if cfg.format.one_byte_per_weight() {
+        t.packed.expect(&[Dtype::I8], 2)?;
+        [t.packed.shape[0], t.packed.shape[1]]
+    } else {
+        let shape = t
+            .shape
+            .ok_or_else(|| t.packed.error("no weight_shape beside it"))?;
+        shape.expect(&[Dtype::I64, Dtype::I32], 1)?;
+        let dims = shape.ints();
+        let [out, inp] = match dims[..] {
+            [o, i] if o > 0 && i > 0 => [o as usize, i as usize],
+            _ => return Err(shape.error(format!("holds {dims:?}, not a 2-D shape"))),
+        };
+        t.packed.expect(&[Dtype::I32], 2)?;
+        t.packed.expect_shape(
+            &[out, fixed_words(inp, bits)],
+            &format!("weight_shape [{out}, {inp}] at {bits} bits"),
+        )?;
+        [out, inp]
     };
-    t.packed.expect(&[Dtype::I32], 2)?;
-    t.packed.expect_shape(
-        &[out, fixed_words(inp, bits)],
-        &format!("weight_shape [{out}, {inp}] at {bits} bits"),
-    )?;
     t.scale.expect(&[Dtype::F16, Dtype::BF16, Dtype::F32], 2)?;
     let ng = t.scale.shape[1];
     t.scale
@@ -346,15 +510,35 @@ pub fn decode(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<LinearCodes> {
             )));
         }
     };
-    let words = t.packed.words();
-    let cols = t.packed.shape[1];
-    let mut codes = vec![0u8; out * inp];
-    for (o, row) in codes.chunks_exact_mut(inp).enumerate() {
-        let w = &words[o * cols..(o + 1) * cols];
-        for (j, c) in row.iter_mut().enumerate() {
-            *c = fixed_get(w, bits, j);
+    let codes = if cfg.format.one_byte_per_weight() {
+        let offset = 1i16 << (bits - 1);
+        let maxq = (1i16 << bits) - 1;
+        let mut codes = Vec::with_capacity(out * inp);
+        for (j, &b) in t.packed.data.iter().enumerate() {
+            let c = b as i8 as i16 + offset;
+            if !(0..=maxq).contains(&c) {
+                return Err(t.packed.error(format!(
+                    "value {} at [{}, {}] is outside the {bits}-bit range",
+                    b as i8,
+                    j / inp,
+                    j % inp
+                )));
+            }
+            codes.push(c as u8);
         }
-    }
+        codes
+    } else {
+        let words = t.packed.words();
+        let cols = t.packed.shape[1];
+        let mut codes = vec![0u8; out * inp];
+        for (o, row) in codes.chunks_exact_mut(inp).enumerate() {
+            let w = &words[o * cols..(o + 1) * cols];
+            for (j, c) in row.iter_mut().enumerate() {
+                *c = fixed_get(w, bits, j);
+            }
+        }
+        codes
+    };
     let mut q = LinearCodes {
         shape: [out, inp],
         bits,
@@ -385,6 +569,8 @@ mod tests {
             symmetric: q.symmetric,
             group_size: Some(q.group_size),
             actorder: q.g_idx.is_some(),
+            format: CtFormat::PackQuantized,
+            activations: None,
         }
     }
 
@@ -399,7 +585,7 @@ mod tests {
             &CtTensors {
                 packed: find(&t, "weight_packed").unwrap(),
                 scale: find(&t, "weight_scale").unwrap(),
-                shape: find(&t, "weight_shape").unwrap(),
+                shape: find(&t, "weight_shape"),
                 zero_point: find(&t, "weight_zero_point"),
                 g_idx: find(&t, "weight_g_idx"),
             },
@@ -454,7 +640,7 @@ mod tests {
         let base = CtTensors {
             packed: find(&t, "weight_packed").unwrap(),
             scale: find(&t, "weight_scale").unwrap(),
-            shape: find(&t, "weight_shape").unwrap(),
+            shape: find(&t, "weight_shape"),
             zero_point: None,
             g_idx: None,
         };
@@ -475,6 +661,8 @@ mod tests {
             symmetric: true,
             group_size: Some(32),
             actorder: false,
+            format: CtFormat::PackQuantized,
+            activations: None,
         }
     }
 
@@ -494,6 +682,57 @@ mod tests {
         v["config_groups"]["group_0"]["weights"]["type"] = json!("float");
         let err = CtConfig::parse(&v, p).unwrap_err().to_string();
         assert!(err.contains("config_groups.group_0.weights.type"), "{err}");
+    }
+
+    /// int8 storage (W8A8's `int-quantized`, weight-only `naive-quantized`): codes of any
+    /// width round-trip, and the W8A8 config reads back with its activation scheme.
+    #[test]
+    fn int_quantized_round_trips_and_declares_w8a8() {
+        let mut rng = Rng(5);
+        for case in 0..120 {
+            let bits = [8u8, 4, 3][case % 3];
+            let q = random_codes(&mut rng, bits, case % 2 == 0, false);
+            let t = encode_as(CtFormat::IntQuantized, "m", &q);
+            assert_eq!(find(&t, "weight").unwrap().dtype, Dtype::I8);
+            let mut c = cfg(&q);
+            c.format = CtFormat::IntQuantized;
+            let back = decode(
+                &c,
+                &CtTensors {
+                    packed: find(&t, "weight").unwrap(),
+                    scale: find(&t, "weight_scale").unwrap(),
+                    shape: None,
+                    zero_point: find(&t, "weight_zero_point"),
+                    g_idx: None,
+                },
+            )
+            .unwrap();
+            assert_eq!(explicit(back), explicit(q.clone()), "case {case}");
+        }
+        let p = Path::new("config.json");
+        let w8a8 = CtConfig {
+            bits: 8,
+            symmetric: true,
+            group_size: None,
+            actorder: false,
+            format: CtFormat::IntQuantized,
+            activations: Some(ActivationQuant::Int8PerToken),
+        };
+        let v = w8a8.to_json(&["lm_head".into()]);
+        assert_eq!(v["format"], "int-quantized");
+        assert_eq!(CtConfig::parse(&v, p).unwrap(), w8a8);
+        let mut stat = v.clone();
+        stat["config_groups"]["group_0"]["input_activations"]["dynamic"] = json!(false);
+        let err = CtConfig::parse(&stat, p).unwrap_err().to_string();
+        assert!(
+            err.contains("group_0.input_activations") && err.contains("dynamic"),
+            "{err}"
+        );
+        let mut packed = v;
+        packed["format"] = json!(PACK_QUANTIZED);
+        packed["config_groups"]["group_0"]["format"] = json!(PACK_QUANTIZED);
+        let err = CtConfig::parse(&packed, p).unwrap_err().to_string();
+        assert!(err.contains("input_activations"), "{err}");
     }
 
     /// Every spelling of compressed-tensors' activation ordering, llm-compressor's default

@@ -1,5 +1,6 @@
 //! A quantized Hugging Face directory as an ordinary [`TensorSource`]: every packed linear
-//! `P.qweight/...` (GPTQ) or `P.weight_packed/...` (compressed-tensors) appears as `P.weight`,
+//! `P.qweight/...` (GPTQ), `P.weight_packed/...` (compressed-tensors' pack-quantized) or int8
+//! `P.weight` + `P.weight_scale` (its int-quantized and naive-quantized) appears as `P.weight`,
 //! f32 `[out, in]`, dequantized on load; every other tensor passes through. So `eval`,
 //! `inspect`, `logits`, `convert` and `quantize` take such a checkpoint like any other.
 //!
@@ -59,8 +60,10 @@ impl QuantizedDirSource {
             QuantMethod::CompressedTensors => Scheme::Ct(CtConfig::parse(qc, config_path)?),
         };
         let inner = SafetensorsSource::open(dir, files)?;
+        let one_byte = matches!(&scheme, Scheme::Ct(c) if c.format.one_byte_per_weight());
         let (marker, suffixes): (&str, &[&str]) = match scheme {
             Scheme::Gptq(_) => ("qweight", &gptq::SUFFIXES),
+            Scheme::Ct(_) if one_byte => ("weight_scale", &compressed::INT_SUFFIXES),
             Scheme::Ct(_) => ("weight_packed", &compressed::SUFFIXES),
         };
         let infos = inner.infos();
@@ -98,7 +101,7 @@ impl QuantizedDirSource {
             if source.linears.contains_key(&weight) {
                 continue;
             }
-            if source.inner.info(&weight).is_some() {
+            if !one_byte && source.inner.info(&weight).is_some() {
                 return Err(Error::format(
                     dir,
                     format!("tensor `{weight}` is stored both dense and packed"),
@@ -150,15 +153,20 @@ impl QuantizedDirSource {
                 gptq_f(cfg, [&qweight, &qzeros, &scales], g_idx.as_ref())
             }
             Scheme::Ct(cfg) => {
-                let packed = self.need(prefix, "weight_packed")?;
+                let one_byte = cfg.format.one_byte_per_weight();
+                let packed =
+                    self.need(prefix, if one_byte { "weight" } else { "weight_packed" })?;
                 let scale = self.need(prefix, "weight_scale")?;
-                let shape = self.need(prefix, "weight_shape")?;
+                let shape = match one_byte {
+                    true => None,
+                    false => Some(self.need(prefix, "weight_shape")?),
+                };
                 let zero_point = self.inner.raw(&format!("{prefix}.weight_zero_point"));
                 let g_idx = self.inner.raw(&format!("{prefix}.weight_g_idx"));
                 let t = CtTensors {
                     packed: &packed,
                     scale: &scale,
-                    shape: &shape,
+                    shape: shape.as_ref(),
                     zero_point: zero_point.as_ref(),
                     g_idx: g_idx.as_ref(),
                 };
@@ -184,6 +192,14 @@ impl QuantizedDirSource {
             |cfg, [w, z, s], g| gptq::decode(cfg, w, z, s, g),
             compressed::decode,
         ))
+    }
+
+    /// How the checkpoint's linears quantize their inputs when it runs (W8A8), if they do.
+    pub fn activation_quant(&self) -> Option<microllm_core::ActivationQuant> {
+        match &self.scheme {
+            Scheme::Ct(c) => c.activations,
+            Scheme::Gptq(_) => None,
+        }
     }
 
     /// The format and bits of the packed linears, e.g. `Q4-gptq`.

@@ -87,10 +87,15 @@ pub(crate) fn st_dtype(d: OutDtype) -> Dtype {
     }
 }
 
-fn encode(method: QuantMethod, prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
-    match method {
+/// The tensors of one linear, in the layout of the checkpoint's method (and, for
+/// compressed-tensors, of the format its `quantization_config` declares).
+fn encode(out: &PackedOutput<'_>, prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+    match out.method {
         QuantMethod::Gptq => gptq::encode(prefix, q),
-        QuantMethod::CompressedTensors => compressed::encode(prefix, q),
+        QuantMethod::CompressedTensors => {
+            let format = compressed::CtFormat::of_config(&out.quantization_config);
+            compressed::encode_as(format, prefix, q)
+        }
     }
 }
 
@@ -121,7 +126,7 @@ fn plan(out: &PackedOutput<'_>) -> Vec<Planned> {
             g_idx: l.g_idx.then(|| vec![0; i]),
             n_groups: l.n_groups,
         };
-        for t in encode(out.method, prefix, &zero) {
+        for t in encode(out, prefix, &zero) {
             plan.push(Planned {
                 bytes: t.data.len() as u64,
                 name: t.name,
@@ -162,7 +167,7 @@ pub fn write_packed_dir(
     let pack = |weight: &str| -> Result<Vec<RawTensor<'static>>> {
         let q = out.packed.codes(weight)?;
         let prefix = weight.strip_suffix(".weight").unwrap_or(weight);
-        Ok(encode(out.method, prefix, &q))
+        Ok(encode(out, prefix, &q))
     };
     let dir = PlannedDir {
         config: out.config,

@@ -3,7 +3,7 @@
 
 use microllm_core::TensorInfo;
 use microllm_prune::{PruneMethod, Ranking, Schedule, SparsityPattern};
-use microllm_quant::{ClipSearch, GptqOptions, QuantScheme};
+use microllm_quant::{AwqOptions, ClipSearch, GptqOptions, QuantScheme};
 use serde_json::{Value, json};
 
 use super::pass_path;
@@ -12,9 +12,10 @@ use super::tensors;
 use crate::block_quant::{BlockMethod, BlockSpec};
 use crate::linear_step::PruneSpec;
 use crate::recipe::{
-    PruneMethodName, PruneStage, QuantMethodName, QuantizeStage, RankingName, Recipe, RecipeResult,
-    ScheduleName,
+    GroupSize, PruneMethodName, PruneStage, QuantMethodName, QuantizeStage, RankingName, Recipe,
+    RecipeResult, ScheduleName, SchemeName,
 };
+use microllm_core::ActivationQuant;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn layerwise_step(
@@ -49,17 +50,23 @@ pub(super) fn layerwise_step(
     let (spec, gptq, scheme_record, calibrated) = match (prune, quant) {
         (None, Some((i, q))) => {
             let scheme = scheme.expect("quantize pass");
-            if q.method == QuantMethodName::Rtn {
-                let record = scheme_json(&scheme, None);
+            let awq = awq_options(q);
+            let smooth = q.smoothquant.map(|a| a as f32);
+            if !q.method.uses_gptq() {
+                let mut record = scheme_json(&scheme, None);
+                record["awq"] = json!(awq);
+                record["smoothquant"] = json!(smooth);
                 (
                     BlockSpec {
                         scheme: Some(scheme),
                         method: BlockMethod::Rtn,
                         prune: None,
+                        awq,
+                        smooth,
                     },
                     None,
                     record,
-                    false,
+                    awq.is_some() || smooth.is_some(),
                 )
             } else {
                 damp_percent(&pass_path(i, &recipe.passes[i]), q.damp)?;
@@ -81,6 +88,8 @@ pub(super) fn layerwise_step(
                 let sink = sink_weight(&pass_path(i, &recipe.passes[i]), q.sink_weight, seqlen)?;
                 let mut record = scheme_json(&scheme, Some(opts));
                 record["gptq"]["sink_weight"] = json!(sink);
+                record["awq"] = json!(awq);
+                record["smoothquant"] = json!(smooth);
                 (
                     BlockSpec {
                         scheme: Some(scheme),
@@ -89,6 +98,8 @@ pub(super) fn layerwise_step(
                             sink_weight: sink,
                         },
                         prune: None,
+                        awq,
+                        smooth,
                     },
                     Some(opts),
                     record,
@@ -104,8 +115,10 @@ pub(super) fn layerwise_step(
                 Some((j, d)) => damp_percent(&pass_path(j, &recipe.passes[j]), Some(d))?,
                 None => damp_percent(&base, p.damp)?,
             };
-            let calibrated = method.needs_calibration()
-                || q.is_some_and(|(_, q)| q.method == QuantMethodName::Gptq);
+            let awq = q.and_then(|(_, q)| awq_options(q));
+            let smooth = q.and_then(|(_, q)| q.smoothquant).map(|a| a as f32);
+            let calibrated =
+                method.needs_calibration() || q.is_some_and(|(_, q)| q.method.uses_gptq());
             let default_sink = match (method, scheme) {
                 (PruneMethod::Wanda, None) => 1.0,
                 _ => seqlen as f64,
@@ -127,6 +140,8 @@ pub(super) fn layerwise_step(
                 "quantize": scheme.map(|s| {
                     let mut v = serde_json::to_value(s).expect("a scheme serializes");
                     v["method"] = json!(if calibrated { "gptq" } else { "rtn" });
+                    v["awq"] = json!(awq);
+                    v["smoothquant"] = json!(smooth);
                     v
                 }),
                 "sink_weight": calibrated.then_some(sink),
@@ -144,10 +159,12 @@ pub(super) fn layerwise_step(
                         BlockMethod::Rtn
                     },
                     prune: Some(prune_spec),
+                    awq,
+                    smooth,
                 },
                 calibrated.then_some(opts),
                 record,
-                calibrated,
+                calibrated || awq.is_some() || smooth.is_some(),
             )
         }
         (None, None) => unreachable!("returned above"),
@@ -160,7 +177,14 @@ pub(super) fn layerwise_step(
         scheme_record["schedule"] =
             json!({"kind": "owl", "threshold": threshold, "lambda": lambda});
     }
+    let activations = quant.and_then(|(_, q)| q.scheme).map(|s| match s {
+        SchemeName::W8a8Int8 => ActivationQuant::Int8PerToken,
+    });
+    if let Some(a) = activations {
+        scheme_record["activations"] = json!(a);
+    }
     Ok(Some(LayerwiseStep {
+        activations,
         passes,
         spec,
         calibrated,
@@ -170,6 +194,16 @@ pub(super) fn layerwise_step(
         scattered_groups,
         schedule,
     }))
+}
+
+/// AWQ's options for methods awq and awq+gptq (clipping by default only without GPTQ, which
+/// searches its own ranges).
+fn awq_options(q: &QuantizeStage) -> Option<AwqOptions> {
+    q.method.uses_awq().then(|| AwqOptions {
+        grid: q.awq_grid.unwrap_or(20),
+        clip: q.awq_clip.unwrap_or(q.method == QuantMethodName::Awq),
+        ..AwqOptions::default()
+    })
 }
 
 /// The GPTQ / SparseGPT dampening (a fraction of the Hessian's mean diagonal added to it),
@@ -231,46 +265,86 @@ fn scheme_json(s: &QuantScheme, gptq: Option<GptqOptions>) -> Value {
 
 /// Options that belong to other methods are errors, not silently ignored.
 pub(super) fn check_applicable(base: &str, q: &QuantizeStage) -> RecipeResult<()> {
-    let given = |name: &str, set: bool| set.then(|| name.to_string());
-    let gptq_only = [
-        given("act_order", q.act_order.is_some()),
-        given("damp", q.damp.is_some()),
-        given("static_groups", q.static_groups.is_some()),
-        given("sink_weight", q.sink_weight.is_some()),
-        given("clip_search", q.clip_search.is_some()),
+    use QuantMethodName::{Awq, AwqGptq, Ggml, Gptq, Rtn};
+    let gptq: &[QuantMethodName] = &[Gptq, AwqGptq];
+    let awq: &[QuantMethodName] = &[Awq, AwqGptq];
+    let grid: &[QuantMethodName] = &[Gptq, Rtn, Awq, AwqGptq];
+    let ggml: &[QuantMethodName] = &[Ggml];
+    // Each key given, and the methods it applies to.
+    let keys: [(&str, bool, &[QuantMethodName]); 16] = [
+        ("act_order", q.act_order.is_some(), gptq),
+        ("damp", q.damp.is_some(), gptq),
+        ("static_groups", q.static_groups.is_some(), gptq),
+        ("sink_weight", q.sink_weight.is_some(), gptq),
+        ("clip_search", q.clip_search.is_some(), gptq),
+        ("awq_grid", q.awq_grid.is_some(), awq),
+        ("awq_clip", q.awq_clip.is_some(), awq),
+        ("scheme", q.scheme.is_some(), grid),
+        ("smoothquant", q.smoothquant.is_some(), grid),
+        ("bits", q.bits.is_some(), grid),
+        ("group_size", q.group_size.is_some(), grid),
+        ("symmetric", q.symmetric.is_some(), grid),
+        ("gguf_type", q.gguf_type.is_some(), ggml),
+        ("importance_matrix", q.importance_matrix.is_some(), ggml),
+        (
+            "importance_matrix_file",
+            q.importance_matrix_file.is_some(),
+            ggml,
+        ),
+        (
+            "save_importance_matrix",
+            q.save_importance_matrix.is_some(),
+            ggml,
+        ),
     ];
-    let ggml_only = [
-        given("gguf_type", q.gguf_type.is_some()),
-        given("importance_matrix", q.importance_matrix.is_some()),
-        given("importance_matrix_file", q.importance_matrix_file.is_some()),
-        given("save_importance_matrix", q.save_importance_matrix.is_some()),
-    ];
-    let grid = [
-        given("bits", q.bits.is_some()),
-        given("group_size", q.group_size.is_some()),
-        given("symmetric", q.symmetric.is_some()),
-    ];
-    let (bad, applies) = match q.method {
-        QuantMethodName::Gptq => (ggml_only.to_vec(), "method ggml"),
-        QuantMethodName::Rtn => {
-            let mut v = gptq_only.to_vec();
-            v.extend(ggml_only);
-            (v, "other methods")
-        }
-        QuantMethodName::Ggml => {
-            let mut v = gptq_only.to_vec();
-            v.extend(grid);
-            (v, "gptq and rtn")
-        }
+    let name = |m: QuantMethodName| {
+        let v = serde_json::to_value(m).expect("names serialize");
+        v.as_str().unwrap_or_default().to_string()
     };
-    if let Some(key) = bad.into_iter().flatten().next() {
-        let method = serde_json::to_value(q.method).expect("names serialize");
+    let misplaced = keys
+        .iter()
+        .find(|(_, given, methods)| *given && !methods.contains(&q.method));
+    if let Some((key, _, methods)) = misplaced {
+        let names: Vec<String> = methods.iter().map(|&m| name(m)).collect();
+        let applies = match &names[..] {
+            [one] => format!("method {one}"),
+            [rest @ .., last] => format!("methods {} and {last}", rest.join(", ")),
+            [] => unreachable!("every key applies to some method"),
+        };
         return Err(err(
             format!("{base}.{key}"),
             format!(
                 "`{key}` applies to {applies}, not to method {}",
-                method.as_str().unwrap_or_default()
+                name(q.method)
             ),
+        ));
+    }
+    if let Some(alpha) = q.smoothquant {
+        let path = format!("{base}.smoothquant");
+        if q.method.uses_awq() {
+            return Err(err(
+                path,
+                "AWQ and SmoothQuant both fold per-channel scales into the norms: use one",
+            ));
+        }
+        if !(alpha.is_finite() && alpha > 0.0 && alpha <= 1.0) {
+            return Err(err(
+                path,
+                format!("{alpha} is not a migration strength in (0, 1]"),
+            ));
+        }
+        if q.scheme.is_none() {
+            return Err(err(
+                path,
+                "SmoothQuant moves activation outliers into the weights, for schemes that \
+                 quantize activations: add `scheme: w8a8-int8`",
+            ));
+        }
+    }
+    if q.awq_grid == Some(0) {
+        return Err(err(
+            format!("{base}.awq_grid"),
+            "the scale grid needs at least 1 point",
         ));
     }
     Ok(())
@@ -285,6 +359,25 @@ fn quant_scheme(
 ) -> RecipeResult<QuantScheme> {
     let base = pass_path(i, &recipe.passes[i]);
     check_applicable(&base, q)?;
+    if let Some(SchemeName::W8a8Int8) = q.scheme {
+        let conflicts = [
+            ("bits", q.bits.is_some_and(|b| b != 8)),
+            (
+                "group_size",
+                q.group_size.is_some_and(|g| g != GroupSize::Channel),
+            ),
+            ("symmetric", q.symmetric == Some(false)),
+        ];
+        if let Some((key, _)) = conflicts.iter().find(|(_, c)| *c) {
+            return Err(err(
+                format!("{base}.{key}"),
+                "scheme w8a8-int8 is 8-bit symmetric per-channel weights",
+            ));
+        }
+        return QuantScheme::new(8, None, true)
+            .map(QuantScheme::with_f16_scales)
+            .map_err(|e| err(&base, e.to_string()));
+    }
     let bits = q.bits.unwrap_or(4);
     if !microllm_core::CODE_BITS.contains(&bits) {
         return Err(err(
@@ -340,7 +433,7 @@ fn prune_spec(
         PruneMethodName::Wanda => PruneMethod::Wanda,
         PruneMethodName::Sparsegpt => PruneMethod::SparseGpt,
     };
-    if quant_method == Some(QuantMethodName::Rtn) && method != PruneMethod::Magnitude {
+    if quant_method.is_some_and(|m| !m.uses_gptq()) && method != PruneMethod::Magnitude {
         return Err(err(
             format!("{base}.method"),
             "Wanda and SparseGPT prune with calibration data, and the joint sweep then \

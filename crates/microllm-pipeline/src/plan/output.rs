@@ -32,6 +32,14 @@ pub(super) fn output_plan(
     let out = &recipe.output;
     let scheme = layerwise.and_then(|l| l.spec.scheme);
     let fmt_err = |msg: &str| err("output.format", msg.to_string());
+    if layerwise.is_some_and(|l| l.activations.is_some())
+        && format != OutputFormat::CompressedTensors
+    {
+        return Err(fmt_err(
+            "scheme w8a8-int8 quantizes every linear's input when the model runs, which only \
+             compressed-tensors (`int-quantized`) declares: use format compressed-tensors",
+        ));
+    }
     if out.dtype.is_some() && format != OutputFormat::Safetensors {
         return Err(err(
             "output.dtype",

@@ -47,6 +47,8 @@ pub struct StructuredStep {
 pub struct LayerwiseStep {
     /// The recipe passes it runs.
     pub passes: Vec<usize>,
+    /// Quantization of every linear's input when the output runs (W8A8 schemes).
+    pub activations: Option<microllm_core::ActivationQuant>,
     pub spec: BlockSpec,
     pub calibrated: bool,
     /// Unstructured global magnitude ranking: the threshold is found at run time over the
@@ -480,6 +482,9 @@ fn calibration_reason(
             "Wanda and SparseGPT score weights by their inputs; magnitude pruning alone does not"
         }
         Pass::Prune(_) => "pruning with quantization runs GPTQ with the mask fixed",
+        _ if l.spec.awq.is_some() => {
+            "AWQ scales each input by its calibration activations; or use method rtn"
+        }
         _ => "GPTQ needs calibration data; or use method rtn",
     };
     (i, why)

@@ -259,9 +259,36 @@ pub enum QuantMethodName {
     Gptq,
     /// Round to nearest, no calibration.
     Rtn,
+    /// AWQ's activation-aware scales (searched on the calibration data, folded into the
+    /// norms and linears before the inputs), then round to nearest.
+    Awq,
+    /// AWQ's scales, then GPTQ on the scaled weights.
+    #[serde(rename = "awq+gptq")]
+    AwqGptq,
     /// llama.cpp's block types by llama.cpp's round-to-nearest, written by the GGUF writer
     /// (`gguf_type`); GGUF output only.
     Ggml,
+}
+
+impl QuantMethodName {
+    /// Whether GPTQ solves the weights (gptq, awq+gptq).
+    pub fn uses_gptq(self) -> bool {
+        matches!(self, Self::Gptq | Self::AwqGptq)
+    }
+
+    /// Whether AWQ's scales come first (awq, awq+gptq).
+    pub fn uses_awq(self) -> bool {
+        matches!(self, Self::Awq | Self::AwqGptq)
+    }
+}
+
+/// A weight-and-activation quantization preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemeName {
+    /// 8-bit symmetric per-channel weights; every linear's input quantized to int8 per token,
+    /// dynamically, when the model runs.
+    W8a8Int8,
 }
 
 /// Input columns sharing one scale: a number, or `channel` (one group per output row).
@@ -431,6 +458,23 @@ pub struct QuantizeStage {
     /// gptq: search each group's clipping range (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_search: Option<bool>,
+    /// gptq, rtn: a weight-and-activation preset instead of `bits`/`group_size`/`symmetric`:
+    /// `w8a8-int8` (8-bit symmetric per-channel weights, activations quantized to int8 per
+    /// token at run time; written as compressed-tensors `int-quantized`, vLLM's W8A8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<SchemeName>,
+    /// gptq, rtn with an activation-quantizing scheme: SmoothQuant's migration strength alpha
+    /// in (0, 1] (activation outliers moved into the weights by per-channel scales folded into
+    /// the norms and producing linears; 0.5 in the paper, 0.8 in llm-compressor's examples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoothquant: Option<f64>,
+    /// awq, awq+gptq: scale exponents tried, 0, 1/n, ..., (n-1)/n (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awq_grid: Option<u32>,
+    /// awq, awq+gptq: search each row-group's clipping range after scaling (default true for
+    /// awq, false for awq+gptq, whose GPTQ searches its own ranges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awq_clip: Option<bool>,
     /// ggml: the block type or llama.cpp mix (q4_k, q8_0, q4_k_m, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gguf_type: Option<GgufTypeName>,

@@ -105,13 +105,14 @@ pub(crate) fn overview(r: &CompressionReport) -> Vec<(&'static str, String)> {
     }
     rows.push(("time", format!("{:.1} s", r.total_seconds)));
     if let Some(p) = r.block_phase_seconds {
-        rows.push((
-            "block time",
-            format!(
-                "forward {:.1} s, input statistics {:.1} s, solves {:.1} s",
-                p.forward, p.statistics, p.solve
-            ),
-        ));
+        let mut text = format!(
+            "forward {:.1} s, input statistics {:.1} s, solves {:.1} s",
+            p.forward, p.statistics, p.solve
+        );
+        if p.awq > 0.0 {
+            let _ = write!(text, ", AWQ searches {:.1} s", p.awq);
+        }
+        rows.push(("block time", text));
     }
     if let Some(b) = r.peak_rss_bytes {
         rows.push(("peak memory", format!("{:.0} MB (VmHWM)", b as f64 / 1e6)));

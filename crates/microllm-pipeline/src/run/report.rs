@@ -78,6 +78,9 @@ pub(super) fn build(
         }
         None => (Vec::new(), Vec::new(), 0),
     };
+    if let Some(note) = awq_note(&layers) {
+        notes.push(note);
+    }
     if plan
         .layerwise
         .as_ref()
@@ -427,4 +430,48 @@ fn already_quantized_note(ckpt: &microllm_io::Checkpoint) -> Option<String> {
             types.into_iter().collect::<Vec<_>>().join(", ")
         )
     })
+}
+
+/// What AWQ chose over the whole model: how many linears' inputs it scaled (and with which
+/// exponents), their output error against unscaled rounding, and how much range clipping kept.
+fn awq_note(layers: &[LayerRecord]) -> Option<String> {
+    let awq: Vec<&crate::AwqRecord> = layers
+        .iter()
+        .filter_map(|l| l.record.awq.as_ref())
+        .collect();
+    if awq.is_empty() {
+        return None;
+    }
+    let mut ratios: Vec<f32> = awq.iter().filter_map(|a| a.ratio).collect();
+    ratios.sort_by(f32::total_cmp);
+    let scaled = ratios.len();
+    let mut text = format!(
+        "AWQ scaled the inputs of {scaled} of {} linears on the calibration activations",
+        awq.len()
+    );
+    if scaled > 0 {
+        let error = awq
+            .iter()
+            .filter(|a| a.ratio.is_some())
+            .map(|a| a.relative_error)
+            .sum::<f64>()
+            / scaled as f64;
+        text.push_str(&format!(
+            " (exponent median {:.2}, range {:.2}-{:.2}; their output error {:.3}x unscaled \
+             rounding's, mean)",
+            ratios[scaled / 2],
+            ratios[0],
+            ratios[scaled - 1],
+            error
+        ));
+    }
+    let clips: Vec<f32> = awq.iter().filter_map(|a| a.clip).collect();
+    if !clips.is_empty() {
+        text.push_str(&format!(
+            "; clipping kept {:.1}% of the weight range on average over {} linears",
+            100.0 * clips.iter().sum::<f32>() / clips.len() as f32,
+            clips.len()
+        ));
+    }
+    Some(text)
 }

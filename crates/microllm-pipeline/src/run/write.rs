@@ -164,11 +164,12 @@ pub fn write_output(
                     &scheme,
                     l.scattered_groups,
                     g.act_order && g.static_groups,
+                    l.activations,
                 )
             };
             let output = PackedOutput {
                 config: now.config,
-                tensors: now.source,
+                tensors,
                 packed: &linears,
                 method: *method,
                 quantization_config,

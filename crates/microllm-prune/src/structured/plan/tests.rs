@@ -32,6 +32,7 @@ pub(crate) fn tiny_config() -> ModelConfig {
         bos_token_id: None,
         eos_token_ids: vec![],
         torch_dtype: None,
+        activation_quant: None,
     }
 }
 
