@@ -130,7 +130,11 @@ pub(crate) fn awq_block(
     propagate: bool,
     phases: &mut BlockPhases,
 ) -> Result<AwqBlock> {
-    let groups = scale_groups(block);
+    // A group whose scales cannot fold is only clipped: without clipping it needs nothing.
+    let groups: Vec<ScaleGroup> = scale_groups(block)
+        .into_iter()
+        .filter(|g| g.foldable || opts.clip)
+        .collect();
     let stats = collect_statistics(block, &groups, hidden, at, propagate, phases)?;
     let started = std::time::Instant::now();
     let mut out = AwqBlock::default();
