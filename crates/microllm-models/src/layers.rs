@@ -366,14 +366,11 @@ mod tests {
         for (g, e) in got.iter().zip(&expect) {
             assert!((g - e).abs() < 1e-4, "{g} vs {e}");
         }
-        let mut tokens: Vec<f32> = Vec::new();
-        let tv = xt.transpose(1, 2).unwrap();
-        let got = linear.forward(&tv).unwrap();
-        let plain = tv.contiguous().unwrap();
-        let want = linear.forward(&plain).unwrap();
-        tokens.extend(got.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(tokens, want);
+        let strided = xt.transpose(1, 2).unwrap();
+        let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = values(linear.forward(&strided).unwrap());
+        let want = values(linear.forward(&strided.contiguous().unwrap()).unwrap());
+        assert_eq!(got, want);
     }
 
     fn t(v: &[f32]) -> Tensor {

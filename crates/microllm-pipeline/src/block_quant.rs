@@ -32,7 +32,7 @@ use microllm_quant::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::block_awq::{AwqRecord, awq_block};
+use crate::block_awq::{AwqBlock, AwqRecord, awq_block};
 use crate::block_smooth::smooth_block;
 use crate::linear_step::{InputStatistic, PruneSpec, compress_linear};
 
@@ -200,50 +200,8 @@ pub fn compress_block(
             "a block pass must prune or quantize (or both)".into(),
         ));
     }
-    let mut awq_phases = BlockPhases::default();
-    // Alone, a calibrated pre-pass feeds the block's full-precision outputs forward; GPTQ
-    // after it replaces them with the quantized block's.
-    let propagate = matches!(spec.method, BlockMethod::Rtn);
-    let smoothed = match spec.smooth {
-        Some(_) if spec.awq.is_some() => {
-            return Err(microllm_core::Error::Invalid(
-                "AWQ and SmoothQuant both fold scales into the norms: use one".into(),
-            ));
-        }
-        Some(alpha) => Some(smooth_block(
-            block,
-            hidden,
-            at,
-            alpha,
-            propagate,
-            &mut awq_phases,
-        )?),
-        None => None,
-    };
-    let awq = match (spec.awq, spec.scheme) {
-        (Some(opts), Some(scheme)) => {
-            if hidden.is_empty() {
-                return Err(microllm_core::Error::Invalid(
-                    "AWQ needs calibration samples: none were given".into(),
-                ));
-            }
-            Some(awq_block(
-                block,
-                hidden,
-                at,
-                scheme,
-                &opts,
-                propagate,
-                &mut awq_phases,
-            )?)
-        }
-        (Some(_), None) => {
-            return Err(microllm_core::Error::Invalid(
-                "AWQ scales weights for quantization: the pass must quantize".into(),
-            ));
-        }
-        (None, _) => None,
-    };
+    let mut pre_phases = BlockPhases::default();
+    let folded = fold_scales_first(block, hidden, at, spec, &mut pre_phases)?;
     let mut q = Compressor {
         block,
         spec: *spec,
@@ -259,17 +217,46 @@ pub fn compress_block(
         }
         BlockMethod::Gptq { sink_weight, .. } => q.staged(hidden, at, sink_weight)?,
     }
-    q.out.phases += awq_phases;
-    if let Some(awq) = awq {
-        for r in &mut q.out.records {
-            r.awq = awq.records.get(&r.kind).cloned();
-        }
-        q.out.replaced = awq.replaced;
+    q.out.phases += pre_phases;
+    for r in &mut q.out.records {
+        r.awq = folded.records.get(&r.kind).cloned();
     }
-    if let Some(replaced) = smoothed {
-        q.out.replaced = replaced;
-    }
+    q.out.replaced = folded.replaced;
     Ok(q.out)
+}
+
+/// SmoothQuant's or AWQ's scales, searched on the calibration samples and folded into the
+/// block before it is quantized (nothing when the spec asks for neither). Alone, such a pass
+/// feeds the block's full-precision outputs forward; GPTQ after it replaces them with the
+/// quantized block's.
+fn fold_scales_first(
+    block: &mut Block,
+    hidden: &mut [Tensor],
+    at: Positions<'_>,
+    spec: &BlockSpec,
+    phases: &mut BlockPhases,
+) -> Result<AwqBlock> {
+    let invalid = |msg: &str| Err(microllm_core::Error::Invalid(msg.into()));
+    if spec.awq.is_none() && spec.smooth.is_none() {
+        return Ok(AwqBlock::default());
+    }
+    let Some(scheme) = spec.scheme else {
+        return invalid(
+            "AWQ and SmoothQuant scale weights for quantization: the pass must quantize",
+        );
+    };
+    if hidden.is_empty() {
+        return invalid("AWQ and SmoothQuant need calibration samples: none were given");
+    }
+    let propagate = matches!(spec.method, BlockMethod::Rtn);
+    match (spec.awq, spec.smooth) {
+        (Some(opts), None) => awq_block(block, hidden, at, scheme, &opts, propagate, phases),
+        (None, Some(alpha)) => Ok(AwqBlock {
+            replaced: smooth_block(block, hidden, at, alpha, propagate, phases)?,
+            records: BTreeMap::new(),
+        }),
+        _ => invalid("AWQ and SmoothQuant both fold scales into the norms: use one"),
+    }
 }
 
 struct Compressor<'a> {

@@ -107,14 +107,11 @@ pub fn run_compress(
     let cfg = job.config;
     let calibrated = job.spec.calibrated();
     if calibrated && job.calibration.is_empty() {
-        let method = if job.spec.awq.is_some() {
-            "AWQ"
-        } else {
-            "GPTQ"
-        };
-        return Err(Error::Invalid(format!(
-            "{method} needs calibration samples: none were given"
-        )));
+        return Err(Error::Invalid(
+            "this pass measures calibration activations (GPTQ, AWQ, SmoothQuant): no \
+             calibration samples were given"
+                .into(),
+        ));
     }
     let (start, mut hidden) = resume_point(job, store)?;
     let seqlen = job.calibration.first().map_or(1, Vec::len).max(1);

@@ -15,6 +15,7 @@
 //!   exactly the 3-bit ones. Anything else is stored as F16 of the dequantized weights, and
 //!   [`EncodedTensors::fallback`] says why.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use candle_core::quantized::GgmlDType;
@@ -103,14 +104,6 @@ impl<'a> BlockCache<'a> {
         })
     }
 
-    /// The stored replacement of tensor `name` of block `layer` (AWQ's folded norms), if any.
-    fn replaced(&self, layer: usize, name: &str) -> Result<Option<Tensor>> {
-        if !self.store.has_block(layer) {
-            return Ok(None);
-        }
-        self.with_block(layer, |block| Ok(block.replaced.get(name).cloned()))
-    }
-
     /// The weight a stored linear computes with: dequantized codes, or a pruned dense weight.
     fn weight(&self, layer: usize, kind: LinearKind) -> Result<Tensor> {
         self.with_block(layer, |block| match block.dense.get(&kind) {
@@ -132,6 +125,8 @@ pub struct QuantizedSource<'a> {
     family: Family,
     base: &'a dyn TensorSource,
     blocks: BlockCache<'a>,
+    /// One block's replaced tensors at a time (see [`BlockStore::load_replaced`]).
+    replaced: Mutex<Option<(usize, BTreeMap<String, Tensor>)>>,
 }
 
 impl<'a> QuantizedSource<'a> {
@@ -140,7 +135,19 @@ impl<'a> QuantizedSource<'a> {
             family: cfg.family,
             base,
             blocks: BlockCache::new(store),
+            replaced: Mutex::new(None),
         }
+    }
+
+    /// The stored replacement of tensor `name` of block `layer` (AWQ's or SmoothQuant's folded
+    /// norms and biases), if the pass changed it.
+    fn replaced(&self, layer: usize, name: &str) -> Result<Option<Tensor>> {
+        let mut current = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_none_or(|(l, _)| *l != layer) {
+            *current = Some((layer, self.blocks.store.load_replaced(layer)?));
+        }
+        let (_, tensors) = current.as_ref().expect("loaded above");
+        Ok(tensors.get(name).cloned())
     }
 }
 
@@ -162,7 +169,7 @@ impl TensorSource for QuantizedSource<'_> {
             return self.blocks.weight(layer, kind);
         }
         if let Some(layer) = names::parse_block(name)
-            && let Some(t) = self.blocks.replaced(layer, name)?
+            && let Some(t) = self.replaced(layer, name)?
         {
             return Ok(t);
         }

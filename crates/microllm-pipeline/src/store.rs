@@ -3,11 +3,13 @@
 //! A run that is killed must resume from the last finished block and produce the same bytes
 //! as an uninterrupted one. So each finished block is written (atomically) in the canonical
 //! quantized form, codes + scales + zeros + `g_idx` + permutation, as
-//! `block-NNNNN.safetensors`, with its records in the safetensors metadata; and after each
+//! `block-NNNNN.safetensors`, with its records in the safetensors metadata (the norms and
+//! biases that AWQ or SmoothQuant folded scales into go beside it, first, in
+//! `block-NNNNN.replaced.safetensors`); and after each
 //! block the calibration hidden states leaving it are written as `hidden.safetensors`, tagged
 //! with the block they follow. Resuming reads the hidden states back bit for bit, so the
 //! remaining blocks compute exactly what they would have. Output writers (GGUF, safetensors,
-//! later GPTQ and compressed-tensors) pack from the stored blocks, never from the run's memory.
+//! GPTQ and compressed-tensors) pack from the stored blocks, never from the run's memory.
 //!
 //! `run.json` holds a fingerprint of everything that determines the result (model, scheme,
 //! method, calibration hash); resuming a different run is refused rather than mixing two.
@@ -32,8 +34,6 @@ pub struct StoredBlock {
     pub weights: BTreeMap<LinearKind, QuantizedWeight>,
     /// Pruned, unquantized linears (f32 `[out, in]`).
     pub dense: BTreeMap<LinearKind, Tensor>,
-    /// Other tensors the pass changed (AWQ's folded norms and biases), by checkpoint name.
-    pub replaced: BTreeMap<String, Tensor>,
     pub records: Vec<LinearRecord>,
     /// Wall time the block took.
     pub seconds: f64,
@@ -58,8 +58,6 @@ type StoredTensor<'a> = (String, Dtype, Vec<usize>, Cow<'a, [u8]>);
 
 const RUN_FILE: &str = "run.json";
 const HIDDEN_FILE: &str = "hidden.safetensors";
-/// Names of a block file's replaced tensors: this prefix, then the checkpoint name.
-const REPLACED_PREFIX: &str = "replaced:";
 
 impl BlockStore {
     /// Opens `dir` for a run identified by `fingerprint`. With `resume`, an existing directory
@@ -102,6 +100,14 @@ impl BlockStore {
 
     fn block_path(&self, layer: usize) -> PathBuf {
         self.dir.join(format!("block-{layer:05}.safetensors"))
+    }
+
+    /// Tensors besides the linears that block `layer`'s pass changed (AWQ's and SmoothQuant's
+    /// folded norms and biases), under their checkpoint names: a small file of its own, so a
+    /// writer reading a norm does not read the block's codes.
+    fn replaced_path(&self, layer: usize) -> PathBuf {
+        self.dir
+            .join(format!("block-{layer:05}.replaced.safetensors"))
     }
 
     /// Whether block `layer` is finished.
@@ -158,18 +164,8 @@ impl BlockStore {
                 f32_bytes(&values),
             ));
         }
-        for (name, t) in &block.replaced {
-            let values = t
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            data.push((
-                format!("{REPLACED_PREFIX}{name}"),
-                Dtype::F32,
-                t.dims().to_vec(),
-                f32_bytes(&values),
-            ));
-        }
+        // Written before the block file, whose presence marks the block finished.
+        self.save_replaced(layer, &block.replaced)?;
         let views = data
             .iter()
             .map(|(name, dtype, shape, bytes)| {
@@ -256,21 +252,69 @@ impl BlockStore {
                 dense.insert(kind, Tensor::from_vec(values, shape, &Device::Cpu)?);
             }
         }
-        let mut replaced = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            if let Some(original) = name.strip_prefix(REPLACED_PREFIX) {
-                let values: Vec<f32> = u32s(view.data()).into_iter().map(f32::from_bits).collect();
-                let t = Tensor::from_vec(values, view.shape(), &Device::Cpu)?;
-                replaced.insert(original.to_string(), t);
-            }
-        }
         Ok(StoredBlock {
             weights,
             dense,
-            replaced,
             records,
             seconds,
         })
+    }
+
+    fn save_replaced(&self, layer: usize, replaced: &BTreeMap<String, Tensor>) -> Result<()> {
+        let path = self.replaced_path(layer);
+        if replaced.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+                _ => Ok(()),
+            };
+        }
+        let data = replaced
+            .iter()
+            .map(|(name, t)| {
+                let values = t
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Ok((name.clone(), t.dims().to_vec(), bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let views = data
+            .iter()
+            .map(|(name, shape, bytes)| {
+                TensorView::new(Dtype::F32, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::Invalid(format!("block {layer}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        write_file_atomic(&path, |tmp| {
+            microllm_io::write::serialize_safetensors_file(views, None, tmp)
+        })
+    }
+
+    /// The tensors besides the linears that block `layer`'s pass changed, by checkpoint name
+    /// (empty when it changed none).
+    pub fn load_replaced(&self, layer: usize) -> Result<BTreeMap<String, Tensor>> {
+        let path = self.replaced_path(layer);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Format {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        st.tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let values: Vec<f32> = decode_le::<u32>(view.data())
+                    .into_iter()
+                    .map(f32::from_bits)
+                    .collect();
+                Ok((name, Tensor::from_vec(values, view.shape(), &Device::Cpu)?))
+            })
+            .collect()
     }
 
     /// Writes the hidden states leaving block `after_block`.

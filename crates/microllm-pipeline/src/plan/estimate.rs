@@ -59,7 +59,7 @@ impl Estimate {
             .map_or(0.0, |c| (c.samples * c.seqlen) as f64);
         let mut flops = 0.0;
         if let Some(l) = layerwise {
-            if l.calibrated {
+            if l.spec.calibrated() {
                 // One staged forward pass of every block, and the Hessians (in^2 per token
                 // for each distinct input).
                 let hessians: f64 = linears

@@ -47,15 +47,13 @@ pub(super) fn layerwise_step(
     };
     let mut passes: Vec<usize> = prune.iter().map(|(i, _)| *i).collect();
     passes.extend(quant.iter().map(|(i, _)| *i));
-    let (spec, gptq, scheme_record, calibrated) = match (prune, quant) {
+    // Scales folded before quantizing (AWQ, SmoothQuant): the same for every combination.
+    let awq = quant.and_then(|(_, q)| awq_options(q));
+    let smooth = quant.and_then(|(_, q)| q.smoothquant).map(|a| a as f32);
+    let (spec, gptq, mut scheme_record) = match (prune, quant) {
         (None, Some((i, q))) => {
             let scheme = scheme.expect("quantize pass");
-            let awq = awq_options(q);
-            let smooth = q.smoothquant.map(|a| a as f32);
             if !q.method.uses_gptq() {
-                let mut record = scheme_json(&scheme, None);
-                record["awq"] = json!(awq);
-                record["smoothquant"] = json!(smooth);
                 (
                     BlockSpec {
                         scheme: Some(scheme),
@@ -65,8 +63,7 @@ pub(super) fn layerwise_step(
                         smooth,
                     },
                     None,
-                    record,
-                    awq.is_some() || smooth.is_some(),
+                    scheme_json(&scheme, None),
                 )
             } else {
                 damp_percent(&pass_path(i, &recipe.passes[i]), q.damp)?;
@@ -88,8 +85,6 @@ pub(super) fn layerwise_step(
                 let sink = sink_weight(&pass_path(i, &recipe.passes[i]), q.sink_weight, seqlen)?;
                 let mut record = scheme_json(&scheme, Some(opts));
                 record["gptq"]["sink_weight"] = json!(sink);
-                record["awq"] = json!(awq);
-                record["smoothquant"] = json!(smooth);
                 (
                     BlockSpec {
                         scheme: Some(scheme),
@@ -103,7 +98,6 @@ pub(super) fn layerwise_step(
                     },
                     Some(opts),
                     record,
-                    true,
                 )
             }
         }
@@ -115,8 +109,6 @@ pub(super) fn layerwise_step(
                 Some((j, d)) => damp_percent(&pass_path(j, &recipe.passes[j]), Some(d))?,
                 None => damp_percent(&base, p.damp)?,
             };
-            let awq = q.and_then(|(_, q)| awq_options(q));
-            let smooth = q.and_then(|(_, q)| q.smoothquant).map(|a| a as f32);
             let calibrated =
                 method.needs_calibration() || q.is_some_and(|(_, q)| q.method.uses_gptq());
             let default_sink = match (method, scheme) {
@@ -140,8 +132,6 @@ pub(super) fn layerwise_step(
                 "quantize": scheme.map(|s| {
                     let mut v = serde_json::to_value(s).expect("a scheme serializes");
                     v["method"] = json!(if calibrated { "gptq" } else { "rtn" });
-                    v["awq"] = json!(awq);
-                    v["smoothquant"] = json!(smooth);
                     v
                 }),
                 "sink_weight": calibrated.then_some(sink),
@@ -164,7 +154,6 @@ pub(super) fn layerwise_step(
                 },
                 calibrated.then_some(opts),
                 record,
-                calibrated || awq.is_some() || smooth.is_some(),
             )
         }
         (None, None) => unreachable!("returned above"),
@@ -172,7 +161,14 @@ pub(super) fn layerwise_step(
     let scattered_groups = gptq.is_some_and(|g| g.act_order && !g.static_groups);
     let global_sparsity = prune_spec.and_then(|(_, g, _)| g);
     let schedule = prune_spec.map_or(Schedule::Uniform, |(_, _, s)| s);
-    let mut scheme_record = scheme_record;
+    if quant.is_some() {
+        let quantize = match prune {
+            Some(_) => &mut scheme_record["quantize"],
+            None => &mut scheme_record,
+        };
+        quantize["awq"] = json!(awq);
+        quantize["smoothquant"] = json!(smooth);
+    }
     if let Schedule::Owl { threshold, lambda } = schedule {
         scheme_record["schedule"] =
             json!({"kind": "owl", "threshold": threshold, "lambda": lambda});
@@ -187,7 +183,6 @@ pub(super) fn layerwise_step(
         activations,
         passes,
         spec,
-        calibrated,
         global_sparsity,
         scheme_record,
         gptq,

@@ -50,7 +50,6 @@ pub struct LayerwiseStep {
     /// Quantization of every linear's input when the output runs (W8A8 schemes).
     pub activations: Option<microllm_core::ActivationQuant>,
     pub spec: BlockSpec,
-    pub calibrated: bool,
     /// Unstructured global magnitude ranking: the threshold is found at run time over the
     /// model's linears for this sparsity.
     pub global_sparsity: Option<f64>,
@@ -67,7 +66,7 @@ impl LayerwiseStep {
     /// Whether the sweep needs calibration windows: for its statistics, or (OWL) to measure
     /// the blocks' outlier ratios first.
     pub fn needs_calibration(&self) -> bool {
-        self.calibrated || matches!(self.schedule, Schedule::Owl { .. })
+        self.spec.calibrated() || matches!(self.schedule, Schedule::Owl { .. })
     }
 }
 
@@ -475,7 +474,7 @@ fn calibration_reason(
     };
     let i = l.passes[0];
     let why = match &recipe.passes[i] {
-        Pass::Prune(_) if !l.calibrated => {
+        Pass::Prune(_) if !l.spec.calibrated() => {
             "schedule owl measures the blocks' outlier ratios on calibration windows"
         }
         Pass::Prune(p) if p.method != PruneMethodName::Magnitude => {
