@@ -582,13 +582,14 @@ fn the_configs_run_on_a_fixture() {
         "gptq-w4-gguf",
         "awq-w4-gguf",
         "w8a8-int8",
+        "w8a8-fp8",
         "wanda-2of4",
         "ci-gate",
         "prune-distill-quantize",
     ] {
         let config = common::repo_root().join(format!("configs/{name}.yaml"));
         let out = tmp.path().join(name);
-        let directory = matches!(name, "wanda-2of4" | "w8a8-int8");
+        let directory = matches!(name, "wanda-2of4" | "w8a8-int8" | "w8a8-fp8");
         let out = if directory {
             out
         } else {
@@ -645,6 +646,10 @@ fn the_configs_run_on_a_fixture() {
         if name == "w8a8-int8" {
             assert_eq!(report["scheme"]["activations"], "int8-per-token");
             assert_eq!(report["gates"].as_array().unwrap().len(), 1);
+        }
+        if name == "w8a8-fp8" {
+            assert_eq!(report["scheme"]["activations"], "fp8-per-token");
+            assert_eq!(report["scheme"]["code_type"], "fp8-e4m3");
         }
         if name == "prune-distill-quantize" {
             assert_eq!(report["method"], "structured+distill+gptq");

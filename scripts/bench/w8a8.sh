@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# W8A8 int8 on SmolLM2-135M (issue 16): 8-bit per-channel weights with every linear's input
-# quantized to int8 per token as the model runs (compressed-tensors int-quantized, read back
-# from disk for the evaluation), against weight-only 8-bit, with and without SmoothQuant.
+# W8A8 int8 and FP8 on SmolLM2-135M (issue 16): 8-bit per-channel weights with every linear's
+# input quantized to 8 bits per token as the model runs (compressed-tensors int-quantized /
+# float-quantized, read back from disk for the evaluation), against weight-only 8-bit (int8;
+# FP8 E4M3 as naive-quantized), with and without SmoothQuant.
 # Calibration SAMPLES x 512 tokens of c4.calib.txt, evaluation WINDOWS x 512 of wiki.eval.txt
 # against the original (perplexity, KL, top-1), wall time and peak RSS per run.
-# Usage: scripts/bench/w8a8.sh            env: SAMPLES (16), WINDOWS (16)
+# Usage: scripts/bench/w8a8.sh     env: SAMPLES (16), WINDOWS (16), ONLY (int8 | fp8: one half)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 assets=$(bash scripts/fetch-assets.sh)
@@ -37,9 +38,20 @@ print(f"| {sys.argv[2]} | {e['original']['perplexity']:.4f} -> {e['compressed'][
       f"| {int(sys.argv[4]) // 1024} |")
 PY
 }
+ONLY=${ONLY:-all}
+if [ "$ONLY" != fp8 ]; then
 run w8-rtn "int8 per channel | f32 | rtn | -" --method rtn --bits 8 --group-size channel --sym
 run w8a8-rtn "int8 per channel | int8 per token | rtn | -" --method rtn --scheme w8a8-int8
 run w8a8-rtn-sq "int8 per channel | int8 per token | rtn | 0.5" --method rtn --scheme w8a8-int8 --smoothquant 0.5 "${calib[@]}"
 run w8a8-gptq "int8 per channel | int8 per token | gptq | -" --scheme w8a8-int8 "${calib[@]}"
 run w8a8-gptq-sq "int8 per channel | int8 per token | gptq | 0.5" --scheme w8a8-int8 --smoothquant 0.5 "${calib[@]}"
 run w8a8-gptq-sq8 "int8 per channel | int8 per token | gptq | 0.8" --scheme w8a8-int8 --smoothquant 0.8 "${calib[@]}"
+fi
+if [ "$ONLY" != int8 ]; then
+run fp8w-rtn "FP8 per channel | f32 | rtn | -" --method rtn --scheme w8a16-fp8
+run fp8w-gptq "FP8 per channel | f32 | gptq | -" --scheme w8a16-fp8 "${calib[@]}"
+run fp8-rtn "FP8 per channel | FP8 per token | rtn | -" --method rtn --scheme w8a8-fp8
+run fp8-rtn-sq "FP8 per channel | FP8 per token | rtn | 0.5" --method rtn --scheme w8a8-fp8 --smoothquant 0.5 "${calib[@]}"
+run fp8-gptq "FP8 per channel | FP8 per token | gptq | -" --scheme w8a8-fp8 "${calib[@]}"
+run fp8-gptq-sq "FP8 per channel | FP8 per token | gptq | 0.5" --scheme w8a8-fp8 --smoothquant 0.5 "${calib[@]}"
+fi

@@ -1,16 +1,16 @@
-"""Runs a W8A8 compressed-tensors checkpoint (`int-quantized`) as its config says, with the
-compressed-tensors library's own quantization code, and compares the logits with `microllm
-logits` on the same token ids.
+"""Runs a W8A8 compressed-tensors checkpoint (`int-quantized`, or FP8 `float-quantized`) as its
+config says, with the compressed-tensors library's own quantization code, and compares the
+logits with `microllm logits` on the same token ids.
 
 transformers (5.24, compressed-tensors 0.20) loads such a checkpoint but does not run its
-activation quantization on CPU: with the default `run_compressed=True` the int8 weights land
+activation quantization on CPU: with the default `run_compressed=True` the 8-bit weights land
 undecompressed in plain `Linear` layers, with `run_compressed=False` they are decompressed and the
 inputs left in float. So the weights come from transformers' decompression and every block
 linear's input goes through compressed-tensors' dynamic per-token quantization
 (`compute_dynamic_scales_and_zp` + `fake_quantize`, the library's serving semantics) in a
 forward pre-hook; `lm_head`, in the config's `ignore` list, is left alone.
 
-Rounding activations to int8 makes the logits of a deep model sensitive to the last bit of
+Rounding activations to 8 bits (int8 or FP8 E4M3) makes the logits of a deep model sensitive to the last bit of
 every product: a value that lands on the other side of a rounding boundary moves by a whole
 step, and the difference grows block by block. The same library computing the same checkpoint
 in float64 instead of float32 disagrees with itself by as much (SmolLM2: mean |d logit| 0.41,
@@ -80,7 +80,7 @@ def main():
     control_mean, control_top1 = agreement(control, theirs)
     ok = top1 >= control_top1 - 0.02 and mean <= 1.25 * control_mean
     print(
-        f"details {name}: {hooked} linears with per-token int8 inputs ({args.strategy}, "
+        f"details {name}: {hooked} linears with per-token {args.type} inputs ({args.strategy}, "
         f"dynamic={args.dynamic}); control (library float64 vs float32): mean abs diff "
         f"{control_mean:.3g}, top-1 {100 * control_top1:.2f}%",
         file=sys.stderr,

@@ -3,8 +3,9 @@
 #   transformers (CPU)  <- compressed-tensors (sym, asym, act-order, AWQ), structured-pruned f32 dir,
 #                          f32 dir (baseline), GPTQ (through a GPTQ backend if one is installed)
 #   compressed-tensors  <- the library's own decompress/compress on our tensors (below transformers)
-#   compressed-tensors  <- W8A8 int-quantized: transformers' weights + the library's per-token
-#                          int8 activations (check_w8a8.py, against its own float64 control)
+#   compressed-tensors  <- W8A8 int-quantized and FP8 float-quantized: transformers' weights +
+#                          the library's per-token 8-bit activations (check_w8a8.py, against its
+#                          own float64 control); FP8 weights only (naive-quantized) in transformers
 #   GPTQ layout proof   <- GPTQ (sym, asym, act-order): reference v1 unpacking vs microllm
 #   llama.cpp           <- GGUF: GPTQ Q4_0 (sym g32), GPTQ Q4_1 (asym g32), convert q4_k mix, F32;
 #                          control: the published Q4_1 file made by llama.cpp
@@ -50,6 +51,8 @@ outputs=(
   "ct-actorder|$Q --format compressed-tensors --group-size 64 --act-order"
   "ct-awq|$Q --method awq --format compressed-tensors --group-size 64"
   "ct-w8a8|quantize --model $MODEL --calib $CALIB --samples $SAMPLES --seqlen $SEQLEN --scheme w8a8-int8 --smoothquant 0.5"
+  "ct-fp8|quantize --model $MODEL --calib $CALIB --samples $SAMPLES --seqlen $SEQLEN --scheme w8a8-fp8"
+  "ct-fp8w|quantize --model $MODEL --method rtn --scheme w8a16-fp8"
   "gguf-awq-q4_1.gguf|$Q --method awq --group-size 32 --asym"
   "gptq-sym|$Q --format gptq --group-size 64"
   "gptq-asym|$Q --format gptq --group-size 64 --asym"
@@ -83,7 +86,7 @@ ids=$OUT/ids.safetensors
 [ -e "$ids" ] || "$py" scripts/interop/make_ids.py "$OUT/f32" "$TEXT" "$ids" || exit 2
 
 # microllm's logits on every output.
-for m in f32 ct-sym ct-asym ct-actorder ct-awq ct-w8a8 gptq-sym gptq-asym gptq-actorder pruned \
+for m in f32 ct-sym ct-asym ct-actorder ct-awq ct-w8a8 ct-fp8 ct-fp8w gptq-sym gptq-asym gptq-actorder pruned \
          gguf-gptq-q4_0.gguf gguf-gptq-q4_1.gguf gguf-awq-q4_1.gguf gguf-q4_k.gguf gguf-f32.gguf \
          upstream-q4_1.gguf; do
   lg=$OUT/logits-$m.safetensors
@@ -100,10 +103,12 @@ check() {
   local st=("${PIPESTATUS[@]}")
   [ "${st[0]}" = 0 ] || fail=1
 }
-for m in f32 pruned ct-sym ct-asym ct-actorder ct-awq gptq-sym gptq-asym gptq-actorder; do
+for m in f32 pruned ct-sym ct-asym ct-actorder ct-awq ct-fp8w gptq-sym gptq-asym gptq-actorder; do
   check "$py" scripts/interop/check_transformers.py "$OUT/$m" "$ids" "$OUT/logits-$m.safetensors" --name "$m"
 done
-check "$py" scripts/interop/check_w8a8.py "$OUT/ct-w8a8" "$ids" "$OUT/logits-ct-w8a8.safetensors" --name ct-w8a8
+for m in ct-w8a8 ct-fp8; do
+  check "$py" scripts/interop/check_w8a8.py "$OUT/$m" "$ids" "$OUT/logits-$m.safetensors" --name "$m"
+done
 for v in sym asym actorder; do
   check "$py" scripts/interop/check_ct_library.py "$OUT/ct-$v" "$OUT/ct-$v-f32" --name "ct-$v" \
     --ids "$ids" --logits "$OUT/logits-ct-$v.safetensors"

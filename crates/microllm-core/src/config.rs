@@ -347,6 +347,10 @@ pub enum ActivationQuant {
     /// `x -> clamp(round(x / scale), -128, 127) * scale`, rounding half to even
     /// (compressed-tensors' dynamic `token` strategy, what vLLM's W8A8 kernels compute).
     Int8PerToken,
+    /// FP8 E4M3 per token, computed on the fly: `scale = max|x| / 448`,
+    /// `x -> e4m3(clamp(x / scale, -448, 448)) * scale`, rounding to the nearest E4M3 value
+    /// (compressed-tensors' dynamic `token` strategy for `type: float`, vLLM's FP8 W8A8).
+    Fp8PerToken,
 }
 
 impl ActivationQuant {
@@ -359,6 +363,15 @@ impl ActivationQuant {
                 let scale = if scale == 0.0 { f32::EPSILON } else { scale };
                 for v in x.iter_mut() {
                     *v = (*v / scale).round_ties_even().clamp(-128.0, 127.0) * scale;
+                }
+            }
+            ActivationQuant::Fp8PerToken => {
+                use crate::fp8::{E4M3_MAX, round_to_e4m3};
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = amax / E4M3_MAX;
+                let scale = if scale == 0.0 { f32::EPSILON } else { scale };
+                for v in x.iter_mut() {
+                    *v = round_to_e4m3((*v / scale).clamp(-E4M3_MAX, E4M3_MAX)) * scale;
                 }
             }
         }
@@ -590,5 +603,21 @@ mod tests {
         let mut zeros = [0.0f32; 4];
         ActivationQuant::Int8PerToken.fake_quantize(&mut zeros);
         assert_eq!(zeros, [0.0; 4]);
+    }
+
+    /// The FP8 rule: `scale = max|x| / 448`, so the largest value of a token is exact, and the
+    /// rest round to E4M3's 3-bit mantissa (ties to even) at the token's scale.
+    #[test]
+    fn fp8_per_token_follows_compressed_tensors() {
+        // max 448 / 64: scale 1/64, so values are E4M3 values / 64 after rounding.
+        let s = 1.0f32 / 64.0;
+        let mut x = [448.0 * s, -448.0 * s, 1.0625 * s, 1.1875 * s, 0.0];
+        ActivationQuant::Fp8PerToken.fake_quantize(&mut x);
+        // 1.0625 ties between 1 and 1.125 (to even: 1); 1.1875 ties between 1.125 and 1.25
+        // (to even: 1.25).
+        assert_eq!(x, [448.0 * s, -448.0 * s, 1.0 * s, 1.25 * s, 0.0]);
+        let mut zeros = [0.0f32; 3];
+        ActivationQuant::Fp8PerToken.fake_quantize(&mut zeros);
+        assert_eq!(zeros, [0.0; 3]);
     }
 }

@@ -18,6 +18,7 @@ pub mod alloc;
 mod architecture;
 mod config;
 mod error;
+pub mod fp8;
 pub mod le;
 pub mod names;
 mod packed;
@@ -34,6 +35,7 @@ pub use config::{
     RopeScaling,
 };
 pub use error::{Error, Result};
+pub use fp8::CodeType;
 pub use names::LinearKind;
 pub use packed::{BlockType, PackedMatrix};
 pub use progress::{NoProgress, Progress};

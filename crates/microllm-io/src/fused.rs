@@ -327,6 +327,7 @@ impl crate::write::PackedLinears for JoinFusedPacked<'_> {
                 l.n_groups,
                 l.symmetric,
                 l.g_idx,
+                l.code_type,
             ) == (
                 first.shape[1],
                 first.bits,
@@ -334,6 +335,7 @@ impl crate::write::PackedLinears for JoinFusedPacked<'_> {
                 first.n_groups,
                 first.symmetric,
                 first.g_idx,
+                first.code_type,
             )
         };
         if !layouts.iter().all(|l| l.as_ref().is_some_and(same)) {
@@ -360,6 +362,7 @@ impl crate::write::PackedLinears for JoinFusedPacked<'_> {
             if (c.shape[1], c.bits, c.group_size, c.n_groups, c.symmetric)
                 != (j.shape[1], j.bits, j.group_size, j.n_groups, j.symmetric)
                 || c.g_idx != j.g_idx
+                || c.code_type != j.code_type
             {
                 return Err(Error::Invalid(format!(
                     "`{p}` is quantized differently from the other parts of `{weight_name}`, \

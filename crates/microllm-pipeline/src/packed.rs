@@ -6,7 +6,7 @@
 //! converts one into the other without touching a code, and builds each format's
 //! `quantization_config` from the run's scheme.
 
-use microllm_core::{ActivationQuant, Family, ModelConfig, Result, names};
+use microllm_core::{ActivationQuant, CodeType, Family, ModelConfig, Result, names};
 use microllm_io::quantized::LinearCodes;
 use microllm_io::quantized::compressed::{CtConfig, CtFormat};
 use microllm_io::quantized::gptq::GptqConfig;
@@ -29,6 +29,7 @@ pub fn linear_codes(q: &QuantizedWeight) -> LinearCodes {
         zeros: q.zeros.clone(),
         g_idx: q.g_idx.clone(),
         n_groups: q.n_groups(),
+        code_type: q.scheme.code_type,
     }
 }
 
@@ -40,7 +41,10 @@ pub fn quantized_weight(c: &LinearCodes) -> Result<QuantizedWeight> {
     let group = (c.group_size < inp).then_some(c.group_size);
     let q = QuantizedWeight {
         shape: c.shape,
-        scheme: QuantScheme::new(c.bits, group, c.symmetric)?.with_f16_scales(),
+        scheme: match c.code_type {
+            CodeType::Int => QuantScheme::new(c.bits, group, c.symmetric)?.with_f16_scales(),
+            CodeType::Fp8E4M3 => QuantScheme::fp8(group)?,
+        },
         codes: c.codes.clone(),
         scales: c.scales.clone(),
         zeros: c.zeros.clone(),
@@ -81,6 +85,38 @@ impl<'a> StoredLinears<'a> {
         }
         Ok(n)
     }
+
+    /// The fraction of the stored linears' weights that are exactly zero (pruned), for
+    /// `sparsity_config.global_sparsity`.
+    pub fn zero_fraction(&self, num_layers: usize) -> Result<f64> {
+        let (mut zeros, mut total) = (0usize, 0usize);
+        for layer in 0..num_layers {
+            let block = self.store.load_block(layer)?;
+            for q in block.weights.values() {
+                let groups = q.g_idx();
+                let ng = q.n_groups();
+                let inp = q.in_features();
+                zeros += q
+                    .codes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, &c)| {
+                        let k = (j / inp) * ng + groups[j % inp] as usize;
+                        q.scheme.code_type.unscaled(c, q.zeros[k]) == 0.0
+                    })
+                    .count();
+                total += q.codes.len();
+            }
+        }
+        Ok(zeros as f64 / total.max(1) as f64)
+    }
+}
+
+/// `sparsity_config` for a pruned and quantized compressed-tensors checkpoint: the weights are
+/// stored as the quantization scheme stores them (`format: dense` for the sparsity
+/// compressor), the structure declared for consumers that exploit it.
+pub fn dense_sparsity_config(structure: &str, global_sparsity: f64) -> Value {
+    microllm_io::write::sparsity_section("dense", structure, global_sparsity)
 }
 
 impl PackedLinears for StoredLinears<'_> {
@@ -95,6 +131,7 @@ impl PackedLinears for StoredLinears<'_> {
                     n_groups: q.n_groups(),
                     symmetric: q.scheme.symmetric,
                     g_idx: q.g_idx.is_some(),
+                    code_type: q.scheme.code_type,
                 })
             })
             .ok()
@@ -130,8 +167,10 @@ pub fn gptq_quantization_config(
 /// config.json's `quantization_config` for a compressed-tensors checkpoint of a run with
 /// `scheme` (`g_idx` stored when act-order groups are scattered; `static_act_order`: the solve
 /// ran in activation order over groups fixed up front, compressed-tensors' `"static"`, which
-/// stores nothing extra; with `activations`, the W8A8 `int-quantized` format declaring them). The output head and embeddings are not quantized: `lm_head` is
-/// listed in `ignore`, as llm-compressor does.
+/// stores nothing extra; with `activations`, the W8A8 format declaring them,
+/// `int-quantized` or, for FP8 codes, `float-quantized`; FP8 weights alone are
+/// `naive-quantized`). The output head and embeddings are not quantized: `lm_head` is listed
+/// in `ignore`, as llm-compressor does.
 pub fn compressed_quantization_config(
     scheme: &QuantScheme,
     scattered_groups: bool,
@@ -143,12 +182,9 @@ pub fn compressed_quantization_config(
         symmetric: scheme.symmetric,
         group_size: scheme.group_size,
         actorder: scattered_groups,
-        format: if activations.is_some() {
-            CtFormat::IntQuantized
-        } else {
-            CtFormat::PackQuantized
-        },
+        format: CtFormat::for_scheme(scheme.code_type, activations.is_some()),
         activations,
+        code_type: scheme.code_type,
     }
     .to_json(&["lm_head".to_string()]);
     if static_act_order && !scattered_groups {

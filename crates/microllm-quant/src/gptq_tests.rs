@@ -277,6 +277,25 @@ fn tensor_entry_point_matches_slices() {
     assert_eq!(untimed(a.1), untimed(b.1));
 }
 
+/// GPTQ on the FP8 grid: the same solve, each column rounded to its nearest E4M3 value at the
+/// group's scale, beats FP8 round-to-nearest on correlated inputs.
+#[test]
+fn fp8_codes_are_values_and_beat_rtn() {
+    let mut rng = Rng::new(19);
+    let w = rng.normal_vec(OUT * IN);
+    let h = hessian_of(&correlated_inputs(&mut rng, true));
+    for (group, act) in [(None, false), (Some(64), true)] {
+        let s = QuantScheme::fp8(group).unwrap();
+        let (q, _) = gptq_quantize(&w, [OUT, IN], &h, s, opts(act, false)).unwrap();
+        q.validate().unwrap();
+        assert!(q.zeros.iter().all(|&z| z == 0));
+        let rtn = output_error(&w, &rtn_quantize(&w, [OUT, IN], s).unwrap(), &h);
+        let ratio = output_error(&w, &q, &h) / rtn;
+        eprintln!("fp8 group {group:?}: GPTQ/RTN output error {ratio:.3}");
+        assert!(ratio < 1.0, "fp8 group {group:?}: {ratio}");
+    }
+}
+
 #[test]
 fn every_bit_width_stays_in_range_and_beats_rtn() {
     let mut rng = Rng::new(18);

@@ -114,6 +114,39 @@ mod tests {
         v
     }
 
+    /// FP8: each weight lands on the E4M3 value nearest `w / scale` (relative error at most
+    /// 2^-4 above the subnormals), a row's largest magnitude exactly, zeros stay zero.
+    #[test]
+    fn fp8_rounds_each_weight_to_the_nearest_e4m3_value() {
+        use microllm_core::fp8::{E4M3_MAX, round_to_e4m3};
+        let mut rng = Rng::new(9);
+        let shape = [6, 64];
+        let mut w = rng.normal_vec(6 * 64);
+        w[3] = 0.0;
+        w[64..128].fill(0.0);
+        for group in [None, Some(32)] {
+            let s = QuantScheme::fp8(group).unwrap();
+            let q = rtn_quantize(&w, shape, s).unwrap();
+            q.validate().unwrap();
+            assert!(q.zeros.iter().all(|&z| z == 0));
+            let dq = q.dequantize_vec();
+            assert_eq!(dq[3], 0.0);
+            assert!(dq[64..128].iter().all(|&v| v == 0.0));
+            for (j, (&a, &b)) in w.iter().zip(&dq).enumerate() {
+                let scale = q.scales[(j / 64) * q.n_groups() + q.group_of(j % 64)];
+                assert_eq!(b, round_to_e4m3(a / scale) * scale, "{group:?} at {j}");
+            }
+            let g = s.group_len(64);
+            for (k, chunk) in w.chunks(g).enumerate() {
+                let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                if amax > 0.0 {
+                    assert_eq!(q.scales[k], amax / E4M3_MAX);
+                }
+            }
+        }
+        assert!(QuantScheme::fp8(Some(0)).is_err());
+    }
+
     #[test]
     fn error_is_at_most_half_a_step() {
         let mut rng = Rng::new(1);

@@ -20,7 +20,8 @@
 //!
 //! With these rules every weight inside the fitted range is reproduced within `scale / 2`.
 
-use microllm_core::{Error, Result};
+use microllm_core::fp8::{E4M3_MAX, e4m3_from_f32, e4m3_to_f32};
+use microllm_core::{CodeType, Error, Result};
 
 /// Bit width, grouping and symmetry of a quantized weight. Serialized with its field names
 /// (reports, block stores, resume checks), `group_size` null for per-channel grids.
@@ -36,6 +37,15 @@ pub struct QuantScheme {
     /// Round every scale to the nearest f16 before codes are chosen, so formats that store
     /// scales as f16 (GGUF blocks, GPTQ checkpoints) reproduce the quantizer's output exactly.
     pub f16_scales: bool,
+    /// Integer codes on an affine grid, or FP8 E4M3 bytes (8 bits, symmetric, zero point 0:
+    /// `w = scale * e4m3(code)` with `scale = max|w| / 448`). Left out of serialized integer
+    /// schemes, so records written before FP8 existed read back unchanged.
+    #[serde(default, skip_serializing_if = "is_int")]
+    pub code_type: CodeType,
+}
+
+fn is_int(t: &CodeType) -> bool {
+    *t == CodeType::Int
 }
 
 impl QuantScheme {
@@ -51,9 +61,28 @@ impl QuantScheme {
             group_size,
             symmetric,
             f16_scales: false,
+            code_type: CodeType::Int,
         };
         scheme.validate()?;
         Ok(scheme)
+    }
+
+    /// FP8 E4M3 codes with one scale per row (`group_size` `None`) or per group of columns.
+    pub fn fp8(group_size: Option<usize>) -> Result<Self> {
+        let scheme = Self {
+            bits: 8,
+            group_size,
+            symmetric: true,
+            f16_scales: false,
+            code_type: CodeType::Fp8E4M3,
+        };
+        scheme.validate()?;
+        Ok(scheme)
+    }
+
+    /// Whether codes are FP8 bytes rather than integers.
+    pub fn is_fp8(&self) -> bool {
+        self.code_type == CodeType::Fp8E4M3
     }
 
     /// Checks the parts of the scheme that do not depend on a weight: the bit range, and that a
@@ -70,6 +99,11 @@ impl QuantScheme {
         if self.group_size == Some(0) {
             return Err(Error::Invalid("quantization group size must be > 0".into()));
         }
+        if self.is_fp8() && (self.bits != 8 || !self.symmetric) {
+            return Err(Error::Invalid(
+                "FP8 E4M3 codes are 8 bits and symmetric".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -78,8 +112,12 @@ impl QuantScheme {
         (1u32 << self.bits) - 1
     }
 
-    /// The zero point of a symmetric grid, `2^(bits-1)` (the GPTQ reference's `(maxq + 1) / 2`).
+    /// The zero point of a symmetric grid, `2^(bits-1)` (the GPTQ reference's `(maxq + 1) / 2`);
+    /// 0 for FP8, whose codes are signed floats.
     pub fn symmetric_zero(&self) -> u8 {
+        if self.is_fp8() {
+            return 0;
+        }
         // bits <= 8, so 2^(bits-1) <= 128 fits.
         (1u32 << (self.bits - 1)) as u8
     }
@@ -133,7 +171,9 @@ impl QuantScheme {
                 let (lo, hi) = group
                     .iter()
                     .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-                if self.symmetric {
+                if self.is_fp8() {
+                    hi.max(-lo) / E4M3_MAX
+                } else if self.symmetric {
                     2.0 * hi.max(-lo) / maxq
                 } else {
                     (hi - lo) / maxq
@@ -182,13 +222,23 @@ impl QuantScheme {
             hi = hi.max(v);
         }
         let maxq = self.maxq() as f32;
-        if self.symmetric {
+        if self.is_fp8() {
+            let amax = hi.max(-lo);
+            let amax = if amax > 0.0 { amax } else { 1.0 };
+            Grid {
+                scale: self.store_scale(amax / E4M3_MAX),
+                zero: 0,
+                maxq: u8::MAX,
+                code_type: CodeType::Fp8E4M3,
+            }
+        } else if self.symmetric {
             let amax = hi.max(-lo);
             let amax = if amax > 0.0 { amax } else { 1.0 };
             Grid {
                 scale: self.store_scale(2.0 * amax / maxq),
                 zero: self.symmetric_zero(),
                 maxq: self.maxq() as u8,
+                code_type: CodeType::Int,
             }
         } else {
             if lo == 0.0 && hi == 0.0 {
@@ -200,6 +250,7 @@ impl QuantScheme {
                 scale,
                 zero: zero as u8,
                 maxq: self.maxq() as u8,
+                code_type: CodeType::Int,
             }
         }
     }
@@ -284,18 +335,24 @@ impl QuantScheme {
     }
 }
 
-/// One group's integer grid: `w = scale * (code - zero)`, codes in `0..=maxq`.
+/// One group's grid: integer, `w = scale * (code - zero)` with codes in `0..=maxq`; or FP8,
+/// `w = scale * e4m3(code)`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Grid {
     pub scale: f32,
     pub zero: u8,
     pub maxq: u8,
+    pub code_type: CodeType,
 }
 
 impl Grid {
-    /// Nearest code (round half away from zero, then clamp into `0..=maxq`).
+    /// Nearest code (integers: round half away from zero, then clamp into `0..=maxq`; FP8:
+    /// the nearest E4M3 value of `w / scale`, ties to even, saturating at ±448).
     #[inline]
     pub fn quantize(&self, w: f32) -> u8 {
+        if self.code_type == CodeType::Fp8E4M3 {
+            return e4m3_from_f32(w / self.scale);
+        }
         let q = round_half_away(w / self.scale) + self.zero as f32;
         q.clamp(0.0, self.maxq as f32) as u8
     }
@@ -303,6 +360,9 @@ impl Grid {
     /// The weight a code stands for.
     #[inline]
     pub fn dequantize(&self, code: u8) -> f32 {
+        if self.code_type == CodeType::Fp8E4M3 {
+            return self.scale * e4m3_to_f32(code);
+        }
         self.scale * (code as f32 - self.zero as f32)
     }
 
@@ -318,6 +378,14 @@ impl Grid {
     /// to `±256` first changes no code, since every code is clamped into `0..=255` after the
     /// zero point (itself in `0..=255`) is added.
     pub fn squared_error(&self, values: &[f32], importance: Option<&[f32]>) -> f32 {
+        if self.code_type == CodeType::Fp8E4M3 {
+            let mut total = 0.0f32;
+            for (j, &w) in values.iter().enumerate() {
+                let d = w - self.round_trip(w);
+                total += importance.map_or(1.0, |h| h[j]) * d * d;
+            }
+            return total;
+        }
         let (zero, maxq) = (self.zero as f32, self.maxq as f32);
         let err = |w: f32| {
             let x = (w / self.scale).clamp(-256.0, 256.0);
@@ -572,6 +640,7 @@ mod tests {
             scale: 1e-3,
             zero: 8,
             maxq: 15,
+            code_type: CodeType::Int,
         };
         let far = [10.0f32, -10.0];
         let want: f32 = far.iter().map(|&w| (w - g.round_trip(w)).powi(2)).sum();

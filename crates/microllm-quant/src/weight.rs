@@ -14,7 +14,8 @@
 //!   (`2^(bits-1)` for symmetric schemes). GPTQ v1 checkpoints store `zero - 1`; that is the
 //!   writer's business.
 //! * dequantization: `w[r, j] = scales[r, g] * (codes[r, j] - zeros[r, g])` with
-//!   `g = group_of(j)`.
+//!   `g = group_of(j)`; for FP8 schemes the code is an E4M3 byte, `w[r, j] = scales[r, g] *
+//!   e4m3(codes[r, j])`, and the zeros are 0.
 //! * `g_idx` is GPTQ's per-input-column group index. `None` means contiguous groups,
 //!   `group_of(j) = j / group_len`. With act-order (GPTQ paper, section 4 / the reference's
 //!   `desc_act`) groups are formed in the *processing* order, so `g_idx[j] = position of column
@@ -93,7 +94,11 @@ impl QuantizedWeight {
             return bad("scales/zeros length != out * n_groups");
         }
         let maxq = self.scheme.maxq();
-        if self.codes.iter().any(|&c| c as u32 > maxq)
+        let code_type = self.scheme.code_type;
+        if self
+            .codes
+            .iter()
+            .any(|&c| c as u32 > maxq || !code_type.is_value(c))
             || self.zeros.iter().any(|&z| z as u32 > maxq)
         {
             return bad("code or zero point out of range");
@@ -123,12 +128,13 @@ impl QuantizedWeight {
         let [out, inp] = self.shape;
         let ng = self.n_groups();
         let groups = self.g_idx();
+        let code_type = self.scheme.code_type;
         let mut w = vec![0.0f32; out * inp];
         for (r, row) in w.chunks_exact_mut(inp).enumerate() {
             let codes = &self.codes[r * inp..(r + 1) * inp];
             for ((x, &c), &g) in row.iter_mut().zip(codes).zip(&groups) {
                 let k = r * ng + g as usize;
-                *x = self.scales[k] * (c as f32 - self.zeros[k] as f32);
+                *x = self.scales[k] * code_type.unscaled(c, self.zeros[k]);
             }
         }
         w

@@ -66,7 +66,8 @@ pub enum FormatArg {
     Gguf,
     /// A Hugging Face directory with the pruned linears in compressed-tensors'
     /// `sparse-bitmask` (or, for 2:4, `sparse-24-bitmask`) layout: smaller on disk, read by
-    /// vLLM (unstructured and N:M pruning without --bits).
+    /// vLLM (unstructured and N:M pruning). With --bits: `pack-quantized` codes holding the
+    /// pruned zeros, the structure declared in `sparsity_config` (stored `dense`).
     CompressedTensors,
 }
 

@@ -50,12 +50,14 @@ pub struct Args {
     /// round-to-nearest; awq+gptq: the scales, then GPTQ.
     #[arg(long, value_enum)]
     method: Option<Method>,
-    /// Weight-and-activation preset instead of --bits/--group-size: w8a8-int8 (8-bit
-    /// symmetric per-channel weights, every linear's input quantized to int8 per token when
-    /// the model runs), written as compressed-tensors `int-quantized` (vLLM's W8A8).
+    /// Weight-and-activation preset instead of --bits: w8a8-int8 (8-bit symmetric
+    /// per-channel weights, every linear's input quantized to int8 per token when the model
+    /// runs), written as compressed-tensors `int-quantized` (vLLM's W8A8); w8a8-fp8 (FP8
+    /// E4M3 weights per channel, or per --group-size columns, FP8 activations per token),
+    /// `float-quantized`; w8a16-fp8 (FP8 weights only), `naive-quantized`.
     #[arg(long, value_enum)]
     scheme: Option<SchemeArg>,
-    /// With --scheme w8a8-int8: SmoothQuant's migration strength (0, 1], per-channel scales
+    /// With --scheme w8a8-int8 or w8a8-fp8: SmoothQuant's migration strength (0, 1], per-channel scales
     /// from --calib moving activation outliers into the weights, folded into the norms and
     /// producing linears (0.5 measured best on SmolLM2, docs/benchmarks.md).
     #[arg(long, value_name = "ALPHA", value_parser = crate::commands::finite_f64, requires = "scheme")]
@@ -180,6 +182,10 @@ pub(crate) enum Method {
 enum SchemeArg {
     #[value(name = "w8a8-int8")]
     W8a8Int8,
+    #[value(name = "w8a8-fp8")]
+    W8a8Fp8,
+    #[value(name = "w8a16-fp8")]
+    W8a16Fp8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -190,7 +196,8 @@ enum Format {
     Safetensors,
     /// GPTQ checkpoint (v1: qweight/qzeros/scales/g_idx), a Hugging Face directory.
     Gptq,
-    /// compressed-tensors `pack-quantized` checkpoint (llm-compressor's), a directory.
+    /// compressed-tensors checkpoint (llm-compressor's), a directory: pack-quantized, or
+    /// int-/float-/naive-quantized with --scheme.
     CompressedTensors,
 }
 
@@ -240,7 +247,12 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
     let stage = QuantizeStage {
         method,
         bits: grid.then_some(args.bits),
-        group_size: args.group_size.filter(|_| grid),
+        // FP8 schemes take a group size (one scale per channel without it).
+        group_size: args.group_size.filter(|_| {
+            grid || args
+                .scheme
+                .is_some_and(|s| matches!(s, SchemeArg::W8a8Fp8 | SchemeArg::W8a16Fp8))
+        }),
         symmetric: grid.then_some(!args.asym),
         act_order: gptq.then_some(args.act_order),
         static_groups: (gptq && args.static_groups).then_some(true),
@@ -249,6 +261,8 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
         clip_search: gptq.then_some(!args.no_clip_search),
         scheme: args.scheme.map(|s| match s {
             SchemeArg::W8a8Int8 => SchemeName::W8a8Int8,
+            SchemeArg::W8a8Fp8 => SchemeName::W8a8Fp8,
+            SchemeArg::W8a16Fp8 => SchemeName::W8a16Fp8,
         }),
         smoothquant: args.smoothquant,
         awq_grid: (awq && args.awq_grid != 20).then_some(args.awq_grid),

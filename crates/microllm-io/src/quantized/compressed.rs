@@ -1,6 +1,8 @@
 //! compressed-tensors checkpoints (llm-compressor's format; vLLM and transformers load it):
-//! `pack-quantized` weights, and `int-quantized` / `naive-quantized` ones (one signed int8 per
-//! weight; `int-quantized` is the W8A8 format, its config quantizing every linear's input too).
+//! `pack-quantized` weights, `int-quantized` / `naive-quantized` ones (one signed int8 per
+//! weight; `int-quantized` is the W8A8 format, its config quantizing every linear's input too),
+//! and FP8 ones (`float-quantized`, W8A8 FP8; `naive-quantized` with `type: float`, FP8
+//! weights only).
 //!
 //! `pack-quantized`, per quantized linear `P` (its `P.weight` is replaced):
 //!
@@ -25,10 +27,17 @@
 //! `[out, n_groups]` the signed zero points of asymmetric schemes. W8A8's activations are
 //! `input_activations: {num_bits: 8, type: int, symmetric: true, strategy: token, dynamic:
 //! true}` ([`ActivationQuant::Int8PerToken`]); other activation schemes are refused by name.
+//!
+//! FP8 (`weights.type: float`, 8 bits, symmetric): `P.weight` is `F8_E4M3` `[out, in]`, the
+//! E4M3 bytes themselves (microllm's FP8 codes), `P.weight_scale` f32 `[out, n_groups]`;
+//! `float-quantized` declares `input_activations` of `type: float`, dynamic per token
+//! ([`ActivationQuant::Fp8PerToken`]). compressed-tensors names the format by what it can
+//! compress: `float-quantized` needs quantized activations, so FP8 weight-only checkpoints are
+//! `naive-quantized`, which is what llm-compressor writes for them.
 
 use std::path::Path;
 
-use microllm_core::{ActivationQuant, Error, Result};
+use microllm_core::{ActivationQuant, CodeType, Error, Result};
 use safetensors::Dtype;
 use serde_json::{Value, json};
 
@@ -57,8 +66,10 @@ pub enum CtFormat {
     PackQuantized,
     /// One int8 per weight, the config quantizing activations too (W8A8).
     IntQuantized,
-    /// One int8 per weight, weights only.
+    /// One int8 (or FP8) per weight, weights only.
     NaiveQuantized,
+    /// One FP8 E4M3 per weight, the config quantizing activations to FP8 too.
+    FloatQuantized,
 }
 
 impl CtFormat {
@@ -67,6 +78,7 @@ impl CtFormat {
             CtFormat::PackQuantized => PACK_QUANTIZED,
             CtFormat::IntQuantized => "int-quantized",
             CtFormat::NaiveQuantized => "naive-quantized",
+            CtFormat::FloatQuantized => "float-quantized",
         }
     }
 
@@ -75,6 +87,7 @@ impl CtFormat {
             CtFormat::PackQuantized,
             CtFormat::IntQuantized,
             CtFormat::NaiveQuantized,
+            CtFormat::FloatQuantized,
         ]
         .into_iter()
         .find(|f| f.name() == name)
@@ -89,9 +102,21 @@ impl CtFormat {
             .unwrap_or(CtFormat::PackQuantized)
     }
 
-    /// Whether each weight is one int8 (`weight`), not packed words.
+    /// Whether each weight is one byte (`weight`), not packed words.
     pub fn one_byte_per_weight(self) -> bool {
         self != CtFormat::PackQuantized
+    }
+
+    /// The format compressed-tensors gives a scheme: one byte per weight when activations are
+    /// quantized (`int-quantized`, `float-quantized`) or the weights are FP8
+    /// (`naive-quantized`), else packed words.
+    pub fn for_scheme(code_type: CodeType, activations: bool) -> Self {
+        match (code_type, activations) {
+            (CodeType::Int, true) => CtFormat::IntQuantized,
+            (CodeType::Fp8E4M3, true) => CtFormat::FloatQuantized,
+            (CodeType::Fp8E4M3, false) => CtFormat::NaiveQuantized,
+            (CodeType::Int, false) => CtFormat::PackQuantized,
+        }
     }
 }
 
@@ -105,8 +130,10 @@ pub struct CtConfig {
     /// `actorder: "group"`: `weight_g_idx` is stored.
     pub actorder: bool,
     pub format: CtFormat,
-    /// Quantization of every linear's input (int-quantized W8A8).
+    /// Quantization of every linear's input (W8A8: int-quantized, float-quantized).
     pub activations: Option<ActivationQuant>,
+    /// `weights.type`: `int`, or `float` (FP8 E4M3).
+    pub code_type: CodeType,
 }
 
 impl CtConfig {
@@ -124,10 +151,28 @@ impl CtConfig {
                 "format",
                 format!(
                     "compressed-tensors format `{format}` is not one microllm reads (it reads \
-                     `{PACK_QUANTIZED}`, `int-quantized` and `naive-quantized`)"
+                     `{PACK_QUANTIZED}`, `int-quantized`, `float-quantized` and \
+                     `naive-quantized`)"
                 ),
             )
         })?;
+        // Pruned and quantized checkpoints declare their sparsity beside the quantization;
+        // with `dense` storage the weights are the quantized ones as they are, any other
+        // sparse compressor would have to be undone first.
+        if let Some(sparse) = qc
+            .get("sparsity_config")
+            .and_then(|s| s.get("format"))
+            .and_then(Value::as_str)
+            && sparse != "dense"
+        {
+            return Err(err(
+                "sparsity_config.format",
+                format!(
+                    "`{sparse}` on quantized weights (microllm reads sparse + quantized \
+                     checkpoints stored `dense`)"
+                ),
+            ));
+        }
         let groups = qc
             .get("config_groups")
             .and_then(Value::as_object)
@@ -155,29 +200,55 @@ impl CtConfig {
         }
         let activations = match group.get("input_activations") {
             None | Some(Value::Null) => None,
-            Some(a) if format == CtFormat::IntQuantized => {
-                Some(activation_scheme(a).map_err(|m| err(&at("input_activations"), m))?)
-            }
-            Some(_) => {
-                return Err(err(
-                    &at("input_activations"),
-                    format!(
-                        "activations quantized in a `{}` checkpoint (microllm reads them with \
-                         `int-quantized`)",
-                        format.name()
-                    ),
-                ));
-            }
+            Some(a) => match format {
+                CtFormat::IntQuantized | CtFormat::FloatQuantized => Some(
+                    activation_scheme(a, format).map_err(|m| err(&at("input_activations"), m))?,
+                ),
+                _ => {
+                    return Err(err(
+                        &at("input_activations"),
+                        format!(
+                            "activations quantized in a `{}` checkpoint (microllm reads them \
+                             with `int-quantized` and `float-quantized`)",
+                            format.name()
+                        ),
+                    ));
+                }
+            },
         };
         let w = group
             .get("weights")
             .and_then(Value::as_object)
             .ok_or_else(|| err(&at("weights"), "missing or not an object".into()))?;
-        let ty = w.get("type").and_then(Value::as_str).unwrap_or("int");
-        if ty != "int" {
+        let code_type = match w.get("type").and_then(Value::as_str).unwrap_or("int") {
+            "int" => CodeType::Int,
+            "float" => CodeType::Fp8E4M3,
+            ty => {
+                return Err(err(
+                    &at("weights.type"),
+                    format!("`{ty}` (microllm reads `int` and `float`)"),
+                ));
+            }
+        };
+        let fits = match code_type {
+            CodeType::Fp8E4M3 => {
+                matches!(format, CtFormat::FloatQuantized | CtFormat::NaiveQuantized)
+            }
+            CodeType::Int => format != CtFormat::FloatQuantized,
+        };
+        if !fits {
             return Err(err(
                 &at("weights.type"),
-                format!("`{ty}` (microllm reads `int`)"),
+                format!(
+                    "`{}` weights in a `{}` checkpoint (FP8 weights are `float-quantized` or \
+                     `naive-quantized`)",
+                    if code_type == CodeType::Int {
+                        "int"
+                    } else {
+                        "float"
+                    },
+                    format.name()
+                ),
             ));
         }
         let bits = w
@@ -185,6 +256,16 @@ impl CtConfig {
             .and_then(Value::as_u64)
             .filter(|b| u8::try_from(*b).is_ok_and(|b| microllm_core::CODE_BITS.contains(&b)))
             .ok_or_else(|| err(&at("weights.num_bits"), "missing or not in 2..=8".into()))?;
+        let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
+        if code_type == CodeType::Fp8E4M3 && (bits != 8 || !symmetric) {
+            return Err(err(
+                &at("weights"),
+                format!(
+                    "float weights of {bits} bits, symmetric: {symmetric} (microllm reads FP8 \
+                     E4M3: 8 bits, symmetric)"
+                ),
+            ));
+        }
         let strategy = w.get("strategy").and_then(Value::as_str).unwrap_or("group");
         let group_size = match strategy {
             "channel" => None,
@@ -231,20 +312,21 @@ impl CtConfig {
         }
         Ok(Self {
             bits: bits as u8,
-            symmetric: w.get("symmetric").and_then(Value::as_bool).unwrap_or(true),
+            symmetric,
             group_size,
             actorder,
             format,
             activations,
+            code_type,
         })
     }
 
     /// `quantization_config` as llm-compressor writes it for the scheme.
     pub fn to_json(&self, ignore: &[String]) -> Value {
-        let activations = self.activations.map(|a| match a {
-            ActivationQuant::Int8PerToken => json!({
+        let activations = self.activations.map(|a| {
+            json!({
                 "num_bits": 8,
-                "type": "int",
+                "type": activation_type(a),
                 "symmetric": true,
                 "strategy": "token",
                 "dynamic": true,
@@ -253,7 +335,7 @@ impl CtConfig {
                 "actorder": null,
                 "observer": null,
                 "observer_kwargs": {},
-            }),
+            })
         });
         json!({
             "quant_method": "compressed-tensors",
@@ -264,7 +346,7 @@ impl CtConfig {
                     "targets": ["Linear"],
                     "weights": {
                         "num_bits": self.bits,
-                        "type": "int",
+                        "type": code_type_name(self.code_type),
                         "symmetric": self.symmetric,
                         "strategy": if self.group_size.is_some() { "group" } else { "channel" },
                         "group_size": self.group_size,
@@ -288,13 +370,34 @@ impl CtConfig {
     }
 }
 
-/// The activation scheme of `input_activations` (W8A8's dynamic per-token int8), or what is
-/// not read.
-fn activation_scheme(a: &Value) -> std::result::Result<ActivationQuant, String> {
+/// compressed-tensors' `type` of codes.
+fn code_type_name(t: CodeType) -> &'static str {
+    match t {
+        CodeType::Int => "int",
+        CodeType::Fp8E4M3 => "float",
+    }
+}
+
+/// compressed-tensors' `type` of an activation scheme.
+fn activation_type(a: ActivationQuant) -> &'static str {
+    match a {
+        ActivationQuant::Int8PerToken => "int",
+        ActivationQuant::Fp8PerToken => "float",
+    }
+}
+
+/// The activation scheme of `input_activations` in a checkpoint of `format` (W8A8's dynamic
+/// per-token int8, or FP8 in `float-quantized`), or what is not read.
+fn activation_scheme(a: &Value, format: CtFormat) -> std::result::Result<ActivationQuant, String> {
     let field = |k: &str| a.get(k).cloned().unwrap_or(Value::Null);
+    let scheme = if format == CtFormat::FloatQuantized {
+        ActivationQuant::Fp8PerToken
+    } else {
+        ActivationQuant::Int8PerToken
+    };
     let want = [
         ("num_bits", json!(8)),
-        ("type", json!("int")),
+        ("type", json!(activation_type(scheme))),
         ("symmetric", json!(true)),
         ("strategy", json!("token")),
         ("dynamic", json!(true)),
@@ -302,36 +405,39 @@ fn activation_scheme(a: &Value) -> std::result::Result<ActivationQuant, String> 
     for (key, value) in want {
         if field(key) != value {
             return Err(format!(
-                "`{key}: {}`: microllm runs dynamic per-token symmetric int8 activations \
-                 (`{key}: {value}`)",
-                field(key)
+                "`{key}: {}`: microllm runs dynamic per-token symmetric 8-bit activations in a \
+                 `{}` checkpoint (`{key}: {value}`)",
+                field(key),
+                format.name()
             ));
         }
     }
-    Ok(ActivationQuant::Int8PerToken)
+    Ok(scheme)
 }
 
 /// The tensors of one linear in `format`.
 pub fn encode_as(format: CtFormat, prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
     match format {
         CtFormat::PackQuantized => encode(prefix, q),
-        CtFormat::IntQuantized | CtFormat::NaiveQuantized => encode_int(prefix, q),
+        CtFormat::IntQuantized | CtFormat::NaiveQuantized | CtFormat::FloatQuantized => {
+            encode_int(prefix, q)
+        }
     }
 }
 
-/// One signed int8 per weight, f32 scales, int8 zero points when asymmetric.
+/// One signed int8 (or FP8 E4M3 byte) per weight, f32 scales, int8 zero points when
+/// asymmetric.
 fn encode_int(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
     let [out, inp] = q.shape;
     let offset = 1i16 << (q.bits - 1);
     let signed = |c: u8| ((c as i16 - offset) as i8) as u8;
     let name = |s: &str| format!("{prefix}.{s}");
+    let weight = match q.code_type {
+        CodeType::Int => (Dtype::I8, q.codes.iter().map(|&c| signed(c)).collect()),
+        CodeType::Fp8E4M3 => (Dtype::F8_E4M3, q.codes.clone()),
+    };
     let mut t = vec![
-        RawTensor::owned(
-            name("weight"),
-            Dtype::I8,
-            vec![out, inp],
-            q.codes.iter().map(|&c| signed(c)).collect(),
-        ),
+        RawTensor::owned(name("weight"), weight.0, vec![out, inp], weight.1),
         RawTensor::owned(
             name("weight_scale"),
             Dtype::F32,
@@ -428,7 +534,13 @@ pub struct CtTensors<'t, 'a> {
 pub fn shape_of(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<[usize; 2]> {
     let bits = cfg.bits;
     let [out, inp] = if cfg.format.one_byte_per_weight() {
-        t.packed.expect(&[Dtype::I8], 2)?;
+        t.packed.expect(
+            &[match cfg.code_type {
+                CodeType::Int => Dtype::I8,
+                CodeType::Fp8E4M3 => Dtype::F8_E4M3,
+            }],
+            2,
+        )?;
         [t.packed.shape[0], t.packed.shape[1]]
     } else {
         let shape = t
@@ -461,6 +573,7 @@ pub fn decode(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<LinearCodes> {
     let ng = t.scale.shape[1];
     let group_size = cfg.group_size.unwrap_or(inp);
     let zeros = match (cfg.symmetric, t.zero_point) {
+        (true, _) if cfg.code_type == CodeType::Fp8E4M3 => vec![0; out * ng],
         (true, _) => vec![1u8 << (bits - 1); out * ng],
         (false, None) => {
             return Err(t
@@ -510,7 +623,10 @@ pub fn decode(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<LinearCodes> {
             )));
         }
     };
-    let codes = if cfg.format.one_byte_per_weight() {
+    let codes = if cfg.code_type == CodeType::Fp8E4M3 {
+        // The E4M3 bytes are the codes; NaN bytes are refused by `validate` below.
+        t.packed.data.to_vec()
+    } else if cfg.format.one_byte_per_weight() {
         let offset = 1i16 << (bits - 1);
         let maxq = (1i16 << bits) - 1;
         let mut codes = Vec::with_capacity(out * inp);
@@ -549,6 +665,7 @@ pub fn decode(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<LinearCodes> {
         zeros,
         g_idx,
         n_groups: ng,
+        code_type: cfg.code_type,
     };
     if q.g_idx.is_some() && q.contiguous() && inp.div_ceil(group_size) == ng {
         q.g_idx = None;
@@ -571,6 +688,7 @@ mod tests {
             actorder: q.g_idx.is_some(),
             format: CtFormat::PackQuantized,
             activations: None,
+            code_type: CodeType::Int,
         }
     }
 
@@ -663,6 +781,7 @@ mod tests {
             actorder: false,
             format: CtFormat::PackQuantized,
             activations: None,
+            code_type: CodeType::Int,
         }
     }
 
@@ -717,6 +836,7 @@ mod tests {
             actorder: false,
             format: CtFormat::IntQuantized,
             activations: Some(ActivationQuant::Int8PerToken),
+            code_type: CodeType::Int,
         };
         let v = w8a8.to_json(&["lm_head".into()]);
         assert_eq!(v["format"], "int-quantized");
@@ -733,6 +853,70 @@ mod tests {
         packed["config_groups"]["group_0"]["format"] = json!(PACK_QUANTIZED);
         let err = CtConfig::parse(&packed, p).unwrap_err().to_string();
         assert!(err.contains("input_activations"), "{err}");
+    }
+
+    /// FP8: E4M3 bytes stored as `F8_E4M3` in `float-quantized` (W8A8, FP8 activations) and
+    /// `naive-quantized` (weights only) round-trip exactly; the configs read back; NaN bytes,
+    /// FP8 weights in a packed format and non-8-bit float weights are refused by name.
+    #[test]
+    fn fp8_round_trips_and_declares_its_formats() {
+        let p = Path::new("config.json");
+        let mut rng = Rng(23);
+        for (format, activations) in [
+            (CtFormat::FloatQuantized, Some(ActivationQuant::Fp8PerToken)),
+            (CtFormat::NaiveQuantized, None),
+        ] {
+            let mut q = random_codes(&mut rng, 8, true, false);
+            q.code_type = CodeType::Fp8E4M3;
+            q.zeros.fill(0);
+            for c in q.codes.iter_mut().filter(|c| **c & 0x7F == 0x7F) {
+                *c = 0x7E;
+            }
+            let t = encode_as(format, "m", &q);
+            let weight = find(&t, "weight").unwrap();
+            assert_eq!(weight.dtype, Dtype::F8_E4M3);
+            assert!(find(&t, "weight_zero_point").is_none());
+            let c = CtConfig {
+                format,
+                activations,
+                code_type: CodeType::Fp8E4M3,
+                ..cfg(&q)
+            };
+            let tensors = |weight| CtTensors {
+                packed: weight,
+                scale: find(&t, "weight_scale").unwrap(),
+                shape: None,
+                zero_point: None,
+                g_idx: None,
+            };
+            let back = decode(&c, &tensors(weight)).unwrap();
+            assert_eq!(back.dequantize(), q.dequantize());
+            assert_eq!(back.codes, q.codes);
+            let v = c.to_json(&[]);
+            assert_eq!(v["format"], format.name());
+            assert_eq!(v["config_groups"]["group_0"]["weights"]["type"], "float");
+            assert_eq!(CtConfig::parse(&v, p).unwrap(), c);
+
+            let mut nan = weight.clone();
+            nan.data.to_mut()[0] = 0xFF;
+            let err = decode(&c, &tensors(&nan)).unwrap_err().to_string();
+            assert!(err.contains("m.weight") && err.contains("NaN"), "{err}");
+        }
+        let w4 = w4_g32();
+        let mut v = w4.to_json(&[]);
+        v["config_groups"]["group_0"]["weights"]["type"] = json!("float");
+        let err = CtConfig::parse(&v, p).unwrap_err().to_string();
+        assert!(
+            err.contains("weights.type") && err.contains("pack-quantized"),
+            "{err}"
+        );
+        v["format"] = json!("naive-quantized");
+        v["config_groups"]["group_0"]["format"] = json!("naive-quantized");
+        let err = CtConfig::parse(&v, p).unwrap_err().to_string();
+        assert!(
+            err.contains("group_0.weights") && err.contains("4 bits"),
+            "{err}"
+        );
     }
 
     /// Every spelling of compressed-tensors' activation ordering, llm-compressor's default

@@ -135,6 +135,11 @@ pub fn v1_wrapped_zeros(q: &LinearCodes) -> usize {
 
 /// The GPTQ tensors of one linear, named `{prefix}.qweight` etc. (v1 zero points).
 pub fn encode(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+    assert_eq!(
+        q.code_type,
+        microllm_core::CodeType::Int,
+        "GPTQ checkpoints hold integer codes; plans refuse FP8 for them"
+    );
     let [out, inp] = q.shape;
     let (bits, ng) = (q.bits, q.n_groups);
     // Column o's codes as one stream down the input dimension, then transposed to [rows, out].
@@ -295,6 +300,7 @@ pub fn decode(
         zeros,
         g_idx,
         n_groups: ng,
+        code_type: microllm_core::CodeType::Int,
     };
     if q.g_idx.is_some() && q.contiguous() && inp.div_ceil(group_size) == ng {
         q.g_idx = None;

@@ -22,14 +22,15 @@ mod sparse_source;
 use microllm_core::le::decode_le;
 use std::path::Path;
 
-use microllm_core::{Error, Result};
+use microllm_core::{CodeType, Error, Result};
 use serde_json::Value;
 
 pub use self::source::QuantizedDirSource;
 pub use self::sparse_source::{SparseDirSource, detect_sparse};
 
 /// One quantized linear, unpacked: `w[r, j] = scales[r, g] * (codes[r, j] - zeros[r, g])`
-/// with `g = g_idx[j]` (or `j / group_size` when `g_idx` is `None`).
+/// with `g = g_idx[j]` (or `j / group_size` when `g_idx` is `None`); FP8 codes are E4M3
+/// bytes, `w[r, j] = scales[r, g] * e4m3(codes[r, j])`, zeros 0.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearCodes {
     /// `[out, in]`.
@@ -48,6 +49,8 @@ pub struct LinearCodes {
     pub g_idx: Option<Vec<u32>>,
     /// Groups per row.
     pub n_groups: usize,
+    /// Integer codes or FP8 bytes.
+    pub code_type: CodeType,
 }
 
 impl LinearCodes {
@@ -92,6 +95,9 @@ impl LinearCodes {
         {
             return bad(format!("a code or zero point exceeds {maxq}"));
         }
+        if let Some(j) = self.codes.iter().position(|&c| !self.code_type.is_value(c)) {
+            return bad(format!("FP8 NaN at [{}, {}]", j / inp, j % inp));
+        }
         let g_ok = match &self.g_idx {
             Some(g) => g.len() == inp && g.iter().all(|&x| (x as usize) < ng),
             None => self.group_size > 0 && inp.div_ceil(self.group_size) == ng,
@@ -114,7 +120,7 @@ impl LinearCodes {
             let codes = &self.codes[r * inp..(r + 1) * inp];
             for ((x, &c), &g) in row.iter_mut().zip(codes).zip(&groups) {
                 let k = r * ng + g as usize;
-                *x = self.scales[k] * (c as f32 - self.zeros[k] as f32);
+                *x = self.scales[k] * self.code_type.unscaled(c, self.zeros[k]);
             }
         }
         w
@@ -238,6 +244,7 @@ pub(crate) mod testing {
             zeros,
             g_idx,
             n_groups: ng,
+            code_type: microllm_core::CodeType::Int,
         }
     }
 

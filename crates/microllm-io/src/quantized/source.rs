@@ -1,6 +1,7 @@
 //! A quantized Hugging Face directory as an ordinary [`TensorSource`]: every packed linear
 //! `P.qweight/...` (GPTQ), `P.weight_packed/...` (compressed-tensors' pack-quantized) or int8
-//! `P.weight` + `P.weight_scale` (its int-quantized and naive-quantized) appears as `P.weight`,
+//! `P.weight` + `P.weight_scale` (its int-quantized, float-quantized and naive-quantized, int8
+//! or FP8) appears as `P.weight`,
 //! f32 `[out, in]`, dequantized on load; every other tensor passes through. So `eval`,
 //! `inspect`, `logits`, `convert` and `quantize` take such a checkpoint like any other.
 //!
@@ -206,6 +207,7 @@ impl QuantizedDirSource {
     fn label(&self) -> String {
         match &self.scheme {
             Scheme::Gptq(c) => format!("Q{}-gptq", c.bits),
+            Scheme::Ct(c) if c.code_type == microllm_core::CodeType::Fp8E4M3 => "FP8-ct".into(),
             Scheme::Ct(c) => format!("Q{}-ct", c.bits),
         }
     }

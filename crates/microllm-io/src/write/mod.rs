@@ -13,4 +13,4 @@ pub use atomic::{AtomicDir, write_file_atomic};
 pub use hf_dir::{HfOutput, HfWriteOptions, WriteSummary, hf_config_json, write_hf_dir};
 pub use packed::{LinearLayout, PackedLinears, PackedOutput, write_packed_dir};
 pub use safetensors::{OutDtype, serialize_safetensors_file, write_safetensors};
-pub use sparse::{SparseOutput, write_sparse_dir};
+pub use sparse::{SparseOutput, sparsity_section, write_sparse_dir};

@@ -34,6 +34,8 @@ pub struct LinearLayout {
     pub symmetric: bool,
     /// Whether a per-column group index is stored (act-order).
     pub g_idx: bool,
+    /// Integer codes or FP8 bytes.
+    pub code_type: microllm_core::CodeType,
 }
 
 /// Where the codes of the packed linears come from (a quantization run's stored blocks, or
@@ -125,6 +127,7 @@ fn plan(out: &PackedOutput<'_>) -> Vec<Planned> {
             zeros: vec![0; o * l.n_groups],
             g_idx: l.g_idx.then(|| vec![0; i]),
             n_groups: l.n_groups,
+            code_type: l.code_type,
         };
         for t in encode(out, prefix, &zero) {
             plan.push(Planned {

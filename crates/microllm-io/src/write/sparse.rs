@@ -185,13 +185,21 @@ pub fn write_sparse_dir(
 fn sparsity_config(out: &SparseOutput<'_>, global_sparsity: f64) -> Value {
     json!({
         "quant_method": "compressed-tensors",
-        "sparsity_config": {
-            "format": out.format.name(),
-            "global_sparsity": global_sparsity,
-            "sparsity_structure": out.structure,
-            "targets": ["Linear"],
-            "ignore": ["lm_head"],
-            "registry_requires_subclass": false,
-        },
+        "sparsity_config": sparsity_section(out.format.name(), &out.structure, global_sparsity),
+    })
+}
+
+/// compressed-tensors' `sparsity_config`: the storage `format` (`sparse-bitmask`,
+/// `sparse-24-bitmask`, or `dense` for pruned weights stored as they are, e.g. quantized),
+/// the `sparsity_structure` (`2:4`, `unstructured`, ...) and the measured fraction of zeros of
+/// the linears (`lm_head` excluded, as llm-compressor writes it).
+pub fn sparsity_section(format: &str, structure: &str, global_sparsity: f64) -> Value {
+    json!({
+        "format": format,
+        "global_sparsity": global_sparsity,
+        "sparsity_structure": structure,
+        "targets": ["Linear"],
+        "ignore": ["lm_head"],
+        "registry_requires_subclass": false,
     })
 }

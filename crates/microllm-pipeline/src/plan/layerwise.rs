@@ -15,7 +15,6 @@ use crate::recipe::{
     GroupSize, PruneMethodName, PruneStage, QuantMethodName, QuantizeStage, RankingName, Recipe,
     RecipeResult, ScheduleName, SchemeName,
 };
-use microllm_core::ActivationQuant;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn layerwise_step(
@@ -173,9 +172,9 @@ pub(super) fn layerwise_step(
         scheme_record["schedule"] =
             json!({"kind": "owl", "threshold": threshold, "lambda": lambda});
     }
-    let activations = quant.and_then(|(_, q)| q.scheme).map(|s| match s {
-        SchemeName::W8a8Int8 => ActivationQuant::Int8PerToken,
-    });
+    let activations = quant
+        .and_then(|(_, q)| q.scheme)
+        .and_then(SchemeName::activations);
     if let Some(a) = activations {
         scheme_record["activations"] = json!(a);
     }
@@ -328,11 +327,11 @@ pub(super) fn check_applicable(base: &str, q: &QuantizeStage) -> RecipeResult<()
                 format!("{alpha} is not a migration strength in (0, 1]"),
             ));
         }
-        if q.scheme.is_none() {
+        if q.scheme.and_then(SchemeName::activations).is_none() {
             return Err(err(
                 path,
                 "SmoothQuant moves activation outliers into the weights, for schemes that \
-                 quantize activations: add `scheme: w8a8-int8`",
+                 quantize activations: add `scheme: w8a8-int8` or `scheme: w8a8-fp8`",
             ));
         }
     }
@@ -354,24 +353,50 @@ fn quant_scheme(
 ) -> RecipeResult<QuantScheme> {
     let base = pass_path(i, &recipe.passes[i]);
     check_applicable(&base, q)?;
-    if let Some(SchemeName::W8a8Int8) = q.scheme {
+    if let Some(name) = q.scheme {
+        let fp8 = name != SchemeName::W8a8Int8;
         let conflicts = [
             ("bits", q.bits.is_some_and(|b| b != 8)),
             (
                 "group_size",
-                q.group_size.is_some_and(|g| g != GroupSize::Channel),
+                !fp8 && q.group_size.is_some_and(|g| g != GroupSize::Channel),
             ),
             ("symmetric", q.symmetric == Some(false)),
         ];
         if let Some((key, _)) = conflicts.iter().find(|(_, c)| *c) {
             return Err(err(
                 format!("{base}.{key}"),
-                "scheme w8a8-int8 is 8-bit symmetric per-channel weights",
+                if fp8 {
+                    format!(
+                        "scheme {} is FP8 E4M3 weights: 8 bits, symmetric",
+                        name.name()
+                    )
+                } else {
+                    "scheme w8a8-int8 is 8-bit symmetric per-channel weights".to_string()
+                },
             ));
         }
-        return QuantScheme::new(8, None, true)
-            .map(QuantScheme::with_f16_scales)
-            .map_err(|e| err(&base, e.to_string()));
+        if !fp8 {
+            return QuantScheme::new(8, None, true)
+                .map(QuantScheme::with_f16_scales)
+                .map_err(|e| err(&base, e.to_string()));
+        }
+        let group = match q.group_size {
+            None | Some(GroupSize::Channel) => None,
+            Some(GroupSize::Columns(g)) => Some(g),
+        };
+        if let Some(g) = group
+            && let Some(l) = linears.iter().find(|l| l.shape[1] % g != 0)
+        {
+            return Err(err(
+                format!("{base}.group_size"),
+                format!(
+                    "{g} does not divide the {} inputs of `{}`",
+                    l.shape[1], l.name
+                ),
+            ));
+        }
+        return QuantScheme::fp8(group).map_err(|e| err(&base, e.to_string()));
     }
     let bits = q.bits.unwrap_or(4);
     if !microllm_core::CODE_BITS.contains(&bits) {

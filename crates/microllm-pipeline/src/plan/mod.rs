@@ -216,7 +216,10 @@ impl OutputPlan {
                 format!("gguf ({} matrices)", self.dominant.describe())
             }
             Writer::Safetensors(d) => format!("safetensors ({})", d.torch_name()),
-            Writer::Packed(m) => format!("{m:?}").to_lowercase(),
+            Writer::Packed(m, None) => format!("{m:?}").to_lowercase(),
+            Writer::Packed(m, Some(structure)) => {
+                format!("{} ({structure} sparse)", format!("{m:?}").to_lowercase())
+            }
             Writer::Sparse(..) => "compressed-tensors (sparse)".into(),
         }
     }

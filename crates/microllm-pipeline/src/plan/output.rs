@@ -36,8 +36,17 @@ pub(super) fn output_plan(
         && format != OutputFormat::CompressedTensors
     {
         return Err(fmt_err(
-            "scheme w8a8-int8 quantizes every linear's input when the model runs, which only \
-             compressed-tensors (`int-quantized`) declares: use format compressed-tensors",
+            "schemes w8a8-int8 and w8a8-fp8 quantize every linear's input when the model runs, \
+             which only compressed-tensors (`int-quantized`, `float-quantized`) declares: use \
+             format compressed-tensors",
+        ));
+    }
+    if scheme.is_some_and(|s| s.is_fp8())
+        && matches!(format, OutputFormat::Gguf | OutputFormat::Gptq)
+    {
+        return Err(fmt_err(
+            "FP8 E4M3 weights have no GGUF block type and no GPTQ packing: use format \
+             compressed-tensors (or safetensors for the dequantized weights)",
         ));
     }
     if out.dtype.is_some() && format != OutputFormat::Safetensors {
@@ -173,13 +182,14 @@ pub(super) fn output_plan(
         }
         OutputFormat::Gptq | OutputFormat::CompressedTensors => {
             let ct = format == OutputFormat::CompressedTensors;
+            let method = if ct {
+                QuantMethod::CompressedTensors
+            } else {
+                QuantMethod::Gptq
+            };
             match (scheme, prune) {
                 (Some(s), None) => (
-                    Writer::Packed(if ct {
-                        QuantMethod::CompressedTensors
-                    } else {
-                        QuantMethod::Gptq
-                    }),
+                    Writer::Packed(method, None),
                     tensors::packed_plan(
                         cfg,
                         src,
@@ -189,26 +199,22 @@ pub(super) fn output_plan(
                     ),
                     GgufTypes::Pure(GgmlDType::F16),
                 ),
-                (Some(_), Some(_)) if ct => {
-                    return Err(fmt_err(
-                        "compressed-tensors with pruning and quantization together is not \
-                         written yet (sparse and quantized); use gguf for pruned + quantized output",
-                    ));
-                }
+                // Pruned and quantized: the quantized weights hold the pruned zeros exactly (a
+                // pruned weight's code is its group's zero), so they are written as the scheme
+                // writes them, `sparsity_config` declaring the structure over `dense` storage.
+                (Some(s), Some(p)) if ct && !structured => (
+                    Writer::Packed(method, Some(sparsity_structure(p).1)),
+                    tensors::packed_plan(
+                        cfg,
+                        src,
+                        &s,
+                        ct,
+                        layerwise.is_some_and(|l| l.scattered_groups),
+                    ),
+                    GgufTypes::Pure(GgmlDType::F16),
+                ),
                 (None, Some(p)) if ct => {
-                    let pattern = p
-                        .pattern
-                        .as_deref()
-                        .and_then(|t| SparsityPattern::parse(t).ok());
-                    let (fmt, structure) = match pattern {
-                        Some(SparsityPattern::NOfM { n: 2, m: 4 }) => {
-                            (SparseFormat::TwoFour, "2:4".to_string())
-                        }
-                        Some(SparsityPattern::NOfM { n, m }) => {
-                            (SparseFormat::Bitmask, format!("{n}:{m}"))
-                        }
-                        _ => (SparseFormat::Bitmask, "unstructured".to_string()),
-                    };
+                    let (fmt, structure) = sparsity_structure(p);
                     (
                         Writer::Sparse(fmt, structure),
                         tensors::dense_plan(cfg, src, OutDtype::F16),
@@ -352,4 +358,17 @@ fn read_importance_file(
         }
     }
     Ok(matrix)
+}
+
+/// The compressed-tensors sparse format and `sparsity_structure` of a prune pass.
+fn sparsity_structure(p: &PruneStage) -> (SparseFormat, String) {
+    match p
+        .pattern
+        .as_deref()
+        .and_then(|t| SparsityPattern::parse(t).ok())
+    {
+        Some(SparsityPattern::NOfM { n: 2, m: 4 }) => (SparseFormat::TwoFour, "2:4".to_string()),
+        Some(SparsityPattern::NOfM { n, m }) => (SparseFormat::Bitmask, format!("{n}:{m}")),
+        _ => (SparseFormat::Bitmask, "unstructured".to_string()),
+    }
 }

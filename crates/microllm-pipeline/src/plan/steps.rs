@@ -89,8 +89,10 @@ pub enum Writer {
     Gguf { codes: bool, importance: bool },
     /// A Hugging Face directory of dense weights.
     Safetensors(OutDtype),
-    /// GPTQ or compressed-tensors `pack-quantized`.
-    Packed(QuantMethod),
+    /// GPTQ or compressed-tensors (`pack-quantized`, `int-quantized`, ...); with the sparsity
+    /// structure (`2:4`, `unstructured`, ...) of a pruned and quantized compressed-tensors
+    /// model, declared in `sparsity_config` with the weights stored `dense`.
+    Packed(QuantMethod, Option<String>),
     /// compressed-tensors sparse bitmask.
     Sparse(SparseFormat, String),
 }

@@ -253,7 +253,12 @@ pub fn packed_plan(
                         4 * fixed_words(out, bits) * ng
                     };
                     let bytes = 4 * out * fixed_words(inp, bits) + 2 * out * ng + zp + 16 + g_idx;
-                    (format!("Q{bits}-ct"), bytes)
+                    let label = if scheme.is_fp8() {
+                        "FP8-ct".to_string()
+                    } else {
+                        format!("Q{bits}-ct")
+                    };
+                    (label, bytes)
                 } else {
                     let bytes = 4 * stream_words(inp, bits) * out
                         + 4 * ng * stream_words(out, bits)

@@ -289,6 +289,32 @@ pub enum SchemeName {
     /// 8-bit symmetric per-channel weights; every linear's input quantized to int8 per token,
     /// dynamically, when the model runs.
     W8a8Int8,
+    /// FP8 E4M3 weights, one scale per channel (or per `group_size` columns); every linear's
+    /// input quantized to FP8 per token, dynamically, when the model runs.
+    W8a8Fp8,
+    /// FP8 E4M3 weights, one scale per channel (or per `group_size` columns); activations
+    /// stay in full precision.
+    W8a16Fp8,
+}
+
+impl SchemeName {
+    /// The quantization of every linear's input the scheme declares, if any.
+    pub fn activations(self) -> Option<microllm_core::ActivationQuant> {
+        match self {
+            SchemeName::W8a8Int8 => Some(microllm_core::ActivationQuant::Int8PerToken),
+            SchemeName::W8a8Fp8 => Some(microllm_core::ActivationQuant::Fp8PerToken),
+            SchemeName::W8a16Fp8 => None,
+        }
+    }
+
+    /// The name recipes spell.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemeName::W8a8Int8 => "w8a8-int8",
+            SchemeName::W8a8Fp8 => "w8a8-fp8",
+            SchemeName::W8a16Fp8 => "w8a16-fp8",
+        }
+    }
 }
 
 /// Input columns sharing one scale: a number, or `channel` (one group per output row).
@@ -460,10 +486,14 @@ pub struct QuantizeStage {
     pub clip_search: Option<bool>,
     /// gptq, rtn: a weight-and-activation preset instead of `bits`/`group_size`/`symmetric`:
     /// `w8a8-int8` (8-bit symmetric per-channel weights, activations quantized to int8 per
-    /// token at run time; written as compressed-tensors `int-quantized`, vLLM's W8A8).
+    /// token at run time; written as compressed-tensors `int-quantized`, vLLM's W8A8),
+    /// `w8a8-fp8` (FP8 E4M3 weights per channel, or per `group_size` columns, and FP8
+    /// activations per token; `float-quantized`), `w8a16-fp8` (FP8 weights only;
+    /// `naive-quantized`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<SchemeName>,
-    /// gptq, rtn with an activation-quantizing scheme: SmoothQuant's migration strength alpha
+    /// gptq, rtn with an activation-quantizing scheme (w8a8-int8, w8a8-fp8): SmoothQuant's
+    /// migration strength alpha
     /// in (0, 1] (activation outliers moved into the weights by per-channel scales folded into
     /// the norms and producing linears; 0.5 in the paper, 0.8 in llm-compressor's examples).
     #[serde(default, skip_serializing_if = "Option::is_none")]

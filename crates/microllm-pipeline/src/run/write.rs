@@ -17,7 +17,9 @@ use microllm_io::write::{
 };
 
 use crate::output::{GgufCodes, QuantizedSource};
-use crate::packed::{StoredLinears, compressed_quantization_config, gptq_quantization_config};
+use crate::packed::{
+    StoredLinears, compressed_quantization_config, dense_sparsity_config, gptq_quantization_config,
+};
 use crate::plan::{Plan, TensorPlan, Writer};
 use crate::store::BlockStore;
 
@@ -131,7 +133,7 @@ pub fn write_output(
             };
             write_hf_dir(&output, &out.path, &opts, progress)?;
         }
-        Writer::Packed(method) => {
+        Writer::Packed(method, sparsity) => {
             let store = now.store.expect("packed output follows a quantize pass");
             let l = plan
                 .layerwise
@@ -160,12 +162,17 @@ pub fn write_output(
                 )
             } else {
                 let g = l.gptq.unwrap_or_default();
-                compressed_quantization_config(
+                let mut config = compressed_quantization_config(
                     &scheme,
                     l.scattered_groups,
                     g.act_order && g.static_groups,
                     l.activations,
-                )
+                );
+                if let Some(structure) = sparsity {
+                    let zeros = linears.zero_fraction(now.config.num_layers)?;
+                    config["sparsity_config"] = dense_sparsity_config(structure, zeros);
+                }
+                config
             };
             let output = PackedOutput {
                 config: now.config,
