@@ -35,6 +35,46 @@ fn logits_of(model: &std::path::Path, tokens: &std::path::Path, out: &std::path:
     values
 }
 
+/// `eval` on a token-id file scores exactly those tokens: the reference's two 24-token rows as
+/// two windows give the perplexity of the reference implementation's own logits.
+#[test]
+fn eval_of_token_ids_gives_the_reference_perplexity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("llama-tiny");
+    let reference = dir.join("reference.safetensors");
+    let json = tmp.path().join("eval.json");
+    microllm()
+        .args(["eval", "--ctx", "24", "--model"])
+        .arg(&dir)
+        .arg("--data")
+        .arg(&reference)
+        .arg("--json")
+        .arg(&json)
+        .assert()
+        .success();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ours = report["result"]["perplexity"].as_f64().unwrap();
+    let ids = microllm_io::arrays::read_token_ids(&reference, "input_ids").unwrap();
+    let (_, logits) = read_f32(&reference, "logits");
+    let (mut nll, mut n) = (0.0f64, 0usize);
+    for (r, row) in ids.iter().enumerate() {
+        for (t, next) in row.iter().enumerate().skip(1) {
+            let l = &logits[(r * 24 + t - 1) * 384..(r * 24 + t) * 384];
+            let max = l.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+            let sum: f64 = l.iter().map(|&v| (v as f64 - max).exp()).sum();
+            nll += max + sum.ln() - l[*next as usize] as f64;
+            n += 1;
+        }
+    }
+    let theirs = (nll / n as f64).exp();
+    assert_eq!(report["result"]["scored_tokens"], 46);
+    assert!(
+        (ours - theirs).abs() <= 1e-4 * theirs,
+        "eval {ours} vs the reference's {theirs}"
+    );
+}
+
 #[test]
 fn logits_match_the_reference_for_every_family() {
     let tmp = tempfile::tempdir().unwrap();

@@ -15,8 +15,9 @@ use crate::progress::Bar;
 
 /// Measure perplexity on a text file, or accuracy on a multiple-choice task.
 ///
-/// The text is tokenized whole (no BOS unless the tokenizer adds one) and cut into consecutive
-/// non-overlapping windows of --ctx tokens; the last partial window is dropped. Every position
+/// The text is tokenized whole (no BOS unless the tokenizer adds one), or token ids are read
+/// from a `.safetensors` file (its int64 `input_ids`, rows joined, as --calib takes them), and
+/// cut into consecutive non-overlapping windows of --ctx tokens; the last partial window is dropped. Every position
 /// after the first in each window is scored; perplexity = exp(mean negative log-likelihood).
 /// `--protocol llama-cpp` scores as llama-perplexity does instead.
 ///
@@ -28,7 +29,8 @@ pub struct Args {
     /// Model directory, .gguf file or hub repo id.
     #[arg(long, short)]
     model: String,
-    /// UTF-8 text file to score (with --task: the task's items).
+    /// UTF-8 text file to score, or a `.safetensors` file of token ids (`input_ids`); with
+    /// --task, the task's items.
     #[arg(long, short)]
     data: PathBuf,
     /// Tokens per window.
@@ -109,16 +111,14 @@ pub fn run(args: Args) -> Result<()> {
         });
     }
     let ckpt = super::open_model(&args.model)?;
-    let tokenizer = ckpt.require_tokenizer()?;
-    let text = super::read_text(&args.data)?;
-    let tokens = tokenizer
-        .encode(&text, true)
-        .with_context(|| format!("tokenizing {}", args.data.display()))?;
+    let (_, tokens) =
+        microllm_pipeline::run::read_tokens(&args.data, || ckpt.require_tokenizer(), true)?;
     let model = super::load_decoder(&ckpt, args.compute.compute)?;
     let protocol = match args.protocol {
         ProtocolArg::Microllm => Protocol::AllPositions,
         ProtocolArg::LlamaCpp => {
             // The BOS the tokenizer puts before a text, if it puts one.
+            let tokenizer = ckpt.require_tokenizer()?;
             let with = tokenizer.encode("a", true)?;
             let without = tokenizer.encode("a", false)?;
             let bos = (with.len() > without.len() && with.ends_with(&without)).then(|| with[0]);

@@ -14,6 +14,7 @@
 
 pub mod bits;
 pub mod compressed;
+mod ct_config;
 pub mod gptq;
 mod source;
 pub mod sparse;

@@ -5,6 +5,10 @@
 //! f32 `[out, in]`, dequantized on load; every other tensor passes through. So `eval`,
 //! `inspect`, `logits`, `convert` and `quantize` take such a checkpoint like any other.
 //!
+//! A compressed-tensors checkpoint may quantize different linears differently (several config
+//! groups, `mixed-precision`): each linear is read with the scheme of the group whose targets
+//! match its module name.
+//!
 //! Shapes are checked at open from the headers (and the tiny `weight_shape` tensors), so an
 //! inconsistent checkpoint fails at once with the tensor named, before any long work.
 
@@ -15,7 +19,7 @@ use candle_core::{Device, Tensor};
 use microllm_core::{Error, Result, TensorInfo, TensorSource};
 use serde_json::Value;
 
-use super::compressed::{self, CtConfig, CtTensors};
+use super::compressed::{self, CtConfig, CtGroup, CtTensors};
 use super::gptq::{self, GptqConfig};
 use super::{LinearCodes, QuantMethod};
 use crate::hf::SafetensorsSource;
@@ -24,7 +28,7 @@ use crate::hf::SafetensorsSource;
 #[derive(Debug, Clone)]
 enum Scheme {
     Gptq(GptqConfig),
-    Ct(CtConfig),
+    Ct(Vec<CtGroup>),
 }
 
 /// One packed linear.
@@ -32,6 +36,8 @@ struct Linear {
     prefix: String,
     shape: [usize; 2],
     stored_bytes: u64,
+    /// Its config group (compressed-tensors; 0 for GPTQ).
+    group: usize,
 }
 
 /// See the module docs.
@@ -58,14 +64,13 @@ impl QuantizedDirSource {
         let qc = &config["quantization_config"];
         let scheme = match method {
             QuantMethod::Gptq => Scheme::Gptq(GptqConfig::parse(qc, config_path)?),
-            QuantMethod::CompressedTensors => Scheme::Ct(CtConfig::parse(qc, config_path)?),
+            QuantMethod::CompressedTensors => Scheme::Ct(CtConfig::parse_groups(qc, config_path)?),
         };
         let inner = SafetensorsSource::open(dir, files)?;
-        let one_byte = matches!(&scheme, Scheme::Ct(c) if c.format.one_byte_per_weight());
-        let (marker, suffixes): (&str, &[&str]) = match scheme {
-            Scheme::Gptq(_) => ("qweight", &gptq::SUFFIXES),
-            Scheme::Ct(_) if one_byte => ("weight_scale", &compressed::INT_SUFFIXES),
-            Scheme::Ct(_) => ("weight_packed", &compressed::SUFFIXES),
+        // Every quantized linear has a scale (compressed-tensors) or a qweight (GPTQ).
+        let marker = match scheme {
+            Scheme::Gptq(_) => "qweight",
+            Scheme::Ct(_) => "weight_scale",
         };
         let infos = inner.infos();
         let prefixes: HashSet<String> = infos
@@ -73,6 +78,40 @@ impl QuantizedDirSource {
             .filter_map(|i| i.name.strip_suffix(&format!(".{marker}")))
             .map(str::to_string)
             .collect();
+        // Each prefix's group, and with it which tensors belong to it.
+        let mut groups: HashMap<String, usize> = HashMap::new();
+        for prefix in &prefixes {
+            let group = match &scheme {
+                Scheme::Gptq(_) => 0,
+                Scheme::Ct(g) => g
+                    .iter()
+                    .position(|g| g.targets.matches(prefix))
+                    .ok_or_else(|| {
+                        Error::format(
+                            dir,
+                            format!(
+                                "`{prefix}` is quantized but no config group of config.json \
+                                 targets it"
+                            ),
+                        )
+                    })?,
+            };
+            groups.insert(prefix.clone(), group);
+        }
+        let suffixes: Vec<&'static [&'static str]> = match &scheme {
+            Scheme::Gptq(_) => vec![&gptq::SUFFIXES],
+            Scheme::Ct(g) => g
+                .iter()
+                .map(|g| -> &'static [&'static str] {
+                    if g.config.format.one_byte_per_weight() {
+                        &compressed::INT_SUFFIXES
+                    } else {
+                        &compressed::SUFFIXES
+                    }
+                })
+                .collect(),
+        };
+        let suffixes_of = |group: usize| suffixes[group];
         if prefixes.is_empty() {
             return Err(Error::format(
                 dir,
@@ -89,12 +128,16 @@ impl QuantizedDirSource {
             linears: HashMap::new(),
             order: Vec::new(),
         };
-        let component_of = |name: &str| -> Option<String> {
+        let component_of = |name: &str| -> Option<(String, usize)> {
             let (prefix, suffix) = name.rsplit_once('.')?;
-            (suffixes.contains(&suffix) && prefixes.contains(prefix)).then(|| prefix.to_string())
+            let group = *groups.get(prefix)?;
+            suffixes_of(group)
+                .contains(&suffix)
+                .then(|| (prefix.to_string(), group))
         };
+        let one_byte = |group: usize| suffixes_of(group) == compressed::INT_SUFFIXES;
         for info in &infos {
-            let Some(prefix) = component_of(&info.name) else {
+            let Some((prefix, group)) = component_of(&info.name) else {
                 source.order.push(info.name.clone());
                 continue;
             };
@@ -102,14 +145,14 @@ impl QuantizedDirSource {
             if source.linears.contains_key(&weight) {
                 continue;
             }
-            if !one_byte && source.inner.info(&weight).is_some() {
+            if !one_byte(group) && source.inner.info(&weight).is_some() {
                 return Err(Error::format(
                     dir,
                     format!("tensor `{weight}` is stored both dense and packed"),
                 ));
             }
-            let shape = source.shape_of(&prefix)?;
-            let stored_bytes = suffixes
+            let shape = source.shape_of(&prefix, group)?;
+            let stored_bytes = suffixes_of(group)
                 .iter()
                 .filter_map(|s| source.inner.info(&format!("{prefix}.{s}")))
                 .map(|i| i.stored_bytes)
@@ -121,6 +164,7 @@ impl QuantizedDirSource {
                     prefix,
                     shape,
                     stored_bytes,
+                    group,
                 },
             );
         }
@@ -138,6 +182,7 @@ impl QuantizedDirSource {
     fn with_tensors<T>(
         &self,
         prefix: &str,
+        group: usize,
         gptq_f: impl FnOnce(
             &GptqConfig,
             [&super::RawTensor<'_>; 3],
@@ -153,7 +198,8 @@ impl QuantizedDirSource {
                 let g_idx = self.inner.raw(&format!("{prefix}.g_idx"));
                 gptq_f(cfg, [&qweight, &qzeros, &scales], g_idx.as_ref())
             }
-            Scheme::Ct(cfg) => {
+            Scheme::Ct(groups) => {
+                let cfg = &groups[group].config;
                 let one_byte = cfg.format.one_byte_per_weight();
                 let packed =
                     self.need(prefix, if one_byte { "weight" } else { "weight_packed" })?;
@@ -176,9 +222,10 @@ impl QuantizedDirSource {
         }
     }
 
-    fn shape_of(&self, prefix: &str) -> Result<[usize; 2]> {
+    fn shape_of(&self, prefix: &str, group: usize) -> Result<[usize; 2]> {
         self.with_tensors(
             prefix,
+            group,
             |cfg, [w, z, s], g| gptq::shape_of(cfg, w, z, s, g),
             compressed::shape_of,
         )
@@ -190,6 +237,7 @@ impl QuantizedDirSource {
         let linear = self.linears.get(weight_name)?;
         Some(self.with_tensors(
             &linear.prefix,
+            linear.group,
             |cfg, [w, z, s], g| gptq::decode(cfg, w, z, s, g),
             compressed::decode,
         ))
@@ -198,17 +246,23 @@ impl QuantizedDirSource {
     /// How the checkpoint's linears quantize their inputs when it runs (W8A8), if they do.
     pub fn activation_quant(&self) -> Option<microllm_core::ActivationQuant> {
         match &self.scheme {
-            Scheme::Ct(c) => c.activations,
+            // The groups agree (`CtConfig::parse_groups` checks it).
+            Scheme::Ct(groups) => groups[0].config.activations,
             Scheme::Gptq(_) => None,
         }
     }
 
-    /// The format and bits of the packed linears, e.g. `Q4-gptq`.
-    fn label(&self) -> String {
+    /// The format and bits of a packed linear, e.g. `Q4-gptq`.
+    fn label(&self, linear: &Linear) -> String {
         match &self.scheme {
             Scheme::Gptq(c) => format!("Q{}-gptq", c.bits),
-            Scheme::Ct(c) if c.code_type == microllm_core::CodeType::Fp8E4M3 => "FP8-ct".into(),
-            Scheme::Ct(c) => format!("Q{}-ct", c.bits),
+            Scheme::Ct(groups) => {
+                let c = &groups[linear.group].config;
+                match c.code_type {
+                    microllm_core::CodeType::Fp8E4M3 => "FP8-ct".into(),
+                    microllm_core::CodeType::Int => format!("Q{}-ct", c.bits),
+                }
+            }
         }
     }
 }
@@ -226,7 +280,7 @@ impl TensorSource for QuantizedDirSource {
         match self.linears.get(name) {
             Some(l) => Some(TensorInfo {
                 name: name.to_string(),
-                dtype: self.label(),
+                dtype: self.label(l),
                 shape: l.shape.to_vec(),
                 stored_bytes: l.stored_bytes,
             }),

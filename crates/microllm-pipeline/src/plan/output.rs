@@ -188,22 +188,15 @@ pub(super) fn output_plan(
                 QuantMethod::Gptq
             };
             match (scheme, prune) {
-                (Some(s), None) => (
-                    Writer::Packed(method, None),
-                    tensors::packed_plan(
-                        cfg,
-                        src,
-                        &s,
-                        ct,
-                        layerwise.is_some_and(|l| l.scattered_groups),
-                    ),
-                    GgufTypes::Pure(GgmlDType::F16),
-                ),
                 // Pruned and quantized: the quantized weights hold the pruned zeros exactly (a
                 // pruned weight's code is its group's zero), so they are written as the scheme
-                // writes them, `sparsity_config` declaring the structure over `dense` storage.
-                (Some(s), Some(p)) if ct && !structured => (
-                    Writer::Packed(method, Some(sparsity_structure(p).1)),
+                // writes them; compressed-tensors declares the structure in `sparsity_config`
+                // over `dense` storage.
+                (Some(s), prune) => (
+                    Writer::Packed(
+                        method,
+                        prune.filter(|_| ct).map(|p| sparsity_structure(p).1),
+                    ),
                     tensors::packed_plan(
                         cfg,
                         src,
