@@ -154,15 +154,28 @@ impl Plan {
             }),
             Pass::Quantize(q) => match l.and_then(|l| l.spec.scheme) {
                 Some(s) => format!(
-                    "{}, {} bits, {}, {}",
+                    "{}, {}, {}, {}{}",
                     serde_json::to_value(q.method)
                         .ok()
                         .and_then(|v| v.as_str().map(String::from))
                         .unwrap_or_default(),
-                    s.bits,
+                    if s.is_fp8() {
+                        "FP8 E4M3".to_string()
+                    } else {
+                        format!("{} bits", s.bits)
+                    },
                     s.group_size
                         .map_or("per-channel".into(), |g| format!("group {g}")),
-                    if s.symmetric { "symmetric" } else { "asymmetric" }
+                    if s.symmetric { "symmetric" } else { "asymmetric" },
+                    match l.and_then(|l| l.activations) {
+                        Some(microllm_core::ActivationQuant::Int8PerToken) => {
+                            ", activations int8 per token"
+                        }
+                        Some(microllm_core::ActivationQuant::Fp8PerToken) => {
+                            ", activations FP8 per token"
+                        }
+                        None => "",
+                    }
                 ),
                 None => format!(
                     "llama.cpp {} blocks (round-to-nearest, in the GGUF writer{})",
