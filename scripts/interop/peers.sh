@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoints made by the peers' own tools (issue 20), read by microllm: each is quantized from
 # SmolLM2-135M (microllm's f32 conversion of the published GGUF) on the CPU by llm-compressor
-# 0.14 (`llmc:SCHEME`, make_llmc.py) or GPTQModel 7.7 (`gptqmodel:VARIANT`, make_gptqmodel.py),
+# 0.14 (`llmc:SCHEME`, make_llmc.py), GPTQModel 7.7 (`gptqmodel:VARIANT`, make_gptqmodel.py) or
+# AutoRound 0.15 (`autoround:VARIANT`, its auto_gptq export, make_autoround.py),
 # then its perplexity is measured by transformers (the tools' runtime: compressed-tensors with
 # its activation quantization, GPTQModel's kernels) and by `microllm eval` on the same token
 # ids (WINDOWS x 512 of wiki.eval.txt, every position after the first scored): the two must
@@ -12,15 +13,16 @@
 # Needs target/lmeval-venv (scripts/tasks.sh makes it: torch, transformers, compressed-tensors)
 # with the tools added without their pins, which would downgrade torch and transformers:
 #   target/lmeval-venv/bin/python -m pip install --no-deps llmcompressor==0.14.0.1 \
-#     gptqmodel==7.7.0 optimum==2.3.0 PyPcre LogBar device-smi tokenicer defuser pillow
+#     gptqmodel==7.7.0 optimum==2.3.0 PyPcre LogBar device-smi tokenicer defuser pillow \
+#     auto-round==0.15.1 py-cpuinfo
 #
 # Usage: scripts/interop/peers.sh    env: SAMPLES (32), WINDOWS (8), CHECKPOINTS (tool:variant ...)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 assets=$(bash scripts/fetch-assets.sh)
 py=target/lmeval-venv/bin/python
-"$py" -c "import llmcompressor, gptqmodel" 2>/dev/null || {
-  echo "llmcompressor or gptqmodel is not importable from $py (see the header of $0)" >&2
+"$py" -c "import llmcompressor, gptqmodel, auto_round" 2>/dev/null || {
+  echo "llmcompressor, gptqmodel or auto_round is not importable from $py (see the header of $0)" >&2
   exit 2
 }
 cargo build --release --quiet
@@ -31,7 +33,7 @@ SAMPLES=${SAMPLES:-32}
 WINDOWS=${WINDOWS:-8}
 CHECKPOINTS=${CHECKPOINTS:-llmc:gptq-w4g32 llmc:awq-w4g64 llmc:w8a8-int8 llmc:fp8-dynamic llmc:mixed \
   gptqmodel:4-32-sym gptqmodel:4-64-asym-act-v2 gptqmodel:3-64-asym gptqmodel:8-128-sym-act \
-  gptqmodel:2-32-sym}
+  gptqmodel:2-32-sym autoround:4-32-asym}
 model=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -d "$out/f32" ] || "$bin" convert --model "$model" --dtype f32 --out "$out/f32" >/dev/null
 ids=$out/eval-ids-$WINDOWS.safetensors
@@ -83,6 +85,7 @@ for c in $CHECKPOINTS; do
   case $tool in
     llmc) maker=(scripts/interop/make_llmc.py --scheme "$v") by=llm-compressor ;;
     gptqmodel) maker=(scripts/interop/make_gptqmodel.py --variant "$v") by=GPTQModel ;;
+    autoround) maker=(scripts/interop/make_autoround.py --variant "$v") by="AutoRound (auto_gptq)" ;;
     *) echo "unknown tool in $c" >&2; fail=1; continue ;;
   esac
   s=$tool-$v dir=$out/$tool-$v

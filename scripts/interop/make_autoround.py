@@ -1,0 +1,59 @@
+"""Quantizes a Hugging Face model directory with AutoRound (the real tool, on CPU) and saves its
+`auto_gptq` export, as its users do: a checkpoint microllm must read (issue 20).
+
+Variant (--variant): BITS-GROUP-SYM, e.g. `4-32-asym`. AutoRound runs with `iters=0`, its
+round-to-nearest mode (the sign-gradient tuning takes hours on 2 cores); the export layout is
+the same either way. Calibration: --samples windows of --seqlen tokens of CALIB_TEXT.
+
+Usage: python make_autoround.py SRC_DIR CALIB_TEXT OUT_DIR --variant V [--samples 32]
+"""
+import argparse
+import glob
+import os
+import shutil
+import time
+
+import torch
+from calib_windows import windows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("src")
+    ap.add_argument("calib")
+    ap.add_argument("out")
+    ap.add_argument("--variant", required=True)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seqlen", type=int, default=512)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    from auto_round import AutoRound
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    bits, group, sym = a.variant.split("-")
+    rows = windows(a.src, a.calib, a.samples, a.seqlen)
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(a.src, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(a.src)
+    ar = AutoRound(
+        model,
+        tok,
+        bits=int(bits),
+        group_size=int(group),
+        sym=sym == "sym",
+        iters=0,
+        dataset=[torch.tensor(r) for r in rows],
+        nsamples=a.samples,
+        seqlen=a.seqlen,
+    )
+    tmp = a.out + ".tmp"
+    ar.quantize_and_save(tmp, format="auto_gptq")
+    # AutoRound nests the export as TMP/<model>-w<bits>g<group>/auto-gptq (or TMP itself).
+    found = glob.glob(f"{tmp}/**/config.json", recursive=True)
+    shutil.move(os.path.dirname(found[0]), a.out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"AutoRound {a.variant}: quantize + save {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
