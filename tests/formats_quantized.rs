@@ -314,13 +314,20 @@ fn broken_checkpoints_fail_naming_the_key_or_tensor() {
     let unknown = tmp.path().join("unknown");
     common::copy_dir(&gptq, &unknown);
     set_config(&unknown, |v| {
-        v["quantization_config"]["quant_method"] = "awq".into()
+        v["quantization_config"]["quant_method"] = "hqq".into()
     });
     let err = fails(&unknown);
     assert!(
-        err.contains("quantization_config.quant_method") && err.contains("awq"),
+        err.contains("quantization_config.quant_method") && err.contains("hqq"),
         "{err}"
     );
+    // GPTQ tensors declared as AWQ (whose qweight runs along the input): the shapes disagree,
+    // and the error names the tensor.
+    set_config(&unknown, |v| {
+        v["quantization_config"]["quant_method"] = "awq".into()
+    });
+    let err = fails(&unknown);
+    assert!(err.contains("expected shape"), "{err}");
 
     let ct = tmp.path().join("ct");
     microllm()

@@ -1,7 +1,8 @@
 """Quantizes a Hugging Face model directory with AutoRound (the real tool, on CPU) and saves its
-`auto_gptq` export, as its users do: a checkpoint microllm must read (issue 20).
+`auto_gptq` export (or, with `-awq`, its `auto_awq` export: AutoAWQ's GEMM layout), as its
+users do: checkpoints microllm must read (issue 20).
 
-Variant (--variant): BITS-GROUP-SYM, e.g. `4-32-asym`. AutoRound runs with `iters=0`, its
+Variant (--variant): BITS-GROUP-SYM[-awq], e.g. `4-32-asym`, `4-32-asym-awq`. AutoRound runs with `iters=0`, its
 round-to-nearest mode (the sign-gradient tuning takes hours on 2 cores); the export layout is
 the same either way. Calibration: --samples windows of --seqlen tokens of CALIB_TEXT.
 
@@ -30,7 +31,8 @@ def main():
     from auto_round import AutoRound
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    bits, group, sym = a.variant.split("-")
+    bits, group, sym, *fmt = a.variant.split("-")
+    export = "auto_awq" if fmt == ["awq"] else "auto_gptq"
     rows = windows(a.src, a.calib, a.samples, a.seqlen)
     t0 = time.time()
     model = AutoModelForCausalLM.from_pretrained(a.src, dtype=torch.float32)
@@ -47,7 +49,7 @@ def main():
         seqlen=a.seqlen,
     )
     tmp = a.out + ".tmp"
-    ar.quantize_and_save(tmp, format="auto_gptq")
+    ar.quantize_and_save(tmp, format=export)
     # AutoRound nests the export as TMP/<model>-w<bits>g<group>/auto-gptq (or TMP itself).
     found = glob.glob(f"{tmp}/**/config.json", recursive=True)
     shutil.move(os.path.dirname(found[0]), a.out)

@@ -33,7 +33,7 @@ SAMPLES=${SAMPLES:-32}
 WINDOWS=${WINDOWS:-8}
 CHECKPOINTS=${CHECKPOINTS:-llmc:gptq-w4g32 llmc:awq-w4g64 llmc:w8a8-int8 llmc:fp8-dynamic llmc:mixed \
   gptqmodel:4-32-sym gptqmodel:4-64-asym-act-v2 gptqmodel:3-64-asym gptqmodel:8-128-sym-act \
-  gptqmodel:2-32-sym autoround:4-32-asym}
+  gptqmodel:2-32-sym autoround:4-32-asym autoround:4-32-asym-awq}
 model=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -d "$out/f32" ] || "$bin" convert --model "$model" --dtype f32 --out "$out/f32" >/dev/null
 ids=$out/eval-ids-$WINDOWS.safetensors
@@ -54,7 +54,9 @@ row() {
   fmt=$(python3 - "$dir/config.json" <<'PY'
 import json, sys
 q = json.load(open(sys.argv[1]))["quantization_config"]
-if q["quant_method"] == "gptq":
+if q["quant_method"] == "awq":
+    print(f"awq {q.get('version', 'gemm')} {q['bits']}-bit g{q['group_size']}")
+elif q["quant_method"] == "gptq":
     print(" ".join([q.get("checkpoint_format") or q.get("format") or "gptq",
                     f"{q['bits']}-bit g{q['group_size']}", "sym" if q.get("sym", True) else "asym"]
                    + (["desc_act"] if q.get("desc_act") else [])))
@@ -85,7 +87,8 @@ for c in $CHECKPOINTS; do
   case $tool in
     llmc) maker=(scripts/interop/make_llmc.py --scheme "$v") by=llm-compressor ;;
     gptqmodel) maker=(scripts/interop/make_gptqmodel.py --variant "$v") by=GPTQModel ;;
-    autoround) maker=(scripts/interop/make_autoround.py --variant "$v") by="AutoRound (auto_gptq)" ;;
+    autoround) maker=(scripts/interop/make_autoround.py --variant "$v")
+      by="AutoRound ($([ "${v%-awq}" = "$v" ] && echo auto_gptq || echo auto_awq))" ;;
     *) echo "unknown tool in $c" >&2; fail=1; continue ;;
   esac
   s=$tool-$v dir=$out/$tool-$v

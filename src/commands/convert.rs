@@ -183,7 +183,7 @@ fn to_gguf(
     // A GPTQ / compressed-tensors source: linears whose codes a ggml block type holds are
     // written exactly from the codes (Q4_0 / Q4_1 / Q8_0), not re-quantized.
     let packed = match ckpt.format {
-        CheckpointFormat::Gptq | CheckpointFormat::CompressedTensors => {
+        CheckpointFormat::Gptq | CheckpointFormat::CompressedTensors | CheckpointFormat::Awq => {
             microllm_io::hf::open_quantized(&ckpt.path)?
         }
         _ => None,

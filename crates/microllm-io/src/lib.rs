@@ -56,6 +56,8 @@ pub enum CheckpointFormat {
     Gptq,
     /// A Hugging Face directory holding a compressed-tensors (`pack-quantized`) checkpoint.
     CompressedTensors,
+    /// A Hugging Face directory holding an AWQ checkpoint (AutoAWQ's GEMM layout).
+    Awq,
     /// A Hugging Face directory holding a sparse compressed-tensors checkpoint
     /// (`sparse-bitmask` / `sparse-24-bitmask`).
     Sparse,
@@ -67,6 +69,7 @@ impl std::fmt::Display for CheckpointFormat {
             CheckpointFormat::HfDir => "Hugging Face safetensors directory",
             CheckpointFormat::Gguf => "GGUF",
             CheckpointFormat::Gptq => "GPTQ checkpoint (Hugging Face directory)",
+            CheckpointFormat::Awq => "AWQ checkpoint (Hugging Face directory)",
             CheckpointFormat::CompressedTensors => {
                 "compressed-tensors checkpoint (Hugging Face directory)"
             }

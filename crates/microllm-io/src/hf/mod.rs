@@ -58,6 +58,7 @@ pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
             let format = match method {
                 QuantMethod::Gptq => CheckpointFormat::Gptq,
                 QuantMethod::CompressedTensors => CheckpointFormat::CompressedTensors,
+                QuantMethod::Awq => CheckpointFormat::Awq,
             };
             (format, Box::new(tensors))
         }

@@ -1,5 +1,6 @@
 //! Quantized safetensors checkpoints: GPTQ (v1 layout) and compressed-tensors
-//! (`pack-quantized`), written and read.
+//! (`pack-quantized`, `int-quantized`, `float-quantized`, `naive-quantized`), written and read;
+//! AWQ (AutoAWQ's GEMM layout, [`awq`]), read.
 //!
 //! Both formats hold, per linear layer, the same information as microllm's canonical
 //! quantized weight (`microllm_quant::QuantizedWeight`): one integer code per weight, a scale
@@ -12,6 +13,7 @@
 //! Which format a directory holds is `config.json`'s `quantization_config.quant_method`
 //! ([`QuantMethod::detect`]).
 
+pub mod awq;
 pub mod bits;
 pub mod compressed;
 mod ct_config;
@@ -146,6 +148,8 @@ pub enum QuantMethod {
     Gptq,
     /// compressed-tensors (llm-compressor), `pack-quantized`.
     CompressedTensors,
+    /// AWQ, AutoAWQ's GEMM layout (read only).
+    Awq,
 }
 
 impl QuantMethod {
@@ -163,12 +167,13 @@ impl QuantMethod {
         match method {
             "gptq" => Ok(Some(QuantMethod::Gptq)),
             "compressed-tensors" => Ok(Some(QuantMethod::CompressedTensors)),
+            "awq" => Ok(Some(QuantMethod::Awq)),
             other => Err(Error::config(
                 path,
                 key,
                 format!(
-                    "quant_method `{other}` is not one microllm reads (it reads `gptq` and \
-                     `compressed-tensors`)"
+                    "quant_method `{other}` is not one microllm reads (it reads `gptq`, \
+                     `compressed-tensors` and `awq`)"
                 ),
             )),
         }
@@ -180,6 +185,7 @@ impl std::fmt::Display for QuantMethod {
         f.write_str(match self {
             QuantMethod::Gptq => "gptq",
             QuantMethod::CompressedTensors => "compressed-tensors",
+            QuantMethod::Awq => "awq",
         })
     }
 }

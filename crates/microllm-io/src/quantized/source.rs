@@ -1,5 +1,5 @@
 //! A quantized Hugging Face directory as an ordinary [`TensorSource`]: every packed linear
-//! `P.qweight/...` (GPTQ), `P.weight_packed/...` (compressed-tensors' pack-quantized) or int8
+//! `P.qweight/...` (GPTQ, AWQ), `P.weight_packed/...` (compressed-tensors' pack-quantized) or int8
 //! `P.weight` + `P.weight_scale` (its int-quantized, float-quantized and naive-quantized, int8
 //! or FP8) appears as `P.weight`,
 //! f32 `[out, in]`, dequantized on load; every other tensor passes through. So `eval`,
@@ -19,6 +19,7 @@ use candle_core::{Device, Tensor};
 use microllm_core::{Error, Result, TensorInfo, TensorSource};
 use serde_json::Value;
 
+use super::awq::{self, AwqConfig};
 use super::compressed::{self, CtConfig, CtGroup, CtTensors};
 use super::gptq::{self, GptqConfig};
 use super::{LinearCodes, QuantMethod};
@@ -29,6 +30,7 @@ use crate::hf::SafetensorsSource;
 enum Scheme {
     Gptq(GptqConfig),
     Ct(Vec<CtGroup>),
+    Awq(AwqConfig),
 }
 
 /// One packed linear.
@@ -65,11 +67,12 @@ impl QuantizedDirSource {
         let scheme = match method {
             QuantMethod::Gptq => Scheme::Gptq(GptqConfig::parse(qc, config_path)?),
             QuantMethod::CompressedTensors => Scheme::Ct(CtConfig::parse_groups(qc, config_path)?),
+            QuantMethod::Awq => Scheme::Awq(AwqConfig::parse(qc, config_path)?),
         };
         let inner = SafetensorsSource::open(dir, files)?;
         // Every quantized linear has a scale (compressed-tensors) or a qweight (GPTQ).
         let marker = match scheme {
-            Scheme::Gptq(_) => "qweight",
+            Scheme::Gptq(_) | Scheme::Awq(_) => "qweight",
             Scheme::Ct(_) => "weight_scale",
         };
         let infos = inner.infos();
@@ -82,7 +85,7 @@ impl QuantizedDirSource {
         let mut groups: HashMap<String, usize> = HashMap::new();
         for prefix in &prefixes {
             let group = match &scheme {
-                Scheme::Gptq(_) => 0,
+                Scheme::Gptq(_) | Scheme::Awq(_) => 0,
                 Scheme::Ct(g) => g
                     .iter()
                     .position(|g| g.targets.matches(prefix))
@@ -100,6 +103,7 @@ impl QuantizedDirSource {
         }
         let suffixes: Vec<&'static [&'static str]> = match &scheme {
             Scheme::Gptq(_) => vec![&gptq::SUFFIXES],
+            Scheme::Awq(_) => vec![&awq::SUFFIXES],
             Scheme::Ct(g) => g
                 .iter()
                 .map(|g| -> &'static [&'static str] {
@@ -189,8 +193,15 @@ impl QuantizedDirSource {
             Option<&super::RawTensor<'_>>,
         ) -> Result<T>,
         ct_f: impl FnOnce(&CtConfig, &CtTensors<'_, '_>) -> Result<T>,
+        awq_f: impl FnOnce(&AwqConfig, [&super::RawTensor<'_>; 3]) -> Result<T>,
     ) -> Result<T> {
         match &self.scheme {
+            Scheme::Awq(cfg) => {
+                let qweight = self.need(prefix, "qweight")?;
+                let qzeros = self.need(prefix, "qzeros")?;
+                let scales = self.need(prefix, "scales")?;
+                awq_f(cfg, [&qweight, &qzeros, &scales])
+            }
             Scheme::Gptq(cfg) => {
                 let qweight = self.need(prefix, "qweight")?;
                 let qzeros = self.need(prefix, "qzeros")?;
@@ -228,6 +239,7 @@ impl QuantizedDirSource {
             group,
             |cfg, [w, z, s], g| gptq::shape_of(cfg, w, z, s, g),
             compressed::shape_of,
+            |cfg, [w, z, s]| awq::shape_of(cfg, w, z, s),
         )
     }
 
@@ -240,6 +252,7 @@ impl QuantizedDirSource {
             linear.group,
             |cfg, [w, z, s], g| gptq::decode(cfg, w, z, s, g),
             compressed::decode,
+            |cfg, [w, z, s]| awq::decode(cfg, w, z, s),
         ))
     }
 
@@ -248,7 +261,7 @@ impl QuantizedDirSource {
         match &self.scheme {
             // The groups agree (`CtConfig::parse_groups` checks it).
             Scheme::Ct(groups) => groups[0].config.activations,
-            Scheme::Gptq(_) => None,
+            Scheme::Gptq(_) | Scheme::Awq(_) => None,
         }
     }
 
@@ -256,6 +269,7 @@ impl QuantizedDirSource {
     fn label(&self, linear: &Linear) -> String {
         match &self.scheme {
             Scheme::Gptq(c) => format!("Q{}-gptq", c.bits),
+            Scheme::Awq(_) => "Q4-awq".into(),
             Scheme::Ct(groups) => {
                 let c = &groups[linear.group].config;
                 match c.code_type {

@@ -94,6 +94,7 @@ pub(crate) fn st_dtype(d: OutDtype) -> Dtype {
 fn encode(out: &PackedOutput<'_>, prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
     match out.method {
         QuantMethod::Gptq => gptq::encode(prefix, q),
+        QuantMethod::Awq => unreachable!("AWQ checkpoints are read, never written"),
         QuantMethod::CompressedTensors => {
             let format = compressed::CtFormat::of_config(&out.quantization_config);
             compressed::encode_as(format, prefix, q)
