@@ -381,21 +381,12 @@ fn quant_scheme(
                 .map(QuantScheme::with_f16_scales)
                 .map_err(|e| err(&base, e.to_string()));
         }
+        // One scale per channel unless a group size is given (no default grouping for FP8).
         let group = match q.group_size {
-            None | Some(GroupSize::Channel) => None,
-            Some(GroupSize::Columns(g)) => Some(g),
+            None => None,
+            asked => tensors::resolve_group_size(asked, false, linears)
+                .map_err(|m| err(format!("{base}.group_size"), m))?,
         };
-        if let Some(g) = group
-            && let Some(l) = linears.iter().find(|l| l.shape[1] % g != 0)
-        {
-            return Err(err(
-                format!("{base}.group_size"),
-                format!(
-                    "{g} does not divide the {} inputs of `{}`",
-                    l.shape[1], l.name
-                ),
-            ));
-        }
         return QuantScheme::fp8(group).map_err(|e| err(&base, e.to_string()));
     }
     let bits = q.bits.unwrap_or(4);
