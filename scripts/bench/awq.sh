@@ -4,7 +4,8 @@
 # c4.calib.txt, measured on WINDOWS x 512 tokens of wiki.eval.txt against the original
 # (perplexity, KL, top-1), with each run's wall time and peak RSS. Writes GGUF (the codes in
 # Q4_1 blocks, exactly; 3-bit codes in 4-bit slots).
-# Usage: scripts/bench/awq.sh            env: SAMPLES (64), WINDOWS (16), BITS ("4 3"), GROUP (64)
+# Usage: scripts/bench/awq.sh            env: SAMPLES (64), WINDOWS (16), BITS ("4 3"), GROUP (64),
+#   MODEL (the SmolLM2 asset; `qwen2.5-0.5b` for scripts/fetch-model.sh's Qwen2.5-Coder-0.5B Q4_K_M)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 assets=$(bash scripts/fetch-assets.sh)
@@ -15,9 +16,14 @@ mkdir -p "$out"
 SAMPLES=${SAMPLES:-64}
 WINDOWS=${WINDOWS:-16}
 GROUP=${GROUP:-64}
-model=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf
+case ${MODEL:-smollm2} in
+  smollm2) model=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf ;;
+  qwen2.5-0.5b) model=$(bash scripts/fetch-model.sh qwen2.5-0.5b); out=$out/qwen2.5-0.5b ;;
+  *) model=$MODEL ;;
+esac
+mkdir -p "$out"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "SmolLM2-135M, groups of $GROUP, asymmetric; calibration $SAMPLES x 512 (c4), eval $WINDOWS x 512 (wiki)"
+echo "$(basename "$model"), groups of $GROUP, asymmetric; calibration $SAMPLES x 512 (c4), eval $WINDOWS x 512 (wiki)"
 echo
 echo "| bits | method | perplexity | KL (nats/token) | top-1 | wall s | peak RSS MB | block phases (s) |"
 echo "|---|---|---|---|---|---|---|---|"

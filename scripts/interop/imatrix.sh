@@ -5,8 +5,8 @@
 #   3. microllm measures its own (`--save-imatrix`) and llama-quantize quantizes with it;
 #   4. llama-perplexity scores every file on the same text, and every file must load: the
 #      .dat and GGUF forms of one matrix must give the same file (0.1%), microllm and
-#      llama-quantize with the same matrix must agree within 0.5% (their Q4_K fits differ in a
-#      few scale bytes per tensor; the tensor-by-tensor byte comparison is printed);
+#      llama-quantize with the same matrix must agree within 0.5%, and their Q4_K_M files
+#      (without a matrix, and with llama-imatrix's) must be byte-identical tensor by tensor;
 #   5. the legacy types with a matrix (Q4_0, Q4_1, Q5_1), microllm vs llama-quantize with the
 #      same llama-imatrix file, compared tensor by tensor (printed; byte identity expected).
 # Prints one RESULT line per file and exits non-zero if a check fails.
@@ -67,10 +67,13 @@ for pair in "ours-plain llama-plain 0.005" "ours-llama-dat ours-llama-gguf 0.001
     if within "${p[$1]}" "${p[$2]}" "$3"; then echo "CHECK ok   $1 vs $2 (within $3)"
     else echo "CHECK FAIL $1 vs $2 (beyond $3)"; status=1; fi
 done
-echo "bytes: microllm vs llama-quantize, no imatrix: $(python3 scripts/interop/gguf_tensor_diff.py \
-    "$work/ours-plain.gguf" "$work/llama-plain.gguf" | tail -1)"
-echo "bytes: microllm vs llama-quantize, same imatrix: $(python3 scripts/interop/gguf_tensor_diff.py \
-    "$work/ours-llama-gguf.gguf" "$work/llama-llama-gguf.gguf" | tail -1)"
+for pair in "no-imatrix ours-plain llama-plain" "same-imatrix ours-llama-gguf llama-llama-gguf"; do
+    set -- $pair
+    diff=$(python3 scripts/interop/gguf_tensor_diff.py "$work/$2.gguf" "$work/$3.gguf" | tail -1)
+    echo "bytes: microllm vs llama-quantize, q4_k_m, $1: $diff"
+    if [[ $diff =~ differ\ 0$ ]]; then echo "CHECK ok   $2 vs $3 (byte-identical)"
+    else echo "CHECK FAIL $2 vs $3 (bytes differ)"; status=1; fi
+done
 for t in q4_0 q4_1 q5_1; do
     "$m" quantize --model "$work/f32.gguf" --gguf-type "$t" --imatrix "$work/llama.imatrix.gguf" \
         --force --out "$work/ours-$t.gguf" >/dev/null

@@ -440,6 +440,7 @@ enum RowPacker<'a> {
     Q5_0(&'a [f32]),
     Q4_1(&'a [f32]),
     Q5_1(&'a [f32]),
+    Q4K(Option<&'a [f32]>),
     Q6K(Option<&'a [f32]>),
 }
 
@@ -450,6 +451,7 @@ impl RowPacker<'_> {
             RowPacker::Q5_0(w) => weighted::q5_0_row(row, w, out),
             RowPacker::Q4_1(w) => weighted::q4_1_row(row, w, out),
             RowPacker::Q5_1(w) => weighted::q5_1_row(row, w, out),
+            RowPacker::Q4K(w) => super::q4_k::q4_k_row(row, w, out),
             RowPacker::Q6K(w) => weighted::q6_k_row(row, w, out),
         }
     }
@@ -475,8 +477,9 @@ pub(super) fn encode_checked(
 /// The tensor's bytes in `dtype`, refusing non-finite values (block quantizers would turn them
 /// into garbage silently). Blocks never straddle rows, so the values are cut into chunks of
 /// whole rows and packed on all cores: Q8_0 / Q4_0 / Q4_1 by microllm's own packers
-/// ([`blocks`]), Q6_K (and, with per-column `importance` weights, Q4_0 / Q5_0 / Q4_1 / Q5_1)
-/// by [`weighted`], other types by candle's ggml port (see [`takes_importance`]).
+/// ([`blocks`]), Q4_K by [`q4_k`](super::q4_k), Q6_K (and, with per-column `importance`
+/// weights, Q4_0 / Q5_0 / Q4_1 / Q5_1) by [`weighted`], other types by candle's ggml port
+/// (see [`takes_importance`]).
 fn encode(
     t: &Tensor,
     dtype: GgmlDType,
@@ -527,13 +530,14 @@ fn encode(
         GgmlDType::Q4_1 => Some(blocks::q4_1),
         _ => None,
     };
-    // Types microllm fits row by row as current llama.cpp does (candle's Q6_K follows an
-    // older llama.cpp, and it has no weighted Q4_0 / Q5_0 / Q4_1 / Q5_1).
+    // Types microllm fits row by row as current llama.cpp does (candle's Q4_K and Q6_K follow
+    // an older llama.cpp, and it has no weighted Q4_0 / Q5_0 / Q4_1 / Q5_1).
     let by_row: Option<RowPacker<'_>> = match (dtype, importance) {
         (GgmlDType::Q4_0, Some(w)) => Some(RowPacker::Q4_0(w)),
         (GgmlDType::Q5_0, Some(w)) => Some(RowPacker::Q5_0(w)),
         (GgmlDType::Q4_1, Some(w)) => Some(RowPacker::Q4_1(w)),
         (GgmlDType::Q5_1, Some(w)) => Some(RowPacker::Q5_1(w)),
+        (GgmlDType::Q4K, w) => Some(RowPacker::Q4K(w)),
         (GgmlDType::Q6K, w) => Some(RowPacker::Q6K(w)),
         _ => None,
     };

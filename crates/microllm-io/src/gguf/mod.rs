@@ -28,6 +28,7 @@ mod imatrix_file;
 mod meta;
 mod mix;
 pub mod names;
+mod q4_k;
 mod source;
 pub mod tokenizer;
 mod tokenizer_meta;

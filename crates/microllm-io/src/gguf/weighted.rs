@@ -33,7 +33,7 @@ const ALL_ZERO: f32 = 1e-15;
 
 /// ggml's `nearest_int`: round half to even.
 #[inline]
-fn nearest(x: f32) -> i32 {
+pub(super) fn nearest(x: f32) -> i32 {
     x.round_ties_even() as i32
 }
 
@@ -85,9 +85,31 @@ fn fit_block(x: &[f32], weights: Option<&[f32]>, nmax: i32, codes: &mut [u8]) ->
     scale
 }
 
+/// The grids a scale-and-offset search tries after the range's own: `levels + first + step
+/// k` levels for `k = 0..=steps`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OffsetGrid {
+    pub first: f32,
+    pub step: f32,
+    pub steps: u32,
+}
+
+/// llama.cpp's Q4_1 / Q5_1 search (`make_qkx3_quants(.., -0.9, 0.05, 36, ..)`).
+const LEGACY_OFFSET_GRID: OffsetGrid = OffsetGrid {
+    first: -0.9,
+    step: 0.05,
+    steps: 36,
+};
+
 /// Codes `0..=levels` of one block and its `(d, m)` (`w = d code + m`, `m <= 0`), by the
-/// scale-and-offset search described in the module docs.
-fn fit_block_with_offset(x: &[f32], weights: &[f32], levels: u8, codes: &mut [u8]) -> (f32, f32) {
+/// scale-and-offset search described in the module docs, over `grid`.
+pub(super) fn fit_block_with_offset(
+    x: &[f32],
+    weights: &[f32],
+    levels: u8,
+    grid: OffsetGrid,
+    codes: &mut [u8],
+) -> (f32, f32) {
     let n_levels = f32::from(levels);
     let (mut lo, mut hi) = (x[0], x[0]);
     let (mut sum_w, mut sum_x) = (weights[0], weights[0] * x[0]);
@@ -123,8 +145,8 @@ fn fit_block_with_offset(x: &[f32], weights: &[f32], levels: u8, codes: &mut [u8
     // As in llama.cpp, later grids are laid from the offset of the best fit so far.
     let mut trial = [0u8; QK];
     let trial = &mut trial[..x.len()];
-    for step in 0..=36 {
-        let iscale = (-0.9 + 0.05 * step as f32 + n_levels) / (hi - min);
+    for k in 0..=grid.steps {
+        let iscale = (grid.first + grid.step * k as f32 + n_levels) / (hi - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
         for ((c, &v), &w) in trial.iter_mut().zip(x).zip(weights) {
             *c = round_on(iscale, v, min);
@@ -213,7 +235,7 @@ pub const Q5_1_BYTES: usize = 2 + 2 + 4 + QK / 2;
 /// Appends the importance-weighted Q4_1 blocks of one row (a multiple of 32 values).
 pub fn q4_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
     each_block(row, importance, |x, w, codes| {
-        let (d, m) = fit_block_with_offset(x, w, 15, codes);
+        let (d, m) = fit_block_with_offset(x, w, 15, LEGACY_OFFSET_GRID, codes);
         out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
         out.extend_from_slice(&f16::from_f32(m).to_le_bytes());
         out.extend(nibbles(codes));
@@ -223,7 +245,7 @@ pub fn q4_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
 /// Appends the importance-weighted Q5_1 blocks of one row (a multiple of 32 values).
 pub fn q5_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
     each_block(row, importance, |x, w, codes| {
-        let (d, m) = fit_block_with_offset(x, w, 31, codes);
+        let (d, m) = fit_block_with_offset(x, w, 31, LEGACY_OFFSET_GRID, codes);
         out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
         out.extend_from_slice(&f16::from_f32(m).to_le_bytes());
         out.extend_from_slice(&fifth_bits(codes).to_le_bytes());
