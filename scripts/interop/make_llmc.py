@@ -6,6 +6,8 @@ Schemes (--scheme):
   awq-w4g64      AWQ, 4-bit asymmetric groups of 64 (SmolLM2's 576 inputs take no group of 128)
   w8a8-int8      SmoothQuant 0.8 + GPTQ W8A8 int8 (int-quantized, per-token int8 activations)
   fp8-dynamic    FP8_DYNAMIC: FP8 weights per channel, per-token FP8 activations, no calibration
+  fp8-block      FP8_BLOCK: FP8 weights with one scale per 128 x 128 block, FP8 activations
+                 per token and group of 128 columns, no calibration
   mixed          two config groups, `mixed-precision`: attention FP8 weights per channel
                  (naive-quantized), MLP 4-bit symmetric groups of 32 (pack-quantized), by
                  regex targets; round-to-nearest, no calibration
@@ -63,6 +65,8 @@ def recipe(scheme):
         return QuantizationModifier(config_groups={"attn": attn, "mlp": mlp}, ignore=["lm_head"])
     if scheme == "fp8-dynamic":
         return QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=["lm_head"])
+    if scheme == "fp8-block":
+        return QuantizationModifier(targets="Linear", scheme="FP8_BLOCK", ignore=["lm_head"])
     raise SystemExit(f"unknown scheme {scheme}")
 
 

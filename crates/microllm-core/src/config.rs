@@ -351,6 +351,11 @@ pub enum ActivationQuant {
     /// `x -> e4m3(clamp(x / scale, -448, 448)) * scale`, rounding to the nearest E4M3 value
     /// (compressed-tensors' dynamic `token` strategy for `type: float`, vLLM's FP8 W8A8).
     Fp8PerToken,
+    /// FP8 E4M3 per token and group of `group_size` consecutive columns, each group with its
+    /// own `max|x| / 448` (the last group is shorter when the width is not a multiple):
+    /// compressed-tensors' dynamic `group` strategy for `type: float`, the activations of
+    /// llm-compressor's FP8_BLOCK scheme.
+    Fp8PerGroup { group_size: usize },
 }
 
 impl ActivationQuant {
@@ -365,16 +370,35 @@ impl ActivationQuant {
                     *v = (*v / scale).round_ties_even().clamp(-128.0, 127.0) * scale;
                 }
             }
-            ActivationQuant::Fp8PerToken => {
-                use crate::fp8::{E4M3_MAX, round_to_e4m3};
-                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let scale = amax / E4M3_MAX;
-                let scale = if scale == 0.0 { f32::EPSILON } else { scale };
-                for v in x.iter_mut() {
-                    *v = round_to_e4m3((*v / scale).clamp(-E4M3_MAX, E4M3_MAX)) * scale;
-                }
+            ActivationQuant::Fp8PerToken => fp8_fake_quantize(x),
+            ActivationQuant::Fp8PerGroup { group_size } => {
+                x.chunks_mut(group_size.max(1)).for_each(fp8_fake_quantize);
             }
         }
+    }
+}
+
+impl std::fmt::Display for ActivationQuant {
+    /// As reports name the scheme: `int8 per token`, `FP8 per token and group of 128`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActivationQuant::Int8PerToken => f.write_str("int8 per token"),
+            ActivationQuant::Fp8PerToken => f.write_str("FP8 per token"),
+            ActivationQuant::Fp8PerGroup { group_size } => {
+                write!(f, "FP8 per token and group of {group_size}")
+            }
+        }
+    }
+}
+
+/// FP8 E4M3 at `max|x| / 448`, in place (one token, or one group of a token's columns).
+fn fp8_fake_quantize(x: &mut [f32]) {
+    use crate::fp8::{E4M3_MAX, round_to_e4m3};
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = amax / E4M3_MAX;
+    let scale = if scale == 0.0 { f32::EPSILON } else { scale };
+    for v in x.iter_mut() {
+        *v = round_to_e4m3((*v / scale).clamp(-E4M3_MAX, E4M3_MAX)) * scale;
     }
 }
 
@@ -619,5 +643,20 @@ mod tests {
         let mut zeros = [0.0f32; 3];
         ActivationQuant::Fp8PerToken.fake_quantize(&mut zeros);
         assert_eq!(zeros, [0.0; 3]);
+    }
+
+    /// Per group: each group of columns has its own scale, a short last group included.
+    #[test]
+    fn fp8_per_group_scales_each_group_alone() {
+        let s = 1.0f32 / 64.0;
+        let mut x = [448.0 * s, 1.0625 * s / 16.0, 448.0, 1.0625, 7.0];
+        let mut tokenwise = x;
+        ActivationQuant::Fp8PerGroup { group_size: 2 }.fake_quantize(&mut x);
+        // Groups [448s, 1.0625s/16], [448, 1.0625] at their own scales (the ties go to even);
+        // the last group, one value, is exact.
+        assert_eq!(x, [448.0 * s, s / 16.0, 448.0, 1.0, 7.0]);
+        // Per token (scale 1), the first group's small value falls to E4M3's subnormal step.
+        ActivationQuant::Fp8PerToken.fake_quantize(&mut tokenwise);
+        assert_ne!(tokenwise[1], x[1]);
     }
 }

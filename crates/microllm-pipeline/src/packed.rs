@@ -181,6 +181,7 @@ pub fn compressed_quantization_config(
         bits: scheme.bits,
         symmetric: scheme.symmetric,
         group_size: scheme.group_size,
+        block_rows: None,
         actorder: scattered_groups,
         format: CtFormat::for_scheme(scheme.code_type, activations.is_some()),
         activations,

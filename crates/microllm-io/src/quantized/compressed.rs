@@ -200,9 +200,32 @@ pub fn shape_of(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<[usize; 2]> {
     };
     t.scale.expect(&[Dtype::F16, Dtype::BF16, Dtype::F32], 2)?;
     let ng = t.scale.shape[1];
-    t.scale
-        .expect_shape(&[out, ng], &format!("{out} outputs from weight_shape"))?;
+    match (cfg.block_rows, cfg.group_size) {
+        (Some(rows), Some(cols)) => t.scale.expect_shape(
+            &[out.div_ceil(rows), inp.div_ceil(cols)],
+            &format!("blocks of {rows} x {cols} over [{out}, {inp}]"),
+        )?,
+        _ => t
+            .scale
+            .expect_shape(&[out, ng], &format!("{out} outputs from weight_shape"))?,
+    }
     Ok([out, inp])
+}
+
+/// The scales `[out, groups]` of a linear: as stored, or, for the `block` strategy, each
+/// block's scale repeated over its rows (a block of `r x c` weights is `r` rows of one group
+/// of `c` columns with the same scale).
+fn row_scales(cfg: &CtConfig, scale: &RawTensor<'_>, out: usize) -> Vec<f32> {
+    let stored = scale.floats();
+    match cfg.block_rows {
+        None => stored,
+        Some(rows) => {
+            let ng = scale.shape[1];
+            (0..out)
+                .flat_map(|o| stored[(o / rows) * ng..(o / rows + 1) * ng].iter().copied())
+                .collect()
+        }
+    }
 }
 
 /// Unpacks one linear, checking every shape; errors name the tensor.
@@ -300,7 +323,7 @@ pub fn decode(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<LinearCodes> {
         group_size,
         symmetric: cfg.symmetric,
         codes,
-        scales: t.scale.floats(),
+        scales: row_scales(cfg, t.scale, out),
         zeros,
         g_idx,
         n_groups: ng,
@@ -327,6 +350,7 @@ mod tests {
             bits: q.bits,
             symmetric: q.symmetric,
             group_size: Some(q.group_size),
+            block_rows: None,
             actorder: q.g_idx.is_some(),
             format: CtFormat::PackQuantized,
             activations: None,
@@ -444,6 +468,7 @@ mod tests {
             bits: 8,
             symmetric: true,
             group_size: None,
+            block_rows: None,
             actorder: false,
             format: CtFormat::IntQuantized,
             activations: Some(ActivationQuant::Int8PerToken),
@@ -469,6 +494,56 @@ mod tests {
     /// FP8: E4M3 bytes stored as `F8_E4M3` in `float-quantized` (W8A8, FP8 activations) and
     /// `naive-quantized` (weights only) round-trip exactly; the configs read back; NaN bytes,
     /// FP8 weights in a packed format and non-8-bit float weights are refused by name.
+    /// The `block` strategy (llm-compressor's FP8_BLOCK): one scale per block of rows and
+    /// columns, partial blocks at the edges; each weight is its code times its block's scale.
+    #[test]
+    fn block_scales_cover_their_rows_and_columns() {
+        let (out, inp) = (5, 7);
+        // E4M3 0x38 is 1.0, 0x40 is 2.0.
+        let codes: Vec<u8> = (0..out * inp)
+            .map(|i| if i % 2 == 0 { 0x38 } else { 0x40 })
+            .collect();
+        // Blocks of 2 x 4: ceil(5/2) = 3 block rows, ceil(7/4) = 2 block columns.
+        let block_scales = [1.0f32, 10.0, 100.0, 1000.0, 0.5, 0.25];
+        let scale_bytes: Vec<u8> = block_scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let weight = RawTensor::owned("m.weight".into(), Dtype::F8_E4M3, vec![out, inp], codes);
+        let scale = RawTensor::owned("m.weight_scale".into(), Dtype::F32, vec![3, 2], scale_bytes);
+        let c = CtConfig {
+            bits: 8,
+            symmetric: true,
+            group_size: Some(4),
+            block_rows: Some(2),
+            actorder: false,
+            format: CtFormat::FloatQuantized,
+            activations: None,
+            code_type: CodeType::Fp8E4M3,
+        };
+        let t = CtTensors {
+            packed: &weight,
+            scale: &scale,
+            shape: None,
+            zero_point: None,
+            g_idx: None,
+        };
+        let w = decode(&c, &t).unwrap().dequantize();
+        for r in 0..out {
+            for k in 0..inp {
+                let code = if (r * inp + k) % 2 == 0 { 1.0 } else { 2.0 };
+                let want = code * block_scales[(r / 2) * 2 + k / 4];
+                assert_eq!(w[r * inp + k], want, "[{r}, {k}]");
+            }
+        }
+        // Scales of another shape are named with the blocks expected.
+        let wrong = RawTensor::owned("m.weight_scale".into(), Dtype::F32, vec![5, 2], vec![0; 40]);
+        let err = decode(&c, &CtTensors { scale: &wrong, ..t })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.weight_scale") && err.contains("2 x 4"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn fp8_round_trips_and_declares_its_formats() {
         let p = Path::new("config.json");

@@ -83,8 +83,11 @@ impl CtFormat {
 pub struct CtConfig {
     pub bits: u8,
     pub symmetric: bool,
-    /// `None` for the `channel` strategy.
+    /// Columns per scale: `None` for the `channel` strategy; a block's columns for `block`.
     pub group_size: Option<usize>,
+    /// Rows per scale for the `block` strategy (`block_structure: [rows, columns]`, one scale
+    /// per block; llm-compressor's FP8_BLOCK uses 128 x 128); `None` for one scale per row.
+    pub block_rows: Option<usize>,
     /// `actorder: "group"`: `weight_g_idx` is stored.
     pub actorder: bool,
     pub format: CtFormat,
@@ -309,6 +312,14 @@ impl CtConfig {
             ));
         }
         let strategy = w.get("strategy").and_then(Value::as_str).unwrap_or("group");
+        let block = w.get("block_structure").filter(|b| !is_empty(b));
+        if block.is_some() && strategy != "block" {
+            return Err(err(
+                &at("weights.block_structure"),
+                format!("set for the `{strategy}` strategy (it belongs to `block`)"),
+            ));
+        }
+        let mut block_rows = None;
         let group_size = match strategy {
             "channel" => None,
             "group" => Some(
@@ -319,10 +330,31 @@ impl CtConfig {
                         err(&at("weights.group_size"), "missing or not positive".into())
                     })? as usize,
             ),
+            "block" => {
+                let dims: Option<Vec<usize>> = block.and_then(Value::as_array).and_then(|a| {
+                    a.iter()
+                        .map(|d| d.as_u64().filter(|&d| d > 0).map(|d| d as usize))
+                        .collect()
+                });
+                let [rows, cols] = dims.as_deref().unwrap_or_default() else {
+                    return Err(err(
+                        &at("weights.block_structure"),
+                        "missing or not two positive sizes [rows, columns]".into(),
+                    ));
+                };
+                if !symmetric {
+                    return Err(err(
+                        &at("weights.symmetric"),
+                        "false with the `block` strategy (microllm reads symmetric blocks)".into(),
+                    ));
+                }
+                block_rows = Some(*rows);
+                Some(*cols)
+            }
             other => {
                 return Err(err(
                     &at("weights.strategy"),
-                    format!("`{other}` (microllm reads `group` and `channel`)"),
+                    format!("`{other}` (microllm reads `group`, `channel` and `block`)"),
                 ));
             }
         };
@@ -356,6 +388,7 @@ impl CtConfig {
             bits: bits as u8,
             symmetric,
             group_size,
+            block_rows,
             actorder,
             format,
             activations,
@@ -366,13 +399,17 @@ impl CtConfig {
     /// `quantization_config` as llm-compressor writes it for the scheme.
     pub fn to_json(&self, ignore: &[String]) -> Value {
         let activations = self.activations.map(|a| {
+            let (strategy, group_size) = match a {
+                ActivationQuant::Fp8PerGroup { group_size } => ("group", Some(group_size)),
+                _ => ("token", None),
+            };
             json!({
                 "num_bits": 8,
                 "type": activation_type(a),
                 "symmetric": true,
-                "strategy": "token",
+                "strategy": strategy,
                 "dynamic": true,
-                "group_size": null,
+                "group_size": group_size,
                 "block_structure": null,
                 "actorder": null,
                 "observer": null,
@@ -390,13 +427,17 @@ impl CtConfig {
                         "num_bits": self.bits,
                         "type": code_type_name(self.code_type),
                         "symmetric": self.symmetric,
-                        "strategy": if self.group_size.is_some() { "group" } else { "channel" },
-                        "group_size": self.group_size,
+                        "strategy": match (self.block_rows, self.group_size) {
+                            (Some(_), _) => "block",
+                            (None, Some(_)) => "group",
+                            (None, None) => "channel",
+                        },
+                        "group_size": if self.block_rows.is_some() { None } else { self.group_size },
                         "actorder": if self.actorder { json!("group") } else { Value::Null },
                         "dynamic": false,
                         "observer": "minmax",
                         "observer_kwargs": {},
-                        "block_structure": null,
+                        "block_structure": self.block_rows.zip(self.group_size).map(|(r, c)| [r, c]),
                     },
                     "input_activations": activations,
                     "output_activations": null,
@@ -466,7 +507,7 @@ const ARGS_KEYS: &[(&str, Allowed)] = &[
     ("actorder", Allowed::Any),
     ("observer", Allowed::Any),
     ("observer_kwargs", Allowed::Any),
-    ("block_structure", Allowed::Empty),
+    ("block_structure", Allowed::Any),
     ("scale_dtype", Allowed::Empty),
     ("zp_dtype", Allowed::Empty),
 ];
@@ -593,31 +634,42 @@ fn code_type_name(t: CodeType) -> &'static str {
 fn activation_type(a: ActivationQuant) -> &'static str {
     match a {
         ActivationQuant::Int8PerToken => "int",
-        ActivationQuant::Fp8PerToken => "float",
+        ActivationQuant::Fp8PerToken | ActivationQuant::Fp8PerGroup { .. } => "float",
     }
 }
 
 /// The activation scheme of `input_activations` in a checkpoint of `format` (W8A8's dynamic
-/// per-token int8, or FP8 in `float-quantized`), or what is not read.
+/// per-token int8, or FP8 per token or per group of columns in `float-quantized`), or what is
+/// not read.
 fn activation_scheme(a: &Value, format: CtFormat) -> std::result::Result<ActivationQuant, String> {
     let field = |k: &str| a.get(k).cloned().unwrap_or(Value::Null);
-    let scheme = if format == CtFormat::FloatQuantized {
-        ActivationQuant::Fp8PerToken
-    } else {
-        ActivationQuant::Int8PerToken
+    let float = format == CtFormat::FloatQuantized;
+    let group = field("group_size").as_u64().filter(|&g| g > 0);
+    let scheme = match (float, field("strategy").as_str(), group) {
+        (true, Some("group"), Some(g)) => ActivationQuant::Fp8PerGroup {
+            group_size: g as usize,
+        },
+        (true, _, _) => ActivationQuant::Fp8PerToken,
+        (false, _, _) => ActivationQuant::Int8PerToken,
+    };
+    let (strategy, group_size) = match scheme {
+        ActivationQuant::Fp8PerGroup { group_size } => ("group", json!(group_size)),
+        _ => ("token", Value::Null),
     };
     let want = [
         ("num_bits", json!(8)),
         ("type", json!(activation_type(scheme))),
         ("symmetric", json!(true)),
-        ("strategy", json!("token")),
+        ("strategy", json!(strategy)),
+        ("group_size", group_size),
         ("dynamic", json!(true)),
+        ("block_structure", Value::Null),
     ];
     for (key, value) in want {
         if field(key) != value {
             return Err(format!(
-                "`{key}: {}`: microllm runs dynamic per-token symmetric 8-bit activations in a \
-                 `{}` checkpoint (`{key}: {value}`)",
+                "`{key}: {}`: microllm runs dynamic symmetric 8-bit activations per token (or, \
+                 for FP8, per token and group of columns) in a `{}` checkpoint (`{key}: {value}`)",
                 field(key),
                 format.name()
             ));
@@ -636,11 +688,65 @@ mod tests {
             bits: 4,
             symmetric: true,
             group_size: Some(32),
+            block_rows: None,
             actorder: false,
             format: CtFormat::PackQuantized,
             activations: None,
             code_type: CodeType::Int,
         }
+    }
+
+    /// llm-compressor's FP8_BLOCK as it writes it (0.14): FP8 weights with one scale per
+    /// 128 x 128 block, FP8 activations per token and group of 128 columns.
+    #[test]
+    fn fp8_block_checkpoints_are_read_and_written_back_alike() {
+        let p = Path::new("config.json");
+        let v = json!({
+            "quant_method": "compressed-tensors",
+            "format": "float-quantized",
+            "quantization_status": "compressed",
+            "config_groups": {"group_0": {
+                "format": "float-quantized",
+                "targets": ["Linear"],
+                "weights": {"block_structure": [128, 128], "dynamic": false, "group_size": null,
+                    "num_bits": 8, "observer": "memoryless_minmax", "strategy": "block",
+                    "symmetric": true, "type": "float"},
+                "input_activations": {"dynamic": true, "group_size": 128, "num_bits": 8,
+                    "strategy": "group", "symmetric": true, "type": "float"},
+                "output_activations": null
+            }},
+            "ignore": ["lm_head"], "kv_cache_scheme": null, "sparsity_config": {},
+            "transform_config": {}, "version": "0.20.0"
+        });
+        let cfg = CtConfig::parse(&v, p).unwrap();
+        assert_eq!(cfg.block_rows, Some(128));
+        assert_eq!(cfg.group_size, Some(128));
+        assert_eq!(cfg.code_type, CodeType::Fp8E4M3);
+        assert_eq!(
+            cfg.activations,
+            Some(ActivationQuant::Fp8PerGroup { group_size: 128 })
+        );
+        assert_eq!(CtConfig::parse(&cfg.to_json(&[]), p).unwrap(), cfg);
+        // A block structure belongs to the block strategy, and the block strategy needs one.
+        let mut stray = v.clone();
+        stray["config_groups"]["group_0"]["weights"]["strategy"] = json!("channel");
+        let err = CtConfig::parse(&stray, p).unwrap_err().to_string();
+        assert!(
+            err.contains("weights.block_structure") && err.contains("channel"),
+            "{err}"
+        );
+        let mut bare = v.clone();
+        bare["config_groups"]["group_0"]["weights"]["block_structure"] = json!([128]);
+        let err = CtConfig::parse(&bare, p).unwrap_err().to_string();
+        assert!(err.contains("weights.block_structure"), "{err}");
+        // Activation groups without a size are not read as per-token ones.
+        let mut sizeless = v.clone();
+        sizeless["config_groups"]["group_0"]["input_activations"]["group_size"] = Value::Null;
+        let err = CtConfig::parse(&sizeless, p).unwrap_err().to_string();
+        assert!(
+            err.contains("input_activations") && err.contains("strategy"),
+            "{err}"
+        );
     }
 
     #[test]

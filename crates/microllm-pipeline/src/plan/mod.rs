@@ -167,15 +167,9 @@ impl Plan {
                     s.group_size
                         .map_or("per-channel".into(), |g| format!("group {g}")),
                     if s.symmetric { "symmetric" } else { "asymmetric" },
-                    match l.and_then(|l| l.activations) {
-                        Some(microllm_core::ActivationQuant::Int8PerToken) => {
-                            ", activations int8 per token"
-                        }
-                        Some(microllm_core::ActivationQuant::Fp8PerToken) => {
-                            ", activations FP8 per token"
-                        }
-                        None => "",
-                    }
+                    l.and_then(|l| l.activations)
+                        .map(|a| format!(", activations {a}"))
+                        .unwrap_or_default()
                 ),
                 None => format!(
                     "llama.cpp {} blocks (round-to-nearest, in the GGUF writer{})",
