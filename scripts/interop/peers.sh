@@ -2,8 +2,8 @@
 # Checkpoints made by the peers' own tools (issue 20), read by microllm: each is quantized from
 # SmolLM2-135M (microllm's f32 conversion of the published GGUF) on the CPU by llm-compressor
 # 0.14 (`llmc:SCHEME`, make_llmc.py), GPTQModel 7.7 (`gptqmodel:VARIANT`, make_gptqmodel.py) or
-# AutoRound 0.15 (`autoround:VARIANT`, its auto_gptq export, make_autoround.py),
-# then its perplexity is measured by transformers (the tools' runtime: compressed-tensors with
+# AutoRound 0.15 (`autoround:VARIANT`, its auto_gptq, auto_awq and auto_round exports,
+# make_autoround.py), then its perplexity is measured by transformers (the tools' runtime: compressed-tensors with
 # its activation quantization, GPTQModel's kernels) and by `microllm eval` on the same token
 # ids (WINDOWS x 512 of wiki.eval.txt, every position after the first scored): the two must
 # agree within 0.1%. microllm's GPTQ at llm-compressor's GPTQ settings (SAMPLES x 512
@@ -33,7 +33,8 @@ SAMPLES=${SAMPLES:-32}
 WINDOWS=${WINDOWS:-8}
 CHECKPOINTS=${CHECKPOINTS:-llmc:gptq-w4g32 llmc:awq-w4g64 llmc:w8a8-int8 llmc:fp8-dynamic llmc:mixed \
   gptqmodel:4-32-sym gptqmodel:4-64-asym-act-v2 gptqmodel:3-64-asym gptqmodel:8-128-sym-act \
-  gptqmodel:2-32-sym autoround:4-32-asym autoround:4-32-asym-awq}
+  gptqmodel:2-32-sym autoround:4-32-asym autoround:4-32-asym-awq autoround:4-32-sym-ar \
+  autoround:4-32-asym-ar}
 model=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -d "$out/f32" ] || "$bin" convert --model "$model" --dtype f32 --out "$out/f32" >/dev/null
 ids=$out/eval-ids-$WINDOWS.safetensors
@@ -56,6 +57,9 @@ import json, sys
 q = json.load(open(sys.argv[1]))["quantization_config"]
 if q["quant_method"] == "awq":
     print(f"awq {q.get('version', 'gemm')} {q['bits']}-bit g{q['group_size']}")
+elif q["quant_method"] == "auto-round":
+    print(f"auto-round {q['packing_format']} {q['bits']}-bit g{q['group_size']} "
+          f"{'sym' if q.get('sym', True) else 'asym'}")
 elif q["quant_method"] == "gptq":
     print(" ".join([q.get("checkpoint_format") or q.get("format") or "gptq",
                     f"{q['bits']}-bit g{q['group_size']}", "sym" if q.get("sym", True) else "asym"]
@@ -88,7 +92,8 @@ for c in $CHECKPOINTS; do
     llmc) maker=(scripts/interop/make_llmc.py --scheme "$v") by=llm-compressor ;;
     gptqmodel) maker=(scripts/interop/make_gptqmodel.py --variant "$v") by=GPTQModel ;;
     autoround) maker=(scripts/interop/make_autoround.py --variant "$v")
-      by="AutoRound ($([ "${v%-awq}" = "$v" ] && echo auto_gptq || echo auto_awq))" ;;
+      case $v in *-awq) e=auto_awq ;; *-ar) e=auto_round ;; *) e=auto_gptq ;; esac
+      by="AutoRound ($e)" ;;
     *) echo "unknown tool in $c" >&2; fail=1; continue ;;
   esac
   s=$tool-$v dir=$out/$tool-$v

@@ -168,12 +168,56 @@ impl QuantMethod {
             "gptq" => Ok(Some(QuantMethod::Gptq)),
             "compressed-tensors" => Ok(Some(QuantMethod::CompressedTensors)),
             "awq" => Ok(Some(QuantMethod::Awq)),
+            "auto-round" => Self::auto_round_layout(qc, path).map(Some),
             other => Err(Error::config(
                 path,
                 key,
                 format!(
                     "quant_method `{other}` is not one microllm reads (it reads `gptq`, \
-                     `compressed-tensors` and `awq`)"
+                     `compressed-tensors`, `awq` and `auto-round`)"
+                ),
+            )),
+        }
+    }
+
+    /// The layout of an AutoRound checkpoint (its own `auto_round` export), which stores
+    /// integer weights in one of the other tools' layouts and says which in
+    /// `packing_format`: GPTQ's v1 layout (`auto_round:auto_gptq`, what AutoRound 0.15 writes
+    /// for symmetric schemes; `auto_round:gptqmodel` is the same) or AutoAWQ's GEMM layout
+    /// (`auto_round:auto_awq`, 4-bit asymmetric). The settings (`bits`, `group_size`, `sym`)
+    /// are then read by that layout's parser. Float, MX and NV formats, quantized
+    /// activations and other packings are refused by key.
+    fn auto_round_layout(qc: &Value, path: &Path) -> Result<Self> {
+        let key = |k: &str| format!("quantization_config.{k}");
+        let data_type = qc.get("data_type").and_then(Value::as_str).unwrap_or("int");
+        if data_type != "int" {
+            return Err(Error::config(
+                path,
+                key("data_type"),
+                format!("`{data_type}` (microllm reads AutoRound's integer weights, `int`)"),
+            ));
+        }
+        if let Some(act) = qc.get("act_bits").and_then(Value::as_u64)
+            && act < 16
+        {
+            return Err(Error::config(
+                path,
+                key("act_bits"),
+                format!(
+                    "{act}: activations quantized (microllm reads weight-only AutoRound files)"
+                ),
+            ));
+        }
+        match qc.get("packing_format").and_then(Value::as_str) {
+            Some("auto_round:auto_gptq" | "auto_round:gptqmodel") => Ok(QuantMethod::Gptq),
+            Some("auto_round:auto_awq") => Ok(QuantMethod::Awq),
+            other => Err(Error::config(
+                path,
+                key("packing_format"),
+                format!(
+                    "{}: microllm reads AutoRound's `auto_round:auto_gptq` and \
+                     `auto_round:auto_awq` packings",
+                    other.map_or("missing".to_string(), |f| format!("`{f}`"))
                 ),
             )),
         }
@@ -364,6 +408,54 @@ impl<'a> RawTensor<'a> {
                 .into_iter()
                 .map(|w| w as i32 as i64)
                 .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QuantMethod;
+    use serde_json::json;
+    use std::path::Path;
+
+    /// AutoRound's own export names the layout it packed into; the settings keys are the
+    /// other tools' (read by their parsers), and what microllm cannot apply is named.
+    #[test]
+    fn auto_round_files_are_read_in_the_layout_they_name() {
+        let p = Path::new("config.json");
+        let config = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut qc = json!({
+                "quant_method": "auto-round", "bits": 4, "group_size": 32, "sym": true,
+                "data_type": "int", "packing_format": "auto_round:auto_gptq",
+                "autoround_version": "0.15.1", "block_name_to_quantize": "model.layers"
+            });
+            edit(&mut qc);
+            json!({ "quantization_config": qc })
+        };
+        let detect = |edit: &dyn Fn(&mut serde_json::Value)| QuantMethod::detect(&config(edit), p);
+        assert_eq!(detect(&|_| {}).unwrap(), Some(QuantMethod::Gptq));
+        let awq = detect(&|q| {
+            q["packing_format"] = json!("auto_round:auto_awq");
+            q["sym"] = json!(false);
+        });
+        assert_eq!(awq.unwrap(), Some(QuantMethod::Awq));
+        for (edit, key) in [
+            (
+                &(|q: &mut serde_json::Value| q["packing_format"] = json!("auto_round"))
+                    as &dyn Fn(&mut serde_json::Value),
+                "quantization_config.packing_format",
+            ),
+            (
+                &|q| q["data_type"] = json!("nv_fp"),
+                "quantization_config.data_type",
+            ),
+            (
+                &|q| q["act_bits"] = json!(8),
+                "quantization_config.act_bits",
+            ),
+        ] {
+            let err = detect(edit).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
         }
     }
 }
