@@ -5,7 +5,9 @@
 # FP8 E4M3 as naive-quantized), with and without SmoothQuant.
 # Calibration SAMPLES x 512 tokens of c4.calib.txt, evaluation WINDOWS x 512 of wiki.eval.txt
 # against the original (perplexity, KL, top-1), wall time and peak RSS per run.
-# Usage: scripts/bench/w8a8.sh     env: SAMPLES (16), WINDOWS (16), ONLY (int8 | fp8: one half)
+# Usage: scripts/bench/w8a8.sh     env: SAMPLES (16), WINDOWS (16), ONLY (int8 | fp8: one half),
+#   ROWS (run names to run, e.g. "w8a8-gptq-sq fp8-gptq"; default all), MODEL (the SmolLM2
+#   asset; `qwen2.5-0.5b` for scripts/fetch-model.sh's Qwen2.5-Coder-0.5B Q4_K_M, or a path)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 assets=$(bash scripts/fetch-assets.sh)
@@ -15,15 +17,21 @@ out=target/bench/w8a8
 mkdir -p "$out"
 SAMPLES=${SAMPLES:-16}
 WINDOWS=${WINDOWS:-16}
-model=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf
+case ${MODEL:-smollm2} in
+  smollm2) model=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf ;;
+  qwen2.5-0.5b) model=$(bash scripts/fetch-model.sh qwen2.5-0.5b); out=$out/qwen2.5-0.5b ;;
+  *) model=$MODEL ;;
+esac
+mkdir -p "$out"
 calib=(--calib "$assets/data/c4.calib.txt" --samples "$SAMPLES" --seqlen 512)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "SmolLM2-135M; calibration $SAMPLES x 512 (c4), eval $WINDOWS x 512 (wiki)"
+echo "$(basename "$model"); calibration $SAMPLES x 512 (c4), eval $WINDOWS x 512 (wiki)"
 echo
 echo "| weights | activations | method | SmoothQuant | perplexity | KL (nats/token) | top-1 | wall s | peak RSS MB |"
 echo "|---|---|---|---|---|---|---|---|---|"
 run() {
   local name=$1 label=$2; shift 2
+  [ -z "${ROWS:-}" ] || [[ " $ROWS " == *" $name "* ]] || return 0
   /usr/bin/time -f '%e %M' -o "$out/$name.time" \
     "$bin" quantize --model "$model" --format compressed-tensors \
     --eval "$assets/data/wiki.eval.txt" --eval-windows "$WINDOWS" \
