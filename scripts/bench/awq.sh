@@ -5,22 +5,18 @@
 # (perplexity, KL, top-1), with each run's wall time and peak RSS. Writes GGUF (the codes in
 # Q4_1 blocks, exactly; 3-bit codes in 4-bit slots).
 # Usage: scripts/bench/awq.sh            env: SAMPLES (64), WINDOWS (16), BITS ("4 3"), GROUP (64),
-#   MODEL (the SmolLM2 asset; `qwen2.5-0.5b` for scripts/fetch-model.sh's Qwen2.5-Coder-0.5B Q4_K_M)
+#   MODEL (a name scripts/fetch-model.sh knows, default smollm2, e.g. qwen2.5-0.5b; or a file)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 assets=$(bash scripts/fetch-assets.sh)
 cargo build --release --quiet
 bin=target/release/microllm
 out=target/bench/awq
-mkdir -p "$out"
 SAMPLES=${SAMPLES:-64}
 WINDOWS=${WINDOWS:-16}
 GROUP=${GROUP:-64}
-case ${MODEL:-smollm2} in
-  smollm2) model=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf ;;
-  qwen2.5-0.5b) model=$(bash scripts/fetch-model.sh qwen2.5-0.5b); out=$out/qwen2.5-0.5b ;;
-  *) model=$MODEL ;;
-esac
+model=$(bash scripts/fetch-model.sh "${MODEL:-smollm2}")
+[ "${MODEL:-smollm2}" = smollm2 ] || out=$out/$(basename "$model" .gguf)
 mkdir -p "$out"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "$(basename "$model"), groups of $GROUP, asymmetric; calibration $SAMPLES x 512 (c4), eval $WINDOWS x 512 (wiki)"

@@ -6,22 +6,18 @@
 # Calibration SAMPLES x 512 tokens of c4.calib.txt, evaluation WINDOWS x 512 of wiki.eval.txt
 # against the original (perplexity, KL, top-1), wall time and peak RSS per run.
 # Usage: scripts/bench/w8a8.sh     env: SAMPLES (16), WINDOWS (16), ONLY (int8 | fp8: one half),
-#   ROWS (run names to run, e.g. "w8a8-gptq-sq fp8-gptq"; default all), MODEL (the SmolLM2
-#   asset; `qwen2.5-0.5b` for scripts/fetch-model.sh's Qwen2.5-Coder-0.5B Q4_K_M, or a path)
+#   ROWS (run names to run, e.g. "w8a8-gptq-sq fp8-gptq"; default all), MODEL (a name
+#   scripts/fetch-model.sh knows, default smollm2, e.g. qwen2.5-0.5b; or a file)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 assets=$(bash scripts/fetch-assets.sh)
 cargo build --release --quiet
 bin=target/release/microllm
 out=target/bench/w8a8
-mkdir -p "$out"
 SAMPLES=${SAMPLES:-16}
 WINDOWS=${WINDOWS:-16}
-case ${MODEL:-smollm2} in
-  smollm2) model=$assets/models/SmolLM2-135M-Instruct.Q4_1.gguf ;;
-  qwen2.5-0.5b) model=$(bash scripts/fetch-model.sh qwen2.5-0.5b); out=$out/qwen2.5-0.5b ;;
-  *) model=$MODEL ;;
-esac
+model=$(bash scripts/fetch-model.sh "${MODEL:-smollm2}")
+[ "${MODEL:-smollm2}" = smollm2 ] || out=$out/$(basename "$model" .gguf)
 mkdir -p "$out"
 calib=(--calib "$assets/data/c4.calib.txt" --samples "$SAMPLES" --seqlen 512)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"

@@ -11,25 +11,17 @@ the same either way. Calibration: --samples windows of --seqlen tokens of CALIB_
 
 Usage: python make_autoround.py SRC_DIR CALIB_TEXT OUT_DIR --variant V [--samples 32]
 """
-import argparse
 import glob
 import os
 import shutil
 import time
 
 import torch
-from calib_windows import windows
+from calib_windows import maker_args, windows
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("src")
-    ap.add_argument("calib")
-    ap.add_argument("out")
-    ap.add_argument("--variant", required=True)
-    ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--seqlen", type=int, default=512)
-    a = ap.parse_args()
+    a = maker_args("variant")
     torch.set_num_threads(2)
     from auto_round import AutoRound
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -10,7 +10,6 @@ the model's tokenizer.json (no special tokens).
 
 Usage: python make_gptqmodel.py SRC_DIR CALIB_TEXT OUT_DIR --variant V [--samples 32]
 """
-import argparse
 import os
 import shutil
 import time
@@ -20,18 +19,11 @@ import time
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
 import torch
-from calib_windows import windows
+from calib_windows import maker_args, windows
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("src")
-    ap.add_argument("calib")
-    ap.add_argument("out")
-    ap.add_argument("--variant", required=True)
-    ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--seqlen", type=int, default=512)
-    a = ap.parse_args()
+    a = maker_args("variant")
     # GPTQModel writes its quantization log under ./logs: beside the output, not in the checkout.
     a.src, a.calib, a.out = (os.path.abspath(p) for p in (a.src, a.calib, a.out))
     os.makedirs(os.path.dirname(a.out), exist_ok=True)

@@ -17,12 +17,11 @@ the model's tokenizer.json (no special tokens), consecutive and non-overlapping.
 
 Usage: python make_llmc.py SRC_DIR CALIB_TEXT OUT_DIR --scheme S [--samples 32] [--seqlen 512]
 """
-import argparse
 import shutil
 import time
 
 import torch
-from calib_windows import windows
+from calib_windows import maker_args, windows
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
@@ -71,14 +70,7 @@ def recipe(scheme):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("src")
-    ap.add_argument("calib")
-    ap.add_argument("out")
-    ap.add_argument("--scheme", required=True)
-    ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--seqlen", type=int, default=512)
-    a = ap.parse_args()
+    a = maker_args("scheme")
     torch.set_num_threads(2)
     if not torch.cuda.is_available():
         # llm-compressor 0.14's AWQ pins its cached activations (`Tensor.pin_memory`), which

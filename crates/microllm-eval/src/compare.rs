@@ -2,10 +2,12 @@
 //! divergence of the compressed model's next-token distribution from the original's, and how
 //! often both put the same token first.
 //!
-//! Both models run window by window side by side, and their output heads 256 rows at a time,
-//! so no logits are stored (a window of SmolLM2's 49,152-token vocabulary is 100 MB of f32);
-//! the price is both decoders in memory at once. Windows and scored positions are exactly those of [`perplexity`](crate::perplexity):
-//! row `t` of a window predicts token `t + 1`, rows `0..ctx-1` are scored.
+//! Both models run window by window side by side, and their output heads
+//! `COMPARE_ROWS` (256) rows at a time, so no window's logits are held whole (a window of
+//! SmolLM2's 49,152-token vocabulary is 100 MB of f32); the price is both decoders in memory
+//! at once. Windows and scored positions are exactly those of
+//! [`perplexity`](crate::perplexity): row `t` of a window predicts token `t + 1`, rows
+//! `0..ctx-1` are scored.
 
 use std::time::Instant;
 
@@ -51,7 +53,7 @@ pub fn compare(
     let (mut secs_a, mut secs_b) = (0f64, 0f64);
     // Row `t` predicts token `t + 1`: rows `0..ctx - 1` are scored, COMPARE_ROWS at a time, so
     // neither model's logits exist for a whole window (two windows of a 152k-token
-    // vocabulary were 0.6 GB of f32, and as much again in their softmaxes).
+    // vocabulary are 0.6 GB of f32, and as much again in the copies the KL reads).
     let scored_rows = opts.ctx - 1;
     for window in tokens.chunks_exact(opts.ctx).take(windows) {
         let ids = Tensor::from_slice(window, (1, opts.ctx), &Device::Cpu)?;

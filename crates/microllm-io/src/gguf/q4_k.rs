@@ -22,15 +22,12 @@
 
 use half::f16;
 
-use super::weighted::{OffsetGrid, fit_block_with_offset, nearest};
+use super::weighted::{ALL_ZERO, OffsetGrid, QK_K, fit_block_with_offset, nearest};
 
-/// Values per super-block.
-const QK_K: usize = 256;
 /// Values per sub-block.
 const SUB: usize = 32;
-/// Bytes of one super-block: f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit scales and
-/// minimums, 128 bytes of nibbles.
-pub const Q4_K_BYTES: usize = 2 + 2 + 12 + QK_K / 2;
+/// Sub-blocks per super-block.
+const SUBS: usize = QK_K / SUB;
 
 /// The unweighted search's grids (llama.cpp's `make_qkx2_quants(.., -1, 0.1, 20, ..)`).
 const PLAIN_GRID: OffsetGrid = OffsetGrid {
@@ -45,76 +42,30 @@ const WEIGHTED_GRID: OffsetGrid = OffsetGrid {
     steps: 36,
 };
 
+/// One super-block's 6-bit sub-block scales and minimums with the f32 `d` and `dmin` they
+/// multiply.
+struct SubScales {
+    scales: [u8; SUBS],
+    mins: [u8; SUBS],
+    d: f32,
+    dmin: f32,
+}
+
 /// Appends the Q4_K super-blocks of one row (a multiple of 256 values), weighted by
-/// `importance` (one value per column of the row) when given.
+/// `importance` (one value per column of the row) when given. Each super-block is 144 bytes:
+/// f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit scales and minimums, 128 bytes of nibbles.
 pub fn q4_k_row(row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
-    out.reserve(row.len() / QK_K * Q4_K_BYTES);
     let mut codes = [0u8; QK_K];
-    let mut weights = [0f32; SUB];
     for (sb, x) in row.chunks_exact(QK_K).enumerate() {
-        let mut scales = [0f32; QK_K / SUB];
-        let mut mins = [0f32; QK_K / SUB];
-        let (ls, lm, d, dmin) = match importance {
-            None => {
-                for (j, part) in x.chunks_exact(SUB).enumerate() {
-                    let sum_x2 = part.iter().fold(0f32, |acc, v| acc + v * v);
-                    let av_x = (sum_x2 / SUB as f32).sqrt();
-                    for (w, v) in weights.iter_mut().zip(part) {
-                        *w = av_x + v.abs();
-                    }
-                    let (d, m) = fit_block_with_offset(
-                        part,
-                        &weights,
-                        15,
-                        PLAIN_GRID,
-                        &mut codes[j * SUB..(j + 1) * SUB],
-                    );
-                    (scales[j], mins[j]) = (d, -m);
-                }
-                let max_scale = scales.iter().fold(0f32, |a, &s| if s > a { s } else { a });
-                let max_min = mins.iter().fold(0f32, |a, &m| if m > a { m } else { a });
-                let inv_scale = if max_scale > 0.0 {
-                    63.0 / max_scale
-                } else {
-                    0.0
-                };
-                let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-                let six_bits = |v: f32| (nearest(v) as u8).min(63);
-                (
-                    scales.map(|s| six_bits(inv_scale * s)),
-                    mins.map(|m| six_bits(inv_min * m)),
-                    max_scale / 63.0,
-                    max_min / 63.0,
-                )
-            }
-            Some(imp) => {
-                let sum_x2 = x.iter().fold(0f32, |acc, v| acc + v * v);
-                let sigma2 = 2.0 * sum_x2 / QK_K as f32;
-                let mut sub_weights = [0f32; QK_K / SUB];
-                for (j, part) in x.chunks_exact(SUB).enumerate() {
-                    let qw = &imp[sb * QK_K + j * SUB..sb * QK_K + (j + 1) * SUB];
-                    for ((w, v), q) in weights.iter_mut().zip(part).zip(qw) {
-                        *w = q * (sigma2 + v * v).sqrt();
-                    }
-                    sub_weights[j] = weights.iter().fold(0f32, |acc, w| acc + w);
-                    let (d, m) = fit_block_with_offset(
-                        part,
-                        &weights,
-                        15,
-                        WEIGHTED_GRID,
-                        &mut codes[j * SUB..(j + 1) * SUB],
-                    );
-                    (scales[j], mins[j]) = (d, -m);
-                }
-                let (d, ls) = six_bit_fit(&scales, &sub_weights);
-                let (dmin, lm) = six_bit_fit(&mins, &sub_weights);
-                (ls, lm, d, dmin)
-            }
+        let sub = match importance {
+            None => plain_sub_scales(x, &mut codes),
+            Some(imp) => weighted_sub_scales(x, &imp[sb * QK_K..(sb + 1) * QK_K], &mut codes),
         };
-        let d = f16::from_f32(d);
-        let dmin = f16::from_f32(dmin);
-        let packed = pack_scales(&ls, &lm);
-        for j in 0..QK_K / SUB {
+        let d = f16::from_f32(sub.d);
+        let dmin = f16::from_f32(sub.dmin);
+        let packed = pack_scales(&sub.scales, &sub.mins);
+        // Every weight rounded again on its sub-block's scale and minimum as stored.
+        for j in 0..SUBS {
             let (sc, m) = unpack_scale(j, &packed);
             let dj = d.to_f32() * f32::from(sc);
             if dj == 0.0 {
@@ -134,13 +85,69 @@ pub fn q4_k_row(row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
     }
 }
 
-/// Eight non-negative values as 6-bit codes times one scale, by llama.cpp's weighted search
-/// (`make_qp_quants(8, 63, ..)`): `(scale, codes)`.
-fn six_bit_fit(x: &[f32; 8], weights: &[f32; 8]) -> (f32, [u8; 8]) {
+/// Without an importance matrix (`quantize_row_q4_K_ref`): each sub-block searched with
+/// weights `rms + |x_j|`, its scale and minimum then rounded to 6 bits against the largest.
+fn plain_sub_scales(x: &[f32], codes: &mut [u8; QK_K]) -> SubScales {
+    let (mut scales, mut mins) = ([0f32; SUBS], [0f32; SUBS]);
+    let mut weights = [0f32; SUB];
+    for (j, part) in x.chunks_exact(SUB).enumerate() {
+        let sum_x2 = part.iter().fold(0f32, |acc, v| acc + v * v);
+        let av_x = (sum_x2 / SUB as f32).sqrt();
+        for (w, v) in weights.iter_mut().zip(part) {
+            *w = av_x + v.abs();
+        }
+        let block = &mut codes[j * SUB..(j + 1) * SUB];
+        let (d, m) = fit_block_with_offset(part, &weights, 15, PLAIN_GRID, block);
+        (scales[j], mins[j]) = (d, -m);
+    }
+    let largest = |v: &[f32; SUBS]| v.iter().fold(0f32, |a, &s| if s > a { s } else { a });
+    let (max_scale, max_min) = (largest(&scales), largest(&mins));
+    let inverse = |max: f32| if max > 0.0 { 63.0 / max } else { 0.0 };
+    let (inv_scale, inv_min) = (inverse(max_scale), inverse(max_min));
+    let six_bits = |v: f32| (nearest(v) as u8).min(63);
+    SubScales {
+        scales: scales.map(|s| six_bits(inv_scale * s)),
+        mins: mins.map(|m| six_bits(inv_min * m)),
+        d: max_scale / 63.0,
+        dmin: max_min / 63.0,
+    }
+}
+
+/// With an importance matrix (`quantize_row_q4_K_impl`): weights `imp_j sqrt(sigma2 +
+/// x_j^2)`, and the 6-bit scales and minimums by a weighted search of their own, each
+/// sub-block counting the sum of its weights. `imp` is the super-block's 256 importances.
+fn weighted_sub_scales(x: &[f32], imp: &[f32], codes: &mut [u8; QK_K]) -> SubScales {
+    let (mut scales, mut mins) = ([0f32; SUBS], [0f32; SUBS]);
+    let mut weights = [0f32; SUB];
+    let sum_x2 = x.iter().fold(0f32, |acc, v| acc + v * v);
+    let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+    let mut sub_weights = [0f32; SUBS];
+    for (j, (part, qw)) in x.chunks_exact(SUB).zip(imp.chunks_exact(SUB)).enumerate() {
+        for ((w, v), q) in weights.iter_mut().zip(part).zip(qw) {
+            *w = q * (sigma2 + v * v).sqrt();
+        }
+        sub_weights[j] = weights.iter().fold(0f32, |acc, w| acc + w);
+        let block = &mut codes[j * SUB..(j + 1) * SUB];
+        let (d, m) = fit_block_with_offset(part, &weights, 15, WEIGHTED_GRID, block);
+        (scales[j], mins[j]) = (d, -m);
+    }
+    let (d, scales) = six_bit_fit(&scales, &sub_weights);
+    let (dmin, mins) = six_bit_fit(&mins, &sub_weights);
+    SubScales {
+        scales,
+        mins,
+        d,
+        dmin,
+    }
+}
+
+/// The eight non-negative sub-block values as 6-bit codes times one scale, by llama.cpp's
+/// weighted search (`make_qp_quants(8, 63, ..)`): `(scale, codes)`.
+fn six_bit_fit(x: &[f32; SUBS], weights: &[f32; SUBS]) -> (f32, [u8; SUBS]) {
     const NMAX: i32 = 63;
     let max = x.iter().fold(0f32, |a, &v| if v > a { v } else { a });
-    if max < 1e-15 {
-        return (0.0, [0; 8]);
+    if max < ALL_ZERO {
+        return (0.0, [0; SUBS]);
     }
     let mse = |iscale: f32, clamp: bool| {
         let scale = 1.0 / iscale;
@@ -163,7 +170,7 @@ fn six_bit_fit(x: &[f32; 8], weights: &[f32; 8]) -> (f32, [u8; 8]) {
             iscale = trial;
         }
     }
-    let mut codes = [0i32; 8];
+    let mut codes = [0i32; SUBS];
     let (mut sumlx, mut suml2) = (0f32, 0f32);
     for ((l, &v), &w) in codes.iter_mut().zip(x).zip(weights) {
         *l = nearest(iscale * v).min(NMAX);
@@ -273,7 +280,7 @@ mod tests {
         let x = row(4 * QK_K, 3);
         let mut ours = Vec::new();
         q4_k_row(&x, None, &mut ours);
-        assert_eq!(ours.len(), 4 * Q4_K_BYTES);
+        assert_eq!(ours.len(), 4 * 144);
         let t = Tensor::from_slice(&x, (1, x.len()), &Device::Cpu).unwrap();
         let theirs = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
         let (ours_err, theirs_err) = (

@@ -29,7 +29,7 @@ use half::f16;
 use super::blocks::QK;
 
 /// Below this a block is all zeros (llama.cpp's `GROUP_MAX_EPS`).
-const ALL_ZERO: f32 = 1e-15;
+pub(super) const ALL_ZERO: f32 = 1e-15;
 
 /// ggml's `nearest_int`: round half to even.
 #[inline]

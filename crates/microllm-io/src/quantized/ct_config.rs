@@ -287,11 +287,7 @@ impl CtConfig {
                 format!(
                     "`{}` weights in a `{}` checkpoint (FP8 weights are `float-quantized` or \
                      `naive-quantized`)",
-                    if code_type == CodeType::Int {
-                        "int"
-                    } else {
-                        "float"
-                    },
+                    code_type_name(code_type),
                     format.name()
                 ),
             ));
@@ -311,53 +307,7 @@ impl CtConfig {
                 ),
             ));
         }
-        let strategy = w.get("strategy").and_then(Value::as_str).unwrap_or("group");
-        let block = w.get("block_structure").filter(|b| !is_empty(b));
-        if block.is_some() && strategy != "block" {
-            return Err(err(
-                &at("weights.block_structure"),
-                format!("set for the `{strategy}` strategy (it belongs to `block`)"),
-            ));
-        }
-        let mut block_rows = None;
-        let group_size = match strategy {
-            "channel" => None,
-            "group" => Some(
-                w.get("group_size")
-                    .and_then(Value::as_u64)
-                    .filter(|&g| g > 0)
-                    .ok_or_else(|| {
-                        err(&at("weights.group_size"), "missing or not positive".into())
-                    })? as usize,
-            ),
-            "block" => {
-                let dims: Option<Vec<usize>> = block.and_then(Value::as_array).and_then(|a| {
-                    a.iter()
-                        .map(|d| d.as_u64().filter(|&d| d > 0).map(|d| d as usize))
-                        .collect()
-                });
-                let [rows, cols] = dims.as_deref().unwrap_or_default() else {
-                    return Err(err(
-                        &at("weights.block_structure"),
-                        "missing or not two positive sizes [rows, columns]".into(),
-                    ));
-                };
-                if !symmetric {
-                    return Err(err(
-                        &at("weights.symmetric"),
-                        "false with the `block` strategy (microllm reads symmetric blocks)".into(),
-                    ));
-                }
-                block_rows = Some(*rows);
-                Some(*cols)
-            }
-            other => {
-                return Err(err(
-                    &at("weights.strategy"),
-                    format!("`{other}` (microllm reads `group`, `channel` and `block`)"),
-                ));
-            }
-        };
+        let (group_size, block_rows) = weight_grouping(w, symmetric, at, err)?;
         // compressed-tensors' `ActivationOrdering`: `group` (alias `dynamic`, or `true`)
         // reorders the groups and stores `weight_g_idx`; `weight` (alias `static`, what
         // llm-compressor writes by default) reorders only the solve, so the groups stay
@@ -399,10 +349,7 @@ impl CtConfig {
     /// `quantization_config` as llm-compressor writes it for the scheme.
     pub fn to_json(&self, ignore: &[String]) -> Value {
         let activations = self.activations.map(|a| {
-            let (strategy, group_size) = match a {
-                ActivationQuant::Fp8PerGroup { group_size } => ("group", Some(group_size)),
-                _ => ("token", None),
-            };
+            let (strategy, group_size) = activation_strategy(a);
             json!({
                 "num_bits": 8,
                 "type": activation_type(a),
@@ -450,6 +397,60 @@ impl CtConfig {
             "sparsity_config": {},
             "version": "0.10.2",
         })
+    }
+}
+
+/// How a group's weights share scales, from `strategy` (and `group_size` / `block_structure`):
+/// `(columns per scale, rows per scale)`, `None` meaning a whole row / one row. `channel` is
+/// `(None, None)`, `group` `(Some(g), None)`, `block` `(Some(columns), Some(rows))`.
+fn weight_grouping(
+    w: &serde_json::Map<String, Value>,
+    symmetric: bool,
+    at: &dyn Fn(&str) -> String,
+    err: &dyn Fn(&str, String) -> Error,
+) -> Result<(Option<usize>, Option<usize>)> {
+    let strategy = w.get("strategy").and_then(Value::as_str).unwrap_or("group");
+    let block = w.get("block_structure").filter(|b| !is_empty(b));
+    if block.is_some() && strategy != "block" {
+        return Err(err(
+            &at("weights.block_structure"),
+            format!("set for the `{strategy}` strategy (it belongs to `block`)"),
+        ));
+    }
+    match strategy {
+        "channel" => Ok((None, None)),
+        "group" => {
+            let g = w
+                .get("group_size")
+                .and_then(Value::as_u64)
+                .filter(|&g| g > 0)
+                .ok_or_else(|| err(&at("weights.group_size"), "missing or not positive".into()))?;
+            Ok((Some(g as usize), None))
+        }
+        "block" => {
+            let dims: Option<Vec<usize>> = block.and_then(Value::as_array).and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().filter(|&d| d > 0).map(|d| d as usize))
+                    .collect()
+            });
+            let [rows, cols] = dims.as_deref().unwrap_or_default() else {
+                return Err(err(
+                    &at("weights.block_structure"),
+                    "missing or not two positive sizes [rows, columns]".into(),
+                ));
+            };
+            if !symmetric {
+                return Err(err(
+                    &at("weights.symmetric"),
+                    "false with the `block` strategy (microllm reads symmetric blocks)".into(),
+                ));
+            }
+            Ok((Some(*cols), Some(*rows)))
+        }
+        other => Err(err(
+            &at("weights.strategy"),
+            format!("`{other}` (microllm reads `group`, `channel` and `block`)"),
+        )),
     }
 }
 
@@ -638,6 +639,14 @@ fn activation_type(a: ActivationQuant) -> &'static str {
     }
 }
 
+/// compressed-tensors' `strategy` and `group_size` of an activation scheme.
+fn activation_strategy(a: ActivationQuant) -> (&'static str, Option<usize>) {
+    match a {
+        ActivationQuant::Fp8PerGroup { group_size } => ("group", Some(group_size)),
+        ActivationQuant::Int8PerToken | ActivationQuant::Fp8PerToken => ("token", None),
+    }
+}
+
 /// The activation scheme of `input_activations` in a checkpoint of `format` (W8A8's dynamic
 /// per-token int8, or FP8 per token or per group of columns in `float-quantized`), or what is
 /// not read.
@@ -652,16 +661,13 @@ fn activation_scheme(a: &Value, format: CtFormat) -> std::result::Result<Activat
         (true, _, _) => ActivationQuant::Fp8PerToken,
         (false, _, _) => ActivationQuant::Int8PerToken,
     };
-    let (strategy, group_size) = match scheme {
-        ActivationQuant::Fp8PerGroup { group_size } => ("group", json!(group_size)),
-        _ => ("token", Value::Null),
-    };
+    let (strategy, group_size) = activation_strategy(scheme);
     let want = [
         ("num_bits", json!(8)),
         ("type", json!(activation_type(scheme))),
         ("symmetric", json!(true)),
         ("strategy", json!(strategy)),
-        ("group_size", group_size),
+        ("group_size", json!(group_size)),
         ("dynamic", json!(true)),
         ("block_structure", Value::Null),
     ];

@@ -392,8 +392,9 @@ fn eval_step(
 
 /// A model as the report's evals run it: matrices a file stores packed (GGUF blocks) stay
 /// packed, with f32 activations, so the numbers are the dense model's while the memory is
-/// the file's. Dense on load, the original and a written Qwen2.5-0.5B took 6.3 GB in
-/// `quantize --eval` (RTN 4-bit, 8 windows), most of it two f32 copies of 630 M parameters.
+/// the file's. Dense on load, the original and a written Qwen2.5-0.5B peaked at 6.2 GB in
+/// `quantize --eval` (RTN 4-bit, 8 windows; 2.44 GB packed), most of it two f32 copies of
+/// 630 M parameters.
 fn load_for_eval(config: &ModelConfig, source: &dyn TensorSource) -> Result<Decoder> {
     Decoder::load_with(config, source, Some(microllm_models::Activations::F32))
 }
