@@ -429,6 +429,66 @@ fn tensor_types_override_the_mix_as_llama_quantize_does() {
     assert!(err.contains("PATTERN=TYPE"), "{err}");
 }
 
+/// `--gguf-type iq4_xs` is llama.cpp's IQ4_XS file type: IQ4_XS where rows are a multiple of
+/// 256 (SmolLM2's 1536-wide down projections), IQ4_NL for the 576-wide matrices, Q5_K for the
+/// first eighth of the down projections without an importance matrix, Q8_0 for the tied
+/// head. The file is read back with those types (microllm's own GGUF header reader; candle's
+/// refuses i-quants) and evaluates near the source. A per-tensor rule may name an i-quant.
+#[test]
+fn iq4_xs_is_llama_cpps_mix_and_reads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("iq4.gguf");
+    microllm()
+        .args(["convert", "--model"])
+        .arg(smollm2_gguf())
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--gguf-type",
+            "iq4_xs",
+            "--tensor-type",
+            r"blk\.7\.ffn_up=iq4_xs",
+        ])
+        .assert()
+        .success();
+    let ckpt = microllm_io::open(out.to_str().unwrap()).unwrap();
+    let dtype = |name: &str| ckpt.tensors.info(name).unwrap().dtype.to_string();
+    let layer = |l: usize, m: &str| format!("model.layers.{l}.{m}.weight");
+    for l in 0..3 {
+        assert_eq!(dtype(&layer(l, "mlp.down_proj")), "Q5_K", "layer {l}");
+    }
+    assert_eq!(dtype(&layer(3, "mlp.down_proj")), "IQ4_XS");
+    assert_eq!(dtype(&layer(3, "self_attn.q_proj")), "IQ4_NL");
+    assert_eq!(dtype(&layer(3, "self_attn.v_proj")), "IQ4_NL");
+    // The rule asks IQ4_XS; 576-wide rows fall back to IQ4_NL all the same.
+    assert_eq!(dtype(&layer(7, "mlp.up_proj")), "IQ4_NL");
+    assert_eq!(dtype("model.embed_tokens.weight"), "Q8_0");
+    let source = ckpt.tensors.load(&layer(3, "mlp.down_proj")).unwrap();
+    assert_eq!(source.dims(), [576, 1536]);
+
+    let ppl = |model: &Path| -> f64 {
+        let out = microllm()
+            .args(["eval", "--ctx", "256", "--max-windows", "2", "--model"])
+            .arg(model)
+            .arg("--data")
+            .arg(common::text("wiki.eval.txt"))
+            .assert()
+            .success();
+        let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("perplexity"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no perplexity in {stdout}"))
+    };
+    let (before, after) = (ppl(&smollm2_gguf()), ppl(&out));
+    // About +10% on these two windows (IQ4_XS without an importance matrix).
+    assert!(
+        after > before && after < 1.25 * before,
+        "{before} -> {after}"
+    );
+}
+
 /// A size budget (`--target-bpw` / `--target-size`) chooses each block linear's type: the
 /// file's tensor data lands at or just under the target, the matrices get several types, a
 /// target below the smallest types is refused before anything is written, and the report lists

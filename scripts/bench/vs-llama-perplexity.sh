@@ -5,13 +5,13 @@
 # wall time and peak RSS from /usr/bin/time, RUNS pairs per file (microllm and llama.cpp
 # alternating), medians; prints a Markdown table and writes target/bench/vs-llama/results.json.
 #
-# Files: SmolLM2-135M as F16 (microllm convert from the Q4_1 asset), Q8_0 / Q4_0 / Q4_K_M
-# (llama-quantize from an F32 export), the Q4_1 asset itself, Gemma 3 270M's Q4_K_M mix
+# Files: SmolLM2-135M as F16 (microllm convert from the Q4_1 asset), Q8_0 / Q4_0 / Q4_K_M /
+# IQ4_XS (llama-quantize from an F32 export), the Q4_1 asset itself, Gemma 3 270M's Q4_K_M mix
 # (llama.cpp's own file from PyPI; 262k-token vocabulary) and Qwen2.5-Coder-0.5B's Q4_K_M mix
 # (Q5_0/Q8_0/Q4_K/Q6_K, 485 MB; 152k-token vocabulary), both by scripts/fetch-model.sh.
 #
 # Usage: scripts/bench/vs-llama-perplexity.sh [WINDOWS=8] [RUNS=3] [THREADS=2] [FILES...]
-#   FILES: any of f16 q8_0 q4_0 q4_k_m q4_1 gemma3 qwen05 (default: all)
+#   FILES: any of f16 q8_0 q4_0 q4_k_m iq4_xs q4_1 gemma3 qwen05 (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 windows=${1:-8}
@@ -19,7 +19,7 @@ runs=${2:-3}
 threads=${3:-2}
 shift $(($# < 3 ? $# : 3))
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(f16 q8_0 q4_0 q4_k_m q4_1 gemma3 qwen05)
+[ ${#wanted[@]} -gt 0 ] || wanted=(f16 q8_0 q4_0 q4_k_m iq4_xs q4_1 gemma3 qwen05)
 
 assets=$(bash scripts/fetch-assets.sh)
 bin=$(bash scripts/interop/build-llama-cpp.sh)
@@ -38,10 +38,11 @@ path_of() {
     q8_0) echo "$files/smollm2-Q8_0.gguf" ;;
     q4_0) echo "$files/smollm2-Q4_0.gguf" ;;
     q4_k_m) echo "$files/smollm2-Q4_K_M.gguf" ;;
+    iq4_xs) echo "$files/smollm2-IQ4_XS.gguf" ;;
     q4_1) echo "$smol" ;;
     gemma3) echo "target/models/gemma3-270m-Q4_K_M.gguf" ;;
     qwen05) echo "target/models/qwen2.5-coder-0.5b-instruct-Q4_K_M.gguf" ;;
-    *) echo "unknown file '$1' (f16 q8_0 q4_0 q4_k_m q4_1 gemma3 qwen05)" >&2; exit 2 ;;
+    *) echo "unknown file '$1' (f16 q8_0 q4_0 q4_k_m iq4_xs q4_1 gemma3 qwen05)" >&2; exit 2 ;;
   esac
 }
 for f in "${wanted[@]}"; do
@@ -49,7 +50,7 @@ for f in "${wanted[@]}"; do
   [ -f "$p" ] && continue
   case $f in
     f16) "$microllm" convert --model "$smol" --out "$p" --gguf-type f16 >/dev/null ;;
-    q8_0 | q4_0 | q4_k_m)
+    q8_0 | q4_0 | q4_k_m | iq4_xs)
       f32="$files/smollm2-F32.gguf"
       [ -f "$f32" ] || "$microllm" convert --model "$smol" --out "$f32" --gguf-type f32 >/dev/null
       "$bin/llama-quantize" "$f32" "$p" "$(echo "$f" | tr a-z A-Z)" 2 >"$p.log" 2>&1 \

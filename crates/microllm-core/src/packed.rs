@@ -7,6 +7,12 @@
 
 use crate::{Error, Result};
 
+/// The 16 levels IQ4_NL and IQ4_XS codes index (ggml's `kvalues_iq4nl`): denser near zero,
+/// where most weights are.
+pub const IQ4_LEVELS: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
 /// A ggml block type that the forward pass can run on without dequantizing the whole matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlockType {
@@ -22,6 +28,10 @@ pub enum BlockType {
     Q4K,
     Q5K,
     Q6K,
+    /// IQ4_NL: 4-bit indices into a fixed table of 16 values, an f16 scale per 32.
+    Iq4Nl,
+    /// IQ4_XS: IQ4_NL's table in super-blocks of 256 with a 6-bit scale per 32.
+    Iq4Xs,
 }
 
 impl BlockType {
@@ -29,8 +39,8 @@ impl BlockType {
     pub fn block_len(self) -> usize {
         match self {
             Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
-            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => 256,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Iq4Nl => 32,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K | Self::Iq4Xs => 256,
         }
     }
 
@@ -48,6 +58,8 @@ impl BlockType {
             Self::Q4K => 144,
             Self::Q5K => 176,
             Self::Q6K => 210,
+            Self::Iq4Nl => 18,
+            Self::Iq4Xs => 136,
         }
     }
 
@@ -66,6 +78,8 @@ impl BlockType {
             Self::Q4K => "Q4_K",
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
+            Self::Iq4Nl => "IQ4_NL",
+            Self::Iq4Xs => "IQ4_XS",
         }
     }
 

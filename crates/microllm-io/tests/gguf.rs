@@ -237,10 +237,14 @@ fn truncated_file_names_file_and_tensor() {
     );
     assert!(msg.contains("truncated"), "{msg}");
 
-    // Cut inside the header: candle's error, wrapped with the path.
+    // Cut inside the header: the file, the key cut and the likely cause named.
     let mut g = tempfile::Builder::new().suffix(".gguf").tempfile().unwrap();
     g.write_all(&real[..1000]).unwrap();
     g.flush().unwrap();
     let msg = gguf::open(g.path()).unwrap_err().to_string();
     assert!(msg.contains(&g.path().display().to_string()), "{msg}");
+    assert!(
+        msg.contains("metadata") && msg.contains("cut short"),
+        "{msg}"
+    );
 }

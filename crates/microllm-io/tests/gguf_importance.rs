@@ -5,9 +5,10 @@
 //! byte for byte against llama-quantize by scripts/interop/imatrix.sh), held here to lose no
 //! more than candle's under the same weights.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use microllm_core::{LinearKind, MemorySource, NoProgress, TensorSource, names};
+use microllm_io::gguf::GgufType;
 use microllm_io::gguf::{GgufExport, GgufTypes, ImportanceMatrix, KQuantMix, write_gguf};
 
 /// A one-block llama whose rows (256 and 512 wide) fit k-quant blocks.
@@ -93,11 +94,11 @@ fn k_quant_blocks_are_fitted_with_the_importance_weights() {
         let stored = written.tensors.load(&d.hf_name).unwrap();
         let columns = matrix.columns(&d.hf_name);
         let expected = match columns {
-            Some(w) => QTensor::quantize_imatrix(&original, w, d.dtype).unwrap(),
-            None => QTensor::quantize(&original, d.dtype).unwrap(),
+            Some(w) => QTensor::quantize_imatrix(&original, w, d.dtype.candle().unwrap()).unwrap(),
+            None => QTensor::quantize(&original, d.dtype.candle().unwrap()).unwrap(),
         };
         let expected = expected.dequantize(&Device::Cpu).unwrap();
-        if matches!(d.dtype, GgmlDType::Q4K | GgmlDType::Q6K) {
+        if matches!(d.dtype, GgufType::Q4K | GgufType::Q6K) {
             // microllm's own fits (current llama.cpp's searches) against candle's (an older
             // llama.cpp's): squared error, each column weighted by its importance (1 without
             // a matrix), no worse.
@@ -142,7 +143,7 @@ fn k_quant_blocks_are_fitted_with_the_importance_weights() {
             .unwrap()
             .dtype
     };
-    assert_eq!(dtype_of(LinearKind::V), GgmlDType::Q6K);
-    assert_eq!(dtype_of(LinearKind::Down), GgmlDType::Q6K);
-    assert_eq!(dtype_of(LinearKind::Q), GgmlDType::Q4K);
+    assert_eq!(dtype_of(LinearKind::V), GgufType::Q6K);
+    assert_eq!(dtype_of(LinearKind::Down), GgufType::Q6K);
+    assert_eq!(dtype_of(LinearKind::Q), GgufType::Q4K);
 }

@@ -18,12 +18,12 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use microllm_core::{
     Error, Family, LinearKind, ModelConfig, Result, TensorInfo, TensorSource, names,
 };
 use microllm_io::gguf::EncodedTensors;
+use microllm_io::gguf::GgufType;
 use microllm_io::gguf::blocks::{
     GroupCodes, QK, q4_0_from_codes, q4_1_from_codes, q8_0_from_codes,
 };
@@ -39,7 +39,7 @@ pub fn exact_gguf_type(
     scheme: &QuantScheme,
     in_features: usize,
     contiguous: bool,
-) -> std::result::Result<GgmlDType, String> {
+) -> std::result::Result<GgufType, String> {
     let group = scheme.group_len(in_features);
     if !group.is_multiple_of(QK) {
         return Err(format!(
@@ -54,9 +54,9 @@ pub fn exact_gguf_type(
         return Err("scales were not rounded to f16".into());
     }
     match (scheme.symmetric, scheme.bits) {
-        (true, 2..=4) => Ok(GgmlDType::Q4_0),
-        (true, 5..=8) => Ok(GgmlDType::Q8_0),
-        (false, 2..=4) => Ok(GgmlDType::Q4_1),
+        (true, 2..=4) => Ok(GgufType::Q4_0),
+        (true, 5..=8) => Ok(GgufType::Q8_0),
+        (false, 2..=4) => Ok(GgufType::Q4_1),
         (false, bits) => Err(format!(
             "no ggml block type holds asymmetric {bits}-bit codes"
         )),
@@ -208,7 +208,7 @@ impl<'a> GgufCodes<'a> {
         }
     }
 
-    fn decide(&self, hf_name: &str) -> Option<std::result::Result<GgmlDType, String>> {
+    fn decide(&self, hf_name: &str) -> Option<std::result::Result<GgufType, String>> {
         let (layer, kind) = names::parse_linear_weight(self.cfg.family, hf_name)?;
         self.blocks
             .with(self.cfg.family, layer, kind, |q| {
@@ -256,8 +256,8 @@ impl CodeSource<'_> {
 }
 
 impl EncodedTensors for GgufCodes<'_> {
-    fn dtype(&self, hf_name: &str) -> Option<GgmlDType> {
-        self.decide(hf_name).map(|d| d.unwrap_or(GgmlDType::F16))
+    fn dtype(&self, hf_name: &str) -> Option<GgufType> {
+        self.decide(hf_name).map(|d| d.unwrap_or(GgufType::F16))
     }
 
     fn fallback(&self, hf_name: &str) -> Option<String> {
@@ -312,15 +312,15 @@ fn permute_weight_rows(q: &QuantizedWeight, heads: usize) -> Result<QuantizedWei
 
 /// Packs `q` into `dtype` blocks: codes shifted onto the block type's grid, and scales and
 /// zeros repeated for every 32-weight block of a group.
-fn pack_exact(q: &QuantizedWeight, dtype: GgmlDType) -> std::result::Result<Vec<u8>, String> {
+fn pack_exact(q: &QuantizedWeight, dtype: GgufType) -> std::result::Result<Vec<u8>, String> {
     let [out, inp] = q.shape;
     let group = q.scheme.group_len(inp);
     let per_group = group / QK;
     let ng = q.n_groups();
     // The zero point the block type implies (none for Q4_1, which stores a minimum).
     let target_zero: Option<i32> = match dtype {
-        GgmlDType::Q4_0 => Some(8),
-        GgmlDType::Q8_0 => Some(128),
+        GgufType::Q4_0 => Some(8),
+        GgufType::Q8_0 => Some(128),
         _ => None,
     };
     let mut codes = Vec::with_capacity(q.codes.len());
@@ -346,9 +346,9 @@ fn pack_exact(q: &QuantizedWeight, dtype: GgmlDType) -> std::result::Result<Vec<
         cols: inp,
     };
     match dtype {
-        GgmlDType::Q4_0 => q4_0_from_codes(&codes),
-        GgmlDType::Q4_1 => q4_1_from_codes(&codes),
-        GgmlDType::Q8_0 => q8_0_from_codes(&codes),
+        GgufType::Q4_0 => q4_0_from_codes(&codes),
+        GgufType::Q4_1 => q4_1_from_codes(&codes),
+        GgufType::Q8_0 => q8_0_from_codes(&codes),
         other => Err(format!("no exact packing into {other:?}")),
     }
 }

@@ -3,8 +3,8 @@
 //! the f16 rounding of the block minimum). Decoded by candle's ggml reader, not ours.
 
 use candle_core::Device;
-use candle_core::quantized::GgmlDType;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use microllm_io::gguf::GgufType;
 use microllm_io::gguf::blocks::{GroupCodes, q4_0_from_codes, q4_1_from_codes, q8_0_from_codes};
 use microllm_quant::{
     GptqOptions, HessianAccumulator, QuantScheme, QuantizedWeight, gptq_quantize,
@@ -36,8 +36,8 @@ fn gptq(bits: u8, symmetric: bool) -> QuantizedWeight {
         .0
 }
 
-fn decode(dtype: GgmlDType, bytes: &[u8]) -> Vec<f32> {
-    qtensor_from_ggml(dtype, bytes, vec![OUT, IN], &Device::Cpu)
+fn decode(dtype: GgufType, bytes: &[u8]) -> Vec<f32> {
+    qtensor_from_ggml(dtype.candle().unwrap(), bytes, vec![OUT, IN], &Device::Cpu)
         .unwrap()
         .dequantize(&Device::Cpu)
         .unwrap()
@@ -60,11 +60,11 @@ fn codes(q: &QuantizedWeight) -> GroupCodes<'_> {
 fn symmetric_gptq_is_exact_in_q4_0_and_q8_0() {
     let q4 = gptq(4, true);
     let bytes = q4_0_from_codes(&codes(&q4)).unwrap();
-    assert_eq!(decode(GgmlDType::Q4_0, &bytes), q4.dequantize_vec());
+    assert_eq!(decode(GgufType::Q4_0, &bytes), q4.dequantize_vec());
 
     let q8 = gptq(8, true);
     let bytes = q8_0_from_codes(&codes(&q8)).unwrap();
-    assert_eq!(decode(GgmlDType::Q8_0, &bytes), q8.dequantize_vec());
+    assert_eq!(decode(GgufType::Q8_0, &bytes), q8.dequantize_vec());
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn asymmetric_gptq_in_q4_1_up_to_the_f16_minimum() {
     let q = gptq(4, false);
     let bytes = q4_1_from_codes(&codes(&q)).unwrap();
     let ours = q.dequantize_vec();
-    let diff = decode(GgmlDType::Q4_1, &bytes)
+    let diff = decode(GgufType::Q4_1, &bytes)
         .iter()
         .zip(&ours)
         .map(|(a, b)| (a - b).abs())

@@ -214,12 +214,13 @@ fn f16_exact(x: f32) -> Result<f16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use crate::gguf::GgufType;
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
-    fn candle_bytes(xs: &[f32], dtype: GgmlDType) -> Vec<u8> {
+    fn candle_bytes(xs: &[f32], dtype: GgufType) -> Vec<u8> {
         let t = Tensor::from_slice(xs, (xs.len() / QK, QK), &Device::Cpu).unwrap();
-        QTensor::quantize(&t, dtype)
+        QTensor::quantize(&t, dtype.candle().unwrap())
             .unwrap()
             .data()
             .unwrap()
@@ -250,9 +251,9 @@ mod tests {
     fn bytes_equal_ggml_reference() {
         let xs = samples();
         for (dtype, pack) in [
-            (GgmlDType::Q8_0, q8_0 as Packer),
-            (GgmlDType::Q4_0, q4_0),
-            (GgmlDType::Q4_1, q4_1),
+            (GgufType::Q8_0, q8_0 as Packer),
+            (GgufType::Q4_0, q4_0),
+            (GgufType::Q4_1, q4_1),
         ] {
             let mut ours = Vec::new();
             pack(&xs, &mut ours);

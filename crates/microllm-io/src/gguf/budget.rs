@@ -12,7 +12,7 @@
 //! head, norms), those a `--tensor-type` rule names and those written from codes keep the
 //! types they would have had and count as fixed bytes.
 
-use candle_core::quantized::GgmlDType;
+use crate::gguf::GgufType;
 use microllm_core::{Error, Progress, Result, TensorSource};
 
 use super::export::{
@@ -23,24 +23,26 @@ use super::mix::{GgufTypes, TensorTypeRule, rule_for};
 use crate::fused::{JoinFused, is_linear_weight};
 
 /// The block types a budget chooses from, whichever the rows fit.
-const CANDIDATES: [GgmlDType; 10] = [
-    GgmlDType::Q2K,
-    GgmlDType::Q3K,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q4K,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-    GgmlDType::Q8_0,
+const CANDIDATES: [GgufType; 12] = [
+    GgufType::Q2K,
+    GgufType::Q3K,
+    GgufType::Iq4Xs,
+    GgufType::Q4_0,
+    GgufType::Iq4Nl,
+    GgufType::Q4_1,
+    GgufType::Q4K,
+    GgufType::Q5_0,
+    GgufType::Q5_1,
+    GgufType::Q5K,
+    GgufType::Q6K,
+    GgufType::Q8_0,
 ];
 
 /// One matrix's type under the budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetChoice {
     pub gguf_name: String,
-    pub dtype: GgmlDType,
+    pub dtype: GgufType,
     pub bytes: u64,
     /// The measured error in that type (see the module docs).
     pub error: f64,
@@ -67,8 +69,8 @@ impl BudgetPlan {
     }
 
     /// How many matrices got each type, largest count first (for notes and reports).
-    pub fn counts(&self) -> Vec<(GgmlDType, usize)> {
-        let mut counts: Vec<(GgmlDType, usize)> = Vec::new();
+    pub fn counts(&self) -> Vec<(GgufType, usize)> {
+        let mut counts: Vec<(GgufType, usize)> = Vec::new();
         for c in &self.choices {
             match counts.iter_mut().find(|(t, _)| *t == c.dtype) {
                 Some((_, n)) => *n += 1,
@@ -201,7 +203,7 @@ fn measure(
     d: &TypeDecision,
     importance: Option<&[f32]>,
     origin: &str,
-) -> Result<Vec<(u64, f64, GgmlDType)>> {
+) -> Result<Vec<(u64, f64, GgufType)>> {
     let (rows, cols) = t.dims2()?;
     let values = t
         .to_dtype(candle_core::DType::F32)?
@@ -214,15 +216,9 @@ fn measure(
         }
         let fit_weights = importance.filter(|_| takes_importance(dtype));
         let bytes = encode_checked(t, dtype, fit_weights, &d.hf_name, origin)?;
-        let decoded = candle_core::quantized::ggml_file::qtensor_from_ggml(
-            dtype,
-            &bytes,
-            vec![rows, cols],
-            &candle_core::Device::Cpu,
-        )?
-        .dequantize(&candle_core::Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+        let decoded = super::source::dequantize(dtype, &bytes, &[rows, cols])?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let error: f64 = values
             .chunks_exact(cols)
             .zip(decoded.chunks_exact(cols))
@@ -251,10 +247,10 @@ fn measure(
 
 /// The points a budget can usefully stop at: no point costs more bytes for more error, and
 /// the error saved per added byte falls from one to the next.
-fn lower_hull(points: Vec<(u64, f64, GgmlDType)>) -> Vec<(u64, f64, GgmlDType)> {
+fn lower_hull(points: Vec<(u64, f64, GgufType)>) -> Vec<(u64, f64, GgufType)> {
     let gain =
-        |a: &(u64, f64, GgmlDType), b: &(u64, f64, GgmlDType)| (a.1 - b.1) / (b.0 - a.0) as f64;
-    let mut hull: Vec<(u64, f64, GgmlDType)> = Vec::with_capacity(points.len());
+        |a: &(u64, f64, GgufType), b: &(u64, f64, GgufType)| (a.1 - b.1) / (b.0 - a.0) as f64;
+    let mut hull: Vec<(u64, f64, GgufType)> = Vec::with_capacity(points.len());
     for p in points {
         if hull
             .last()
@@ -278,14 +274,14 @@ mod tests {
 
     #[test]
     fn the_hull_drops_dominated_and_concave_points() {
-        use GgmlDType::{Q4_0, Q4_1, Q5_0, Q8_0};
+        use GgufType::{Q4_0, Q4_1, Q5_0, Q8_0};
         let hull = lower_hull(vec![
             (18, 10.0, Q4_0),
             (20, 11.0, Q4_1), // more bytes, more error: dominated
             (22, 9.5, Q5_0),  // 0.125 per byte, then 9.5 -> 1 over 12 bytes (0.71): not convex
             (34, 1.0, Q8_0),
         ]);
-        let kept: Vec<GgmlDType> = hull.iter().map(|p| p.2).collect();
+        let kept: Vec<GgufType> = hull.iter().map(|p| p.2).collect();
         assert_eq!(kept, [Q4_0, Q8_0]);
         let hull = lower_hull(vec![(18, 10.0, Q4_0), (22, 4.0, Q5_0), (34, 1.0, Q8_0)]);
         assert_eq!(hull.len(), 3, "1.5 per byte, then 0.25: convex");

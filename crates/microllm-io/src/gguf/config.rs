@@ -21,9 +21,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::quantized::gguf_file::TensorInfo as GgufTensorInfo;
 use microllm_core::{Activation, Error, Family, ModelConfig, Result, RopeScaling};
 
+use super::header::TensorEntry;
 use super::meta::Meta;
 
 /// GGUF `general.architecture` values this reader understands.
@@ -82,7 +82,7 @@ pub(crate) fn read_config(
     meta: &Meta<'_>,
     arch: &str,
     family: Family,
-    tensors: &HashMap<String, GgufTensorInfo>,
+    tensors: &HashMap<String, TensorEntry>,
     rope_freqs: Option<Vec<f64>>,
 ) -> Result<ModelConfig> {
     let key = |k: &str| format!("{arch}.{k}");
@@ -177,7 +177,7 @@ pub(crate) fn read_config(
         (family == Family::Gemma3 && num_layers == 62).then(|| (hidden_size / num_heads) as f64);
 
     let vocab_size = match tensors.get("token_embd.weight") {
-        Some(info) => info.shape.dims().first().copied().unwrap_or(0),
+        Some(info) => info.dims.first().copied().unwrap_or(0),
         None => match meta.usize(&key("vocab_size"))? {
             Some(v) => v,
             None => meta
@@ -262,14 +262,14 @@ fn gemma3_layer_pattern(meta: &Meta<'_>, key: &str, n: usize) -> Result<Vec<bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::GgmlDType;
+    use crate::gguf::GgufType;
     use candle_core::quantized::gguf_file::Value;
     use std::path::Path;
 
-    fn info(shape: &[usize]) -> GgufTensorInfo {
-        GgufTensorInfo {
-            ggml_dtype: GgmlDType::F32,
-            shape: shape.into(),
+    fn info(shape: &[usize]) -> TensorEntry {
+        TensorEntry {
+            dtype: GgufType::F32,
+            dims: shape.to_vec(),
             offset: 0,
         }
     }

@@ -14,9 +14,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::gguf::GgufType;
 use candle_core::Tensor;
+use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::Value;
-use candle_core::quantized::{GgmlDType, QTensor};
 use microllm_core::{
     Error, Family, LinearKind, ModelConfig, NormKind, Progress, Result, RopeScaling, TensorSource,
     names,
@@ -30,7 +31,7 @@ use super::names::{
     hf_to_gguf, is_norm_weight, is_rope_permuted, norms_hold_unit_offset, permute_rows,
 };
 use super::write::{GgufWriter, PlannedTensor};
-use super::{blocks, weighted};
+use super::{blocks, iq4, weighted};
 use crate::Tokenizer;
 use crate::fused::{JoinFused, parts_of};
 
@@ -57,7 +58,7 @@ pub struct GgufExport<'a> {
 /// A provider of finished GGUF tensor data for some tensors of an export.
 pub trait EncodedTensors: Sync {
     /// The GGUF type `hf_name` will have, if this provider encodes it.
-    fn dtype(&self, hf_name: &str) -> Option<GgmlDType>;
+    fn dtype(&self, hf_name: &str) -> Option<GgufType>;
     /// The tensor's bytes in GGUF layout (llama-family q/k rows already permuted).
     fn encode(&self, hf_name: &str) -> Result<Vec<u8>>;
     /// Why a tensor did not get an exact block type, if it did not (for reports).
@@ -72,7 +73,7 @@ pub struct TypeDecision {
     pub hf_name: String,
     pub gguf_name: String,
     pub shape: Vec<usize>,
-    pub dtype: GgmlDType,
+    pub dtype: GgufType,
     /// Why the type differs from the one requested, if it does.
     pub fallback: Option<String>,
     /// Whether the blocks were fitted with importance weights (set by [`write_gguf`]).
@@ -112,11 +113,14 @@ pub struct GgufSummary {
 /// GGUF name, else `types` (one type for every matrix, or one of llama.cpp's mixes); then rows
 /// that do not fit the asked type's block fall back. A rule that matches no matrix is an
 /// error (a misspelt pattern would otherwise change nothing, silently).
+/// `imatrix`: whether the matrices will be fitted with an importance matrix (which changes
+/// llama.cpp's i-quant mixes).
 pub fn plan_types(
     cfg: &ModelConfig,
     tensors: &dyn TensorSource,
     types: impl Into<GgufTypes>,
     rules: &[TensorTypeRule],
+    imatrix: bool,
 ) -> Result<Vec<TypeDecision>> {
     let types = types.into();
     let named = JoinFused::new(tensors, cfg)
@@ -145,7 +149,7 @@ pub fn plan_types(
         .into_iter()
         .map(|(info, gguf_name)| {
             let (dtype, fallback) = if info.shape.len() < 2 {
-                (GgmlDType::F32, None)
+                (GgufType::F32, None)
             } else {
                 let skipped = names::parse_linear_weight(cfg.family, &info.name).map_or(
                     0,
@@ -156,8 +160,10 @@ pub fn plan_types(
                             .count()
                     },
                 );
-                let wanted = rule_for(rules, &gguf_name)
-                    .map_or_else(|| types.wanted_after(cfg, &info.name, skipped), |r| r.dtype);
+                let wanted = rule_for(rules, &gguf_name).map_or_else(
+                    || types.wanted_after(cfg, &info.name, skipped, imatrix),
+                    |r| r.dtype,
+                );
                 fit_row(wanted, *info.shape.last().expect("2-D"))
             };
             Ok(TypeDecision {
@@ -192,7 +198,13 @@ pub fn plan_types(
 
 /// [`plan_types`], with the types of tensors that `export.encoded` provides.
 pub fn plan_export(export: &GgufExport<'_>, types: GgufTypes) -> Result<Vec<TypeDecision>> {
-    let mut decisions = plan_types(export.config, export.tensors, types, export.tensor_types)?;
+    let mut decisions = plan_types(
+        export.config,
+        export.tensors,
+        types,
+        export.tensor_types,
+        export.importance.is_some(),
+    )?;
     if let Some(encoded) = export.encoded {
         let encoded = FusedEncoded::new(encoded, export.config);
         for d in &mut decisions {
@@ -231,11 +243,11 @@ impl<'a> FusedEncoded<'a> {
 }
 
 impl EncodedTensors for FusedEncoded<'_> {
-    fn dtype(&self, hf_name: &str) -> Option<GgmlDType> {
+    fn dtype(&self, hf_name: &str) -> Option<GgufType> {
         let Some(parts) = parts_of(self.cfg, hf_name) else {
             return self.inner.dtype(hf_name);
         };
-        let types: Vec<Option<GgmlDType>> = parts.iter().map(|p| self.inner.dtype(p)).collect();
+        let types: Vec<Option<GgufType>> = parts.iter().map(|p| self.inner.dtype(p)).collect();
         match types.first() {
             Some(Some(t)) if types.iter().all(|x| x == &Some(*t)) => Some(*t),
             _ => None,
@@ -264,16 +276,17 @@ impl EncodedTensors for FusedEncoded<'_> {
 /// The type a row of `cols` values can take, starting from `wanted` and falling back as
 /// llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; Q2_K/Q3_K -> Q4_0 because candle
 /// cannot write llama.cpp's IQ4_NL; anything else -> F16).
-fn fit_row(wanted: GgmlDType, cols: usize) -> (GgmlDType, Option<String>) {
+fn fit_row(wanted: GgufType, cols: usize) -> (GgufType, Option<String>) {
     let mut dtype = wanted;
     let mut reasons = Vec::new();
     while !cols.is_multiple_of(dtype.block_size()) {
         let next = match dtype {
-            GgmlDType::Q4K => GgmlDType::Q5_0,
-            GgmlDType::Q5K => GgmlDType::Q5_1,
-            GgmlDType::Q6K | GgmlDType::Q8K => GgmlDType::Q8_0,
-            GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
-            _ => GgmlDType::F16,
+            GgufType::Q4K => GgufType::Q5_0,
+            GgufType::Q5K => GgufType::Q5_1,
+            GgufType::Q6K | GgufType::Q8K => GgufType::Q8_0,
+            GgufType::Q2K | GgufType::Q3K => GgufType::Q4_0,
+            GgufType::Iq4Xs => GgufType::Iq4Nl,
+            _ => GgufType::F16,
         };
         reasons.push(format!(
             "rows of {cols} are not a multiple of {:?}'s block of {}: {next:?}",
@@ -322,7 +335,7 @@ pub fn write_gguf(
         .map(|f| PlannedTensor {
             name: ROPE_FREQS.into(),
             shape: vec![f.len()],
-            dtype: GgmlDType::F32,
+            dtype: GgufType::F32,
         })
         .chain(decisions.iter().map(|d| PlannedTensor {
             name: d.gguf_name.clone(),
@@ -418,18 +431,20 @@ fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
 /// Whether `dtype` is fitted with importance weights when a matrix is given: candle's
 /// k-quants, and Q4_0 / Q5_0 / Q4_1 / Q5_1 / Q6_K by microllm's own weighted fits
 /// ([`weighted`]), as llama.cpp does. Q8_0 is not (llama.cpp ignores the matrix for it too).
-pub(super) fn takes_importance(dtype: GgmlDType) -> bool {
+pub(super) fn takes_importance(dtype: GgufType) -> bool {
     matches!(
         dtype,
-        GgmlDType::Q2K
-            | GgmlDType::Q3K
-            | GgmlDType::Q4K
-            | GgmlDType::Q5K
-            | GgmlDType::Q6K
-            | GgmlDType::Q4_0
-            | GgmlDType::Q5_0
-            | GgmlDType::Q4_1
-            | GgmlDType::Q5_1
+        GgufType::Q2K
+            | GgufType::Q3K
+            | GgufType::Q4K
+            | GgufType::Q5K
+            | GgufType::Q6K
+            | GgufType::Q4_0
+            | GgufType::Q5_0
+            | GgufType::Q4_1
+            | GgufType::Q5_1
+            | GgufType::Iq4Nl
+            | GgufType::Iq4Xs
     )
 }
 
@@ -441,7 +456,10 @@ enum RowPacker<'a> {
     Q4_1(&'a [f32]),
     Q5_1(&'a [f32]),
     Q4K(Option<&'a [f32]>),
+    Q5K(Option<&'a [f32]>),
     Q6K(Option<&'a [f32]>),
+    Iq4Nl(Option<&'a [f32]>),
+    Iq4Xs(Option<&'a [f32]>),
 }
 
 impl RowPacker<'_> {
@@ -452,7 +470,10 @@ impl RowPacker<'_> {
             RowPacker::Q4_1(w) => weighted::q4_1_row(row, w, out),
             RowPacker::Q5_1(w) => weighted::q5_1_row(row, w, out),
             RowPacker::Q4K(w) => super::q4_k::q4_k_row(row, w, out),
+            RowPacker::Q5K(w) => super::q4_k::q5_k_row(row, w, out),
             RowPacker::Q6K(w) => weighted::q6_k_row(row, w, out),
+            RowPacker::Iq4Nl(w) => iq4::iq4_nl_row(row, w, out),
+            RowPacker::Iq4Xs(w) => iq4::iq4_xs_row(row, w, out),
         }
     }
 }
@@ -460,7 +481,7 @@ impl RowPacker<'_> {
 /// [`encode`], its refusals as errors naming the tensor.
 pub(super) fn encode_checked(
     t: &Tensor,
-    dtype: GgmlDType,
+    dtype: GgufType,
     importance: Option<&[f32]>,
     hf_name: &str,
     origin: &str,
@@ -477,12 +498,12 @@ pub(super) fn encode_checked(
 /// The tensor's bytes in `dtype`, refusing non-finite values (block quantizers would turn them
 /// into garbage silently). Blocks never straddle rows, so the values are cut into chunks of
 /// whole rows and packed on all cores: Q8_0 / Q4_0 / Q4_1 by microllm's own packers
-/// ([`blocks`]), Q4_K by [`q4_k`](super::q4_k), Q6_K (and, with per-column `importance`
+/// ([`blocks`]), Q4_K and Q5_K by [`q4_k`](super::q4_k), IQ4_NL / IQ4_XS by [`iq4`], Q6_K (and, with per-column `importance`
 /// weights, Q4_0 / Q5_0 / Q4_1 / Q5_1) by [`weighted`], other types by candle's ggml port
 /// (see [`takes_importance`]).
 fn encode(
     t: &Tensor,
-    dtype: GgmlDType,
+    dtype: GgufType,
     importance: Option<&[f32]>,
 ) -> std::result::Result<Vec<u8>, EncodeError> {
     // A contiguous f32 tensor is read in place: a copy of a 100 MB embedding costs more in
@@ -514,31 +535,34 @@ fn encode(
     }
     // Every type but F32 and BF16 stores values or block scales as f16: a weight beyond its
     // range would be written as inf. Real weights sit far below it.
-    if !matches!(dtype, GgmlDType::F32 | GgmlDType::BF16) && largest > f32::from(half::f16::MAX) {
+    if !matches!(dtype, GgufType::F32 | GgufType::BF16) && largest > f32::from(half::f16::MAX) {
         return Err(EncodeError::Values(format!(
             "holds values up to {largest:e}, beyond the f16 range (65504) that {} stores \
              values or scales in: write it as F32 or BF16",
-            super::dtype_name(dtype)
+            dtype.name()
         )));
     }
     let cols = t.dims().last().copied().unwrap_or(1).max(1);
     let rows = values.len() / cols;
     let rows_per_chunk = rows.div_ceil(4 * rayon::current_num_threads()).max(1);
     let pack: Option<blocks::Packer> = match dtype {
-        GgmlDType::Q8_0 => Some(blocks::q8_0),
-        GgmlDType::Q4_0 => Some(blocks::q4_0),
-        GgmlDType::Q4_1 => Some(blocks::q4_1),
+        GgufType::Q8_0 => Some(blocks::q8_0),
+        GgufType::Q4_0 => Some(blocks::q4_0),
+        GgufType::Q4_1 => Some(blocks::q4_1),
         _ => None,
     };
-    // Types microllm fits row by row as current llama.cpp does (candle's Q4_K and Q6_K follow
+    // Types microllm fits row by row as current llama.cpp does (candle's Q4_K, Q5_K and Q6_K follow
     // an older llama.cpp, and it has no weighted Q4_0 / Q5_0 / Q4_1 / Q5_1).
     let by_row: Option<RowPacker<'_>> = match (dtype, importance) {
-        (GgmlDType::Q4_0, Some(w)) => Some(RowPacker::Q4_0(w)),
-        (GgmlDType::Q5_0, Some(w)) => Some(RowPacker::Q5_0(w)),
-        (GgmlDType::Q4_1, Some(w)) => Some(RowPacker::Q4_1(w)),
-        (GgmlDType::Q5_1, Some(w)) => Some(RowPacker::Q5_1(w)),
-        (GgmlDType::Q4K, w) => Some(RowPacker::Q4K(w)),
-        (GgmlDType::Q6K, w) => Some(RowPacker::Q6K(w)),
+        (GgufType::Q4_0, Some(w)) => Some(RowPacker::Q4_0(w)),
+        (GgufType::Q5_0, Some(w)) => Some(RowPacker::Q5_0(w)),
+        (GgufType::Q4_1, Some(w)) => Some(RowPacker::Q4_1(w)),
+        (GgufType::Q5_1, Some(w)) => Some(RowPacker::Q5_1(w)),
+        (GgufType::Q4K, w) => Some(RowPacker::Q4K(w)),
+        (GgufType::Q5K, w) => Some(RowPacker::Q5K(w)),
+        (GgufType::Q6K, w) => Some(RowPacker::Q6K(w)),
+        (GgufType::Iq4Nl, w) => Some(RowPacker::Iq4Nl(w)),
+        (GgufType::Iq4Xs, w) => Some(RowPacker::Iq4Xs(w)),
         _ => None,
     };
     if importance.is_some_and(|w| w.len() != cols) {
@@ -568,6 +592,9 @@ fn encode(
                 let other = |e: candle_core::Error| EncodeError::Other(e.to_string());
                 let part = Tensor::from_slice(chunk, (chunk.len() / cols, cols), t.device())
                     .map_err(other)?;
+                let dtype = dtype
+                    .candle()
+                    .ok_or_else(|| EncodeError::Other(format!("no quantizer for {dtype}")))?;
                 let q = match importance {
                     Some(w) => QTensor::quantize_imatrix(&part, w, dtype),
                     None => QTensor::quantize(&part, dtype),
@@ -713,14 +740,28 @@ mod tests {
     fn chunked_encoding_equals_whole_tensor_quantization() {
         let t = Tensor::randn(0f32, 1.0, (600, 256), &candle_core::Device::Cpu).unwrap();
         for dtype in [
-            GgmlDType::Q8_0,
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5K,
-            GgmlDType::F16,
+            GgufType::Q8_0,
+            GgufType::Q4_0,
+            GgufType::Q4_1,
+            GgufType::Q3K,
+            GgufType::F16,
         ] {
-            let whole = QTensor::quantize(&t, dtype).unwrap();
+            let whole = QTensor::quantize(&t, dtype.candle().unwrap()).unwrap();
             assert!(encode(&t, dtype, None).unwrap() == whole.data().unwrap().into_owned());
+        }
+        // The types microllm fits itself: chunks on all cores equal the rows one by one.
+        let rows = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (dtype, packer) in [
+            (GgufType::Q4K, RowPacker::Q4K(None)),
+            (GgufType::Q5K, RowPacker::Q5K(None)),
+            (GgufType::Iq4Nl, RowPacker::Iq4Nl(None)),
+            (GgufType::Iq4Xs, RowPacker::Iq4Xs(None)),
+        ] {
+            let mut one_by_one = Vec::new();
+            for row in rows.chunks_exact(256) {
+                packer.pack(row, &mut one_by_one);
+            }
+            assert!(encode(&t, dtype, None).unwrap() == one_by_one, "{dtype}");
         }
         // Q6_K is microllm's own fit (current llama.cpp's; candle follows an older one): the
         // chunked encoding equals the rows packed one by one, and decodes (through candle)
@@ -730,7 +771,7 @@ mod tests {
         for row in values.chunks_exact(256) {
             weighted::q6_k_row(row, None, &mut rows);
         }
-        let ours = encode(&t, GgmlDType::Q6K, None).unwrap();
+        let ours = encode(&t, GgufType::Q6K, None).unwrap();
         assert!(ours == rows);
         let error = |q: QTensor| -> f32 {
             let back = q.dequantize(&candle_core::Device::Cpu).unwrap();
@@ -744,18 +785,18 @@ mod tests {
                 .unwrap()
         };
         let decoded = candle_core::quantized::ggml_file::qtensor_from_ggml(
-            GgmlDType::Q6K,
+            GgufType::Q6K.candle().unwrap(),
             &ours,
             vec![600, 256],
             &candle_core::Device::Cpu,
         )
         .unwrap();
-        let candles = QTensor::quantize(&t, GgmlDType::Q6K).unwrap();
+        let candles = QTensor::quantize(&t, GgufType::Q6K.candle().unwrap()).unwrap();
         assert!(error(decoded) <= error(candles) * 1.001);
         let mut bad = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         bad[600 * 256 - 1] = f32::NAN;
         let bad = Tensor::from_vec(bad, (600, 256), &candle_core::Device::Cpu).unwrap();
-        let err = encode(&bad, GgmlDType::Q8_0, None).unwrap_err();
+        let err = encode(&bad, GgufType::Q8_0, None).unwrap_err();
         assert!(
             matches!(&err, EncodeError::Values(m) if m.contains("NaN")),
             "{err:?}"
@@ -763,14 +804,14 @@ mod tests {
         let mut big = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         big[7] = 1e6;
         let big = Tensor::from_vec(big, (600, 256), &candle_core::Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q4_0, GgmlDType::F16, GgmlDType::Q4K] {
+        for dtype in [GgufType::Q4_0, GgufType::F16, GgufType::Q4K] {
             let err = encode(&big, dtype, None).unwrap_err();
             assert!(
                 matches!(&err, EncodeError::Values(m) if m.contains("1e6")),
                 "{err:?}"
             );
         }
-        encode(&big, GgmlDType::F32, None).unwrap();
+        encode(&big, GgufType::F32, None).unwrap();
     }
 
     #[test]
@@ -785,12 +826,12 @@ mod tests {
 
     #[test]
     fn fallbacks_follow_llama_cpp() {
-        assert_eq!(fit_row(GgmlDType::Q4K, 512).0, GgmlDType::Q4K);
-        let (t, why) = fit_row(GgmlDType::Q4K, 576);
-        assert_eq!(t, GgmlDType::Q5_0);
+        assert_eq!(fit_row(GgufType::Q4K, 512).0, GgufType::Q4K);
+        let (t, why) = fit_row(GgufType::Q4K, 576);
+        assert_eq!(t, GgufType::Q5_0);
         assert!(why.unwrap().contains("576"));
-        assert_eq!(fit_row(GgmlDType::Q6K, 576).0, GgmlDType::Q8_0);
-        assert_eq!(fit_row(GgmlDType::Q3K, 1536 + 32).0, GgmlDType::Q4_0);
-        assert_eq!(fit_row(GgmlDType::Q4_0, 48).0, GgmlDType::F16);
+        assert_eq!(fit_row(GgufType::Q6K, 576).0, GgufType::Q8_0);
+        assert_eq!(fit_row(GgufType::Q3K, 1536 + 32).0, GgufType::Q4_0);
+        assert_eq!(fit_row(GgufType::Q4_0, 48).0, GgufType::F16);
     }
 }

@@ -57,7 +57,8 @@ impl ImportanceMatrix {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use crate::gguf::GgufType;
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
     /// The property the whole feature rests on: with inputs whose columns differ in scale,
@@ -87,9 +88,10 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap()
         };
-        let plain = output_error(QTensor::quantize(&w, GgmlDType::Q4K).unwrap());
-        let weighted =
-            output_error(QTensor::quantize_imatrix(&w, &imatrix, GgmlDType::Q4K).unwrap());
+        let plain = output_error(QTensor::quantize(&w, GgufType::Q4K.candle().unwrap()).unwrap());
+        let weighted = output_error(
+            QTensor::quantize_imatrix(&w, &imatrix, GgufType::Q4K.candle().unwrap()).unwrap(),
+        );
         assert!(
             weighted < 0.9 * plain,
             "weighted {weighted} vs plain {plain}"

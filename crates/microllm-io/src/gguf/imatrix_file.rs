@@ -16,8 +16,8 @@
 use microllm_core::le::decode_le;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use crate::gguf::GgufType;
+use candle_core::quantized::gguf_file::Value;
 use microllm_core::names;
 use microllm_core::{Error, Family, Result};
 
@@ -111,12 +111,12 @@ impl ImportanceMatrix {
             plan.push(PlannedTensor {
                 name: format!("{name}{IN_SUM2}"),
                 shape: vec![1, means.len()],
-                dtype: GgmlDType::F32,
+                dtype: GgufType::F32,
             });
             plan.push(PlannedTensor {
                 name: format!("{name}{COUNTS}"),
                 shape: vec![1, 1],
-                dtype: GgmlDType::F32,
+                dtype: GgufType::F32,
             });
         }
         let mut writer = GgufWriter::create(path, &metadata, plan, overwrite)?;
@@ -155,12 +155,9 @@ struct Entries {
 }
 
 fn read_gguf(path: &Path, bytes: &[u8]) -> Result<Entries> {
-    super::header::check(path, bytes)?;
+    let header = super::header::read(path, bytes)?;
     let bad = |msg: String| Error::format(path, msg);
-    let mut cursor = std::io::Cursor::new(bytes);
-    let content =
-        Content::read(&mut cursor).map_err(|e| bad(format!("cannot read the GGUF header: {e}")))?;
-    match content.metadata.get("general.type") {
+    match header.metadata.get("general.type") {
         Some(Value::String(t)) if t == "imatrix" => {}
         _ => {
             return Err(bad(
@@ -169,17 +166,26 @@ fn read_gguf(path: &Path, bytes: &[u8]) -> Result<Entries> {
         }
     }
     let load = |name: &str| -> Result<Vec<f32>> {
-        let q: QTensor = content
-            .tensor(&mut cursor.clone(), name, &candle_core::Device::Cpu)
-            .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-        if q.dtype() != GgmlDType::F32 {
+        let info = header
+            .tensors
+            .get(name)
+            .ok_or_else(|| bad(format!("tensor `{name}` is missing")))?;
+        if info.dtype != GgufType::F32 {
             return Err(bad(format!("tensor `{name}` is not F32")));
         }
-        Ok(q.dequantize(&candle_core::Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        let n: usize = info.dims.iter().product();
+        let start = (header.data_offset + info.offset) as usize;
+        let data = start
+            .checked_add(4 * n)
+            .and_then(|end| bytes.get(start..end))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor `{name}`: its data lies beyond the end of the file"
+                ))
+            })?;
+        Ok(microllm_core::le::decode_le::<f32>(data))
     };
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    let mut names: Vec<&String> = header.tensors.keys().collect();
     names.sort();
     let mut matrices = Vec::new();
     let mut tokens = 0usize;

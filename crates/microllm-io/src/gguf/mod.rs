@@ -25,6 +25,7 @@ mod export;
 mod header;
 mod imatrix;
 mod imatrix_file;
+pub mod iq4;
 mod meta;
 mod mix;
 pub mod names;
@@ -32,6 +33,7 @@ mod q4_k;
 mod source;
 pub mod tokenizer;
 mod tokenizer_meta;
+mod types;
 mod weighted;
 pub mod write;
 
@@ -39,7 +41,6 @@ use microllm_core::le::decode_le;
 use std::io::Read;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
 use memmap2::Mmap;
 use microllm_core::{Error, Result};
 
@@ -50,7 +51,8 @@ pub use self::export::{
 pub use self::imatrix::ImportanceMatrix;
 use self::meta::Meta;
 pub use self::mix::{GgufTypes, KQuantMix, TensorTypeRule};
-pub use self::source::{GgufSource, dtype_name};
+pub use self::source::GgufSource;
+pub use self::types::GgufType;
 use crate::{Checkpoint, CheckpointFormat};
 
 /// The four bytes every GGUF file starts with.
@@ -101,20 +103,14 @@ pub fn open_bytes(name: &Path, bytes: &[u8]) -> Result<Checkpoint> {
 
 /// Reads the header of a mapped GGUF file `path` and builds the checkpoint over the mapping.
 fn open_map(path: &Path, map: Mmap) -> Result<Checkpoint> {
-    header::check(path, &map)?;
-    let content = Content::read(&mut std::io::Cursor::new(&map[..])).map_err(|e| {
-        Error::format(
-            path,
-            format!("cannot read the GGUF header (truncated, corrupt, or a tensor type candle does not know): {e}"),
-        )
-    })?;
-    let meta = Meta::new(path, &content.metadata);
+    let header = header::read(path, &map)?;
+    let meta = Meta::new(path, &header.metadata);
 
     let arch = meta.req_str("general.architecture")?;
     let family = config::family_of(&meta, arch)?;
-    let rope_freqs = read_rope_freqs(path, &map, &content)?;
-    let model_config = config::read_config(&meta, arch, family, &content.tensor_infos, rope_freqs)?;
-    let tensors = GgufSource::new(path, map, &content, &model_config)?;
+    let rope_freqs = read_rope_freqs(path, &map, &header)?;
+    let model_config = config::read_config(&meta, arch, family, &header.tensors, rope_freqs)?;
+    let tensors = GgufSource::new(path, map, &header, &model_config)?;
     let tokenizer = tokenizer::from_metadata(&meta)?;
     let chat_template = meta.str("tokenizer.chat_template")?.map(str::to_string);
 
@@ -131,19 +127,16 @@ fn open_map(path: &Path, map: Mmap) -> Result<Checkpoint> {
 
 /// The values of the file's `rope_freqs` tensor (llama.cpp's per-pair rotary divisors), if
 /// it has one. It is a small F32 vector, read here because it belongs to the configuration.
-fn read_rope_freqs(path: &Path, map: &[u8], content: &Content) -> Result<Option<Vec<f64>>> {
-    let Some(info) = content.tensor_infos.get("rope_freqs.weight") else {
+fn read_rope_freqs(path: &Path, map: &[u8], header: &header::Header) -> Result<Option<Vec<f64>>> {
+    let Some(info) = header.tensors.get("rope_freqs.weight") else {
         return Ok(None);
     };
     let bad = |msg: String| Error::format(path, format!("tensor `rope_freqs.weight`: {msg}"));
-    if info.ggml_dtype != candle_core::quantized::GgmlDType::F32 {
-        return Err(bad(format!(
-            "stored as {}, expected F32",
-            dtype_name(info.ggml_dtype)
-        )));
+    if info.dtype != GgufType::F32 {
+        return Err(bad(format!("stored as {}, expected F32", info.dtype)));
     }
-    let n = info.shape.elem_count();
-    let start = (content.tensor_data_offset + info.offset) as usize;
+    let n: usize = info.dims.iter().product();
+    let start = (header.data_offset + info.offset) as usize;
     let bytes = start
         .checked_add(4 * n)
         .and_then(|end| map.get(start..end))

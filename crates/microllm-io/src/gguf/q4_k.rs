@@ -1,9 +1,10 @@
-//! Q4_K blocks fitted as llama.cpp fits them, so that `convert --gguf-type q4_k_m` writes the
-//! bytes `llama-quantize` writes.
+//! Q4_K and Q5_K blocks fitted as llama.cpp fits them, so that `convert --gguf-type q4_k_m`
+//! writes the bytes `llama-quantize` writes.
 //!
 //! A Q4_K super-block holds 256 weights in 8 sub-blocks of 32: each sub-block has a 6-bit
 //! scale and a 6-bit minimum, both multiples of the super-block's f16 `d` and `dmin`, and
-//! 4-bit codes (`w = d sc q - dmin m`). candle's fit follows an older llama.cpp (one grid per
+//! 4-bit codes (`w = d sc q - dmin m`). Q5_K is the same with 5-bit codes (a fifth bit plane)
+//! and its own grids for the unweighted search (`31 - 0.5 + 0.1 k`, k = 0..15). candle's fit follows an older llama.cpp (one grid per
 //! sub-block, scales rounded without a search); current llama.cpp searches each sub-block's
 //! grid, and two variants of that search exist:
 //! - without an importance matrix (`quantize_row_q4_K_ref`): weight `j` counts
@@ -29,12 +30,39 @@ const SUB: usize = 32;
 /// Sub-blocks per super-block.
 const SUBS: usize = QK_K / SUB;
 
-/// The unweighted search's grids (llama.cpp's `make_qkx2_quants(.., -1, 0.1, 20, ..)`).
-const PLAIN_GRID: OffsetGrid = OffsetGrid {
-    first: -1.0,
-    step: 0.1,
-    steps: 20,
-};
+/// The two k-quants with a minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Width {
+    Q4K,
+    Q5K,
+}
+
+impl Width {
+    /// The largest code.
+    fn nmax(self) -> u8 {
+        match self {
+            Width::Q4K => 15,
+            Width::Q5K => 31,
+        }
+    }
+
+    /// The unweighted search's grids (llama.cpp's `make_qkx2_quants(.., -1, 0.1, 20, ..)`
+    /// for Q4_K, `(.., -0.5, 0.1, 15, ..)` for Q5_K).
+    fn plain_grid(self) -> OffsetGrid {
+        match self {
+            Width::Q4K => OffsetGrid {
+                first: -1.0,
+                step: 0.1,
+                steps: 20,
+            },
+            Width::Q5K => OffsetGrid {
+                first: -0.5,
+                step: 0.1,
+                steps: 15,
+            },
+        }
+    }
+}
 /// The importance-weighted search's grids (`make_qkx3_quants(.., -0.9, 0.05, 36, ..)`).
 const WEIGHTED_GRID: OffsetGrid = OffsetGrid {
     first: -0.9,
@@ -55,11 +83,24 @@ struct SubScales {
 /// `importance` (one value per column of the row) when given. Each super-block is 144 bytes:
 /// f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit scales and minimums, 128 bytes of nibbles.
 pub fn q4_k_row(row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
+    k_row(Width::Q4K, row, importance, out);
+}
+
+/// Appends the Q5_K super-blocks of one row, as [`q4_k_row`]. Each super-block is 176
+/// bytes: Q4_K's header, then 32 bytes of fifth bits, then 128 bytes of nibbles.
+pub fn q5_k_row(row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
+    k_row(Width::Q5K, row, importance, out);
+}
+
+fn k_row(width: Width, row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
     let mut codes = [0u8; QK_K];
+    let nmax = width.nmax();
     for (sb, x) in row.chunks_exact(QK_K).enumerate() {
         let sub = match importance {
-            None => plain_sub_scales(x, &mut codes),
-            Some(imp) => weighted_sub_scales(x, &imp[sb * QK_K..(sb + 1) * QK_K], &mut codes),
+            None => plain_sub_scales(width, x, &mut codes),
+            Some(imp) => {
+                weighted_sub_scales(width, x, &imp[sb * QK_K..(sb + 1) * QK_K], &mut codes)
+            }
         };
         let d = f16::from_f32(sub.d);
         let dmin = f16::from_f32(sub.dmin);
@@ -73,21 +114,29 @@ pub fn q4_k_row(row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
             }
             let dm = dmin.to_f32() * f32::from(m);
             for i in j * SUB..(j + 1) * SUB {
-                codes[i] = nearest((x[i] + dm) / dj).clamp(0, 15) as u8;
+                codes[i] = nearest((x[i] + dm) / dj).clamp(0, i32::from(nmax)) as u8;
             }
         }
         out.extend_from_slice(&d.to_le_bytes());
         out.extend_from_slice(&dmin.to_le_bytes());
         out.extend_from_slice(&packed);
+        if width == Width::Q5K {
+            // Bit 2q of byte l: the fifth bit of code 64q + l; bit 2q + 1: of 64q + 32 + l.
+            let mut high = [0u8; 32];
+            for (i, &c) in codes.iter().enumerate() {
+                high[i % 32] |= (c >> 4) << (i / 32);
+            }
+            out.extend_from_slice(&high);
+        }
         for quarter in codes.chunks_exact(64) {
-            out.extend((0..32).map(|l| quarter[l] | (quarter[l + 32] << 4)));
+            out.extend((0..32).map(|l| (quarter[l] & 15) | ((quarter[l + 32] & 15) << 4)));
         }
     }
 }
 
 /// Without an importance matrix (`quantize_row_q4_K_ref`): each sub-block searched with
 /// weights `rms + |x_j|`, its scale and minimum then rounded to 6 bits against the largest.
-fn plain_sub_scales(x: &[f32], codes: &mut [u8; QK_K]) -> SubScales {
+fn plain_sub_scales(width: Width, x: &[f32], codes: &mut [u8; QK_K]) -> SubScales {
     let (mut scales, mut mins) = ([0f32; SUBS], [0f32; SUBS]);
     let mut weights = [0f32; SUB];
     for (j, part) in x.chunks_exact(SUB).enumerate() {
@@ -97,7 +146,7 @@ fn plain_sub_scales(x: &[f32], codes: &mut [u8; QK_K]) -> SubScales {
             *w = av_x + v.abs();
         }
         let block = &mut codes[j * SUB..(j + 1) * SUB];
-        let (d, m) = fit_block_with_offset(part, &weights, 15, PLAIN_GRID, block);
+        let (d, m) = fit_block_with_offset(part, &weights, width.nmax(), width.plain_grid(), block);
         (scales[j], mins[j]) = (d, -m);
     }
     let largest = |v: &[f32; SUBS]| v.iter().fold(0f32, |a, &s| if s > a { s } else { a });
@@ -116,7 +165,7 @@ fn plain_sub_scales(x: &[f32], codes: &mut [u8; QK_K]) -> SubScales {
 /// With an importance matrix (`quantize_row_q4_K_impl`): weights `imp_j sqrt(sigma2 +
 /// x_j^2)`, and the 6-bit scales and minimums by a weighted search of their own, each
 /// sub-block counting the sum of its weights. `imp` is the super-block's 256 importances.
-fn weighted_sub_scales(x: &[f32], imp: &[f32], codes: &mut [u8; QK_K]) -> SubScales {
+fn weighted_sub_scales(width: Width, x: &[f32], imp: &[f32], codes: &mut [u8; QK_K]) -> SubScales {
     let (mut scales, mut mins) = ([0f32; SUBS], [0f32; SUBS]);
     let mut weights = [0f32; SUB];
     let sum_x2 = x.iter().fold(0f32, |acc, v| acc + v * v);
@@ -128,7 +177,7 @@ fn weighted_sub_scales(x: &[f32], imp: &[f32], codes: &mut [u8; QK_K]) -> SubSca
         }
         sub_weights[j] = weights.iter().fold(0f32, |acc, w| acc + w);
         let block = &mut codes[j * SUB..(j + 1) * SUB];
-        let (d, m) = fit_block_with_offset(part, &weights, 15, WEIGHTED_GRID, block);
+        let (d, m) = fit_block_with_offset(part, &weights, width.nmax(), WEIGHTED_GRID, block);
         (scales[j], mins[j]) = (d, -m);
     }
     let (d, scales) = six_bit_fit(&scales, &sub_weights);
@@ -256,8 +305,12 @@ mod tests {
     }
 
     fn decode(bytes: &[u8], n: usize) -> Vec<f32> {
+        decode_as(GgmlDType::Q4K, bytes, n)
+    }
+
+    fn decode_as(dtype: GgmlDType, bytes: &[u8], n: usize) -> Vec<f32> {
         let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-            GgmlDType::Q4K,
+            dtype,
             bytes,
             vec![n],
             &Device::Cpu,
@@ -274,29 +327,39 @@ mod tests {
     }
 
     /// The layout is candle's (its decoder reads what is written) and the search fits at
-    /// least as well as candle's older one-grid fit.
+    /// least as well as candle's older one-grid fit, for both widths.
     #[test]
     fn blocks_decode_in_candle_and_fit_at_least_as_well() {
         let x = row(4 * QK_K, 3);
-        let mut ours = Vec::new();
-        q4_k_row(&x, None, &mut ours);
-        assert_eq!(ours.len(), 4 * 144);
-        let t = Tensor::from_slice(&x, (1, x.len()), &Device::Cpu).unwrap();
-        let theirs = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
-        let (ours_err, theirs_err) = (
-            squared_error(&x, &decode(&ours, x.len())),
-            squared_error(&x, &decode(&theirs.data().unwrap(), x.len())),
-        );
-        assert!(
-            ours_err <= theirs_err * 1.0001,
-            "error {ours_err} against candle's {theirs_err}"
-        );
-        let power = squared_error(&x, &vec![0.0; x.len()]);
-        assert!(
-            ours_err < 0.01 * power,
-            "relative error {}",
-            ours_err / power
-        );
+        for (dtype, pack, bytes, bound) in [
+            (
+                GgmlDType::Q4K,
+                q4_k_row as fn(&[f32], Option<&[f32]>, &mut Vec<u8>),
+                144,
+                0.01,
+            ),
+            (GgmlDType::Q5K, q5_k_row, 176, 0.003),
+        ] {
+            let mut ours = Vec::new();
+            pack(&x, None, &mut ours);
+            assert_eq!(ours.len(), 4 * bytes);
+            let t = Tensor::from_slice(&x, (1, x.len()), &Device::Cpu).unwrap();
+            let theirs = QTensor::quantize(&t, dtype).unwrap();
+            let (ours_err, theirs_err) = (
+                squared_error(&x, &decode_as(dtype, &ours, x.len())),
+                squared_error(&x, &decode_as(dtype, &theirs.data().unwrap(), x.len())),
+            );
+            assert!(
+                ours_err <= theirs_err * 1.0001,
+                "{dtype:?}: error {ours_err} against candle's {theirs_err}"
+            );
+            let power = squared_error(&x, &vec![0.0; x.len()]);
+            assert!(
+                ours_err < bound * power,
+                "{dtype:?}: relative error {}",
+                ours_err / power
+            );
+        }
     }
 
     /// With an importance matrix the weighted error of the columns that matter falls.

@@ -12,16 +12,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::gguf::GgufType;
+use candle_core::quantized::QTensor;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
-use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use microllm_core::names::{self, LinearKind};
-use microllm_core::{
-    BlockType, Error, ModelConfig, PackedMatrix, Result, TensorInfo, TensorSource,
-};
+use microllm_core::{Error, ModelConfig, PackedMatrix, Result, TensorInfo, TensorSource};
 
+use super::header::Header;
 use super::names::{
     Mapped, gguf_to_hf, is_norm_weight, is_rope_permuted, norms_hold_unit_offset, unpermute_rows,
 };
@@ -34,7 +33,7 @@ pub(crate) const METADATA_TENSORS: [&str; 1] = ["rope_freqs.weight"];
 struct Entry {
     /// The GGUF tensor holding it (for fused q/k/v: the fused tensor).
     gguf_name: String,
-    dtype: GgmlDType,
+    dtype: GgufType,
     /// Shape of the GGUF tensor, outermost first.
     dims: Vec<usize>,
     /// Absolute byte range of the GGUF tensor inside the mapping.
@@ -59,44 +58,42 @@ pub struct GgufSource {
     order: Vec<String>,
 }
 
-/// The type name as llama.cpp spells it (`Q4_K`, not candle's `Q4K`).
-pub fn dtype_name(dtype: GgmlDType) -> &'static str {
-    match dtype {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
+/// Tensor data of `dtype` and shape `dims` (outermost first) as f32: the i-quants by
+/// microllm's decoder ([`iq4`](super::iq4)), the rest by candle's.
+pub(crate) fn dequantize(
+    dtype: GgufType,
+    bytes: &[u8],
+    dims: &[usize],
+) -> candle_core::Result<Tensor> {
+    if matches!(dtype, GgufType::Iq4Nl | GgufType::Iq4Xs) {
+        let mut values = vec![0f32; dims.iter().product()];
+        if dtype == GgufType::Iq4Nl {
+            super::iq4::dequantize_iq4_nl(bytes, &mut values);
+        } else {
+            super::iq4::dequantize_iq4_xs(bytes, &mut values);
+        }
+        return Tensor::from_vec(values, dims, &Device::Cpu);
     }
-}
-
-/// The packed type the forward pass runs `dtype` as, if it has one (f32 is read densely).
-fn block_type(dtype: GgmlDType) -> Option<BlockType> {
-    Some(match dtype {
-        GgmlDType::F16 => BlockType::F16,
-        GgmlDType::BF16 => BlockType::BF16,
-        GgmlDType::Q4_0 => BlockType::Q4_0,
-        GgmlDType::Q4_1 => BlockType::Q4_1,
-        GgmlDType::Q5_0 => BlockType::Q5_0,
-        GgmlDType::Q5_1 => BlockType::Q5_1,
-        GgmlDType::Q8_0 => BlockType::Q8_0,
-        GgmlDType::Q2K => BlockType::Q2K,
-        GgmlDType::Q3K => BlockType::Q3K,
-        GgmlDType::Q4K => BlockType::Q4K,
-        GgmlDType::Q5K => BlockType::Q5K,
-        GgmlDType::Q6K => BlockType::Q6K,
-        GgmlDType::F32 | GgmlDType::Q8_1 | GgmlDType::Q8K => return None,
-    })
+    let Some(candle_type) = dtype.candle() else {
+        candle_core::bail!("no decoder for {dtype}");
+    };
+    // candle reinterprets the bytes as blocks (which hold f16/f32 fields): give it an
+    // 8-aligned slice. GGUF aligns tensor data (32 bytes by default), so the copy is for
+    // unusual files only.
+    let q: QTensor = if bytes.as_ptr().align_offset(8) == 0 {
+        qtensor_from_ggml(candle_type, bytes, dims.to_vec(), &Device::Cpu)?
+    } else {
+        let mut buf = vec![0u8; bytes.len() + 8];
+        let pad = buf.as_ptr().align_offset(8);
+        buf[pad..pad + bytes.len()].copy_from_slice(bytes);
+        qtensor_from_ggml(
+            candle_type,
+            &buf[pad..pad + bytes.len()],
+            dims.to_vec(),
+            &Device::Cpu,
+        )?
+    };
+    q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)
 }
 
 /// The GGUF row holding Hugging Face row `r` of a llama-family q/k matrix of `rows` rows over
@@ -108,7 +105,7 @@ fn permuted_row(r: usize, rows: usize, heads: usize) -> usize {
 }
 
 /// Bytes a tensor of `dims` occupies, or why it cannot be stored as `dtype`.
-pub(crate) fn byte_size(dtype: GgmlDType, dims: &[usize]) -> std::result::Result<u64, String> {
+pub(crate) fn byte_size(dtype: GgufType, dims: &[usize]) -> std::result::Result<u64, String> {
     let elems = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
@@ -121,7 +118,7 @@ pub(crate) fn byte_size(dtype: GgmlDType, dims: &[usize]) -> std::result::Result
     {
         return Err(format!(
             "shape {dims:?} is not made of whole {} blocks of {block}",
-            dtype_name(dtype)
+            dtype.name()
         ));
     }
     (elems / block)
@@ -138,11 +135,11 @@ impl GgufSource {
     pub(crate) fn new(
         path: &Path,
         map: Mmap,
-        content: &Content,
+        header: &Header,
         config: &ModelConfig,
     ) -> Result<Self> {
         let file_len = map.len() as u64;
-        let mut gguf: Vec<_> = content.tensor_infos.iter().collect();
+        let mut gguf: Vec<_> = header.tensors.iter().collect();
         gguf.sort_by(|a, b| (a.1.offset, a.0).cmp(&(b.1.offset, b.0)));
 
         let mut entries = HashMap::new();
@@ -152,10 +149,10 @@ impl GgufSource {
                 continue;
             }
             let bad = |msg: String| Error::format(path, format!("tensor `{gname}`: {msg}"));
-            let dims = info.shape.dims().to_vec();
-            let size = byte_size(info.ggml_dtype, &dims).map_err(&bad)?;
-            let start = content
-                .tensor_data_offset
+            let dims = info.dims.clone();
+            let size = byte_size(info.dtype, &dims).map_err(&bad)?;
+            let start = header
+                .data_offset
                 .checked_add(info.offset)
                 .ok_or_else(|| bad("data offset overflows".into()))?;
             let end = start
@@ -176,7 +173,7 @@ impl GgufSource {
             })?;
             let base = Entry {
                 gguf_name: gname.clone(),
-                dtype: info.ggml_dtype,
+                dtype: info.dtype,
                 dims: dims.clone(),
                 start: start as usize,
                 end: end as usize,
@@ -234,14 +231,14 @@ impl GgufSource {
     }
 
     /// The storage type of a tensor.
-    pub fn ggml_dtype(&self, name: &str) -> Option<GgmlDType> {
+    pub fn ggml_dtype(&self, name: &str) -> Option<GgufType> {
         self.entries.get(name).map(|e| e.dtype)
     }
 
     fn entry_info(&self, name: &str, e: &Entry) -> TensorInfo {
         TensorInfo {
             name: name.to_string(),
-            dtype: dtype_name(e.dtype).to_string(),
+            dtype: e.dtype.name().to_string(),
             shape: e.shape.clone(),
             stored_bytes: e.stored_bytes,
         }
@@ -251,7 +248,7 @@ impl GgufSource {
         let bytes = &self.map[e.start..e.end];
         // F32 is copied out of the map once: through a QTensor it was copied, zeroed and copied
         // again, which made up most of `convert`'s time on F32 files.
-        if e.dtype == GgmlDType::F32 && bytes.as_ptr().align_offset(4) == 0 {
+        if e.dtype == GgufType::F32 && bytes.as_ptr().align_offset(4) == 0 {
             let mut t = Tensor::from_raw_buffer(bytes, DType::F32, &e.dims, &Device::Cpu)?;
             crate::mmap::release(&self.map, e.start, e.end);
             if let Some((first, n)) = e.rows {
@@ -262,23 +259,7 @@ impl GgufSource {
             }
             return Ok(t);
         }
-        // candle reinterprets the bytes as blocks (which hold f16/f32 fields): give it an
-        // 8-aligned slice. GGUF aligns tensor data (32 bytes by default), so the copy is for
-        // unusual files only.
-        let q: QTensor = if bytes.as_ptr().align_offset(8) == 0 {
-            qtensor_from_ggml(e.dtype, bytes, e.dims.clone(), &Device::Cpu)?
-        } else {
-            let mut buf = vec![0u8; bytes.len() + 8];
-            let pad = buf.as_ptr().align_offset(8);
-            buf[pad..pad + bytes.len()].copy_from_slice(bytes);
-            qtensor_from_ggml(
-                e.dtype,
-                &buf[pad..pad + bytes.len()],
-                e.dims.clone(),
-                &Device::Cpu,
-            )?
-        };
-        let mut t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let mut t = dequantize(e.dtype, bytes, &e.dims)?;
         crate::mmap::release(&self.map, e.start, e.end);
         if let Some((first, n)) = e.rows {
             t = t.narrow(0, first, n)?.contiguous()?;
@@ -388,7 +369,7 @@ impl TensorSource for GgufSource {
             name: name.to_string(),
             origin: self.origin(),
         })?;
-        let Some(kind) = block_type(e.dtype) else {
+        let Some(kind) = e.dtype.block_type() else {
             return Ok(None);
         };
         let &[rows, cols] = e.shape.as_slice() else {
@@ -430,11 +411,7 @@ impl TensorSource for GgufSource {
         let data_err = |msg: String| Error::TensorData {
             name: name.to_string(),
             origin: self.origin(),
-            msg: format!(
-                "GGUF tensor `{}` ({}): {msg}",
-                e.gguf_name,
-                dtype_name(e.dtype)
-            ),
+            msg: format!("GGUF tensor `{}` ({}): {msg}", e.gguf_name, e.dtype.name()),
         };
         let t = self.decode(e).map_err(|err| data_err(err.to_string()))?;
         match e.unpermute_heads {

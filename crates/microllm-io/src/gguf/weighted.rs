@@ -318,7 +318,8 @@ pub fn q6_k_row(row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use crate::gguf::GgufType;
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
     use super::*;
@@ -340,9 +341,9 @@ mod tests {
     }
 
     /// Decodes blocks through candle's ggml port, so the layout is checked independently.
-    fn decode(dtype: GgmlDType, bytes: &[u8], n: usize) -> Vec<f32> {
+    fn decode(dtype: GgufType, bytes: &[u8], n: usize) -> Vec<f32> {
         let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-            dtype,
+            dtype.candle().unwrap(),
             bytes,
             vec![n / 256, 256],
             &Device::Cpu,
@@ -370,13 +371,10 @@ mod tests {
     fn weighted_blocks_lose_less_where_it_matters() {
         let (x, imp) = rows();
         for (dtype, pack) in [
-            (
-                GgmlDType::Q4_0,
-                q4_0_row as fn(&[f32], &[f32], &mut Vec<u8>),
-            ),
-            (GgmlDType::Q5_0, q5_0_row),
-            (GgmlDType::Q4_1, q4_1_row),
-            (GgmlDType::Q5_1, q5_1_row),
+            (GgufType::Q4_0, q4_0_row as fn(&[f32], &[f32], &mut Vec<u8>)),
+            (GgufType::Q5_0, q5_0_row),
+            (GgufType::Q4_1, q4_1_row),
+            (GgufType::Q5_1, q5_1_row),
         ] {
             let mut bytes = Vec::new();
             for row in x.chunks_exact(256) {
@@ -384,7 +382,7 @@ mod tests {
             }
             let ours = decode(dtype, &bytes, x.len());
             let t = Tensor::from_slice(&x, (4, 256), &Device::Cpu).unwrap();
-            let plain = QTensor::quantize(&t, dtype).unwrap();
+            let plain = QTensor::quantize(&t, dtype.candle().unwrap()).unwrap();
             let plain = plain
                 .dequantize(&Device::Cpu)
                 .unwrap()

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::GgmlDType;
+use crate::gguf::GgufType;
 use candle_core::quantized::gguf_file::Value;
 use microllm_core::{Error, Result};
 
@@ -31,7 +31,7 @@ pub struct PlannedTensor {
     pub name: String,
     /// Shape outermost first (`[out, in]`), as in Hugging Face; reversed on disk.
     pub shape: Vec<usize>,
-    pub dtype: GgmlDType,
+    pub dtype: GgufType,
 }
 
 impl PlannedTensor {
@@ -120,7 +120,7 @@ impl GgufWriter {
             for &d in t.shape.iter().rev() {
                 header.extend_from_slice(&(d as u64).to_le_bytes());
             }
-            header.extend_from_slice(&ggml_type_id(t.dtype).to_le_bytes());
+            header.extend_from_slice(&t.dtype.id().to_le_bytes());
             header.extend_from_slice(&offset.to_le_bytes());
             offset = (offset + t.byte_len()?).next_multiple_of(ALIGNMENT);
         }
@@ -198,42 +198,6 @@ impl Drop for GgufWriter {
     }
 }
 
-/// ggml's numeric type ids of the types candle implements.
-const GGML_TYPE_IDS: [(GgmlDType, u32); 15] = [
-    (GgmlDType::F32, 0),
-    (GgmlDType::F16, 1),
-    (GgmlDType::Q4_0, 2),
-    (GgmlDType::Q4_1, 3),
-    (GgmlDType::Q5_0, 6),
-    (GgmlDType::Q5_1, 7),
-    (GgmlDType::Q8_0, 8),
-    (GgmlDType::Q8_1, 9),
-    (GgmlDType::Q2K, 10),
-    (GgmlDType::Q3K, 11),
-    (GgmlDType::Q4K, 12),
-    (GgmlDType::Q5K, 13),
-    (GgmlDType::Q6K, 14),
-    (GgmlDType::Q8K, 15),
-    (GgmlDType::BF16, 30),
-];
-
-/// ggml's numeric type id.
-pub fn ggml_type_id(dtype: GgmlDType) -> u32 {
-    GGML_TYPE_IDS
-        .iter()
-        .find(|(t, _)| *t == dtype)
-        .map(|&(_, id)| id)
-        .expect("every candle type is in the table")
-}
-
-/// The type of a numeric ggml type id, if candle implements it.
-pub fn ggml_type_of(id: u32) -> Option<GgmlDType> {
-    GGML_TYPE_IDS
-        .iter()
-        .find(|&&(_, i)| i == id)
-        .map(|&(t, _)| t)
-}
-
 fn push_string(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
     buf.extend_from_slice(s.as_bytes());
@@ -308,17 +272,18 @@ mod tests {
             .unwrap()
             .reshape((2, 32))
             .unwrap();
-        let q = candle_core::quantized::QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&w, GgufType::Q8_0.candle().unwrap())
+            .unwrap();
         let plan = vec![
             PlannedTensor {
                 name: "a.weight".into(),
                 shape: vec![2, 32],
-                dtype: GgmlDType::Q8_0,
+                dtype: GgufType::Q8_0,
             },
             PlannedTensor {
                 name: "b.weight".into(),
                 shape: vec![3],
-                dtype: GgmlDType::F32,
+                dtype: GgufType::F32,
             },
         ];
         let meta = vec![
@@ -373,7 +338,7 @@ mod tests {
         let plan = vec![PlannedTensor {
             name: "a".into(),
             shape: vec![4],
-            dtype: GgmlDType::F32,
+            dtype: GgufType::F32,
         }];
         let writer = GgufWriter::create(&path, &[], plan, false).unwrap();
         assert!(writer.finish().is_err());

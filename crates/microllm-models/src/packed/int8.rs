@@ -127,6 +127,7 @@ unsafe fn vector_tile<const M: usize>(
             (Codes::Nibble, true) => avx512::tile::<M, 1, true>(w, x, pair, t0, out, ldo),
             (Codes::Nibble5, false) => avx512::tile::<M, 2, false>(w, x, pair, t0, out, ldo),
             (Codes::Nibble5, true) => avx512::tile::<M, 2, true>(w, x, pair, t0, out, ldo),
+            (Codes::Levels, _) => avx512::tile::<M, 3, false>(w, x, pair, t0, out, ldo),
         }
     }
 }
@@ -179,7 +180,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::super::acts::QuantActs;
-    use super::super::legacy::{BLOCK, BlockRows, GROUP};
+    use super::super::legacy::{BLOCK, BlockRows, GROUP, LEVEL_CODES};
 
     /// Four activation bytes of token row `xq` at column `k`, in every lane.
     #[inline(always)]
@@ -189,7 +190,7 @@ mod avx512 {
     }
 
     /// `MR` tokens by the 32 rows of `pair`; `CODES` 0 = bytes, 1 = nibbles, 2 = nibbles and a
-    /// bit plane; `ASYM` adds the per-block minimum.
+    /// bit plane, 3 = nibbles indexing [`LEVEL_CODES`]; `ASYM` adds the per-block minimum.
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VNNI; `out` is a `[x.tokens, ldo]` buffer with `ldo >=
@@ -208,6 +209,10 @@ mod avx512 {
         let g0 = 2 * pair;
         let low4 = _mm512_set1_epi8(0x0f);
         let bit4 = _mm512_set1_epi8(0x10);
+        // The 16 level codes in every 128-bit lane, for `vpshufb` to look the nibbles up.
+        // SAFETY: LEVEL_CODES is 16 bytes.
+        let levels =
+            _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(LEVEL_CODES.as_ptr().cast()) });
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let xrow = |t: usize| -> *const i8 {
             // SAFETY: `t0 + t < x.tokens`.
@@ -246,6 +251,12 @@ mod avx512 {
                         lo1 = _mm512_mask_add_epi8(lo1, h(1, 0), lo1, bit4);
                         hi0 = _mm512_mask_add_epi8(hi0, h(0, 1), hi0, bit4);
                         hi1 = _mm512_mask_add_epi8(hi1, h(1, 1), hi1, bit4);
+                    }
+                    if CODES == 3 {
+                        lo0 = _mm512_shuffle_epi8(levels, lo0);
+                        lo1 = _mm512_shuffle_epi8(levels, lo1);
+                        hi0 = _mm512_shuffle_epi8(levels, hi0);
+                        hi1 = _mm512_shuffle_epi8(levels, hi1);
                     }
                     for (t, sums) in isum.iter_mut().enumerate() {
                         let xl = unsafe { bcast(xrow(t), xk + 4 * j) };

@@ -1,8 +1,12 @@
-//! ggml's 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), re-laid for integer dot products.
+//! ggml's 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), and the i-quants IQ4_NL /
+//! IQ4_XS, re-laid for integer dot products.
 //!
 //! Every one of them is `w = d * (q - z) + m` per block of 32, with unsigned codes `q` (Q8_0's
 //! signed bytes shifted by 128), a per-type zero `z` for the symmetric types and a per-block
-//! minimum `m` for the asymmetric ones. The file's rows are regrouped sixteen at a time so that
+//! minimum `m` for the asymmetric ones. The i-quants' 4-bit indices are laid like Q4_0's
+//! nibbles and looked up in their table of 16 levels (shifted by 128 like Q8_0's bytes) just
+//! before the dot products; IQ4_XS's per-32 scale is its super-block scale times the 6-bit
+//! sub-scale, formed in f32 as ggml's own decoder forms it. The file's rows are regrouped sixteen at a time so that
 //! one 64-byte vector holds four consecutive codes of sixteen rows: one `vpdpbusd` then adds
 //! four products into each row's sum, and an activation's four bytes are a single broadcast.
 //!
@@ -36,7 +40,20 @@ pub(crate) enum Codes {
     Nibble,
     /// Two codes per byte and a bit plane (Q5_0, Q5_1).
     Nibble5,
+    /// Two indices per byte into [`LEVEL_CODES`] (IQ4_NL, IQ4_XS).
+    Levels,
 }
+
+/// The i-quants' 16 levels as unsigned codes (level + 128, the zero being 128).
+pub(crate) const LEVEL_CODES: [u8; 16] = {
+    let mut codes = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        codes[i] = (microllm_core::IQ4_LEVELS[i] as i16 + 128) as u8;
+        i += 1;
+    }
+    codes
+};
 
 /// A legacy block type's matrix in the grouped layout above.
 pub(crate) struct BlockRows {
@@ -65,7 +82,13 @@ impl BlockRows {
     pub(crate) fn handles(kind: BlockType) -> bool {
         matches!(
             kind,
-            BlockType::Q4_0 | BlockType::Q4_1 | BlockType::Q5_0 | BlockType::Q5_1 | BlockType::Q8_0
+            BlockType::Q4_0
+                | BlockType::Q4_1
+                | BlockType::Q5_0
+                | BlockType::Q5_1
+                | BlockType::Q8_0
+                | BlockType::Iq4Nl
+                | BlockType::Iq4Xs
         )
     }
 
@@ -73,7 +96,7 @@ impl BlockRows {
     pub(crate) fn tile_bytes(&self) -> usize {
         match self.codes_kind {
             Codes::Byte => GROUP * BLOCK,
-            Codes::Nibble | Codes::Nibble5 => GROUP * BLOCK / 2,
+            Codes::Nibble | Codes::Nibble5 | Codes::Levels => GROUP * BLOCK / 2,
         }
     }
 
@@ -85,6 +108,7 @@ impl BlockRows {
             BlockType::Q5_0 => (Codes::Nibble5, 16, false),
             BlockType::Q5_1 => (Codes::Nibble5, 0, true),
             BlockType::Q8_0 => (Codes::Byte, 128, false),
+            BlockType::Iq4Nl | BlockType::Iq4Xs => (Codes::Levels, 128, false),
             other => {
                 return Err(Error::Invalid(format!(
                     "{} is not a 32-value block type",
@@ -125,6 +149,10 @@ impl BlockRows {
         for r in 0..m.rows {
             let row = m.row(r);
             let (g, lane) = (r / GROUP, r % GROUP);
+            if matches!(m.block_type, BlockType::Iq4Nl | BlockType::Iq4Xs) {
+                out.lay_iq4_row(m.block_type, row, g, lane);
+                continue;
+            }
             for b in 0..blocks {
                 let blk = &row[b * bb..(b + 1) * bb];
                 let tile = g * blocks + b;
@@ -150,7 +178,7 @@ impl BlockRows {
                             out.codes[at] = (q as i8 as i32 + 128) as u8;
                         }
                     }
-                    Codes::Nibble | Codes::Nibble5 => {
+                    Codes::Nibble | Codes::Nibble5 | Codes::Levels => {
                         for (i, &q) in qs.iter().enumerate() {
                             out.codes[base + (i / 4) * 64 + lane * 4 + i % 4] = q;
                         }
@@ -172,6 +200,37 @@ impl BlockRows {
         Ok(out)
     }
 
+    /// Lays one IQ4_NL / IQ4_XS row (row `g * 16 + lane`): the file's bytes of indices as
+    /// Q4_0's are laid, and each block of 32 its f32 scale.
+    fn lay_iq4_row(&mut self, kind: BlockType, row: &[u8], g: usize, lane: usize) {
+        // (per-32 scale, the block's 16 bytes of packed indices) for block b.
+        let block = |b: usize| -> (f32, &[u8]) {
+            if kind == BlockType::Iq4Nl {
+                let blk = &row[b * 18..(b + 1) * 18];
+                (f16_at(blk, 0), &blk[2..18])
+            } else {
+                let (s, ib) = (b / 8, b % 8);
+                let blk = &row[s * 136..(s + 1) * 136];
+                let high = u16::from_le_bytes([blk[2], blk[3]]);
+                let low = (blk[4 + ib / 2] >> (4 * (ib % 2))) & 0xf;
+                let ls = i32::from(low | (((high >> (2 * ib)) & 3) as u8) << 4) - 32;
+                (
+                    f16_at(blk, 0) * ls as f32,
+                    &blk[8 + 16 * ib..8 + 16 * (ib + 1)],
+                )
+            }
+        };
+        for b in 0..self.blocks {
+            let tile = g * self.blocks + b;
+            let (d, qs) = block(b);
+            self.d[tile * GROUP + lane] = d;
+            let base = tile * self.tile_bytes();
+            for (i, &q) in qs.iter().take(16).enumerate() {
+                self.codes[base + (i / 4) * 64 + lane * 4 + i % 4] = q;
+            }
+        }
+    }
+
     /// The unsigned code of row `g * 16 + lane`, column `b * 32 + kk` (before the zero is
     /// subtracted).
     pub(crate) fn code_at(&self, g: usize, lane: usize, b: usize, kk: usize) -> i32 {
@@ -179,13 +238,16 @@ impl BlockRows {
         let base = tile * self.tile_bytes();
         match self.codes_kind {
             Codes::Byte => self.codes[base + (kk / 4) * 64 + lane * 4 + kk % 4] as i32,
-            Codes::Nibble | Codes::Nibble5 => {
+            Codes::Nibble | Codes::Nibble5 | Codes::Levels => {
                 let within = kk % 16;
                 let byte = self.codes[base + (within / 4) * 64 + lane * 4 + within % 4];
                 let mut q = if kk < 16 { byte & 15 } else { byte >> 4 } as i32;
                 if self.codes_kind == Codes::Nibble5 {
                     let mask = self.high[tile * 8 + (kk / 16) * 4 + within / 4];
                     q |= ((mask >> (lane * 4 + within % 4) & 1) as i32) << 4;
+                }
+                if self.codes_kind == Codes::Levels {
+                    q = i32::from(LEVEL_CODES[q as usize]);
                 }
                 q
             }

@@ -7,6 +7,7 @@
 //! | stored type | `Activations::Int8` (default) | `Activations::F32` |
 //! |---|---|---|
 //! | Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 | 8-bit activations, VNNI integer dots ([`int8`]) | f32 panels |
+//! | IQ4_NL, IQ4_XS | the same, nibbles looked up in the 16 levels in registers | f32 panels |
 //! | Q4_K, Q6_K | candle's quantized matmul (8-bit activations) | f32 panels |
 //! | Q2_K, Q3_K, Q5_K, F16, BF16 | f32 panels ([`panel`]) | f32 panels |
 //!

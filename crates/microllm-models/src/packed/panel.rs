@@ -68,8 +68,9 @@ pub(crate) struct KQuantRows {
     row_bytes: usize,
 }
 
-pub(crate) fn ggml_dtype(kind: BlockType) -> GgmlDType {
-    match kind {
+/// candle's name for a type it decodes (every type but the i-quants).
+pub(crate) fn ggml_dtype(kind: BlockType) -> Option<GgmlDType> {
+    Some(match kind {
         BlockType::F16 => GgmlDType::F16,
         BlockType::BF16 => GgmlDType::BF16,
         BlockType::Q4_0 => GgmlDType::Q4_0,
@@ -82,12 +83,16 @@ pub(crate) fn ggml_dtype(kind: BlockType) -> GgmlDType {
         BlockType::Q4K => GgmlDType::Q4K,
         BlockType::Q5K => GgmlDType::Q5K,
         BlockType::Q6K => GgmlDType::Q6K,
-    }
+        BlockType::Iq4Nl | BlockType::Iq4Xs => return None,
+    })
 }
 
 impl KQuantRows {
     pub(crate) fn new(kind: BlockType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
-        let tensor = qtensor_from_ggml(ggml_dtype(kind), bytes, vec![rows, cols], &Device::Cpu)?;
+        let dtype = ggml_dtype(kind).ok_or_else(|| {
+            microllm_core::Error::Invalid(format!("{} is not a type candle decodes", kind.name()))
+        })?;
+        let tensor = qtensor_from_ggml(dtype, bytes, vec![rows, cols], &Device::Cpu)?;
         Ok(Self {
             tensor: std::sync::Arc::new(tensor),
             rows,

@@ -27,7 +27,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 /// `rows x cols` random weights stored as `kind` by candle's quantizer, and their values.
 fn packed(kind: BlockType, rows: usize, cols: usize) -> (PackedMatrix, Tensor) {
     let w = Tensor::from_vec(values(rows * cols, 7), (rows, cols), &Device::Cpu).unwrap();
-    let q = QTensor::quantize(&w, ggml_dtype(kind)).unwrap();
+    let q = QTensor::quantize(&w, ggml_dtype(kind).unwrap()).unwrap();
     let dense = q.dequantize(&Device::Cpu).unwrap();
     let m = PackedMatrix::new("w", kind, rows, cols, q.data().unwrap().to_vec()).unwrap();
     (m, dense)
@@ -98,6 +98,66 @@ fn the_integer_kernels_compute_the_quantized_product() {
         assert_close(&int8::matmul(&rows, &acts, false), &want, "scalar");
         if int8::has_vnni() {
             assert_close(&int8::matmul(&rows, &acts, true), &want, "vector");
+        }
+    }
+}
+
+/// `rows x cols` random weights stored as IQ4_NL or IQ4_XS by microllm's (llama.cpp's) fit,
+/// and their values by the file reader's decoder.
+fn packed_iq4(kind: BlockType, rows: usize, cols: usize) -> (PackedMatrix, Tensor) {
+    use microllm_io::gguf::iq4;
+    let x = values(rows * cols, 11);
+    let mut bytes = Vec::new();
+    for row in x.chunks_exact(cols) {
+        match kind {
+            BlockType::Iq4Nl => iq4::iq4_nl_row(row, None, &mut bytes),
+            _ => iq4::iq4_xs_row(row, None, &mut bytes),
+        }
+    }
+    let mut dense = vec![0f32; rows * cols];
+    match kind {
+        BlockType::Iq4Nl => iq4::dequantize_iq4_nl(&bytes, &mut dense),
+        _ => iq4::dequantize_iq4_xs(&bytes, &mut dense),
+    }
+    let m = PackedMatrix::new("w", kind, rows, cols, bytes).unwrap();
+    (
+        m,
+        Tensor::from_vec(dense, (rows, cols), &Device::Cpu).unwrap(),
+    )
+}
+
+#[test]
+fn i_quants_run_on_the_integer_kernel_as_their_levels() {
+    for kind in [BlockType::Iq4Nl, BlockType::Iq4Xs] {
+        // 40 rows: one full pair of groups and a padded one; two IQ4_XS super-blocks.
+        let (m, dense) = packed_iq4(kind, 40, 512);
+        let rows = BlockRows::new(&m).unwrap();
+        let mut out = vec![0f32; 40 * 512];
+        rows.decode_rows(0, 40, &mut out);
+        assert_eq!(
+            out,
+            dense.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{kind:?}"
+        );
+        let acts = QuantActs::new(&values(7 * 512, 3), 512);
+        let want = reference(&acts, &dense);
+        assert_close(&int8::matmul(&rows, &acts, false), &want, "scalar");
+        if int8::has_vnni() {
+            assert_close(&int8::matmul(&rows, &acts, true), &want, "vector");
+        }
+        let w = PackedWeight::new(&m, Activations::F32).unwrap();
+        let x = Tensor::from_vec(values(3 * 512, 5), (3, 512), &Device::Cpu).unwrap();
+        let got = w.matmul(&x).unwrap().to_vec2::<f32>().unwrap();
+        let want = x
+            .matmul(&dense.t().unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "{kind:?}: {g} vs {w}"
+            );
         }
     }
 }

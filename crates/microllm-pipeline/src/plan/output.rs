@@ -1,8 +1,8 @@
 //! The output of a plan: the format checked against the passes, the writer, and the type of
 //! every tensor with its fallbacks.
 
-use candle_core::quantized::GgmlDType;
 use microllm_core::{ModelConfig, TensorSource};
+use microllm_io::gguf::GgufType;
 use microllm_io::gguf::{GgufTypes, ImportanceMatrix, SizeTarget, TensorTypeRule};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::quantized::sparse::SparseFormat;
@@ -101,10 +101,13 @@ pub(super) fn output_plan(
     let linears_quantized = scheme.is_some();
     let (writer, tensors, dominant) = match format {
         OutputFormat::Gguf => {
+            let takes_importance = ggml.is_some_and(|(_, q)| {
+                q.importance_matrix == Some(true) || q.importance_matrix_file.is_some()
+            });
             let ty = ggml
                 .and_then(|(_, q)| q.gguf_type)
                 .or(out.gguf_type)
-                .map_or(GgufTypes::Pure(GgmlDType::F16), gguf_types);
+                .map_or(GgufTypes::Pure(GgufType::F16), gguf_types);
             let (plan, dominant) = match scheme {
                 Some(s) => {
                     let (plan, dominant) = tensors::gguf_plan(
@@ -117,8 +120,14 @@ pub(super) fn output_plan(
                     (plan, GgufTypes::Pure(dominant))
                 }
                 None => {
-                    let decisions = microllm_io::gguf::plan_types(cfg, src, ty, &tensor_types)
-                        .map_err(|e| err("output", e.to_string()))?;
+                    let decisions = microllm_io::gguf::plan_types(
+                        cfg,
+                        src,
+                        ty,
+                        &tensor_types,
+                        takes_importance,
+                    )
+                    .map_err(|e| err("output", e.to_string()))?;
                     (
                         tensors::from_decisions(cfg, decisions, |_| None)
                             .map_err(|e| err("output", e.to_string()))?,
@@ -126,16 +135,13 @@ pub(super) fn output_plan(
                     )
                 }
             };
-            let importance = ggml.is_some_and(|(_, q)| {
-                q.importance_matrix == Some(true) || q.importance_matrix_file.is_some()
-            });
             if ggml.is_some() {
                 notes.push(format!(
                     "{}: llama.cpp's block types, by llama.cpp's round-to-nearest{} (GPTQ does \
                      not apply)",
                     dominant.describe(),
-                    if importance {
-                        " with an importance matrix (llama.cpp's imatrix) for k-quant blocks"
+                    if takes_importance {
+                        " with an importance matrix (llama.cpp's imatrix) for k- and i-quant blocks"
                     } else {
                         ", no calibration"
                     }
@@ -143,8 +149,8 @@ pub(super) fn output_plan(
             }
             if let (Some(s), GgufTypes::Pure(dominant)) = (scheme, dominant) {
                 let block_bits = match dominant {
-                    GgmlDType::Q8_0 => 8,
-                    GgmlDType::Q4_0 | GgmlDType::Q4_1 => 4,
+                    GgufType::Q8_0 => 8,
+                    GgufType::Q4_0 | GgufType::Q4_1 => 4,
                     _ => 0,
                 };
                 if s.bits < block_bits {
@@ -159,7 +165,7 @@ pub(super) fn output_plan(
             (
                 Writer::Gguf {
                     codes: linears_quantized,
-                    importance,
+                    importance: takes_importance,
                 },
                 plan,
                 dominant,
@@ -177,7 +183,7 @@ pub(super) fn output_plan(
             (
                 Writer::Safetensors(dtype),
                 tensors::dense_plan(cfg, src, dtype),
-                GgufTypes::Pure(GgmlDType::F16),
+                GgufTypes::Pure(GgufType::F16),
             )
         }
         OutputFormat::Gptq | OutputFormat::CompressedTensors => {
@@ -204,14 +210,14 @@ pub(super) fn output_plan(
                         ct,
                         layerwise.is_some_and(|l| l.scattered_groups),
                     ),
-                    GgufTypes::Pure(GgmlDType::F16),
+                    GgufTypes::Pure(GgufType::F16),
                 ),
                 (None, Some(p)) if ct => {
                     let (fmt, structure) = sparsity_structure(p);
                     (
                         Writer::Sparse(fmt, structure),
                         tensors::dense_plan(cfg, src, OutDtype::F16),
-                        GgufTypes::Pure(GgmlDType::F16),
+                        GgufTypes::Pure(GgufType::F16),
                     )
                 }
                 _ if ct && structured => {

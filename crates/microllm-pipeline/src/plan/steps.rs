@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use candle_core::quantized::GgmlDType;
 use microllm_core::{ModelConfig, TensorSource};
 use microllm_io::Checkpoint;
+use microllm_io::gguf::GgufType;
 use microllm_io::gguf::{GgufTypes, ImportanceMatrix, KQuantMix, SizeTarget, TensorTypeRule};
 use microllm_io::quantized::QuantMethod;
 use microllm_io::quantized::sparse::SparseFormat;
@@ -624,6 +624,8 @@ pub fn gguf_types(t: GgufTypeName) -> GgufTypes {
         GgufTypeName::Q3KL => M::Q3KL,
         GgufTypeName::Q3KM => M::Q3KM,
         GgufTypeName::Q3KS => M::Q3KS,
+        GgufTypeName::Iq4Xs => M::Iq4Xs,
+        GgufTypeName::Iq4Nl => M::Iq4Nl,
         pure => return GgufTypes::Pure(pure_type(pure)),
     };
     GgufTypes::Mix(mix)
@@ -662,7 +664,7 @@ pub fn tensor_type_rules(specs: &[String]) -> std::result::Result<Vec<TensorType
                 .filter(|(p, t)| !p.is_empty() && !t.is_empty())
                 .ok_or_else(|| format!("`{spec}` is not PATTERN=TYPE (e.g. attn_v=q8_0)"))?;
             let ty: GgufTypeName = name.to_lowercase().parse()?;
-            if matches!(gguf_types(ty), GgufTypes::Mix(_)) {
+            if matches!(gguf_types(ty), GgufTypes::Mix(m) if !m.names_a_type()) {
                 return Err(format!(
                     "`{spec}`: {name} is one of llama.cpp's mixes; a tensor takes one block type"
                 ));
@@ -672,20 +674,20 @@ pub fn tensor_type_rules(specs: &[String]) -> std::result::Result<Vec<TensorType
         .collect()
 }
 
-fn pure_type(t: GgufTypeName) -> GgmlDType {
+fn pure_type(t: GgufTypeName) -> GgufType {
     match t {
-        GgufTypeName::F32 => GgmlDType::F32,
-        GgufTypeName::F16 => GgmlDType::F16,
-        GgufTypeName::Q8_0 => GgmlDType::Q8_0,
-        GgufTypeName::Q5_1 => GgmlDType::Q5_1,
-        GgufTypeName::Q5_0 => GgmlDType::Q5_0,
-        GgufTypeName::Q4_1 => GgmlDType::Q4_1,
-        GgufTypeName::Q4_0 => GgmlDType::Q4_0,
-        GgufTypeName::Q6K => GgmlDType::Q6K,
-        GgufTypeName::Q5K => GgmlDType::Q5K,
-        GgufTypeName::Q4K => GgmlDType::Q4K,
-        GgufTypeName::Q3K => GgmlDType::Q3K,
-        GgufTypeName::Q2K => GgmlDType::Q2K,
+        GgufTypeName::F32 => GgufType::F32,
+        GgufTypeName::F16 => GgufType::F16,
+        GgufTypeName::Q8_0 => GgufType::Q8_0,
+        GgufTypeName::Q5_1 => GgufType::Q5_1,
+        GgufTypeName::Q5_0 => GgufType::Q5_0,
+        GgufTypeName::Q4_1 => GgufType::Q4_1,
+        GgufTypeName::Q4_0 => GgufType::Q4_0,
+        GgufTypeName::Q6K => GgufType::Q6K,
+        GgufTypeName::Q5K => GgufType::Q5K,
+        GgufTypeName::Q4K => GgufType::Q4K,
+        GgufTypeName::Q3K => GgufType::Q3K,
+        GgufTypeName::Q2K => GgufType::Q2K,
         mix => gguf_types(mix).base(),
     }
 }

@@ -2,11 +2,11 @@
 //! against every linear, the type of every output tensor, the fallbacks, and the estimated
 //! size. `--dry-run` shows exactly this.
 
-use candle_core::quantized::GgmlDType;
 use microllm_core::{
     Error, LinearKind, MlpKind, ModelConfig, Result, TensorInfo, TensorSource, names,
 };
 use microllm_io::fused::{JoinFused, fused_of, is_linear_weight};
+use microllm_io::gguf::GgufType;
 use microllm_io::gguf::write::PlannedTensor;
 use microllm_io::gguf::{TypeDecision, plan_types};
 use microllm_io::write::OutDtype;
@@ -109,7 +109,7 @@ pub fn resolve_group_size(
 pub fn from_decisions(
     cfg: &ModelConfig,
     decisions: Vec<TypeDecision>,
-    linear_type: impl Fn(&TypeDecision) -> Option<(GgmlDType, Option<String>)>,
+    linear_type: impl Fn(&TypeDecision) -> Option<(GgufType, Option<String>)>,
 ) -> Result<Vec<TensorPlan>> {
     decisions
         .into_iter()
@@ -146,13 +146,13 @@ pub fn gguf_plan(
     src: &dyn TensorSource,
     scheme: &QuantScheme,
     act_order_scattered: bool,
-) -> Result<(Vec<TensorPlan>, GgmlDType)> {
+) -> Result<(Vec<TensorPlan>, GgufType)> {
     let exact = |inp: usize| exact_gguf_type(scheme, inp, !act_order_scattered);
-    let dominant = exact(cfg.hidden_size).unwrap_or(GgmlDType::F16);
-    let plan = from_decisions(cfg, plan_types(cfg, src, dominant, &[])?, |d| {
+    let dominant = exact(cfg.hidden_size).unwrap_or(GgufType::F16);
+    let plan = from_decisions(cfg, plan_types(cfg, src, dominant, &[], false)?, |d| {
         Some(match exact(d.shape[1]) {
             Ok(t) => (t, None),
-            Err(why) => (GgmlDType::F16, Some(format!("F16 (dequantized): {why}"))),
+            Err(why) => (GgufType::F16, Some(format!("F16 (dequantized): {why}"))),
         })
     })?;
     Ok((plan, dominant))

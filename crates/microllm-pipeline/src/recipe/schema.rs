@@ -430,13 +430,23 @@ pub enum GgufTypeName {
     /// llama.cpp's Q3_K_S mix: Q3_K throughout.
     #[serde(rename = "q3_k_s")]
     Q3KS,
+    /// llama.cpp's IQ4_XS: 4.25 bits per weight on a non-linear grid; Q5_K for the first
+    /// eighth of the down projections without an importance matrix, IQ4_NL for rows that are
+    /// not a multiple of 256. As a per-tensor type, IQ4_XS alone.
+    #[serde(rename = "iq4_xs")]
+    Iq4Xs,
+    /// llama.cpp's IQ4_NL: IQ4_XS's grid in blocks of 32 (4.5 bits per weight), with the same
+    /// rules. As a per-tensor type, IQ4_NL alone.
+    #[serde(rename = "iq4_nl")]
+    Iq4Nl,
 }
 
 impl GgufTypeName {
     /// Every type's name, as recipes and `--gguf-type` spell it.
-    pub const NAMES: [&'static str; 19] = [
+    pub const NAMES: [&'static str; 21] = [
         "f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k", "q4_k", "q3_k",
-        "q2_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s",
+        "q2_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s", "iq4_xs",
+        "iq4_nl",
     ];
 }
 

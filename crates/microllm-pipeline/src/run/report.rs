@@ -273,11 +273,15 @@ fn bytes_before(plan: &Plan) -> Result<u64> {
             .iter()
             .map(|i| (i.numel() * d.size()) as u64)
             .sum(),
-        Writer::Gguf { codes: false, .. } => plan_types(
+        Writer::Gguf {
+            codes: false,
+            importance,
+        } => plan_types(
             &ckpt.config,
             src,
             plan.output.dominant,
             &plan.output.tensor_types,
+            *importance,
         )?
         .iter()
         .map(TypeDecision::bytes)

@@ -50,7 +50,7 @@ pub fn budget_note(budget: &BudgetPlan) -> String {
     let counts: Vec<String> = budget
         .counts()
         .iter()
-        .map(|(t, n)| format!("{n} {}", microllm_io::gguf::dtype_name(*t)))
+        .map(|(t, n)| format!("{n} {}", t.name()))
         .collect();
     format!(
         "size budget: {:.3} bits/weight, {:.1} MB of tensor data; block linears {} (errors \
