@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # GGUF i-quants and k-quant mixes, microllm against llama-quantize (issue 16):
 #   for each type (IQ4_XS, IQ4_NL, Q4_K_M, Q5_K_M, Q6_K), without and with the same
-#   llama-imatrix file, both tools quantize the same F32 SmolLM2; the files must be
+#   llama-imatrix file, both tools quantize the same F32 model (SmolLM2 unless MODEL names
+#   another: anything scripts/fetch-model.sh takes, e.g. qwen2.5-0.5b); the files must be
 #   byte-identical tensor by tensor, and llama-perplexity on microllm's file must give the
 #   perplexity `microllm eval --protocol llama-cpp` computes on it, within 1%.
 # Prints one RESULT line per file (size, both perplexities, both quantize times) and exits
 # non-zero if a check fails.
-# Usage: scripts/interop/iquants.sh   (env TYPES="iq4_xs iq4_nl ..." WINDOWS=8 CHUNKS=16 CTX=256)
+# Usage: scripts/interop/iquants.sh   (env MODEL, TYPES="iq4_xs iq4_nl ...", WINDOWS=8, CHUNKS=16, CTX=256)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd -P)
 cd "$root"
-MODEL=${MODEL:-$root/../shared/assets/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+model=$(bash scripts/fetch-model.sh "${MODEL:-smollm2}")
 CALIB=${CALIB:-$root/../shared/assets/data/c4.calib.txt}
 TEXT=${TEXT:-$root/../shared/assets/data/wiki.eval.txt}
 TYPES=${TYPES:-iq4_xs iq4_nl q4_k_m q5_k_m q6_k}
@@ -18,6 +19,7 @@ WINDOWS=${WINDOWS:-8}
 CHUNKS=${CHUNKS:-16}
 CTX=${CTX:-256}
 work=$root/target/interop/iquants
+[ "${MODEL:-smollm2}" = smollm2 ] || work=$work/$(basename "$model" .gguf)
 mkdir -p "$work"
 llama=$(scripts/interop/build-llama-cpp.sh)
 cargo build --release --quiet
@@ -25,7 +27,7 @@ m=$root/target/release/microllm
 
 # The F32 source both start from (llama-quantize refuses to requantize Q4_1), and one
 # importance matrix from llama-imatrix that both use.
-[ -f "$work/f32.gguf" ] || "$m" convert --model "$MODEL" --gguf-type f32 --out "$work/f32.gguf" >/dev/null
+[ -f "$work/f32.gguf" ] || "$m" convert --model "$model" --gguf-type f32 --out "$work/f32.gguf" >/dev/null
 if [ ! -f "$work/llama.imatrix.gguf" ]; then
     head -c 400000 "$CALIB" > "$work/calib.txt"
     "$llama/llama-imatrix" -m "$work/f32.gguf" -f "$work/calib.txt" -c "$CTX" --chunks "$CHUNKS" \

@@ -37,6 +37,6 @@ pub use config::{
 pub use error::{Error, Result};
 pub use fp8::CodeType;
 pub use names::LinearKind;
-pub use packed::{BlockType, IQ4_LEVELS, PackedMatrix};
+pub use packed::{BlockType, IQ4_LEVELS, PackedMatrix, iq4_xs_sub_scale};
 pub use progress::{NoProgress, Progress};
 pub use source::{MemorySource, TensorInfo, TensorSource, first_non_finite};

@@ -13,6 +13,15 @@ pub const IQ4_LEVELS: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
+/// The signed 6-bit scale of sub-block `ib` (0..8) of an IQ4_XS super-block's bytes (f16 `d`,
+/// u16 high bits, 4 bytes of low nibbles, 128 bytes of indices): the sub-block's values are
+/// `d * scale * IQ4_LEVELS[index]`.
+pub fn iq4_xs_sub_scale(block: &[u8], ib: usize) -> i32 {
+    let high = u16::from_le_bytes([block[2], block[3]]);
+    let low = (block[4 + ib / 2] >> (4 * (ib % 2))) & 0xf;
+    i32::from(low | (((high >> (2 * ib)) & 3) as u8) << 4) - 32
+}
+
 /// A ggml block type that the forward pass can run on without dequantizing the whole matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlockType {

@@ -102,9 +102,9 @@ pub struct Args {
     /// Output format [default: gguf; compressed-tensors with --scheme].
     #[arg(long, value_enum)]
     format: Option<Format>,
-    /// Write llama.cpp's block type or mix instead (`q4_k_m` ...; round-to-nearest as
-    /// llama.cpp does, no GPTQ); with --calib, k-quant blocks are fitted with an importance
-    /// matrix measured on the calibration windows (llama.cpp's imatrix).
+    /// Write llama.cpp's block type or mix instead (`q4_k_m`, `iq4_xs` ...; round-to-nearest
+    /// as llama.cpp does, no GPTQ); with --calib, k- and i-quant and Q4/Q5 blocks are fitted
+    /// with an importance matrix measured on the calibration windows (llama.cpp's imatrix).
     #[arg(long, value_parser = gguf_type_parser())]
     gguf_type: Option<GgufTypeName>,
     /// With --gguf-type: a tensor's type by name, as llama-quantize's --tensor-type:
@@ -135,7 +135,7 @@ pub struct Args {
     /// With --gguf-type: as --target-bpw, for a size of tensor data (e.g. 95MB).
     #[arg(long, value_name = "SIZE", requires = "gguf_type")]
     target_size: Option<String>,
-    /// With --gguf-type: fit k-quant blocks with this importance matrix instead of measuring
+    /// With --gguf-type: fit the blocks with this importance matrix instead of measuring
     /// one (llama-imatrix's output, GGUF or legacy .dat, or a file --save-imatrix wrote);
     /// needs no --calib.
     #[arg(

@@ -17,6 +17,7 @@
 use half::f16;
 // The 16 levels every index points at.
 use microllm_core::IQ4_LEVELS as LEVELS;
+use microllm_core::iq4_xs_sub_scale;
 
 use super::weighted::nearest;
 
@@ -204,16 +205,13 @@ pub fn dequantize_iq4_xs(bytes: &[u8], out: &mut [f32]) {
     {
         let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
         for (ib, y) in y.chunks_exact_mut(BLOCK).enumerate() {
-            unpack_block(d * xs_sub_scale(block, ib) as f32, &block[8 + 16 * ib..], y);
+            unpack_block(
+                d * iq4_xs_sub_scale(block, ib) as f32,
+                &block[8 + 16 * ib..],
+                y,
+            );
         }
     }
-}
-
-/// The signed 6-bit scale of sub-block `ib` of an IQ4_XS super-block's bytes.
-pub fn xs_sub_scale(block: &[u8], ib: usize) -> i32 {
-    let high = u16::from_le_bytes([block[2], block[3]]);
-    let low = (block[4 + ib / 2] >> (4 * (ib % 2))) & 0xf;
-    i32::from(low | (((high >> (2 * ib)) & 3) as u8) << 4) - 32
 }
 
 fn unpack_block(d: f32, qs: &[u8], y: &mut [f32]) {

@@ -15,7 +15,8 @@
 //! header, names, byte ranges against the file length), so a truncated download fails at once
 //! with the file and the tensor named, not minutes later in the middle of an evaluation.
 //!
-//! The header is parsed by candle's `gguf_file::Content`; supported architectures are
+//! The header is parsed by microllm itself (`header`; candle's reader refuses the i-quants),
+//! tensor types are [`GgufType`]; supported architectures are
 //! [`config::SUPPORTED_ARCHITECTURES`].
 
 pub mod blocks;

@@ -229,9 +229,6 @@ pub fn q5_0_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
     });
 }
 
-/// Bytes of one Q5_1 block, the largest of the 32-value blocks here.
-pub const Q5_1_BYTES: usize = 2 + 2 + 4 + QK / 2;
-
 /// Appends the importance-weighted Q4_1 blocks of one row (a multiple of 32 values).
 pub fn q4_1_row(row: &[f32], importance: &[f32], out: &mut Vec<u8>) {
     each_block(row, importance, |x, w, codes| {
@@ -405,7 +402,7 @@ mod tests {
             (q4_0_row, 18),
             (q5_0_row, 22),
             (q4_1_row, 20),
-            (q5_1_row, Q5_1_BYTES),
+            (q5_1_row, 24),
         ];
         for (pack, bytes) in sizes {
             let mut out = Vec::new();

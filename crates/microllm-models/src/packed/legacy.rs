@@ -204,20 +204,19 @@ impl BlockRows {
     /// Q4_0's are laid, and each block of 32 its f32 scale.
     fn lay_iq4_row(&mut self, kind: BlockType, row: &[u8], g: usize, lane: usize) {
         // (per-32 scale, the block's 16 bytes of packed indices) for block b.
+        let (nl_bytes, xs_bytes) = (
+            BlockType::Iq4Nl.block_bytes(),
+            BlockType::Iq4Xs.block_bytes(),
+        );
         let block = |b: usize| -> (f32, &[u8]) {
             if kind == BlockType::Iq4Nl {
-                let blk = &row[b * 18..(b + 1) * 18];
+                let blk = &row[b * nl_bytes..(b + 1) * nl_bytes];
                 (f16_at(blk, 0), &blk[2..18])
             } else {
                 let (s, ib) = (b / 8, b % 8);
-                let blk = &row[s * 136..(s + 1) * 136];
-                let high = u16::from_le_bytes([blk[2], blk[3]]);
-                let low = (blk[4 + ib / 2] >> (4 * (ib % 2))) & 0xf;
-                let ls = i32::from(low | (((high >> (2 * ib)) & 3) as u8) << 4) - 32;
-                (
-                    f16_at(blk, 0) * ls as f32,
-                    &blk[8 + 16 * ib..8 + 16 * (ib + 1)],
-                )
+                let blk = &row[s * xs_bytes..(s + 1) * xs_bytes];
+                let scale = f16_at(blk, 0) * microllm_core::iq4_xs_sub_scale(blk, ib) as f32;
+                (scale, &blk[8 + 16 * ib..8 + 16 * (ib + 1)])
             }
         };
         for b in 0..self.blocks {
