@@ -629,14 +629,14 @@ fn finite_and_largest(values: &[f32]) -> (bool, f32) {
     for c in chunks {
         for i in 0..LANES {
             let a = c[i].abs();
-            // NaN and infinity fail `<= MAX`.
-            bad[i] |= !(a <= f32::MAX);
+            // NaN and infinity are not finite (a compare against infinity, per lane).
+            bad[i] |= !a.is_finite();
             big[i] = if a > big[i] { a } else { big[i] };
         }
     }
     for &v in tail {
         let a = v.abs();
-        bad[0] |= !(a <= f32::MAX);
+        bad[0] |= !a.is_finite();
         big[0] = if a > big[0] { a } else { big[0] };
     }
     let largest = big.iter().fold(0f32, |m, &a| if a > m { a } else { m });

@@ -213,11 +213,14 @@ fn int8_products_stay_near_the_dense_ones() {
     for kind in [
         BlockType::Q4_0,
         BlockType::Q8_0,
+        BlockType::Q2K,
+        BlockType::Q3K,
         BlockType::Q4K,
         BlockType::Q6K,
     ] {
         let (m, dense) = packed(kind, 64, 256);
         let w = PackedWeight::new(&m, Activations::Int8).unwrap();
+        assert_ne!(w.path(), "f32 panels", "{kind:?}");
         let got = w.matmul(&x).unwrap();
         let want = x.matmul(&dense.t().unwrap()).unwrap();
         let err = (&got - &want).unwrap().sqr().unwrap().mean_all().unwrap();
