@@ -45,7 +45,7 @@ pub enum BlockType {
 
 impl BlockType {
     /// Values per block.
-    pub fn block_len(self) -> usize {
+    pub const fn block_len(self) -> usize {
         match self {
             Self::F16 | Self::BF16 => 1,
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Iq4Nl => 32,
@@ -54,7 +54,7 @@ impl BlockType {
     }
 
     /// Bytes per block, as ggml lays it out.
-    pub fn block_bytes(self) -> usize {
+    pub const fn block_bytes(self) -> usize {
         match self {
             Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => 18,

@@ -274,8 +274,8 @@ impl EncodedTensors for FusedEncoded<'_> {
 }
 
 /// The type a row of `cols` values can take, starting from `wanted` and falling back as
-/// llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; Q2_K/Q3_K -> Q4_0 because candle
-/// cannot write llama.cpp's IQ4_NL; anything else -> F16).
+/// llama.cpp's `tensor_type_fallback` does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0,
+/// IQ4_XS -> IQ4_NL, Q2_K / Q3_K -> Q4_0; anything else -> F16).
 fn fit_row(wanted: GgufType, cols: usize) -> (GgufType, Option<String>) {
     let mut dtype = wanted;
     let mut reasons = Vec::new();
@@ -428,9 +428,9 @@ fn gguf_layout(cfg: &ModelConfig, hf_name: &str, t: Tensor) -> Result<Tensor> {
     }
 }
 
-/// Whether `dtype` is fitted with importance weights when a matrix is given: candle's
-/// k-quants, and Q4_0 / Q5_0 / Q4_1 / Q5_1 / Q6_K by microllm's own weighted fits
-/// ([`weighted`]), as llama.cpp does. Q8_0 is not (llama.cpp ignores the matrix for it too).
+/// Whether `dtype` is fitted with importance weights when a matrix is given: Q2_K / Q3_K by
+/// candle's fits; Q4_K / Q5_K, IQ4_NL / IQ4_XS, Q4_0 / Q5_0 / Q4_1 / Q5_1 / Q6_K by
+/// microllm's own ([`q4_k`](super::q4_k), [`iq4`], [`weighted`]), as llama.cpp does. Q8_0 is not (llama.cpp ignores the matrix for it too).
 pub(super) fn takes_importance(dtype: GgufType) -> bool {
     matches!(
         dtype,

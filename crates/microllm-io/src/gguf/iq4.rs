@@ -25,8 +25,8 @@ use super::weighted::nearest;
 const BLOCK: usize = 32;
 const SUPER: usize = 256;
 /// Bytes per IQ4_NL block and per IQ4_XS super-block.
-pub const NL_BYTES: usize = 18;
-pub const XS_BYTES: usize = 136;
+pub const NL_BYTES: usize = microllm_core::BlockType::Iq4Nl.block_bytes();
+pub const XS_BYTES: usize = microllm_core::BlockType::Iq4Xs.block_bytes();
 /// Trial scales on either side of the first one.
 const TRIES: i32 = 7;
 /// Blocks whose largest magnitude is below this are stored as zero.
