@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::builder::TypedValueParser;
+use microllm_engine::output::GgufCodes;
 use microllm_io::CheckpointFormat;
 use microllm_io::gguf::{
     EncodedTensors, GgufExport, SizeTarget, TensorTypeRule, fit_budget, write_gguf,
 };
 use microllm_io::write::{HfOutput, HfWriteOptions, OutDtype, write_hf_dir};
-use microllm_pipeline::output::GgufCodes;
 use microllm_pipeline::plan::parse_size;
 use microllm_pipeline::recipe::{DtypeName, GgufTypeName};
 

@@ -112,7 +112,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let ckpt = super::open_model(&args.model)?;
     let (_, tokens) =
-        microllm_pipeline::run::read_tokens(&args.data, || ckpt.require_tokenizer(), true)?;
+        microllm_io::tokens::read_tokens(&args.data, || ckpt.require_tokenizer(), true)?;
     let model = super::load_decoder(&ckpt, args.compute.compute)?;
     let protocol = match args.protocol {
         ProtocolArg::Microllm => Protocol::AllPositions,

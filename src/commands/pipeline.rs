@@ -157,9 +157,6 @@ pub fn execute(mut doc: RecipeDoc, inv: &Invocation) -> Result<Verdict> {
         }
         render::header(plan);
         let run_opts = RunOptions {
-            distiller: Some(std::sync::Arc::new(
-                microllm_distill::recipe_pass::RecipeDistiller,
-            )),
             resume: inv.resume,
             command: std::env::args().collect(),
             name: name.clone(),
@@ -170,7 +167,7 @@ pub fn execute(mut doc: RecipeDoc, inv: &Invocation) -> Result<Verdict> {
             format!(
                 "running {} (work directory {})",
                 plan.recipe.model,
-                microllm_pipeline::run::work_dir(&plan.output.path).display()
+                microllm_engine::work_dir(&plan.output.path).display()
             )
         })?;
         let written = write_report(&report, &plan.report_stem, &plan.report_formats)?;

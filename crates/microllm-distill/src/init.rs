@@ -3,14 +3,14 @@
 //! The usual student of a distillation is a structurally pruned teacher (Minitron,
 //! Sheared-LLaMA: prune, then distill to heal). This reuses the structured-pruning code as
 //! `microllm prune --structured` does: importance measured on calibration windows through
-//! the teacher's blocks (`microllm_pipeline::structured`, ShortGPT block influence for
+//! the teacher's blocks (`microllm_engine::structured`, ShortGPT block influence for
 //! dropped blocks, activation norms for channels and heads), kept indices chosen per block
 //! (`microllm_prune::structured`), and the student's weights served lazily by
 //! [`PrunedSource`] from the teacher's. With the same calibration windows it removes exactly
 //! what `prune --structured` removes.
 
 use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
-use microllm_pipeline::structured::{ImportanceJob, ImportanceMetric, measure_importance};
+use microllm_engine::structured::{ImportanceJob, ImportanceMetric, measure_importance};
 use microllm_prune::structured::{HeadMode, PrunedSource, StructuredPlan, StructuredSpec, targets};
 
 /// The keys `--student-from-teacher` accepts.

@@ -10,8 +10,9 @@
 //!   that resume bit for bit;
 //! - [`init`]: students derived from the teacher through structured pruning; [`models`]:
 //!   short names for well-known models;
-//! - [`report`]: the run's record; [`recipe_pass`]: the trainer behind recipes' `distill`
-//!   passes; [`training_data`]: data files as tokens.
+//! - [`report`]: the run's record; [`training_data`]: data files as tokens.
+//!
+//! A recipe's `distill` pass (`microllm-pipeline`, the layer above) calls the same trainer.
 //!
 //! The library never prints: long work reports through [`microllm_core::Progress`].
 
@@ -26,7 +27,6 @@ pub mod loss;
 pub mod models;
 pub mod ops;
 mod real;
-pub mod recipe_pass;
 pub mod report;
 pub mod store;
 pub mod student;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use microllm_core::{Error, Result};
 use microllm_io::Tokenizer;
-use microllm_pipeline::run::read_tokens;
+use microllm_io::tokens::read_tokens;
 
 use crate::fingerprint::sha256_bytes;
 

@@ -24,6 +24,7 @@ mod mmap;
 pub mod quantized;
 pub mod spm;
 mod tokenizer;
+pub mod tokens;
 pub mod write;
 
 use std::path::{Path, PathBuf};

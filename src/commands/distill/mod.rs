@@ -65,5 +65,5 @@ fn tokenizer_id(tokenizer: Option<&microllm_io::Tokenizer>) -> String {
 
 /// `OUT.microllm-work` beside the output, as the other commands name their work directories.
 fn work_dir(out: &std::path::Path) -> PathBuf {
-    microllm_pipeline::run::work_dir(out)
+    microllm_engine::work_dir(out)
 }

@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 use super::pass_path;
 use super::steps::{LayerwiseStep, err};
 use super::tensors;
-use crate::block_quant::{BlockMethod, BlockSpec};
-use crate::linear_step::PruneSpec;
 use crate::recipe::{
     GroupSize, PruneMethodName, PruneStage, QuantMethodName, QuantizeStage, RankingName, Recipe,
     RecipeResult, ScheduleName, SchemeName,
 };
+use microllm_engine::PruneSpec;
+use microllm_engine::{BlockMethod, BlockSpec};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn layerwise_step(

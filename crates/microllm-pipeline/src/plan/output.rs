@@ -236,7 +236,7 @@ pub(super) fn output_plan(
             }
         }
     };
-    let work = crate::store::work_dir(&out.path);
+    let work = microllm_engine::work_dir(&out.path);
     let resumable = opts.resume && work.join("output.json").exists();
     if out.path.exists() && !out.overwrite && !opts.dry_run && !resumable {
         return Err(err(

@@ -22,13 +22,13 @@ use super::order::{Order, check_order};
 use super::output::output_plan;
 use super::tensors::{self, TensorPlan};
 use super::{Estimate, Plan, PlanOptions, pass_path};
-use crate::block_quant::BlockSpec;
 use crate::recipe::{
     DtypeName, Gate, GgufTypeName, HeadModeName, ImportanceName, OutputFormat, Pass,
     PruneMethodName, PruneStage, QuantMethodName, QuantizeStage, Recipe, RecipeDoc, RecipeError,
     RecipeResult, StructuredStage,
 };
-use crate::structured::ImportanceMetric;
+use microllm_engine::BlockSpec;
+use microllm_engine::structured::ImportanceMetric;
 
 /// Structured pruning, first of all passes.
 #[derive(Debug, Clone)]

@@ -12,8 +12,8 @@ use microllm_io::gguf::{TypeDecision, plan_types};
 use microllm_io::write::OutDtype;
 use microllm_quant::QuantScheme;
 
-use crate::output::exact_gguf_type;
 use crate::recipe::GroupSize;
+use microllm_engine::output::exact_gguf_type;
 
 /// One output tensor.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

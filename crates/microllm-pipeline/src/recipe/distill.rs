@@ -1,8 +1,8 @@
 //! The `distill` pass's options: training the model as it stands (usually a structurally
 //! pruned one) to match the recipe's original model, its teacher.
 //!
-//! The pass is planned and ordered here but run by a [`crate::run::Distiller`] the caller
-//! supplies (the binary supplies `microllm-distill`'s), so this crate needs no training code.
+//! The pass is planned and ordered here and trained by `microllm-distill`'s trainer (the
+//! runner's `run::distill`), the same one `microllm distill` runs.
 
 use std::path::PathBuf;
 

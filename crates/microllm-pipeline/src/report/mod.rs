@@ -63,7 +63,7 @@ pub struct CompressionReport {
     /// Where the blocks computed in this run spent their time: staged forward passes, input
     /// statistics (Hessians), solves. Absent without a layerwise sweep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub block_phase_seconds: Option<crate::BlockPhases>,
+    pub block_phase_seconds: Option<microllm_engine::BlockPhases>,
     /// Blocks taken from a killed run's work directory.
     pub resumed_blocks: usize,
     pub structure: Option<StructureRecord>,

@@ -11,8 +11,8 @@ use microllm_io::calibration::CalibrationSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::LinearRecord;
 use crate::plan::TensorPlan;
+use microllm_engine::LinearRecord;
 
 /// The source model.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -28,29 +28,25 @@ use microllm_prune::structured::{PrunedSource, Scores, StructuredPlan};
 use microllm_prune::{GlobalThreshold, Ranking, Schedule};
 use serde_json::{Value, json};
 
-pub use crate::store::work_dir;
 pub use data::{
-    EvalTokens, bytes_on_disk, draw_calibration, hex, load_eval_tokens, peak_rss_bytes,
-    read_tokens, sha256_of,
+    EvalTokens, bytes_on_disk, draw_calibration, hex, load_eval_tokens, peak_rss_bytes, sha256_of,
 };
-pub use distill::{DistillJob, Distiller};
 pub use write::{Current, Written, budget_note, write_output};
 
-use crate::imatrix::measure_imatrix;
-use crate::layerwise::{CompressJob, LayerwiseSummary, run_compress};
+use microllm_engine::structured::{ImportanceJob, measure_importance};
+use microllm_engine::{
+    BlockStore, CompressJob, LayerwiseSummary, OwlSchedule, measure_imatrix, owl_schedule,
+    run_compress, work_dir,
+};
+use microllm_io::gguf::ImportanceMatrix;
+
 use crate::plan::{Plan, Writer};
 use crate::report::{CalibrationRecord, CompressionReport, DistillRecord, EvalRecord};
-use crate::schedule::{OwlSchedule, owl_schedule};
-use crate::store::BlockStore;
-use crate::structured::{ImportanceJob, measure_importance};
 use distill::run_distill;
-use microllm_io::gguf::ImportanceMatrix;
 
 /// What the caller adds to a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Who trains a distill pass's student (required when the recipe has one).
-    pub distiller: Option<std::sync::Arc<dyn Distiller>>,
     pub resume: bool,
     /// The command line, for the report.
     pub command: Vec<String>,
@@ -205,7 +201,6 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
     let distilled = match &plan.distill {
         Some(step) => {
             let d = run_distill(
-                opts.distiller.as_deref(),
                 step,
                 ckpt,
                 (config, source),

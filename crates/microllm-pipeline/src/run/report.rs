@@ -439,7 +439,7 @@ fn already_quantized_note(ckpt: &microllm_io::Checkpoint) -> Option<String> {
 /// What AWQ chose over the whole model: how many linears' inputs it scaled (and with which
 /// exponents), their output error against unscaled rounding, and how much range clipping kept.
 fn awq_note(layers: &[LayerRecord]) -> Option<String> {
-    let awq: Vec<&crate::AwqRecord> = layers
+    let awq: Vec<&microllm_engine::AwqRecord> = layers
         .iter()
         .filter_map(|l| l.record.awq.as_ref())
         .collect();

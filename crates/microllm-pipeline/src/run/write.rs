@@ -16,12 +16,12 @@ use microllm_io::write::{
     write_sparse_dir,
 };
 
-use crate::output::{GgufCodes, QuantizedSource};
-use crate::packed::{
+use crate::plan::{Plan, TensorPlan, Writer};
+use microllm_engine::BlockStore;
+use microllm_engine::output::{GgufCodes, QuantizedSource};
+use microllm_engine::packed::{
     StoredLinears, compressed_quantization_config, dense_sparsity_config, gptq_quantization_config,
 };
-use crate::plan::{Plan, TensorPlan, Writer};
-use crate::store::BlockStore;
 
 const MAX_SHARD_BYTES: u64 = 2_000_000_000;
 

@@ -1,10 +1,7 @@
 //! The distill pass in a run: who trains, what they are given, where the result goes.
 //!
-//! Training code lives in `microllm-distill`, which builds on this crate (it cuts students
-//! out of teachers with the structured-pruning code here), so the runner cannot call it
-//! directly. The caller hands the runner a [`Distiller`] instead (the binary hands it
-//! `microllm-distill`'s); a plan with a distill pass and no distiller is an error before any
-//! work.
+//! Training code lives in `microllm-distill`, below this crate; [`trainer`] turns the planned
+//! pass into its settings, data and targets and calls it.
 //!
 //! The trained student is written as a Hugging Face directory into the work directory and
 //! reopened from there, so the passes after it read it as they read any model, and a killed
@@ -21,18 +18,13 @@ use serde_json::json;
 
 use super::data::EvalTokens;
 use crate::plan::DistillStep;
-use crate::report::DistillRecord;
-use crate::store::BlockStore;
 
-/// Trains a student for a recipe's distill pass.
-pub trait Distiller: std::fmt::Debug {
-    /// Trains `job.student` against `job.teacher`, writes the trained student as a Hugging
-    /// Face directory at `job.out`, and says what happened.
-    fn distill(&self, job: &DistillJob<'_>, progress: &dyn Progress) -> Result<DistillRecord>;
-}
+mod trainer;
+use crate::report::DistillRecord;
+use microllm_engine::BlockStore;
 
 /// What a distill pass trains, on what, and where its files go.
-pub struct DistillJob<'a> {
+pub(super) struct DistillJob<'a> {
     pub step: &'a DistillStep,
     /// The recipe's model.
     pub teacher: &'a Checkpoint,
@@ -63,9 +55,7 @@ pub(super) struct Distilled {
 }
 
 /// Runs (or resumes) the distill pass.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn run_distill(
-    distiller: Option<&dyn Distiller>,
     step: &DistillStep,
     teacher: &Checkpoint,
     student: (&ModelConfig, &dyn TensorSource),
@@ -89,13 +79,6 @@ pub(super) fn run_distill(
             seconds: started.elapsed().as_secs_f64(),
         });
     }
-    let Some(distiller) = distiller else {
-        return Err(Error::Invalid(
-            "the recipe has a distill pass, but this runner was given no distiller (the \
-             microllm binary gives it microllm-distill's)"
-                .into(),
-        ));
-    };
     let checkpoints = store.dir().join(CHECKPOINT_DIR);
     std::fs::create_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
     let job = DistillJob {
@@ -117,7 +100,7 @@ pub(super) fn run_distill(
         out: &out,
         resume,
     };
-    let record = distiller.distill(&job, progress)?;
+    let record = trainer::train_student(&job, progress)?;
     store.save_json(RECORD, &json!(record))?;
     std::fs::remove_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
     Ok(Distilled {

@@ -13,11 +13,11 @@
 use std::env;
 
 use microllm_core::NoProgress;
+use microllm_engine::output::QuantizedSource;
+use microllm_engine::{BlockMethod, BlockStore, LayerwiseJob, run_layerwise};
 use microllm_eval::{PerplexityOptions, perplexity};
 use microllm_io::calibration::CalibrationSet;
 use microllm_models::Decoder;
-use microllm_pipeline::output::QuantizedSource;
-use microllm_pipeline::{BlockMethod, BlockStore, LayerwiseJob, run_layerwise};
 use microllm_quant::{ClipSearch, GptqOptions, QuantScheme};
 
 fn var(name: &str, default: &str) -> String {

@@ -5,8 +5,8 @@ mod common;
 
 use common::{block1_inputs, model, output_error};
 use microllm_core::LinearKind;
+use microllm_engine::{BlockMethod, quantize_block};
 use microllm_models::NoTap;
-use microllm_pipeline::{BlockMethod, quantize_block};
 use microllm_quant::{GptqOptions, QuantScheme};
 
 #[test]

@@ -7,10 +7,10 @@ mod common;
 use candle_core::Tensor;
 use common::{block1_inputs, model, output_error};
 use microllm_core::LinearKind;
-use microllm_models::NoTap;
-use microllm_pipeline::{
+use microllm_engine::{
     BlockMethod, BlockSpec, Producer, compress_block, fold_scales, scale_groups,
 };
+use microllm_models::NoTap;
 use microllm_quant::{AwqOptions, QuantScheme};
 
 const FAMILIES: [&str; 9] = [

@@ -1,41 +1,42 @@
-//! The trainer behind a recipe's `distill` pass (`microllm run`).
+//! The trainer behind a recipe's `distill` pass: `microllm-distill`'s, as `microllm distill`
+//! runs it.
 //!
-//! The pipeline plans the pass and hands over the student as it stands (usually a structured
-//! view of the teacher), the teacher (the recipe's model), the data and a work directory;
-//! this runs the same trainer as `microllm distill` on them and writes the trained student
-//! as a Hugging Face directory the pipeline reopens. The checks are the command's: a store
-//! must come from the same data, teacher, tokenizer, window length and temperature.
+//! The runner hands over the student as it stands (usually a structured view of the
+//! teacher), the teacher (the recipe's model), the data and a work directory; this turns the
+//! pass into the trainer's settings and targets, trains, and writes the trained student as a
+//! Hugging Face directory the runner reopens. The checks are the command's: a store must come
+//! from the same data, teacher, tokenizer, window length and temperature.
 
 use candle_core::DType;
 use microllm_core::{Error, Progress, Result};
+use microllm_distill::fingerprint::{model_sha256, sha256_bytes, tokenizer_sha256};
+use microllm_distill::loss::LogitMix;
+use microllm_distill::store::TeacherStore;
+use microllm_distill::student::{Freeze, Student};
+use microllm_distill::train::{AdamWConfig, Evaluation, Targets, TrainJob, TrainSettings, train};
+use microllm_distill::training_data::TrainingData;
+use microllm_distill::{DistillError, DistillResult};
 use microllm_models::Decoder;
-use microllm_pipeline::recipe::DistillStage;
-use microllm_pipeline::report::{DistillEval, DistillLoss, DistillRecord};
-use microllm_pipeline::run::{DistillJob, Distiller};
 
-use crate::fingerprint::{model_sha256, sha256_bytes, tokenizer_sha256};
-use crate::loss::LogitMix;
-use crate::store::TeacherStore;
-use crate::student::{Freeze, Student};
-use crate::train::{AdamWConfig, Evaluation, Targets, TrainJob, TrainSettings, train};
-use crate::training_data::TrainingData;
-use crate::{DistillError, DistillResult};
+use super::DistillJob;
+use crate::recipe::DistillStage;
+use crate::report::{DistillEval, DistillLoss, DistillRecord};
 
-/// Trains recipes' distill passes with this crate's trainer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RecipeDistiller;
-
-impl Distiller for RecipeDistiller {
-    fn distill(&self, job: &DistillJob<'_>, progress: &dyn Progress) -> Result<DistillRecord> {
-        distill(job, progress).map_err(|e| match e {
-            DistillError::Core(e) => e,
-            diverged @ DistillError::NonFinite { .. } => Error::Diverged(diverged.to_string()),
-        })
-    }
+/// Trains `job.student` against `job.teacher`, writes the trained student as a Hugging Face
+/// directory at `job.out`, and says what happened. A loss that stops being finite is
+/// [`Error::Diverged`], with the trainer's message (where the last good state is).
+pub(super) fn train_student(
+    job: &DistillJob<'_>,
+    progress: &dyn Progress,
+) -> Result<DistillRecord> {
+    distill(job, progress).map_err(|e| match e {
+        DistillError::Core(e) => e,
+        diverged @ DistillError::NonFinite { .. } => Error::Diverged(diverged.to_string()),
+    })
 }
 
 /// The trainer's settings for a pass.
-pub fn settings(stage: &DistillStage, steps: u64) -> TrainSettings {
+fn settings(stage: &DistillStage, steps: u64) -> TrainSettings {
     TrainSettings {
         mix: LogitMix {
             kl: stage.loss.kl,

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use candle_core::{D, Tensor};
 use microllm_core::{LinearKind, NoProgress, names};
+use microllm_engine::measure_imatrix;
 use microllm_models::{Block, Decoder, LinearTap, Positions};
-use microllm_pipeline::measure_imatrix;
 
 /// Records the input of every linear of a block, as the forward pass shows it.
 #[derive(Default)]
