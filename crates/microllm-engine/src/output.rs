@@ -41,6 +41,11 @@ pub fn exact_gguf_type(
     contiguous: bool,
 ) -> std::result::Result<GgufType, String> {
     let group = scheme.group_len(in_features);
+    if !in_features.is_multiple_of(group) {
+        return Err(format!(
+            "groups of {group} do not divide the row of {in_features} (a shorter last group)"
+        ));
+    }
     if !group.is_multiple_of(QK) {
         return Err(format!(
             "groups of {group} are not whole 32-weight ggml blocks (use a group size that is a \
@@ -249,7 +254,7 @@ impl CodeSource<'_> {
                         src.origin()
                     ))
                 })??;
-                f(&crate::packed::quantized_weight(&codes)?)
+                f(&codes)
             }
         }
     }

@@ -1,13 +1,11 @@
 //! The stored blocks of a quantization run as packed linears for the GPTQ and
 //! compressed-tensors writers (`microllm_io::write::write_packed_dir`).
 //!
-//! The canonical `QuantizedWeight` and microllm-io's `LinearCodes` are the same information
-//! (io does not depend on the quantizer, so it has its own copy of the form); this module
-//! converts one into the other without touching a code, and builds each format's
-//! `quantization_config` from the run's scheme.
+//! The writers take the canonical `QuantizedWeight` as the quantizer made it; this module
+//! serves the stored ones by weight name and builds each format's `quantization_config` from
+//! the run's scheme.
 
-use microllm_core::{ActivationQuant, CodeType, Family, ModelConfig, Result, names};
-use microllm_io::quantized::LinearCodes;
+use microllm_core::{ActivationQuant, Family, ModelConfig, Result, names};
 use microllm_io::quantized::compressed::{CtConfig, CtFormat};
 use microllm_io::quantized::gptq::GptqConfig;
 use microllm_io::write::{LinearLayout, PackedLinears};
@@ -16,44 +14,6 @@ use serde_json::Value;
 
 use crate::output::BlockCache;
 use crate::store::BlockStore;
-
-/// `q` in microllm-io's form (codes, scales, zeros and group index unchanged).
-pub fn linear_codes(q: &QuantizedWeight) -> LinearCodes {
-    LinearCodes {
-        shape: q.shape,
-        bits: q.scheme.bits,
-        group_size: q.scheme.group_len(q.in_features()),
-        symmetric: q.scheme.symmetric,
-        codes: q.codes.clone(),
-        scales: q.scales.clone(),
-        zeros: q.zeros.clone(),
-        g_idx: q.g_idx.clone(),
-        n_groups: q.n_groups(),
-        code_type: q.scheme.code_type,
-    }
-}
-
-/// A checkpoint's codes as the canonical weight (scales are f16 in both formats, so the
-/// scheme is marked as having f16 scales). Errors when the grouping is not one the
-/// quantizer's scheme describes (groups that do not divide the row).
-pub fn quantized_weight(c: &LinearCodes) -> Result<QuantizedWeight> {
-    let inp = c.shape[1];
-    let group = (c.group_size < inp).then_some(c.group_size);
-    let q = QuantizedWeight {
-        shape: c.shape,
-        scheme: match c.code_type {
-            CodeType::Int => QuantScheme::new(c.bits, group, c.symmetric)?.with_f16_scales(),
-            CodeType::Fp8E4M3 => QuantScheme::fp8(group)?,
-        },
-        codes: c.codes.clone(),
-        scales: c.scales.clone(),
-        zeros: c.zeros.clone(),
-        g_idx: c.g_idx.clone(),
-        perm: None,
-    };
-    q.validate()?;
-    Ok(q)
-}
 
 /// A run's stored linears, by Hugging Face weight name.
 pub struct StoredLinears<'a> {
@@ -123,26 +83,16 @@ impl PackedLinears for StoredLinears<'_> {
     fn layout(&self, weight_name: &str) -> Option<LinearLayout> {
         let (layer, kind) = names::parse_linear_weight(self.family, weight_name)?;
         self.blocks
-            .with(layer, kind, |q| {
-                Ok(LinearLayout {
-                    shape: q.shape,
-                    bits: q.scheme.bits,
-                    group_size: q.scheme.group_len(q.in_features()),
-                    n_groups: q.n_groups(),
-                    symmetric: q.scheme.symmetric,
-                    g_idx: q.g_idx.is_some(),
-                    code_type: q.scheme.code_type,
-                })
-            })
+            .with(layer, kind, |q| Ok(LinearLayout::of(q)))
             .ok()
     }
 
-    fn codes(&self, weight_name: &str) -> Result<LinearCodes> {
+    fn codes(&self, weight_name: &str) -> Result<QuantizedWeight> {
         let (layer, kind) =
             names::parse_linear_weight(self.family, weight_name).ok_or_else(|| {
                 microllm_core::Error::Invalid(format!("`{weight_name}` is not a quantized linear"))
             })?;
-        self.blocks.with(layer, kind, |q| Ok(linear_codes(q)))
+        self.blocks.with(layer, kind, |q| Ok(q.clone()))
     }
 }
 

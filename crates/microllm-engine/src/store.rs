@@ -242,7 +242,7 @@ impl BlockStore {
                 g_idx: raw(&format!("{k}.g_idx"))?.map(|(_, b)| u32s(b)),
                 perm: raw(&format!("{k}.perm"))?.map(|(_, b)| u32s(b)),
             };
-            q.validate().map_err(|e| bad(format!("{k}: {e}")))?;
+            q.validate(&k).map_err(|e| bad(e.to_string()))?;
             weights.insert(kind, q);
         }
         let mut dense = BTreeMap::new();

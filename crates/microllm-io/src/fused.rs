@@ -320,23 +320,7 @@ impl crate::write::PackedLinears for JoinFusedPacked<'_> {
         let layouts: Vec<_> = parts.iter().map(|p| self.inner.layout(p)).collect();
         let first = (*layouts.first()?)?;
         let same = |l: &crate::write::LinearLayout| {
-            (
-                l.shape[1],
-                l.bits,
-                l.group_size,
-                l.n_groups,
-                l.symmetric,
-                l.g_idx,
-                l.code_type,
-            ) == (
-                first.shape[1],
-                first.bits,
-                first.group_size,
-                first.n_groups,
-                first.symmetric,
-                first.g_idx,
-                first.code_type,
-            )
+            (l.shape[1], l.scheme, l.g_idx) == (first.shape[1], first.scheme, first.g_idx)
         };
         if !layouts.iter().all(|l| l.as_ref().is_some_and(same)) {
             return None;
@@ -348,22 +332,18 @@ impl crate::write::PackedLinears for JoinFusedPacked<'_> {
         })
     }
 
-    fn codes(&self, weight_name: &str) -> Result<crate::quantized::LinearCodes> {
+    fn codes(&self, weight_name: &str) -> Result<crate::quantized::QuantizedWeight> {
         let Some(parts) = parts_of(self.cfg, weight_name) else {
             return self.inner.codes(weight_name);
         };
-        let mut joined: Option<crate::quantized::LinearCodes> = None;
+        let mut joined: Option<crate::quantized::QuantizedWeight> = None;
         for p in &parts {
             let c = self.inner.codes(p)?;
             let Some(j) = joined.as_mut() else {
                 joined = Some(c);
                 continue;
             };
-            if (c.shape[1], c.bits, c.group_size, c.n_groups, c.symmetric)
-                != (j.shape[1], j.bits, j.group_size, j.n_groups, j.symmetric)
-                || c.g_idx != j.g_idx
-                || c.code_type != j.code_type
-            {
+            if (c.shape[1], c.scheme, &c.g_idx) != (j.shape[1], j.scheme, &j.g_idx) {
                 return Err(Error::Invalid(format!(
                     "`{p}` is quantized differently from the other parts of `{weight_name}`, \
                      which the checkpoint stores as one matrix"

@@ -106,7 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let r = obs_compress_factored(&w, [*out, *width], &factor, target, opts)?;
             let wall = t0.elapsed();
-            r.quantized.expect("a scheme was given").validate()?;
+            r.quantized.expect("a scheme was given").validate(name)?;
             let stats: GptqStats = r.stats;
             let t = stats.timings;
             for (total, d) in totals[1..]

@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let t1 = Instant::now();
         let (q, _) = gptq_quantize(&w, [out, n], acc.hessian(), scheme, opts)?;
-        q.validate()?;
+        q.validate("layer")?;
         hess = hess.min(t1 - t0);
         gptq = gptq.min(t1.elapsed());
     }

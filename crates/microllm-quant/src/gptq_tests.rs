@@ -93,7 +93,7 @@ fn gptq_beats_rtn_on_correlated_inputs() {
                 let s = QuantScheme::new(bits, group, sym).unwrap();
                 let rtn = output_error(&w, &rtn_quantize(&w, [OUT, IN], s).unwrap(), &h);
                 let (q, stats) = gptq_quantize(&w, [OUT, IN], &h, s, opts(act, stat)).unwrap();
-                q.validate().unwrap();
+                q.validate("w").unwrap();
                 let gptq = output_error(&w, &q, &h);
                 let ratio = gptq / rtn;
                 eprintln!(
@@ -181,7 +181,7 @@ fn act_order_bookkeeping_and_dequant_rule() {
     let h = hessian_of(&correlated_inputs(&mut rng, true));
     let s = QuantScheme::new(4, Some(32), false).unwrap();
     let (q, _) = gptq_quantize(&w, [OUT, IN], &h, s, opts(true, false)).unwrap();
-    q.validate().unwrap();
+    q.validate("w").unwrap();
     let perm = q.perm.clone().unwrap();
     let g_idx = q.g_idx.clone().unwrap();
     // perm is by descending diag(H); g_idx follows the processing order and is non-monotonic.
@@ -237,7 +237,7 @@ fn damping_is_retried_on_indefinite_hessians() {
     let h = [1.0, 2.0, 2.0, 1.0];
     let s = QuantScheme::new(4, None, false).unwrap();
     let (q, stats) = gptq_quantize(&[0.5, -0.25], [1, 2], &h, s, GptqOptions::default()).unwrap();
-    q.validate().unwrap();
+    q.validate("w").unwrap();
     assert_eq!(stats.damp_retries, 3);
     assert!((stats.damp_percent - 10.0).abs() < 1e-9);
     let h = [-1.0, 0.0, 0.0, -1.0];
@@ -287,7 +287,7 @@ fn fp8_codes_are_values_and_beat_rtn() {
     for (group, act) in [(None, false), (Some(64), true)] {
         let s = QuantScheme::fp8(group).unwrap();
         let (q, _) = gptq_quantize(&w, [OUT, IN], &h, s, opts(act, false)).unwrap();
-        q.validate().unwrap();
+        q.validate("w").unwrap();
         assert!(q.zeros.iter().all(|&z| z == 0));
         let rtn = output_error(&w, &rtn_quantize(&w, [OUT, IN], s).unwrap(), &h);
         let ratio = output_error(&w, &q, &h) / rtn;
@@ -304,7 +304,7 @@ fn every_bit_width_stays_in_range_and_beats_rtn() {
     for bits in 2..=8 {
         let s = QuantScheme::new(bits, Some(64), bits % 2 == 0).unwrap();
         let (q, _) = gptq_quantize(&w, [OUT, IN], &h, s, opts(bits > 4, false)).unwrap();
-        q.validate().unwrap();
+        q.validate("w").unwrap();
         assert!(q.codes.iter().all(|&c| u32::from(c) <= s.maxq()));
         let rtn = output_error(&w, &rtn_quantize(&w, [OUT, IN], s).unwrap(), &h);
         let ratio = output_error(&w, &q, &h) / rtn;

@@ -112,7 +112,7 @@ fn joint_prune_and_quantize_stores_pruned_weights_as_zero_points() {
         let scheme = QuantScheme::new(4, Some(32), sym).unwrap();
         let (_, _, r) = prune(PruneRule::NOfM { n: 2, m: 4 }, Some(scheme));
         let q = r.quantized.as_ref().unwrap();
-        q.validate().unwrap();
+        q.validate("w").unwrap();
         let dq = q.dequantize_vec();
         assert_eq!(dq, r.weight, "the dense result is the dequantized codes");
         for (k, &p) in r.pruned.iter().enumerate() {

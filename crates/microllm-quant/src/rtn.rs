@@ -127,7 +127,7 @@ mod tests {
         for group in [None, Some(32)] {
             let s = QuantScheme::fp8(group).unwrap();
             let q = rtn_quantize(&w, shape, s).unwrap();
-            q.validate().unwrap();
+            q.validate("w").unwrap();
             assert!(q.zeros.iter().all(|&z| z == 0));
             let dq = q.dequantize_vec();
             assert_eq!(dq[3], 0.0);
@@ -156,7 +156,7 @@ mod tests {
         w[64..80].fill(0.0); // an all-zero group
         for s in schemes() {
             let q = rtn_quantize(&w, shape, s).unwrap();
-            q.validate().unwrap();
+            q.validate("w").unwrap();
             let dq = q.dequantize_vec();
             assert_eq!(dq[5], 0.0);
             for (j, (&a, &b)) in w.iter().zip(&dq).enumerate() {
@@ -202,7 +202,7 @@ mod tests {
                 g_idx: None,
                 perm: None,
             };
-            built.validate().unwrap();
+            built.validate("w").unwrap();
             let w = built.dequantize_vec();
             let again = rtn_quantize(&w, shape, s).unwrap();
             assert_eq!(again.codes, built.codes, "{s:?}");

@@ -80,6 +80,28 @@ impl QuantScheme {
         Ok(scheme)
     }
 
+    /// The scheme of a linear stored in a checkpoint (GPTQ, compressed-tensors, AWQ): scales
+    /// are f16 there, and a group as long as the row (or longer) is one group per row.
+    /// Validated like any scheme; a group that does not divide the row is kept (a ragged last
+    /// group, which other tools write) and is the caller's to accept or refuse.
+    pub fn stored(
+        bits: u8,
+        group_len: usize,
+        in_features: usize,
+        symmetric: bool,
+        code_type: CodeType,
+    ) -> Result<Self> {
+        let scheme = Self {
+            bits,
+            group_size: (group_len < in_features).then_some(group_len),
+            symmetric,
+            f16_scales: true,
+            code_type,
+        };
+        scheme.validate()?;
+        Ok(scheme)
+    }
+
     /// Whether codes are FP8 bytes rather than integers.
     pub fn is_fp8(&self) -> bool {
         self.code_type == CodeType::Fp8E4M3

@@ -22,6 +22,12 @@
 //!   j in `perm` / group_len`, which is non-monotonic; with static groups they stay contiguous.
 //! * `perm` records the act-order processing order (`perm[k]` = the original column quantized
 //!   k-th). It is informational: dequantization needs only `g_idx`.
+//! * The quantizers make groups that divide the row ([`QuantScheme::check_shape`]); a weight
+//!   read from another tool's checkpoint may end in a shorter group, so `n_groups` rounds up.
+//!
+//! The readers and writers of quantized checkpoints (`microllm-io`) use this type too: a
+//! linear read from a GPTQ or compressed-tensors file is a `QuantizedWeight` with
+//! [`QuantScheme::stored`]'s scheme, and one written is packed from it.
 
 use candle_core::{Device, Tensor};
 use microllm_core::{Error, Result};
@@ -57,16 +63,33 @@ impl QuantizedWeight {
         self.shape[1]
     }
 
-    /// Groups per row.
+    /// Columns per group (the row length for one group per row).
+    pub fn group_len(&self) -> usize {
+        self.scheme.group_len(self.in_features())
+    }
+
+    /// Groups per row (a ragged last group counts).
     pub fn n_groups(&self) -> usize {
-        self.in_features() / self.scheme.group_len(self.in_features())
+        self.in_features().div_ceil(self.group_len().max(1))
     }
 
     /// Group of input column `j`.
     pub fn group_of(&self, j: usize) -> usize {
         match &self.g_idx {
             Some(g) => g[j] as usize,
-            None => j / self.scheme.group_len(self.in_features()),
+            None => j / self.group_len(),
+        }
+    }
+
+    /// Whether groups are contiguous runs of `group_len` columns (no act-order scatter),
+    /// whether or not `g_idx` is stored.
+    pub fn contiguous(&self) -> bool {
+        match &self.g_idx {
+            None => true,
+            Some(g) => {
+                let len = self.group_len().max(1);
+                g.iter().enumerate().all(|(j, &x)| x as usize == j / len)
+            }
         }
     }
 
@@ -78,46 +101,65 @@ impl QuantizedWeight {
             .collect()
     }
 
-    /// Checks lengths, code range and group indices.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the scheme, lengths, code range and group indices; `name` is the tensor named
+    /// in errors.
+    pub fn validate(&self, name: &str) -> Result<()> {
         let [out, inp] = self.shape;
-        let ng = self.scheme.check_shape("quantized weight", self.shape)?;
-        let bad = |what: &str| {
-            Err(Error::Invalid(format!(
-                "quantized weight of shape [{out}, {inp}]: {what}"
-            )))
+        let bad = |msg: String| {
+            Err(Error::TensorData {
+                name: name.to_string(),
+                origin: "quantized weight".into(),
+                msg: format!("[{out}, {inp}]: {msg}"),
+            })
         };
+        if let Err(e) = self.scheme.validate() {
+            return bad(e.to_string());
+        }
+        if out == 0 || inp == 0 {
+            return bad("empty weight".into());
+        }
+        let ng = self.n_groups();
         if self.codes.len() != out * inp {
-            return bad("codes length != out * in");
+            return bad(format!(
+                "{} codes for {} weights",
+                self.codes.len(),
+                out * inp
+            ));
         }
         if self.scales.len() != out * ng || self.zeros.len() != out * ng {
-            return bad("scales/zeros length != out * n_groups");
+            return bad(format!(
+                "scales / zero points do not fit {ng} groups per row"
+            ));
         }
         let maxq = self.scheme.maxq();
-        let code_type = self.scheme.code_type;
         if self
             .codes
             .iter()
-            .any(|&c| c as u32 > maxq || !code_type.is_value(c))
-            || self.zeros.iter().any(|&z| z as u32 > maxq)
+            .chain(&self.zeros)
+            .any(|&c| c as u32 > maxq)
         {
-            return bad("code or zero point out of range");
+            return bad(format!("a code or zero point exceeds {maxq}"));
+        }
+        let code_type = self.scheme.code_type;
+        if let Some(j) = self.codes.iter().position(|&c| !code_type.is_value(c)) {
+            return bad(format!("FP8 NaN at [{}, {}]", j / inp, j % inp));
         }
         if let Some(g) = &self.g_idx
             && (g.len() != inp || g.iter().any(|&x| x as usize >= ng))
         {
-            return bad("g_idx has the wrong length or an out-of-range group");
+            return bad(format!(
+                "group index does not fit {ng} groups of {inp} columns"
+            ));
         }
         if let Some(p) = &self.perm {
             let mut seen = vec![false; inp];
-            for &c in p {
-                let c = c as usize;
-                if c >= inp || std::mem::replace(&mut seen[c], true) {
-                    return bad("perm is not a permutation");
-                }
-            }
-            if p.len() != inp {
-                return bad("perm has the wrong length");
+            let permutes = p.len() == inp
+                && p.iter().all(|&c| {
+                    let c = c as usize;
+                    c < inp && !std::mem::replace(&mut seen[c], true)
+                });
+            if !permutes {
+                return bad("perm is not a permutation of the columns".into());
             }
         }
         Ok(())
@@ -130,7 +172,7 @@ impl QuantizedWeight {
         let groups = self.g_idx();
         let code_type = self.scheme.code_type;
         let mut w = vec![0.0f32; out * inp];
-        for (r, row) in w.chunks_exact_mut(inp).enumerate() {
+        for (r, row) in w.chunks_exact_mut(inp.max(1)).enumerate().take(out) {
             let codes = &self.codes[r * inp..(r + 1) * inp];
             for ((x, &c), &g) in row.iter_mut().zip(codes).zip(&groups) {
                 let k = r * ng + g as usize;
@@ -170,7 +212,7 @@ mod tests {
     #[test]
     fn hand_checked_dequantization() {
         let q = small();
-        q.validate().unwrap();
+        q.validate("w").unwrap();
         // Row 0: group 0 = 1*(c-1), group 1 = 0.5*(c-2); row 1: 2*(c-0), 0.25*(c-3).
         assert_eq!(
             q.dequantize_vec(),
@@ -184,7 +226,7 @@ mod tests {
         let mut q = small();
         q.g_idx = Some(vec![1, 0, 0, 1]);
         q.perm = Some(vec![1, 2, 0, 3]);
-        q.validate().unwrap();
+        q.validate("w").unwrap();
         assert_eq!(q.group_of(0), 1);
         assert_eq!(q.dequantize_vec()[..4], [-1.0, 0.0, 1.0, 0.5]);
     }
@@ -193,15 +235,15 @@ mod tests {
     fn inconsistent_weights_are_rejected() {
         let mut q = small();
         q.codes[3] = 4;
-        assert!(q.validate().is_err());
+        assert!(q.validate("w").is_err());
         let mut q = small();
         q.scales.pop();
-        assert!(q.validate().is_err());
+        assert!(q.validate("w").is_err());
         let mut q = small();
         q.g_idx = Some(vec![0, 0, 2, 1]);
-        assert!(q.validate().is_err());
+        assert!(q.validate("w").is_err());
         let mut q = small();
         q.perm = Some(vec![0, 0, 1, 2]);
-        assert!(q.validate().is_err());
+        assert!(q.validate("w").is_err());
     }
 }

@@ -21,7 +21,7 @@ use microllm_core::{CodeType, Error, Result};
 use safetensors::Dtype;
 use serde_json::Value;
 
-use super::{LinearCodes, RawTensor};
+use super::{QuantScheme, QuantizedWeight, RawTensor};
 
 /// The tensor suffixes of one AWQ linear.
 pub const SUFFIXES: [&str; 3] = ["qweight", "qzeros", "scales"];
@@ -118,7 +118,7 @@ pub fn decode(
     qweight: &RawTensor<'_>,
     qzeros: &RawTensor<'_>,
     scales: &RawTensor<'_>,
-) -> Result<LinearCodes> {
+) -> Result<QuantizedWeight> {
     let [out, inp] = shape_of(cfg, qweight, qzeros, scales)?;
     let ng = scales.shape[0];
     let words = out / 8;
@@ -145,17 +145,16 @@ pub fn decode(
             scales_t[o * ng + g] = s[g * out + o];
         }
     }
-    let q = LinearCodes {
+    let scheme = QuantScheme::stored(4, cfg.group_size, inp, false, CodeType::Int)
+        .map_err(|e| qweight.error(e.to_string()))?;
+    let q = QuantizedWeight {
         shape: [out, inp],
-        bits: 4,
-        group_size: cfg.group_size,
-        symmetric: false,
+        scheme,
         codes,
         scales: scales_t,
         zeros,
         g_idx: None,
-        n_groups: ng,
-        code_type: CodeType::Int,
+        perm: None,
     };
     q.validate(&qweight.name)?;
     Ok(q)
@@ -210,7 +209,7 @@ mod tests {
             &raw("p.scales", Dtype::F16, vec![inp / g, out], scales),
         )
         .unwrap();
-        let w = q.dequantize();
+        let w = q.dequantize_vec();
         for o in 0..out {
             for j in 0..inp {
                 let grp = j / g;

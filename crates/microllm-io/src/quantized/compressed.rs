@@ -40,7 +40,7 @@ use safetensors::Dtype;
 
 use super::bits::{fixed_get, fixed_words, pack_fixed, unpack_fixed};
 pub use super::ct_config::{CtConfig, CtFormat, CtGroup, PACK_QUANTIZED, Targets, group_of};
-use super::{LinearCodes, RawTensor, f16_bytes, words_bytes};
+use super::{QuantScheme, QuantizedWeight, RawTensor, f16_bytes, words_bytes};
 
 /// The tensor suffixes of one int-quantized / naive-quantized linear.
 pub const INT_SUFFIXES: [&str; 3] = ["weight", "weight_scale", "weight_zero_point"];
@@ -55,7 +55,7 @@ pub const SUFFIXES: [&str; 5] = [
 ];
 
 /// The tensors of one linear in `format`.
-pub fn encode_as(format: CtFormat, prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+pub fn encode_as(format: CtFormat, prefix: &str, q: &QuantizedWeight) -> Vec<RawTensor<'static>> {
     match format {
         CtFormat::PackQuantized => encode(prefix, q),
         CtFormat::IntQuantized | CtFormat::NaiveQuantized | CtFormat::FloatQuantized => {
@@ -66,12 +66,12 @@ pub fn encode_as(format: CtFormat, prefix: &str, q: &LinearCodes) -> Vec<RawTens
 
 /// One signed int8 (or FP8 E4M3 byte) per weight, f32 scales, int8 zero points when
 /// asymmetric.
-fn encode_int(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+fn encode_int(prefix: &str, q: &QuantizedWeight) -> Vec<RawTensor<'static>> {
     let [out, inp] = q.shape;
-    let offset = 1i16 << (q.bits - 1);
+    let offset = 1i16 << (q.scheme.bits - 1);
     let signed = |c: u8| ((c as i16 - offset) as i8) as u8;
     let name = |s: &str| format!("{prefix}.{s}");
-    let weight = match q.code_type {
+    let weight = match q.scheme.code_type {
         CodeType::Int => (Dtype::I8, q.codes.iter().map(|&c| signed(c)).collect()),
         CodeType::Fp8E4M3 => (Dtype::F8_E4M3, q.codes.clone()),
     };
@@ -80,15 +80,15 @@ fn encode_int(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
         RawTensor::owned(
             name("weight_scale"),
             Dtype::F32,
-            vec![out, q.n_groups],
+            vec![out, q.n_groups()],
             q.scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
         ),
     ];
-    if !q.symmetric {
+    if !q.scheme.symmetric {
         t.push(RawTensor::owned(
             name("weight_zero_point"),
             Dtype::I8,
-            vec![out, q.n_groups],
+            vec![out, q.n_groups()],
             q.zeros.iter().map(|&z| signed(z)).collect(),
         ));
     }
@@ -96,9 +96,9 @@ fn encode_int(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
 }
 
 /// The compressed-tensors tensors of one linear, named `{prefix}.weight_packed` etc.
-pub fn encode(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+pub fn encode(prefix: &str, q: &QuantizedWeight) -> Vec<RawTensor<'static>> {
     let [out, inp] = q.shape;
-    let (bits, ng) = (q.bits, q.n_groups);
+    let (bits, ng) = (q.scheme.bits, q.n_groups());
     let cols = fixed_words(inp, bits);
     let packed: Vec<u32> = q
         .codes
@@ -120,7 +120,7 @@ pub fn encode(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
             f16_bytes(&q.scales),
         ),
     ];
-    if !q.symmetric {
+    if !q.scheme.symmetric {
         let zrows = fixed_words(out, bits);
         let mut zp = vec![0u32; zrows * ng];
         for g in 0..ng {
@@ -229,7 +229,7 @@ fn row_scales(cfg: &CtConfig, scale: &RawTensor<'_>, out: usize) -> Vec<f32> {
 }
 
 /// Unpacks one linear, checking every shape; errors name the tensor.
-pub fn decode(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<LinearCodes> {
+pub fn decode(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<QuantizedWeight> {
     let bits = cfg.bits;
     let [out, inp] = shape_of(cfg, t)?;
     let ng = t.scale.shape[1];
@@ -317,17 +317,16 @@ pub fn decode(cfg: &CtConfig, t: &CtTensors<'_, '_>) -> Result<LinearCodes> {
         }
         codes
     };
-    let mut q = LinearCodes {
+    let scheme = QuantScheme::stored(bits, group_size, inp, cfg.symmetric, cfg.code_type)
+        .map_err(|e| t.packed.error(e.to_string()))?;
+    let mut q = QuantizedWeight {
         shape: [out, inp],
-        bits,
-        group_size,
-        symmetric: cfg.symmetric,
+        scheme,
         codes,
         scales: row_scales(cfg, t.scale, out),
         zeros,
         g_idx,
-        n_groups: ng,
-        code_type: cfg.code_type,
+        perm: None,
     };
     if q.g_idx.is_some() && q.contiguous() && inp.div_ceil(group_size) == ng {
         q.g_idx = None;
@@ -345,11 +344,11 @@ mod tests {
     use serde_json::json;
     use std::path::Path;
 
-    fn cfg(q: &LinearCodes) -> CtConfig {
+    fn cfg(q: &QuantizedWeight) -> CtConfig {
         CtConfig {
-            bits: q.bits,
-            symmetric: q.symmetric,
-            group_size: Some(q.group_size),
+            bits: q.scheme.bits,
+            symmetric: q.scheme.symmetric,
+            group_size: Some(q.group_len()),
             block_rows: None,
             actorder: q.g_idx.is_some(),
             format: CtFormat::PackQuantized,
@@ -362,7 +361,7 @@ mod tests {
         t.iter().find(|x| x.name.ends_with(&format!(".{s}")))
     }
 
-    fn round_trip(q: &LinearCodes) -> Result<LinearCodes> {
+    fn round_trip(q: &QuantizedWeight) -> Result<QuantizedWeight> {
         let t = encode("m", q);
         decode(
             &cfg(q),
@@ -385,7 +384,7 @@ mod tests {
             let q = random_codes(&mut rng, bits, sym, act);
             let back = round_trip(&q).unwrap();
             assert_eq!(explicit(back.clone()), explicit(q.clone()), "case {case}");
-            assert_eq!(back.dequantize(), q.dequantize());
+            assert_eq!(back.dequantize_vec(), q.dequantize_vec());
         }
     }
 
@@ -396,8 +395,7 @@ mod tests {
         let mut rng = Rng(1);
         let mut q = random_codes(&mut rng, 4, false, false);
         q.shape = [10, 16];
-        q.group_size = 8;
-        q.n_groups = 2;
+        q.scheme.group_size = Some(8);
         q.codes = (0..160).map(|i| (i % 16) as u8).collect();
         q.scales = vec![1.0; 20];
         q.zeros = (0..20).map(|i| (i / 2) as u8).collect();
@@ -410,7 +408,7 @@ mod tests {
         // Group 0 of outputs 0..8 has zeros 0..8.
         assert_eq!(zp.words()[0], 0x7654_3210);
         assert_eq!(find(&t, "weight_shape").unwrap().ints(), vec![10, 16]);
-        q.symmetric = true;
+        q.scheme.symmetric = true;
         q.zeros = vec![8; 20];
         assert!(find(&encode("m", &q), "weight_zero_point").is_none());
     }
@@ -525,7 +523,7 @@ mod tests {
             zero_point: None,
             g_idx: None,
         };
-        let w = decode(&c, &t).unwrap().dequantize();
+        let w = decode(&c, &t).unwrap().dequantize_vec();
         for r in 0..out {
             for k in 0..inp {
                 let code = if (r * inp + k) % 2 == 0 { 1.0 } else { 2.0 };
@@ -553,7 +551,9 @@ mod tests {
             (CtFormat::NaiveQuantized, None),
         ] {
             let mut q = random_codes(&mut rng, 8, true, false);
-            q.code_type = CodeType::Fp8E4M3;
+            q.scheme = QuantScheme::fp8(q.scheme.group_size)
+                .unwrap()
+                .with_f16_scales();
             q.zeros.fill(0);
             for c in q.codes.iter_mut().filter(|c| **c & 0x7F == 0x7F) {
                 *c = 0x7E;
@@ -576,7 +576,7 @@ mod tests {
                 g_idx: None,
             };
             let back = decode(&c, &tensors(weight)).unwrap();
-            assert_eq!(back.dequantize(), q.dequantize());
+            assert_eq!(back.dequantize_vec(), q.dequantize_vec());
             assert_eq!(back.codes, q.codes);
             let v = c.to_json(&[]);
             assert_eq!(v["format"], format.name());

@@ -29,7 +29,7 @@ use safetensors::Dtype;
 use serde_json::{Value, json};
 
 use super::bits::{pack_stream, stream_get, stream_words, unpack_stream};
-use super::{LinearCodes, RawTensor, f16_bytes, words_bytes};
+use super::{QuantScheme, QuantizedWeight, RawTensor, f16_bytes, words_bytes};
 
 /// The tensor suffixes of one GPTQ linear.
 pub const SUFFIXES: [&str; 4] = ["qweight", "qzeros", "scales", "g_idx"];
@@ -129,19 +129,19 @@ pub fn v1_zero_field(zero: u8, bits: u8) -> u8 {
 }
 
 /// Groups whose zero point is 0 (stored as `2^bits - 1` in v1; see the module docs).
-pub fn v1_wrapped_zeros(q: &LinearCodes) -> usize {
+pub fn v1_wrapped_zeros(q: &QuantizedWeight) -> usize {
     q.zeros.iter().filter(|&&z| z == 0).count()
 }
 
 /// The GPTQ tensors of one linear, named `{prefix}.qweight` etc. (v1 zero points).
-pub fn encode(prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+pub fn encode(prefix: &str, q: &QuantizedWeight) -> Vec<RawTensor<'static>> {
     assert_eq!(
-        q.code_type,
+        q.scheme.code_type,
         microllm_core::CodeType::Int,
         "GPTQ checkpoints hold integer codes; plans refuse FP8 for them"
     );
     let [out, inp] = q.shape;
-    let (bits, ng) = (q.bits, q.n_groups);
+    let (bits, ng) = (q.scheme.bits, q.n_groups());
     // Column o's codes as one stream down the input dimension, then transposed to [rows, out].
     let rows = stream_words(inp, bits);
     let mut qweight = vec![0u32; rows * out];
@@ -238,7 +238,7 @@ pub fn decode(
     qzeros: &RawTensor<'_>,
     scales: &RawTensor<'_>,
     g_idx: Option<&RawTensor<'_>>,
-) -> Result<LinearCodes> {
+) -> Result<QuantizedWeight> {
     let bits = cfg.bits;
     let [out, inp] = shape_of(cfg, qweight, qzeros, scales, g_idx)?;
     let rows = qweight.shape[0];
@@ -290,17 +290,16 @@ pub fn decode(
             scales_t[o * ng + g] = s[g * out + o];
         }
     }
-    let mut q = LinearCodes {
+    let scheme = QuantScheme::stored(bits, group_size, inp, cfg.sym, microllm_core::CodeType::Int)
+        .map_err(|e| qweight.error(e.to_string()))?;
+    let mut q = QuantizedWeight {
         shape: [out, inp],
-        bits,
-        group_size,
-        symmetric: cfg.sym,
+        scheme,
         codes,
         scales: scales_t,
         zeros,
         g_idx,
-        n_groups: ng,
-        code_type: microllm_core::CodeType::Int,
+        perm: None,
     };
     if q.g_idx.is_some() && q.contiguous() && inp.div_ceil(group_size) == ng {
         q.g_idx = None;
@@ -315,17 +314,17 @@ mod tests {
     use crate::quantized::bits::Rng;
     use crate::quantized::testing::{explicit, random_codes};
 
-    fn cfg(q: &LinearCodes) -> GptqConfig {
+    fn cfg(q: &QuantizedWeight) -> GptqConfig {
         GptqConfig {
-            bits: q.bits,
-            group_size: Some(q.group_size),
-            sym: q.symmetric,
+            bits: q.scheme.bits,
+            group_size: Some(q.group_len()),
+            sym: q.scheme.symmetric,
             desc_act: q.g_idx.is_some(),
             v1: true,
         }
     }
 
-    fn round_trip(q: &LinearCodes) -> LinearCodes {
+    fn round_trip(q: &QuantizedWeight) -> QuantizedWeight {
         let t = encode("m", q);
         decode(&cfg(q), &t[0], &t[1], &t[2], Some(&t[3])).unwrap()
     }
@@ -343,7 +342,7 @@ mod tests {
                 explicit(q.clone()),
                 "case {case}: {bits} bits sym={sym} act_order={act}"
             );
-            assert_eq!(back.dequantize(), q.dequantize());
+            assert_eq!(back.dequantize_vec(), q.dequantize_vec());
         }
     }
 
@@ -354,8 +353,7 @@ mod tests {
         let mut rng = Rng(3);
         let mut q = random_codes(&mut rng, 4, true, false);
         q.shape = [16, 64];
-        q.group_size = 32;
-        q.n_groups = 2;
+        q.scheme.group_size = Some(32);
         q.codes = (0..16 * 64).map(|i| (i % 16) as u8).collect();
         q.scales = vec![0.5; 32];
         q.zeros = vec![8; 32];

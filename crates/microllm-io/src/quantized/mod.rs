@@ -3,12 +3,12 @@
 //! AWQ (AutoAWQ's GEMM layout, [`awq`]), read.
 //!
 //! Both formats hold, per linear layer, the same information as microllm's canonical
-//! quantized weight (`microllm_quant::QuantizedWeight`): one integer code per weight, a scale
-//! and an integer zero point per (row, group), and optionally GPTQ's per-column group index.
-//! This crate does not depend on the quantizer, so [`LinearCodes`] mirrors that form with
-//! plain arrays; the packers ([`gptq`], [`compressed`]) only re-arrange its bits, and the
-//! reader ([`QuantizedDirSource`]) unpacks them and dequantizes with the same f32 expression
-//! the quantizer uses, `scale * (code - zero)`, so a round trip gives identical weights.
+//! quantized weight ([`QuantizedWeight`]): one integer code per weight, a scale and an integer
+//! zero point per (row, group), and optionally GPTQ's per-column group index. The packers
+//! ([`gptq`], [`compressed`]) only re-arrange its bits, and the reader
+//! ([`QuantizedDirSource`]) unpacks them into the same type, with
+//! [`QuantScheme::stored`]'s scheme, and dequantizes with the quantizer's own code, so a round
+//! trip gives identical weights.
 //!
 //! Which format a directory holds is `config.json`'s `quantization_config.quant_method`
 //! ([`QuantMethod::detect`]).
@@ -25,121 +25,12 @@ mod sparse_source;
 use microllm_core::le::decode_le;
 use std::path::Path;
 
-use microllm_core::{CodeType, Error, Result};
+use microllm_core::{Error, Result};
+pub use microllm_quant::{QuantScheme, QuantizedWeight};
 use serde_json::Value;
 
 pub use self::source::QuantizedDirSource;
 pub use self::sparse_source::{SparseDirSource, detect_sparse};
-
-/// One quantized linear, unpacked: `w[r, j] = scales[r, g] * (codes[r, j] - zeros[r, g])`
-/// with `g = g_idx[j]` (or `j / group_size` when `g_idx` is `None`); FP8 codes are E4M3
-/// bytes, `w[r, j] = scales[r, g] * e4m3(codes[r, j])`, zeros 0.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LinearCodes {
-    /// `[out, in]`.
-    pub shape: [usize; 2],
-    pub bits: u8,
-    /// Columns per group (`in` for one group per row).
-    pub group_size: usize,
-    pub symmetric: bool,
-    /// Row-major `[out, in]`, original column order.
-    pub codes: Vec<u8>,
-    /// Row-major `[out, n_groups]`.
-    pub scales: Vec<f32>,
-    /// Row-major `[out, n_groups]`.
-    pub zeros: Vec<u8>,
-    /// Group of each input column when not `j / group_size` (act-order).
-    pub g_idx: Option<Vec<u32>>,
-    /// Groups per row.
-    pub n_groups: usize,
-    /// Integer codes or FP8 bytes.
-    pub code_type: CodeType,
-}
-
-impl LinearCodes {
-    /// The group of every input column.
-    pub fn g_idx(&self) -> Vec<u32> {
-        match &self.g_idx {
-            Some(g) => g.clone(),
-            None => (0..self.shape[1])
-                .map(|j| (j / self.group_size.max(1)) as u32)
-                .collect(),
-        }
-    }
-
-    /// Checks lengths and ranges; `name` is the tensor named in errors.
-    pub fn validate(&self, name: &str) -> Result<()> {
-        let [out, inp] = self.shape;
-        let ng = self.n_groups;
-        let bad = |msg: String| {
-            Err(Error::TensorData {
-                name: name.to_string(),
-                origin: "quantized weight".into(),
-                msg,
-            })
-        };
-        if !microllm_core::CODE_BITS.contains(&self.bits) {
-            return bad(format!("{} bits (2-8 supported)", self.bits));
-        }
-        if self.codes.len() != out * inp || self.scales.len() != out * ng {
-            return bad(format!(
-                "codes/scales do not fit [{out}, {inp}] x {ng} groups"
-            ));
-        }
-        if self.zeros.len() != out * ng {
-            return bad("zero points do not fit the groups".into());
-        }
-        let maxq = (1u32 << self.bits) - 1;
-        if self
-            .codes
-            .iter()
-            .chain(&self.zeros)
-            .any(|&c| c as u32 > maxq)
-        {
-            return bad(format!("a code or zero point exceeds {maxq}"));
-        }
-        if let Some(j) = self.codes.iter().position(|&c| !self.code_type.is_value(c)) {
-            return bad(format!("FP8 NaN at [{}, {}]", j / inp, j % inp));
-        }
-        let g_ok = match &self.g_idx {
-            Some(g) => g.len() == inp && g.iter().all(|&x| (x as usize) < ng),
-            None => self.group_size > 0 && inp.div_ceil(self.group_size) == ng,
-        };
-        if !g_ok {
-            return bad(format!(
-                "group index does not fit {ng} groups of {inp} columns"
-            ));
-        }
-        Ok(())
-    }
-
-    /// Dequantized weights, row-major `[out, in]`, computed exactly as the quantizer does.
-    pub fn dequantize(&self) -> Vec<f32> {
-        let [out, inp] = self.shape;
-        let ng = self.n_groups;
-        let groups = self.g_idx();
-        let mut w = vec![0.0f32; out * inp];
-        for (r, row) in w.chunks_exact_mut(inp.max(1)).enumerate().take(out) {
-            let codes = &self.codes[r * inp..(r + 1) * inp];
-            for ((x, &c), &g) in row.iter_mut().zip(codes).zip(&groups) {
-                let k = r * ng + g as usize;
-                *x = self.scales[k] * self.code_type.unscaled(c, self.zeros[k]);
-            }
-        }
-        w
-    }
-
-    /// Whether groups are contiguous runs of `group_size` columns (no act-order scatter).
-    pub fn contiguous(&self) -> bool {
-        match &self.g_idx {
-            None => true,
-            Some(g) => g
-                .iter()
-                .enumerate()
-                .all(|(j, &x)| x as usize == j / self.group_size.max(1)),
-        }
-    }
-}
 
 /// The quantized formats microllm reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,12 +145,17 @@ pub(crate) fn f16_bytes(values: &[f32]) -> Vec<u8> {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::LinearCodes;
+    use super::{QuantScheme, QuantizedWeight};
     use crate::quantized::bits::Rng;
 
     /// A random, valid weight: bits, group, symmetry and act-order drawn by `rng`; scales
     /// representable in f16 (as the quantizer makes them).
-    pub fn random_codes(rng: &mut Rng, bits: u8, symmetric: bool, act_order: bool) -> LinearCodes {
+    pub fn random_codes(
+        rng: &mut Rng,
+        bits: u8,
+        symmetric: bool,
+        act_order: bool,
+    ) -> QuantizedWeight {
         let out = rng.below(40) + 1;
         let group_size = [8usize, 16, 32, 64][rng.below(4)];
         let ng = rng.below(4) + 1;
@@ -285,23 +181,28 @@ pub(crate) mod testing {
             }
             g
         });
-        LinearCodes {
-            shape: [out, inp],
+        let scheme = QuantScheme::stored(
             bits,
             group_size,
+            inp,
             symmetric,
+            microllm_core::CodeType::Int,
+        )
+        .expect("2..=8 bits");
+        QuantizedWeight {
+            shape: [out, inp],
+            scheme,
             codes,
             scales,
             zeros,
             g_idx,
-            n_groups: ng,
-            code_type: microllm_core::CodeType::Int,
+            perm: None,
         }
     }
 
     /// `q` with its group index spelled out, so contiguous groups compare equal however
     /// they are stored.
-    pub fn explicit(mut q: LinearCodes) -> LinearCodes {
+    pub fn explicit(mut q: QuantizedWeight) -> QuantizedWeight {
         q.g_idx = Some(q.g_idx());
         q
     }

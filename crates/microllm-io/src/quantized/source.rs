@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::awq::{self, AwqConfig};
 use super::compressed::{self, CtConfig, CtGroup, CtTensors};
 use super::gptq::{self, GptqConfig};
-use super::{LinearCodes, QuantMethod};
+use super::{QuantMethod, QuantizedWeight};
 use crate::hf::SafetensorsSource;
 
 /// The scheme of the checkpoint, as its config declares it.
@@ -245,7 +245,7 @@ impl QuantizedDirSource {
 
     /// The codes of the linear whose weight is `weight_name` (`P.weight`), or `None` if that
     /// tensor is not packed.
-    pub fn codes(&self, weight_name: &str) -> Option<Result<LinearCodes>> {
+    pub fn codes(&self, weight_name: &str) -> Option<Result<QuantizedWeight>> {
         let linear = self.linears.get(weight_name)?;
         Some(self.with_tensors(
             &linear.prefix,
@@ -307,7 +307,7 @@ impl TensorSource for QuantizedDirSource {
             Some(codes) => {
                 let q = codes?;
                 Ok(Tensor::from_vec(
-                    q.dequantize(),
+                    q.dequantize_vec(),
                     (q.shape[0], q.shape[1]),
                     &Device::Cpu,
                 )?)

@@ -21,21 +21,33 @@ use super::{AtomicDir, WriteSummary};
 use crate::Tokenizer;
 use crate::fused::{JoinFused, JoinFusedPacked};
 use crate::hf::INDEX_FILE;
-use crate::quantized::{LinearCodes, QuantMethod, RawTensor, compressed, gptq};
+use crate::quantized::{QuantMethod, QuantScheme, QuantizedWeight, RawTensor, compressed, gptq};
 
 /// The scheme-level shape of one packed linear (enough to plan its tensors).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinearLayout {
     /// `[out, in]`.
     pub shape: [usize; 2],
-    pub bits: u8,
-    pub group_size: usize,
-    pub n_groups: usize,
-    pub symmetric: bool,
+    pub scheme: QuantScheme,
     /// Whether a per-column group index is stored (act-order).
     pub g_idx: bool,
-    /// Integer codes or FP8 bytes.
-    pub code_type: microllm_core::CodeType,
+}
+
+impl LinearLayout {
+    /// The layout of `q`.
+    pub fn of(q: &QuantizedWeight) -> Self {
+        Self {
+            shape: q.shape,
+            scheme: q.scheme,
+            g_idx: q.g_idx.is_some(),
+        }
+    }
+
+    /// Groups per row.
+    pub fn n_groups(&self) -> usize {
+        let inp = self.shape[1];
+        inp.div_ceil(self.scheme.group_len(inp).max(1))
+    }
 }
 
 /// Where the codes of the packed linears come from (a quantization run's stored blocks, or
@@ -44,7 +56,7 @@ pub trait PackedLinears: Sync {
     /// The layout of `weight_name` (`P.weight`) if it is packed, else `None` (kept dense).
     fn layout(&self, weight_name: &str) -> Option<LinearLayout>;
     /// Its codes.
-    fn codes(&self, weight_name: &str) -> Result<LinearCodes>;
+    fn codes(&self, weight_name: &str) -> Result<QuantizedWeight>;
 }
 
 /// What goes into a quantized directory.
@@ -91,7 +103,7 @@ pub(crate) fn st_dtype(d: OutDtype) -> Dtype {
 
 /// The tensors of one linear, in the layout of the checkpoint's method (and, for
 /// compressed-tensors, of the format its `quantization_config` declares).
-fn encode(out: &PackedOutput<'_>, prefix: &str, q: &LinearCodes) -> Vec<RawTensor<'static>> {
+fn encode(out: &PackedOutput<'_>, prefix: &str, q: &QuantizedWeight) -> Vec<RawTensor<'static>> {
     match out.method {
         QuantMethod::Gptq => gptq::encode(prefix, q),
         QuantMethod::Awq => unreachable!("AWQ checkpoints are read, never written"),
@@ -118,17 +130,14 @@ fn plan(out: &PackedOutput<'_>) -> Vec<Planned> {
         };
         let prefix = info.name.strip_suffix(".weight").unwrap_or(&info.name);
         let [o, i] = l.shape;
-        let zero = LinearCodes {
+        let zero = QuantizedWeight {
             shape: l.shape,
-            bits: l.bits,
-            group_size: l.group_size,
-            symmetric: l.symmetric,
+            scheme: l.scheme,
             codes: vec![0; o * i],
-            scales: vec![0.0; o * l.n_groups],
-            zeros: vec![0; o * l.n_groups],
+            scales: vec![0.0; o * l.n_groups()],
+            zeros: vec![0; o * l.n_groups()],
             g_idx: l.g_idx.then(|| vec![0; i]),
-            n_groups: l.n_groups,
-            code_type: l.code_type,
+            perm: None,
         };
         for t in encode(out, prefix, &zero) {
             plan.push(Planned {
