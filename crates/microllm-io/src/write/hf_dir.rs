@@ -3,15 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use microllm_core::{
-    Error, Family, ModelConfig, Progress, Result, RopeScaling, TensorInfo, TensorSource,
-};
+use microllm_core::{Error, Family, ModelConfig, Progress, Result, RopeScaling, TensorSource};
 use serde_json::{Value, json};
 
-use super::{AtomicDir, OutDtype, write_safetensors};
+use super::OutDtype;
+use super::planned::{Planned, PlannedDir, write_planned_dir};
 use crate::Tokenizer;
 use crate::fused::JoinFused;
-use crate::hf::INDEX_FILE;
+use crate::quantized::RawTensor;
 
 /// What goes into a Hugging Face directory.
 pub struct HfOutput<'a> {
@@ -59,72 +58,25 @@ pub fn write_hf_dir(
 ) -> Result<WriteSummary> {
     check_expressible(output.config)?;
     let tensors = JoinFused::new(output.tensors, output.config);
-    let dir = AtomicDir::create(dest, opts.overwrite)?;
-    let infos = tensors.infos();
-    let shards = plan_shards(&infos, opts.dtype, opts.max_shard_bytes);
-    let total: u64 = infos.len() as u64;
-    progress.begin("writing tensors", total, "tensors");
-
-    let mut tensor_bytes = 0;
-    let mut weight_map = serde_json::Map::new();
-    for (i, shard) in shards.iter().enumerate() {
-        let file = if shards.len() == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len())
-        };
-        tensor_bytes +=
-            write_safetensors(&dir.path().join(&file), &tensors, shard, opts.dtype, |_| {
-                progress.advance(1)
-            })?;
-        for t in shard {
-            weight_map.insert(t.name.clone(), Value::String(file.clone()));
-        }
-    }
-    progress.finish();
-    if shards.len() > 1 {
-        let index = json!({
-            "metadata": { "total_size": tensor_bytes },
-            "weight_map": weight_map,
-        });
-        write_json(&dir.path().join(INDEX_FILE), &index)?;
-    }
-    write_json(
-        &dir.path().join("config.json"),
-        &hf_config_json(output.config, opts.dtype),
-    )?;
-    if let Some(tok) = output.tokenizer {
-        tok.save(&dir.path().join("tokenizer.json"))?;
-        write_json(
-            &dir.path().join("tokenizer_config.json"),
-            &tokenizer_config(output.config, tok, output.chat_template),
-        )?;
-    }
-    let dir = dir.commit()?;
-    Ok(WriteSummary {
-        dir,
-        shards: shards.len(),
-        tensors: infos.len(),
-        tensor_bytes,
-    })
-}
-
-/// Splits tensors, in order, into shards of at most `max_bytes` (a single larger tensor gets a
-/// shard of its own).
-fn plan_shards(infos: &[TensorInfo], dtype: OutDtype, max_bytes: u64) -> Vec<Vec<TensorInfo>> {
-    let mut shards: Vec<Vec<TensorInfo>> = vec![Vec::new()];
-    let mut used = 0u64;
-    for t in infos {
-        let size = (t.numel() * dtype.size()) as u64;
-        let current = shards.last_mut().expect("never empty");
-        if !current.is_empty() && used + size > max_bytes {
-            shards.push(Vec::new());
-            used = 0;
-        }
-        shards.last_mut().expect("never empty").push(t.clone());
-        used += size;
-    }
-    shards
+    let planned = tensors
+        .infos()
+        .into_iter()
+        .map(|info| Planned::dense(info, opts.dtype))
+        .collect();
+    let no_packing = |name: &str| -> Result<Vec<RawTensor<'static>>> {
+        unreachable!("a plain directory plans no packed tensor, yet `{name}` was asked for")
+    };
+    let dir = PlannedDir {
+        config: output.config,
+        tensors: &tensors,
+        planned,
+        pack: &no_packing,
+        config_json: hf_config_json(output.config, opts.dtype),
+        quantize_config: None,
+        tokenizer: output.tokenizer,
+        chat_template: output.chat_template,
+    };
+    write_planned_dir(&dir, dest, opts.max_shard_bytes, opts.overwrite, progress)
 }
 
 /// The config.json transformers expects for `cfg`.
@@ -295,29 +247,4 @@ pub(crate) fn tokenizer_config(
 pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON of plain values");
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(name: &str, n: usize) -> TensorInfo {
-        TensorInfo {
-            name: name.into(),
-            dtype: "F32".into(),
-            shape: vec![n],
-            stored_bytes: 4 * n as u64,
-        }
-    }
-
-    #[test]
-    fn shards_respect_the_limit() {
-        let infos = [info("a", 10), info("b", 10), info("c", 30), info("d", 1)];
-        let shards = plan_shards(&infos, OutDtype::F32, 80);
-        let names: Vec<Vec<&str>> = shards
-            .iter()
-            .map(|s| s.iter().map(|t| t.name.as_str()).collect())
-            .collect();
-        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
-    }
 }

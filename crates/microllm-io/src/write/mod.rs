@@ -5,6 +5,7 @@
 mod atomic;
 mod hf_dir;
 mod packed;
+mod planned;
 mod safetensors;
 mod sparse;
 

@@ -64,31 +64,24 @@ pub fn write_safetensors(
     dtype: OutDtype,
     mut on_tensor: impl FnMut(&TensorInfo),
 ) -> Result<u64> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
-    let mut offset = 0usize;
-    for t in tensors {
-        let len = t.numel() * dtype.size();
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({
-                "dtype": dtype.safetensors_name(),
-                "shape": t.shape,
-                "data_offsets": [offset, offset + len],
-            }),
-        );
-        offset += len;
-    }
-    let mut header_bytes = serde_json::to_vec(&header).expect("JSON of plain values");
-    // Pad the header with spaces so tensor data starts 8-byte aligned.
-    header_bytes.resize(header_bytes.len().next_multiple_of(8), b' ');
+    let header = header_bytes(tensors.iter().map(|t| {
+        let st = super::planned::st_dtype(dtype);
+        (
+            t.name.as_str(),
+            st,
+            t.shape.as_slice(),
+            (t.numel() * dtype.size()) as u64,
+        )
+    }));
+    let offset: u64 = tensors
+        .iter()
+        .map(|t| (t.numel() * dtype.size()) as u64)
+        .sum();
 
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let io = |e| Error::io(path, e);
-    out.write_all(&(header_bytes.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    out.write_all(&header_bytes).map_err(io)?;
+    out.write_all(&header).map_err(io)?;
     for t in tensors {
         let tensor = src.load(&t.name)?;
         let bytes = tensor_bytes(&tensor, dtype, &t.name, &src.origin())?;
@@ -100,7 +93,34 @@ pub fn write_safetensors(
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(io)?;
-    Ok(offset as u64)
+    Ok(offset)
+}
+
+/// A safetensors file's first bytes: the header's length (u64, little-endian), then its JSON
+/// (`__metadata__` `{"format": "pt"}`, then every tensor's dtype, shape and offsets, in the
+/// order given, data laid end to end), padded with spaces so the data starts 8-byte aligned.
+pub(crate) fn header_bytes<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, safetensors::Dtype, &'a [usize], u64)>,
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0u64;
+    for (name, dtype, shape, len) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({
+                "dtype": format!("{dtype:?}"),
+                "shape": shape,
+                "data_offsets": [offset, offset + len],
+            }),
+        );
+        offset += len;
+    }
+    let mut json = serde_json::to_vec(&header).expect("JSON of plain values");
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&json);
+    bytes
 }
 
 /// Little-endian bytes of tensor `name` (of `origin`, for errors) in `dtype`, refusing

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use super::WriteSummary;
 use super::hf_dir::hf_config_json;
-use super::packed::{Planned, PlannedDir, dense_dtype, st_dtype, write_planned_dir};
+use super::packed::dense_dtype;
+use super::planned::{Content, Planned, PlannedDir, st_dtype, write_planned_dir};
 use super::safetensors::{OutDtype, tensor_bytes};
 use crate::Tokenizer;
 use crate::fused::{JoinFused, parts_of};
@@ -123,13 +124,7 @@ pub fn write_sparse_dir(
         let dtype = dense_dtype(&info);
         if !(out.is_sparse)(&info.name) {
             torch_dtype.get_or_insert(dtype);
-            planned.push(Planned {
-                bytes: (info.numel() * dtype.size()) as u64,
-                dtype: st_dtype(dtype),
-                shape: info.shape.clone(),
-                name: info.name,
-                linear: None,
-            });
+            planned.push(Planned::dense(info, dtype));
             progress.advance(1);
             continue;
         }
@@ -147,7 +142,7 @@ pub fn write_sparse_dir(
                 name: piece.name,
                 dtype: piece.dtype,
                 shape: piece.shape,
-                linear: Some(info.name.clone()),
+                content: Content::Packed(info.name.clone()),
             });
         }
         progress.advance(1);
