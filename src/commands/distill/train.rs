@@ -7,7 +7,7 @@
 //! `OUT.microllm-work`, written as a Hugging Face directory and described in
 //! `OUT.report.json` / `OUT.report.md`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -15,13 +15,18 @@ use microllm_distill::fingerprint::sha256_bytes;
 use microllm_distill::loss::{LogitMix, LossSpec};
 use microllm_distill::models::resolve_model_spec;
 use microllm_distill::report::{DataInfo, DistillReport, EvalInfo, StudentRecord};
+use microllm_distill::store::TeacherStore;
 use microllm_distill::student::{Freeze, Student};
-use microllm_distill::train::{AdamWConfig, Evaluation, Targets, TrainJob, TrainSettings, train};
+use microllm_distill::train::{
+    AdamWConfig, Evaluation, Targets, TrainJob, TrainOutcome, TrainSettings, train,
+};
 use microllm_eval::PerplexityOptions;
+use microllm_io::Checkpoint;
 use microllm_io::write::{HfOutput, HfWriteOptions, write_hf_dir};
 
 use super::setup::{
-    check_vocabularies, eval_tokens, hidden_loss, model_record, open_store, student_source,
+    StudentSource, check_vocabularies, eval_tokens, hidden_loss, model_record, open_store,
+    student_source,
 };
 use super::summary::{print_plan, print_summary};
 use crate::commands::convert::Dtype;
@@ -188,42 +193,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let hidden = hidden_loss(&args, &loss, &student, teacher.as_ref(), store.is_some())?;
 
-    let settings = TrainSettings {
-        mix: LogitMix {
-            kl: loss.kl,
-            reverse_kl: loss.reverse_kl,
-            jsd: loss.jsd,
-            ce: loss.ce,
-            temperature: args.temperature,
-        },
-        hidden_weight: loss.hidden.map_or(0.0, |(_, w)| w),
-        lr: args.lr,
-        warmup_steps: args.warmup_steps,
-        min_lr_ratio: args.min_lr_ratio,
-        steps: 0,
-        batch: args.batch,
-        seqlen: args.seqlen,
-        accumulation: args.accumulation,
-        clip_norm: args.clip,
-        adamw: AdamWConfig {
-            weight_decay: args.weight_decay,
-            ..AdamWConfig::default()
-        },
-        seed: args.seed,
-        freeze_embeddings: args.freeze_embeddings,
-        freeze_blocks: args.freeze_blocks,
-        eval_every: args.eval_every,
-        checkpoint_every: args.checkpoint_every,
-    };
-    let per_step = settings.tokens_per_step();
-    let settings = TrainSettings {
-        steps: match (args.steps, args.tokens) {
-            (Some(s), _) => s,
-            (None, Some(t)) => t.div_ceil(per_step.max(1)),
-            (None, None) => bail!("give --steps or --tokens"),
-        },
-        ..settings
-    };
+    let settings = train_settings(&args, &loss)?;
     settings.check()?;
 
     let tokens = text.tokens;
@@ -262,23 +232,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         settings.seqlen,
     )
     .context("loading the student")?;
-    let fingerprint = sha256_bytes(
-        serde_json::json!({
-            "settings": settings,
-            "student": student.sha256,
-            "student_init": student.record.init,
-            "data": data_sha,
-            "targets": match &store { Some(s) => s.manifest().shards.iter().map(|x| x.sha256.clone()).collect::<Vec<_>>().join(","), None => "live".into() },
-            "hidden": args.layer_map,
-        })
-        .to_string()
-        .as_bytes(),
-    );
-    let work = super::work_dir(&out);
-    if !args.resume && work.exists() {
-        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
-    }
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let fingerprint = run_fingerprint(&args, &settings, &student, &data_sha, store.as_ref());
+    let work = prepare_work_dir(&out, args.resume)?;
 
     print_plan(&args, &student, &settings, windows, store.as_ref());
     let job = TrainJob {
@@ -300,38 +255,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let outcome = train(&job, &Bar::new())?;
 
-    let source = model.to_source("distilled student")?;
-    let write_opts = HfWriteOptions {
-        dtype: args.dtype.out(),
-        overwrite: args.force,
-        ..HfWriteOptions::default()
-    };
-    let chat_template = teacher.as_ref().and_then(|t| t.chat_template.clone());
-    let hf = HfOutput {
-        config: &student.config,
-        tensors: &source,
-        tokenizer: tokenizer.as_ref(),
-        chat_template: chat_template.as_deref(),
-    };
-    write_hf_dir(&hf, &out, &write_opts, &Bar::new())
-        .with_context(|| format!("writing {}", out.display()))?;
+    write_student(&args, &model, &student, teacher.as_ref(), &out)?;
 
-    let state = &outcome.state;
-    let report = DistillReport {
-        schema_version: microllm_distill::report::REPORT_SCHEMA,
-        microllm_version: env!("CARGO_PKG_VERSION").into(),
-        kind: "distill".into(),
-        teacher: teacher.as_ref().map(|t| {
-            model_record(
-                args.teacher.as_deref().unwrap_or_default(),
-                &t.config,
-                t.tensors.as_ref(),
-            )
-        }),
-        student: StudentRecord {
-            trainable_parameters: model.trainable_count(),
-            ..student.record.clone()
-        },
+    let run = Finished {
+        args: &args,
+        teacher: teacher.as_ref(),
+        student: &student,
+        trainable: model.trainable_count(),
         data: DataInfo {
             path: data.display().to_string(),
             sha256: data_sha,
@@ -340,7 +270,157 @@ pub fn run(args: TrainArgs) -> Result<()> {
             targets: described,
             store_bytes_per_token: store.as_ref().map(|s| s.manifest().bytes_per_token()),
         },
-        settings: settings.clone(),
+        settings: &settings,
+        out: &out,
+    };
+    let report = distill_report(&run, &outcome, started);
+    let (json, md) = report.write(&out)?;
+    std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    print_summary(&report);
+    println!("report       {} and {}", json.display(), md.display());
+    Ok(())
+}
+
+/// What a resumed run must share with the killed one (its checkpoints carry it).
+fn run_fingerprint(
+    args: &TrainArgs,
+    settings: &TrainSettings,
+    student: &StudentSource<'_>,
+    data_sha: &str,
+    store: Option<&TeacherStore>,
+) -> String {
+    let targets = match store {
+        Some(s) => {
+            let shards: Vec<&str> = s
+                .manifest()
+                .shards
+                .iter()
+                .map(|x| x.sha256.as_str())
+                .collect();
+            shards.join(",")
+        }
+        None => "live".into(),
+    };
+    let value = serde_json::json!({
+        "settings": settings,
+        "student": student.sha256,
+        "student_init": student.record.init,
+        "data": data_sha,
+        "targets": targets,
+        "hidden": args.layer_map,
+    });
+    sha256_bytes(value.to_string().as_bytes())
+}
+
+/// `OUT.microllm-work`, emptied unless resuming.
+fn prepare_work_dir(out: &Path, resume: bool) -> Result<PathBuf> {
+    let work = super::work_dir(out);
+    if !resume && work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    Ok(work)
+}
+
+/// The trainer's settings from the flags, the step count from --steps or --tokens.
+fn train_settings(args: &TrainArgs, loss: &LossSpec) -> Result<TrainSettings> {
+    let settings = TrainSettings {
+        mix: LogitMix {
+            kl: loss.kl,
+            reverse_kl: loss.reverse_kl,
+            jsd: loss.jsd,
+            ce: loss.ce,
+            temperature: args.temperature,
+        },
+        hidden_weight: loss.hidden.map_or(0.0, |(_, w)| w),
+        lr: args.lr,
+        warmup_steps: args.warmup_steps,
+        min_lr_ratio: args.min_lr_ratio,
+        steps: 0,
+        batch: args.batch,
+        seqlen: args.seqlen,
+        accumulation: args.accumulation,
+        clip_norm: args.clip,
+        adamw: AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..AdamWConfig::default()
+        },
+        seed: args.seed,
+        freeze_embeddings: args.freeze_embeddings,
+        freeze_blocks: args.freeze_blocks,
+        eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
+    };
+    let per_step = settings.tokens_per_step();
+    let settings = TrainSettings {
+        steps: match (args.steps, args.tokens) {
+            (Some(s), _) => s,
+            (None, Some(t)) => t.div_ceil(per_step.max(1)),
+            (None, None) => bail!("give --steps or --tokens"),
+        },
+        ..settings
+    };
+    Ok(settings)
+}
+
+/// The trained student as a Hugging Face directory at `out`, with the student's tokenizer and
+/// the teacher's chat template.
+fn write_student(
+    args: &TrainArgs,
+    model: &Student,
+    student: &StudentSource<'_>,
+    teacher: Option<&Checkpoint>,
+    out: &Path,
+) -> Result<()> {
+    let source = model.to_source("distilled student")?;
+    let write_opts = HfWriteOptions {
+        dtype: args.dtype.out(),
+        overwrite: args.force,
+        ..HfWriteOptions::default()
+    };
+    let chat_template = teacher.and_then(|t| t.chat_template.clone());
+    let hf = HfOutput {
+        config: &student.config,
+        tensors: &source,
+        tokenizer: student.tokenizer.as_ref(),
+        chat_template: chat_template.as_deref(),
+    };
+    write_hf_dir(&hf, out, &write_opts, &Bar::new())
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+/// A finished run, as the report describes it.
+struct Finished<'a> {
+    args: &'a TrainArgs,
+    teacher: Option<&'a Checkpoint>,
+    student: &'a StudentSource<'a>,
+    trainable: usize,
+    data: DataInfo,
+    settings: &'a TrainSettings,
+    out: &'a Path,
+}
+
+fn distill_report(run: &Finished<'_>, outcome: &TrainOutcome, started: Instant) -> DistillReport {
+    let args = run.args;
+    let state = &outcome.state;
+    DistillReport {
+        schema_version: microllm_distill::report::REPORT_SCHEMA,
+        microllm_version: env!("CARGO_PKG_VERSION").into(),
+        kind: "distill".into(),
+        teacher: run.teacher.map(|t| {
+            model_record(
+                args.teacher.as_deref().unwrap_or_default(),
+                &t.config,
+                t.tensors.as_ref(),
+            )
+        }),
+        student: StudentRecord {
+            trainable_parameters: run.trainable,
+            ..run.student.record.clone()
+        },
+        data: run.data.clone(),
+        settings: run.settings.clone(),
         eval: args.eval.as_ref().map(|p| EvalInfo {
             path: p.display().to_string(),
             ctx: args.eval_ctx,
@@ -357,11 +437,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         total_seconds: started.elapsed().as_secs_f64(),
         tokens_per_second: state.tokens as f64 / state.train_seconds.max(1e-9),
         resumed_at_step: outcome.resumed_at,
-        output: out.display().to_string(),
-    };
-    let (json, md) = report.write(&out)?;
-    std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
-    print_summary(&report);
-    println!("report       {} and {}", json.display(), md.display());
-    Ok(())
+        output: run.out.display().to_string(),
+    }
 }

@@ -13,9 +13,11 @@ use super::layerwise::check_applicable;
 use super::steps::{
     LayerwiseStep, OutputPlan, Writer, err, gguf_types, out_dtype, parse_size, tensor_type_rules,
 };
-use super::{PlanOptions, pass_path, tensors};
+use super::{PlanOptions, TensorPlan, pass_path, tensors};
 use crate::recipe::{OutputFormat, PruneStage, QuantizeStage, Recipe, RecipeResult};
 
+/// The output of a plan: format, writer and every tensor's type, checked against the passes
+/// and the model.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn output_plan(
     recipe: &Recipe,
@@ -29,6 +31,54 @@ pub(super) fn output_plan(
     opts: PlanOptions,
     notes: &mut Vec<String>,
 ) -> RecipeResult<OutputPlan> {
+    let out = &recipe.output;
+    let scheme = layerwise.and_then(|l| l.spec.scheme);
+    check_combination(recipe, format, layerwise, ggml)?;
+    let (tensor_types, target) = gguf_type_choices(out, format, scheme.is_some(), notes)?;
+    // Read (and checked against the model) once, here; the run uses what was read.
+    let importance_read = if opts.data_optional {
+        None
+    } else {
+        read_importance(recipe, cfg, src, ggml)?
+    };
+    let (writer, tensors, dominant) = match format {
+        OutputFormat::Gguf => {
+            let choices = GgufChoices {
+                layerwise,
+                ggml,
+                tensor_types: &tensor_types,
+            };
+            gguf_writer(out, cfg, src, choices, notes)?
+        }
+        OutputFormat::Safetensors => safetensors_writer(out, cfg, src),
+        OutputFormat::Gptq | OutputFormat::CompressedTensors => {
+            packed_writer(format, cfg, src, (structured, prune), layerwise)?
+        }
+    };
+    check_destination(out, opts)?;
+    Ok(OutputPlan {
+        path: out.path.clone(),
+        format,
+        writer,
+        tensors,
+        dominant,
+        tensor_types,
+        target,
+        overwrite: out.overwrite,
+        config: cfg.clone(),
+        importance_read,
+        save_importance: ggml.and_then(|(_, q)| q.save_importance_matrix.clone()),
+    })
+}
+
+/// The output format and options against the passes: what a format cannot hold is refused
+/// before any work.
+fn check_combination(
+    recipe: &Recipe,
+    format: OutputFormat,
+    layerwise: Option<&LayerwiseStep>,
+    ggml: Option<(usize, &QuantizeStage)>,
+) -> RecipeResult<()> {
     let out = &recipe.output;
     let scheme = layerwise.and_then(|l| l.spec.scheme);
     let fmt_err = |msg: &str| err("output.format", msg.to_string());
@@ -69,7 +119,6 @@ pub(super) fn output_plan(
             },
         ));
     }
-    let (tensor_types, target) = gguf_type_choices(out, format, scheme.is_some(), notes)?;
     if let Some((i, q)) = ggml {
         if format != OutputFormat::Gguf {
             return Err(err(
@@ -85,157 +134,197 @@ pub(super) fn output_plan(
         }
         check_applicable(&pass_path(i, &recipe.passes[i]), q)?;
     }
-    // Read (and checked against the model) once, here; the run uses what was read.
-    let importance_read = match ggml {
-        Some((i, q)) if !opts.data_optional => match q.importance_matrix_file.as_deref() {
-            Some(file) => Some(read_importance_file(file, cfg, src).map_err(|e| {
-                err(
-                    format!("{}.importance_matrix_file", pass_path(i, &recipe.passes[i])),
-                    e,
-                )
-            })?),
-            None => None,
-        },
-        _ => None,
+    Ok(())
+}
+
+/// The importance matrix file a `ggml` pass names, read and checked against the model.
+fn read_importance(
+    recipe: &Recipe,
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    ggml: Option<(usize, &QuantizeStage)>,
+) -> RecipeResult<Option<ImportanceMatrix>> {
+    let Some((i, q)) = ggml else {
+        return Ok(None);
     };
+    let Some(file) = q.importance_matrix_file.as_deref() else {
+        return Ok(None);
+    };
+    read_importance_file(file, cfg, src).map(Some).map_err(|e| {
+        err(
+            format!("{}.importance_matrix_file", pass_path(i, &recipe.passes[i])),
+            e,
+        )
+    })
+}
+
+/// What decides a GGUF output's types: the layerwise pass's codes, a `ggml` pass, the
+/// per-tensor rules.
+struct GgufChoices<'a> {
+    layerwise: Option<&'a LayerwiseStep>,
+    ggml: Option<(usize, &'a QuantizeStage)>,
+    tensor_types: &'a [TensorTypeRule],
+}
+
+/// A GGUF file: the layerwise pass's codes as exact blocks, or llama.cpp's own types.
+fn gguf_writer(
+    out: &crate::recipe::Output,
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    choices: GgufChoices<'_>,
+    notes: &mut Vec<String>,
+) -> RecipeResult<(Writer, Vec<TensorPlan>, GgufTypes)> {
+    let GgufChoices {
+        layerwise,
+        ggml,
+        tensor_types,
+    } = choices;
+    let scheme = layerwise.and_then(|l| l.spec.scheme);
     let linears_quantized = scheme.is_some();
-    let (writer, tensors, dominant) = match format {
-        OutputFormat::Gguf => {
-            let takes_importance = ggml.is_some_and(|(_, q)| {
-                q.importance_matrix == Some(true) || q.importance_matrix_file.is_some()
-            });
-            let ty = ggml
-                .and_then(|(_, q)| q.gguf_type)
-                .or(out.gguf_type)
-                .map_or(GgufTypes::Pure(GgufType::F16), gguf_types);
-            let (plan, dominant) = match scheme {
-                Some(s) => {
-                    let (plan, dominant) = tensors::gguf_plan(
-                        cfg,
-                        src,
-                        &s,
-                        layerwise.is_some_and(|l| l.scattered_groups),
-                    )
+    let takes_importance = ggml.is_some_and(|(_, q)| {
+        q.importance_matrix == Some(true) || q.importance_matrix_file.is_some()
+    });
+    let ty = ggml
+        .and_then(|(_, q)| q.gguf_type)
+        .or(out.gguf_type)
+        .map_or(GgufTypes::Pure(GgufType::F16), gguf_types);
+    let (plan, dominant) = match scheme {
+        Some(s) => {
+            let (plan, dominant) =
+                tensors::gguf_plan(cfg, src, &s, layerwise.is_some_and(|l| l.scattered_groups))
                     .map_err(|e| err("output", e.to_string()))?;
-                    (plan, GgufTypes::Pure(dominant))
-                }
-                None => {
-                    let decisions = microllm_io::gguf::plan_types(
-                        cfg,
-                        src,
-                        ty,
-                        &tensor_types,
-                        takes_importance,
-                    )
+            (plan, GgufTypes::Pure(dominant))
+        }
+        None => {
+            let decisions =
+                microllm_io::gguf::plan_types(cfg, src, ty, tensor_types, takes_importance)
                     .map_err(|e| err("output", e.to_string()))?;
-                    (
-                        tensors::from_decisions(cfg, decisions, |_| None)
-                            .map_err(|e| err("output", e.to_string()))?,
-                        ty,
-                    )
-                }
-            };
-            if ggml.is_some() {
-                notes.push(format!(
-                    "{}: llama.cpp's block types, by llama.cpp's round-to-nearest{} (GPTQ does \
-                     not apply)",
-                    dominant.describe(),
-                    if takes_importance {
-                        " with an importance matrix (llama.cpp's imatrix) for k- and i-quant blocks"
-                    } else {
-                        ", no calibration"
-                    }
-                ));
-            }
-            if let (Some(s), GgufTypes::Pure(dominant)) = (scheme, dominant) {
-                let block_bits = match dominant {
-                    GgufType::Q8_0 => 8,
-                    GgufType::Q4_0 | GgufType::Q4_1 => 4,
-                    _ => 0,
-                };
-                if s.bits < block_bits {
-                    notes.push(format!(
-                        "{}-bit codes are stored in {dominant:?} blocks ({block_bits}-bit slots): \
-                         the weights are exactly the {}-bit model's, the file is the size of a \
-                         {block_bits}-bit one (GGUF has no legacy {}-bit block)",
-                        s.bits, s.bits, s.bits
-                    ));
-                }
-            }
             (
-                Writer::Gguf {
-                    codes: linears_quantized,
-                    importance: takes_importance,
-                },
-                plan,
-                dominant,
+                tensors::from_decisions(cfg, decisions, |_| None)
+                    .map_err(|e| err("output", e.to_string()))?,
+                ty,
             )
         }
-        OutputFormat::Safetensors => {
-            let dtype = match out.dtype {
-                Some(d) => out_dtype(d),
-                None => match cfg.torch_dtype.as_deref() {
-                    Some("float32") => OutDtype::F32,
-                    Some("bfloat16") => OutDtype::BF16,
-                    _ => OutDtype::F16,
-                },
-            };
+    };
+    if ggml.is_some() {
+        notes.push(format!(
+            "{}: llama.cpp's block types, by llama.cpp's round-to-nearest{} (GPTQ does \
+             not apply)",
+            dominant.describe(),
+            if takes_importance {
+                " with an importance matrix (llama.cpp's imatrix) for k- and i-quant blocks"
+            } else {
+                ", no calibration"
+            }
+        ));
+    }
+    if let (Some(s), GgufTypes::Pure(dominant)) = (scheme, dominant) {
+        let block_bits = match dominant {
+            GgufType::Q8_0 => 8,
+            GgufType::Q4_0 | GgufType::Q4_1 => 4,
+            _ => 0,
+        };
+        if s.bits < block_bits {
+            notes.push(format!(
+                "{}-bit codes are stored in {dominant:?} blocks ({block_bits}-bit slots): \
+                 the weights are exactly the {}-bit model's, the file is the size of a \
+                 {block_bits}-bit one (GGUF has no legacy {}-bit block)",
+                s.bits, s.bits, s.bits
+            ));
+        }
+    }
+    Ok((
+        Writer::Gguf {
+            codes: linears_quantized,
+            importance: takes_importance,
+        },
+        plan,
+        dominant,
+    ))
+}
+
+/// A plain safetensors directory in the recipe's dtype (else the model's).
+fn safetensors_writer(
+    out: &crate::recipe::Output,
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+) -> (Writer, Vec<TensorPlan>, GgufTypes) {
+    let dtype = match out.dtype {
+        Some(d) => out_dtype(d),
+        None => match cfg.torch_dtype.as_deref() {
+            Some("float32") => OutDtype::F32,
+            Some("bfloat16") => OutDtype::BF16,
+            _ => OutDtype::F16,
+        },
+    };
+    (
+        Writer::Safetensors(dtype),
+        tensors::dense_plan(cfg, src, dtype),
+        GgufTypes::Pure(GgufType::F16),
+    )
+}
+
+/// A GPTQ or compressed-tensors directory: packed codes, or sparse storage of pruned weights.
+fn packed_writer(
+    format: OutputFormat,
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    (structured, prune): (bool, Option<&PruneStage>),
+    layerwise: Option<&LayerwiseStep>,
+) -> RecipeResult<(Writer, Vec<TensorPlan>, GgufTypes)> {
+    let scheme = layerwise.and_then(|l| l.spec.scheme);
+    let fmt_err = |msg: &str| err("output.format", msg.to_string());
+    let ct = format == OutputFormat::CompressedTensors;
+    let method = if ct {
+        QuantMethod::CompressedTensors
+    } else {
+        QuantMethod::Gptq
+    };
+    Ok(match (scheme, prune) {
+        // Pruned and quantized: the quantized weights hold the pruned zeros exactly (a
+        // pruned weight's code is its group's zero), so they are written as the scheme
+        // writes them; compressed-tensors declares the structure in `sparsity_config`
+        // over `dense` storage.
+        (Some(s), prune) => (
+            Writer::Packed(
+                method,
+                prune.filter(|_| ct).map(|p| sparsity_structure(p).1),
+            ),
+            tensors::packed_plan(
+                cfg,
+                src,
+                &s,
+                ct,
+                layerwise.is_some_and(|l| l.scattered_groups),
+            ),
+            GgufTypes::Pure(GgufType::F16),
+        ),
+        (None, Some(p)) if ct => {
+            let (fmt, structure) = sparsity_structure(p);
             (
-                Writer::Safetensors(dtype),
-                tensors::dense_plan(cfg, src, dtype),
+                Writer::Sparse(fmt, structure),
+                tensors::dense_plan(cfg, src, OutDtype::F16),
                 GgufTypes::Pure(GgufType::F16),
             )
         }
-        OutputFormat::Gptq | OutputFormat::CompressedTensors => {
-            let ct = format == OutputFormat::CompressedTensors;
-            let method = if ct {
-                QuantMethod::CompressedTensors
-            } else {
-                QuantMethod::Gptq
-            };
-            match (scheme, prune) {
-                // Pruned and quantized: the quantized weights hold the pruned zeros exactly (a
-                // pruned weight's code is its group's zero), so they are written as the scheme
-                // writes them; compressed-tensors declares the structure in `sparsity_config`
-                // over `dense` storage.
-                (Some(s), prune) => (
-                    Writer::Packed(
-                        method,
-                        prune.filter(|_| ct).map(|p| sparsity_structure(p).1),
-                    ),
-                    tensors::packed_plan(
-                        cfg,
-                        src,
-                        &s,
-                        ct,
-                        layerwise.is_some_and(|l| l.scattered_groups),
-                    ),
-                    GgufTypes::Pure(GgufType::F16),
-                ),
-                (None, Some(p)) if ct => {
-                    let (fmt, structure) = sparsity_structure(p);
-                    (
-                        Writer::Sparse(fmt, structure),
-                        tensors::dense_plan(cfg, src, OutDtype::F16),
-                        GgufTypes::Pure(GgufType::F16),
-                    )
-                }
-                _ if ct && structured => {
-                    return Err(fmt_err(
-                        "compressed-tensors stores pruned weights sparse; structured pruning \
-                         writes a smaller dense model: use safetensors or gguf",
-                    ));
-                }
-                _ => {
-                    return Err(fmt_err(if ct {
-                        "compressed-tensors output needs a quantize pass (gptq or rtn) or a prune pass"
-                    } else {
-                        "gptq output needs a quantize pass (gptq or rtn) to pack"
-                    }));
-                }
-            }
+        _ if ct && structured => {
+            return Err(fmt_err(
+                "compressed-tensors stores pruned weights sparse; structured pruning \
+                 writes a smaller dense model: use safetensors or gguf",
+            ));
         }
-    };
+        _ => {
+            return Err(fmt_err(if ct {
+                "compressed-tensors output needs a quantize pass (gptq or rtn) or a prune pass"
+            } else {
+                "gptq output needs a quantize pass (gptq or rtn) to pack"
+            }));
+        }
+    })
+}
+
+/// An existing output is replaced only when asked (or when a killed run wrote it).
+fn check_destination(out: &crate::recipe::Output, opts: PlanOptions) -> RecipeResult<()> {
     let work = microllm_engine::work_dir(&out.path);
     let resumable = opts.resume && work.join("output.json").exists();
     if out.path.exists() && !out.overwrite && !opts.dry_run && !resumable {
@@ -247,19 +336,7 @@ pub(super) fn output_plan(
             ),
         ));
     }
-    Ok(OutputPlan {
-        path: out.path.clone(),
-        format,
-        writer,
-        tensors,
-        dominant,
-        tensor_types,
-        target,
-        overwrite: out.overwrite,
-        config: cfg.clone(),
-        importance_read,
-        save_importance: ggml.and_then(|(_, q)| q.save_importance_matrix.clone()),
-    })
+    Ok(())
 }
 
 /// `output.tensor_types` and the size target, checked: both choose GGUF types of matrices that

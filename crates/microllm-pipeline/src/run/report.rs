@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use microllm_core::{Family, ModelConfig, Result, TensorSource, names};
 use microllm_io::gguf::{TypeDecision, plan_types};
+use microllm_prune::structured::{Scores, StructuredPlan};
 use serde_json::{Value, json};
 
 use super::{Outcome, RunOptions, bytes_on_disk, peak_rss_bytes, sha256_of};
@@ -25,26 +26,8 @@ pub(super) fn build(
     let out = &plan.output;
     // A size budget chooses types when the file is written: report those.
     let tensors = o.written_tensors.as_ref().unwrap_or(&out.tensors);
-    let file_bytes = bytes_on_disk(&out.path)?;
-    let params: u64 = tensors.iter().map(numel).sum();
-    let (q_params, q_bytes) = tensors
-        .iter()
-        .filter(|t| t.quantized)
-        .fold((0u64, 0u64), |(p, b), t| (p + numel(t), b + t.bytes));
-    let mut output = OutputRecord {
-        path: out.path.clone(),
-        format: out.format_name(),
-        bytes: file_bytes,
-        parameters: params,
-        bits_per_weight: file_bytes as f64 * 8.0 / params.max(1) as f64,
-        quantized_parameters: q_params,
-        quantized_bits_per_weight: q_bytes as f64 * 8.0 / q_params.max(1) as f64,
-        tensors: tensors.clone(),
-        write_seconds: o.write_seconds,
-        linear_parameters: None,
-        pruned_parameters: None,
-        linear_sparsity: None,
-    };
+    let mut output = output_record(plan, tensors, o.write_seconds)?;
+    let (file_bytes, params) = (output.bytes, output.parameters);
     let mut notes = plan.notes.clone();
     notes.extend(o.writer_notes.iter().cloned());
     if let Some(t) = o.global_threshold {
@@ -54,28 +37,11 @@ pub(super) fn build(
         notes.insert(0, note);
     }
     let (layers, block_seconds, resumed_blocks) = match &o.layerwise {
-        Some((summary, _)) => {
-            let family = out.config.family;
-            let layers = summary
-                .records
-                .iter()
-                .map(|r| {
-                    let hf = names::linear_weight(family, r.layer, r.kind);
-                    LayerRecord {
-                        record: r.clone(),
-                        output_type: tensors
-                            .iter()
-                            .find(|t| t.holds(&out.config, &hf))
-                            .map(|t| t.dtype.clone()),
-                    }
-                })
-                .collect();
-            (
-                layers,
-                summary.block_seconds.clone(),
-                summary.resumed_blocks,
-            )
-        }
+        Some((summary, _)) => (
+            layer_records(plan, summary, tensors),
+            summary.block_seconds.clone(),
+            summary.resumed_blocks,
+        ),
         None => (Vec::new(), Vec::new(), 0),
     };
     if let Some(note) = awq_note(&layers) {
@@ -104,31 +70,7 @@ pub(super) fn build(
                     .into(),
             );
         }
-        StructureRecord {
-            request: json!(s.spec),
-            importance: json!({ "metric": s.metric, "description": s.metric.describe() }),
-            config_before: config_summary(cfg),
-            config_after: config_summary(&p.config),
-            dropped_layers: p.dropped.clone(),
-            block_influence: scores.block_influence.clone(),
-            layers: p
-                .layers
-                .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    json!({
-                        "layer": i,
-                        "source_layer": l.source,
-                        "mlp_channels": l.channels.len(),
-                        "heads": l.heads.len(),
-                        "kv_heads": l.kv_heads.len(),
-                        "kept_channels": l.channels,
-                        "kept_heads": l.heads,
-                        "kept_kv_heads": l.kv_heads,
-                    })
-                })
-                .collect(),
-        }
+        structure_record(plan, p, scores)
     });
     let size = SizeRecord {
         parameters_before: ckpt.tensors.infos().iter().map(|i| i.numel() as u64).sum(),
@@ -162,16 +104,7 @@ pub(super) fn build(
         variant: opts.variant.clone(),
         recipe: plan.recipe_value.clone(),
         recipe_sha256: opts.recipe_sha256.clone(),
-        model: ModelRecord {
-            spec: plan.recipe.model.clone(),
-            path: ckpt.path.clone(),
-            sha256: sha256_of(&ckpt.path)?,
-            family: cfg.family.to_string(),
-            layers: cfg.num_layers,
-            hidden_size: cfg.hidden_size,
-            parameters: ckpt.tensors.infos().iter().map(|i| i.numel()).sum(),
-            stored_bytes: ckpt.stored_bytes(),
-        },
+        model: model_record(plan)?,
         calibration: o.calibration.clone(),
         evaluation: o.eval_tokens.as_ref().map(|e| EvalDataRecord {
             file: e.file.clone(),
@@ -180,14 +113,7 @@ pub(super) fn build(
             ctx: e.ctx,
         }),
         method: plan.method.clone(),
-        scheme: plan.layerwise.as_ref().map_or(Value::Null, |l| {
-            let mut scheme = l.scheme_record.clone();
-            if let Some(owl) = &o.owl {
-                scheme["schedule"]["outlier_ratios"] = json!(owl.outlier_ratios);
-                scheme["schedule"]["block_sparsities"] = json!(owl.sparsities);
-            }
-            scheme
-        }),
+        scheme: scheme_record(plan, o),
         passes,
         layers,
         block_seconds,
@@ -213,6 +139,114 @@ pub(super) fn build(
     report.compute_metrics();
     report.evaluate_gates(&plan.gates);
     Ok(report)
+}
+
+/// The written file: size, parameters, bits per weight (all and quantized only), tensors.
+fn output_record(plan: &Plan, tensors: &[TensorPlan], write_seconds: f64) -> Result<OutputRecord> {
+    let out = &plan.output;
+    let file_bytes = bytes_on_disk(&out.path)?;
+    let params: u64 = tensors.iter().map(numel).sum();
+    let (q_params, q_bytes) = tensors
+        .iter()
+        .filter(|t| t.quantized)
+        .fold((0u64, 0u64), |(p, b), t| (p + numel(t), b + t.bytes));
+    Ok(OutputRecord {
+        path: out.path.clone(),
+        format: out.format_name(),
+        bytes: file_bytes,
+        parameters: params,
+        bits_per_weight: file_bytes as f64 * 8.0 / params.max(1) as f64,
+        quantized_parameters: q_params,
+        quantized_bits_per_weight: q_bytes as f64 * 8.0 / q_params.max(1) as f64,
+        tensors: tensors.to_vec(),
+        write_seconds,
+        linear_parameters: None,
+        pruned_parameters: None,
+        linear_sparsity: None,
+    })
+}
+
+/// Every linear the layerwise sweep compressed, with the type it was written as.
+fn layer_records(
+    plan: &Plan,
+    summary: &microllm_engine::LayerwiseSummary,
+    tensors: &[TensorPlan],
+) -> Vec<LayerRecord> {
+    let out = &plan.output;
+    let family = out.config.family;
+    summary
+        .records
+        .iter()
+        .map(|r| {
+            let hf = names::linear_weight(family, r.layer, r.kind);
+            LayerRecord {
+                record: r.clone(),
+                output_type: tensors
+                    .iter()
+                    .find(|t| t.holds(&out.config, &hf))
+                    .map(|t| t.dtype.clone()),
+            }
+        })
+        .collect()
+}
+
+/// What structured pruning kept, block by block, and the configs before and after.
+fn structure_record(plan: &Plan, p: &StructuredPlan, scores: &Scores) -> StructureRecord {
+    let s = plan.structured.as_ref().expect("a structured step ran");
+    let cfg = &plan.model.config;
+    StructureRecord {
+        request: json!(s.spec),
+        importance: json!({ "metric": s.metric, "description": s.metric.describe() }),
+        config_before: config_summary(cfg),
+        config_after: config_summary(&p.config),
+        dropped_layers: p.dropped.clone(),
+        block_influence: scores.block_influence.clone(),
+        layers: p
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                json!({
+                    "layer": i,
+                    "source_layer": l.source,
+                    "mlp_channels": l.channels.len(),
+                    "heads": l.heads.len(),
+                    "kv_heads": l.kv_heads.len(),
+                    "kept_channels": l.channels,
+                    "kept_heads": l.heads,
+                    "kept_kv_heads": l.kv_heads,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The original model.
+fn model_record(plan: &Plan) -> Result<ModelRecord> {
+    let ckpt = &plan.model;
+    let cfg = &ckpt.config;
+    Ok(ModelRecord {
+        spec: plan.recipe.model.clone(),
+        path: ckpt.path.clone(),
+        sha256: sha256_of(&ckpt.path)?,
+        family: cfg.family.to_string(),
+        layers: cfg.num_layers,
+        hidden_size: cfg.hidden_size,
+        parameters: ckpt.tensors.infos().iter().map(|i| i.numel()).sum(),
+        stored_bytes: ckpt.stored_bytes(),
+    })
+}
+
+/// The layerwise scheme as the plan recorded it, with OWL's measured schedule added.
+fn scheme_record(plan: &Plan, o: &Outcome) -> Value {
+    plan.layerwise.as_ref().map_or(Value::Null, |l| {
+        let mut scheme = l.scheme_record.clone();
+        if let Some(owl) = &o.owl {
+            scheme["schedule"]["outlier_ratios"] = json!(owl.outlier_ratios);
+            scheme["schedule"]["block_sparsities"] = json!(owl.sparsities);
+        }
+        scheme
+    })
 }
 
 fn numel(t: &TensorPlan) -> u64 {
