@@ -17,6 +17,8 @@ use rayon::prelude::*;
 
 use super::grad_node::attach;
 use super::row::{LogitMix, RowScale, RowTerms, Scratch, TeacherRow, row_loss};
+use microllm_models::Decoder;
+
 use crate::real::Real;
 use crate::student::Student;
 
@@ -29,6 +31,14 @@ pub enum Teacher<'a> {
     None,
     /// A live teacher's logits `[rows, vocab]`.
     Dense(&'a Tensor),
+    /// A live teacher's last block output `[rows, hidden]` (before its final norm): its
+    /// logits are made one chunk of rows at a time beside the student's, so `[rows, vocab]`
+    /// teacher logits never exist (403 MB of f32 for SmolLM2's 8 x 256 tokens; with a
+    /// 150k-token vocabulary, 1.2 GB).
+    Hidden {
+        decoder: &'a Decoder,
+        hidden: &'a Tensor,
+    },
     /// Stored top-k: `ids`/`logp` `[rows, k]`, `log_rest` `[rows]`.
     TopK {
         k: usize,
@@ -77,7 +87,7 @@ impl ChunkKernel<'_> {
             .map_init(Scratch::default, |scratch, (i, row)| {
                 let r = self.first_row + i;
                 let teacher = match (t.teacher, dense) {
-                    (Teacher::Dense(_), Some(d)) => {
+                    (Teacher::Dense(_) | Teacher::Hidden { .. }, Some(d)) => {
                         TeacherRow::Dense(&d[i * vocab..(i + 1) * vocab])
                     }
                     (
@@ -154,6 +164,16 @@ fn check_targets(rows: usize, vocab: usize, t: &LogitTargets<'_>) -> Result<()> 
                 ));
             }
         }
+        Teacher::Hidden { decoder, hidden } => {
+            let teacher_vocab = decoder.config().vocab_size;
+            if hidden.dim(0)? != rows || teacher_vocab != vocab {
+                return bad(format!(
+                    "teacher hidden states {:?} (vocabulary {teacher_vocab}) for {rows} rows of \
+                     {vocab}",
+                    hidden.dims()
+                ));
+            }
+        }
         Teacher::TopK {
             k,
             ids,
@@ -198,7 +218,14 @@ pub fn head_loss(
         divergence: 1.0 / div_rows.max(1) as f64,
         ce: 1.0 / ce_rows.max(1) as f64,
     };
+    // The products below are computed, not differentiated: their gradients are attached
+    // explicitly at the end. From the weight itself (a variable when the head is trained)
+    // autograd would record every chunk's logits and every partial `dW`, and keep them until
+    // the step's graph is dropped: 3.9 GB of SmolLM2's 8 x 256-token step with a trained
+    // (tied) head.
     let h = hidden.detach();
+    let weight = w.tensor.detach();
+    let bias = b.map(|b| b.tensor.detach());
     let mut d_hidden = Vec::new();
     let mut d_weight: Option<Tensor> = None;
     let mut d_bias: Option<Tensor> = None;
@@ -206,9 +233,9 @@ pub fn head_loss(
     for first_row in (0..rows).step_by(CHUNK_ROWS) {
         let n = CHUNK_ROWS.min(rows - first_row);
         let h_chunk = h.narrow(0, first_row, n)?;
-        let mut logits = h_chunk.matmul(&w.tensor.t()?)?;
-        if let Some(b) = b {
-            logits = logits.broadcast_add(&b.tensor)?;
+        let mut logits = h_chunk.matmul(&weight.t()?)?;
+        if let Some(b) = &bias {
+            logits = logits.broadcast_add(b)?;
         }
         let dense = match targets.teacher {
             Teacher::Dense(d) if with_teacher => Some(
@@ -216,6 +243,11 @@ pub fn head_loss(
                     .to_dtype(h.dtype())?
                     .contiguous()?,
             ),
+            Teacher::Hidden { decoder, hidden } if with_teacher => {
+                let rows = hidden.narrow(0, first_row, n)?.unsqueeze(0)?;
+                let logits = decoder.head(&rows)?.squeeze(0)?;
+                Some(logits.to_dtype(h.dtype())?.contiguous()?)
+            }
             _ => None,
         };
         let kernel = ChunkKernel {
@@ -231,7 +263,7 @@ pub fn head_loss(
             sums.add(t);
         }
         let d_logits = logits;
-        d_hidden.push(d_logits.matmul(&w.tensor)?);
+        d_hidden.push(d_logits.matmul(&weight)?);
         if w.var.is_some() {
             let part = d_logits.t()?.matmul(&h_chunk)?;
             d_weight = Some(match d_weight {

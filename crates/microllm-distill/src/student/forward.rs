@@ -124,9 +124,10 @@ impl Student {
         })
     }
 
-    /// Runs `ids` (u32 `[batch, seq]`), keeping the outputs of `keep_blocks`.
-    pub fn forward(&self, ids: &Tensor, keep_blocks: &[usize]) -> Result<StudentOutput> {
-        let (batch, seq) = ids.dims2()?;
+    /// The embedded rows of `ids` (u32 `[batch, seq]`), `[batch * seq, hidden]`, after
+    /// checking the ids and the length against what the student was prepared for.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, seq) = ids.dims2()?;
         let max_seq = self.attention[0].max_seq();
         if seq > max_seq {
             return Err(microllm_core::Error::Invalid(format!(
@@ -144,13 +145,36 @@ impl Student {
                 self.cfg.vocab_size
             )));
         }
-        let mut x = self.p(self.embed).index_select(&flat, 0)?;
-        if let Some(scale) = self.cfg.embedding_scale() {
-            x = x.affine(scale, 0.0)?;
-        }
+        let x = self.p(self.embed).index_select(&flat, 0)?;
+        Ok(match self.cfg.embedding_scale() {
+            Some(scale) => x.affine(scale, 0.0)?,
+            None => x,
+        })
+    }
+
+    /// Block `layer` applied to rows `x` of `batch` windows of `seq` tokens.
+    pub fn block_forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Tensor> {
+        self.block(x, layer, &self.blocks[layer], batch, seq)
+    }
+
+    /// The final norm: the last block's output as the head's input.
+    pub fn final_hidden(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm(x, self.final_norm)
+    }
+
+    /// Runs `ids` (u32 `[batch, seq]`), keeping the outputs of `keep_blocks`.
+    pub fn forward(&self, ids: &Tensor, keep_blocks: &[usize]) -> Result<StudentOutput> {
+        let (batch, seq) = ids.dims2()?;
+        let mut x = self.embed(ids)?;
         let mut kept = vec![None; keep_blocks.len()];
-        for (i, b) in self.blocks.iter().enumerate() {
-            x = self.block(&x, i, b, batch, seq)?;
+        for i in 0..self.blocks.len() {
+            x = self.block_forward(&x, i, batch, seq)?;
             for (slot, _) in keep_blocks.iter().enumerate().filter(|(_, k)| **k == i) {
                 kept[slot] = Some(x.clone());
             }
@@ -168,7 +192,7 @@ impl Student {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(StudentOutput {
-            hidden: self.norm(&x, self.final_norm)?,
+            hidden: self.final_hidden(&x)?,
             blocks,
         })
     }

@@ -91,6 +91,7 @@ pub struct Student {
     head: LinearAt,
     /// One per block (windows and rotary bases may differ between blocks).
     attention: Vec<Attention>,
+    freeze: Freeze,
 }
 
 impl Student {
@@ -248,11 +249,28 @@ impl Student {
             final_norm,
             head,
             attention: Attention::per_layer(cfg, max_seq),
+            freeze,
         })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Decoder blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether the backward pass must go through block `layer`: it, or something below it
+    /// (an earlier block, the embedding), is trained.
+    pub fn backward_reaches(&self, layer: usize) -> bool {
+        layer >= self.freeze.blocks || !self.freeze.embeddings
+    }
+
+    /// Whether the token embedding is trained.
+    pub fn trains_embedding(&self) -> bool {
+        !self.freeze.embeddings
     }
 
     /// Every weight, in a stable order.

@@ -96,7 +96,13 @@ fn distill(job: &DistillJob<'_>, progress: &dyn Progress) -> DistillResult<Disti
     };
     let live = match &store {
         None if stage.loss.uses_teacher() => {
-            Some(Decoder::load(&teacher.config, teacher.tensors.as_ref())?)
+            // The frozen teacher keeps the file's weight types (f32 activations: the dense
+            // model's numbers at the file's memory), as `microllm distill` loads it.
+            Some(Decoder::load_with(
+                &teacher.config,
+                teacher.tensors.as_ref(),
+                Some(microllm_models::Activations::F32),
+            )?)
         }
         _ => None,
     };
