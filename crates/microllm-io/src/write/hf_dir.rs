@@ -64,7 +64,9 @@ pub fn write_hf_dir(
         .map(|info| Planned::dense(info, opts.dtype))
         .collect();
     let no_packing = |name: &str| -> Result<Vec<RawTensor<'static>>> {
-        unreachable!("a plain directory plans no packed tensor, yet `{name}` was asked for")
+        Err(Error::Invalid(format!(
+            "a plain directory packs no tensor, yet `{name}` was asked for"
+        )))
     };
     let dir = PlannedDir {
         config: output.config,

@@ -12,16 +12,16 @@ use std::path::Path;
 use std::time::Instant;
 
 use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
+use microllm_engine::BlockStore;
 use microllm_eval::PerplexityOptions;
 use microllm_io::Checkpoint;
 use serde_json::json;
 
 use super::data::EvalTokens;
 use crate::plan::DistillStep;
+use crate::report::DistillRecord;
 
 mod trainer;
-use crate::report::DistillRecord;
-use microllm_engine::BlockStore;
 
 /// What a distill pass trains, on what, and where its files go.
 pub(super) struct DistillJob<'a> {
