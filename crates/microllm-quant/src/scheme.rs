@@ -149,6 +149,12 @@ impl QuantScheme {
         self.group_size.unwrap_or(in_features)
     }
 
+    /// Groups per row of `in_features` columns, a shorter last group counted (the quantizers
+    /// never make one; checkpoints of other tools may hold one).
+    pub fn groups(&self, in_features: usize) -> usize {
+        in_features.div_ceil(self.group_len(in_features).max(1))
+    }
+
     /// Validates the scheme against a weight of shape `[out, in]` and returns the number of
     /// groups per row. `name` is only used in the error message.
     ///

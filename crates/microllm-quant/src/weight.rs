@@ -70,7 +70,7 @@ impl QuantizedWeight {
 
     /// Groups per row (a ragged last group counts).
     pub fn n_groups(&self) -> usize {
-        self.in_features().div_ceil(self.group_len().max(1))
+        self.scheme.groups(self.in_features())
     }
 
     /// Group of input column `j`.

@@ -7,8 +7,9 @@
 //! the backward of every block (about 110 MB per block of SmolLM2 at 8 x 256 tokens), and the
 //! backward recomputes one block at a time from its input, pulling the gradient of the
 //! block's output back through it (`sum(y * dL/dy)` differentiated). The gradients are the
-//! same; the cost is a second forward of each block (about a third more computation per
-//! step), the gain that a step holds one block's graph instead of all of them.
+//! same; the cost is a second forward of each block (by docs/benchmarks.md's count of 0.24 of
+//! 0.67 GFLOP per token in the forward, about a third more arithmetic), the gain that a step
+//! holds one block's graph instead of all of them.
 
 use candle_core::{Device, Tensor, Var};
 use microllm_core::Error;
@@ -99,10 +100,6 @@ pub(super) fn micro_step(
     let s = job.settings;
     let batch = batch_of(job, windows)?;
     let ids = Tensor::from_slice(&batch.ids, (windows.len(), s.seqlen), &Device::Cpu)?;
-    let student_blocks = job
-        .hidden
-        .map(HiddenLoss::student_blocks)
-        .unwrap_or_default();
     let (live, teacher_hidden) = match &job.targets {
         Targets::Live { teacher, .. } => {
             let blocks = job
@@ -137,6 +134,10 @@ pub(super) fn micro_step(
             hidden: 0.0,
         });
     }
+    let student_blocks = job
+        .hidden
+        .map(HiddenLoss::student_blocks)
+        .unwrap_or_default();
     let out = job.student.forward(&ids, &student_blocks)?;
     let mut loss_value = 0.0;
     let mut total: Option<Tensor> = None;

@@ -43,8 +43,7 @@ impl LinearLayout {
 
     /// Groups per row.
     pub fn n_groups(&self) -> usize {
-        let inp = self.shape[1];
-        inp.div_ceil(self.scheme.group_len(inp).max(1))
+        self.scheme.groups(self.shape[1])
     }
 }
 

@@ -48,7 +48,7 @@ impl Planned {
     pub fn dense(info: TensorInfo, dtype: OutDtype) -> Self {
         Self {
             bytes: (info.numel() * dtype.size()) as u64,
-            dtype: st_dtype(dtype),
+            dtype: dtype.safetensors_dtype(),
             shape: info.shape,
             name: info.name,
             content: Content::Dense(dtype),
@@ -61,15 +61,6 @@ impl Planned {
             Content::Dense(_) => None,
             Content::Packed(weight) => Some(weight),
         }
-    }
-}
-
-/// The safetensors dtype of `d`.
-pub(crate) fn st_dtype(d: OutDtype) -> Dtype {
-    match d {
-        OutDtype::F32 => Dtype::F32,
-        OutDtype::F16 => Dtype::F16,
-        OutDtype::BF16 => Dtype::BF16,
     }
 }
 
@@ -169,7 +160,7 @@ fn write_shard(
     tensors: &[Planned],
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let header = header_bytes(
+    let (header, data_bytes) = header_bytes(
         tensors
             .iter()
             .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes)),
@@ -180,7 +171,6 @@ fn write_shard(
     w.write_all(&header).map_err(io)?;
     // The pieces of the linear being written, by name.
     let mut pending: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut written = 0u64;
     for t in tensors {
         let bytes = match &t.content {
             Content::Dense(dtype) => {
@@ -207,14 +197,13 @@ fn write_shard(
             });
         }
         w.write_all(&bytes).map_err(io)?;
-        written += t.bytes;
         progress.advance(1);
     }
     let file = w
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(io)?;
-    Ok(written)
+    Ok(data_bytes)
 }
 
 #[cfg(test)]

@@ -36,6 +36,15 @@ impl OutDtype {
         }
     }
 
+    /// The safetensors header dtype.
+    pub(crate) fn safetensors_dtype(self) -> safetensors::Dtype {
+        match self {
+            OutDtype::F32 => safetensors::Dtype::F32,
+            OutDtype::F16 => safetensors::Dtype::F16,
+            OutDtype::BF16 => safetensors::Dtype::BF16,
+        }
+    }
+
     /// The `torch_dtype` written into config.json.
     pub fn torch_name(self) -> &'static str {
         match self {
@@ -64,20 +73,15 @@ pub fn write_safetensors(
     dtype: OutDtype,
     mut on_tensor: impl FnMut(&TensorInfo),
 ) -> Result<u64> {
-    let header = header_bytes(tensors.iter().map(|t| {
-        let st = super::planned::st_dtype(dtype);
+    let (header, data_bytes) = header_bytes(tensors.iter().map(|t| {
+        let len = (t.numel() * dtype.size()) as u64;
         (
             t.name.as_str(),
-            st,
+            dtype.safetensors_dtype(),
             t.shape.as_slice(),
-            (t.numel() * dtype.size()) as u64,
+            len,
         )
     }));
-    let offset: u64 = tensors
-        .iter()
-        .map(|t| (t.numel() * dtype.size()) as u64)
-        .sum();
-
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let io = |e| Error::io(path, e);
@@ -93,15 +97,16 @@ pub fn write_safetensors(
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(io)?;
-    Ok(offset)
+    Ok(data_bytes)
 }
 
 /// A safetensors file's first bytes: the header's length (u64, little-endian), then its JSON
 /// (`__metadata__` `{"format": "pt"}`, then every tensor's dtype, shape and offsets, in the
-/// order given, data laid end to end), padded with spaces so the data starts 8-byte aligned.
+/// order given, data laid end to end), padded with spaces so the data starts 8-byte aligned;
+/// and the length of the data that follows.
 pub(crate) fn header_bytes<'a>(
     tensors: impl IntoIterator<Item = (&'a str, safetensors::Dtype, &'a [usize], u64)>,
-) -> Vec<u8> {
+) -> (Vec<u8>, u64) {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0u64;
@@ -120,7 +125,7 @@ pub(crate) fn header_bytes<'a>(
     json.resize(json.len().next_multiple_of(8), b' ');
     let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(&json);
-    bytes
+    (bytes, offset)
 }
 
 /// Little-endian bytes of tensor `name` (of `origin`, for errors) in `dtype`, refusing

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::WriteSummary;
 use super::hf_dir::hf_config_json;
 use super::packed::dense_dtype;
-use super::planned::{Content, Planned, PlannedDir, st_dtype, write_planned_dir};
+use super::planned::{Content, Planned, PlannedDir, write_planned_dir};
 use super::safetensors::{OutDtype, tensor_bytes};
 use crate::Tokenizer;
 use crate::fused::{JoinFused, parts_of};
@@ -70,7 +70,7 @@ fn encode(
         ),
         RawTensor::owned(
             format!("{prefix}.compressed"),
-            st_dtype(dtype),
+            dtype.safetensors_dtype(),
             values_shape,
             values,
         ),

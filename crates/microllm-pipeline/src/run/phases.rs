@@ -28,12 +28,12 @@ const OUTPUT_RECORD: &str = "output.json";
 /// What every phase works with: the plan, the work directory, the data, and the original
 /// model once an eval has loaded it (kept for the later evals).
 pub(super) struct Runner<'r> {
-    pub plan: &'r Plan,
-    pub store: &'r BlockStore,
-    pub resume: bool,
-    pub windows: &'r [Vec<u32>],
-    pub eval_tokens: Option<&'r EvalTokens>,
-    pub progress: &'r dyn Progress,
+    plan: &'r Plan,
+    store: &'r BlockStore,
+    resume: bool,
+    windows: &'r [Vec<u32>],
+    eval_tokens: Option<&'r EvalTokens>,
+    progress: &'r dyn Progress,
     base: Option<Decoder>,
     base_tasks: tasks::BaseScores,
 }
