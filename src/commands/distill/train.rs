@@ -18,7 +18,7 @@ use microllm_distill::report::{DataInfo, DistillReport, EvalInfo, StudentRecord}
 use microllm_distill::store::TeacherStore;
 use microllm_distill::student::{Freeze, Student};
 use microllm_distill::train::{
-    AdamWConfig, Evaluation, Targets, TrainJob, TrainOutcome, TrainSettings, train,
+    AdamWConfig, Evaluation, MomentPrecision, Targets, TrainJob, TrainOutcome, TrainSettings, train,
 };
 use microllm_eval::PerplexityOptions;
 use microllm_io::Checkpoint;
@@ -31,6 +31,13 @@ use super::setup::{
 use super::summary::{print_plan, print_summary};
 use crate::commands::convert::Dtype;
 use crate::progress::Bar;
+
+/// How AdamW stores its moments (`--moments`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Moments {
+    Bf16,
+    F32,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -92,6 +99,10 @@ pub struct TrainArgs {
     /// AdamW weight decay (matrices only).
     #[arg(long, value_parser = crate::commands::finite_f64, default_value_t = 0.0)]
     pub(super) weight_decay: f64,
+    /// How AdamW stores its two moments: bf16 (stochastically rounded; half the optimizer's
+    /// memory) or f32.
+    #[arg(long, value_enum, default_value_t = Moments::Bf16)]
+    pub(super) moments: Moments,
     /// Seed of the data order and of learned projections.
     #[arg(long, default_value_t = 0)]
     pub(super) seed: u64,
@@ -343,6 +354,10 @@ fn train_settings(args: &TrainArgs, loss: &LossSpec) -> Result<TrainSettings> {
         clip_norm: args.clip,
         adamw: AdamWConfig {
             weight_decay: args.weight_decay,
+            moments: match args.moments {
+                Moments::Bf16 => MomentPrecision::Bf16,
+                Moments::F32 => MomentPrecision::F32,
+            },
             ..AdamWConfig::default()
         },
         seed: args.seed,

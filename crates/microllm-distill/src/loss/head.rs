@@ -11,7 +11,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor};
 use microllm_core::{Error, Result};
 use rayon::prelude::*;
 
@@ -195,6 +195,14 @@ fn check_targets(rows: usize, vocab: usize, t: &LogitTargets<'_>) -> Result<()> 
     Ok(())
 }
 
+/// An f32 gradient sum the head weight's gradient is added into, times `scale`, instead of
+/// going through autograd (the trainer's accumulator of that weight).
+#[derive(Debug)]
+pub struct WeightGradSum<'a> {
+    pub sum: &'a mut [f32],
+    pub scale: f32,
+}
+
 /// The weighted logit loss of `hidden` (the student's final-norm output `[rows, hidden]`)
 /// through the student's head, as an autograd scalar.
 pub fn head_loss(
@@ -202,6 +210,21 @@ pub fn head_loss(
     hidden: &Tensor,
     targets: &LogitTargets<'_>,
     mix: &LogitMix,
+) -> Result<HeadLoss> {
+    head_loss_into(student, hidden, targets, mix, None)
+}
+
+/// [`head_loss`], with the head weight's gradient (when the head is trained) added straight
+/// into `weight_grad` when given: chunk by chunk, by a matrix product that accumulates into
+/// the sum, so no `[vocab, hidden]` gradient is ever allocated (through autograd: a running
+/// sum, each chunk's part and the copy autograd hands back, 113 MB each for SmolLM2). The
+/// returned loss then carries no gradient for that weight. Needs an f32 student.
+pub fn head_loss_into(
+    student: &Student,
+    hidden: &Tensor,
+    targets: &LogitTargets<'_>,
+    mix: &LogitMix,
+    mut weight_grad: Option<WeightGradSum<'_>>,
 ) -> Result<HeadLoss> {
     let (rows, _) = hidden.dims2()?;
     let (w, b) = student.head();
@@ -225,6 +248,16 @@ pub fn head_loss(
     // (tied) head.
     let h = hidden.detach();
     let weight = w.tensor.detach();
+    if let Some(g) = &weight_grad
+        && (weight.dtype() != DType::F32 || g.sum.len() != weight.elem_count())
+    {
+        return Err(Error::Invalid(format!(
+            "the head's gradient sum holds {} f32 values for a {:?} {:?} weight",
+            g.sum.len(),
+            weight.dtype(),
+            weight.dims()
+        )));
+    }
     let bias = b.map(|b| b.tensor.detach());
     let mut d_hidden = Vec::new();
     let mut d_weight: Option<Tensor> = None;
@@ -264,7 +297,9 @@ pub fn head_loss(
         }
         let d_logits = logits;
         d_hidden.push(d_logits.matmul(&weight)?);
-        if w.var.is_some() {
+        if let (Some(sink), true) = (&mut weight_grad, w.var.is_some()) {
+            add_scaled_product(sink, &d_logits, &h_chunk)?;
+        } else if w.var.is_some() {
             let part = d_logits.t()?.matmul(&h_chunk)?;
             d_weight = Some(match d_weight {
                 Some(acc) => (acc + part)?,
@@ -295,4 +330,53 @@ pub fn head_loss(
         loss = (loss + attach(&b.tensor, 0.0, db)?)?;
     }
     Ok(HeadLoss { loss, value, terms })
+}
+
+/// `sink.sum += sink.scale · d_logitsᵀ · h` for one chunk (`d_logits` `[n, vocab]`, `h`
+/// `[n, hidden]`, f32), accumulated in place by gemm.
+fn add_scaled_product(sink: &mut WeightGradSum<'_>, d_logits: &Tensor, h: &Tensor) -> Result<()> {
+    let (n, vocab) = d_logits.dims2()?;
+    let hidden = h.dim(1)?;
+    if h.dim(0)? != n || sink.sum.len() != vocab * hidden {
+        return Err(Error::Invalid(format!(
+            "head gradient: {:?} and {:?} do not make a {}-value sum",
+            d_logits.dims(),
+            h.dims(),
+            sink.sum.len()
+        )));
+    }
+    let threads = rayon::current_num_threads();
+    crate::real::with_data::<f32, _>(d_logits, "head gradient", |d| {
+        crate::real::with_data::<f32, _>(h, "head gradient", |h| {
+            // SAFETY: the lengths are checked above: `sum` is `[vocab, hidden]` row-major,
+            // `d` is `[n, vocab]` read as its transpose (row stride 1, column stride
+            // vocab), `h` is `[n, hidden]` row-major; `sum` is borrowed mutably, so nothing
+            // else reads or writes it meanwhile.
+            unsafe {
+                gemm::gemm(
+                    vocab,
+                    hidden,
+                    n,
+                    sink.sum.as_mut_ptr(),
+                    1,
+                    hidden as isize,
+                    true,
+                    d.as_ptr(),
+                    vocab as isize,
+                    1,
+                    h.as_ptr(),
+                    1,
+                    hidden as isize,
+                    1.0,
+                    sink.scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
+                );
+            }
+            Ok(())
+        })
+    })?;
+    Ok(())
 }

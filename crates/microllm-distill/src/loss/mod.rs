@@ -15,7 +15,9 @@ mod row;
 mod spec;
 
 pub use grad_node::attach;
-pub use head::{CHUNK_ROWS, HeadLoss, LogitTargets, Teacher, head_loss};
+pub use head::{
+    CHUNK_ROWS, HeadLoss, LogitTargets, Teacher, WeightGradSum, head_loss, head_loss_into,
+};
 pub use hidden::HiddenLoss;
 pub use row::{LogitMix, RowScale, RowTerms, Scratch, TeacherRow, row_loss};
 pub use spec::{HiddenKind, LOSS_NAMES, LossSpec};

@@ -5,7 +5,8 @@
 //!
 //! - `weights.safetensors`: every trained weight, f32, by name (frozen weights come again from
 //!   the student's source, which the fingerprint pins);
-//! - `optimizer.safetensors`: AdamW's moments, `m.NAME` and `v.NAME`;
+//! - `optimizer.safetensors`: AdamW's moments, `m.NAME` and `v.NAME`, in the precision the
+//!   run keeps them in (bf16 or f32);
 //! - `state.json`: the step, AdamW's step count, the data position, the curve and evaluations
 //!   so far, and the run's fingerprint (a resume with other settings is refused).
 //!
@@ -17,7 +18,8 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
+use half::bf16;
 use memmap2::Mmap;
 use microllm_core::{Error, Result};
 use microllm_io::write::AtomicDir;
@@ -26,6 +28,7 @@ use safetensors::tensor::{Dtype, View};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments};
+use crate::real::with_data;
 use crate::report::{EvalPoint, StepRecord};
 
 /// Name of the checkpoint directory inside the work directory.
@@ -51,28 +54,45 @@ pub struct TrainState {
     pub fingerprint: String,
 }
 
-/// f32 data borrowed as little-endian bytes for the safetensors writer.
-struct F32View<'a> {
-    data: &'a [f32],
-    shape: Vec<usize>,
+/// One tensor for the safetensors writer, its little-endian bytes made when the writer
+/// reaches it (so a checkpoint never holds a second copy of every weight at once).
+enum Entry<'a> {
+    /// A variable's current value (f32).
+    Var(&'a Var),
+    F32(&'a [f32], Vec<usize>),
+    Bf16(&'a [bf16], Vec<usize>),
 }
 
-impl View for F32View<'_> {
+impl View for Entry<'_> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        match self {
+            Entry::Var(_) | Entry::F32(..) => Dtype::F32,
+            Entry::Bf16(..) => Dtype::BF16,
+        }
     }
     fn shape(&self) -> &[usize] {
-        &self.shape
+        match self {
+            Entry::Var(v) => v.dims(),
+            Entry::F32(_, shape) | Entry::Bf16(_, shape) => shape,
+        }
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        let f32_bytes = |d: &[f32]| d.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Cow::Owned(match self {
+            Entry::Var(v) => with_data::<f32, _>(v.as_tensor(), "checkpoint", |d| Ok(f32_bytes(d)))
+                // `save` has checked that every variable is f32 on the CPU, which is all this
+                // needs (a strided one is made contiguous); the trait has no error to return.
+                .expect("a checkpointed variable is f32 on the CPU"),
+            Entry::F32(d, _) => f32_bytes(d),
+            Entry::Bf16(d, _) => d.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
+        })
     }
     fn data_len(&self) -> usize {
-        self.data.len() * 4
+        self.shape().iter().product::<usize>() * self.dtype().bitsize() / 8
     }
 }
 
-fn write_tensors(path: &Path, tensors: Vec<(String, F32View<'_>)>) -> Result<()> {
+fn write_tensors(path: &Path, tensors: Vec<(String, Entry<'_>)>) -> Result<()> {
     microllm_io::write::serialize_safetensors_file(tensors, None, path)
 }
 
@@ -84,42 +104,30 @@ pub fn save(
     state: &TrainState,
 ) -> Result<PathBuf> {
     let dir = AtomicDir::create(&work.join(CHECKPOINT_DIR), true)?;
-    let weights: Vec<Vec<f32>> = vars
-        .iter()
-        .map(|(_, v)| Ok(v.flatten_all()?.to_vec1::<f32>()?))
-        .collect::<Result<_>>()?;
+    for (name, v) in vars {
+        if v.dtype() != DType::F32 || !v.device().is_cpu() {
+            return Err(Error::Invalid(format!(
+                "checkpoints hold f32 weights on the CPU; {name} is {:?} on {:?}",
+                v.dtype(),
+                v.device()
+            )));
+        }
+    }
     write_tensors(
         &dir.path().join("weights.safetensors"),
         vars.iter()
-            .zip(&weights)
-            .map(|((name, v), data)| {
-                (
-                    name.to_string(),
-                    F32View {
-                        data,
-                        shape: v.dims().to_vec(),
-                    },
-                )
-            })
+            .map(|(name, v)| (name.to_string(), Entry::Var(v)))
             .collect(),
     )?;
-    drop(weights);
     let mut moments = Vec::new();
-    for ((name, v), Moments { m, v: second }) in vars.iter().zip(&optimizer.moments) {
-        moments.push((
-            format!("m.{name}"),
-            F32View {
-                data: m,
-                shape: v.dims().to_vec(),
-            },
-        ));
-        moments.push((
-            format!("v.{name}"),
-            F32View {
-                data: second,
-                shape: v.dims().to_vec(),
-            },
-        ));
+    for ((name, var), held) in vars.iter().zip(&optimizer.moments) {
+        let shape = var.dims().to_vec();
+        let (m, v) = match held {
+            Moments::F32 { m, v } => (Entry::F32(m, shape.clone()), Entry::F32(v, shape)),
+            Moments::Bf16 { m, v } => (Entry::Bf16(m, shape.clone()), Entry::Bf16(v, shape)),
+        };
+        moments.push((format!("m.{name}"), m));
+        moments.push((format!("v.{name}"), v));
     }
     write_tensors(&dir.path().join("optimizer.safetensors"), moments)?;
     let json = serde_json::to_string_pretty(state)
@@ -129,12 +137,19 @@ pub fn save(
     dir.commit()
 }
 
-fn read_f32(st: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+/// The tensor `name` of `st` (read from `path`), which must have `shape` and one of `dtypes`.
+fn checked<'a>(
+    st: &'a SafeTensors<'_>,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+    dtypes: &[Dtype],
+) -> Result<safetensors::tensor::TensorView<'a>> {
     let view = st.tensor(name).map_err(|_| Error::MissingTensor {
         name: name.into(),
         origin: path.display().to_string(),
     })?;
-    if view.dtype() != Dtype::F32 || view.shape() != shape {
+    if view.shape() != shape {
         return Err(Error::Shape {
             name: name.into(),
             origin: path.display().to_string(),
@@ -142,7 +157,30 @@ fn read_f32(st: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -> R
             actual: view.shape().to_vec(),
         });
     }
+    if !dtypes.contains(&view.dtype()) {
+        return Err(Error::format(
+            path,
+            format!("{name} is {:?}, expected one of {dtypes:?}", view.dtype()),
+        ));
+    }
+    Ok(view)
+}
+
+fn read_f32(st: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let view = checked(st, path, name, shape, &[Dtype::F32])?;
     Ok(microllm_core::le::decode_le(view.data()))
+}
+
+/// A moment stored as f32 or bf16, as f32 (exact either way).
+fn read_moment(st: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let view = checked(st, path, name, shape, &[Dtype::F32, Dtype::BF16])?;
+    Ok(match view.dtype() {
+        Dtype::BF16 => microllm_core::le::decode_le::<u16>(view.data())
+            .into_iter()
+            .map(|b| bf16::from_bits(b).to_f32())
+            .collect(),
+        _ => microllm_core::le::decode_le(view.data()),
+    })
 }
 
 fn map(path: &Path) -> Result<Mmap> {
@@ -184,8 +222,9 @@ pub fn restore(
     let st = SafeTensors::deserialize(&opt)
         .map_err(|e| Error::format(&opt_path, format!("invalid safetensors file: {e}")))?;
     for ((name, var), moments) in vars.iter().zip(optimizer.moments.iter_mut()) {
-        moments.m = read_f32(&st, &opt_path, &format!("m.{name}"), var.dims())?;
-        moments.v = read_f32(&st, &opt_path, &format!("v.{name}"), var.dims())?;
+        let m = read_moment(&st, &opt_path, &format!("m.{name}"), var.dims())?;
+        let v = read_moment(&st, &opt_path, &format!("v.{name}"), var.dims())?;
+        *moments = Moments::from_f32(moments.precision(), m, v);
     }
     optimizer.steps = state.adam_steps;
     Ok(())

@@ -23,7 +23,7 @@ use microllm_models::Decoder;
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::TrainState;
-pub use optim::{AdamW, AdamWConfig, GradAccumulator, Schedule};
+pub use optim::{AdamW, AdamWConfig, GradAccumulator, MomentPrecision, Moments, Schedule};
 
 use crate::error::{DistillError, DistillResult};
 use crate::loss::{HiddenLoss, LogitMix, RowTerms};

@@ -17,7 +17,7 @@ use microllm_models::{Decoder, NoTap};
 
 use super::{GradAccumulator, Targets, TrainJob};
 use crate::error::DistillResult;
-use crate::loss::{HiddenLoss, LogitTargets, RowTerms, Teacher, head_loss};
+use crate::loss::{HiddenLoss, LogitTargets, RowTerms, Teacher, WeightGradSum, head_loss_into};
 
 /// One micro-batch's inputs.
 struct Batch {
@@ -142,8 +142,10 @@ pub(super) fn micro_step(
     let mut loss_value = 0.0;
     let mut total: Option<Tensor> = None;
     let mut terms = RowTerms::default();
+    let refs: Vec<&Var> = vars.iter().map(|(_, v)| v).collect();
     if s.mix.uses_teacher() || s.mix.ce != 0.0 {
-        let head = head_loss(job.student, &out.hidden, &targets, &s.mix)?;
+        let sink = head_sink(job, &refs, acc);
+        let head = head_loss_into(job.student, &out.hidden, &targets, &s.mix, sink)?;
         loss_value += head.value;
         terms = head.terms;
         total = Some(head.loss);
@@ -162,7 +164,6 @@ pub(super) fn micro_step(
     let total = total.ok_or_else(|| Error::Invalid("the loss weights nothing".into()))?;
     if loss_value.is_finite() {
         let grads = total.backward()?;
-        let refs: Vec<&Var> = vars.iter().map(|(_, v)| v).collect();
         acc.add(&refs, &grads, 1.0 / s.accumulation as f32)?;
     }
     Ok(MicroResult {
@@ -170,6 +171,23 @@ pub(super) fn micro_step(
         terms,
         hidden: hidden_value,
     })
+}
+
+/// Where the head weight's gradient goes: straight into its accumulator (an f32 student
+/// with a trained head), or, `None`, through autograd.
+fn head_sink<'a>(
+    job: &TrainJob<'_>,
+    refs: &[&Var],
+    acc: &'a mut GradAccumulator,
+) -> Option<WeightGradSum<'a>> {
+    let (weight, _) = job.student.head();
+    let var = weight.var.as_ref()?;
+    if var.dtype() != candle_core::DType::F32 {
+        return None;
+    }
+    let scale = 1.0 / job.settings.accumulation as f32;
+    acc.sum_of(refs, var)
+        .map(|sum| WeightGradSum { sum, scale })
 }
 
 /// The logit losses' forward and backward with per-block recomputation (see the module
@@ -203,11 +221,12 @@ fn checkpointed_step(
     // The final norm, head and loss, differentiated down to the last block's output.
     let last = Var::from_tensor(&x)?;
     drop(x);
-    let head = head_loss(
+    let head = head_loss_into(
         student,
         &student.final_hidden(last.as_tensor())?,
         targets,
         &s.mix,
+        head_sink(job, &refs, acc),
     )?;
     if !head.value.is_finite() {
         return Ok((head.value, head.terms));
@@ -244,7 +263,7 @@ mod tests {
     use candle_core::DType;
 
     use super::*;
-    use crate::loss::LogitMix;
+    use crate::loss::{LogitMix, head_loss};
     use crate::student::{Freeze, Student};
     use crate::train::{AdamWConfig, TrainSettings};
 

@@ -57,6 +57,10 @@ pub struct DistillStage {
     /// AdamW weight decay (matrices only).
     #[serde(default)]
     pub weight_decay: f64,
+    /// How AdamW stores its two moments: bf16 (stochastically rounded, half the optimizer's
+    /// memory) or f32.
+    #[serde(default)]
+    pub moments: MomentStorage,
     /// Seed of the data order.
     #[serde(default)]
     pub seed: u64,
@@ -75,6 +79,15 @@ pub struct DistillStage {
     /// run from there.
     #[serde(default = "fifty")]
     pub checkpoint_every: u64,
+}
+
+/// The precision of AdamW's moments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MomentStorage {
+    #[default]
+    Bf16,
+    F32,
 }
 
 /// Weights of the logit-loss terms; the ones not given are 0.

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use super::distill::{DistillLoss, DistillStage};
+pub use super::distill::{DistillLoss, DistillStage, MomentStorage};
 
 /// The recipe format version this build reads.
 pub const RECIPE_VERSION: u32 = 1;

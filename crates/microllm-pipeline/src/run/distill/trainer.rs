@@ -13,13 +13,15 @@ use microllm_distill::fingerprint::{model_sha256, sha256_bytes, tokenizer_sha256
 use microllm_distill::loss::LogitMix;
 use microllm_distill::store::TeacherStore;
 use microllm_distill::student::{Freeze, Student};
-use microllm_distill::train::{AdamWConfig, Evaluation, Targets, TrainJob, TrainSettings, train};
+use microllm_distill::train::{
+    AdamWConfig, Evaluation, MomentPrecision, Targets, TrainJob, TrainSettings, train,
+};
 use microllm_distill::training_data::TrainingData;
 use microllm_distill::{DistillError, DistillResult};
 use microllm_models::Decoder;
 
 use super::DistillJob;
-use crate::recipe::DistillStage;
+use crate::recipe::{DistillStage, MomentStorage};
 use crate::report::{DistillEval, DistillLoss, DistillRecord};
 
 /// Trains `job.student` against `job.teacher`, writes the trained student as a Hugging Face
@@ -56,6 +58,10 @@ fn settings(stage: &DistillStage, steps: u64) -> TrainSettings {
         clip_norm: stage.clip,
         adamw: AdamWConfig {
             weight_decay: stage.weight_decay,
+            moments: match stage.moments {
+                MomentStorage::Bf16 => MomentPrecision::Bf16,
+                MomentStorage::F32 => MomentPrecision::F32,
+            },
             ..AdamWConfig::default()
         },
         seed: stage.seed,
