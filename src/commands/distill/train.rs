@@ -23,6 +23,7 @@ use microllm_distill::train::{
 use microllm_eval::PerplexityOptions;
 use microllm_io::Checkpoint;
 use microllm_io::write::{HfOutput, HfWriteOptions, write_hf_dir};
+use microllm_models::Decoder;
 
 use super::setup::{
     StudentSource, check_vocabularies, eval_tokens, hidden_loss, model_record, open_store,
@@ -190,18 +191,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         )?),
         None => None,
     };
-    if loss.uses_teacher_logits() && store.is_none() && teacher.is_none() {
-        bail!(
-            "--loss {} compares with a teacher: pass --teacher (live) or --logits (a store)",
-            args.loss
-        );
-    }
-    let teacher_decoder = match (&teacher, &store) {
-        (Some(t), None) if loss.uses_teacher_logits() || loss.hidden.is_some() => Some(
-            crate::commands::load_decoder(t, crate::commands::Compute::F32)?,
-        ),
-        _ => None,
-    };
+    let teacher_decoder = live_teacher(&args, &loss, teacher.as_ref(), store.is_some())?;
     let hidden = hidden_loss(&args, &loss, &student, teacher.as_ref(), store.is_some())?;
 
     let settings = train_settings(&args, &loss)?;
@@ -231,18 +221,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => None,
     };
 
-    let freeze = Freeze {
-        embeddings: args.freeze_embeddings,
-        blocks: args.freeze_blocks,
-    };
-    let model = Student::load(
-        &student.config,
-        student.tensors.as_ref(),
-        candle_core::DType::F32,
-        freeze,
-        settings.seqlen,
-    )
-    .context("loading the student")?;
+    let model = load_student(&args, &student, settings.seqlen)?;
     let fingerprint = run_fingerprint(&args, &settings, &student, &data_sha, store.as_ref());
     let work = prepare_work_dir(&out, args.resume)?;
 
@@ -252,14 +231,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         student: &model,
         targets,
         hidden: hidden.as_ref(),
-        eval: eval_tokens.as_ref().map(|t| Evaluation {
-            tokens: t,
-            options: PerplexityOptions {
-                ctx: args.eval_ctx,
-                max_windows: Some(args.eval_windows),
-                protocol: Default::default(),
-            },
-        }),
+        eval: eval_tokens.as_ref().map(|t| evaluation(&args, t)),
         work_dir: &work,
         resume: args.resume,
         fingerprint,
@@ -290,6 +262,56 @@ pub fn run(args: TrainArgs) -> Result<()> {
     print_summary(&report);
     println!("report       {} and {}", json.display(), md.display());
     Ok(())
+}
+
+/// The teacher to run beside the student, when the loss needs its logits or hidden states
+/// and no store stands in for it; a loss that needs a teacher without one is refused.
+fn live_teacher(
+    args: &TrainArgs,
+    loss: &LossSpec,
+    teacher: Option<&Checkpoint>,
+    has_store: bool,
+) -> Result<Option<Decoder>> {
+    if loss.uses_teacher_logits() && !has_store && teacher.is_none() {
+        bail!(
+            "--loss {} compares with a teacher: pass --teacher (live) or --logits (a store)",
+            args.loss
+        );
+    }
+    Ok(match teacher {
+        Some(t) if !has_store && (loss.uses_teacher_logits() || loss.hidden.is_some()) => Some(
+            crate::commands::load_decoder(t, crate::commands::Compute::F32)?,
+        ),
+        _ => None,
+    })
+}
+
+/// The student's weights as f32 variables (the frozen ones as constants).
+fn load_student(args: &TrainArgs, student: &StudentSource<'_>, seqlen: usize) -> Result<Student> {
+    let freeze = Freeze {
+        embeddings: args.freeze_embeddings,
+        blocks: args.freeze_blocks,
+    };
+    Student::load(
+        &student.config,
+        student.tensors.as_ref(),
+        candle_core::DType::F32,
+        freeze,
+        seqlen,
+    )
+    .context("loading the student")
+}
+
+/// Held-out perplexity on `tokens` as `--eval-ctx` / `--eval-windows` ask.
+fn evaluation<'a>(args: &TrainArgs, tokens: &'a [u32]) -> Evaluation<'a> {
+    Evaluation {
+        tokens,
+        options: PerplexityOptions {
+            ctx: args.eval_ctx,
+            max_windows: Some(args.eval_windows),
+            protocol: Default::default(),
+        },
+    }
 }
 
 /// What a resumed run must share with the killed one (its checkpoints carry it).
