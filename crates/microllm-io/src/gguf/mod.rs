@@ -27,6 +27,7 @@ mod header;
 mod imatrix;
 mod imatrix_file;
 pub mod iq4;
+mod lanes;
 mod meta;
 mod mix;
 pub mod names;

@@ -23,16 +23,17 @@
 
 use half::f16;
 
+use super::lanes::fit_sub_blocks;
 use super::weighted::{ALL_ZERO, OffsetGrid, QK_K, nearest};
 
 /// Values per sub-block.
-const SUB: usize = 32;
+pub(super) const SUB: usize = 32;
 /// Sub-blocks per super-block.
-const SUBS: usize = QK_K / SUB;
+pub(super) const SUBS: usize = QK_K / SUB;
 
 /// The two k-quants with a minimum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Width {
+pub(super) enum Width {
     Q4K,
     Q5K,
 }
@@ -48,7 +49,7 @@ impl Width {
 
     /// The unweighted search's grids (llama.cpp's `make_qkx2_quants(.., -1, 0.1, 20, ..)`
     /// for Q4_K, `(.., -0.5, 0.1, 15, ..)` for Q5_K).
-    fn plain_grid(self) -> OffsetGrid {
+    pub(super) fn plain_grid(self) -> OffsetGrid {
         match self {
             Width::Q4K => OffsetGrid {
                 first: -1.0,
@@ -64,7 +65,7 @@ impl Width {
     }
 }
 /// The importance-weighted search's grids (`make_qkx3_quants(.., -0.9, 0.05, 36, ..)`).
-const WEIGHTED_GRID: OffsetGrid = OffsetGrid {
+pub(super) const WEIGHTED_GRID: OffsetGrid = OffsetGrid {
     first: -0.9,
     step: 0.05,
     steps: 36,
@@ -187,121 +188,6 @@ fn weighted_sub_scales(width: Width, x: &[f32], imp: &[f32], codes: &mut [u8; QK
     }
 }
 
-/// The eight sub-blocks of a super-block fitted at once, one per vector lane:
-/// `weighted::fit_block_with_offset`'s search (the range's grid, then `grid`'s, each later
-/// grid laid from the best offset so far, weighted least squares for scale and offset), with
-/// each lane's sums in index order, so every lane's result is bit for bit the one-block
-/// fit's (a test compares them). The one-block search spent most of `convert --gguf-type
-/// q4_k_m`'s time in chains of dependent scalar additions; eight independent chains side by
-/// side fill the vector units. Returns each sub-block's scale and offset (`w = d code + m`).
-fn fit_sub_blocks(
-    x: &[f32],
-    weights: &[f32; QK_K],
-    levels: u8,
-    grid: OffsetGrid,
-    codes: &mut [u8; QK_K],
-) -> ([f32; SUBS], [f32; SUBS]) {
-    type Lanes = [f32; SUBS];
-    // Element j of every sub-block side by side.
-    let (mut xs, mut ws) = ([[0f32; SUBS]; SUB], [[0f32; SUBS]; SUB]);
-    for j in 0..SUB {
-        for b in 0..SUBS {
-            xs[j][b] = x[b * SUB + j];
-            ws[j][b] = weights[b * SUB + j];
-        }
-    }
-    let n_levels = f32::from(levels);
-    let (mut lo, mut hi) = (xs[0], xs[0]);
-    let (mut sum_w, mut sum_x): (Lanes, Lanes) = (ws[0], [0.0; SUBS]);
-    for b in 0..SUBS {
-        sum_x[b] = ws[0][b] * xs[0][b];
-    }
-    for j in 1..SUB {
-        for b in 0..SUBS {
-            lo[b] = lo[b].min(xs[j][b]);
-            hi[b] = hi[b].max(xs[j][b]);
-            sum_w[b] += ws[j][b];
-            sum_x[b] += ws[j][b] * xs[j][b];
-        }
-    }
-    let mut min: Lanes = lo.map(|v| v.min(0.0));
-    // Codes of every lane on the grids `iscale`, from offsets `min`.
-    let round = |iscale: &Lanes, min: &Lanes, out: &mut [[u8; SUBS]; SUB]| {
-        for j in 0..SUB {
-            for b in 0..SUBS {
-                out[j][b] =
-                    nearest(iscale[b] * (xs[j][b] - min[b])).clamp(0, i32::from(levels)) as u8;
-            }
-        }
-    };
-    let squared_error = |scale: &Lanes, min: &Lanes, codes: &[[u8; SUBS]; SUB]| {
-        let mut acc = [0f32; SUBS];
-        for j in 0..SUB {
-            for b in 0..SUBS {
-                let diff = scale[b] * f32::from(codes[j][b]) + min[b] - xs[j][b];
-                acc[b] += ws[j][b] * (diff * diff);
-            }
-        }
-        acc
-    };
-    let iscale: Lanes = std::array::from_fn(|b| n_levels / (hi[b] - min[b]));
-    let mut scale: Lanes = iscale.map(|i| 1.0 / i);
-    let mut best_codes = [[0u8; SUBS]; SUB];
-    round(&iscale, &min, &mut best_codes);
-    let mut best = squared_error(&scale, &min, &best_codes);
-    let mut trial = [[0u8; SUBS]; SUB];
-    for k in 0..=grid.steps {
-        let levels_k = grid.first + grid.step * k as f32 + n_levels;
-        // Over the range from the best offset so far (`min` moves with the best fit).
-        let iscale: Lanes = std::array::from_fn(|b| levels_k / (hi[b] - min[b]));
-        round(&iscale, &min, &mut trial);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; SUBS], [0f32; SUBS], [0f32; SUBS]);
-        for j in 0..SUB {
-            for b in 0..SUBS {
-                let (l, w) = (f32::from(trial[j][b]), ws[j][b]);
-                sum_l[b] += w * l;
-                sum_l2[b] += w * l * l;
-                sum_xl[b] += w * l * xs[j][b];
-            }
-        }
-        let (mut this_scale, mut this_min, mut fits) = ([0f32; SUBS], [0f32; SUBS], [false; SUBS]);
-        for b in 0..SUBS {
-            let det = sum_w[b] * sum_l2[b] - sum_l[b] * sum_l[b];
-            fits[b] = det > 0.0;
-            this_scale[b] = (sum_w[b] * sum_xl[b] - sum_x[b] * sum_l[b]) / det;
-            this_min[b] = (sum_l2[b] * sum_x[b] - sum_l[b] * sum_xl[b]) / det;
-            if this_min[b] > 0.0 {
-                this_min[b] = 0.0;
-                this_scale[b] = sum_xl[b] / sum_l2[b];
-            }
-        }
-        let err = squared_error(&this_scale, &this_min, &trial);
-        for b in 0..SUBS {
-            if fits[b] && err[b] < best[b] {
-                best[b] = err[b];
-                scale[b] = this_scale[b];
-                min[b] = this_min[b];
-                for j in 0..SUB {
-                    best_codes[j][b] = trial[j][b];
-                }
-            }
-        }
-    }
-    for b in 0..SUBS {
-        // A sub-block whose range is empty (all values equal and at or above zero): codes 0,
-        // offset the minimum, as the one-block fit returns before searching.
-        let empty = hi[b] <= lo[b].min(0.0);
-        for j in 0..SUB {
-            codes[b * SUB + j] = if empty { 0 } else { best_codes[j][b] };
-        }
-        if empty {
-            scale[b] = 0.0;
-            min[b] = lo[b].min(0.0);
-        }
-    }
-    (scale, min)
-}
-
 /// The eight non-negative sub-block values as 6-bit codes times one scale, by llama.cpp's
 /// weighted search (`make_qp_quants(8, 63, ..)`): `(scale, codes)`.
 fn six_bit_fit(x: &[f32; SUBS], weights: &[f32; SUBS]) -> (f32, [u8; SUBS]) {
@@ -414,55 +300,6 @@ mod tests {
                 v * v * v * 0.08 + v * 0.01
             })
             .collect()
-    }
-
-    /// The eight-lane fit returns, bit for bit, what the one-block fit returns for each
-    /// sub-block: both grids, both code widths, sub-blocks that are constant, zero,
-    /// positive only or carry one outlier.
-    #[test]
-    fn lanes_fit_as_the_one_block_search_does() {
-        use super::super::weighted::fit_block_with_offset;
-        for seed in 0..40u32 {
-            let mut x = row(QK_K, seed * 977);
-            match seed % 5 {
-                1 => x[..SUB].fill(0.0),
-                2 => x[SUB..2 * SUB].fill(0.25),
-                3 => x[2 * SUB..3 * SUB].iter_mut().for_each(|v| *v = v.abs()),
-                4 => x[100] = 3.0,
-                _ => {}
-            }
-            let weights: [f32; QK_K] =
-                std::array::from_fn(|j| 0.5 + row(QK_K, seed + 7)[j].abs() * 10.0);
-            for (levels, grid) in [
-                (15, Width::Q4K.plain_grid()),
-                (31, Width::Q5K.plain_grid()),
-                (15, WEIGHTED_GRID),
-                (31, WEIGHTED_GRID),
-            ] {
-                let mut lanes = [0u8; QK_K];
-                let (scales, mins) = fit_sub_blocks(&x, &weights, levels, grid, &mut lanes);
-                for b in 0..SUBS {
-                    let part = b * SUB..(b + 1) * SUB;
-                    let mut one = [0u8; SUB];
-                    let (d, m) = fit_block_with_offset(
-                        &x[part.clone()],
-                        &weights[part.clone()],
-                        levels,
-                        grid,
-                        &mut one,
-                    );
-                    assert_eq!(
-                        lanes[part], one,
-                        "seed {seed}, levels {levels}, sub-block {b}"
-                    );
-                    assert_eq!(
-                        (scales[b].to_bits(), mins[b].to_bits()),
-                        (d.to_bits(), m.to_bits()),
-                        "seed {seed}, levels {levels}, sub-block {b}"
-                    );
-                }
-            }
-        }
     }
 
     fn decode(bytes: &[u8], n: usize) -> Vec<f32> {

@@ -40,7 +40,7 @@ pub(super) fn nearest(x: f32) -> i32 {
 /// Codes `0..2 nmax` of one block of any length and its scale `d` (`w = d (code - nmax)`),
 /// the grid chosen by the search described in the module docs; without `weights`, weight `j`
 /// counts as `x_j^2` (llama.cpp's unweighted Q6_K fit).
-fn fit_block(x: &[f32], weights: Option<&[f32]>, nmax: i32, codes: &mut [u8]) -> f32 {
+pub(super) fn fit_block(x: &[f32], weights: Option<&[f32]>, nmax: i32, codes: &mut [u8]) -> f32 {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -92,97 +92,6 @@ pub(super) struct OffsetGrid {
     pub first: f32,
     pub step: f32,
     pub steps: u32,
-}
-
-/// Sixteen blocks of 16 (a Q6_K super-block) fitted at once, one per vector lane, by
-/// [`fit_block`]'s search with each lane's sums in index order: bit for bit the one-block
-/// fit of every block (a test compares them). The one-block search was a chain of dependent
-/// scalar additions and the largest part of `convert --gguf-type q4_k_m` after the Q4_K fit.
-fn fit_sixteen_blocks(
-    x: &[f32],
-    weights: Option<&[f32]>,
-    nmax: i32,
-    codes: &mut [u8; QK_K],
-) -> [f32; 16] {
-    const LANES: usize = 16;
-    const LEN: usize = 16;
-    type Lanes = [f32; LANES];
-    // Element j of every block side by side.
-    let (mut xs, mut ws) = ([[0f32; LANES]; LEN], [[0f32; LANES]; LEN]);
-    for j in 0..LEN {
-        for b in 0..LANES {
-            let v = x[b * LEN + j];
-            xs[j][b] = v;
-            ws[j][b] = weights.map_or(v * v, |w| w[b * LEN + j]);
-        }
-    }
-    let (mut max, mut amax) = ([0f32; LANES], [0f32; LANES]);
-    for row in &xs {
-        for b in 0..LANES {
-            if row[b].abs() > amax[b] {
-                amax[b] = row[b].abs();
-                max[b] = row[b];
-            }
-        }
-    }
-    let levels = |iscale: &Lanes, out: &mut [[i32; LANES]; LEN]| {
-        for j in 0..LEN {
-            for b in 0..LANES {
-                out[j][b] = nearest(iscale[b] * xs[j][b]).clamp(-nmax, nmax - 1);
-            }
-        }
-    };
-    let sums = |l: &[[i32; LANES]; LEN]| {
-        let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
-        for j in 0..LEN {
-            for b in 0..LANES {
-                let (w, l) = (ws[j][b], l[j][b] as f32);
-                sumlx[b] += w * xs[j][b] * l;
-                suml2[b] += w * l * l;
-            }
-        }
-        (sumlx, suml2)
-    };
-    let mut best_levels = [[0i32; LANES]; LEN];
-    levels(&max.map(|m| -(nmax as f32) / m), &mut best_levels);
-    let (sumlx, suml2) = sums(&best_levels);
-    let mut scale: Lanes = std::array::from_fn(|b| {
-        if suml2[b] != 0.0 {
-            sumlx[b] / suml2[b]
-        } else {
-            0.0
-        }
-    });
-    let mut best: Lanes = std::array::from_fn(|b| scale[b] * sumlx[b]);
-    let mut trial = [[0i32; LANES]; LEN];
-    for step in (-9..=9).filter(|&s| s != 0) {
-        let grid = nmax as f32 + 0.1 * step as f32;
-        levels(&max.map(|m| -grid / m), &mut trial);
-        let (sumlx, suml2) = sums(&trial);
-        for b in 0..LANES {
-            if suml2[b] > 0.0 && sumlx[b] * sumlx[b] > best[b] * suml2[b] {
-                scale[b] = sumlx[b] / suml2[b];
-                best[b] = scale[b] * sumlx[b];
-                for j in 0..LEN {
-                    best_levels[j][b] = trial[j][b];
-                }
-            }
-        }
-    }
-    for b in 0..LANES {
-        let zero = amax[b] < ALL_ZERO;
-        for j in 0..LEN {
-            codes[b * LEN + j] = if zero {
-                0
-            } else {
-                (best_levels[j][b] + nmax) as u8
-            };
-        }
-        if zero {
-            scale[b] = 0.0;
-        }
-    }
-    scale
 }
 
 /// llama.cpp's Q4_1 / Q5_1 search (`make_qkx3_quants(.., -0.9, 0.05, 36, ..)`).
@@ -355,7 +264,7 @@ pub fn q6_k_row(row: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
     let mut codes = [0u8; QK_K];
     for (sb, x) in row.chunks_exact(QK_K).enumerate() {
         let w = importance.map(|imp| &imp[sb * QK_K..(sb + 1) * QK_K]);
-        let scales = fit_sixteen_blocks(x, w, 32, &mut codes);
+        let scales = super::lanes::fit_sixteen_blocks(x, w, 32, &mut codes);
         let (mut max_scale, mut max_abs) = (0f32, 0f32);
         for scale in &scales {
             if scale.abs() > max_abs {
@@ -409,39 +318,6 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-
-    /// The sixteen-lane fit returns, bit for bit, what the one-block fit returns for each
-    /// block, with and without weights, for blocks that are zero, constant or ordinary.
-    #[test]
-    fn sixteen_lanes_fit_as_the_one_block_search_does() {
-        let (x, w) = rows();
-        for sb in 0..x.len() / QK_K {
-            let mut xs: Vec<f32> = x[sb * QK_K..(sb + 1) * QK_K].to_vec();
-            match sb % 4 {
-                1 => xs[..16].fill(0.0),
-                2 => xs[16..32].fill(-0.125),
-                3 => xs[40] = 2.5,
-                _ => {}
-            }
-            let ws = &w[..QK_K];
-            for weights in [None, Some(ws)] {
-                let mut lanes = [0u8; QK_K];
-                let scales = fit_sixteen_blocks(&xs, weights, 32, &mut lanes);
-                for (b, scale) in scales.iter().enumerate() {
-                    let part = b * 16..(b + 1) * 16;
-                    let mut one = [0u8; 16];
-                    let d = fit_block(
-                        &xs[part.clone()],
-                        weights.map(|w| &w[part.clone()]),
-                        32,
-                        &mut one,
-                    );
-                    assert_eq!(lanes[part], one, "super-block {sb}, block {b}");
-                    assert_eq!(scale.to_bits(), d.to_bits(), "super-block {sb}, block {b}");
-                }
-            }
-        }
-    }
 
     fn rows() -> (Vec<f32>, Vec<f32>) {
         let mut state = 0x2545_f491_4f6c_dd1du64;

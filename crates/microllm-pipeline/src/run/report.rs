@@ -28,14 +28,7 @@ pub(super) fn build(
     let tensors = o.written_tensors.as_ref().unwrap_or(&out.tensors);
     let mut output = output_record(plan, tensors, o.write_seconds)?;
     let (file_bytes, params) = (output.bytes, output.parameters);
-    let mut notes = plan.notes.clone();
-    notes.extend(o.writer_notes.iter().cloned());
-    if let Some(t) = o.global_threshold {
-        notes.push(format!("global magnitude threshold {t:.6e}"));
-    }
-    if let Some(note) = already_quantized_note(ckpt) {
-        notes.insert(0, note);
-    }
+    let mut notes = run_notes(plan, o);
     let (layers, block_seconds, resumed_blocks) = match &o.layerwise {
         Some((summary, _)) => (
             layer_records(plan, summary, tensors),
@@ -79,17 +72,7 @@ pub(super) fn build(
         tensor_bytes_after: tensors.iter().map(|t| t.bytes).sum(),
         file_bytes,
     };
-    let fallbacks = tensors
-        .iter()
-        .filter_map(|t| {
-            t.fallback.as_ref().map(|why| FallbackRecord {
-                tensor: t.name.clone(),
-                dtype: t.dtype.clone(),
-                why: why.clone(),
-            })
-        })
-        .collect();
-    let passes = pass_records(plan, o);
+    // The last evaluation of the written model is the report's headline.
     let eval = o
         .evals
         .iter()
@@ -114,7 +97,7 @@ pub(super) fn build(
         }),
         method: plan.method.clone(),
         scheme: scheme_record(plan, o),
-        passes,
+        passes: pass_records(plan, o),
         layers,
         block_seconds,
         block_phase_seconds: o
@@ -127,7 +110,7 @@ pub(super) fn build(
         distill: o.distilled.as_ref().map(|(d, ..)| d.clone()),
         size,
         output,
-        fallbacks,
+        fallbacks: fallback_records(tensors),
         notes,
         eval,
         metrics: Default::default(),
@@ -139,6 +122,34 @@ pub(super) fn build(
     report.compute_metrics();
     report.evaluate_gates(&plan.gates);
     Ok(report)
+}
+
+/// The plan's notes, the writer's, the global pruning threshold, and first of all a note
+/// when the model was already quantized.
+fn run_notes(plan: &Plan, o: &Outcome) -> Vec<String> {
+    let mut notes = plan.notes.clone();
+    notes.extend(o.writer_notes.iter().cloned());
+    if let Some(t) = o.global_threshold {
+        notes.push(format!("global magnitude threshold {t:.6e}"));
+    }
+    if let Some(note) = already_quantized_note(&plan.model) {
+        notes.insert(0, note);
+    }
+    notes
+}
+
+/// The tensors written in another type than asked, and why.
+fn fallback_records(tensors: &[TensorPlan]) -> Vec<FallbackRecord> {
+    tensors
+        .iter()
+        .filter_map(|t| {
+            t.fallback.as_ref().map(|why| FallbackRecord {
+                tensor: t.name.clone(),
+                dtype: t.dtype.clone(),
+                why: why.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The written file: size, parameters, bits per weight (all and quantized only), tensors.
