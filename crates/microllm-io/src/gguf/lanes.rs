@@ -222,20 +222,10 @@ pub(super) fn fit_sixteen_blocks(
 
 #[cfg(test)]
 mod tests {
+    use super::super::q4_k::tests::row;
     use super::super::q4_k::{WEIGHTED_GRID, Width};
     use super::super::weighted::{fit_block, fit_block_with_offset};
     use super::*;
-
-    /// Values with heavier tails than uniform, as real weights have.
-    fn row(n: usize, seed: u32) -> Vec<f32> {
-        (0..n as u32)
-            .map(|i| {
-                let h = i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 7;
-                let v = (h % 20_001) as f32 / 10_000.0 - 1.0;
-                v * v * v * 0.08 + v * 0.01
-            })
-            .collect()
-    }
 
     /// The eight-lane fit returns, bit for bit, what the one-block fit returns for each
     /// sub-block: both grids, both code widths, sub-blocks that are constant, zero,

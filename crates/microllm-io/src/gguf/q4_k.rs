@@ -285,13 +285,14 @@ fn unpack_scale(j: usize, s: &[u8; 12]) -> (u8, u8) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
     use super::*;
 
-    fn row(n: usize, seed: u32) -> Vec<f32> {
+    /// `n` weight-like values of seed `seed`.
+    pub(in crate::gguf) fn row(n: usize, seed: u32) -> Vec<f32> {
         (0..n as u32)
             .map(|i| {
                 let h = i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 7;
