@@ -23,6 +23,7 @@ pub mod le;
 pub mod names;
 mod packed;
 mod progress;
+pub mod rng;
 mod source;
 
 /// The bit widths of quantized codes microllm writes and reads (GPTQ, compressed-tensors,

@@ -8,6 +8,7 @@
 //! records its shortfall, and callers decide whether that is an error. The text's SHA-256 goes
 //! into reports so a run can be matched to its data.
 
+use microllm_core::rng::SplitMix64;
 use sha2::{Digest, Sha256};
 
 /// Windows drawn from one text, with what is needed to report them.
@@ -44,9 +45,9 @@ impl CalibrationSet {
     ) -> Self {
         let available = tokens.len().checked_div(seqlen).unwrap_or(0);
         let mut order: Vec<usize> = (0..available).collect();
-        let mut rng = SplitMix64(seed);
+        let mut rng = SplitMix64::new(seed);
         for i in (1..order.len()).rev() {
-            let j = (rng.next() % (i as u64 + 1)) as usize;
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
         let windows = order
@@ -74,20 +75,6 @@ impl CalibrationSet {
     /// Windows asked for but not available.
     pub fn shortfall(&self) -> usize {
         self.requested - self.windows.len()
-    }
-}
-
-/// SplitMix64 (Steele et al.): tiny, fast, and stable across versions and platforms, which a
-/// seed recorded in a report needs; no dependency for one shuffle.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 

@@ -11,7 +11,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use microllm_core::{Error, Result};
 
 use super::spec::HiddenKind;
-use crate::train::data::SplitMix64;
+use microllm_core::rng::SplitMix64;
 
 /// The hidden-state term of a run.
 #[derive(Debug)]

@@ -17,14 +17,10 @@ const CHECKED_PER_INPUT: usize = 60;
 /// Deterministic standard-normal values (SplitMix64 + Box-Muller), f64.
 pub fn randn(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03;
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut rng = microllm_core::rng::SplitMix64::new(
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03,
+    );
+    let mut next = || rng.next_f64();
     let values: Vec<f64> = (0..n)
         .map(|_| {
             let (u, v) = (next().max(1e-300), next());

@@ -5,29 +5,7 @@
 //! data position is one number: windows consumed since the start. A checkpoint records it and
 //! a resumed run continues with exactly the windows the uninterrupted run would have used.
 
-/// SplitMix64 (Steele, Lea & Flood 2014): a tiny generator whose output is fixed for a seed on
-/// every platform and version, which a recorded seed needs.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use microllm_core::rng::SplitMix64;
 
 /// Seeded per-epoch permutations of `windows` windows.
 #[derive(Debug, Clone)]

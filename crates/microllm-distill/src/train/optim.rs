@@ -10,20 +10,21 @@
 //! `w ← w − lr·(m̂ / (√v̂ + ε) + λ·w)` with bias-corrected `m̂`, `v̂`; weight decay `λ` only on
 //! matrices (not on norms and biases).
 //!
-//! The moments are stored in bf16 by default ([`MomentPrecision`]): a quarter of a
-//! distillation's memory at f32 (weights, gradient sums and two moments, 4 bytes each per
-//! trained value) becomes an eighth. Rounding them to the nearest bf16 would stall the second
-//! moment: with `β2 = 0.999` one step moves `v` by a thousandth of `g² − v`, less than half a
-//! bf16 step (1/256 of `v`) until `g²` is about three times `v`, so `v` would stop growing at
-//! about a third of `g²` and never decay. They are rounded stochastically instead (up with
-//! probability equal to the fraction cut off), which keeps each moment's expectation exact;
-//! the random bits are a hash of (step, variable, element), so a run is reproducible and
+//! The moments are stored in bf16 by default ([`MomentPrecision`]): training at f32 keeps 16
+//! bytes per trained value (weight, gradient sum, two moments); bf16 moments make it 12.
+//! Rounding them to the nearest bf16 would stall the second moment: with `β2 = 0.999` one
+//! step moves `v` by a thousandth of `g² − v`, and half a bf16 step is 1/512 to 1/256 of `v`,
+//! so `v` would stop growing somewhere between a fifth and a third of `g²` and never decay
+//! (the unit test below sees it stuck under half). They are rounded stochastically instead
+//! (up with probability equal to the fraction cut off), which keeps each moment's expectation
+//! exact; the random bits are a hash of (step, variable, element), so a run is reproducible and
 //! independent of the thread count. The update itself uses the unrounded moments.
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, Var};
 use half::bf16;
+use microllm_core::rng::mix;
 use microllm_core::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -144,13 +145,6 @@ pub fn bf16_stochastic(x: f32, random: u16) -> bf16 {
     // into the kept part with exactly that probability (a carry into the exponent is the
     // correct next value up).
     bf16::from_bits((x.to_bits().wrapping_add(random as u32) >> 16) as u16)
-}
-
-/// 64 well-mixed bits of `key` (the splitmix64 finaliser).
-fn mix(mut key: u64) -> u64 {
-    key = (key ^ (key >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    key = (key ^ (key >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    key ^ (key >> 31)
 }
 
 /// AdamW over a fixed list of variables.
