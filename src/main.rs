@@ -116,7 +116,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => commands::prune::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Recipe(args) => done(commands::recipe::run(args)),
-        Command::Distill(args) => done(commands::distill::run(*args)),
+        Command::Distill(args) => commands::distill::run(*args),
     };
     match result {
         Ok(Verdict::Ran {

@@ -105,12 +105,16 @@ pub fn summary(r: &CompressionReport, reports: &[PathBuf]) {
         println!("resumed after {} finished blocks", r.resumed_blocks);
     }
     let o = &r.output;
+    let quantized = if r.passes.iter().any(|p| p.pass == "quantize") {
+        format!(", {:.2} in quantized linears", o.quantized_bits_per_weight)
+    } else {
+        String::new()
+    };
     println!(
-        "wrote        {} ({:.1} MB, {:.2} bits/weight overall, {:.2} in quantized linears)",
+        "wrote        {} ({:.1} MB, {:.2} bits/weight overall{quantized})",
         o.path.display(),
         o.bytes as f64 / 1e6,
         o.bits_per_weight,
-        o.quantized_bits_per_weight,
     );
     if r.size.parameters_after != r.size.parameters_before {
         println!(
@@ -118,6 +122,18 @@ pub fn summary(r: &CompressionReport, reports: &[PathBuf]) {
             r.size.parameters_before,
             r.size.parameters_after,
             100.0 * r.size.parameters_after as f64 / r.size.parameters_before.max(1) as f64
+        );
+    }
+    if let Some(d) = &r.distill {
+        let loss = match (d.curve.first(), d.curve.last()) {
+            (Some(first), Some(last)) => format!(" {:.4} -> {:.4}", first.loss, last.loss),
+            _ => String::new(),
+        };
+        println!(
+            "distilled    {} steps, loss {}{loss}; {}",
+            d.steps,
+            d.loss,
+            d.outcome()
         );
     }
     if let Some(e) = &r.eval {

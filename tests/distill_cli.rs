@@ -160,7 +160,7 @@ fn killed_run_resumes_to_identical_weights() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    let state_file = work.join("checkpoint/state.json");
+    let state_file = work.join("distill-checkpoints/checkpoint/state.json");
     loop {
         assert!(Instant::now() < deadline, "no checkpoint after 5 minutes");
         assert!(
@@ -382,8 +382,11 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
         .stderr(contains("is not finite at step").and(contains("checkpointed in")));
     assert!(!out.exists(), "no output from a failed run");
     let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tmp.path().join("out.microllm-work/checkpoint/state.json"))
-            .unwrap(),
+        &std::fs::read_to_string(
+            tmp.path()
+                .join("out.microllm-work/distill-checkpoints/checkpoint/state.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let curve = state["curve"].as_array().unwrap();
@@ -407,7 +410,7 @@ fn new_families_distil_with_falling_loss() {
         args[2] = fixture(family).to_str().unwrap().to_string();
         microllm().args(&args).assert().success();
         let report = json(&tmp.path().join(format!("{family}.report.json")));
-        let curve = report["curve"].as_array().unwrap();
+        let curve = report["distill"]["curve"].as_array().unwrap();
         let (first, last) = (
             curve[0]["loss"].as_f64().unwrap(),
             curve[curve.len() - 1]["loss"].as_f64().unwrap(),
@@ -419,11 +422,11 @@ fn new_families_distil_with_falling_loss() {
         assert_eq!(student_cfg["num_hidden_layers"], layers - 1, "{family}");
         if family == "gemma3-tiny" {
             let types = teacher_cfg["layer_types"].as_array().unwrap();
-            let kept: Vec<usize> = report["student"]["source_blocks"]
+            let kept: Vec<usize> = report["structure"]["layers"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|b| b.as_u64().unwrap() as usize)
+                .map(|b| b["source_layer"].as_u64().unwrap() as usize)
                 .collect();
             let want: Vec<&serde_json::Value> = kept.iter().map(|&b| &types[b]).collect();
             let got: Vec<&serde_json::Value> = student_cfg["layer_types"]

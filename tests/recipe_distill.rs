@@ -44,7 +44,7 @@ fn distill_pass_heals_the_pruned_student_and_charts_its_curves() {
     let evals = d["evals"].as_array().unwrap();
     let steps: Vec<u64> = evals.iter().map(|e| e["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, [0, 6, 12], "before training, then every 6 steps");
-    assert_eq!(d["losses"].as_array().unwrap().len(), 12);
+    assert_eq!(d["curve"].as_array().unwrap().len(), 12);
 
     // The eval before distillation measured the pruned student in memory, the one after the
     // written output: KL to the original fell.
@@ -206,4 +206,55 @@ fn diverging_distill_pass_keeps_its_error_kind_and_hint() {
             .and(predicates::str::contains("hint: lower the learning rate")),
     );
     assert!(!out.exists(), "no output from a failed run");
+}
+
+/// A pass with a teacher of its own (the recipe's model is then the student) and a
+/// hidden-state loss: checked at validation (layer map within both models' blocks, hidden
+/// losses only from a live teacher), then trained with the pairs the report records.
+#[test]
+fn distill_pass_with_its_own_teacher_trains_hidden_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = calib_ids(tmp.path(), 16, 32, 384);
+    let teacher = fixture("mistral-tiny");
+    let out = tmp.path().join("student");
+    let recipe_with = |extra: &str| {
+        let passes = format!(
+            "  - distill:\n      teacher: {}\n      loss: {{kl: 1, hidden_cos: 0.5}}\n      steps: 4\n      batch: 4\n      seqlen: 32\n{extra}",
+            teacher.display()
+        );
+        let text = recipe(
+            &fixture("llama-tiny"),
+            &ids,
+            &passes,
+            &format!("  path: {}\n  format: safetensors\n", out.display()),
+        );
+        write(tmp.path(), "r.yaml", &text)
+    };
+    let validate = |r: &Path| microllm().args(["recipe", "validate"]).arg(r).assert();
+    validate(&recipe_with("      layer_map: \"0:0,1:3\"\n"))
+        .failure()
+        .stderr(
+            predicates::str::contains("passes[0].distill.layer_map")
+                .and(predicates::str::contains("3")),
+        );
+    validate(&recipe_with(&format!(
+        "      logits: {}\n",
+        tmp.path().display()
+    )))
+    .failure()
+    .stderr(predicates::str::contains("live teacher"));
+
+    let r = recipe_with("      layer_map: \"0:0,2:2\"\n");
+    microllm().arg("run").arg(&r).assert().success();
+    let report = json(&tmp.path().join("student.report.json"));
+    let d = &report["distill"];
+    assert!(d["teacher"].as_str().unwrap().ends_with("mistral-tiny"));
+    assert_eq!(d["loss"], "kl:1,hidden-cos:0.5");
+    assert_eq!(d["layer_map"], serde_json::json!([[0, 0], [2, 2]]));
+    let curve = d["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 4);
+    assert!(
+        curve.iter().all(|s| s["hidden"].as_f64().unwrap() > 0.0),
+        "the hidden-state term is trained: {curve:?}"
+    );
 }

@@ -8,11 +8,13 @@
 //! - [`store`]: the offline teacher-logit store (top-k + rest mass, sharded, with a manifest);
 //! - [`train`]: AdamW with warmup + cosine, clipping, accumulation, evaluation, checkpoints
 //!   that resume bit for bit;
-//! - [`init`]: students derived from the teacher through structured pruning; [`models`]:
-//!   short names for well-known models;
-//! - [`report`]: the run's record; [`training_data`]: data files as tokens.
+//! - [`models`]: short names for well-known models;
+//! - [`report`]: the records of steps and evaluations; [`training_data`]: data files as
+//!   tokens.
 //!
-//! A recipe's `distill` pass (`microllm-pipeline`, the layer above) calls the same trainer.
+//! A recipe's `distill` pass (`microllm-pipeline`, the layer above) calls the trainer, with
+//! the student the passes before it made (a structurally pruned teacher, say); `microllm
+//! distill` runs such a pass.
 //!
 //! The library never prints: long work reports through [`microllm_core::Progress`].
 
@@ -22,7 +24,6 @@
 
 mod error;
 pub mod fingerprint;
-pub mod init;
 pub mod loss;
 pub mod models;
 pub mod ops;

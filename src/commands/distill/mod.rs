@@ -5,14 +5,13 @@
 //! `microllm-distill`; progress comes through the `Progress` sink (the bar shows loss, learning
 //! rate and tokens/s as the status).
 
+mod derivation;
 mod logits;
-mod setup;
-mod summary;
 mod train;
 
-use std::path::PathBuf;
-
 use clap::Subcommand;
+
+use crate::commands::pipeline::Verdict;
 
 /// Distill a teacher into a smaller student, from a live teacher or stored teacher logits.
 ///
@@ -48,9 +47,9 @@ enum Command {
     Logits(logits::LogitsArgs),
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args) -> anyhow::Result<Verdict> {
     match args.command {
-        Some(Command::Logits(a)) => logits::run(a),
+        Some(Command::Logits(a)) => logits::run(a).map(|()| Verdict::Planned),
         None => train::run(args.train),
     }
 }
@@ -61,9 +60,4 @@ fn tokenizer_id(tokenizer: Option<&microllm_io::Tokenizer>) -> String {
         || "none".into(),
         microllm_distill::fingerprint::tokenizer_sha256,
     )
-}
-
-/// `OUT.microllm-work` beside the output, as the other commands name their work directories.
-fn work_dir(out: &std::path::Path) -> PathBuf {
-    microllm_engine::work_dir(out)
 }

@@ -1,37 +1,24 @@
-//! `microllm distill`: the training command.
+//! `microllm distill`: the training command, as a one-pass recipe.
 //!
-//! Everything that can be wrong with the input is checked before any long work: the loss
-//! names, the vocabularies and tokenizers of teacher and student, the store's tokenizer,
-//! window length, temperature, data and teacher against the run, hidden-state widths. Then
-//! the student is built (loaded, or cut out of the teacher), trained with checkpoints in
-//! `OUT.microllm-work`, written as a Hugging Face directory and described in
-//! `OUT.report.json` / `OUT.report.md`.
+//! The flags become a recipe (a `structured_prune` pass for --student-from-teacher, the
+//! `distill` pass, an `eval` pass for --eval) run by the pipeline like `quantize` and
+//! `prune`, so the command and a recipe's distill pass share every check (all made before
+//! any long work: losses, vocabularies and tokenizers of teacher and student, stores, hidden
+//! widths, layer maps), the resume logic (`OUT.microllm-work`) and the report
+//! (`OUT.report.json` / `.md` / `.html`). `--print-recipe` shows the recipe.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use microllm_distill::fingerprint::sha256_bytes;
-use microllm_distill::loss::{LogitMix, LossSpec};
+use anyhow::{Result, bail};
+use microllm_distill::loss::{HiddenKind, LossSpec};
 use microllm_distill::models::resolve_model_spec;
-use microllm_distill::report::{DataInfo, DistillReport, EvalInfo, StudentRecord};
-use microllm_distill::store::TeacherStore;
-use microllm_distill::student::{Freeze, Student};
-use microllm_distill::train::{
-    AdamWConfig, Evaluation, MomentPrecision, Targets, TrainJob, TrainOutcome, TrainSettings, train,
+use microllm_pipeline::recipe::{
+    CalibrationData, DistillLoss, DistillStage, EvalStage, EvaluationData, MomentStorage, Output,
+    OutputFormat, Pass, Recipe, RecipeDoc, ReportOptions,
 };
-use microllm_eval::PerplexityOptions;
-use microllm_io::Checkpoint;
-use microllm_io::write::{HfOutput, HfWriteOptions, write_hf_dir};
-use microllm_models::Decoder;
 
-use super::setup::{
-    StudentSource, check_vocabularies, eval_tokens, hidden_loss, model_record, open_store,
-    student_source,
-};
-use super::summary::{print_plan, print_summary};
 use crate::commands::convert::Dtype;
-use crate::progress::Bar;
+use crate::commands::pipeline::{Invocation, Verdict, execute};
 
 /// How AdamW stores its moments (`--moments`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -153,327 +140,157 @@ pub struct TrainArgs {
     /// Output directory (Hugging Face layout).
     #[arg(long, short, required = true)]
     pub(super) out: Option<PathBuf>,
+    /// Validate and print the plan (the student's shape, the estimated time) without running.
+    #[arg(long)]
+    pub(super) dry_run: bool,
+    /// Print the one-pass recipe these flags mean (for `microllm run`) and exit.
+    #[arg(long)]
+    pub(super) print_recipe: bool,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    crate::commands::single_threaded_elementwise();
-    let started = Instant::now();
-    let out = args.out.clone().expect("clap requires --out");
-    let data = args.data.clone().expect("clap requires --data");
-    if out.exists() && !args.force {
-        bail!(
-            "{} already exists; pass --force to replace it",
-            out.display()
-        );
-    }
-    let loss = LossSpec::parse(&args.loss)?;
-    let teacher = match &args.teacher {
-        Some(t) => Some(crate::commands::open_model(&resolve_model_spec(t))?),
-        None => None,
-    };
-    let student = student_source(&args, teacher.as_ref(), &data)?;
-    let tokenizer = student.tokenizer.clone();
-    let student_tok = super::tokenizer_id(tokenizer.as_ref());
-    let text = microllm_distill::training_data::TrainingData::read(&data, tokenizer.as_ref())?;
-    let data_sha = text.sha256.clone();
-    if let Some(t) = &teacher {
-        check_vocabularies(t, &student.config, &student_tok)?;
-    }
-
-    let store = match &args.logits {
-        Some(dir) => Some(open_store(
-            dir,
-            &args,
-            &student.config,
-            &student_tok,
-            &data_sha,
-            teacher.as_ref(),
-        )?),
-        None => None,
-    };
-    let teacher_decoder = live_teacher(&args, &loss, teacher.as_ref(), store.is_some())?;
-    let hidden = hidden_loss(&args, &loss, &student, teacher.as_ref(), store.is_some())?;
-
-    let settings = train_settings(&args, &loss)?;
-    settings.check()?;
-
-    let tokens = text.tokens;
-    let targets = match (&store, &teacher_decoder) {
-        (Some(s), _) => Targets::Store(s),
-        (None, Some(t)) => Targets::Live {
-            teacher: t,
-            tokens: &tokens,
-        },
-        (None, None) => Targets::Labels { tokens: &tokens },
-    };
-    let windows = targets.windows(settings.seqlen);
-    let described = targets.describe();
-    if windows < settings.batch {
-        bail!(
-            "{} holds {windows} windows of {} tokens, fewer than one batch of {}",
-            data.display(),
-            settings.seqlen,
-            settings.batch
-        );
-    }
-    let eval_tokens = match &args.eval {
-        Some(p) => Some(eval_tokens(p, tokenizer.as_ref())?),
-        None => None,
-    };
-
-    let model = load_student(&args, &student, settings.seqlen)?;
-    let fingerprint = run_fingerprint(&args, &settings, &student, &data_sha, store.as_ref());
-    let work = prepare_work_dir(&out, args.resume)?;
-
-    print_plan(&args, &student, &settings, windows, store.as_ref());
-    let job = TrainJob {
-        settings: &settings,
-        student: &model,
-        targets,
-        hidden: hidden.as_ref(),
-        eval: eval_tokens.as_ref().map(|t| evaluation(&args, t)),
-        work_dir: &work,
+pub fn run(args: TrainArgs) -> Result<Verdict> {
+    let doc = RecipeDoc::from_recipe(&recipe(&args)?);
+    let inv = Invocation {
+        dry_run: args.dry_run,
         resume: args.resume,
-        fingerprint,
+        print_recipe: args.print_recipe,
+        by_flag: true,
+        default_name: "distill".into(),
+        ..Invocation::default()
     };
-    let outcome = train(&job, &Bar::new())?;
-
-    write_student(&args, &model, &student, teacher.as_ref(), &out)?;
-
-    let run = Finished {
-        args: &args,
-        teacher: teacher.as_ref(),
-        student: &student,
-        trainable: model.trainable_count(),
-        data: DataInfo {
-            path: data.display().to_string(),
-            sha256: data_sha,
-            windows,
-            seqlen: settings.seqlen,
-            targets: described,
-            store_bytes_per_token: store.as_ref().map(|s| s.manifest().bytes_per_token()),
-        },
-        settings: &settings,
-        out: &out,
-    };
-    let report = distill_report(&run, &outcome, started);
-    let (json, md) = report.write(&out)?;
-    std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
-    print_summary(&report);
-    println!("report       {} and {}", json.display(), md.display());
-    Ok(())
+    execute(doc, &inv)
 }
 
-/// The teacher to run beside the student, when the loss needs its logits or hidden states
-/// and no store stands in for it; a loss that needs a teacher without one is refused.
-fn live_teacher(
-    args: &TrainArgs,
-    loss: &LossSpec,
-    teacher: Option<&Checkpoint>,
-    has_store: bool,
-) -> Result<Option<Decoder>> {
-    if loss.uses_teacher_logits() && !has_store && teacher.is_none() {
+/// The one-pass recipe the flags mean: the student is the recipe's model (--student, or the
+/// teacher cut down by a `structured_prune` pass), the teacher the pass's `teacher` (or,
+/// for a derived student, the recipe's model itself).
+pub(super) fn recipe(args: &TrainArgs) -> Result<Recipe> {
+    let loss = LossSpec::parse(&args.loss)?;
+    let data = args.data.clone().expect("clap requires --data");
+    let out = args.out.clone().expect("clap requires --out");
+    let teacher = args.teacher.as_deref().map(resolve_model_spec);
+    let (model, structured) = match (&args.student, &args.student_from_teacher) {
+        (Some(s), _) => (resolve_model_spec(s), None),
+        (None, Some(derivation)) => {
+            let Some(t) = &teacher else {
+                bail!(
+                    "--student-from-teacher needs --teacher (the student is cut out of its weights)"
+                );
+            };
+            (
+                t.clone(),
+                Some(super::derivation::structured_pass(derivation)?),
+            )
+        }
+        (None, None) => {
+            bail!(
+                "give the student: --student CHECKPOINT or --student-from-teacher \"drop-layers=N\""
+            )
+        }
+    };
+    let derived = structured.is_some();
+    if teacher.is_none() && args.logits.is_none() && loss.uses_teacher_logits() {
         bail!(
             "--loss {} compares with a teacher: pass --teacher (live) or --logits (a store)",
             args.loss
         );
     }
-    Ok(match teacher {
-        Some(t) if !has_store && (loss.uses_teacher_logits() || loss.hidden.is_some()) => Some(
-            crate::commands::load_decoder(t, crate::commands::Compute::F32)?,
-        ),
-        _ => None,
+    if loss.hidden.is_some() && (teacher.is_none() || args.logits.is_some()) {
+        bail!(
+            "hidden-state losses compare with the teacher's hidden states: they need a live \
+             --teacher (a logit store holds no hidden states)"
+        );
+    }
+    let mut passes: Vec<Pass> = structured.into_iter().collect();
+    passes.push(Pass::Distill(distill_stage(
+        args,
+        &loss,
+        data.clone(),
+        teacher.filter(|_| !derived),
+    )));
+    let evaluation = args.eval.as_ref().map(|e| {
+        passes.push(Pass::Eval(EvalStage::default()));
+        EvaluationData {
+            data: e.clone(),
+            ctx: args.eval_ctx,
+            windows: args.eval_windows,
+            tasks: Vec::new(),
+        }
+    });
+    Ok(Recipe {
+        version: microllm_pipeline::recipe::RECIPE_VERSION,
+        name: Some("distill".into()),
+        model,
+        calibration: derived.then_some(CalibrationData {
+            data,
+            samples: args.calib_samples,
+            seqlen: args.calib_seqlen,
+            seed: 0,
+            allow_short: false,
+        }),
+        evaluation,
+        passes,
+        output: Output {
+            path: out,
+            format: Some(OutputFormat::Safetensors),
+            dtype: Some(args.dtype.recipe()),
+            gguf_type: None,
+            tensor_types: Vec::new(),
+            target_bpw: None,
+            target_size: None,
+            overwrite: args.force,
+        },
+        report: ReportOptions::default(),
+        gates: Vec::new(),
+        matrix: Default::default(),
     })
 }
 
-/// The student's weights as f32 variables (the frozen ones as constants).
-fn load_student(args: &TrainArgs, student: &StudentSource<'_>, seqlen: usize) -> Result<Student> {
-    let freeze = Freeze {
-        embeddings: args.freeze_embeddings,
-        blocks: args.freeze_blocks,
-    };
-    Student::load(
-        &student.config,
-        student.tensors.as_ref(),
-        candle_core::DType::F32,
-        freeze,
-        seqlen,
-    )
-    .context("loading the student")
-}
-
-/// Held-out perplexity on `tokens` as `--eval-ctx` / `--eval-windows` ask.
-fn evaluation<'a>(args: &TrainArgs, tokens: &'a [u32]) -> Evaluation<'a> {
-    Evaluation {
-        tokens,
-        options: PerplexityOptions {
-            ctx: args.eval_ctx,
-            max_windows: Some(args.eval_windows),
-            protocol: Default::default(),
-        },
-    }
-}
-
-/// What a resumed run must share with the killed one (its checkpoints carry it).
-fn run_fingerprint(
+/// The distill pass the training flags mean.
+fn distill_stage(
     args: &TrainArgs,
-    settings: &TrainSettings,
-    student: &StudentSource<'_>,
-    data_sha: &str,
-    store: Option<&TeacherStore>,
-) -> String {
-    let targets = match store {
-        Some(s) => {
-            let shards: Vec<&str> = s
-                .manifest()
-                .shards
-                .iter()
-                .map(|x| x.sha256.as_str())
-                .collect();
-            shards.join(",")
-        }
-        None => "live".into(),
+    loss: &LossSpec,
+    data: PathBuf,
+    teacher: Option<String>,
+) -> DistillStage {
+    let hidden = |kind: HiddenKind| {
+        loss.hidden
+            .filter(|(k, _)| *k == kind)
+            .map_or(0.0, |(_, w)| w)
     };
-    let value = serde_json::json!({
-        "settings": settings,
-        "student": student.sha256,
-        "student_init": student.record.init,
-        "data": data_sha,
-        "targets": targets,
-        "hidden": args.layer_map,
-    });
-    sha256_bytes(value.to_string().as_bytes())
-}
-
-/// `OUT.microllm-work`, emptied unless resuming.
-fn prepare_work_dir(out: &Path, resume: bool) -> Result<PathBuf> {
-    let work = super::work_dir(out);
-    if !resume && work.exists() {
-        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
-    }
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    Ok(work)
-}
-
-/// The trainer's settings from the flags, the step count from --steps or --tokens.
-fn train_settings(args: &TrainArgs, loss: &LossSpec) -> Result<TrainSettings> {
-    let settings = TrainSettings {
-        mix: LogitMix {
+    DistillStage {
+        teacher,
+        data: Some(data),
+        logits: args.logits.clone(),
+        loss: DistillLoss {
             kl: loss.kl,
             reverse_kl: loss.reverse_kl,
             jsd: loss.jsd,
             ce: loss.ce,
-            temperature: args.temperature,
+            hidden_mse: hidden(HiddenKind::Mse),
+            hidden_cos: hidden(HiddenKind::Cosine),
         },
-        hidden_weight: loss.hidden.map_or(0.0, |(_, w)| w),
+        temperature: args.temperature,
+        steps: args.steps,
+        tokens: args.tokens,
         lr: args.lr,
         warmup_steps: args.warmup_steps,
         min_lr_ratio: args.min_lr_ratio,
-        steps: 0,
         batch: args.batch,
         seqlen: args.seqlen,
         accumulation: args.accumulation,
-        clip_norm: args.clip,
-        adamw: AdamWConfig {
-            weight_decay: args.weight_decay,
-            moments: match args.moments {
-                Moments::Bf16 => MomentPrecision::Bf16,
-                Moments::F32 => MomentPrecision::F32,
-            },
-            ..AdamWConfig::default()
+        clip: args.clip,
+        weight_decay: args.weight_decay,
+        moments: match args.moments {
+            Moments::Bf16 => MomentStorage::Bf16,
+            Moments::F32 => MomentStorage::F32,
         },
         seed: args.seed,
         freeze_embeddings: args.freeze_embeddings,
         freeze_blocks: args.freeze_blocks,
+        layer_map: args.layer_map.clone(),
+        hidden_projection: args.hidden_projection,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
-    };
-    let per_step = settings.tokens_per_step();
-    let settings = TrainSettings {
-        steps: match (args.steps, args.tokens) {
-            (Some(s), _) => s,
-            (None, Some(t)) => t.div_ceil(per_step.max(1)),
-            (None, None) => bail!("give --steps or --tokens"),
-        },
-        ..settings
-    };
-    Ok(settings)
-}
-
-/// The trained student as a Hugging Face directory at `out`, with the student's tokenizer and
-/// the teacher's chat template.
-fn write_student(
-    args: &TrainArgs,
-    model: &Student,
-    student: &StudentSource<'_>,
-    teacher: Option<&Checkpoint>,
-    out: &Path,
-) -> Result<()> {
-    let source = model.to_source("distilled student")?;
-    let write_opts = HfWriteOptions {
-        dtype: args.dtype.out(),
-        overwrite: args.force,
-        ..HfWriteOptions::default()
-    };
-    let chat_template = teacher.and_then(|t| t.chat_template.clone());
-    let hf = HfOutput {
-        config: &student.config,
-        tensors: &source,
-        tokenizer: student.tokenizer.as_ref(),
-        chat_template: chat_template.as_deref(),
-    };
-    write_hf_dir(&hf, out, &write_opts, &Bar::new())
-        .with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
-}
-
-/// A finished run, as the report describes it.
-struct Finished<'a> {
-    args: &'a TrainArgs,
-    teacher: Option<&'a Checkpoint>,
-    student: &'a StudentSource<'a>,
-    trainable: usize,
-    data: DataInfo,
-    settings: &'a TrainSettings,
-    out: &'a Path,
-}
-
-fn distill_report(run: &Finished<'_>, outcome: &TrainOutcome, started: Instant) -> DistillReport {
-    let args = run.args;
-    let state = &outcome.state;
-    DistillReport {
-        schema_version: microllm_distill::report::REPORT_SCHEMA,
-        microllm_version: env!("CARGO_PKG_VERSION").into(),
-        kind: "distill".into(),
-        teacher: run.teacher.map(|t| {
-            model_record(
-                args.teacher.as_deref().unwrap_or_default(),
-                &t.config,
-                t.tensors.as_ref(),
-            )
-        }),
-        student: StudentRecord {
-            trainable_parameters: run.trainable,
-            ..run.student.record.clone()
-        },
-        data: run.data.clone(),
-        settings: run.settings.clone(),
-        eval: args.eval.as_ref().map(|p| EvalInfo {
-            path: p.display().to_string(),
-            ctx: args.eval_ctx,
-            windows: args.eval_windows,
-        }),
-        eval_before: outcome.eval_before.clone(),
-        evals: state.evals.clone(),
-        curve: state.curve.clone(),
-        steps: state.step,
-        tokens: state.tokens,
-        train_seconds: state.train_seconds,
-        eval_seconds: state.evals.iter().map(|e| e.seconds).sum::<f64>()
-            + outcome.eval_before.as_ref().map_or(0.0, |e| e.seconds),
-        total_seconds: started.elapsed().as_secs_f64(),
-        tokens_per_second: state.tokens as f64 / state.train_seconds.max(1e-9),
-        resumed_at_step: outcome.resumed_at,
-        output: run.out.display().to_string(),
     }
 }

@@ -1,10 +1,20 @@
-//! Checking a `distill` pass: its place among the passes, its data, its schedule.
+//! Checking a `distill` pass: its place among the passes, its data, its schedule, its
+//! teacher.
 //!
-//! The teacher is always the recipe's model, the student the model as it stands after the
-//! passes before it, so a distill pass belongs after `structured_prune` (the student it heals)
-//! and before `prune` / `quantize` (training would move weights off their zeros and grids).
+//! The student is the model as it stands after the passes before it, so a distill pass
+//! belongs after `structured_prune` (the student it heals) and before `prune` / `quantize`
+//! (training would move weights off their zeros and grids). The teacher is the recipe's
+//! model, or the one the pass's `teacher` names: that one is opened here and checked against
+//! the student (vocabulary, tokenizer, hidden widths, layer map) before any work.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use microllm_core::ModelConfig;
+use microllm_distill::fingerprint::tokenizer_sha256;
+use microllm_distill::loss::hidden::parse_layer_map;
+use microllm_distill::models::resolve_model_spec;
+use microllm_io::Checkpoint;
 
 use super::pass_path;
 use super::steps::err;
@@ -19,6 +29,10 @@ pub struct DistillStep {
     pub data: PathBuf,
     /// Optimizer steps (from `steps`, or `tokens` rounded up to whole steps).
     pub steps: u64,
+    /// The teacher `teacher` names, opened (None: the recipe's model).
+    pub teacher: Option<Arc<Checkpoint>>,
+    /// `layer_map`, parsed and checked against both models' blocks.
+    pub layer_map: Option<Vec<(usize, usize)>>,
 }
 
 impl DistillStep {
@@ -82,6 +96,8 @@ pub(super) fn distill_step(recipe: &Recipe, i: usize) -> RecipeResult<DistillSte
         ("reverse_kl", l.reverse_kl),
         ("jsd", l.jsd),
         ("ce", l.ce),
+        ("hidden_mse", l.hidden_mse),
+        ("hidden_cos", l.hidden_cos),
     ];
     if let Some((key, w)) = weights.iter().find(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
         return at(
@@ -92,7 +108,34 @@ pub(super) fn distill_step(recipe: &Recipe, i: usize) -> RecipeResult<DistillSte
     if weights.iter().all(|(_, w)| *w == 0.0) {
         return at(
             "loss",
-            "every loss weight is 0: give kl, reverse_kl, jsd or ce".into(),
+            "every loss weight is 0: give kl, reverse_kl, jsd, ce, hidden_mse or hidden_cos".into(),
+        );
+    }
+    if l.hidden_mse != 0.0 && l.hidden_cos != 0.0 {
+        return at(
+            "loss",
+            "give one hidden-state loss, hidden_mse or hidden_cos".into(),
+        );
+    }
+    if d.logits.is_some() && l.uses_hidden() {
+        return at(
+            "loss",
+            "hidden-state losses compare with the teacher's hidden states: they need a live \
+             teacher (a logit store holds no hidden states; drop `logits`)"
+                .into(),
+        );
+    }
+    if !l.uses_hidden() && (d.layer_map.is_some() || d.hidden_projection) {
+        let key = if d.layer_map.is_some() {
+            "layer_map"
+        } else {
+            "hidden_projection"
+        };
+        return at(
+            key,
+            "pairs blocks for a hidden-state loss, and the loss has none (add hidden_mse or \
+             hidden_cos)"
+                .into(),
         );
     }
     if d.logits.is_some() && (l.reverse_kl != 0.0 || l.jsd != 0.0) {
@@ -126,5 +169,72 @@ pub(super) fn distill_step(recipe: &Recipe, i: usize) -> RecipeResult<DistillSte
         stage: d.clone(),
         data,
         steps,
+        teacher: None,
+        layer_map: None,
     })
+}
+
+/// Opens the pass's own teacher, if it names one, and checks teacher and student against
+/// each other: one vocabulary and tokenizer, a layer map within both models' blocks, equal
+/// hidden widths or a projection. `student` is the model's configuration after the passes
+/// before this one.
+pub(super) fn check_teacher(
+    step: &mut DistillStep,
+    model: &Checkpoint,
+    student: &ModelConfig,
+) -> RecipeResult<()> {
+    let base = format!("passes[{}].distill", step.pass);
+    let at = |key: &str, msg: String| err(format!("{base}.{key}"), msg);
+    let d = &step.stage;
+    if let Some(spec) = &d.teacher {
+        let teacher = microllm_io::open(&resolve_model_spec(spec))
+            .map_err(|e| at("teacher", format!("cannot open `{spec}`: {e}")))?;
+        if teacher.config.vocab_size != student.vocab_size {
+            return Err(at(
+                "teacher",
+                format!(
+                    "the teacher ({}) has a vocabulary of {} tokens and the student {}: \
+                     distillation compares distributions over the same tokens, so both must \
+                     use one tokenizer",
+                    teacher.path.display(),
+                    teacher.config.vocab_size,
+                    student.vocab_size
+                ),
+            ));
+        }
+        let id =
+            |t: Option<&microllm_io::Tokenizer>| t.map_or_else(|| "none".into(), tokenizer_sha256);
+        let (t, s) = (id(teacher.tokenizer.as_ref()), id(model.tokenizer.as_ref()));
+        if t != s {
+            return Err(at(
+                "teacher",
+                format!(
+                    "the teacher's tokenizer ({}, id->token SHA-256 {t}) differs from the \
+                     student's ({s}): the same id would mean different tokens",
+                    teacher.path.display()
+                ),
+            ));
+        }
+        step.teacher = Some(Arc::new(teacher));
+    }
+    if !d.loss.uses_hidden() {
+        return Ok(());
+    }
+    let teacher_cfg = step.teacher.as_ref().map_or(&model.config, |t| &t.config);
+    if let Some(text) = &d.layer_map {
+        let pairs = parse_layer_map(text, student.num_layers, teacher_cfg.num_layers)
+            .map_err(|e| at("layer_map", e.to_string()))?;
+        step.layer_map = Some(pairs);
+    }
+    let (s, t) = (student.hidden_size, teacher_cfg.hidden_size);
+    if s != t && !d.hidden_projection {
+        return Err(at(
+            "hidden_projection",
+            format!(
+                "the student's hidden states are {s} wide and the teacher's {t}: a hidden-state \
+                 loss needs a learned projection between them (`hidden_projection: true`)"
+            ),
+        ));
+    }
+    Ok(())
 }

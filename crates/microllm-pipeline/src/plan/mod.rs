@@ -183,9 +183,11 @@ impl Plan {
             },
             Pass::Distill(_) => self.distill.as_ref().map_or(String::new(), |d| {
                 let s = &d.stage;
-                let teacher = match &s.logits {
-                    Some(dir) => format!("stored teacher logits {}", dir.display()),
-                    None => "the original as a live teacher".into(),
+                let teacher = match (&s.logits, &s.teacher) {
+                    _ if !s.loss.uses_teacher() && !s.loss.uses_hidden() => "the labels".into(),
+                    (Some(dir), _) => format!("stored teacher logits {}", dir.display()),
+                    (None, Some(t)) => format!("{t} as a live teacher"),
+                    (None, None) => "the original as a live teacher".into(),
                 };
                 format!(
                     "{} against {teacher}, {} steps x {} tokens of {}, lr {}",

@@ -16,7 +16,7 @@ use microllm_prune::structured::{
 use microllm_quant::GptqOptions;
 use serde_json::Value;
 
-use super::distill::distill_step;
+use super::distill::{check_teacher, distill_step};
 use super::layerwise::layerwise_step;
 use super::order::{Order, check_order};
 use super::output::output_plan;
@@ -200,11 +200,14 @@ pub(super) fn build(
         Some(i) => Some(structured_step(&recipe, i, &cfg)?),
         None => None,
     };
-    let distill = match order.distill {
+    let mut distill = match order.distill {
         Some(i) => Some(distill_step(&recipe, i)?),
         None => None,
     };
-    if distill.is_some() && structured.is_none() {
+    let self_taught = |s: &crate::recipe::DistillStage| {
+        s.teacher.is_none() && s.logits.is_none() && (s.loss.uses_teacher() || s.loss.uses_hidden())
+    };
+    if distill.as_ref().is_some_and(|d| self_taught(&d.stage)) && structured.is_none() {
         notes.push(
             "the distill pass's student starts as the teacher itself (no structured_prune \
              before it): distillation then only fine-tunes it"
@@ -228,6 +231,9 @@ pub(super) fn build(
         _ => (model.tensors.as_ref(), cfg.clone()),
     };
     let linears = tensors::linear_infos(&cfg_now, src).map_err(|e| err("model", e.to_string()))?;
+    if let Some(d) = distill.as_mut() {
+        check_teacher(d, &model, &cfg_now)?;
+    }
 
     let prune = order
         .prune

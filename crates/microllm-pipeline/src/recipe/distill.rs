@@ -1,8 +1,9 @@
 //! The `distill` pass's options: training the model as it stands (usually a structurally
-//! pruned one) to match the recipe's original model, its teacher.
+//! pruned one) to match a teacher: the recipe's original model, or the one `teacher` names.
 //!
 //! The pass is planned and ordered here and trained by `microllm-distill`'s trainer (the
-//! runner's `run::distill`), the same one `microllm distill` runs.
+//! runner's `run::distill`). `microllm distill` is this pass in a one-pass recipe, so both
+//! roads share every check, the resume logic and the report.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DistillStage {
+    /// The model to match: a directory, a .gguf file or a hub id; the recipe's model (after
+    /// any `structured_prune`) is then the student [default: the recipe's model is the
+    /// teacher, and what the passes before this one made of it the student].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
     /// Training text (UTF-8, or .safetensors with int64 `input_ids`), cut into windows of
     /// `seqlen` tokens [default: `calibration.data`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +77,14 @@ pub struct DistillStage {
     /// Keep the first N blocks fixed.
     #[serde(default)]
     pub freeze_blocks: usize,
+    /// Block pairs `student:teacher` ("0:1,5:11") compared by a hidden-state loss [default:
+    /// the teacher block each block of a structured student came from, else evenly spread].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_map: Option<String>,
+    /// Learn a projection from the student's hidden width to the teacher's (required for a
+    /// hidden-state loss when they differ).
+    #[serde(default)]
+    pub hidden_projection: bool,
     /// Held-out perplexity on `evaluation.data` every N steps, for the report's curve
     /// (0: before and after training only).
     #[serde(default)]
@@ -106,6 +120,12 @@ pub struct DistillLoss {
     /// Cross-entropy on the next token (no teacher needed).
     #[serde(default)]
     pub ce: f64,
+    /// Mean squared error between student and teacher block outputs (live teacher only).
+    #[serde(default)]
+    pub hidden_mse: f64,
+    /// Mean `1 - cos` between student and teacher block outputs (live teacher only).
+    #[serde(default)]
+    pub hidden_cos: f64,
 }
 
 impl Default for DistillLoss {
@@ -115,6 +135,8 @@ impl Default for DistillLoss {
             reverse_kl: 0.0,
             jsd: 0.0,
             ce: 0.0,
+            hidden_mse: 0.0,
+            hidden_cos: 0.0,
         }
     }
 }
@@ -127,6 +149,8 @@ impl DistillLoss {
             ("reverse-kl", self.reverse_kl),
             ("jsd", self.jsd),
             ("ce", self.ce),
+            ("hidden-mse", self.hidden_mse),
+            ("hidden-cos", self.hidden_cos),
         ];
         let named: Vec<String> = terms
             .iter()
@@ -139,6 +163,11 @@ impl DistillLoss {
     /// Whether any term compares with the teacher's distribution.
     pub fn uses_teacher(&self) -> bool {
         self.kl != 0.0 || self.reverse_kl != 0.0 || self.jsd != 0.0
+    }
+
+    /// Whether a term compares hidden states (a live teacher's: a store holds none).
+    pub fn uses_hidden(&self) -> bool {
+        self.hidden_mse != 0.0 || self.hidden_cos != 0.0
     }
 }
 

@@ -6,7 +6,8 @@
 //! YAML path and line (see [`error`]).
 //!
 //! Relative paths written in a recipe file (`model`, `calibration.data`, `evaluation.data`,
-//! `evaluation.tasks[].data` and `fewshot_data`, `output.path`, `report.path`, a distill pass's `data` and `logits`) are relative to that
+//! `evaluation.tasks[].data` and `fewshot_data`, `output.path`, `report.path`, a distill
+//! pass's `data` and `logits`, and its `teacher` where a file is there) are relative to that
 //! file, so a recipe means the same from any working directory; values given on the command
 //! line are relative to where it runs.
 
@@ -137,6 +138,10 @@ impl RecipeDoc {
                         if let Some(v) = d.get_mut(*key) {
                             join(v, false);
                         }
+                    }
+                    // A teacher, like the model, is a path only if it exists there.
+                    if let Some(v) = d.get_mut("teacher") {
+                        join(v, true);
                     }
                 }
             }

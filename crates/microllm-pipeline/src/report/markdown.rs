@@ -183,9 +183,13 @@ pub fn markdown(r: &CompressionReport) -> String {
     if let Some(d) = &r.distill {
         let _ = writeln!(
             md,
-            "\n## Distillation\n\nTargets: {}; loss `{}`; {} steps, {} tokens in {:.0} s ({:.1} tokens/s); {} of {} parameters trained.",
+            "\n## Distillation\n\nTeacher `{}`; targets: {}; loss `{}`; data `{}` ({} windows of {} tokens); {} steps, {} tokens in {:.0} s ({:.1} tokens/s); {} of {} parameters trained.",
+            d.teacher,
             d.targets,
             d.loss,
+            d.data,
+            d.windows,
+            d.settings.seqlen,
             d.steps,
             d.tokens,
             d.train_seconds,

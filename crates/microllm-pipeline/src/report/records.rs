@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use microllm_distill::report::{EvalPoint, StepRecord};
+use microllm_distill::train::TrainSettings;
 use microllm_eval::tasks::{Task, TaskResult};
 use microllm_eval::{Comparison, PerplexityResult};
 use microllm_io::calibration::CalibrationSet;
@@ -181,13 +183,25 @@ pub struct PassRecord {
     pub curves: Vec<Curve>,
 }
 
-/// What a distill pass trained and measured (its curves are drawn from this).
+/// What a distill pass trained and measured (its curves are drawn from this). `microllm
+/// distill` writes the same record: it runs a one-pass recipe.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DistillRecord {
+    /// The teacher: the pass's `teacher`, else the recipe's model.
+    pub teacher: String,
     /// What the student matched: a live teacher, a store, or the labels only.
     pub targets: String,
     /// The loss as the `distill` command spells it (`kl:1,ce:0.1`).
     pub loss: String,
+    /// The training data, its SHA-256, and how many windows of `settings.seqlen` it holds.
+    pub data: String,
+    pub data_sha256: String,
+    pub windows: usize,
+    /// The trainer's settings as run (the learning-rate schedule, batch, moments, ...).
+    pub settings: TrainSettings,
+    /// Student block -> teacher block pairs compared by a hidden-state loss.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_map: Vec<(usize, usize)>,
     pub steps: u64,
     /// Training tokens seen.
     pub tokens: u64,
@@ -200,25 +214,32 @@ pub struct DistillRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_at_step: Option<u64>,
     /// Held-out perplexity of the student before training (step 0) and during it.
-    pub evals: Vec<DistillEval>,
-    /// The weighted training loss after each step.
-    pub losses: Vec<DistillLoss>,
+    pub evals: Vec<EvalPoint>,
+    /// Every optimizer step: the weighted loss and its terms, learning rate, gradient norm.
+    pub curve: Vec<StepRecord>,
 }
 
-/// The student's held-out perplexity at a step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DistillEval {
-    pub step: u64,
-    pub tokens: u64,
-    pub perplexity: f64,
-}
-
-/// The training loss at a step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DistillLoss {
-    pub step: u64,
-    pub tokens: u64,
-    pub loss: f64,
+impl DistillRecord {
+    /// What training did, in one line: tokens, time, speed, the student's held-out
+    /// perplexity before and after, where a killed run resumed.
+    pub fn outcome(&self) -> String {
+        let mut s = format!(
+            "{} tokens in {:.0} s ({:.1} tokens/s)",
+            self.tokens, self.train_seconds, self.tokens_per_second
+        );
+        if let (Some(first), Some(last)) = (self.evals.first(), self.evals.last())
+            && self.evals.len() > 1
+        {
+            s.push_str(&format!(
+                "; student perplexity {:.4} -> {:.4}",
+                first.perplexity, last.perplexity
+            ));
+        }
+        if let Some(step) = self.resumed_at_step {
+            s.push_str(&format!("; resumed at step {step}"));
+        }
+        s
+    }
 }
 
 /// A named series of points, drawn as a line chart in the HTML report.

@@ -16,7 +16,7 @@ use microllm_prune::{GlobalThreshold, Ranking, Schedule};
 use serde_json::{Value, json};
 
 use super::data::EvalTokens;
-use super::distill::run_distill;
+use super::distill::{StudentInput, run_distill};
 use super::write::{Current, write_output};
 use super::{Outcome, tasks};
 use crate::plan::{Plan, Writer};
@@ -118,7 +118,7 @@ impl<'r> Runner<'r> {
     }
 
     /// The distill pass, if the plan has one: the model so far is the student, the original
-    /// its teacher. Returns the trained student, reopened from the work directory.
+    /// (or the pass's own `teacher`) its teacher. Returns the trained student, reopened from the work directory.
     pub fn distill(
         &self,
         outcome: &mut Outcome,
@@ -128,10 +128,19 @@ impl<'r> Runner<'r> {
         let Some(step) = &self.plan.distill else {
             return Ok(None);
         };
+        let source_blocks: Option<Vec<usize>> = outcome
+            .structured
+            .as_ref()
+            .map(|(plan, ..)| plan.layers.iter().map(|l| l.source).collect());
+        let student = StudentInput {
+            config,
+            source,
+            source_blocks: source_blocks.as_deref(),
+        };
         let d = run_distill(
             step,
             &self.plan.model,
-            (config, source),
+            student,
             self.eval_tokens,
             self.store,
             self.resume,

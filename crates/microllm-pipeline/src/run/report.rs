@@ -132,7 +132,12 @@ fn run_notes(plan: &Plan, o: &Outcome) -> Vec<String> {
     if let Some(t) = o.global_threshold {
         notes.push(format!("global magnitude threshold {t:.6e}"));
     }
-    if let Some(note) = already_quantized_note(&plan.model) {
+    let quantizes = plan
+        .recipe
+        .passes
+        .iter()
+        .any(|p| matches!(p, crate::recipe::Pass::Quantize(_)));
+    if let Some(note) = already_quantized_note(&plan.model).filter(|_| quantizes) {
         notes.insert(0, note);
     }
     notes
@@ -380,7 +385,7 @@ fn pass_records(plan: &Plan, o: &Outcome) -> Vec<PassRecord> {
                 Pass::Distill(_) => {
                     rec.summary = plan.describe_pass(i);
                     if let Some((d, resumed, secs)) = &o.distilled {
-                        rec.summary.push_str(&distill_summary(d));
+                        rec.summary.push_str(&format!("; {}", d.outcome()));
                         rec.seconds = *secs;
                         rec.resumed = *resumed;
                         rec.curves = distill_curves(d);
@@ -415,23 +420,6 @@ fn pass_records(plan: &Plan, o: &Outcome) -> Vec<PassRecord> {
         .collect()
 }
 
-/// What training did, after the pass's description.
-fn distill_summary(d: &DistillRecord) -> String {
-    let mut s = format!(
-        "; {} tokens in {:.0} s ({:.1} tokens/s)",
-        d.tokens, d.train_seconds, d.tokens_per_second
-    );
-    if let (Some(first), Some(last)) = (d.evals.first(), d.evals.last())
-        && d.evals.len() > 1
-    {
-        s.push_str(&format!(
-            "; student perplexity {:.4} -> {:.4}",
-            first.perplexity, last.perplexity
-        ));
-    }
-    s
-}
-
 /// The HTML report's charts of a distill pass: held-out perplexity against training tokens,
 /// and the training loss against steps.
 fn distill_curves(d: &DistillRecord) -> Vec<Curve> {
@@ -448,12 +436,12 @@ fn distill_curves(d: &DistillRecord) -> Vec<Curve> {
                 .collect(),
         });
     }
-    if !d.losses.is_empty() {
+    if !d.curve.is_empty() {
         curves.push(Curve {
             name: format!("Distillation: training loss ({})", d.loss),
             x_label: "step".into(),
             y_label: "loss".into(),
-            points: d.losses.iter().map(|l| [l.step as f64, l.loss]).collect(),
+            points: d.curve.iter().map(|l| [l.step as f64, l.loss]).collect(),
         });
     }
     curves

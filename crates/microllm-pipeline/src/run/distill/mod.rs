@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
+use microllm_distill::loss::hidden::uniform_layer_map;
 use microllm_engine::BlockStore;
 use microllm_eval::PerplexityOptions;
 use microllm_io::Checkpoint;
@@ -26,11 +27,15 @@ mod trainer;
 /// What a distill pass trains, on what, and where its files go.
 pub(super) struct DistillJob<'a> {
     pub step: &'a DistillStep,
-    /// The recipe's model.
-    pub teacher: &'a Checkpoint,
+    /// The recipe's model: the teacher unless the pass names its own; its tokenizer reads
+    /// the data and goes with the trained student.
+    pub model: &'a Checkpoint,
     /// The model as it stands before the pass (a structured view, or the original).
     pub student_config: &'a ModelConfig,
     pub student: &'a dyn TensorSource,
+    /// The teacher block each student block came from, when the student was cut out of the
+    /// recipe's model by `structured_prune`.
+    pub source_blocks: Option<&'a [usize]>,
     /// Held-out tokens for the perplexity curve (the recipe's evaluation data), if any.
     pub eval: Option<(&'a [u32], PerplexityOptions)>,
     /// Where the trainer keeps its checkpoints.
@@ -39,6 +44,39 @@ pub(super) struct DistillJob<'a> {
     pub out: &'a Path,
     /// Continue from the trainer's last checkpoint.
     pub resume: bool,
+}
+
+impl DistillJob<'_> {
+    /// The model the student matches.
+    pub fn teacher(&self) -> &Checkpoint {
+        self.step.teacher.as_deref().unwrap_or(self.model)
+    }
+
+    /// The block pairs a hidden-state loss compares: the pass's `layer_map`, else each
+    /// structured block with the teacher block it came from, else spread evenly.
+    pub fn layer_map(&self) -> Vec<(usize, usize)> {
+        if let Some(pairs) = &self.step.layer_map {
+            return pairs.clone();
+        }
+        match self.source_blocks {
+            Some(blocks) if self.step.teacher.is_none() => {
+                blocks.iter().copied().enumerate().collect()
+            }
+            _ => uniform_layer_map(
+                self.student_config.num_layers,
+                self.teacher().config.num_layers,
+            ),
+        }
+    }
+}
+
+/// The model as it stands before the pass: the student.
+pub(super) struct StudentInput<'a> {
+    pub config: &'a ModelConfig,
+    pub source: &'a dyn TensorSource,
+    /// The teacher block each block came from, when `structured_prune` cut it out of the
+    /// recipe's model.
+    pub source_blocks: Option<&'a [usize]>,
 }
 
 const RECORD: &str = "distill.json";
@@ -57,8 +95,8 @@ pub(super) struct Distilled {
 /// Runs (or resumes) the distill pass.
 pub(super) fn run_distill(
     step: &DistillStep,
-    teacher: &Checkpoint,
-    student: (&ModelConfig, &dyn TensorSource),
+    model: &Checkpoint,
+    student: StudentInput<'_>,
     eval: Option<&EvalTokens>,
     store: &BlockStore,
     resume: bool,
@@ -83,9 +121,10 @@ pub(super) fn run_distill(
     std::fs::create_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
     let job = DistillJob {
         step,
-        teacher,
-        student_config: student.0,
-        student: student.1,
+        model,
+        student_config: student.config,
+        student: student.source,
+        source_blocks: student.source_blocks,
         eval: eval.map(|e| {
             (
                 &e.tokens[..],
