@@ -135,11 +135,11 @@ pub(crate) fn awq_block(
         .into_iter()
         .filter(|g| g.foldable || opts.clip)
         .collect();
-    let stats = collect_statistics(block, &groups, hidden, at, propagate, phases)?;
+    let mut stats = collect_statistics(block, &groups, hidden, at, propagate, phases)?;
     let started = std::time::Instant::now();
     let mut out = AwqBlock::default();
     let mut searched = Vec::with_capacity(groups.len());
-    for (group, (h, magnitude)) in groups.iter().zip(&stats) {
+    for (group, (h, magnitude)) in groups.iter().zip(&mut stats) {
         if !group.foldable {
             searched.push(None);
             continue;

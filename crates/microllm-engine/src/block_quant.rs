@@ -407,7 +407,7 @@ impl Compressor<'_> {
             } else if i + 1 == present.len() {
                 hessian.take().map(InputStats::into_statistic)
             } else {
-                hessian.as_ref().map(InputStats::statistic)
+                hessian.as_mut().map(InputStats::statistic)
             };
             let calibrated = opts.zip(h);
             let name = names::linear_weight(self.block.config().family, self.block.layer, kind);
@@ -461,7 +461,7 @@ impl InputStats {
     }
 
     /// Borrowed, for a linear while others of its group still need the statistic.
-    fn statistic(&self) -> InputStatistic<'_> {
+    fn statistic(&mut self) -> InputStatistic<'_> {
         match self {
             InputStats::Full(h) => InputStatistic::Hessian(Cow::Borrowed(h.hessian())),
             InputStats::Diagonal(d) => InputStatistic::Diagonal(Cow::Borrowed(d.diagonal())),

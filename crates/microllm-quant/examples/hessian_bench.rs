@@ -1,6 +1,7 @@
 //! Times [`HessianAccumulator::add_batch`] on SmolLM2-sized layers: `m` tokens per batch into
-//! an `in x in` Hessian, reporting ms per batch and GFLOP/s counted as the full product
-//! (`in * in * m * 2` flops, even when only a triangle is computed).
+//! an `in x in` Hessian (the last pending tokens folded in before the clock stops), reporting
+//! ms per batch and GFLOP/s counted as the full product (`in * in * m * 2` flops, even when
+//! only a triangle is computed).
 //!
 //! `cargo run --release -p microllm-quant --example hessian_bench -- [BATCHES=20] [TOKENS=512] [IN...]`
 //! (default widths: 576 and 1536).
@@ -34,12 +35,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..batches {
             acc.add_batch(&data)?;
         }
+        let h0 = acc.hessian()[0];
         let secs = start.elapsed().as_secs_f64() / batches as f64;
         let gflops = (inp * inp * tokens * 2) as f64 / secs / 1e9;
         println!(
-            "in={inp:5} m={tokens}: {:8.2} ms/batch, {gflops:6.1} GFLOP/s (h[0]={:.4})",
+            "in={inp:5} m={tokens}: {:8.2} ms/batch, {gflops:6.1} GFLOP/s (h[0]={h0:.4})",
             secs * 1e3,
-            acc.hessian()[0]
         );
     }
     Ok(())

@@ -147,7 +147,7 @@ pub struct ObsResult {
 /// GPTQ on a 2-D weight tensor with an accumulated Hessian.
 pub fn gptq_quantize_tensor(
     weight: &Tensor,
-    hessian: &HessianAccumulator,
+    hessian: &mut HessianAccumulator,
     scheme: QuantScheme,
     opts: GptqOptions,
 ) -> Result<(QuantizedWeight, GptqStats)> {

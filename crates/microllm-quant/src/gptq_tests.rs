@@ -266,7 +266,7 @@ fn tensor_entry_point_matches_slices() {
     let t = candle_core::Tensor::from_vec(w.clone(), (8, 16), &candle_core::Device::Cpu).unwrap();
     let s = QuantScheme::new(4, Some(8), false).unwrap();
     let o = GptqOptions::default();
-    let a = gptq_quantize_tensor(&t, &acc, s, o).unwrap();
+    let a = gptq_quantize_tensor(&t, &mut acc, s, o).unwrap();
     let b = gptq_quantize(&w, [8, 16], acc.hessian(), s, o).unwrap();
     assert_eq!(a.0, b.0);
     // Everything but the wall-clock timings.

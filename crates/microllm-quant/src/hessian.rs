@@ -13,10 +13,11 @@
 //! (faer's GEMM, the O(tokens * in^2) part; the panel's diagonal block with faer's lower-triangular
 //! product, so almost no flops are spent above the diagonal). Each panel result is folded straight
 //! into the f64 running average and mirrored into the upper triangle, so no `[in, in]` f32 product
-//! is ever materialised or transposed, and `H` comes out exactly symmetric. The batch is first
-//! copied into rows with a padded stride, because the GEMM reads `X^T` down a column of `X` and
-//! power-of-two strides (in=2048, 4096, ...) alias in the cache; this alone halved the time at
-//! in=4096. Panels write disjoint parts of `H` (split with safe slices) and run in parallel on
+//! is ever materialised or transposed, and `H` comes out exactly symmetric. Batches are gathered
+//! into pending rows until [`FOLD_TOKENS`] tokens are there (a fold touches all of `H`, so
+//! folding each 512-token window separately cost as much as the product), in rows with a
+//! padded stride, because the GEMM reads `X^T` down a column of `X` and power-of-two strides
+//! (in=2048, 4096, ...) alias in the cache; this alone halved the time at in=4096. Panels write disjoint parts of `H` (split with safe slices) and run in parallel on
 //! rayon's pool; every element is produced by one sequential GEMM whose shape depends only on `in`,
 //! so the result is bit-identical however the panels are scheduled (a resumed run reproduces the
 //! same bytes). The running sum is kept in f64, since it adds many batches of similar magnitude.
@@ -41,13 +42,23 @@ const PANEL: usize = 192;
 /// of the transposed block in L1).
 const MIRROR_ROWS: usize = 64;
 
+/// Tokens gathered before their product is folded into the f64 average. A fold reads and
+/// writes all of `H` in f64 (19 MB at in = 1536), so folding every 512-token window cost
+/// about as much as the product itself on SmolLM2's layers; at 4096 tokens it is an eighth
+/// of that, and the product runs with a longer inner dimension. The price is the pending
+/// rows, 4096 x in f32 (25 MB at in = 1536).
+const FOLD_TOKENS: usize = 4096;
+
 /// Running `H = 2/n * sum_t x_t x_t^T` over all calibration tokens `x_t` of one linear layer.
 #[derive(Debug, Clone)]
 pub struct HessianAccumulator {
     in_features: usize,
-    /// Row-major `[in, in]`, symmetric.
+    /// Row-major `[in, in]`, symmetric: the average over the `folded` tokens.
     h: Vec<f64>,
-    n_tokens: usize,
+    folded: usize,
+    /// Tokens added but not yet folded into `h`, row-major at the padded stride
+    /// [`Self::stride`].
+    pending: Vec<f32>,
 }
 
 impl HessianAccumulator {
@@ -56,7 +67,8 @@ impl HessianAccumulator {
         Self {
             in_features,
             h: vec![0.0; in_features * in_features],
-            n_tokens: 0,
+            folded: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -67,18 +79,27 @@ impl HessianAccumulator {
 
     /// Tokens accumulated so far.
     pub fn n_tokens(&self) -> usize {
-        self.n_tokens
+        self.folded + self.pending.len() / self.stride()
     }
 
-    /// The current Hessian, row-major `[in, in]`.
-    pub fn hessian(&self) -> &[f64] {
+    /// The Hessian of every token added so far, row-major `[in, in]`.
+    pub fn hessian(&mut self) -> &[f64] {
+        self.fold();
         &self.h
     }
 
     /// The Hessian, row-major `[in, in]`, giving up the accumulator (so a solver can free it
     /// as soon as it has its own copy: on a 5632-wide layer that is 254 MB).
-    pub fn into_hessian(self) -> Vec<f64> {
+    pub fn into_hessian(mut self) -> Vec<f64> {
+        self.fold();
         self.h
+    }
+
+    /// The padded row stride of the pending tokens: not a large power of two, because the
+    /// GEMM walks `X^T` along tokens with that stride, and 4 KiB-aliased strides thrash the
+    /// cache.
+    fn stride(&self) -> usize {
+        self.in_features.next_multiple_of(16) + 16
     }
 
     /// Adds a batch of layer inputs: any tensor whose last dimension is `in_features`
@@ -115,30 +136,46 @@ impl HessianAccumulator {
         self.accumulate(x, m, &[m, inp])
     }
 
-    /// Folds `m` row-major tokens `x` (`[m, in]`, `m > 0`) into the running average; `dims` is
-    /// only for the error message.
+    /// Adds `m` row-major tokens `x` (`[m, in]`, `m > 0`) to the pending ones, folding them
+    /// into the average once [`FOLD_TOKENS`] are pending; `dims` is only for the error
+    /// message.
     fn accumulate(&mut self, x: &[f32], m: usize, dims: &[usize]) -> Result<()> {
         let inp = self.in_features;
         debug_assert_eq!(x.len(), m * inp);
         check_finite_product(x, inp, dims)?;
-
-        let (n, mf) = (self.n_tokens as f64, m as f64);
-        let keep = n / (n + mf);
-        let add = 2.0 / (n + mf);
-        // Copy into rows padded to a stride that is not a large power of two: the GEMM walks
-        // `X^T` along tokens with that stride, and 4 KiB-aliased strides thrash the cache.
-        let ld = inp.next_multiple_of(16) + 16;
-        let mut padded = vec![0f32; m * ld];
-        for (dst, src) in padded.chunks_exact_mut(ld).zip(x.chunks_exact(inp)) {
+        let ld = self.stride();
+        let at = self.pending.len();
+        self.pending.resize(at + m * ld, 0.0);
+        for (dst, src) in self.pending[at..]
+            .chunks_exact_mut(ld)
+            .zip(x.chunks_exact(inp))
+        {
             dst[..inp].copy_from_slice(src);
         }
-        let xm = MatRef::from_row_major_slice_with_stride(&padded, m, inp, ld);
+        if self.pending.len() / ld >= FOLD_TOKENS {
+            self.fold();
+        }
+        Ok(())
+    }
+
+    /// Folds the pending tokens into the running average:
+    /// `H <- H * n / (n + m) + 2 / (n + m) * X^T X`.
+    fn fold(&mut self) {
+        let (inp, ld) = (self.in_features, self.stride());
+        let m = self.pending.len() / ld;
+        if m == 0 {
+            return;
+        }
+        let (n, mf) = (self.folded as f64, m as f64);
+        let keep = n / (n + mf);
+        let add = 2.0 / (n + mf);
+        let xm = MatRef::from_row_major_slice_with_stride(&self.pending, m, inp, ld);
         split_panels(&mut self.h, inp)
             .into_par_iter()
             .with_max_len(1)
             .for_each(|panel| panel.update(xm, keep, add));
-        self.n_tokens += m;
-        Ok(())
+        self.folded += m;
+        self.pending.clear();
     }
 }
 
@@ -338,7 +375,7 @@ mod tests {
             }
             acc
         };
-        let (a, b) = (run(), run());
+        let (mut a, mut b) = (run(), run());
         assert!(
             a.hessian()
                 .iter()
@@ -359,9 +396,9 @@ mod tests {
                 .all(|(x, y)| x.to_bits() == y.to_bits())
         );
 
-        let h = a.hessian();
         let n: usize = batches.iter().map(|b| b.len() / inp).sum();
         assert_eq!(a.n_tokens(), n);
+        let h = a.hessian();
         let mut want = vec![0f64; inp * inp];
         for row in batches.iter().flat_map(|b| b.chunks_exact(inp)) {
             for i in 0..inp {
