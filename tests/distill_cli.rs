@@ -438,3 +438,29 @@ fn new_families_distil_with_falling_loss() {
         }
     }
 }
+
+/// The trained student is the output: written once in the asked dtype (and linked from the
+/// work directory into place), loadable, and nothing left of the work directory.
+#[test]
+fn output_dtype_is_the_written_students() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = calib_ids(tmp.path(), 8, 16, 384);
+    let out = tmp.path().join("half");
+    microllm()
+        .args(run_args(&data, &out, &["--steps", "2", "--dtype", "bf16"]))
+        .assert()
+        .success();
+    assert_eq!(json(&out.join("config.json"))["torch_dtype"], "bfloat16");
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let weight = &header["model.layers.0.mlp.down_proj.weight"];
+    assert_eq!(weight["dtype"], "BF16", "{header}");
+    assert!(!tmp.path().join("half.microllm-work").exists());
+    microllm()
+        .args(["eval", "--model", out.to_str().unwrap(), "--data"])
+        .arg(&data)
+        .args(["--ctx", "16", "--max-windows", "2"])
+        .assert()
+        .success();
+}

@@ -82,6 +82,29 @@ impl Drop for AtomicDir {
     }
 }
 
+/// Places a copy of the finished directory `src` (plain files only) at `dest`, atomically,
+/// with every file hard-linked where the file system allows (copied where it does not): a
+/// model written once into a work directory becomes the output without a second copy on disk.
+pub fn link_dir(src: &Path, dest: &Path, overwrite: bool) -> Result<PathBuf> {
+    let dir = AtomicDir::create(dest, overwrite)?;
+    let entries = std::fs::read_dir(src).map_err(|e| Error::io(src, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(src, e))?;
+        let from = entry.path();
+        if !from.is_file() {
+            return Err(Error::Invalid(format!(
+                "{}: only plain files can be placed as an output",
+                from.display()
+            )));
+        }
+        let to = dir.path().join(entry.file_name());
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+        }
+    }
+    dir.commit()
+}
+
 /// Writes one file atomically: `write` fills a temporary file beside `dest`, which is renamed
 /// to `dest` only if `write` succeeds.
 pub fn write_file_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
@@ -156,6 +179,28 @@ mod tests {
         }
         assert!(!dest.exists());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn linked_dir_holds_the_same_files() {
+        let root = tempfile::tempdir().unwrap();
+        let src = root.path().join("work");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("a"), b"one").unwrap();
+        std::fs::write(src.join("b"), b"two").unwrap();
+        let dest = root.path().join("out");
+        link_dir(&src, &dest, false).unwrap();
+        assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"one");
+        assert_eq!(std::fs::read(dest.join("b")).unwrap(), b"two");
+        // The source may go; the output stays whole.
+        std::fs::remove_dir_all(&src).unwrap();
+        assert_eq!(std::fs::read(dest.join("b")).unwrap(), b"two");
+        // An existing output is replaced only with overwrite.
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("c"), b"three").unwrap();
+        assert!(link_dir(&src, &dest, false).is_err());
+        link_dir(&src, &dest, true).unwrap();
+        assert!(dest.join("c").is_file() && !dest.join("a").exists());
     }
 
     #[test]

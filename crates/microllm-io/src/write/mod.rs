@@ -10,7 +10,7 @@ mod safetensors;
 mod sparse;
 
 pub(crate) use atomic::temp_sibling;
-pub use atomic::{AtomicDir, write_file_atomic};
+pub use atomic::{AtomicDir, link_dir, write_file_atomic};
 pub use hf_dir::{HfOutput, HfWriteOptions, WriteSummary, hf_config_json, write_hf_dir};
 pub use packed::{LinearLayout, PackedLinears, PackedOutput, write_packed_dir};
 pub use safetensors::{OutDtype, serialize_safetensors_file, write_safetensors};

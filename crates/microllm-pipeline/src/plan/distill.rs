@@ -15,6 +15,7 @@ use microllm_distill::fingerprint::tokenizer_sha256;
 use microllm_distill::loss::hidden::parse_layer_map;
 use microllm_distill::models::resolve_model_spec;
 use microllm_io::Checkpoint;
+use microllm_io::write::OutDtype;
 
 use super::pass_path;
 use super::steps::err;
@@ -33,6 +34,11 @@ pub struct DistillStep {
     pub teacher: Option<Arc<Checkpoint>>,
     /// `layer_map`, parsed and checked against both models' blocks.
     pub layer_map: Option<Vec<(usize, usize)>>,
+    /// The output's dtype when the trained student is itself the output (no pass after this
+    /// one changes weights, and the output is a plain Hugging Face directory): the trainer
+    /// then writes it in that dtype and the writer links its files into place instead of
+    /// writing them a second time. Otherwise the student is kept in f32 for the passes after.
+    pub output_dtype: Option<OutDtype>,
 }
 
 impl DistillStep {
@@ -171,6 +177,7 @@ pub(super) fn distill_step(recipe: &Recipe, i: usize) -> RecipeResult<DistillSte
         steps,
         teacher: None,
         layer_map: None,
+        output_dtype: None,
     })
 }
 

@@ -315,6 +315,11 @@ pub(super) fn build(
         &mut notes,
     )?;
 
+    if let (Some(d), None, Writer::Safetensors(dtype)) =
+        (distill.as_mut(), &layerwise, &output.writer)
+    {
+        d.output_dtype = Some(*dtype);
+    }
     let gates = gates(&recipe, &evals, distill.is_some(), &tasks)?;
     let estimate = Estimate::of(
         &recipe,

@@ -16,11 +16,12 @@ use microllm_prune::{GlobalThreshold, Ranking, Schedule};
 use serde_json::{Value, json};
 
 use super::data::EvalTokens;
-use super::distill::{StudentInput, run_distill};
+use super::distill::{StudentInput, distilled_dir, run_distill};
 use super::write::{Current, write_output};
 use super::{Outcome, tasks};
 use crate::plan::{Plan, Writer};
 use crate::report::EvalRecord;
+use microllm_io::write::link_dir;
 
 const STRUCTURED_SCORES: &str = "structured-scores.json";
 const OUTPUT_RECORD: &str = "output.json";
@@ -218,15 +219,26 @@ impl<'r> Runner<'r> {
                     } => Some(self.importance_matrix(config, source)?),
                     _ => None,
                 };
-                let now = Current {
-                    config,
-                    source,
-                    store: plan.layerwise.as_ref().map(|_| self.store),
-                    importance: importance.as_deref(),
-                };
-                let written = write_output(plan, &plan.model, &now, self.progress)?;
-                outcome.writer_notes = written.notes;
-                outcome.written_tensors = written.tensors;
+                let distilled = distilled_dir(self.store);
+                if plan
+                    .distill
+                    .as_ref()
+                    .is_some_and(|d| d.output_dtype.is_some())
+                    && distilled.is_dir()
+                {
+                    // The trainer wrote the student as the output is to be: link, not rewrite.
+                    link_dir(&distilled, &plan.output.path, plan.output.overwrite)?;
+                } else {
+                    let now = Current {
+                        config,
+                        source,
+                        store: plan.layerwise.as_ref().map(|_| self.store),
+                        importance: importance.as_deref(),
+                    };
+                    let written = write_output(plan, &plan.model, &now, self.progress)?;
+                    outcome.writer_notes = written.notes;
+                    outcome.written_tensors = written.tensors;
+                }
                 self.store.save_json(
                     OUTPUT_RECORD,
                     &json!({"path": plan.output.path, "notes": outcome.writer_notes}),

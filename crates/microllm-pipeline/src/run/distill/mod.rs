@@ -92,6 +92,11 @@ pub(super) struct Distilled {
     pub seconds: f64,
 }
 
+/// Where the trained student is kept in the work directory.
+pub(super) fn distilled_dir(store: &BlockStore) -> std::path::PathBuf {
+    store.dir().join(MODEL_DIR)
+}
+
 /// Runs (or resumes) the distill pass.
 pub(super) fn run_distill(
     step: &DistillStep,
@@ -103,7 +108,7 @@ pub(super) fn run_distill(
     progress: &dyn Progress,
 ) -> Result<Distilled> {
     let started = Instant::now();
-    let out = store.dir().join(MODEL_DIR);
+    let out = distilled_dir(store);
     let reopen = || microllm_io::open(&out.to_string_lossy());
     if let Some(v) = store.load_json(RECORD)?
         && out.exists()

@@ -18,6 +18,7 @@ use microllm_distill::train::{
 };
 use microllm_distill::training_data::TrainingData;
 use microllm_distill::{DistillError, DistillResult};
+use microllm_io::write::OutDtype;
 use microllm_models::Decoder;
 
 use super::DistillJob;
@@ -176,6 +177,7 @@ fn distill(job: &DistillJob<'_>, progress: &dyn Progress) -> DistillResult<Disti
         chat_template: job.model.chat_template.as_deref(),
     };
     let write_opts = microllm_io::write::HfWriteOptions {
+        dtype: job.step.output_dtype.unwrap_or(OutDtype::F32),
         overwrite: true,
         ..Default::default()
     };
