@@ -2,9 +2,9 @@
 //! variant before anything runs, the runs, their reports, the sweep's comparison, JUnit, and
 //! the gates' verdict (which decides the exit status).
 //!
-//! `microllm run` hands it a recipe file; `microllm quantize` and `microllm prune` hand it the
-//! one-pass recipe their flags mean, with a table that turns recipe paths back into their
-//! flags in error messages.
+//! `microllm run` hands it a recipe file; `microllm quantize`, `microllm prune` and
+//! `microllm distill` hand it the one-pass recipe their flags mean, with a table that turns
+//! recipe paths back into their flags in error messages.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,10 @@
 //! `microllm distill`: train a student to match a teacher, and `microllm distill logits`: store
 //! a teacher's top-k logits once for any number of runs.
 //!
-//! The binary only parses and renders: the student, losses, store and trainer are
-//! `microllm-distill`; progress comes through the `Progress` sink (the bar shows loss, learning
-//! rate and tokens/s as the status).
+//! The binary only parses and renders: training runs as a one-pass recipe through
+//! `microllm-pipeline` (see `train`), whose distill pass calls `microllm-distill`'s trainer;
+//! progress comes through the `Progress` sink (the bar shows loss, learning rate and tokens/s
+//! as the status).
 
 mod derivation;
 mod logits;

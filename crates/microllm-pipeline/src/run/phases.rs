@@ -119,7 +119,8 @@ impl<'r> Runner<'r> {
     }
 
     /// The distill pass, if the plan has one: the model so far is the student, the original
-    /// (or the pass's own `teacher`) its teacher. Returns the trained student, reopened from the work directory.
+    /// (or the pass's own `teacher`) its teacher. Returns the trained student, reopened from
+    /// the work directory.
     pub fn distill(
         &self,
         outcome: &mut Outcome,
