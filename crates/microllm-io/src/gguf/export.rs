@@ -566,56 +566,83 @@ fn encode(
             importance.map_or(0, <[f32]>::len)
         )));
     }
-    // Each task packs its chunk of rows and copies it into its place in the one output buffer
-    // (whole-tensor parts joined afterwards would hold the encoded tensor twice).
+    // Each task packs its chunk of rows into its place in the one output buffer (whole-tensor
+    // parts joined afterwards would hold the encoded tensor twice). microllm's packers fill a
+    // row-sized buffer that stays in cache and is copied into place row by row; a chunk-sized
+    // buffer was a fresh allocation per chunk (pages the kernel zeroes) copied once more
+    // (Q4_0 export 0.60 -> 0.54 s median, docs/benchmarks.md).
     let row_bytes = cols / dtype.block_size() * dtype.type_size();
     let mut encoded = vec![0u8; rows * row_bytes];
     encoded
         .par_chunks_mut(rows_per_chunk * row_bytes)
         .zip(values.par_chunks(rows_per_chunk * cols))
-        .try_for_each(|(dest, chunk)| {
-            let packed = match (by_row, pack) {
-                (Some(packer), _) => {
-                    let mut out = Vec::with_capacity(dest.len());
-                    for row in chunk.chunks_exact(cols) {
-                        packer.pack(row, &mut out);
-                    }
-                    out
-                }
-                (None, Some(pack)) => {
-                    let mut out = Vec::with_capacity(dest.len());
-                    pack(chunk, &mut out);
-                    out
-                }
-                (None, None) => {
-                    // A fresh tensor per chunk: candle's quantizer reads a storage from its
-                    // start, ignoring a view's offset, so a narrowed view would quantize the
-                    // wrong rows.
-                    let other = |e: candle_core::Error| EncodeError::Other(e.to_string());
-                    let part = Tensor::from_slice(chunk, (chunk.len() / cols, cols), t.device())
-                        .map_err(other)?;
-                    let dtype = dtype
-                        .candle()
-                        .ok_or_else(|| EncodeError::Other(format!("no quantizer for {dtype}")))?;
-                    let q = match importance {
-                        Some(w) => QTensor::quantize_imatrix(&part, w, dtype),
-                        None => QTensor::quantize(&part, dtype),
-                    }
-                    .map_err(other)?;
-                    q.data().map_err(other)?.into_owned()
-                }
-            };
-            if packed.len() != dest.len() {
-                return Err(EncodeError::Other(format!(
-                    "{} bytes packed for {} expected",
-                    packed.len(),
-                    dest.len()
-                )));
-            }
-            dest.copy_from_slice(&packed);
-            Ok(())
+        .try_for_each(|(dest, chunk)| match (by_row, pack) {
+            (Some(packer), _) => pack_rows(chunk, dest, cols, |row, out| packer.pack(row, out)),
+            (None, Some(pack)) => pack_rows(chunk, dest, cols, pack),
+            (None, None) => quantize_with_candle(t, chunk, dest, cols, dtype, importance),
         })?;
     Ok(encoded)
+}
+
+/// Packs `chunk`'s rows of `cols` values into `dest` one row at a time, through a row-sized
+/// buffer that stays in cache.
+fn pack_rows(
+    chunk: &[f32],
+    dest: &mut [u8],
+    cols: usize,
+    pack_row: impl Fn(&[f32], &mut Vec<u8>),
+) -> std::result::Result<(), EncodeError> {
+    let rows = chunk.len() / cols;
+    let row_bytes = dest.len() / rows.max(1);
+    let mut row_buf = Vec::with_capacity(row_bytes);
+    for (row, place) in chunk
+        .chunks_exact(cols)
+        .zip(dest.chunks_exact_mut(row_bytes))
+    {
+        row_buf.clear();
+        pack_row(row, &mut row_buf);
+        if row_buf.len() != row_bytes {
+            return Err(EncodeError::Other(format!(
+                "{} bytes packed for a row of {row_bytes}",
+                row_buf.len()
+            )));
+        }
+        place.copy_from_slice(&row_buf);
+    }
+    Ok(())
+}
+
+/// Quantizes `chunk`'s rows with candle's ggml port into `dest`.
+fn quantize_with_candle(
+    t: &Tensor,
+    chunk: &[f32],
+    dest: &mut [u8],
+    cols: usize,
+    dtype: GgufType,
+    importance: Option<&[f32]>,
+) -> std::result::Result<(), EncodeError> {
+    // A fresh tensor per chunk: candle's quantizer reads a storage from its start, ignoring a
+    // view's offset, so a narrowed view would quantize the wrong rows.
+    let other = |e: candle_core::Error| EncodeError::Other(e.to_string());
+    let part = Tensor::from_slice(chunk, (chunk.len() / cols, cols), t.device()).map_err(other)?;
+    let dtype = dtype
+        .candle()
+        .ok_or_else(|| EncodeError::Other(format!("no quantizer for {dtype}")))?;
+    let q = match importance {
+        Some(w) => QTensor::quantize_imatrix(&part, w, dtype),
+        None => QTensor::quantize(&part, dtype),
+    }
+    .map_err(other)?;
+    let packed = q.data().map_err(other)?;
+    if packed.len() != dest.len() {
+        return Err(EncodeError::Other(format!(
+            "{} bytes packed for {} expected",
+            packed.len(),
+            dest.len()
+        )));
+    }
+    dest.copy_from_slice(&packed);
+    Ok(())
 }
 
 /// Whether every value is finite, and the largest magnitude: one pass for both, in lanes of
