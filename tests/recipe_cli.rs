@@ -48,7 +48,7 @@ fn prune_quantize_eval_recipe_runs_end_to_end() {
     microllm().arg("run").arg(&r).assert().success();
 
     let report = json(&tmp.path().join("out/model.report.json"));
-    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["schema_version"], 2);
     assert_eq!(report["passes"].as_array().unwrap().len(), 3);
     let layers = report["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 21);

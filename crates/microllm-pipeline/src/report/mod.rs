@@ -32,8 +32,9 @@ pub use sweep::{SweepReport, SweepVariant};
 
 use crate::recipe::{Gate, ReportFormat};
 
-/// Version of the report's JSON layout (docs/recipes.md describes it).
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+/// Version of the report's JSON layout (docs/recipes.md describes it). 2: the distill record
+/// became the one report of distillation (`losses` replaced by the per-step `curve`).
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// Everything a run did and measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
