@@ -69,6 +69,12 @@ pub fn model_sha256(path: &Path) -> Result<String> {
     Ok(hex(hasher.finalize()))
 }
 
+/// [`tokenizer_sha256`] of a model's tokenizer, or `none` for a model without one (its data
+/// is pre-tokenized): what stores record and what teacher and student must share.
+pub fn tokenizer_id(tokenizer: Option<&Tokenizer>) -> String {
+    tokenizer.map_or_else(|| "none".into(), tokenizer_sha256)
+}
+
 /// Fingerprint of a tokenizer's id -> token mapping.
 pub fn tokenizer_sha256(tok: &Tokenizer) -> String {
     let mut hasher = Sha256::new();

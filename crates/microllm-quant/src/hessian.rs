@@ -14,8 +14,9 @@
 //! product, so almost no flops are spent above the diagonal). Each panel result is folded straight
 //! into the f64 running average and mirrored into the upper triangle, so no `[in, in]` f32 product
 //! is ever materialised or transposed, and `H` comes out exactly symmetric. Batches are gathered
-//! into pending rows until [`FOLD_TOKENS`] tokens are there (a fold touches all of `H`, so
-//! folding each 512-token window separately cost as much as the product), in rows with a
+//! into pending rows until [`FOLD_TOKENS`] tokens are there (a fold reads and writes all of
+//! `H`; folding every 512-token window made SmolLM2's Hessian phase 17-19% slower,
+//! docs/benchmarks.md), in rows with a
 //! padded stride, because the GEMM reads `X^T` down a column of `X` and power-of-two strides
 //! (in=2048, 4096, ...) alias in the cache; this alone halved the time at in=4096. Panels write disjoint parts of `H` (split with safe slices) and run in parallel on
 //! rayon's pool; every element is produced by one sequential GEMM whose shape depends only on `in`,
@@ -43,10 +44,10 @@ const PANEL: usize = 192;
 const MIRROR_ROWS: usize = 64;
 
 /// Tokens gathered before their product is folded into the f64 average. A fold reads and
-/// writes all of `H` in f64 (19 MB at in = 1536), so folding every 512-token window cost
-/// about as much as the product itself on SmolLM2's layers; at 4096 tokens it is an eighth
-/// of that, and the product runs with a longer inner dimension. The price is the pending
-/// rows, 4096 x in f32 (25 MB at in = 1536).
+/// writes all of `H` in f64 (19 MB at in = 1536); at 4096 tokens there is one fold where
+/// there were eight, and the product runs with a longer inner dimension (SmolLM2's Hessian
+/// phase 17-19% faster, docs/benchmarks.md). The price is the pending rows, 4096 x in f32
+/// (25 MB at in = 1536).
 const FOLD_TOKENS: usize = 4096;
 
 /// Running `H = 2/n * sum_t x_t x_t^T` over all calibration tokens `x_t` of one linear layer.

@@ -122,7 +122,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
             family: ckpt.config.family.to_string(),
             vocab_size: ckpt.config.vocab_size,
         },
-        tokenizer_sha256: super::tokenizer_id(ckpt.tokenizer.as_ref()),
+        tokenizer_sha256: microllm_distill::fingerprint::tokenizer_id(ckpt.tokenizer.as_ref()),
         data: DataRecord {
             path: data.display().to_string(),
             sha256: text.sha256.clone(),

@@ -54,11 +54,3 @@ pub fn run(args: Args) -> anyhow::Result<Verdict> {
         None => train::run(args.train),
     }
 }
-
-/// The tokenizer fingerprint of a model (`none` without one: pre-tokenized data).
-fn tokenizer_id(tokenizer: Option<&microllm_io::Tokenizer>) -> String {
-    tokenizer.map_or_else(
-        || "none".into(),
-        microllm_distill::fingerprint::tokenizer_sha256,
-    )
-}

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use microllm_core::ModelConfig;
-use microllm_distill::fingerprint::tokenizer_sha256;
+use microllm_distill::fingerprint::tokenizer_id;
 use microllm_distill::loss::hidden::parse_layer_map;
 use microllm_distill::models::resolve_model_spec;
 use microllm_io::Checkpoint;
@@ -209,9 +209,10 @@ pub(super) fn check_teacher(
                 ),
             ));
         }
-        let id =
-            |t: Option<&microllm_io::Tokenizer>| t.map_or_else(|| "none".into(), tokenizer_sha256);
-        let (t, s) = (id(teacher.tokenizer.as_ref()), id(model.tokenizer.as_ref()));
+        let (t, s) = (
+            tokenizer_id(teacher.tokenizer.as_ref()),
+            tokenizer_id(model.tokenizer.as_ref()),
+        );
         if t != s {
             return Err(at(
                 "teacher",

@@ -9,7 +9,7 @@
 
 use candle_core::DType;
 use microllm_core::{Error, Progress, Result};
-use microllm_distill::fingerprint::{model_sha256, sha256_bytes, tokenizer_sha256};
+use microllm_distill::fingerprint::{model_sha256, sha256_bytes, tokenizer_id};
 use microllm_distill::loss::{HiddenKind, HiddenLoss, LogitMix};
 use microllm_distill::store::TeacherStore;
 use microllm_distill::student::{Freeze, Student};
@@ -80,14 +80,14 @@ fn distill(job: &DistillJob<'_>, progress: &dyn Progress) -> DistillResult<Disti
     settings.check()?;
     // The student's tokenizer reads the data (planning checked the teacher's is the same).
     let tokenizer = job.model.tokenizer.as_ref();
-    let tokenizer_id = tokenizer.map_or_else(|| "none".into(), tokenizer_sha256);
+    let student_tokenizer = tokenizer_id(tokenizer);
     let data = TrainingData::read(&job.step.data, tokenizer)?;
 
     let store = match &stage.logits {
         Some(dir) => Some(open_store(
             job,
             dir,
-            &tokenizer_id,
+            &student_tokenizer,
             &settings,
             &data.sha256,
         )?),
