@@ -5,7 +5,16 @@
 
 use std::path::PathBuf;
 
-use microllm_pipeline::recipe::{CalibrationData, EvalStage, EvaluationData, Pass};
+use microllm_pipeline::recipe::{
+    CalibrationCompute, CalibrationData, EvalStage, EvaluationData, Pass,
+};
+
+/// `--calib-compute`: the recipe's [`CalibrationCompute`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibCompute {
+    Int8,
+    F32,
+}
 
 /// Calibration and evaluation data.
 #[derive(Debug, clap::Args)]
@@ -26,6 +35,11 @@ pub struct DataArgs {
     /// instead of failing.
     #[arg(long)]
     pub allow_short_calib: bool,
+    /// How the calibration forward computes: `int8` runs GGUF weights and the linears already
+    /// quantized in their ggml block types with 8-bit activations (as llama.cpp runs the
+    /// file); `f32` runs every product in f32 on dequantized weights.
+    #[arg(long, value_enum, default_value_t = CalibCompute::Int8)]
+    pub calib_compute: CalibCompute,
     /// Measure the output against the original on this text (perplexity of both, KL
     /// divergence, top-1 agreement), with the output reloaded from disk.
     #[arg(long)]
@@ -47,6 +61,10 @@ impl DataArgs {
             seqlen: self.seqlen,
             seed: self.seed,
             allow_short: self.allow_short_calib,
+            compute: match self.calib_compute {
+                CalibCompute::Int8 => CalibrationCompute::Int8,
+                CalibCompute::F32 => CalibrationCompute::F32,
+            },
         })
     }
 

@@ -20,11 +20,12 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
 use microllm_core::{LinearKind, Result, names};
-use microllm_models::{Block, Positions};
+use microllm_models::{Activations, Block, Positions};
 use microllm_prune::PruneMethod;
 use microllm_quant::{
     AwqOptions, DiagonalAccumulator, GptqOptions, HessianAccumulator, ObsFactor, QuantScheme,
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::block_awq::{AwqBlock, AwqRecord, awq_block};
 use crate::block_smooth::smooth_block;
 use crate::linear_step::{InputStatistic, PruneSpec, compress_linear};
+use crate::output::packed_weight;
 
 /// The linear layers of a block in true-sequential order, grouped by shared input.
 pub const SEQUENTIAL_GROUPS: [&[LinearKind]; 4] = [
@@ -271,9 +273,12 @@ impl Compressor<'_> {
         let width = |t: &Tensor| t.dims().last().copied().unwrap_or(0);
         let [qkv, o, gate_up, down] = SEQUENTIAL_GROUPS;
         let diagonal = self.diagonal_only();
+        // A block computing with 8-bit activations takes its Hessians' products in bf16 too
+        // (`calibration.compute: int8`); an f32 block keeps them in f32.
+        let bf16 = self.block.packed_activations() == Some(Activations::Int8);
         let mut p = BlockPhases::default();
         let add = |h: &mut Option<InputStats>, x: &Tensor, seconds: &mut f64| {
-            timed(seconds, || accumulate(h, x, width(x), diagonal))
+            timed(seconds, || accumulate(h, x, width(x), diagonal, bf16))
         };
 
         // q/k/v: their input is a norm of the block input, cheap to recompute.
@@ -399,6 +404,7 @@ impl Compressor<'_> {
                 None
             }
         };
+        let acts = self.block.packed_activations();
         for (i, &kind) in present.iter().enumerate() {
             let linear = self.block.linear(kind).expect("present");
             // The last linear of the group takes the Hessian, so its solver can free it.
@@ -417,16 +423,24 @@ impl Compressor<'_> {
             let r = compress_linear(&name, &dense, self.spec.scheme, self.spec.prune, calibrated)?;
             let weight_error = relative_error(&original, &r.weight);
             let shape = dense.dims2()?;
-            let weight = Tensor::from_vec(r.weight, shape, &device)?;
-            self.block
-                .linear_mut(kind)
-                .expect("present")
-                .set_weight(weight.clone());
+            let linear = self.block.linear_mut(kind).expect("present");
             match r.quantized {
                 Some(q) => {
+                    // A block computing on packed weights keeps doing so: the codes in the
+                    // GGUF block type that holds them exactly, else the dequantized weight.
+                    let packed = match acts {
+                        Some(acts) => packed_weight(&name, &q, acts)?,
+                        None => None,
+                    };
+                    match packed {
+                        Some(p) => linear.set_packed(Arc::new(p)),
+                        None => linear.set_weight(Tensor::from_vec(r.weight, shape, &device)?),
+                    }
                     self.out.quantized.insert(kind, q);
                 }
                 None => {
+                    let weight = Tensor::from_vec(r.weight, shape, &device)?;
+                    linear.set_weight(weight.clone());
                     self.out.dense.insert(kind, weight);
                 }
             }
@@ -477,10 +491,18 @@ impl InputStats {
     }
 }
 
-fn accumulate(h: &mut Option<InputStats>, x: &Tensor, width: usize, diagonal: bool) -> Result<()> {
+fn accumulate(
+    h: &mut Option<InputStats>,
+    x: &Tensor,
+    width: usize,
+    diagonal: bool,
+    bf16: bool,
+) -> Result<()> {
     let stats = h.get_or_insert_with(|| {
         if diagonal {
             InputStats::Diagonal(DiagonalAccumulator::new(width))
+        } else if bf16 {
+            InputStats::Full(HessianAccumulator::with_bf16_products(width))
         } else {
             InputStats::Full(HessianAccumulator::new(width))
         }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use microllm_core::{Error, ModelConfig, Progress, Result, TensorSource};
-use microllm_models::{Block, Positions, RopeTables};
+use microllm_models::{Activations, Block, Positions, RopeTables};
 use microllm_prune::SparsityPattern;
 use microllm_quant::QuantScheme;
 
@@ -54,6 +54,10 @@ pub struct CompressJob<'a> {
     /// Unstructured sparsity of each block, overriding `spec`'s (a per-block schedule such as
     /// OWL's); `None` prunes every block as `spec` says.
     pub block_sparsity: Option<Vec<f64>>,
+    /// How the calibration forward computes: `Some` keeps the weights the source holds packed
+    /// (GGUF blocks) in their types, and runs the quantized linears on the GGUF blocks that
+    /// hold their codes exactly, with these activations; `None` runs every block in f32.
+    pub packed: Option<Activations>,
 }
 
 impl CompressJob<'_> {
@@ -93,6 +97,7 @@ pub fn run_layerwise(
             smooth: None,
         },
         block_sparsity: None,
+        packed: None,
     };
     run_compress(&job, store, progress)
 }
@@ -128,7 +133,9 @@ pub fn run_compress(
     let mut phases = BlockPhases::default();
     for layer in start..cfg.num_layers {
         let began = Instant::now();
-        let mut block = Block::load(cfg, layer, job.source)?;
+        // Without calibration nothing runs the block: its weights are read dense, as always.
+        let packed = job.packed.filter(|_| calibrated);
+        let mut block = Block::load_with(cfg, layer, job.source, packed)?;
         let output = compress_block(&mut block, &mut hidden, at, &job.spec_for(layer)?)?;
         drop(block);
         let seconds = began.elapsed().as_secs_f64();

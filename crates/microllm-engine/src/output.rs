@@ -20,7 +20,8 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use microllm_core::{
-    Error, Family, LinearKind, ModelConfig, Result, TensorInfo, TensorSource, names,
+    CodeType, Error, Family, LinearKind, ModelConfig, PackedMatrix, Result, TensorInfo,
+    TensorSource, names,
 };
 use microllm_io::gguf::EncodedTensors;
 use microllm_io::gguf::GgufType;
@@ -29,6 +30,7 @@ use microllm_io::gguf::blocks::{
 };
 use microllm_io::gguf::names::{is_rope_permuted, permute_rows};
 use microllm_io::quantized::QuantizedDirSource;
+use microllm_models::{Activations, PackedWeight};
 use microllm_quant::{QuantScheme, QuantizedWeight};
 
 use crate::store::{BlockStore, StoredBlock};
@@ -40,6 +42,12 @@ pub fn exact_gguf_type(
     in_features: usize,
     contiguous: bool,
 ) -> std::result::Result<GgufType, String> {
+    if scheme.code_type != CodeType::Int {
+        return Err(format!(
+            "{:?} codes are not integers on a grid (no ggml block type holds them)",
+            scheme.code_type
+        ));
+    }
     let group = scheme.group_len(in_features);
     if !in_features.is_multiple_of(group) {
         return Err(format!(
@@ -315,6 +323,30 @@ fn permute_weight_rows(q: &QuantizedWeight, heads: usize) -> Result<QuantizedWei
     })
 }
 
+/// `q` as a packed weight computing with `activations`, when a ggml block type holds its
+/// codes exactly (the GGUF output's own blocks, so a calibration forward after the weight is
+/// quantized computes what that file will); `None` when none does.
+pub(crate) fn packed_weight(
+    name: &str,
+    q: &QuantizedWeight,
+    activations: Activations,
+) -> Result<Option<PackedWeight>> {
+    let [out, inp] = q.shape;
+    let Ok(dtype) = exact_gguf_type(&q.scheme, inp, q.g_idx.is_none()) else {
+        return Ok(None);
+    };
+    let Some(block_type) = dtype.block_type() else {
+        return Ok(None);
+    };
+    let data = pack_exact(q, dtype).map_err(|msg| Error::TensorData {
+        name: name.to_string(),
+        origin: "quantized blocks".into(),
+        msg,
+    })?;
+    let matrix = PackedMatrix::new(name, block_type, out, inp, data)?;
+    Ok(Some(PackedWeight::new(&matrix, activations)?))
+}
+
 /// Packs `q` into `dtype` blocks: codes shifted onto the block type's grid, and scales and
 /// zeros repeated for every 32-weight block of a group.
 fn pack_exact(q: &QuantizedWeight, dtype: GgufType) -> std::result::Result<Vec<u8>, String> {
@@ -355,5 +387,68 @@ fn pack_exact(q: &QuantizedWeight, dtype: GgufType) -> std::result::Result<Vec<u
         GgufType::Q4_1 => q4_1_from_codes(&codes),
         GgufType::Q8_0 => q8_0_from_codes(&codes),
         other => Err(format!("no exact packing into {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use microllm_quant::rtn_quantize;
+
+    fn weights(out: usize, inp: usize) -> Vec<f32> {
+        (0..out * inp)
+            .map(|k| ((k * 7919 % 997) as f32 / 997.0 - 0.5) * 0.2)
+            .collect()
+    }
+
+    fn scheme(bits: u8, symmetric: bool) -> QuantScheme {
+        QuantScheme {
+            f16_scales: true,
+            ..QuantScheme::new(bits, Some(32), symmetric).unwrap()
+        }
+    }
+
+    /// The packed weight a calibration forward runs on computes with exactly the codes' values
+    /// (Q4_0 for symmetric codes), and with them up to the f16 rounding of the block minimum
+    /// for asymmetric ones (Q4_1).
+    #[test]
+    fn packed_weight_holds_the_codes() {
+        let (out, inp) = (16, 64);
+        let w = weights(out, inp);
+        for (symmetric, tolerance) in [(true, 0.0), (false, 1e-3)] {
+            let q = rtn_quantize(&w, [out, inp], scheme(4, symmetric)).unwrap();
+            let packed = packed_weight("w", &q, Activations::F32).unwrap().unwrap();
+            let want = q.dequantize(&Device::Cpu).unwrap();
+            let got = packed.dequantize().unwrap();
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff <= tolerance, "symmetric {symmetric}: {diff}");
+        }
+    }
+
+    /// FP8 bytes are not integer codes: no ggml block type is claimed to hold them, so
+    /// neither the GGUF writer nor the calibration forward reads them as integers.
+    #[test]
+    fn fp8_codes_have_no_ggml_type() {
+        let fp8 = QuantScheme {
+            f16_scales: true,
+            ..QuantScheme::fp8(Some(32)).unwrap()
+        };
+        let why = exact_gguf_type(&fp8, 64, true).unwrap_err();
+        assert!(why.contains("not integers"), "{why}");
+        assert_eq!(
+            exact_gguf_type(&scheme(4, true), 64, true),
+            Ok(GgufType::Q4_0)
+        );
+        let q = rtn_quantize(&weights(4, 64), [4, 64], fp8).unwrap();
+        assert!(packed_weight("w", &q, Activations::Int8).unwrap().is_none());
     }
 }

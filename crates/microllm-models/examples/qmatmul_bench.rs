@@ -1,7 +1,8 @@
 //! Times one linear layer's product `x W^T` for a prompt-sized batch, with `W` stored as f32
 //! (what every forward does today: the model dequantized on load) and as candle's packed
-//! GGUF types through `QMatMul` (the dot products on the blocks, activations quantized to
-//! 8 bits on the fly). The question it answers: which weight types can be run packed without
+//! GGUF types through microllm's `PackedWeight` (the legacy types on its VNNI kernel) and
+//! candle's `QMatMul` (the dot products on the blocks, activations quantized to 8 bits on the
+//! fly). The question it answers: which weight types can be run packed without
 //! losing speed, and so without the f32 copy of the model (issue 15).
 //!
 //! ```text
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
+use microllm_core::{BlockType, PackedMatrix};
+use microllm_models::{Activations, PackedWeight};
 
 fn best_of(runs: usize, mut f: impl FnMut() -> candle_core::Result<Tensor>) -> Duration {
     let mut best = Duration::MAX;
@@ -38,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = |name: &str, d: Duration| {
         let s = d.as_secs_f64();
         println!(
-            "{name:>6}: {:8.2} ms  {:7.1} GFLOP/s",
+            "{name:>22}: {:8.2} ms  {:7.1} GFLOP/s",
             s * 1e3,
             flops / s / 1e9
         );
@@ -57,14 +60,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         if !inp.is_multiple_of(dtype.block_size()) {
             println!(
-                "{:>6}: in = {inp} is not a multiple of {}",
+                "{:>22}: in = {inp} is not a multiple of {}",
                 format!("{dtype:?}"),
                 dtype.block_size()
             );
             continue;
         }
-        let q = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
-        report(&format!("{dtype:?}"), best_of(runs, || q.forward(&x)));
+        let qt = QTensor::quantize(&w, dtype)?;
+        let packed = match dtype {
+            GgmlDType::Q8_0 => Some(BlockType::Q8_0),
+            GgmlDType::Q4_0 => Some(BlockType::Q4_0),
+            GgmlDType::Q4_1 => Some(BlockType::Q4_1),
+            GgmlDType::Q5_0 => Some(BlockType::Q5_0),
+            _ => None,
+        };
+        if let Some(block_type) = packed {
+            let m = PackedMatrix::new("w", block_type, out, inp, qt.data()?.to_vec())?;
+            let p = PackedWeight::new(&m, Activations::Int8)?;
+            let name = format!("{dtype:?} ({})", p.path());
+            report(&name, best_of(runs, || Ok(p.matmul(&x).expect("product"))));
+        }
+        let q = QMatMul::from_qtensor(qt)?;
+        report(
+            &format!("{dtype:?} (candle)"),
+            best_of(runs, || q.forward(&x)),
+        );
     }
     Ok(())
 }

@@ -1,14 +1,16 @@
 //! Causal self-attention with grouped-query heads, optional sliding window, and a key/value
 //! cache for incremental decoding.
 //!
-//! Three choices keep attention cheap on a CPU:
+//! Four choices keep attention cheap on a CPU:
 //! - Query heads that share a key/value head are stacked into the rows of one matrix
 //!   (`[batch, kv_heads, seq * group, head_dim]`, see [`Rope::split_heads`]), so keys and values
-//!   are never repeated per query head and each product is one batched gemm.
+//!   are never repeated per query head.
 //! - Queries are processed in chunks of [`QUERY_CHUNK`] tokens, each against only the keys it
 //!   can see (up to its last query; from the window start when windowed). The masked upper
-//!   triangle is mostly never computed: at 512 tokens, 3/8 of the score products and of the
-//!   softmax work. With a sliding window the work per token stays bounded by the window.
+//!   triangle is mostly never computed. With a sliding window the work per token stays
+//!   bounded by the window.
+//! - Each (sequence, key/value head, chunk) is one task with single-threaded products
+//!   ([`crate::grouped`]), the tasks run in parallel: no product is split across threads.
 //! - Scaling, mask and softmax are one in-place pass over each chunk's scores
 //!   ([`CausalSoftmax`]); no mask tensor exists.
 
@@ -16,13 +18,14 @@ use candle_core::Tensor;
 use microllm_core::{ModelConfig, Result};
 
 use crate::rope::Rope;
+#[cfg(doc)]
 use crate::softmax::CausalSoftmax;
 
-/// Tokens per query chunk. Smaller chunks skip more of the masked triangle but hand gemm
-/// thinner products. On SmolLM2 shapes (512 tokens, groups of 3 heads) 64 and 128 measured
-/// alike, 32 slower; one chunk of 512 was about 5% of a block slower on one thread and within
-/// the noise on two.
-pub(crate) const QUERY_CHUNK: usize = 128;
+/// Tokens per query chunk. Smaller chunks skip more of the masked triangle and give the
+/// kernel more tasks to spread over the threads, but thinner products. On SmolLM2 shapes (512
+/// tokens, groups of 3 heads, `forward_phases`, 2 cores) 64 and 32 measured alike and 128 was
+/// 6% of the blocks' time slower.
+pub(crate) const QUERY_CHUNK: usize = 64;
 
 /// Keys and values of one layer for the positions seen so far.
 ///
@@ -172,52 +175,7 @@ pub fn grouped_attention(
     chunked_attention(q, k, v, (group, offset), window, scale, QUERY_CHUNK)
 }
 
-/// [`grouped_attention`] with queries in chunks of `chunk` tokens.
-fn chunked_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    (group, offset): (usize, usize),
-    window: Option<usize>,
-    scale: f32,
-    chunk: usize,
-) -> Result<Tensor> {
-    let (_, _, rows, _) = q.dims4()?;
-    let seq = rows / group;
-    let t = k.dim(2)?;
-    let key_base = (offset + seq).checked_sub(t).ok_or_else(|| {
-        microllm_core::Error::Invalid(format!(
-            "{t} keys cannot end at position {} (offset {offset}, {seq} queries)",
-            offset + seq
-        ))
-    })?;
-    let mut chunks = Vec::with_capacity(seq.div_ceil(chunk));
-    for first in (0..seq).step_by(chunk) {
-        let n = chunk.min(seq - first);
-        let first_pos = offset + first;
-        // Keys the chunk can see, as positions `lo..hi`.
-        let lo = window
-            .map_or(0, |w| (first_pos + 1).saturating_sub(w))
-            .max(key_base);
-        let hi = first_pos + n;
-        let keys = k.narrow(2, lo - key_base, hi - lo)?;
-        let values = v.narrow(2, lo - key_base, hi - lo)?;
-        let scores = q.narrow(2, first * group, n * group)?.matmul(&keys.t()?)?;
-        scores.inplace_op1(&CausalSoftmax {
-            scale,
-            group,
-            first_query: first_pos,
-            first_key: lo,
-            window,
-        })?;
-        chunks.push(scores.matmul(&values)?);
-    }
-    Ok(if chunks.len() == 1 {
-        chunks.pop().expect("one chunk")
-    } else {
-        Tensor::cat(&chunks, 2)?
-    })
-}
+use crate::grouped::chunked_attention;
 
 /// The rotary tables of one model: those of its global layers, and those of its windowed
 /// layers where they rotate with a base of their own (Gemma 3).

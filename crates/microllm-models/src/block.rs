@@ -52,6 +52,9 @@ pub struct Block {
     pub v: Linear,
     pub o: Linear,
     pub mlp: Mlp,
+    /// How the block was loaded: `Some` keeps weights the source holds packed in their type,
+    /// with these activations (see [`Block::load_with`]).
+    packed: Option<Activations>,
 }
 
 impl Block {
@@ -111,6 +114,7 @@ impl Block {
             v: lin(LinearKind::V, cfg.kv_dim(), h, cfg.qkv_bias)?,
             o: lin(LinearKind::O, h, cfg.q_dim(), cfg.o_bias)?,
             mlp,
+            packed,
         };
         // A W8A8 checkpoint's linears quantize their inputs as it is served.
         for kind in LinearKind::ALL {
@@ -119,6 +123,12 @@ impl Block {
             }
         }
         Ok(block)
+    }
+
+    /// The activations its packed weights compute with, or `None` for a block loaded dense:
+    /// a pass that replaces a weight with one a packed type holds can keep the block's mode.
+    pub fn packed_activations(&self) -> Option<Activations> {
+        self.packed
     }
 
     /// The linear layer of `kind`, if the block has one (plain MLPs have no gate).

@@ -22,7 +22,8 @@ pub fn exp(x: f32) -> f32 {
     // Adding 1.5 * 2^23 rounds to the nearest integer in the mantissa.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Cephes' `expf` polynomial for e^r on |r| <= ln2 / 2 (minimax-adjusted Taylor terms).
     let p = 1.987_569_1e-4;
@@ -32,7 +33,10 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.166_666_65;
     let p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
-    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `2^n` from the bits of `shifted`, which hold `n` in the low mantissa bits: the shift
+    // drops the rest. (`n as i32` would be a saturating conversion the compiler leaves
+    // scalar.)
+    e_r * f32::from_bits(shifted.to_bits().wrapping_add(127) << 23)
 }
 
 /// Sum of a slice in eight independent lanes, so the additions vectorise.
@@ -46,6 +50,24 @@ pub fn sum(xs: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail
+}
+
+/// Largest element of a slice (`-inf` when empty) in eight independent lanes, so the
+/// comparisons vectorise (`f32::max` in a fold is one serial chain: it was most of the
+/// attention softmax's time). NaNs are not propagated.
+pub fn max(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    lanes.iter().fold(tail, |m, &v| if v > m { v } else { m })
 }
 
 /// Elements per parallel work unit of [`SiluMul`]: large enough to amortise the hand-off.

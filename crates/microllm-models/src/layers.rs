@@ -99,6 +99,11 @@ impl Linear {
         self.weight = LinearWeight::Dense(weight);
     }
 
+    /// Replaces the weight with a packed one of the same shape.
+    pub fn set_packed(&mut self, weight: Arc<PackedWeight>) {
+        self.weight = LinearWeight::Packed(weight);
+    }
+
     /// Output features.
     pub fn out_features(&self) -> usize {
         match &self.weight {

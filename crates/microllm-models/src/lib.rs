@@ -17,6 +17,7 @@ mod attention;
 mod block;
 mod decoder;
 pub mod elementwise;
+mod grouped;
 mod layers;
 pub mod packed;
 mod rope;

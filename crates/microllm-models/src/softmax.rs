@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, InplaceOp1, Layout};
 use rayon::prelude::*;
 
-use crate::elementwise::{exp, sum};
+use crate::elementwise::{exp, max, sum};
 
 /// Softmax of `scale * scores` over the last axis for scores laid out
 /// `[batch, kv_heads, queries * group, keys]`: row `r` belongs to the query at position
@@ -43,10 +43,11 @@ impl CausalSoftmax {
         (lo, hi)
     }
 
-    fn softmax_row(&self, row: usize, x: &mut [f32]) {
+    /// Softmax of row `row` (counted within one matrix) in place.
+    pub(crate) fn softmax_row(&self, row: usize, x: &mut [f32]) {
         let (lo, hi) = self.visible(row, x.len());
         let visible = &mut x[lo..=hi];
-        let max = visible.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = max(visible);
         for v in visible.iter_mut() {
             *v = exp((*v - max) * self.scale);
         }

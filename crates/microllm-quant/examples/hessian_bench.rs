@@ -4,7 +4,9 @@
 //! only a triangle is computed).
 //!
 //! `cargo run --release -p microllm-quant --example hessian_bench -- [BATCHES=20] [TOKENS=512] [IN...]`
-//! (default widths: 576 and 1536).
+//! (default widths: 576 and 1536). With `BF16=1` in the environment, the products take
+//! bf16-rounded inputs on the AVX-512 BF16 kernel (`HessianAccumulator::with_bf16_kernel`),
+//! also on CPUs where GPTQ keeps f32 because the kernel is slower there.
 
 mod common;
 
@@ -29,7 +31,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (tokens, inp),
             &Device::Cpu,
         )?;
-        let mut acc = HessianAccumulator::new(inp);
+        let mut acc = if std::env::var("BF16").is_ok_and(|v| v == "1") {
+            HessianAccumulator::with_bf16_kernel(inp).ok_or("this CPU has no AVX-512 BF16")?
+        } else {
+            HessianAccumulator::new(inp)
+        };
         acc.add_batch(&data)?; // warm-up (thread pool, caches)
         let start = Instant::now();
         for _ in 0..batches {

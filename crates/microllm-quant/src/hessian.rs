@@ -23,9 +23,14 @@
 //! so the result is bit-identical however the panels are scheduled (a resumed run reproduces the
 //! same bytes). The running sum is kept in f64, since it adds many batches of similar magnitude.
 //!
+//! [`HessianAccumulator::with_bf16_products`] takes the products on bf16-rounded inputs where
+//! the CPU runs AVX-512 BF16 at twice the f32 rate (AMD's; [`crate::hessian_bf16`]), the
+//! running average still in f64; the calibration's `compute: int8` mode uses it.
+//!
 //! Non-finite or overflowing inputs are rejected before `H` is touched: by Cauchy-Schwarz every
 //! partial sum of `X^T X` is bounded by the largest column sum of squares, which is checked (in
-//! f64) against half of `f32::MAX`, so a failed batch leaves the accumulator unchanged.
+//! f64) against half of `f32::MAX`, so a failed batch leaves the accumulator unchanged (the
+//! cheaper bound `tokens * max|x|^2` is tried first).
 
 use candle_core::{DType, Storage, Tensor};
 use faer::linalg::matmul::matmul;
@@ -33,6 +38,8 @@ use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
 use microllm_core::{Error, Result};
 use rayon::prelude::*;
+
+use crate::hessian_bf16::PairRows;
 
 /// Features per column panel. A panel's right-hand side (`tokens x PANEL` f32) stays in cache
 /// while the GEMM streams the rest of `X` past it; wider panels give the GEMM fatter products,
@@ -60,6 +67,9 @@ pub struct HessianAccumulator {
     /// Tokens added but not yet folded into `h`, row-major at the padded stride
     /// [`Self::stride`].
     pending: Vec<f32>,
+    /// With products of bf16-rounded inputs ([`crate::hessian_bf16`], where the CPU has
+    /// them), the pending tokens are held here, rounded, instead of in `pending`.
+    bf16: Option<PairRows>,
 }
 
 impl HessianAccumulator {
@@ -70,7 +80,26 @@ impl HessianAccumulator {
             h: vec![0.0; in_features * in_features],
             folded: 0,
             pending: Vec::new(),
+            bf16: None,
         }
+    }
+
+    /// An accumulator whose products take the inputs rounded to bf16 where the CPU runs
+    /// AVX-512 BF16 at twice the f32 rate (AMD's; [`crate::hessian_bf16`]), in f32 elsewhere.
+    pub fn with_bf16_products(in_features: usize) -> Self {
+        let bf16 = crate::hessian_bf16::faster_than_f32()
+            .then(|| Self::with_bf16_kernel(in_features))
+            .flatten();
+        bf16.unwrap_or_else(|| Self::new(in_features))
+    }
+
+    /// An accumulator on the bf16 kernel wherever the CPU has AVX-512 BF16, even where it is
+    /// slower than f32 (for benchmarks and tests); `None` without the instructions.
+    pub fn with_bf16_kernel(in_features: usize) -> Option<Self> {
+        crate::hessian_bf16::supported().then(|| Self {
+            bf16: Some(PairRows::new(in_features)),
+            ..Self::new(in_features)
+        })
     }
 
     /// Input features of the layer.
@@ -80,7 +109,11 @@ impl HessianAccumulator {
 
     /// Tokens accumulated so far.
     pub fn n_tokens(&self) -> usize {
-        self.folded + self.pending.len() / self.stride()
+        let pending = match &self.bf16 {
+            Some(rows) => rows.tokens(),
+            None => self.pending.len() / self.stride(),
+        };
+        self.folded + pending
     }
 
     /// The Hessian of every token added so far, row-major `[in, in]`.
@@ -144,6 +177,13 @@ impl HessianAccumulator {
         let inp = self.in_features;
         debug_assert_eq!(x.len(), m * inp);
         check_finite_product(x, inp, dims)?;
+        if let Some(rows) = &mut self.bf16 {
+            rows.push(x);
+            if rows.tokens() >= FOLD_TOKENS {
+                self.fold();
+            }
+            return Ok(());
+        }
         let ld = self.stride();
         let at = self.pending.len();
         self.pending.resize(at + m * ld, 0.0);
@@ -163,13 +203,22 @@ impl HessianAccumulator {
     /// `H <- H * n / (n + m) + 2 / (n + m) * X^T X`.
     fn fold(&mut self) {
         let (inp, ld) = (self.in_features, self.stride());
-        let m = self.pending.len() / ld;
+        let m = match &self.bf16 {
+            Some(rows) => rows.tokens(),
+            None => self.pending.len() / ld,
+        };
         if m == 0 {
             return;
         }
         let (n, mf) = (self.folded as f64, m as f64);
         let keep = n / (n + mf);
         let add = 2.0 / (n + mf);
+        if let Some(rows) = &mut self.bf16 {
+            crate::hessian_bf16::fold(&mut self.h, rows, keep, add);
+            rows.clear();
+            self.folded += m;
+            return;
+        }
         let xm = MatRef::from_row_major_slice_with_stride(&self.pending, m, inp, ld);
         split_panels(&mut self.h, inp)
             .into_par_iter()
@@ -209,8 +258,15 @@ pub(crate) fn with_f32_data<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) 
 /// `|sum_t x_ti x_tj| <= sum_t |x_ti x_tj| <= max_i sum_t x_ti^2`, so bounding the column sums of
 /// squares (exactly enough, in f64) by `f32::MAX / 2` leaves ample room for f32 rounding.
 fn check_finite_product(x: &[f32], inp: usize, dims: &[usize]) -> Result<()> {
-    let sq = column_sums_of_squares(x, inp);
     let limit = f64::from(f32::MAX) * 0.5;
+    // The cheap bound first: every column sum of squares is at most `tokens * max|x|^2`. The
+    // exact column sums (in f64, one pass on one thread) only when that bound is not enough.
+    let largest = max_abs(x);
+    let tokens = (x.len() / inp.max(1)) as f64;
+    if largest.is_finite() && tokens * f64::from(largest).powi(2) <= limit {
+        return Ok(());
+    }
+    let sq = column_sums_of_squares(x, inp);
     // NaN fails `is_finite`; infinity and huge sums fail the bound.
     if sq.iter().any(|&s| !s.is_finite() || s > limit) {
         return Err(Error::Invalid(format!(
@@ -218,6 +274,28 @@ fn check_finite_product(x: &[f32], inp: usize, dims: &[usize]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `max |x|` in eight independent lanes (so it vectorises); NaN anywhere gives NaN.
+fn max_abs(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut nan = false;
+    let chunks = x.chunks_exact(8);
+    for &v in chunks.remainder() {
+        nan |= v.is_nan();
+        lanes[0] = lanes[0].max(v.abs());
+    }
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            nan |= v.is_nan();
+            let a = v.abs();
+            *l = if a > *l { a } else { *l };
+        }
+    }
+    if nan {
+        return f32::NAN;
+    }
+    lanes.iter().fold(0f32, |m, &v| m.max(v))
 }
 
 /// The part of `H` that one column panel (features `start..start + width`) owns.
@@ -345,6 +423,31 @@ mod tests {
         two.add_batch_slice(&x[9..]).unwrap();
         for (a, b) in one.hessian().iter().zip(two.hessian()) {
             assert!((a - b).abs() < 1e-9 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    /// On the bf16 kernel (where the CPU has it): the batch split does not matter (tokens
+    /// pair up across batches), and the result is the f32 one to bf16's rounding.
+    #[test]
+    fn bf16_products_match_f32_and_ignore_the_split() {
+        let inp = 40;
+        let x = values(23 * inp, 7);
+        let Some(mut one) = HessianAccumulator::with_bf16_kernel(inp) else {
+            return; // no AVX-512 BF16: nothing to compare
+        };
+        one.add_batch_slice(&x).unwrap();
+        let mut split = HessianAccumulator::with_bf16_kernel(inp).unwrap();
+        for (a, b) in [(0, 5), (5, 6), (6, 19), (19, 23)] {
+            split.add_batch_slice(&x[a * inp..b * inp]).unwrap();
+        }
+        assert_eq!(split.n_tokens(), 23);
+        let mut exact = HessianAccumulator::new(inp);
+        exact.add_batch_slice(&x).unwrap();
+        let (one, split, exact) = (one.hessian().to_vec(), split.hessian(), exact.hessian());
+        assert_eq!(one.as_slice(), split);
+        let scale = exact.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (a, b) in one.iter().zip(exact) {
+            assert!((a - b).abs() <= 1e-2 * scale, "{a} vs {b}");
         }
     }
 

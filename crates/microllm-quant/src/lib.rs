@@ -37,6 +37,7 @@ mod diagonal;
 mod factor;
 mod gptq;
 mod hessian;
+mod hessian_bf16;
 pub mod obs;
 mod rtn;
 mod scheme;
@@ -60,6 +61,7 @@ pub use gptq::{
     obs_compress, obs_compress_factored,
 };
 pub use hessian::HessianAccumulator;
+pub use hessian_bf16::faster_than_f32 as bf16_hessians_are_faster;
 pub use obs::PruneRule;
 pub use rtn::{rtn_quantize, rtn_quantize_tensor};
 pub use scheme::{ClipSearch, Grid, QuantScheme};

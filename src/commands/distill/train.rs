@@ -227,6 +227,7 @@ pub(super) fn recipe(args: &TrainArgs) -> Result<Recipe> {
             seqlen: args.calib_seqlen,
             seed: 0,
             allow_short: false,
+            compute: Default::default(),
         }),
         evaluation,
         passes,

@@ -83,6 +83,27 @@ pub struct CalibrationData {
     /// report) instead of failing.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_short: bool,
+    /// How the calibration forward pass computes the model's products.
+    #[serde(default)]
+    pub compute: CalibrationCompute,
+}
+
+/// How the forward pass over the calibration windows computes (GPTQ's Hessians, AWQ's and
+/// SmoothQuant's statistics, Wanda's norms are taken from its activations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibrationCompute {
+    /// Weights a GGUF source stores packed stay in their types, and every linear a pass
+    /// quantizes runs on the ggml blocks that hold its codes exactly, with activations
+    /// quantized to 8 bits where the type has an integer kernel (what llama.cpp computes
+    /// when it runs the file); GPTQ's Hessians take bf16 products where the CPU runs AVX-512
+    /// BF16 faster than f32 (AMD's). GPTQ on SmolLM2 at 128 x 512 tokens took half the time
+    /// of `f32` (docs/benchmarks.md).
+    #[default]
+    Int8,
+    /// Every product of the forward and the Hessians in f32, on dequantized weights (the
+    /// reference implementations' arithmetic).
+    F32,
 }
 
 fn default_samples() -> usize {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::plan::TensorPlan;
+use crate::recipe::CalibrationCompute;
 use microllm_engine::LinearRecord;
 
 /// The source model.
@@ -45,10 +46,23 @@ pub struct CalibrationRecord {
     pub tokens_in_file: usize,
     pub seed: u64,
     pub shortfall: usize,
+    /// How the layerwise sweep's calibration forward computed (reports written before this
+    /// field existed: f32).
+    #[serde(default = "f32_compute")]
+    pub compute: CalibrationCompute,
+    /// Whether GPTQ's and SparseGPT's Hessians took their products on bf16-rounded inputs
+    /// (`compute: int8` on a CPU that runs AVX-512 BF16 faster than f32, AMD's): two machines
+    /// may differ here, and a resumed run must not mix the two.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hessian_bf16: bool,
+}
+
+fn f32_compute() -> CalibrationCompute {
+    CalibrationCompute::F32
 }
 
 impl CalibrationRecord {
-    pub fn new(file: Option<PathBuf>, set: &CalibrationSet) -> Self {
+    pub fn new(file: Option<PathBuf>, compute: CalibrationCompute, set: &CalibrationSet) -> Self {
         Self {
             file,
             sha256: set.text_sha256.clone(),
@@ -59,6 +73,9 @@ impl CalibrationRecord {
             tokens_in_file: set.text_tokens,
             seed: set.seed,
             shortfall: set.shortfall(),
+            compute,
+            hessian_bf16: compute == CalibrationCompute::Int8
+                && microllm_quant::bf16_hessians_are_faster(),
         }
     }
 }

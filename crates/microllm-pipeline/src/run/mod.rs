@@ -96,7 +96,12 @@ pub fn run(plan: &Plan, opts: &RunOptions, progress: &dyn Progress) -> Result<Co
         _ => None,
     };
     let calib_record = calibration.as_ref().map(|set| {
-        CalibrationRecord::new(recipe.calibration.as_ref().map(|c| c.data.clone()), set)
+        let c = recipe.calibration.as_ref();
+        CalibrationRecord::new(
+            c.map(|c| c.data.clone()),
+            c.map_or_else(Default::default, |c| c.compute),
+            set,
+        )
     });
     let fingerprint = fingerprint(plan, calib_record.as_ref(), eval_tokens.as_ref());
     let store = BlockStore::open(&work_dir(&plan.output.path), &fingerprint, opts.resume)?;

@@ -20,6 +20,7 @@ use super::distill::{StudentInput, distilled_dir, run_distill};
 use super::write::{Current, write_output};
 use super::{Outcome, tasks};
 use crate::plan::{Plan, Writer};
+use crate::recipe::CalibrationCompute;
 use crate::report::EvalRecord;
 use microllm_io::write::link_dir;
 
@@ -191,6 +192,7 @@ impl<'r> Runner<'r> {
             calibration: self.windows,
             spec,
             block_sparsity: outcome.owl.as_ref().map(|o| o.sparsities.clone()),
+            packed: calibration_packing(self.plan),
         };
         let summary = run_compress(&job, self.store, self.progress)?;
         outcome.layerwise = Some((summary, t.elapsed().as_secs_f64()));
@@ -327,6 +329,16 @@ impl<'r> Runner<'r> {
         )?;
         self.store.save_json(&name, &json!(rec))?;
         Ok((pass, rec, false))
+    }
+}
+
+/// How the layerwise sweep's calibration forward runs its products (see
+/// [`CalibrationCompute`]).
+fn calibration_packing(plan: &Plan) -> Option<microllm_models::Activations> {
+    let compute = plan.recipe.calibration.as_ref().map(|c| c.compute);
+    match compute.unwrap_or_default() {
+        CalibrationCompute::Int8 => Some(microllm_models::Activations::Int8),
+        CalibrationCompute::F32 => None,
     }
 }
 
