@@ -4,18 +4,23 @@
 //! only a triangle is computed).
 //!
 //! `cargo run --release -p microllm-quant --example hessian_bench -- [BATCHES=20] [TOKENS=512] [IN...]`
-//! (default widths: 576 and 1536). With `BF16=1` in the environment, the products take
-//! bf16-rounded inputs on the AVX-512 BF16 kernel (`HessianAccumulator::with_bf16_kernel`),
-//! also on CPUs where GPTQ keeps f32 because the kernel is slower there.
+//! (default widths: 576 and 1536). `KERNEL=gemm|f32|bf16` in the environment picks the
+//! product (`HessianKernel`): faer's GEMM, the AVX-512 f32 tiles (the default where the CPU
+//! has AVX-512), or the AVX-512 BF16 tiles on bf16-rounded inputs (also on CPUs where GPTQ
+//! keeps f32 because they are slower there).
 
 mod common;
+
+// As in the binary, so the example measures what a run does.
+#[global_allocator]
+static ALLOC: microllm_core::alloc::HugePageAlloc = microllm_core::alloc::HugePageAlloc;
 
 use common::values;
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use microllm_quant::HessianAccumulator;
+use microllm_quant::{HessianAccumulator, HessianKernel};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -31,11 +36,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (tokens, inp),
             &Device::Cpu,
         )?;
-        let mut acc = if std::env::var("BF16").is_ok_and(|v| v == "1") {
-            HessianAccumulator::with_bf16_kernel(inp).ok_or("this CPU has no AVX-512 BF16")?
-        } else {
-            HessianAccumulator::new(inp)
-        };
+        let mut acc = match std::env::var("KERNEL").as_deref() {
+            Ok("gemm") => HessianAccumulator::with_kernel(inp, HessianKernel::Gemm),
+            Ok("bf16") => HessianAccumulator::with_kernel(inp, HessianKernel::TiledBf16),
+            Ok("f32") | Err(_) => HessianAccumulator::with_kernel(inp, HessianKernel::TiledF32)
+                .or_else(|| HessianAccumulator::with_kernel(inp, HessianKernel::Gemm)),
+            Ok(other) => return Err(format!("KERNEL={other}: gemm, f32 or bf16").into()),
+        }
+        .ok_or("this CPU lacks the kernel's instructions")?;
         acc.add_batch(&data)?; // warm-up (thread pool, caches)
         let start = Instant::now();
         for _ in 0..batches {

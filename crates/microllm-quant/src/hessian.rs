@@ -23,9 +23,12 @@
 //! so the result is bit-identical however the panels are scheduled (a resumed run reproduces the
 //! same bytes). The running sum is kept in f64, since it adds many batches of similar magnitude.
 //!
+//! That GEMM is the path of CPUs without AVX-512. With AVX-512 the product is
+//! [`crate::hessian_tiles`]' register-tiled kernel instead (f32 FMAs: 1.1x the GEMM's
+//! speed at width 576, 1.3x at 1536; `hessian_bench` in docs/benchmarks.md), and
 //! [`HessianAccumulator::with_bf16_products`] takes the products on bf16-rounded inputs where
-//! the CPU runs AVX-512 BF16 at twice the f32 rate (AMD's; [`crate::hessian_bf16`]), the
-//! running average still in f64; the calibration's `compute: int8` mode uses it.
+//! the CPU runs AVX-512 BF16 at twice the f32 rate (AMD's), the running average still in f64;
+//! the calibration's `compute: int8` mode uses it. [`HessianKernel`] names the three.
 //!
 //! Non-finite or overflowing inputs are rejected before `H` is touched: by Cauchy-Schwarz every
 //! partial sum of `X^T X` is bounded by the largest column sum of squares, which is checked (in
@@ -39,7 +42,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use microllm_core::{Error, Result};
 use rayon::prelude::*;
 
-use crate::hessian_bf16::PairRows;
+use crate::hessian_tiles::{Products, TiledRows};
 
 /// Features per column panel. A panel's right-hand side (`tokens x PANEL` f32) stays in cache
 /// while the GEMM streams the rest of `X` past it; wider panels give the GEMM fatter products,
@@ -67,39 +70,70 @@ pub struct HessianAccumulator {
     /// Tokens added but not yet folded into `h`, row-major at the padded stride
     /// [`Self::stride`].
     pending: Vec<f32>,
-    /// With products of bf16-rounded inputs ([`crate::hessian_bf16`], where the CPU has
-    /// them), the pending tokens are held here, rounded, instead of in `pending`.
-    bf16: Option<PairRows>,
+    /// On the tile kernels ([`crate::hessian_tiles`]) the pending tokens are held here, in
+    /// their layout, instead of in `pending`.
+    tiled: Option<TiledRows>,
+}
+
+/// Which product computes `X^T X` (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HessianKernel {
+    /// faer's GEMM in f32, the lower triangle by panels: any CPU.
+    Gemm,
+    /// The AVX-512 register tiles in f32.
+    TiledF32,
+    /// The AVX-512 BF16 register tiles on bf16-rounded inputs.
+    TiledBf16,
 }
 
 impl HessianAccumulator {
-    /// An empty accumulator for a layer with `in_features` inputs.
+    /// An empty accumulator for a layer with `in_features` inputs, with f32 products (the
+    /// tile kernel where the CPU has AVX-512, else the GEMM).
     pub fn new(in_features: usize) -> Self {
+        Self::with_kernel(in_features, HessianKernel::TiledF32)
+            .unwrap_or_else(|| Self::with_rows(in_features, None))
+    }
+
+    fn with_rows(in_features: usize, tiled: Option<TiledRows>) -> Self {
         Self {
             in_features,
             h: vec![0.0; in_features * in_features],
             folded: 0,
             pending: Vec::new(),
-            bf16: None,
+            tiled,
         }
     }
 
     /// An accumulator whose products take the inputs rounded to bf16 where the CPU runs
-    /// AVX-512 BF16 at twice the f32 rate (AMD's; [`crate::hessian_bf16`]), in f32 elsewhere.
+    /// AVX-512 BF16 at twice the f32 rate (AMD's; [`crate::bf16_faster_than_f32`]), else as
+    /// [`Self::new`].
     pub fn with_bf16_products(in_features: usize) -> Self {
-        let bf16 = crate::hessian_bf16::faster_than_f32()
-            .then(|| Self::with_bf16_kernel(in_features))
+        let bf16 = crate::bf16_faster_than_f32()
+            .then(|| Self::with_kernel(in_features, HessianKernel::TiledBf16))
             .flatten();
         bf16.unwrap_or_else(|| Self::new(in_features))
     }
 
-    /// An accumulator on the bf16 kernel wherever the CPU has AVX-512 BF16, even where it is
-    /// slower than f32 (for benchmarks and tests); `None` without the instructions.
-    pub fn with_bf16_kernel(in_features: usize) -> Option<Self> {
-        crate::hessian_bf16::supported().then(|| Self {
-            bf16: Some(PairRows::new(in_features)),
-            ..Self::new(in_features)
-        })
+    /// An accumulator on `kernel` even where another is faster (for benchmarks and tests);
+    /// `None` where the CPU lacks its instructions.
+    pub fn with_kernel(in_features: usize, kernel: HessianKernel) -> Option<Self> {
+        let products = match kernel {
+            HessianKernel::Gemm => return Some(Self::with_rows(in_features, None)),
+            HessianKernel::TiledF32 => Products::F32,
+            HessianKernel::TiledBf16 => Products::Bf16,
+        };
+        products
+            .supported()
+            .then(|| Self::with_rows(in_features, Some(TiledRows::new(products, in_features))))
+    }
+
+    /// The kernel computing the products.
+    pub fn kernel(&self) -> HessianKernel {
+        match self.tiled.as_ref().map(TiledRows::products) {
+            None => HessianKernel::Gemm,
+            Some(Products::F32) => HessianKernel::TiledF32,
+            Some(Products::Bf16) => HessianKernel::TiledBf16,
+        }
     }
 
     /// Input features of the layer.
@@ -109,7 +143,7 @@ impl HessianAccumulator {
 
     /// Tokens accumulated so far.
     pub fn n_tokens(&self) -> usize {
-        let pending = match &self.bf16 {
+        let pending = match &self.tiled {
             Some(rows) => rows.tokens(),
             None => self.pending.len() / self.stride(),
         };
@@ -118,15 +152,25 @@ impl HessianAccumulator {
 
     /// The Hessian of every token added so far, row-major `[in, in]`.
     pub fn hessian(&mut self) -> &[f64] {
-        self.fold();
+        self.finish();
         &self.h
     }
 
     /// The Hessian, row-major `[in, in]`, giving up the accumulator (so a solver can free it
     /// as soon as it has its own copy: on a 5632-wide layer that is 254 MB).
     pub fn into_hessian(mut self) -> Vec<f64> {
-        self.fold();
+        self.finish();
         self.h
+    }
+
+    /// Folds the pending tokens and makes `h` whole: the tile kernels' folds write the lower
+    /// triangle only (the mirrored writes of every fold were 13% of the Hessian time at
+    /// width 1536), so it is mirrored here, once.
+    fn finish(&mut self) {
+        self.fold();
+        if self.tiled.is_some() {
+            crate::hessian_tiles::mirror_lower(&mut self.h, self.in_features);
+        }
     }
 
     /// The padded row stride of the pending tokens: not a large power of two, because the
@@ -177,7 +221,7 @@ impl HessianAccumulator {
         let inp = self.in_features;
         debug_assert_eq!(x.len(), m * inp);
         check_finite_product(x, inp, dims)?;
-        if let Some(rows) = &mut self.bf16 {
+        if let Some(rows) = &mut self.tiled {
             rows.push(x);
             if rows.tokens() >= FOLD_TOKENS {
                 self.fold();
@@ -203,7 +247,7 @@ impl HessianAccumulator {
     /// `H <- H * n / (n + m) + 2 / (n + m) * X^T X`.
     fn fold(&mut self) {
         let (inp, ld) = (self.in_features, self.stride());
-        let m = match &self.bf16 {
+        let m = match &self.tiled {
             Some(rows) => rows.tokens(),
             None => self.pending.len() / ld,
         };
@@ -213,8 +257,8 @@ impl HessianAccumulator {
         let (n, mf) = (self.folded as f64, m as f64);
         let keep = n / (n + mf);
         let add = 2.0 / (n + mf);
-        if let Some(rows) = &mut self.bf16 {
-            crate::hessian_bf16::fold(&mut self.h, rows, keep, add);
+        if let Some(rows) = &mut self.tiled {
+            crate::hessian_tiles::fold(&mut self.h, rows, keep, add);
             rows.clear();
             self.folded += m;
             return;
@@ -399,8 +443,14 @@ mod tests {
 
     #[test]
     fn running_average_matches_hand_computation() {
+        for kernel in f32_kernels() {
+            running_average_matches_hand_computation_on(kernel);
+        }
+    }
+
+    fn running_average_matches_hand_computation_on(kernel: HessianKernel) {
         // Batch 1: x = [1, 2]; batch 2: x = [3, 0], [0, 1].
-        let mut acc = HessianAccumulator::new(2);
+        let mut acc = HessianAccumulator::with_kernel(2, kernel).unwrap();
         acc.add_batch_slice(&[1.0, 2.0]).unwrap();
         assert_eq!(acc.hessian(), &[2.0, 4.0, 4.0, 8.0]);
         acc.add_batch_slice(&[3.0, 0.0, 0.0, 1.0]).unwrap();
@@ -430,17 +480,19 @@ mod tests {
     /// pair up across batches), and the result is the f32 one to bf16's rounding.
     #[test]
     fn bf16_products_match_f32_and_ignore_the_split() {
-        let inp = 40;
-        let x = values(23 * inp, 7);
-        let Some(mut one) = HessianAccumulator::with_bf16_kernel(inp) else {
+        // Three row blocks with padding, and tokens over three slabs.
+        let (inp, m) = (100, 301);
+        let x = values(m * inp, 7);
+        let bf16 = || HessianAccumulator::with_kernel(inp, HessianKernel::TiledBf16);
+        let Some(mut one) = bf16() else {
             return; // no AVX-512 BF16: nothing to compare
         };
         one.add_batch_slice(&x).unwrap();
-        let mut split = HessianAccumulator::with_bf16_kernel(inp).unwrap();
-        for (a, b) in [(0, 5), (5, 6), (6, 19), (19, 23)] {
+        let mut split = bf16().unwrap();
+        for (a, b) in [(0, 5), (5, 6), (6, 190), (190, m)] {
             split.add_batch_slice(&x[a * inp..b * inp]).unwrap();
         }
-        assert_eq!(split.n_tokens(), 23);
+        assert_eq!(split.n_tokens(), m);
         let mut exact = HessianAccumulator::new(inp);
         exact.add_batch_slice(&x).unwrap();
         let (one, split, exact) = (one.hessian().to_vec(), split.hessian(), exact.hessian());
@@ -463,8 +515,22 @@ mod tests {
             .collect()
     }
 
+    /// Every f32 kernel this CPU has, the GEMM always.
+    fn f32_kernels() -> Vec<HessianKernel> {
+        [HessianKernel::Gemm, HessianKernel::TiledF32]
+            .into_iter()
+            .filter(|&k| HessianAccumulator::with_kernel(1, k).is_some())
+            .collect()
+    }
+
     #[test]
     fn deterministic_symmetric_and_matches_f64_reference() {
+        for kernel in f32_kernels() {
+            deterministic_symmetric_and_matches_f64_reference_on(kernel);
+        }
+    }
+
+    fn deterministic_symmetric_and_matches_f64_reference_on(kernel: HessianKernel) {
         // Several panels plus a ragged last one, and unequal batch sizes.
         let inp = 2 * PANEL + 37;
         let batches = [
@@ -472,23 +538,25 @@ mod tests {
             values(33 * inp, 2),
             values(101 * inp, 3),
         ];
+        let new = || HessianAccumulator::with_kernel(inp, kernel).unwrap();
         let run = || {
-            let mut acc = HessianAccumulator::new(inp);
+            let mut acc = new();
             for b in &batches {
                 acc.add_batch_slice(b).unwrap();
             }
             acc
         };
         let (mut a, mut b) = (run(), run());
+        assert_eq!(a.kernel(), kernel);
         assert!(
             a.hessian()
                 .iter()
                 .zip(b.hessian())
                 .all(|(x, y)| x.to_bits() == y.to_bits()),
-            "two identical accumulations differ"
+            "{kernel:?}: two identical accumulations differ"
         );
         // The same data as a 3-d tensor goes through the same arithmetic.
-        let mut c = HessianAccumulator::new(inp);
+        let mut c = new();
         for bt in &batches {
             let t = Tensor::from_slice(bt, (1, bt.len() / inp, inp), &candle_core::Device::Cpu);
             c.add_batch(&t.unwrap()).unwrap();
@@ -518,11 +586,11 @@ mod tests {
                 assert_eq!(
                     got.to_bits(),
                     h[j * inp + i].to_bits(),
-                    "asymmetric at {i},{j}"
+                    "{kernel:?}: asymmetric at {i},{j}"
                 );
                 assert!(
                     (got - w).abs() <= 1e-4 * w.abs().max(1e-3 * scale),
-                    "H[{i},{j}] = {got}, reference {w}"
+                    "{kernel:?}: H[{i},{j}] = {got}, reference {w}"
                 );
             }
         }

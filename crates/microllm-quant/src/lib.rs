@@ -37,7 +37,7 @@ mod diagonal;
 mod factor;
 mod gptq;
 mod hessian;
-mod hessian_bf16;
+mod hessian_tiles;
 pub mod obs;
 mod rtn;
 mod scheme;
@@ -60,8 +60,8 @@ pub use gptq::{
     GptqOptions, GptqStats, ObsResult, ObsTarget, ObsTimings, gptq_quantize, gptq_quantize_tensor,
     obs_compress, obs_compress_factored,
 };
-pub use hessian::HessianAccumulator;
-pub use hessian_bf16::faster_than_f32 as bf16_hessians_are_faster;
+pub use hessian::{HessianAccumulator, HessianKernel};
+pub use hessian_tiles::bf16_faster_than_f32;
 pub use obs::PruneRule;
 pub use rtn::{rtn_quantize, rtn_quantize_tensor};
 pub use scheme::{ClipSearch, Grid, QuantScheme};

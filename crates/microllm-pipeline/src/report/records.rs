@@ -75,7 +75,7 @@ impl CalibrationRecord {
             shortfall: set.shortfall(),
             compute,
             hessian_bf16: compute == CalibrationCompute::Int8
-                && microllm_quant::bf16_hessians_are_faster(),
+                && microllm_quant::bf16_faster_than_f32(),
         }
     }
 }
