@@ -120,6 +120,14 @@ fn calibration_compute_is_recorded_and_int8_matches_f32() {
         microllm().arg("run").arg(&r).assert().success();
         let report = json(&tmp.path().join(format!("{compute}/model.report.json")));
         assert_eq!(report["calibration"]["compute"], compute);
+        let kernel = report["calibration"]["hessian_kernel"].as_str().unwrap();
+        assert!(
+            ["gemm", "tiled-f32", "tiled-bf16"].contains(&kernel),
+            "{kernel}"
+        );
+        if compute == "f32" {
+            assert_ne!(kernel, "tiled-bf16", "f32 compute keeps f32 products");
+        }
         let layers = report["layers"].as_array().unwrap();
         let mean: f64 = layers
             .iter()

@@ -16,6 +16,15 @@ pub enum CalibCompute {
     F32,
 }
 
+impl From<CalibCompute> for CalibrationCompute {
+    fn from(c: CalibCompute) -> Self {
+        match c {
+            CalibCompute::Int8 => Self::Int8,
+            CalibCompute::F32 => Self::F32,
+        }
+    }
+}
+
 /// Calibration and evaluation data.
 #[derive(Debug, clap::Args)]
 pub struct DataArgs {
@@ -61,10 +70,7 @@ impl DataArgs {
             seqlen: self.seqlen,
             seed: self.seed,
             allow_short: self.allow_short_calib,
-            compute: match self.calib_compute {
-                CalibCompute::Int8 => CalibrationCompute::Int8,
-                CalibCompute::F32 => CalibrationCompute::F32,
-            },
+            compute: self.calib_compute.into(),
         })
     }
 

@@ -17,6 +17,7 @@
 use candle_core::Tensor;
 use microllm_core::{ModelConfig, Result};
 
+use crate::grouped::chunked_attention;
 use crate::rope::Rope;
 #[cfg(doc)]
 use crate::softmax::CausalSoftmax;
@@ -174,8 +175,6 @@ pub fn grouped_attention(
 ) -> Result<Tensor> {
     chunked_attention(q, k, v, (group, offset), window, scale, QUERY_CHUNK)
 }
-
-use crate::grouped::chunked_attention;
 
 /// The rotary tables of one model: those of its global layers, and those of its windowed
 /// layers where they rotate with a base of their own (Gemma 3).

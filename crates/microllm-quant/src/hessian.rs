@@ -8,7 +8,8 @@
 //! `H <- H * n / (n + m) + 2 / (n + m) * X^T X`. Scaling by the token count keeps `H` (and so
 //! the absolute damping `damp * mean(diag H)`) independent of how much data was used.
 //!
-//! `X^T X` is symmetric, so only its lower triangle is computed: the columns of `H` are cut into
+//! `X^T X` is symmetric, so only its lower triangle is computed. On the GEMM path (the tile
+//! kernels below have their own layout) the columns of `H` are cut into
 //! panels of [`PANEL`] features, and panel `p` is the f32 product `X[:, p..]^T X[:, panel p]`
 //! (faer's GEMM, the O(tokens * in^2) part; the panel's diagonal block with faer's lower-triangular
 //! product, so almost no flops are spent above the diagonal). Each panel result is folded straight
@@ -20,8 +21,9 @@
 //! padded stride, because the GEMM reads `X^T` down a column of `X` and power-of-two strides
 //! (in=2048, 4096, ...) alias in the cache; this alone halved the time at in=4096. Panels write disjoint parts of `H` (split with safe slices) and run in parallel on
 //! rayon's pool; every element is produced by one sequential GEMM whose shape depends only on `in`,
-//! so the result is bit-identical however the panels are scheduled (a resumed run reproduces the
-//! same bytes). The running sum is kept in f64, since it adds many batches of similar magnitude.
+//! so the result is bit-identical however the panels are scheduled (a resumed run on the same
+//! kind of CPU reproduces the same bytes; [`HessianKernel::chosen`] names the kernel, and the
+//! run's fingerprint holds it). The running sum is kept in f64, since it adds many batches of similar magnitude.
 //!
 //! That GEMM is the path of CPUs without AVX-512. With AVX-512 the product is
 //! [`crate::hessian_tiles`]' register-tiled kernel instead (f32 FMAs: 1.1x the GEMM's
@@ -64,7 +66,8 @@ const FOLD_TOKENS: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct HessianAccumulator {
     in_features: usize,
-    /// Row-major `[in, in]`, symmetric: the average over the `folded` tokens.
+    /// Row-major `[in, in]`: the average over the `folded` tokens. Symmetric on the GEMM
+    /// path; the tile kernels keep only the lower triangle current until `finish` mirrors it.
     h: Vec<f64>,
     folded: usize,
     /// Tokens added but not yet folded into `h`, row-major at the padded stride
@@ -86,11 +89,35 @@ pub enum HessianKernel {
     TiledBf16,
 }
 
+impl HessianKernel {
+    /// The kernel [`HessianAccumulator::new`] (`bf16_products` false) or
+    /// [`HessianAccumulator::with_bf16_products`] (true) takes on this CPU. The sums differ
+    /// between kernels in rounding, so a resumed run must not change it.
+    pub fn chosen(bf16_products: bool) -> Self {
+        if bf16_products && crate::bf16_faster_than_f32() {
+            Self::TiledBf16
+        } else if crate::hessian_tiles::Products::F32.supported() {
+            Self::TiledF32
+        } else {
+            Self::Gemm
+        }
+    }
+
+    /// Its name in reports: `gemm`, `tiled-f32`, `tiled-bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gemm => "gemm",
+            Self::TiledF32 => "tiled-f32",
+            Self::TiledBf16 => "tiled-bf16",
+        }
+    }
+}
+
 impl HessianAccumulator {
     /// An empty accumulator for a layer with `in_features` inputs, with f32 products (the
     /// tile kernel where the CPU has AVX-512, else the GEMM).
     pub fn new(in_features: usize) -> Self {
-        Self::with_kernel(in_features, HessianKernel::TiledF32)
+        Self::with_kernel(in_features, HessianKernel::chosen(false))
             .unwrap_or_else(|| Self::with_rows(in_features, None))
     }
 
@@ -108,10 +135,8 @@ impl HessianAccumulator {
     /// AVX-512 BF16 at twice the f32 rate (AMD's; [`crate::bf16_faster_than_f32`]), else as
     /// [`Self::new`].
     pub fn with_bf16_products(in_features: usize) -> Self {
-        let bf16 = crate::bf16_faster_than_f32()
-            .then(|| Self::with_kernel(in_features, HessianKernel::TiledBf16))
-            .flatten();
-        bf16.unwrap_or_else(|| Self::new(in_features))
+        Self::with_kernel(in_features, HessianKernel::chosen(true))
+            .unwrap_or_else(|| Self::with_rows(in_features, None))
     }
 
     /// An accumulator on `kernel` even where another is faster (for benchmarks and tests);
@@ -480,7 +505,7 @@ mod tests {
     /// pair up across batches), and the result is the f32 one to bf16's rounding.
     #[test]
     fn bf16_products_match_f32_and_ignore_the_split() {
-        // Three row blocks with padding, and tokens over three slabs.
+        // Three row blocks with padding, and word rows (token pairs) over two slabs.
         let (inp, m) = (100, 301);
         let x = values(m * inp, 7);
         let bf16 = || HessianAccumulator::with_kernel(inp, HessianKernel::TiledBf16);
@@ -500,6 +525,43 @@ mod tests {
         let scale = exact.iter().fold(0f64, |m, v| m.max(v.abs()));
         for (a, b) in one.iter().zip(exact) {
             assert!((a - b).abs() <= 1e-2 * scale, "{a} vs {b}");
+        }
+    }
+
+    /// Every kernel this CPU has agrees with the GEMM across several folds (more than
+    /// [`FOLD_TOKENS`] tokens, in uneven batches), and reports them all.
+    #[test]
+    fn kernels_agree_across_folds() {
+        let inp = 52;
+        let m = 2 * FOLD_TOKENS + 300;
+        let x = values(m * inp, 11);
+        let run = |kernel| {
+            let mut acc = HessianAccumulator::with_kernel(inp, kernel)?;
+            for chunk in x.chunks(777 * inp) {
+                acc.add_batch_slice(chunk).unwrap();
+            }
+            assert_eq!(acc.n_tokens(), m);
+            Some(acc.into_hessian())
+        };
+        let gemm = run(HessianKernel::Gemm).unwrap();
+        let scale = gemm.iter().fold(0f64, |a, v| a.max(v.abs()));
+        for (kernel, tolerance) in [
+            (HessianKernel::TiledF32, 1e-5),
+            (HessianKernel::TiledBf16, 1e-2),
+        ] {
+            let Some(h) = run(kernel) else { continue };
+            for (i, (a, b)) in h.iter().zip(&gemm).enumerate() {
+                assert!(
+                    (a - b).abs() <= tolerance * scale,
+                    "{kernel:?} [{i}]: {a} vs {b}"
+                );
+                let (r, c) = (i / inp, i % inp);
+                assert_eq!(
+                    a.to_bits(),
+                    h[c * inp + r].to_bits(),
+                    "{kernel:?}: asymmetric"
+                );
+            }
         }
     }
 

@@ -12,8 +12,8 @@
 //!
 //! `vdpbf16ps` does two multiply-adds per f32 lane where an FMA does one, at the same rate on
 //! the AMD EPYC machines here (`cargo run --release -p microllm-models --example fma_peak --
-//! 1 100 bf16`: 235 against 117 GFLOP/s per core); Intel's run it at a quarter of the FMA
-//! rate, so they keep f32 ([`bf16_faster_than_f32`]). With bf16 the inputs are rounded to 8
+//! 1 100 bf16`: 235 against 117 GFLOP/s per core); Intel's issue it at a quarter of the FMA
+//! rate (half the f32 flop rate), so they keep f32 ([`bf16_faster_than_f32`]). With bf16 the inputs are rounded to 8
 //! significant bits (relative error at most 2^-9 per value, round to nearest even); products
 //! and sums stay f32 within a fold and f64 across folds. GPTQ damps the Hessian by 1% of its
 //! mean diagonal, far above that rounding; the perplexity after GPTQ is measured in
@@ -86,10 +86,11 @@ impl Products {
 
 /// Whether this CPU has AVX-512 BF16 and runs it faster than f32 FMAs.
 ///
-/// Intel's cores with AVX-512 BF16 issue `vdpbf16ps` at a quarter of the FMA rate, so the
-/// bf16 product is slower than the f32 one there (Xeon here: `fma_peak -- 1 100 bf16` 108
-/// against 212 GFLOP/s f32). Only AMD's (Zen 4 and later) run it at twice the f32 rate. The
-/// choice is by vendor, not by timing, so that one machine always computes the same Hessians.
+/// Intel's cores with AVX-512 BF16 issue `vdpbf16ps` at a quarter of the FMA instruction
+/// rate, half the f32 flop rate, so the bf16 product is slower than the f32 one there (Xeon
+/// here: `fma_peak -- 1 100 bf16` 108 against 212 GFLOP/s f32). AMD's (Zen 4 and later)
+/// issue it at the FMA rate, twice the f32 flop rate. The choice is by vendor, not by
+/// timing, so that one machine always computes the same Hessians.
 pub fn bf16_faster_than_f32() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -102,7 +103,10 @@ pub fn bf16_faster_than_f32() -> bool {
 /// CPUID leaf 0's vendor string is "AuthenticAMD".
 #[cfg(target_arch = "x86_64")]
 fn cpu_vendor_is_amd() -> bool {
-    let leaf = std::arch::x86_64::__cpuid(0);
+    // `__cpuid` is a safe function in current Rust and was an unsafe one before.
+    // SAFETY: CPUID leaf 0 exists on every x86_64 CPU.
+    #[allow(unused_unsafe)]
+    let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
     let vendor: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx]
         .iter()
         .flat_map(|r| r.to_le_bytes())
@@ -275,7 +279,7 @@ pub(crate) fn fold(h: &mut [f64], x: &TiledRows, keep: f64, add: f64) {
     let products = x.products;
     assert!(
         products.supported(),
-        "the Hessian tile kernel needs AVX-512 ({products:?})"
+        "the Hessian tile kernel needs AVX-512 (and AVX-512 BF16 for bf16): {products:?}"
     );
     let inp = x.inp;
     assert_eq!(h.len(), inp * inp);
@@ -350,6 +354,11 @@ impl<'h> RowBlock<'h> {
                     Products::Bf16 => kernel::tile_bf16(a, b, used, tile),
                 }
             };
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (a, b, used, tile, products);
+                unreachable!("`fold` asserts AVX-512");
+            }
         }
     }
 

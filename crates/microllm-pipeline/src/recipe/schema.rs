@@ -97,8 +97,9 @@ pub enum CalibrationCompute {
     /// quantizes runs on the ggml blocks that hold its codes exactly, with activations
     /// quantized to 8 bits where the type has an integer kernel (what llama.cpp computes
     /// when it runs the file); GPTQ's Hessians take bf16 products where the CPU runs AVX-512
-    /// BF16 faster than f32 (AMD's). GPTQ on SmolLM2 at 128 x 512 tokens took half the time
-    /// of `f32` on an AMD EPYC, two thirds on an Intel Xeon (docs/benchmarks.md).
+    /// BF16 faster than f32 (AMD's). With it, and the attention and Hessian kernels of the
+    /// same change, GPTQ on SmolLM2 at 128 x 512 tokens took half the time it took before on
+    /// an AMD EPYC, two thirds on an Intel Xeon (docs/benchmarks.md).
     #[default]
     Int8,
     /// Every product of the forward and the Hessians in f32, on dequantized weights (the

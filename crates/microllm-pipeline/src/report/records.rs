@@ -50,11 +50,13 @@ pub struct CalibrationRecord {
     /// field existed: f32).
     #[serde(default = "f32_compute")]
     pub compute: CalibrationCompute,
-    /// Whether GPTQ's and SparseGPT's Hessians took their products on bf16-rounded inputs
-    /// (`compute: int8` on a CPU that runs AVX-512 BF16 faster than f32, AMD's): two machines
-    /// may differ here, and a resumed run must not mix the two.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub hessian_bf16: bool,
+    /// The product full Hessians (GPTQ's, SparseGPT's) take in this run's arithmetic on this
+    /// CPU ([`microllm_quant::HessianKernel::name`]): `tiled-bf16` with `compute: int8` on a
+    /// CPU that runs AVX-512 BF16 faster than f32 (AMD's), else `tiled-f32` with AVX-512 and
+    /// `gemm` without. Two machines may differ here, and the resume fingerprint holds it, so
+    /// a resumed run never mixes two. Absent in reports older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hessian_kernel: Option<String>,
 }
 
 fn f32_compute() -> CalibrationCompute {
@@ -74,8 +76,11 @@ impl CalibrationRecord {
             seed: set.seed,
             shortfall: set.shortfall(),
             compute,
-            hessian_bf16: compute == CalibrationCompute::Int8
-                && microllm_quant::bf16_faster_than_f32(),
+            hessian_kernel: Some(
+                microllm_quant::HessianKernel::chosen(compute == CalibrationCompute::Int8)
+                    .name()
+                    .to_string(),
+            ),
         }
     }
 }
