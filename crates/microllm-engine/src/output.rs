@@ -418,19 +418,15 @@ mod tests {
         for (symmetric, tolerance) in [(true, 0.0), (false, 1e-3)] {
             let q = rtn_quantize(&w, [out, inp], scheme(4, symmetric)).unwrap();
             let packed = packed_weight("w", &q, Activations::F32).unwrap().unwrap();
-            let want = q.dequantize(&Device::Cpu).unwrap();
-            let got = packed.dequantize().unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(diff <= tolerance, "symmetric {symmetric}: {diff}");
+            let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want = values(q.dequantize(&Device::Cpu).unwrap());
+            let got = values(packed.dequantize().unwrap());
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= tolerance,
+                    "symmetric {symmetric}, [{k}]: {a} vs {b}"
+                );
+            }
         }
     }
 
