@@ -6,7 +6,7 @@
 //! and batched tensor products split each one across the threads, so synchronisation and
 //! packing dominate: on SmolLM2 at 512 tokens attention took 173 ms of a 458 ms forward pass
 //! through them (docs/benchmarks.md, "Attention as one task per head and chunk"). Here each
-//! task runs its two products single-threaded (the gemm crate, no parallelism) and its
+//! task runs its two products single-threaded ([`crate::sgemm`]) and its
 //! softmax, with its scores in a scratch buffer the thread reuses, and the tasks run in
 //! parallel: no synchronisation inside a task, one barrier per attention call.
 
@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 use microllm_core::{Error, Result};
 use rayon::prelude::*;
 
+use crate::sgemm::{View, sgemm};
 use crate::softmax::CausalSoftmax;
 
 thread_local! {
@@ -162,31 +163,16 @@ impl Task<'_> {
                 scores.resize(m * keys, 0.0);
             }
             let scores = &mut scores[..m * keys];
-            // SAFETY: every pointer covers the extent its strides describe: `scores` is
-            // `[m, keys]` row-major; `q` is `[m, d]`; `k` read as `[d, keys]` (column `j` is
-            // key row `j`); `v` is `[keys, d]`; `out` is `[m, d]`. No buffer aliases another,
-            // and the product runs on this thread only.
+            // SAFETY: every view covers the extent its strides describe: `scores` is
+            // `[m, keys]`; `q` is `[m, d]`; `k` read as `[d, keys]` (column `j` is key row `j`);
+            // `v` is `[keys, d]`; `out` is `[m, d]`. No buffer aliases another, and the
+            // products run on this thread only.
             unsafe {
-                gemm::gemm(
-                    m,
-                    keys,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    keys as isize,
-                    false,
-                    self.q.as_ptr(),
-                    1,
-                    d as isize,
-                    self.k.as_ptr(),
-                    d as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                sgemm(
+                    (m, keys, d),
+                    View::row_major(scores.as_mut_ptr(), keys),
+                    View::row_major(self.q.as_ptr(), d),
+                    View::col_major(self.k.as_ptr(), d),
                 );
             }
             for (row, x) in scores.chunks_exact_mut(keys).enumerate() {
@@ -194,26 +180,11 @@ impl Task<'_> {
             }
             // SAFETY: as above.
             unsafe {
-                gemm::gemm(
-                    m,
-                    d,
-                    keys,
-                    out.as_mut_ptr(),
-                    1,
-                    d as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    keys as isize,
-                    self.v.as_ptr(),
-                    1,
-                    d as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                sgemm(
+                    (m, d, keys),
+                    View::row_major(out.as_mut_ptr(), d),
+                    View::row_major(scores.as_ptr(), keys),
+                    View::row_major(self.v.as_ptr(), d),
                 );
             }
         });

@@ -21,6 +21,7 @@ mod grouped;
 mod layers;
 pub mod packed;
 mod rope;
+mod sgemm;
 mod softmax;
 mod streamed;
 

@@ -70,12 +70,16 @@ pub struct HessianAccumulator {
     /// path; the tile kernels keep only the lower triangle current until `finish` mirrors it.
     h: Vec<f64>,
     folded: usize,
-    /// Tokens added but not yet folded into `h`, row-major at the padded stride
-    /// [`Self::stride`].
-    pending: Vec<f32>,
-    /// On the tile kernels ([`crate::hessian_tiles`]) the pending tokens are held here, in
-    /// their layout, instead of in `pending`.
-    tiled: Option<TiledRows>,
+    /// Tokens added but not yet folded into `h`, in the layout of the kernel that will.
+    pending: Pending,
+}
+
+/// Pending tokens: row-major at the padded stride [`HessianAccumulator::stride`] for the
+/// GEMM, or in the tile kernels' own layout ([`crate::hessian_tiles`]).
+#[derive(Debug, Clone)]
+enum Pending {
+    Gemm(Vec<f32>),
+    Tiled(TiledRows),
 }
 
 /// Which product computes `X^T X` (see the module docs).
@@ -118,16 +122,15 @@ impl HessianAccumulator {
     /// tile kernel where the CPU has AVX-512, else the GEMM).
     pub fn new(in_features: usize) -> Self {
         Self::with_kernel(in_features, HessianKernel::chosen(false))
-            .unwrap_or_else(|| Self::with_rows(in_features, None))
+            .unwrap_or_else(|| Self::with_pending(in_features, Pending::Gemm(Vec::new())))
     }
 
-    fn with_rows(in_features: usize, tiled: Option<TiledRows>) -> Self {
+    fn with_pending(in_features: usize, pending: Pending) -> Self {
         Self {
             in_features,
             h: vec![0.0; in_features * in_features],
             folded: 0,
-            pending: Vec::new(),
-            tiled,
+            pending,
         }
     }
 
@@ -136,28 +139,35 @@ impl HessianAccumulator {
     /// [`Self::new`].
     pub fn with_bf16_products(in_features: usize) -> Self {
         Self::with_kernel(in_features, HessianKernel::chosen(true))
-            .unwrap_or_else(|| Self::with_rows(in_features, None))
+            .unwrap_or_else(|| Self::new(in_features))
     }
 
     /// An accumulator on `kernel` even where another is faster (for benchmarks and tests);
     /// `None` where the CPU lacks its instructions.
     pub fn with_kernel(in_features: usize, kernel: HessianKernel) -> Option<Self> {
         let products = match kernel {
-            HessianKernel::Gemm => return Some(Self::with_rows(in_features, None)),
+            HessianKernel::Gemm => {
+                return Some(Self::with_pending(in_features, Pending::Gemm(Vec::new())));
+            }
             HessianKernel::TiledF32 => Products::F32,
             HessianKernel::TiledBf16 => Products::Bf16,
         };
-        products
-            .supported()
-            .then(|| Self::with_rows(in_features, Some(TiledRows::new(products, in_features))))
+        products.supported().then(|| {
+            Self::with_pending(
+                in_features,
+                Pending::Tiled(TiledRows::new(products, in_features)),
+            )
+        })
     }
 
     /// The kernel computing the products.
     pub fn kernel(&self) -> HessianKernel {
-        match self.tiled.as_ref().map(TiledRows::products) {
-            None => HessianKernel::Gemm,
-            Some(Products::F32) => HessianKernel::TiledF32,
-            Some(Products::Bf16) => HessianKernel::TiledBf16,
+        match &self.pending {
+            Pending::Gemm(_) => HessianKernel::Gemm,
+            Pending::Tiled(rows) => match rows.products() {
+                Products::F32 => HessianKernel::TiledF32,
+                Products::Bf16 => HessianKernel::TiledBf16,
+            },
         }
     }
 
@@ -168,11 +178,14 @@ impl HessianAccumulator {
 
     /// Tokens accumulated so far.
     pub fn n_tokens(&self) -> usize {
-        let pending = match &self.tiled {
-            Some(rows) => rows.tokens(),
-            None => self.pending.len() / self.stride(),
-        };
-        self.folded + pending
+        self.folded + self.pending_tokens()
+    }
+
+    fn pending_tokens(&self) -> usize {
+        match &self.pending {
+            Pending::Gemm(rows) => rows.len() / self.stride(),
+            Pending::Tiled(rows) => rows.tokens(),
+        }
     }
 
     /// The Hessian of every token added so far, row-major `[in, in]`.
@@ -193,7 +206,7 @@ impl HessianAccumulator {
     /// width 1536), so it is mirrored here, once.
     fn finish(&mut self) {
         self.fold();
-        if self.tiled.is_some() {
+        if let Pending::Tiled(_) = self.pending {
             crate::hessian_tiles::mirror_lower(&mut self.h, self.in_features);
         }
     }
@@ -246,23 +259,18 @@ impl HessianAccumulator {
         let inp = self.in_features;
         debug_assert_eq!(x.len(), m * inp);
         check_finite_product(x, inp, dims)?;
-        if let Some(rows) = &mut self.tiled {
-            rows.push(x);
-            if rows.tokens() >= FOLD_TOKENS {
-                self.fold();
-            }
-            return Ok(());
-        }
         let ld = self.stride();
-        let at = self.pending.len();
-        self.pending.resize(at + m * ld, 0.0);
-        for (dst, src) in self.pending[at..]
-            .chunks_exact_mut(ld)
-            .zip(x.chunks_exact(inp))
-        {
-            dst[..inp].copy_from_slice(src);
+        match &mut self.pending {
+            Pending::Tiled(rows) => rows.push(x),
+            Pending::Gemm(rows) => {
+                let at = rows.len();
+                rows.resize(at + m * ld, 0.0);
+                for (dst, src) in rows[at..].chunks_exact_mut(ld).zip(x.chunks_exact(inp)) {
+                    dst[..inp].copy_from_slice(src);
+                }
+            }
         }
-        if self.pending.len() / ld >= FOLD_TOKENS {
+        if self.pending_tokens() >= FOLD_TOKENS {
             self.fold();
         }
         Ok(())
@@ -272,29 +280,28 @@ impl HessianAccumulator {
     /// `H <- H * n / (n + m) + 2 / (n + m) * X^T X`.
     fn fold(&mut self) {
         let (inp, ld) = (self.in_features, self.stride());
-        let m = match &self.tiled {
-            Some(rows) => rows.tokens(),
-            None => self.pending.len() / ld,
-        };
+        let m = self.pending_tokens();
         if m == 0 {
             return;
         }
         let (n, mf) = (self.folded as f64, m as f64);
         let keep = n / (n + mf);
         let add = 2.0 / (n + mf);
-        if let Some(rows) = &mut self.tiled {
-            crate::hessian_tiles::fold(&mut self.h, rows, keep, add);
-            rows.clear();
-            self.folded += m;
-            return;
+        match &mut self.pending {
+            Pending::Tiled(rows) => {
+                crate::hessian_tiles::fold(&mut self.h, rows, keep, add);
+                rows.clear();
+            }
+            Pending::Gemm(rows) => {
+                let xm = MatRef::from_row_major_slice_with_stride(rows, m, inp, ld);
+                split_panels(&mut self.h, inp)
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .for_each(|panel| panel.update(xm, keep, add));
+                rows.clear();
+            }
         }
-        let xm = MatRef::from_row_major_slice_with_stride(&self.pending, m, inp, ld);
-        split_panels(&mut self.h, inp)
-            .into_par_iter()
-            .with_max_len(1)
-            .for_each(|panel| panel.update(xm, keep, add));
         self.folded += m;
-        self.pending.clear();
     }
 }
 

@@ -11,6 +11,7 @@ use microllm_core::{BlockType, Result};
 use rayon::prelude::*;
 
 use super::Out;
+use crate::sgemm::{View, sgemm};
 
 /// Rows that can be decoded to f32 a few at a time.
 pub(crate) trait DecodeRows: Sync {
@@ -150,27 +151,10 @@ pub(crate) fn matmul(x: &[f32], w: &dyn DecodeRows) -> Vec<f32> {
             // `x` `[t, k]`, rhs is the panel read as `[k, rows]` (column stride `k`); only this
             // task writes those columns.
             unsafe {
-                gemm::gemm(
-                    t,
-                    rows,
-                    k,
-                    out.ptr().add(r0),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    buf.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let dst = View::row_major(out.ptr().add(r0), n);
+                let lhs = View::row_major(x.as_ptr(), k);
+                let rhs = View::col_major(buf.as_ptr(), k);
+                sgemm((t, rows, k), dst, lhs, rhs);
             }
         });
     y
